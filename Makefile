@@ -1,0 +1,48 @@
+# AttestMesh — every entry point an operator, a developer or CI uses.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/tools/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
+NODES ?= 3
+
+.PHONY: setup lint test test-unit test-component test-e2e demo demo-down bench contracts clean
+
+setup:
+	@bash scripts/setup.sh
+
+lint: setup
+	$(VENV)/bin/ruff check sidecar devnet tests bench contracts
+	$(VENV)/bin/ruff format --check sidecar devnet tests bench contracts
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+	shellcheck scripts/*.sh .ci/run
+
+test: setup lint
+	$(PY) -m pytest tests/unit -q
+	$(PY) -m pytest tests/component -q
+	$(PY) -m pytest tests/e2e -q
+
+test-unit: setup
+	$(PY) -m pytest tests/unit -q
+
+test-component: setup
+	$(PY) -m pytest tests/component -q
+
+test-e2e: setup
+	$(PY) -m pytest tests/e2e -q
+
+demo: setup
+	$(VENV)/bin/attestmesh devnet up --nodes $(NODES)
+	$(VENV)/bin/attestmesh devnet status
+
+demo-down: setup
+	$(VENV)/bin/attestmesh devnet down
+
+bench: setup
+	$(PY) -m bench
+
+contracts: setup
+	$(PY) contracts/build.py
+
+clean:
+	rm -rf .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

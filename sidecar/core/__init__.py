@@ -1,0 +1,1 @@
+"""Pure core: value objects and rules. Imports no I/O library and no adapter (checked by import-linter)."""
