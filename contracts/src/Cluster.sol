@@ -1,0 +1,357 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
+import {Ownable2Step} from "@openzeppelin/contracts/access/Ownable2Step.sol";
+
+import {AppBootInfo, IAppAuth} from "./interfaces/IAppAuth.sol";
+import {ICluster} from "./interfaces/ICluster.sol";
+import {IClusterFactory} from "./interfaces/IClusterFactory.sol";
+import {DstackSigChain} from "./lib/DstackSigChain.sol";
+
+/// @title Cluster
+/// @notice One AttestMesh cluster: the boot policy the dstack KMS consults (through each node's
+///         ClusterMemberApp), the KMS roots it trusts, and the membership every sidecar reconciles against.
+/// @dev Membership is self-service but gated twice: the owner must pre-approve the app id, and the caller must
+///      prove with dstack's signature chain that it holds a key the trusted KMS released to that app id. The
+///      contract, not the nodes, allocates mesh IPs so that concurrent registrations can never collide.
+contract Cluster is ICluster, Ownable2Step {
+    uint256 private constant MAX_ENDPOINT_LENGTH = 255;
+    bytes32 private constant TCB_UP_TO_DATE = keccak256("UpToDate");
+
+    /// @inheritdoc ICluster
+    mapping(bytes32 composeHash => bool) public allowedComposeHashes;
+    /// @inheritdoc ICluster
+    mapping(bytes32 deviceId => bool) public allowedDeviceIds;
+    bool private _allowAnyDevice;
+    bool private _requireTcbUpToDate;
+    /// @inheritdoc ICluster
+    mapping(address appId => bool) public allowedAppIds;
+    /// @inheritdoc ICluster
+    mapping(address kmsRoot => bool) public allowedKmsRoots;
+    /// @inheritdoc ICluster
+    bytes32 public cskCommitment;
+
+    uint32 private immutable _meshBase;
+    uint8 private immutable _meshPrefixLength;
+    /// @dev Host index of the next member. Only ever grows, so an evicted member's address is never handed to a
+    ///      newcomer whose peers may still hold stale routes for it.
+    uint32 private _nextHostIndex = 1;
+
+    mapping(bytes32 memberId => Member) private _members;
+    /// @dev Registration order matters: index 0 is the CSK originator.
+    bytes32[] private _memberIds;
+    mapping(address appId => bytes32) private _idByAppId;
+    mapping(address signer => bytes32) private _idBySigner;
+
+    constructor(IClusterFactory.ClusterConfig memory config) Ownable(config.owner) {
+        uint8 prefix = config.meshPrefixLength;
+        if (prefix < 8 || prefix > 30) revert InvalidMeshCidr(config.meshCidrBase, prefix);
+        uint32 hostMask = uint32((uint256(1) << (32 - prefix)) - 1);
+        if (config.meshCidrBase & hostMask != 0) revert InvalidMeshCidr(config.meshCidrBase, prefix);
+        _meshBase = config.meshCidrBase;
+        _meshPrefixLength = prefix;
+
+        // Initial policy goes through the same paths as later admin calls so that an indexer replaying events
+        // from the deployment block reconstructs the full policy.
+        for (uint256 i = 0; i < config.kmsRoots.length; ++i) _addKmsRoot(config.kmsRoots[i]);
+        for (uint256 i = 0; i < config.composeHashes.length; ++i) _addComposeHash(config.composeHashes[i]);
+        for (uint256 i = 0; i < config.deviceIds.length; ++i) _addDevice(config.deviceIds[i]);
+        for (uint256 i = 0; i < config.allowedAppIds.length; ++i) _addAllowedAppId(config.allowedAppIds[i]);
+        _setAllowAnyDevice(config.allowAnyDevice);
+        _setRequireTcbUpToDate(config.requireTcbUpToDate);
+    }
+
+    // ------------------------------------------------------------------ ownership
+
+    /// @notice Disabled: an ownerless cluster could never evict a compromised member or rotate its policy.
+    function renounceOwnership() public pure override {
+        revert RenounceDisabled();
+    }
+
+    // ------------------------------------------------------------------ boot policy
+
+    /// @inheritdoc IAppAuth
+    /// @dev Fails closed: with empty allowlists nothing boots. A registered member stays bootable even after its
+    ///      pre-approval is consumed, because eviction (removeMember) is the way to revoke it.
+    function isAppAllowed(AppBootInfo calldata bootInfo) external view returns (bool isAllowed, string memory reason) {
+        if (!allowedComposeHashes[bootInfo.composeHash]) return (false, "compose hash not allowed");
+        if (!_allowAnyDevice && !allowedDeviceIds[bootInfo.deviceId]) return (false, "device not allowed");
+        if (!allowedAppIds[bootInfo.appId] && _idByAppId[bootInfo.appId] == 0) return (false, "app id not allowed");
+        if (_requireTcbUpToDate && keccak256(bytes(bootInfo.tcbStatus)) != TCB_UP_TO_DATE) {
+            return (false, "tcb status not up to date");
+        }
+        return (true, "");
+    }
+
+    function addComposeHash(bytes32 composeHash) external onlyOwner {
+        _addComposeHash(composeHash);
+    }
+
+    function removeComposeHash(bytes32 composeHash) external onlyOwner {
+        if (!allowedComposeHashes[composeHash]) return;
+        allowedComposeHashes[composeHash] = false;
+        emit ComposeHashRemoved(composeHash);
+    }
+
+    function addDevice(bytes32 deviceId) external onlyOwner {
+        _addDevice(deviceId);
+    }
+
+    function removeDevice(bytes32 deviceId) external onlyOwner {
+        if (!allowedDeviceIds[deviceId]) return;
+        allowedDeviceIds[deviceId] = false;
+        emit DeviceRemoved(deviceId);
+    }
+
+    function setAllowAnyDevice(bool allowAnyDevice) external onlyOwner {
+        _setAllowAnyDevice(allowAnyDevice);
+    }
+
+    function setRequireTcbUpToDate(bool requireTcbUpToDate) external onlyOwner {
+        _setRequireTcbUpToDate(requireTcbUpToDate);
+    }
+
+    function addAllowedAppId(address appId) external onlyOwner {
+        _addAllowedAppId(appId);
+    }
+
+    function removeAllowedAppId(address appId) external onlyOwner {
+        _removeAllowedAppId(appId);
+    }
+
+    function addKmsRoot(address kmsRoot) external onlyOwner {
+        _addKmsRoot(kmsRoot);
+    }
+
+    function removeKmsRoot(address kmsRoot) external onlyOwner {
+        if (!allowedKmsRoots[kmsRoot]) return;
+        allowedKmsRoots[kmsRoot] = false;
+        emit KmsRootRemoved(kmsRoot);
+    }
+
+    // ------------------------------------------------------------------ membership
+
+    /// @inheritdoc ICluster
+    /// @dev Cheap policy checks run before signature recovery so that a refused caller pays little. The chain's
+    ///      internal consistency (KmsSignatureMismatch) is checked before the KMS allowlist so that a chain made
+    ///      for another app id is reported as such rather than as an unknown root.
+    function register(SigChainProof calldata proof, MemberKeys calldata keys, string calldata endpoint)
+        external
+        returns (bytes32 memberId)
+    {
+        address appId = proof.appId;
+        if (!allowedAppIds[appId]) revert AppIdNotAllowed(appId);
+        if (_idByAppId[appId] != 0) revert AlreadyRegistered(appId, _idByAppId[appId]);
+
+        address signer = _verifySigChain(proof);
+        // dstack derives keys per app id, so a signer already in use means a replayed or shared key: one signer
+        // must identify one member for memberIdOfSigner and the member-gated calls to be unambiguous.
+        bytes32 existing = _idBySigner[signer];
+        if (existing != 0) revert AlreadyRegistered(_members[existing].appId, existing);
+
+        if (keys.sealPub == 0 || keys.wgPub == 0 || keys.identityPub == 0) revert ZeroKey();
+        _checkEndpoint(endpoint);
+
+        memberId = computeMemberId(appId);
+        uint32 meshIp = _allocateMeshIp();
+        _members[memberId] = Member({
+            id: memberId,
+            appId: appId,
+            signer: signer,
+            sealPub: keys.sealPub,
+            wgPub: keys.wgPub,
+            identityPub: keys.identityPub,
+            endpoint: endpoint,
+            meshIp: meshIp,
+            registeredAt: uint64(block.timestamp)
+        });
+        _memberIds.push(memberId);
+        _idByAppId[appId] = memberId;
+        _idBySigner[signer] = memberId;
+        emit MemberRegistered(memberId, appId, signer, meshIp);
+    }
+
+    function setEndpoint(string calldata endpoint) external {
+        bytes32 memberId = _idBySigner[msg.sender];
+        if (memberId == 0) revert NotMember(msg.sender);
+        _checkEndpoint(endpoint);
+        _members[memberId].endpoint = endpoint;
+        emit EndpointChanged(memberId, endpoint);
+    }
+
+    /// @inheritdoc ICluster
+    /// @dev Set once: the commitment lets every later member check the CSK it receives, so changing it would let
+    ///      whoever controls index 0 swap the key under the whole cluster.
+    function setCskCommitment(bytes32 commitment) external {
+        bytes32 originatorId = originator();
+        if (originatorId == 0 || _members[originatorId].signer != msg.sender) revert NotOriginator(msg.sender);
+        if (commitment == 0) revert ZeroCommitment();
+        if (cskCommitment != 0) revert CskCommitmentAlreadySet(cskCommitment);
+        cskCommitment = commitment;
+        emit CskCommitmentSet(originatorId, commitment);
+    }
+
+    /// @inheritdoc ICluster
+    /// @dev Clearing the pre-approval means the evicted node's app id can neither boot (its keys are no longer
+    ///      released) nor re-register until the owner approves it again.
+    function removeMember(bytes32 memberId) external onlyOwner {
+        Member storage member = _members[memberId];
+        if (member.id == 0) revert UnknownMember(memberId);
+        address appId = member.appId;
+        address signer = member.signer;
+
+        // Shift rather than swap-and-pop: registration order (and so the originator) must stay stable.
+        uint256 n = _memberIds.length;
+        uint256 i = 0;
+        while (_memberIds[i] != memberId) ++i;
+        for (; i + 1 < n; ++i) _memberIds[i] = _memberIds[i + 1];
+        _memberIds.pop();
+
+        delete _members[memberId];
+        delete _idByAppId[appId];
+        delete _idBySigner[signer];
+        emit MemberRemoved(memberId, appId);
+        _removeAllowedAppId(appId);
+    }
+
+    // ------------------------------------------------------------------ views
+
+    function allowAnyDevice() external view returns (bool) {
+        return _allowAnyDevice;
+    }
+
+    function requireTcbUpToDate() external view returns (bool) {
+        return _requireTcbUpToDate;
+    }
+
+    function memberCount() external view returns (uint256) {
+        return _memberIds.length;
+    }
+
+    function memberIdOf(address appId) external view returns (bytes32) {
+        return _idByAppId[appId];
+    }
+
+    function memberIdOfSigner(address signer) external view returns (bytes32) {
+        return _idBySigner[signer];
+    }
+
+    /// @dev Namespaced by the cluster address so the same node app id in two clusters yields distinct ids.
+    function computeMemberId(address appId) public view returns (bytes32) {
+        return keccak256(abi.encode(address(this), appId));
+    }
+
+    function listMembers() external view returns (bytes32[] memory) {
+        return _memberIds;
+    }
+
+    function originator() public view returns (bytes32) {
+        return _memberIds.length == 0 ? bytes32(0) : _memberIds[0];
+    }
+
+    function memberById(bytes32 memberId) external view returns (Member memory) {
+        return _members[memberId];
+    }
+
+    /// @dev One call returns the whole desired state, so a reconcile pass is a single consistent eth_call.
+    function members() external view returns (Member[] memory) {
+        uint256 n = _memberIds.length;
+        Member[] memory all = new Member[](n);
+        for (uint256 i = 0; i < n; ++i) all[i] = _members[_memberIds[i]];
+        return all;
+    }
+
+    function meshCidr() external view returns (uint32 base, uint8 prefixLength) {
+        return (_meshBase, _meshPrefixLength);
+    }
+
+    function meshIpOf(bytes32 memberId) external view returns (uint32) {
+        return _members[memberId].meshIp;
+    }
+
+    // ------------------------------------------------------------------ internals
+
+    /// @dev Returns the derived key's address (== msg.sender) once every link of the chain checks out.
+    function _verifySigChain(SigChainProof calldata proof) private view returns (address derived) {
+        bytes memory derivedPubkey = proof.derivedPubkey;
+        bytes memory appPubkey = proof.appPubkey;
+        bytes memory appSignature = proof.appSignature;
+        bytes memory kmsSignature = proof.kmsSignature;
+        if (!DstackSigChain.isUncompressedPubkey(derivedPubkey) || !DstackSigChain.isUncompressedPubkey(appPubkey)) {
+            revert InvalidPubkey();
+        }
+        if (!DstackSigChain.isWellFormedSignature(appSignature) || !DstackSigChain.isWellFormedSignature(kmsSignature))
+        {
+            revert InvalidSignature();
+        }
+
+        derived = DstackSigChain.pubkeyToAddress(derivedPubkey);
+        if (msg.sender != derived) revert SenderNotDerivedKey(msg.sender, derived);
+
+        address appKey = DstackSigChain.pubkeyToAddress(appPubkey);
+        // A well-formed signature that recovers no key (r off the curve) reports recovered == address(0): to the
+        // caller it is the same mistake as a signature by the wrong key.
+        address appSigner = DstackSigChain.recoverAppSigner(derivedPubkey, appSignature);
+        if (appSigner == address(0) || appSigner != appKey) revert AppSignatureMismatch(appKey, appSigner);
+
+        address kmsSigner = DstackSigChain.recoverKmsSigner(proof.appId, appPubkey, kmsSignature);
+        // The zero check matters: a claimed root of address(0) would otherwise "match" a failed recovery.
+        if (kmsSigner == address(0) || kmsSigner != proof.kmsRoot) revert KmsSignatureMismatch(proof.kmsRoot, kmsSigner);
+        if (!allowedKmsRoots[proof.kmsRoot]) revert KmsRootNotAllowed(proof.kmsRoot);
+    }
+
+    function _allocateMeshIp() private returns (uint32) {
+        uint256 index = _nextHostIndex;
+        // The last address of the block is the broadcast address; the first (index 0) is the network itself.
+        if (index >= (uint256(1) << (32 - _meshPrefixLength)) - 1) revert MeshExhausted();
+        _nextHostIndex = uint32(index + 1);
+        return _meshBase + uint32(index);
+    }
+
+    function _checkEndpoint(string calldata endpoint) private pure {
+        if (bytes(endpoint).length > MAX_ENDPOINT_LENGTH) revert EndpointTooLong(bytes(endpoint).length);
+    }
+
+    function _addComposeHash(bytes32 composeHash) private {
+        if (allowedComposeHashes[composeHash]) return;
+        allowedComposeHashes[composeHash] = true;
+        emit ComposeHashAdded(composeHash);
+    }
+
+    function _addDevice(bytes32 deviceId) private {
+        if (allowedDeviceIds[deviceId]) return;
+        allowedDeviceIds[deviceId] = true;
+        emit DeviceAdded(deviceId);
+    }
+
+    function _setAllowAnyDevice(bool value) private {
+        if (_allowAnyDevice == value) return;
+        _allowAnyDevice = value;
+        emit AllowAnyDeviceSet(value);
+    }
+
+    function _setRequireTcbUpToDate(bool value) private {
+        if (_requireTcbUpToDate == value) return;
+        _requireTcbUpToDate = value;
+        emit RequireTcbUpToDateSet(value);
+    }
+
+    function _addAllowedAppId(address appId) private {
+        if (allowedAppIds[appId]) return;
+        allowedAppIds[appId] = true;
+        emit AppIdAllowed(appId);
+    }
+
+    function _removeAllowedAppId(address appId) private {
+        if (!allowedAppIds[appId]) return;
+        allowedAppIds[appId] = false;
+        emit AppIdDisallowed(appId);
+    }
+
+    function _addKmsRoot(address kmsRoot) private {
+        if (allowedKmsRoots[kmsRoot]) return;
+        allowedKmsRoots[kmsRoot] = true;
+        emit KmsRootAdded(kmsRoot);
+    }
+}
