@@ -14,6 +14,7 @@ lint: setup
 	$(VENV)/bin/ruff check sidecar devnet tests bench contracts
 	$(VENV)/bin/ruff format --check sidecar devnet tests bench contracts
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy contracts/build.py bench
 	$(VENV)/bin/lint-imports
 	shellcheck scripts/*.sh .ci/run
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Self
 
-from eth_utils import to_checksum_address
+from eth_utils.address import to_checksum_address
 
 
 def _parse_hex(text: str, length: int, what: str) -> bytes:
@@ -114,5 +114,5 @@ class SecretBytes:
 
     __str__ = __repr__
 
-    def __reduce__(self) -> object:  # pickling would copy the secret out of process memory
+    def __reduce__(self) -> str | tuple[object, ...]:  # pickling would copy the secret out of process memory
         raise TypeError("SecretBytes cannot be pickled")

@@ -1,0 +1,485 @@
+"""The devnet lab orchestrator: ``up``, ``status``, ``down`` and the node verbs.
+
+Owns the order in which a lab is built and torn down, the per-node files under the lab directory, and the
+state file. It composes the lower layers: ``devnet.netns`` (namespaces, bridge, routes), ``devnet.procs``
+and ``devnet.wireguard`` (processes), ``devnet.anvil`` (chain), ``devnet.deployment`` (contracts),
+``devnet.kmsgate`` (boot verdicts) and the sidecar's chain and dstack adapters.
+
+Rules: state is written after every step, so a killed ``up`` leaves a file (``complete: false``) and a
+``down`` or the next ``up`` can finish the job; ``down`` also sweeps by the lab's own name prefix, so it
+works without any state at all. ``up`` on a running lab changes nothing. A file lock serialises commands
+on one lab directory. The only private key used here is anvil's published dev key (the cluster owner).
+Must not: send traffic anywhere but loopback and the lab (the root namespace reaches the lab through its
+veth; blackhole routes keep strays local), or touch processes it did not start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import json
+import shutil
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Network
+from pathlib import Path
+from typing import TypeVar
+
+import structlog
+
+from devnet import procs
+from devnet.anvil import DEVNET_DEPLOYER_KEY, AnvilProcess
+from devnet.compose import DEFAULT_COMPOSE_BYTES, compose_hash
+from devnet.deployment import deploy_member_app, deploy_stack
+from devnet.kms import DevnetKms
+from devnet.kmsgate import boot_info_for, evaluate
+from devnet.netns import LabNetwork
+from devnet.simulator.config import SimulatorConfig
+from devnet.state import BOOT_ALLOWED, DevnetState, NodeState, boot_denied, load_state, save_state
+from devnet.topology import LabPlan, validate_node_name
+from devnet.wireguard import start_wireguard_go, uapi_socket
+from sidecar.chain.contracts import ClusterClient
+from sidecar.chain.rpc import connect
+from sidecar.chain.tx import LocalSigner, TxSubmitter
+from sidecar.core.ids import Address
+from sidecar.core.keys import KeyPath
+from sidecar.dstack.agent import GuestAgent
+
+log = structlog.get_logger("devnet.lab")
+
+T = TypeVar("T")
+
+ANVIL_PORT = 8545
+CHAIN_ID = 31337
+SIGNER_FUNDING_WEI = 10 * 10**18
+START_TIMEOUT = 20.0
+WG_IFNAME = "attestmesh0"
+
+
+class DevnetError(RuntimeError):
+    """A lab command could not do what was asked; the message says why and what to run next."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpResult:
+    state: DevnetState
+    created: bool  # False: the lab was already up and nothing changed
+
+
+@dataclass(frozen=True, slots=True)
+class NodeHealth:
+    name: str
+    boot: str
+    simulator: bool
+    wireguard: bool
+    dstack_socket: bool
+    wg_socket: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LabStatus:
+    state: DevnetState
+    anvil: bool
+    chain_reachable: bool
+    head_block: int | None
+    member_count: int | None
+    nodes: tuple[NodeHealth, ...]
+
+
+def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    """Run one chain session (its own event loop) from the synchronous orchestrator."""
+
+    async def main() -> T:
+        return await coro_fn()
+
+    return asyncio.run(main())
+
+
+class Devnet:
+    """One lab on this machine, kept in ``root`` (default ``./.devnet``)."""
+
+    def __init__(self, root: Path, plan: LabPlan) -> None:
+        self.root = root.resolve()
+        self.plan = plan
+        self.network = LabNetwork(plan)
+
+    # --- paths -------------------------------------------------------------------------------------
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def node_dir(self, name: str) -> Path:
+        return self.root / "nodes" / name
+
+    @property
+    def rpc_url(self) -> str:
+        return f"http://{self.plan.hub_ip}:{ANVIL_PORT}"
+
+    # --- locking and state -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / "lock").open("a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def load(self) -> DevnetState | None:
+        return load_state(self.state_file)
+
+    def _save(self, state: DevnetState) -> DevnetState:
+        save_state(self.state_file, state)
+        return state
+
+    def _is_running(self, state: DevnetState) -> bool:
+        anvil = state.processes.get("anvil")
+        return state.complete and anvil is not None and procs.is_alive(anvil) and self.network.exists()
+
+    # --- up ----------------------------------------------------------------------------------------
+
+    def up(self, nodes: int, block_time: float | None = None) -> UpResult:
+        """Build the lab with ``nodes`` nodes; a running lab is left as it is."""
+        if nodes < 1:
+            raise DevnetError("--nodes must be at least 1")
+        with self.locked():
+            existing = self.load()
+            if existing is not None and self._is_running(existing):
+                log.info("devnet.up_skipped", lab=self.plan.name, reason="already running")
+                return UpResult(existing, created=False)
+            if existing is not None or self.network.leftovers():
+                log.info("devnet.leftovers_swept", lab=self.plan.name)
+                self._teardown()
+            state = self._build(nodes, block_time)
+            return UpResult(state, created=True)
+
+    def _build(self, nodes: int, block_time: float | None) -> DevnetState:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        state = self._save(
+            DevnetState(lab=self.plan.name, underlay=str(self.plan.underlay), mesh_cidr=str(self.plan.mesh))
+        )
+        self.network.create()
+        log.info("devnet.network_created", lab=self.plan.name, hub=self.plan.hub_ns)
+        anvil_proc = AnvilProcess(
+            host=str(self.plan.hub_ip),
+            port=ANVIL_PORT,
+            chain_id=CHAIN_ID,
+            block_time=block_time,
+            netns=self.plan.hub_ns,
+            log_path=self.logs / "anvil.log",
+        ).start(timeout=START_TIMEOUT)
+        assert anvil_proc.record is not None
+        anvil = anvil_proc.record
+        state = self._save(
+            replace(
+                state,
+                rpc_url=self.rpc_url,
+                chain_id=CHAIN_ID,
+                block_time=block_time,
+                processes={"anvil": anvil},
+            )
+        )
+        self._wait_for_chain(anvil)
+        log.info("devnet.chain_started", rpc_url=self.rpc_url, pid=anvil.pid)
+
+        kms = DevnetKms()
+        owner = LocalSigner(DEVNET_DEPLOYER_KEY)
+
+        async def deploy() -> DevnetState:
+            async with await connect(self.rpc_url, expected_chain_id=CHAIN_ID) as conn:
+                submitter = TxSubmitter(conn, owner)
+                deployment = await deploy_stack(
+                    conn,
+                    submitter,
+                    kms_roots=(kms.root_address,),
+                    compose_hashes=(compose_hash(DEFAULT_COMPOSE_BYTES),),
+                    mesh_cidr=str(self.plan.mesh),
+                )
+                return replace(
+                    state,
+                    cluster=str(deployment.cluster),
+                    indexer_registry=str(deployment.indexer_registry),
+                    cluster_factory=str(deployment.cluster_factory),
+                    member_app_factory=str(deployment.member_app_factory),
+                    factory_block=deployment.factory_block,
+                    kms_root=str(kms.root_address),
+                    owner=str(owner.address),
+                    initial_compose_hash=str(compose_hash(DEFAULT_COMPOSE_BYTES)),
+                )
+
+        state = self._save(_run(deploy))
+        log.info("devnet.contracts_deployed", cluster=state.cluster, registry=state.indexer_registry)
+        for index in range(1, nodes + 1):
+            state = self._add_node(state, f"node-{index}", index, DEFAULT_COMPOSE_BYTES)
+        return self._save(replace(state, complete=True))
+
+    def _wait_for_chain(self, anvil: procs.ProcRecord) -> None:
+        async def answers() -> bool:
+            try:
+                async with await connect(self.rpc_url, timeout=1.0, expected_chain_id=CHAIN_ID):
+                    return True
+            except Exception:
+                return False
+
+        def ready() -> bool:
+            if not procs.is_alive(anvil):
+                raise DevnetError(f"anvil exited during start-up; see {self.logs / 'anvil.log'}")
+            return _run(answers)
+
+        procs.wait_for(ready, START_TIMEOUT, interval=0.1, what=f"anvil at {self.rpc_url}")
+
+    # --- nodes -------------------------------------------------------------------------------------
+
+    def add_node(self, name: str, compose_file: Path | None = None) -> NodeState:
+        """Add a node to the running lab (its own app contract, approved app id, compose, boot verdict)."""
+        validate_node_name(name)
+        with self.locked():
+            state = self._require_running()
+            if any(n.name == name for n in state.nodes):
+                raise DevnetError(f"node {name!r} already exists")
+            index = max((n.index for n in state.nodes), default=0) + 1
+            compose = compose_file.read_bytes() if compose_file is not None else DEFAULT_COMPOSE_BYTES
+            state = self._save(self._add_node(state, name, index, compose))
+            return state.node(name)
+
+    def start_node(self, name: str) -> NodeState:
+        """Re-run the KMS boot gate for a node and start it when allowed (no-op when already running)."""
+        with self.locked():
+            state = self._require_running()
+            node = state.node(name)
+            if node.allowed and self._node_running(node):
+                log.info("devnet.node_start_skipped", node=name, reason="already running")
+                return node
+            state = self._save(state.with_node(self._boot(state, node)))
+            return state.node(name)
+
+    def _add_node(self, state: DevnetState, name: str, index: int, compose: bytes) -> DevnetState:
+        net = self.network.add_node(name, index)
+        node_dir = self.node_dir(name)
+        node_dir.mkdir(parents=True, exist_ok=True)
+        compose_path = node_dir / "app-compose.json"
+        compose_path.write_bytes(compose)
+        owner = LocalSigner(DEVNET_DEPLOYER_KEY)
+
+        async def create_app() -> Address:
+            async with await connect(state.rpc_url, expected_chain_id=state.chain_id) as conn:
+                submitter = TxSubmitter(conn, owner)
+                cluster = Address.from_hex(state.cluster)
+                app = await deploy_member_app(
+                    conn, submitter, Address.from_hex(state.member_app_factory), cluster, name
+                )
+                # The cold-start rule: a node's app id must be pre-approved before its first boot.
+                await ClusterClient(conn, cluster, submitter).add_allowed_app_id(app)
+                return app
+
+        app_id = _run(create_app)
+        instance_id = hashlib.sha256(f"attestmesh-devnet-instance:{self.plan.name}:{name}".encode()).digest()[
+            :20
+        ]
+        sim_config = node_dir / "simulator.json"
+        sim_config.write_text(
+            json.dumps(
+                {
+                    "app_id": app_id.hex,
+                    "instance_id": instance_id.hex(),
+                    "app_compose_path": compose_path.name,
+                    "app_name": name,
+                },
+                indent=2,
+                sort_keys=True,
+            )
+            + "\n"
+        )
+        wg_dir = node_dir / "wg"
+        node = NodeState(
+            name=name,
+            index=index,
+            netns=net.ns,
+            app_id=str(app_id),
+            instance_id=instance_id.hex(),
+            compose_hash=str(compose_hash(compose)),
+            compose_path=str(compose_path),
+            underlay_ip=str(net.ip),
+            dstack_socket=str(node_dir / "dstack.sock"),
+            wg_uapi_dir=str(wg_dir),
+            wg_socket=str(uapi_socket(wg_dir, WG_IFNAME)),
+        )
+        state = self._save(state.with_node(node))
+        log.info("devnet.node_created", node=name, netns=net.ns, app_id=str(app_id), underlay_ip=str(net.ip))
+        return state.with_node(self._boot(state, node))
+
+    def _boot(self, state: DevnetState, node: NodeState) -> NodeState:
+        """The KMS gate, then (when allowed) the guest agent, wireguard-go and the signer's funding."""
+        config = SimulatorConfig.load(self.node_dir(node.name) / "simulator.json")
+        boot_info = boot_info_for(config)
+
+        async def gate() -> tuple[bool, str]:
+            async with await connect(state.rpc_url, expected_chain_id=state.chain_id) as conn:
+                verdict = await evaluate(conn, boot_info)
+                return verdict.allowed, verdict.reason
+
+        allowed, reason = _run(gate)
+        node = replace(node, compose_hash=str(boot_info.compose_hash))
+        if not allowed:
+            self._stop_node_processes(node)
+            log.warning("devnet.boot_denied", node=node.name, reason=reason)
+            return replace(node, boot=boot_denied(reason), processes={})
+        log.info("devnet.boot_allowed", node=node.name, compose_hash=str(boot_info.compose_hash))
+        self._stop_node_processes(node)
+        socket = Path(node.dstack_socket)
+        socket.unlink(missing_ok=True)
+        simulator = procs.spawn(
+            [
+                sys.executable,
+                "-m",
+                "devnet.simulator",
+                "--config",
+                str(self.node_dir(node.name) / "simulator.json"),
+                "--socket",
+                str(socket),
+            ],
+            name=f"simulator@{node.name}",
+            netns=node.netns,
+            log_path=self.logs / f"{node.name}-simulator.log",
+        )
+        try:
+            procs.wait_for(
+                lambda: _socket_ready(socket, simulator),
+                START_TIMEOUT,
+                what=f"simulator socket of {node.name}",
+            )
+            wireguard = start_wireguard_go(
+                node.netns,
+                Path(node.wg_uapi_dir),
+                ifname=WG_IFNAME,
+                log_path=self.logs / f"{node.name}-wg.log",
+            )
+        except BaseException:
+            procs.terminate(simulator)
+            raise
+        signer = _run(lambda: self._fund_signer(state, socket))
+        return replace(
+            node,
+            boot=BOOT_ALLOWED,
+            signer=str(signer),
+            processes={"simulator": simulator, "wireguard": wireguard},
+        )
+
+    async def _fund_signer(self, state: DevnetState, socket: Path) -> Address:
+        """Learn the node's signer address from its guest agent (GetKey) and fund it from the owner."""
+        agent = GuestAgent(str(socket))
+        try:
+            key = await agent.get_key(KeyPath.SIGNER.path, KeyPath.SIGNER.purpose)
+        finally:
+            await agent.close()
+        signer = LocalSigner(key.key).address
+        async with await connect(state.rpc_url, expected_chain_id=state.chain_id) as conn:
+            if await conn.get_balance(signer) < SIGNER_FUNDING_WEI // 2:
+                await TxSubmitter(conn, LocalSigner(DEVNET_DEPLOYER_KEY)).send(
+                    signer, b"", value=SIGNER_FUNDING_WEI
+                )
+        log.info("devnet.signer_funded", signer=str(signer))
+        return signer
+
+    def _node_running(self, node: NodeState) -> bool:
+        return bool(node.processes) and all(procs.is_alive(p) for p in node.processes.values())
+
+    def _stop_node_processes(self, node: NodeState) -> None:
+        procs.terminate_all(node.processes.values())
+
+    def _require_running(self) -> DevnetState:
+        state = self.load()
+        if state is None or not self._is_running(state):
+            raise DevnetError(f"lab {self.plan.name!r} is not running; run `attestmesh devnet up` first")
+        return state
+
+    # --- status ------------------------------------------------------------------------------------
+
+    def status(self) -> LabStatus | None:
+        """What is running now (processes, sockets, chain head, member count); None when there is no lab."""
+        state = self.load()
+        if state is None:
+            return None
+        anvil = state.processes.get("anvil")
+        anvil_alive = anvil is not None and procs.is_alive(anvil)
+
+        async def chain() -> tuple[int, int | None]:
+            async with await connect(state.rpc_url, timeout=2.0, expected_chain_id=state.chain_id) as conn:
+                head = await conn.block_number()
+                count = (
+                    await ClusterClient(conn, Address.from_hex(state.cluster)).member_count()
+                    if state.cluster
+                    else None
+                )
+                return head, count
+
+        head: int | None = None
+        count: int | None = None
+        if anvil_alive and state.rpc_url:
+            try:
+                head, count = _run(chain)
+            except Exception as exc:
+                log.warning("devnet.chain_unreachable", error=str(exc))
+        nodes = tuple(
+            NodeHealth(
+                name=n.name,
+                boot=n.boot,
+                simulator=_alive(n, "simulator"),
+                wireguard=_alive(n, "wireguard"),
+                dstack_socket=Path(n.dstack_socket).is_socket(),
+                wg_socket=Path(n.wg_socket).is_socket(),
+            )
+            for n in state.nodes
+        )
+        return LabStatus(state, anvil_alive, head is not None, head, count, nodes)
+
+    # --- down --------------------------------------------------------------------------------------
+
+    def down(self) -> list[str]:
+        """Remove everything the lab made; return what was still left afterwards (empty on success)."""
+        with self.locked():
+            self._teardown()
+            return self.network.leftovers()
+
+    def _teardown(self) -> None:
+        state = self.load()
+        if state is not None:
+            recorded = [p for n in state.nodes for p in n.processes.values()] + list(state.processes.values())
+            procs.terminate_all(recorded)
+        self.network.destroy()  # sweeps every namespace (and the processes inside) by the lab's prefix
+        for path in (self.root / "nodes", self.state_file):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        log.info("devnet.down_completed", lab=self.plan.name)
+
+
+def _alive(node: NodeState, key: str) -> bool:
+    rec = node.processes.get(key)
+    return rec is not None and procs.is_alive(rec)
+
+
+def _socket_ready(socket: Path, rec: procs.ProcRecord) -> bool:
+    if not procs.is_alive(rec):
+        raise DevnetError(f"{rec.name} exited during start-up")
+    return socket.is_socket()
+
+
+def plan_for(root: Path, lab: str, underlay: str, mesh: str) -> LabPlan:
+    """The plan of the lab in ``root``: its state file wins over the given defaults."""
+    state = load_state(root / "state.json")
+    if state is not None:
+        return LabPlan(state.lab, IPv4Network(state.underlay), IPv4Network(state.mesh_cidr))
+    return LabPlan(lab, IPv4Network(underlay), IPv4Network(mesh))

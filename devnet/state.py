@@ -1,0 +1,130 @@
+"""The devnet's state file (``.devnet/state.json``): what a running lab is made of, for operators and tests.
+
+Owns the schema, its JSON encoding and the atomic write. It holds public data only (addresses, hashes,
+paths, PIDs): never a private key. Must not start, stop or inspect anything; the lab does that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Self
+
+from devnet.procs import ProcRecord
+
+STATE_VERSION = 1
+BOOT_ALLOWED = "allowed"
+
+
+def boot_denied(reason: str) -> str:
+    """The ``boot`` field of a node the KMS gate refused (reason as the contract gave it)."""
+    return f"denied: {reason or 'no reason given'}"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    name: str
+    index: int
+    netns: str
+    app_id: str
+    instance_id: str
+    compose_hash: str
+    compose_path: str
+    underlay_ip: str
+    dstack_socket: str
+    wg_uapi_dir: str
+    wg_socket: str
+    boot: str = ""
+    signer: str = ""
+    processes: dict[str, ProcRecord] = field(default_factory=dict)
+
+    @property
+    def allowed(self) -> bool:
+        return self.boot == BOOT_ALLOWED
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["processes"] = {k: v.to_json() for k, v in self.processes.items()}
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        procs = {k: ProcRecord.from_json(v) for k, v in data.get("processes", {}).items()}
+        known = {f for f in cls.__dataclass_fields__ if f != "processes"}
+        return cls(**{k: v for k, v in data.items() if k in known}, processes=procs)
+
+
+@dataclass(frozen=True, slots=True)
+class DevnetState:
+    lab: str
+    underlay: str
+    mesh_cidr: str
+    rpc_url: str = ""
+    chain_id: int = 0
+    block_time: float | None = None
+    cluster: str = ""
+    indexer_registry: str = ""
+    cluster_factory: str = ""
+    member_app_factory: str = ""
+    factory_block: int = 0
+    kms_root: str = ""
+    owner: str = ""
+    initial_compose_hash: str = ""
+    processes: dict[str, ProcRecord] = field(default_factory=dict)
+    nodes: tuple[NodeState, ...] = ()
+    complete: bool = False  # false while `up` is still building the lab (a killed `up` leaves it false)
+    version: int = STATE_VERSION
+
+    def node(self, name: str) -> NodeState:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(f"no node named {name!r} in lab {self.lab!r}")
+
+    def with_node(self, node: NodeState) -> DevnetState:
+        """Return a copy with ``node`` added or replacing the node of the same name."""
+        others = tuple(n for n in self.nodes if n.name != node.name)
+        return replace(self, nodes=tuple(sorted((*others, node), key=lambda n: n.index)))
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["processes"] = {k: v.to_json() for k, v in self.processes.items()}
+        data["nodes"] = [n.to_json() for n in self.nodes]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        if data.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported devnet state version {data.get('version')!r}")
+        procs = {k: ProcRecord.from_json(v) for k, v in data.get("processes", {}).items()}
+        nodes = tuple(NodeState.from_json(n) for n in data.get("nodes", []))
+        known = {f for f in cls.__dataclass_fields__ if f not in ("processes", "nodes")}
+        return cls(**{k: v for k, v in data.items() if k in known}, processes=procs, nodes=nodes)
+
+
+def load_state(path: Path) -> DevnetState | None:
+    """Read the state file; None when there is none."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    return DevnetState.from_json(json.loads(text))
+
+
+def save_state(path: Path, state: DevnetState) -> None:
+    """Write the state file atomically (temp file in the same directory, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(state.to_json(), fh, indent=2, sort_keys=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,248 @@
+"""Sending transactions: local signing, nonces, gas, fees and the receipt wait.
+
+Owns: ``LocalSigner`` (a secp256k1 key held in memory; signs locally, never via the node) and
+``TxSubmitter``, which serialises one account's sends (an ``asyncio.Lock``), tracks its nonce (read with
+``pending`` on first use, re-read after any failure), estimates gas (the place reverts are caught and decoded,
+before anything is sent), prices EIP-1559 fees from the latest base fee, and waits for the receipt with a
+deadline. A mined-but-reverted transaction is replayed as a call at its parent block to decode the reason.
+
+Must not: log, repr or put into an error any key material; retry a failed send (the caller decides); or
+return web3 types. Every failure leaves as a ``ChainError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any, Final, NoReturn
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from web3.exceptions import TransactionNotFound
+
+from sidecar.chain.errors import (
+    ChainError,
+    ContractRevert,
+    InsufficientFunds,
+    TransactionTimeout,
+    UnknownRevert,
+    translated,
+)
+from sidecar.chain.rpc import ChainConnection, checksum
+from sidecar.core.ids import Address, Bytes32, SecretBytes
+from sidecar.core.model import ChainLog, TxReceipt
+
+GAS_HEADROOM: Final = 1.2
+#: Fee cap = 2 * base fee + tip: survives six consecutive full blocks of base-fee growth.
+BASE_FEE_MULTIPLIER: Final = 2
+
+
+class LocalSigner:
+    """A secp256k1 account key held in process memory. ``repr`` shows the address only."""
+
+    __slots__ = ("_account", "address")
+
+    def __init__(self, key: SecretBytes) -> None:
+        try:
+            account: LocalAccount = Account.from_key(key.reveal())
+        except (ValueError, TypeError):
+            raise ValueError("signer key is not a valid secp256k1 private key") from None
+        self._account = account
+        self.address = Address.from_hex(account.address)
+
+    def sign(self, tx: Mapping[str, Any]) -> tuple[bytes, Bytes32]:
+        """Sign a transaction dict; return the raw signed bytes and the transaction hash."""
+        signed = self._account.sign_transaction(dict(tx))
+        return bytes(signed.raw_transaction), Bytes32(bytes(signed.hash))
+
+    def __repr__(self) -> str:
+        return f"LocalSigner({self.address})"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("LocalSigner cannot be pickled")
+
+
+def _hex_bytes(value: Any) -> bytes:
+    if isinstance(value, str):
+        return bytes.fromhex(value.removeprefix("0x"))
+    return bytes(value)
+
+
+def receipt_from_web3(raw: Mapping[str, Any]) -> TxReceipt:
+    """Convert a web3 receipt into our ``TxReceipt`` (no HexBytes or AttributeDict survives)."""
+    contract_address = raw.get("contractAddress")
+    logs = tuple(log_from_web3(entry) for entry in raw.get("logs", ()))
+    return TxReceipt(
+        tx_hash=Bytes32(_hex_bytes(raw["transactionHash"])),
+        block_number=int(raw["blockNumber"]),
+        gas_used=int(raw["gasUsed"]),
+        succeeded=int(raw["status"]) == 1,
+        contract_address=Address.from_hex(str(contract_address)) if contract_address else None,
+        logs=logs,
+    )
+
+
+def log_from_web3(raw: Mapping[str, Any]) -> ChainLog:
+    """Convert one web3 log entry into our ``ChainLog``."""
+    return ChainLog(
+        address=Address.from_hex(str(raw["address"])),
+        topics=tuple(Bytes32(_hex_bytes(t)) for t in raw["topics"]),
+        data=_hex_bytes(raw["data"]),
+        block_number=int(raw["blockNumber"]),
+        block_hash=Bytes32(_hex_bytes(raw["blockHash"])),
+        tx_hash=Bytes32(_hex_bytes(raw["transactionHash"])),
+        log_index=int(raw["logIndex"]),
+    )
+
+
+class TxSubmitter:
+    """Sends one account's transactions, one at a time, and waits for their receipts."""
+
+    def __init__(
+        self,
+        conn: ChainConnection,
+        signer: LocalSigner,
+        *,
+        receipt_timeout: float = 60.0,
+        poll_interval: float = 0.2,
+    ) -> None:
+        self._conn = conn
+        self._signer = signer
+        self.receipt_timeout = receipt_timeout
+        self.poll_interval = poll_interval
+        self._lock = asyncio.Lock()
+        self._nonce: int | None = None
+
+    @property
+    def address(self) -> Address:
+        return self._signer.address
+
+    @property
+    def connection(self) -> ChainConnection:
+        return self._conn
+
+    def __repr__(self) -> str:
+        return f"TxSubmitter({self._signer.address}, {self._conn.rpc_url!r})"
+
+    async def send(
+        self,
+        to: Address | None,
+        data: bytes,
+        *,
+        value: int = 0,
+        gas_limit: int | None = None,
+        receipt_timeout: float | None = None,
+    ) -> TxReceipt:
+        """Send a transaction (``to=None`` deploys ``data`` as init code) and wait for a successful receipt.
+
+        Raises the decoded ``ContractRevert`` when the call would revert (before sending, from gas
+        estimation) or did revert on chain; ``TransactionTimeout`` when no receipt arrives in time.
+        """
+        async with self._lock:
+            try:
+                return await self._send_locked(to, data, value, gas_limit, receipt_timeout)
+            except BaseException:
+                self._nonce = None  # whatever happened, the node's pending count is the truth next time
+                raise
+
+    async def _send_locked(
+        self,
+        to: Address | None,
+        data: bytes,
+        value: int,
+        gas_limit: int | None,
+        receipt_timeout: float | None,
+    ) -> TxReceipt:
+        w3 = self._conn.w3
+        call: dict[str, Any] = {"from": self.address.checksum, "data": data, "value": value}
+        if to is not None:
+            call["to"] = to.checksum
+        try:
+            with translated():
+                chain_id = await self._conn.chain_id()
+                if self._nonce is None:
+                    self._nonce = int(await w3.eth.get_transaction_count(checksum(self.address), "pending"))
+                if gas_limit is None:
+                    gas_limit = int(int(await w3.eth.estimate_gas(call)) * GAS_HEADROOM)  # type: ignore[arg-type]
+                latest = await w3.eth.get_block("latest")
+                base_fee = int(latest.get("baseFeePerGas", 0))
+                tip = int(await w3.eth.max_priority_fee)
+                max_fee = BASE_FEE_MULTIPLIER * base_fee + tip
+        except InsufficientFunds as exc:  # estimation already knows the account cannot pay
+            raise await self._insufficient(None, value, str(exc)) from exc
+        tx = {
+            **call,
+            "chainId": chain_id,
+            "nonce": self._nonce,
+            "gas": gas_limit,
+            "maxFeePerGas": max_fee,
+            "maxPriorityFeePerGas": tip,
+            "type": 2,
+        }
+        raw, tx_hash = self._signer.sign(tx)
+        try:
+            with translated():
+                await w3.eth.send_raw_transaction(raw)
+        except InsufficientFunds as exc:
+            detail = f"gas {gas_limit} at up to {max_fee} wei + value {value}"
+            raise await self._insufficient(gas_limit * max_fee + value, value, detail) from exc
+        self._nonce += 1
+        receipt = await self._wait_for_receipt(tx_hash, receipt_timeout or self.receipt_timeout)
+        if not receipt.succeeded:
+            raise await self._explain_revert(call, gas_limit, receipt)
+        return receipt
+
+    async def _insufficient(self, needed: int | None, value: int, detail: str) -> InsufficientFunds:
+        try:
+            have: int | None = await self._conn.get_balance(self.address)
+        except ChainError:
+            have = None
+        balance = "an unknown balance" if have is None else f"{have} wei"
+        need = f"needs up to {needed} wei" if needed is not None else f"cannot pay gas + value {value} wei"
+        return InsufficientFunds(
+            f"{self.address} has {balance}, {need} ({detail})", address=self.address, needed=needed, have=have
+        )
+
+    async def _wait_for_receipt(self, tx_hash: Bytes32, wait_seconds: float) -> TxReceipt:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_seconds
+        last_problem = ""
+        while True:
+            try:
+                with translated():
+                    try:
+                        raw = await self._conn.w3.eth.get_transaction_receipt(tx_hash.raw)  # type: ignore[arg-type]
+                    except TransactionNotFound:
+                        raw = None
+                if raw is not None:
+                    return receipt_from_web3(raw)
+            except ChainError as exc:
+                if not exc.transient:
+                    raise
+                last_problem = str(exc)  # a blip while polling: keep polling until the deadline
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TransactionTimeout(tx_hash, wait_seconds, last_problem)
+            await asyncio.sleep(min(self.poll_interval, remaining))
+
+    async def _explain_revert(self, call: dict[str, Any], gas_limit: int, receipt: TxReceipt) -> ChainError:
+        """Replay a reverted transaction as a call at its parent block to recover the revert data."""
+        replay = {**call, "gas": gas_limit}
+        try:
+            with translated():
+                await self._conn.w3.eth.call(replay, max(receipt.block_number - 1, 0))  # type: ignore[arg-type]
+        except ContractRevert as exc:
+            exc.tx_hash = receipt.tx_hash
+            return exc
+        except ChainError as exc:
+            return UnknownRevert(
+                message=f"transaction {receipt.tx_hash} reverted on chain; replaying it failed: {exc}",
+                tx_hash=receipt.tx_hash,
+            )
+        return UnknownRevert(
+            message=f"transaction {receipt.tx_hash} reverted on chain (gas used {receipt.gas_used} of "
+            f"{gas_limit}); replaying it did not reproduce the revert",
+            tx_hash=receipt.tx_hash,
+        )

@@ -1,0 +1,108 @@
+"""The node's GetKey paths and the pure public-key computations over the keys they yield.
+
+Owns: the table of DESIGN §4 "Identity" (one ``KeyPath`` per derived key, with its GetKey path and
+purpose) and small pure helpers that turn a 32-byte derived secret into the public value a peer or the
+chain sees (secp256k1 address and public keys, Ed25519 public key, X25519 public key).
+
+Must not: do I/O, talk to the guest agent, or let private material escape. Secrets arrive and leave as
+``SecretBytes``; helpers return public values only, and no error message ever contains key bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from eth_keys.datatypes import PrivateKey
+from eth_utils.crypto import keccak
+
+from sidecar.core.ids import Address, SecretBytes
+
+# secp256k1 field prime and group order (SEC 2).
+SECP256K1_P = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEFFFFFC2F
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+ETHEREUM_PURPOSE = "ethereum"
+
+
+class KeyPath(enum.Enum):
+    """A GetKey request of DESIGN §4: ``.path`` and ``.purpose`` are what the sidecar sends."""
+
+    SIGNER = ("attestmesh/signer/v1", ETHEREUM_PURPOSE)
+    IDENTITY = ("attestmesh/identity/v1", "")
+    SEAL = ("attestmesh/seal/v1", "")
+    WIREGUARD = ("attestmesh/wireguard/v1", "")
+    CSK = ("attestmesh/csk/v1", "")
+    STATE = ("attestmesh/state/v1", "")
+
+    @property
+    def path(self) -> str:
+        return self.value[0]
+
+    @property
+    def purpose(self) -> str:
+        return self.value[1]
+
+
+def _scalar(key: SecretBytes, what: str) -> bytes:
+    raw = key.reveal()
+    if len(raw) != 32:
+        raise ValueError(f"{what} must be 32 bytes, got {len(raw)}")
+    return raw
+
+
+def _secp256k1_private(key: SecretBytes) -> PrivateKey:
+    raw = _scalar(key, "secp256k1 key")
+    if not 0 < int.from_bytes(raw, "big") < SECP256K1_N:
+        raise ValueError("secp256k1 key is out of range (zero or not below the group order)")
+    return PrivateKey(raw)
+
+
+def secp256k1_public_key(key: SecretBytes) -> bytes:
+    """Return the 64-byte uncompressed public key (x ‖ y, no 0x04 prefix) of a secp256k1 scalar."""
+    return bytes(_secp256k1_private(key).public_key.to_bytes())
+
+
+def compress_secp256k1(pubkey: bytes) -> bytes:
+    """Return the 33-byte SEC1 compressed form of a 64-byte uncompressed (x ‖ y) public key."""
+    if len(pubkey) != 64:
+        raise ValueError(f"uncompressed public key must be 64 bytes, got {len(pubkey)}")
+    prefix = b"\x03" if pubkey[63] & 1 else b"\x02"
+    return prefix + pubkey[:32]
+
+
+def is_on_secp256k1(pubkey: bytes) -> bool:
+    """Tell whether 64 bytes (x ‖ y) are the coordinates of a point on secp256k1."""
+    if len(pubkey) != 64:
+        return False
+    x = int.from_bytes(pubkey[:32], "big")
+    y = int.from_bytes(pubkey[32:], "big")
+    if x >= SECP256K1_P or y >= SECP256K1_P:
+        return False
+    return (y * y - (x * x * x + 7)) % SECP256K1_P == 0
+
+
+def address_of_public_key(pubkey: bytes) -> Address:
+    """Return the Ethereum address keccak256(x ‖ y)[12:] of a 64-byte uncompressed public key."""
+    if len(pubkey) != 64:
+        raise ValueError(f"uncompressed public key must be 64 bytes, got {len(pubkey)}")
+    return Address(keccak(pubkey)[12:])
+
+
+def secp256k1_address(key: SecretBytes) -> Address:
+    """Return the Ethereum address of a 32-byte secp256k1 private key."""
+    return address_of_public_key(secp256k1_public_key(key))
+
+
+def ed25519_public_key(seed: SecretBytes) -> bytes:
+    """Return the 32-byte Ed25519 public key for a 32-byte seed (RFC 8032)."""
+    private = Ed25519PrivateKey.from_private_bytes(_scalar(seed, "Ed25519 seed"))
+    return private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def x25519_public_key(scalar: SecretBytes) -> bytes:
+    """Return the 32-byte X25519 public key for a 32-byte scalar (clamped as RFC 7748 says)."""
+    private = X25519PrivateKey.from_private_bytes(_scalar(scalar, "X25519 scalar"))
+    return private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
