@@ -23,13 +23,16 @@ from devnet import procs
 from devnet.netns import LabError, LabNetwork, NodeNet, leftovers, list_netns
 from devnet.topology import BLACKHOLE_METRIC, LabPlan
 from devnet.wireguard import start_wireguard_go, uapi_get, uapi_set, uapi_socket
+from tests.conftest import require
 
-pytestmark = [
-    pytest.mark.component,
-    pytest.mark.timeout(60),
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
-    pytest.mark.skipif(shutil.which("wireguard-go") is None, reason="needs wireguard-go"),
-]
+pytestmark = [pytest.mark.component, pytest.mark.timeout(60)]
+
+
+@pytest.fixture(autouse=True)
+def prerequisites() -> None:
+    require(os.geteuid() == 0, "root (network namespaces)")
+    require(shutil.which("wireguard-go") is not None, "wireguard-go")
+
 
 PLAN = LabPlan(name="amtc", underlay=IPv4Network("10.214.0.0/24"), mesh=IPv4Network("10.14.0.0/16"))
 WG_PORT = 51820

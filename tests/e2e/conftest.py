@@ -23,6 +23,7 @@ import pytest
 
 from devnet.netns import LabNetwork
 from devnet.topology import LabPlan
+from tests.conftest import require
 
 REPO = Path(__file__).resolve().parents[2]
 LAB = "amte"
@@ -31,18 +32,13 @@ MESH = "10.15.0.0/16"
 PLAN = LabPlan(LAB, IPv4Network(UNDERLAY), IPv4Network(MESH))
 
 
-def _require(condition: bool, what: str) -> None:
-    if not condition:
-        pytest.fail(f"e2e prerequisite missing: {what} (run `make setup` as root)")
-
-
 @pytest.fixture(scope="session", autouse=True)
 def prerequisites() -> None:
-    _require(os.geteuid() == 0, "root (network namespaces)")
+    require(os.geteuid() == 0, "root (network namespaces)")
     for tool in ("ip", "wireguard-go", "ping"):
-        _require(shutil.which(tool) is not None, tool)
-    _require((REPO / "tools/node_modules/.bin/anvil").exists(), "anvil in tools/node_modules")
-    _require(Path("/dev/net/tun").exists(), "/dev/net/tun")
+        require(shutil.which(tool) is not None, tool)
+    require((REPO / "tools/node_modules/.bin/anvil").exists(), "anvil in tools/node_modules")
+    require(Path("/dev/net/tun").exists(), "/dev/net/tun")
 
 
 @dataclass

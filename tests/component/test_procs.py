@@ -13,6 +13,8 @@ import pytest
 from devnet import procs
 from devnet.procs import ProcRecord
 
+pytestmark = [pytest.mark.component, pytest.mark.timeout(60)]
+
 
 @pytest.fixture
 def sleeper(tmp_path: Path) -> Iterator[ProcRecord]:
