@@ -104,12 +104,12 @@ contract Cluster is ICluster, Ownable2Step {
         emit DeviceRemoved(deviceId);
     }
 
-    function setAllowAnyDevice(bool allowAnyDevice) external onlyOwner {
-        _setAllowAnyDevice(allowAnyDevice);
+    function setAllowAnyDevice(bool allowed) external onlyOwner {
+        _setAllowAnyDevice(allowed);
     }
 
-    function setRequireTcbUpToDate(bool requireTcbUpToDate) external onlyOwner {
-        _setRequireTcbUpToDate(requireTcbUpToDate);
+    function setRequireTcbUpToDate(bool required) external onlyOwner {
+        _setRequireTcbUpToDate(required);
     }
 
     function addAllowedAppId(address appId) external onlyOwner {

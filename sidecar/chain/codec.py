@@ -1,7 +1,8 @@
 """ABI values to our value types, and event logs to decoded events.
 
-Owns: ``python_value`` (one decoded ABI value → ``Address`` / ``Bytes32`` / ``bytes`` / ``int`` / ``str`` /
-tuple), ``ContractEvent`` and ``EventCodec`` (topic0 → event ABI, decoding ``ChainLog``s of one contract).
+Owns: converting web3 receipts, logs and blocks into our value objects; ``python_value`` (one decoded ABI
+value → ``Address`` / ``Bytes32`` / ``bytes`` / ``int`` / ``str`` / tuple); ``ContractEvent`` and
+``EventCodec`` (topic0 → event ABI, decoding ``ChainLog``s of one contract).
 
 Must not: talk to a node or return web3 types. Pure functions over ABIs taken from the artifacts.
 """
@@ -18,12 +19,56 @@ from eth_abi.exceptions import DecodingError
 from eth_utils.abi import collapse_if_tuple, event_abi_to_log_topic
 
 from sidecar.core.ids import Address, Bytes32, MemberId
-from sidecar.core.model import ChainLog, TxReceipt
+from sidecar.core.model import BlockHeader, ChainLog, TxReceipt
 
 _DYNAMIC_BASES = ("string", "bytes")
 
 #: ``bytes32`` parameters (of events and errors) that hold a member id: decoded as ``MemberId``.
 MEMBER_ID_PARAMS = frozenset({"memberId", "originator"})
+
+
+def hex_bytes(value: Any) -> bytes:
+    """Bytes from a web3 value (HexBytes, bytes or a 0x-hex string)."""
+    if isinstance(value, str):
+        return bytes.fromhex(value.removeprefix("0x"))
+    return bytes(value)
+
+
+def receipt_from_web3(raw: Mapping[str, Any]) -> TxReceipt:
+    """Convert a web3 receipt into our ``TxReceipt`` (no HexBytes or AttributeDict survives)."""
+    contract_address = raw.get("contractAddress")
+    logs = tuple(log_from_web3(entry) for entry in raw.get("logs", ()))
+    return TxReceipt(
+        tx_hash=Bytes32(hex_bytes(raw["transactionHash"])),
+        block_number=int(raw["blockNumber"]),
+        gas_used=int(raw["gasUsed"]),
+        succeeded=int(raw["status"]) == 1,
+        contract_address=Address.from_hex(str(contract_address)) if contract_address else None,
+        logs=logs,
+    )
+
+
+def log_from_web3(raw: Mapping[str, Any]) -> ChainLog:
+    """Convert one web3 log entry into our ``ChainLog``."""
+    return ChainLog(
+        address=Address.from_hex(str(raw["address"])),
+        topics=tuple(Bytes32(hex_bytes(t)) for t in raw["topics"]),
+        data=hex_bytes(raw["data"]),
+        block_number=int(raw["blockNumber"]),
+        block_hash=Bytes32(hex_bytes(raw["blockHash"])),
+        tx_hash=Bytes32(hex_bytes(raw["transactionHash"])),
+        log_index=int(raw["logIndex"]),
+    )
+
+
+def block_header_from_web3(raw: Mapping[str, Any]) -> BlockHeader:
+    """Convert a web3 block into our ``BlockHeader``."""
+    return BlockHeader(
+        number=int(raw["number"]),
+        hash=Bytes32(hex_bytes(raw["hash"])),
+        parent_hash=Bytes32(hex_bytes(raw["parentHash"])),
+        timestamp=int(raw["timestamp"]),
+    )
 
 
 def python_value(abi_type: str, value: Any, name: str = "") -> Any:  # noqa: PLR0911 - one per ABI kind

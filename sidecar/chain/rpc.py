@@ -1,7 +1,7 @@
 """The connection to one JSON-RPC node (web3 ``AsyncWeb3`` over HTTP).
 
 Owns: building the provider (request timeout, no hidden retries), checking the chain id at connect time,
-the handful of account-level reads everyone needs (chain id, head, balance, code) and closing the HTTP
+the node-level reads everyone needs (chain id, head, block headers, logs, balance, code) and closing the HTTP
 session. ``ChainConnection.w3`` is for the rest of ``sidecar.chain`` only.
 
 Must not: retry (web3's built-in retries are switched off: the drivers own backoff), sign, or let web3
@@ -10,15 +10,21 @@ types or exceptions escape: every call goes through ``translated()``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import TracebackType
-from typing import Self
+from typing import Literal, Self
 
 import aiohttp
 from eth_typing import ChecksumAddress, HexAddress, HexStr
 from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3.types import FilterParams
 
+from sidecar.chain.codec import block_header_from_web3, log_from_web3
 from sidecar.chain.errors import ChainIdMismatch, translated
-from sidecar.core.ids import Address
+from sidecar.core.ids import Address, Bytes32
+from sidecar.core.model import BlockHeader, ChainLog
+
+BlockTag = Literal["latest", "earliest", "pending", "safe", "finalized"]
 
 
 def checksum(address: Address) -> ChecksumAddress:
@@ -61,6 +67,34 @@ class ChainConnection:
         """Return the runtime code at ``address`` (empty for an account without code)."""
         with translated():
             return bytes(await self._w3.eth.get_code(checksum(address)))
+
+    async def block_header(self, block: int | BlockTag = "latest") -> BlockHeader:
+        """Return the header of block ``block`` (a number, or a tag: latest, safe, finalized, …)."""
+        with translated():
+            return block_header_from_web3(await self._w3.eth.get_block(block))
+
+    async def get_logs(
+        self,
+        addresses: Sequence[Address],
+        from_block: int,
+        to_block: int,
+        topics: Sequence[Sequence[Bytes32] | None] = (),
+    ) -> list[ChainLog]:
+        """Return the logs of ``addresses`` in ``[from_block, to_block]`` matching ``topics`` (log order).
+
+        ``topics[i]`` is the set of accepted values of topic i (None: any). The caller bounds the range.
+        """
+        if from_block > to_block:
+            raise ValueError(f"empty block range {from_block}..{to_block}")
+        params: FilterParams = {
+            "address": [checksum(a) for a in addresses],
+            "fromBlock": from_block,
+            "toBlock": to_block,
+            "topics": [None if t is None else [HexStr("0x" + v.hex) for v in t] for t in topics],
+        }
+        with translated():
+            raw = await self._w3.eth.get_logs(params)
+        return [log_from_web3(entry) for entry in raw]
 
     async def close(self) -> None:
         """Close the HTTP session (idempotent)."""

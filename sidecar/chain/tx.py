@@ -20,6 +20,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3.exceptions import TransactionNotFound
 
+from sidecar.chain.codec import receipt_from_web3
 from sidecar.chain.errors import (
     ChainError,
     ContractRevert,
@@ -30,7 +31,7 @@ from sidecar.chain.errors import (
 )
 from sidecar.chain.rpc import ChainConnection, checksum
 from sidecar.core.ids import Address, Bytes32, SecretBytes
-from sidecar.core.model import ChainLog, TxReceipt
+from sidecar.core.model import TxReceipt
 
 GAS_HEADROOM: Final = 1.2
 #: Fee cap = 2 * base fee + tip: survives six consecutive full blocks of base-fee growth.
@@ -62,39 +63,6 @@ class LocalSigner:
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("LocalSigner cannot be pickled")
-
-
-def _hex_bytes(value: Any) -> bytes:
-    if isinstance(value, str):
-        return bytes.fromhex(value.removeprefix("0x"))
-    return bytes(value)
-
-
-def receipt_from_web3(raw: Mapping[str, Any]) -> TxReceipt:
-    """Convert a web3 receipt into our ``TxReceipt`` (no HexBytes or AttributeDict survives)."""
-    contract_address = raw.get("contractAddress")
-    logs = tuple(log_from_web3(entry) for entry in raw.get("logs", ()))
-    return TxReceipt(
-        tx_hash=Bytes32(_hex_bytes(raw["transactionHash"])),
-        block_number=int(raw["blockNumber"]),
-        gas_used=int(raw["gasUsed"]),
-        succeeded=int(raw["status"]) == 1,
-        contract_address=Address.from_hex(str(contract_address)) if contract_address else None,
-        logs=logs,
-    )
-
-
-def log_from_web3(raw: Mapping[str, Any]) -> ChainLog:
-    """Convert one web3 log entry into our ``ChainLog``."""
-    return ChainLog(
-        address=Address.from_hex(str(raw["address"])),
-        topics=tuple(Bytes32(_hex_bytes(t)) for t in raw["topics"]),
-        data=_hex_bytes(raw["data"]),
-        block_number=int(raw["blockNumber"]),
-        block_hash=Bytes32(_hex_bytes(raw["blockHash"])),
-        tx_hash=Bytes32(_hex_bytes(raw["transactionHash"])),
-        log_index=int(raw["logIndex"]),
-    )
 
 
 class TxSubmitter:

@@ -147,6 +147,16 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BlockHeader:
+    """What a reorg check needs of a block: its number, hash, parent hash and timestamp."""
+
+    number: int
+    hash: Bytes32
+    parent_hash: Bytes32
+    timestamp: int
+
+
+@dataclass(frozen=True, slots=True)
 class ChainLog:
     """One event log as the chain returned it (topics and data still ABI-encoded)."""
 

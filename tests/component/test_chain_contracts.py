@@ -213,6 +213,38 @@ async def test_three_members_register_with_kms_chains(cluster: ClusterClient, no
         assert await cluster.compute_member_id(node.app_id) == member_id_for(cluster.address, node.app_id)
 
 
+async def test_logs_and_block_headers(
+    conn: ChainConnection, cluster: ClusterClient, nodes: NodeFactory, stack: Deployment
+) -> None:
+    """What a log poller needs: bounded log reads filtered by topic, and headers to check for reorgs."""
+    members = [await nodes.node(f"log-{i}") for i in (1, 2)]
+    ids = [(await register(node, cluster))[1] for node in members]
+    head = await conn.block_number()
+    registered = cluster.event_topic("MemberRegistered")
+    logs = await conn.get_logs([cluster.address], stack.factory_block, head, [[registered]])
+    assert_our_types(logs)
+    events = cluster.events(logs)
+    assert [e.name for e in events] == ["MemberRegistered", "MemberRegistered"]
+    assert [e["memberId"] for e in events] == ids
+    everything = await conn.get_logs([cluster.address], stack.factory_block, head)
+    assert {"ComposeHashAdded", "AppIdAllowed", "MemberRegistered"} <= {
+        e.name for e in cluster.events(everything)
+    }
+    by_member = await conn.get_logs([cluster.address], stack.factory_block, head, [None, [ids[1]]])
+    assert [e["memberId"] for e in cluster.events(by_member)] == [ids[1]]
+    assert await conn.get_logs([cluster.address], head, head, [[cluster.event_topic("MemberRemoved")]]) == []
+    with pytest.raises(ValueError, match="empty block range"):
+        await conn.get_logs([cluster.address], head, head - 1)
+
+    header = await conn.block_header(head)
+    latest = await conn.block_header()
+    assert header == latest and header.number == head
+    parent = await conn.block_header(head - 1)
+    assert header.parent_hash == parent.hash and parent.number == head - 1
+    assert events[-1].log.block_hash == (await conn.block_header(events[-1].log.block_number)).hash
+    assert_our_types(header)
+
+
 async def test_member_id_for_matches_compute_member_id(cluster: ClusterClient) -> None:
     for _ in range(5):
         app_id = Address(os.urandom(20))

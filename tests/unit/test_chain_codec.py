@@ -15,7 +15,7 @@ from hexbytes import HexBytes
 from web3.datastructures import AttributeDict
 
 from sidecar.chain.artifacts import load_artifact
-from sidecar.chain.codec import EventCodec, python_value
+from sidecar.chain.codec import EventCodec, python_value, receipt_from_web3
 from sidecar.chain.contracts import (
     ClusterClient,
     ClusterFactoryClient,
@@ -25,7 +25,7 @@ from sidecar.chain.contracts import (
     MemberAppFactoryClient,
 )
 from sidecar.chain.errors import NotMember, decode_revert
-from sidecar.chain.tx import LocalSigner, receipt_from_web3
+from sidecar.chain.tx import LocalSigner
 from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
 from sidecar.core.model import ChainLog, TxReceipt
 

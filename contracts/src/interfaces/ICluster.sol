@@ -76,8 +76,8 @@ interface ICluster is IAppAuth {
     function removeComposeHash(bytes32 composeHash) external;
     function addDevice(bytes32 deviceId) external;
     function removeDevice(bytes32 deviceId) external;
-    function setAllowAnyDevice(bool allowAnyDevice) external;
-    function setRequireTcbUpToDate(bool requireTcbUpToDate) external;
+    function setAllowAnyDevice(bool allowed) external;
+    function setRequireTcbUpToDate(bool required) external;
     function addAllowedAppId(address appId) external;
     function removeAllowedAppId(address appId) external;
     function addKmsRoot(address kmsRoot) external;
