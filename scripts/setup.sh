@@ -21,6 +21,10 @@ if command -v node >/dev/null && command -v npm >/dev/null; then
   for pkg in "${missing_apt[@]}"; do [[ $pkg == nodejs || $pkg == npm ]] || filtered+=("$pkg"); done
   missing_apt=("${filtered[@]}")
 fi
+# Debian's python3 ships venv and ensurepip separately.
+if ! "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null; then
+  missing_apt+=(python3-venv)
+fi
 if ((${#missing_apt[@]})); then
   log "apt: installing ${missing_apt[*]}"
   apt-get update -qq

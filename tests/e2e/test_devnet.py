@@ -27,7 +27,7 @@ from sidecar.core.keys import KeyPath, ed25519_public_key, secp256k1_address, x2
 from sidecar.core.model import MemberKeys
 from sidecar.core.sigchain import build_proof, verify_proof
 from sidecar.dstack.agent import GuestAgent
-from tests.e2e.conftest import MESH, PLAN, LabCli
+from tests.e2e.conftest import MESH, PLAN, REPO, LabCli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -214,3 +214,17 @@ async def _member_keys(agent: GuestAgent) -> MemberKeys:
         wg_pub=Bytes32(x25519_public_key(wg.key)),
         identity_pub=Bytes32(ed25519_public_key(identity.key)),
     )
+
+
+def test_make_demo_brings_up_three_nodes_and_prints_status(lab: LabCli) -> None:
+    """The README's `make demo`: set-up, a 3-node lab, and its status table."""
+    proc = subprocess.run(
+        ["make", "demo"], env=lab.env, cwd=REPO, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = proc.stdout.splitlines()
+    table = [line.split() for line in lines if line.startswith("node-")]
+    assert [row[0] for row in table] == ["node-1", "node-2", "node-3"]
+    assert all(row[5] == "allowed" and row[6] == "up" and row[7] == "up" for row in table)
+    assert any("head block" in line for line in lines)
+    assert lab.status()["complete"] is True
