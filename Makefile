@@ -34,7 +34,7 @@ test-e2e: setup
 
 demo: setup
 	$(VENV)/bin/attestmesh devnet up --nodes $(NODES)
-	$(VENV)/bin/attestmesh devnet status
+	$(VENV)/bin/attestmesh devnet status --wait-healthy 120
 
 demo-down: setup
 	$(VENV)/bin/attestmesh devnet down

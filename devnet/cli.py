@@ -73,8 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     up = verbs.add_parser("up", help="build the lab (a running lab is left as it is)")
     up.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
     up.add_argument("--block-time", type=float, default=None, help="seconds per block (default: automine)")
+    up.add_argument("--no-sidecar", action="store_true", help="boot the nodes without their workload")
     status = verbs.add_parser("status", help="what the lab is made of and what is running")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--wait-healthy", type=float, default=None, metavar="SECONDS", help="wait until every node is healthy"
+    )
     verbs.add_parser("down", help="remove every namespace, process, mount, route and socket of the lab")
     node = verbs.add_parser("node", help="node verbs")
     node_verbs = node.add_subparsers(dest="node_verb", required=True)
@@ -83,6 +87,13 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--compose-file", type=Path, default=None, help="app-compose.json to measure and boot")
     start = node_verbs.add_parser("start", help="re-run the KMS boot gate and start the node if allowed")
     start.add_argument("name")
+    node_verbs.add_parser("stop", help="stop the node (workload, wireguard-go, guest agent)").add_argument(
+        "name"
+    )
+    node_verbs.add_parser("restart", help="restart the node's workload (the sidecar)").add_argument("name")
+    node_verbs.add_parser("remove", help="evict the node's member on chain (cluster owner)").add_argument(
+        "name"
+    )
     return parser
 
 
@@ -104,9 +115,11 @@ def _status_json(status: LabStatus) -> dict[str, Any]:
         node["running"] = {
             "simulator": h.simulator,
             "wireguard": h.wireguard,
+            "sidecar": h.sidecar,
             "dstack_socket": h.dstack_socket,
             "wg_socket": h.wg_socket,
         }
+        node["healthz"] = h.healthz
     return data
 
 
@@ -137,20 +150,47 @@ def _print_status(status: LabStatus) -> None:
                 "up" if h.wireguard and h.wg_socket else "-",
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    _print_table(rows)
+    if s.sidecars:
+        print()
+        health_rows = [
+            ("node", "phase", "mesh ip", "live peers", "csk commitment", "membership digest", "reason")
+        ]
+        for n in s.nodes:
+            hz = health[n.name].healthz
+            if hz is None:
+                health_rows.append((n.name, "-", "-", "-", "-", "-", "no answer"))
+                continue
+            peers, csk = hz.get("peers") or {}, hz.get("csk") or {}
+            health_rows.append(
+                (
+                    n.name,
+                    str(hz.get("phase")),
+                    str((hz.get("node") or {}).get("mesh_ip") or "-"),
+                    f"{peers.get('live', 0)}/{peers.get('desired', 0)}",
+                    _short(str(csk.get("commitment") or "-")),
+                    _short(str(hz.get("membership_digest") or "-")),
+                    str(hz.get("reason") or ""),
+                )
+            )
+        _print_table(health_rows)
+
+
+def _print_table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _up(lab: Devnet, args: argparse.Namespace) -> int:
-    result = lab.up(args.nodes, args.block_time)
+    result = lab.up(args.nodes, args.block_time, sidecars=not args.no_sidecar)
     verb = "created" if result.created else "already running; nothing changed"
     print(f"lab {lab.plan.name}: {verb} ({len(result.state.nodes)} nodes, state {lab.state_file})")
     return EXIT_OK
 
 
 def _status(lab: Devnet, args: argparse.Namespace) -> int:
-    status = lab.status()
+    status = lab.wait_healthy(args.wait_healthy) if args.wait_healthy is not None else lab.status()
     if status is None:
         if args.json:
             print(json.dumps({"lab": lab.plan.name, "running": None}))
@@ -173,12 +213,19 @@ def _down(lab: Devnet, _: argparse.Namespace) -> int:
 
 
 def _node(lab: Devnet, args: argparse.Namespace) -> int:
-    if args.node_verb == "add":
+    verb = args.node_verb
+    if verb == "add":
         node = lab.add_node(args.name, args.compose_file)
         print(f"node {node.name}: app {node.app_id} compose {node.compose_hash} boot {node.boot}")
-    else:
+    elif verb == "start":
         node = lab.start_node(args.name)
         print(f"node {node.name}: boot {node.boot}")
+    elif verb == "stop":
+        print(f"node {lab.stop_node(args.name).name}: stopped")
+    elif verb == "restart":
+        print(f"node {lab.restart_node(args.name).name}: workload restarted")
+    else:
+        print(f"node {args.name}: member {lab.remove_node(args.name)} removed on chain")
     return EXIT_OK
 
 

@@ -20,13 +20,17 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import os
 import shutil
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
@@ -57,6 +61,10 @@ CHAIN_ID = 31337
 SIGNER_FUNDING_WEI = 10 * 10**18
 START_TIMEOUT = 20.0
 WG_IFNAME = "attestmesh0"
+WG_PORT = 51820
+HEALTH_PORT = 9090
+SIDECAR_POLL_INTERVAL = 1.0
+SIDECAR_RESYNC_INTERVAL = 15.0
 
 
 class DevnetError(RuntimeError):
@@ -75,8 +83,26 @@ class NodeHealth:
     boot: str
     simulator: bool
     wireguard: bool
+    sidecar: bool
     dstack_socket: bool
     wg_socket: bool
+    healthz: dict[str, Any] | None  # the node's /healthz body (None when it does not answer)
+
+
+def fetch_healthz(url: str, timeout: float = 1.0) -> dict[str, Any] | None:
+    """GET a node's /healthz through the lab (200 and 503 both carry the JSON body)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - lab http only
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+    except (urllib.error.URLError, OSError):
+        return None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +174,7 @@ class Devnet:
 
     # --- up ----------------------------------------------------------------------------------------
 
-    def up(self, nodes: int, block_time: float | None = None) -> UpResult:
+    def up(self, nodes: int, block_time: float | None = None, *, sidecars: bool = True) -> UpResult:
         """Build the lab with ``nodes`` nodes; a running lab is left as it is."""
         if nodes < 1:
             raise DevnetError("--nodes must be at least 1")
@@ -160,14 +186,19 @@ class Devnet:
             if existing is not None or self.network.leftovers():
                 log.info("devnet.leftovers_swept", lab=self.plan.name)
                 self._teardown()
-            state = self._build(nodes, block_time)
+            state = self._build(nodes, block_time, sidecars)
             return UpResult(state, created=True)
 
-    def _build(self, nodes: int, block_time: float | None) -> DevnetState:
+    def _build(self, nodes: int, block_time: float | None, sidecars: bool) -> DevnetState:
         self.root.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         state = self._save(
-            DevnetState(lab=self.plan.name, underlay=str(self.plan.underlay), mesh_cidr=str(self.plan.mesh))
+            DevnetState(
+                lab=self.plan.name,
+                underlay=str(self.plan.underlay),
+                mesh_cidr=str(self.plan.mesh),
+                sidecars=sidecars,
+            )
         )
         self.network.create()
         log.info("devnet.network_created", lab=self.plan.name, hub=self.plan.hub_ns)
@@ -264,6 +295,50 @@ class Devnet:
             state = self._save(state.with_node(self._boot(state, node)))
             return state.node(name)
 
+    def stop_node(self, name: str) -> NodeState:
+        """Power the node's CVM off: its workload, wireguard-go and guest agent stop (state dir kept)."""
+        with self.locked():
+            state = self._require_running()
+            node = state.node(name)
+            self._stop_node_processes(node)
+            node = replace(node, processes={})
+            self._save(state.with_node(node))
+            log.info("devnet.node_stopped", node=name)
+            return node
+
+    def restart_node(self, name: str) -> NodeState:
+        """Restart the node's workload (the sidecar container); the interface and the agent stay up."""
+        with self.locked():
+            state = self._require_running()
+            node = state.node(name)
+            if not state.sidecars or not node.allowed or not self._node_running(node):
+                raise DevnetError(f"node {name!r} is not running a workload; use `node start`")
+            procs.terminate(node.processes["sidecar"])
+            node = replace(node, processes={**node.processes, "sidecar": self._start_sidecar(state, node)})
+            self._save(state.with_node(node))
+            log.info("devnet.node_restarted", node=name)
+            return node
+
+    def remove_node(self, name: str) -> str:
+        """Evict the node's member on chain (cluster owner); the node keeps running and should say why."""
+        with self.locked():
+            state = self._require_running()
+            node = state.node(name)
+
+            async def evict() -> str:
+                async with await connect(state.rpc_url, expected_chain_id=state.chain_id) as conn:
+                    owner = TxSubmitter(conn, LocalSigner(DEVNET_DEPLOYER_KEY))
+                    cluster = ClusterClient(conn, Address.from_hex(state.cluster), owner)
+                    member_id = await cluster.member_id_of(Address.from_hex(node.app_id))
+                    if member_id is None:
+                        raise DevnetError(f"node {name!r} is not a member of the cluster")
+                    await cluster.remove_member(member_id)
+                    return str(member_id)
+
+            member_id = _run(evict)
+            log.info("devnet.node_removed", node=name, member_id=member_id)
+            return member_id
+
     def _add_node(self, state: DevnetState, name: str, index: int, compose: bytes) -> DevnetState:
         net = self.network.add_node(name, index)
         node_dir = self.node_dir(name)
@@ -314,6 +389,9 @@ class Devnet:
             dstack_socket=str(node_dir / "dstack.sock"),
             wg_uapi_dir=str(wg_dir),
             wg_socket=str(uapi_socket(wg_dir, WG_IFNAME)),
+            health_url=f"http://{net.ip}:{HEALTH_PORT}/healthz",
+            app_socket=str(node_dir / "agent.sock"),
+            state_dir=str(node_dir / "state"),
         )
         state = self._save(state.with_node(node))
         log.info("devnet.node_created", node=name, netns=net.ns, app_id=str(app_id), underlay_ip=str(net.ip))
@@ -369,11 +447,39 @@ class Devnet:
             procs.terminate(simulator)
             raise
         signer = _run(lambda: self._fund_signer(state, socket))
-        return replace(
-            node,
-            boot=BOOT_ALLOWED,
-            signer=str(signer),
-            processes={"simulator": simulator, "wireguard": wireguard},
+        processes = {"simulator": simulator, "wireguard": wireguard}
+        if state.sidecars:
+            processes["sidecar"] = self._start_sidecar(state, node)
+        return replace(node, boot=BOOT_ALLOWED, signer=str(signer), processes=processes)
+
+    def sidecar_env(self, state: DevnetState, node: NodeState) -> dict[str, str]:
+        """The node workload's environment: what a CVM's sealed env and compose file would give it."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ATTESTMESH_", "DSTACK_"))}
+        env.update(
+            ATTESTMESH_RPC_URL=state.rpc_url,
+            ATTESTMESH_CHAIN_ID=str(state.chain_id),
+            ATTESTMESH_CLUSTER=state.cluster,
+            ATTESTMESH_INDEXER_REGISTRY=state.indexer_registry,
+            ATTESTMESH_ENDPOINT=f"{node.underlay_ip}:{WG_PORT}",
+            ATTESTMESH_WG_BACKEND="userspace",
+            ATTESTMESH_WG_UAPI_DIR=node.wg_uapi_dir,
+            ATTESTMESH_WG_LISTEN_PORT=str(WG_PORT),
+            ATTESTMESH_HEALTH_ADDR=f"0.0.0.0:{HEALTH_PORT}",
+            ATTESTMESH_APP_SOCKET=node.app_socket,
+            ATTESTMESH_STATE_DIR=node.state_dir,
+            ATTESTMESH_POLL_INTERVAL=str(SIDECAR_POLL_INTERVAL),
+            ATTESTMESH_RESYNC_INTERVAL=str(SIDECAR_RESYNC_INTERVAL),
+            DSTACK_SIMULATOR_ENDPOINT=node.dstack_socket,
+        )
+        return env
+
+    def _start_sidecar(self, state: DevnetState, node: NodeState) -> procs.ProcRecord:
+        return procs.spawn(
+            [sys.executable, "-m", "sidecar"],
+            name=f"sidecar@{node.name}",
+            netns=node.netns,
+            log_path=self.logs / f"{node.name}-sidecar.log",
+            env=self.sidecar_env(state, node),
         )
 
     async def _fund_signer(self, state: DevnetState, socket: Path) -> Address:
@@ -437,12 +543,33 @@ class Devnet:
                 boot=n.boot,
                 simulator=_alive(n, "simulator"),
                 wireguard=_alive(n, "wireguard"),
+                sidecar=_alive(n, "sidecar"),
                 dstack_socket=Path(n.dstack_socket).is_socket(),
                 wg_socket=Path(n.wg_socket).is_socket(),
+                healthz=fetch_healthz(n.health_url) if _alive(n, "sidecar") else None,
             )
             for n in state.nodes
         )
         return LabStatus(state, anvil_alive, head is not None, head, count, nodes)
+
+    def wait_healthy(self, timeout: float) -> LabStatus:
+        """Poll every running node's /healthz until all are healthy; raise DevnetError at the deadline."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.status()
+            if status is None:
+                raise DevnetError(f"lab {self.plan.name!r} is not running")
+            running = [n for n in status.nodes if n.sidecar]
+            if running and all(n.healthz and n.healthz.get("healthy") for n in running):
+                return status
+            if time.monotonic() >= deadline:
+                waiting = {
+                    n.name: (n.healthz or {}).get("reason", "no answer")
+                    for n in running
+                    if not (n.healthz or {}).get("healthy")
+                }
+                raise DevnetError(f"not healthy after {timeout:g} s: {waiting}")
+            time.sleep(0.5)
 
     # --- down --------------------------------------------------------------------------------------
 

@@ -37,6 +37,9 @@ class NodeState:
     dstack_socket: str
     wg_uapi_dir: str
     wg_socket: str
+    health_url: str = ""
+    app_socket: str = ""
+    state_dir: str = ""
     boot: str = ""
     signer: str = ""
     processes: dict[str, ProcRecord] = field(default_factory=dict)
@@ -73,6 +76,7 @@ class DevnetState:
     kms_root: str = ""
     owner: str = ""
     initial_compose_hash: str = ""
+    sidecars: bool = True  # false: the lab runs no node workload (`up --no-sidecar`)
     processes: dict[str, ProcRecord] = field(default_factory=dict)
     nodes: tuple[NodeState, ...] = ()
     complete: bool = False  # false while `up` is still building the lab (a killed `up` leaves it false)

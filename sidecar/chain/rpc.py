@@ -10,14 +10,15 @@ types or exceptions escape: every call goes through ``translated()``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 import aiohttp
 from eth_typing import ChecksumAddress, HexAddress, HexStr
 from web3 import AsyncHTTPProvider, AsyncWeb3
-from web3.types import FilterParams
+from web3.middleware.base import Web3Middleware
+from web3.types import FilterParams, RPCEndpoint
 
 from sidecar.chain.codec import block_header_from_web3, log_from_web3
 from sidecar.chain.errors import ChainIdMismatch, translated
@@ -116,19 +117,37 @@ class ChainConnection:
         return f"ChainConnection({self.rpc_url!r})"
 
 
+def _counting(on_rpc: Callable[[str], None]) -> type[Web3Middleware]:
+    """A web3 middleware that reports every JSON-RPC method sent (for the RPC-rate metric)."""
+
+    class CountingMiddleware(Web3Middleware):
+        async def async_request_processor(self, method: RPCEndpoint, params: Any) -> Any:
+            on_rpc(str(method))
+            return method, params
+
+    return CountingMiddleware
+
+
 async def connect(
     rpc_url: str,
     *,
     timeout: float = 10.0,  # noqa: ASYNC109 - bounds each HTTP request of the connection, not this call
     expected_chain_id: int | None = None,
+    on_rpc: Callable[[str], None] | None = None,
 ) -> ChainConnection:
-    """Open a connection to ``rpc_url``; check the chain id when ``expected_chain_id`` is given."""
+    """Open a connection to ``rpc_url``; check the chain id when ``expected_chain_id`` is given.
+
+    ``on_rpc`` is called with the method name of every JSON-RPC request the connection sends.
+    """
     provider = AsyncHTTPProvider(
         rpc_url,
         request_kwargs={"timeout": aiohttp.ClientTimeout(total=timeout)},
         exception_retry_configuration=None,
     )
-    conn = ChainConnection(AsyncWeb3(provider), rpc_url, timeout)
+    w3 = AsyncWeb3(provider)
+    if on_rpc is not None:
+        w3.middleware_onion.add(_counting(on_rpc), "attestmesh_rpc_counter")
+    conn = ChainConnection(w3, rpc_url, timeout)
     try:
         actual = await conn.chain_id()
         if expected_chain_id is not None and actual != expected_chain_id:

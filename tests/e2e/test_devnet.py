@@ -27,7 +27,7 @@ from sidecar.core.keys import KeyPath, ed25519_public_key, secp256k1_address, x2
 from sidecar.core.model import MemberKeys
 from sidecar.core.sigchain import build_proof, verify_proof
 from sidecar.dstack.agent import GuestAgent
-from tests.e2e.conftest import MESH, PLAN, REPO, LabCli
+from tests.e2e.conftest import MESH, PLAN, LabCli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -51,7 +51,7 @@ def _assert_nothing_left(cli: LabCli, records: list[ProcRecord], sockets: list[s
 
 
 def test_up_status_down(lab: LabCli) -> None:
-    out = lab.run("up", "--nodes", "3").stdout
+    out = lab.run("up", "--nodes", "3", "--no-sidecar").stdout
     assert "created" in out
     status = lab.status()
     assert status["complete"] is True
@@ -76,6 +76,7 @@ def test_up_status_down(lab: LabCli) -> None:
         assert node["running"] == {
             "simulator": True,
             "wireguard": True,
+            "sidecar": False,
             "dstack_socket": True,
             "wg_socket": True,
         }
@@ -104,7 +105,7 @@ def test_up_status_down(lab: LabCli) -> None:
     asyncio.run(check_chain())
 
     anvil_pid = status["processes"]["anvil"]["pid"]
-    again = lab.run("up", "--nodes", "3").stdout
+    again = lab.run("up", "--nodes", "3", "--no-sidecar").stdout
     assert "already running" in again
     assert lab.status()["processes"]["anvil"]["pid"] == anvil_pid
 
@@ -119,7 +120,7 @@ def test_up_status_down(lab: LabCli) -> None:
 
 
 def test_denied_node_does_not_start_until_allowlisted(lab: LabCli, tmp_path: Path) -> None:
-    lab.run("up", "--nodes", "1")
+    lab.run("up", "--nodes", "1", "--no-sidecar")
     changed = tmp_path / "app-compose.json"
     changed.write_bytes(encode_app_compose(node_app_compose(extra_envs=("APP_FEATURE_FLAG",))))
     out = lab.run("node", "add", "node-2", "--compose-file", str(changed)).stdout
@@ -146,7 +147,10 @@ def test_denied_node_does_not_start_until_allowlisted(lab: LabCli, tmp_path: Pat
 
 def test_second_up_after_killed_up_works(lab: LabCli) -> None:
     proc = subprocess.Popen(
-        lab.argv("up", "--nodes", "2"), env=lab.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        lab.argv("up", "--nodes", "2", "--no-sidecar"),
+        env=lab.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         # Kill it mid-build: once the chain runs and the contracts are being deployed or nodes created.
@@ -161,7 +165,7 @@ def test_second_up_after_killed_up_works(lab: LabCli) -> None:
         proc.wait(timeout=10)
     assert json.loads(lab.state_file.read_text())["complete"] is False
 
-    lab.run("up", "--nodes", "2")
+    lab.run("up", "--nodes", "2", "--no-sidecar")
     status = lab.status()
     assert status["complete"] is True
     assert [n["boot"] for n in status["nodes"]] == ["allowed", "allowed"]
@@ -172,7 +176,7 @@ def test_second_up_after_killed_up_works(lab: LabCli) -> None:
 
 def test_three_members_register_with_keys_from_three_simulators(lab: LabCli) -> None:
     """Keys and signature chains obtained through the official SDK from three simulator instances."""
-    lab.run("up", "--nodes", "3")
+    lab.run("up", "--nodes", "3", "--no-sidecar")
     status = lab.status()
 
     async def register_all() -> None:
@@ -214,17 +218,3 @@ async def _member_keys(agent: GuestAgent) -> MemberKeys:
         wg_pub=Bytes32(x25519_public_key(wg.key)),
         identity_pub=Bytes32(ed25519_public_key(identity.key)),
     )
-
-
-def test_make_demo_brings_up_three_nodes_and_prints_status(lab: LabCli) -> None:
-    """The README's `make demo`: set-up, a 3-node lab, and its status table."""
-    proc = subprocess.run(
-        ["make", "demo"], env=lab.env, cwd=REPO, capture_output=True, text=True, timeout=300, check=False
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    lines = proc.stdout.splitlines()
-    table = [line.split() for line in lines if line.startswith("node-")]
-    assert [row[0] for row in table] == ["node-1", "node-2", "node-3"]
-    assert all(row[5] == "allowed" and row[6] == "up" and row[7] == "up" for row in table)
-    assert any("head block" in line for line in lines)
-    assert lab.status()["complete"] is True

@@ -1,0 +1,363 @@
+"""The cluster shared key's cryptography: commitment, signed requests, sealed delivery and the local cache.
+
+Owns everything about the CSK that is pure computation: ``commitment``; the CSK request (``CskRequest``,
+``sign_request``, ``parse_request``) and the responder's admission gate (``CskGate``); delivery sealed to
+the requester's X25519 seal key (``seal`` / ``open_sealed``); the originator's derivation
+(``csk_from_key``); and the encrypted cache (``seal_cache`` / ``open_cache``). Must not do I/O, read a
+clock, or let key material into an exception message or a repr (secrets travel as ``SecretBytes``).
+
+CSK: 32 bytes. ``commitment(csk) = keccak256(csk)``, set on chain once by the originator. The originator's
+CSK is its GetKey output for ``attestmesh/csk/v1`` used as-is (``csk_from_key`` only checks the length),
+so it re-derives the same key after any restart.
+
+Request (JSON object, the body of the peer API call)::
+
+    {"cluster": "0x<20 bytes hex>", "requester": "0x<32 bytes hex>", "responder": "0x<32 bytes hex>",
+     "timestamp_ms": <integer, unix ms, 0 <= t < 2**64>, "signature": "0x<64 bytes hex>"}
+
+Exactly these keys; hex is 0x-prefixed (either case). The signature is Ed25519 by the requester's
+identity key over ``b"attestmesh/csk-request/v1\\x00" ‖ cluster(20) ‖ requester(32) ‖ responder(32) ‖
+timestamp_ms (u64 big-endian)``. Naming the responder stops a request to one peer being replayed to
+another; the timestamp and the gate's memory stop replays to the same peer.
+
+Gate (``CskGate.check``), in order: ``wrong_cluster``, ``wrong_responder`` (not addressed to me),
+``not_member``, ``bad_signature`` (against the requester's on-chain identity key), ``stale`` (timestamp
+more than ``freshness_ms`` from now either way, or older than the freshest accepted request allows),
+``replayed`` (same requester and timestamp accepted within the window), ``rate_limited`` (more than
+``MAX_REQUESTS_PER_WINDOW`` accepted from one requester within the window), ``not_live`` (its heartbeats
+were not verified recently). State changes only on acceptance; memory is bounded by members times
+the per-window limit, and entries leave once outside the window.
+
+Sealed delivery: a libsodium sealed box (``crypto_box_seal``) of the 32-byte CSK to the requester's
+on-chain X25519 seal key; the requester opens it with its seal key and checks it against the commitment.
+
+Cache (version 1, 77 bytes)::
+
+    b"AMCK" ‖ version=1 (1 B) ‖ nonce (24 B, random) ‖ XChaCha20-Poly1305(csk) (32 + 16 B)
+
+The AEAD key is HKDF-SHA256(state key, info=b"attestmesh/csk-cache/v1") so the state key itself is never
+used directly by two purposes; AAD = ``b"attestmesh/csk-cache/v1\\x00" ‖ cluster(20) ‖ member(32) ‖
+commitment(32)``. Opening checks length, magic, version, the AEAD tag (so a cache from another cluster,
+member, commitment or key fails) and finally keccak256(csk) == commitment.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import nacl.bindings
+import nacl.exceptions
+import nacl.utils
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from eth_utils.crypto import keccak
+from nacl.public import PrivateKey, PublicKey, SealedBox
+
+from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
+
+CSK_BYTES = 32
+REQUEST_DOMAIN = b"attestmesh/csk-request/v1\x00"
+CACHE_DOMAIN = b"attestmesh/csk-cache/v1\x00"
+CACHE_KDF_INFO = b"attestmesh/csk-cache/v1"
+CACHE_MAGIC = b"AMCK"
+CACHE_VERSION = 1
+_NONCE_BYTES = 24
+_TAG_BYTES = 16
+CACHE_BYTES = len(CACHE_MAGIC) + 1 + _NONCE_BYTES + CSK_BYTES + _TAG_BYTES
+SEALED_BYTES = 48 + CSK_BYTES  # ephemeral public key (32) + MAC (16) + the CSK
+DEFAULT_FRESHNESS_MS = 30_000
+MAX_REQUESTS_PER_WINDOW = 32
+MAX_REQUEST_JSON_BYTES = 1024  # a hint for the HTTP layer: a valid request body is about 400 bytes
+_U64 = 2**64
+_REQUEST_KEYS = frozenset({"cluster", "requester", "responder", "timestamp_ms", "signature"})
+
+RefusalReason = Literal[
+    "wrong_cluster",
+    "wrong_responder",
+    "not_member",
+    "bad_signature",
+    "stale",
+    "replayed",
+    "rate_limited",
+    "not_live",
+]
+
+
+class CskError(Exception):
+    """A CSK that cannot be used (does not open, wrong length, does not match the commitment)."""
+
+
+class CskWireError(CskError):
+    """A malformed CSK request; the message is a short reason safe to log and return."""
+
+
+def _csk_bytes(csk: SecretBytes) -> bytes:
+    raw = csk.reveal()
+    if len(raw) != CSK_BYTES:
+        raise CskError(f"CSK must be {CSK_BYTES} bytes")
+    return raw
+
+
+def commitment(csk: SecretBytes) -> Bytes32:
+    """Return keccak256(csk), the value committed on chain."""
+    return Bytes32(keccak(_csk_bytes(csk)))
+
+
+def csk_from_key(key: SecretBytes) -> SecretBytes:
+    """Return the originator's CSK: its 32-byte GetKey output for attestmesh/csk/v1, unchanged."""
+    if len(key) != CSK_BYTES:
+        raise CskError(f"CSK derivation key must be {CSK_BYTES} bytes")
+    return SecretBytes(key.reveal())
+
+
+# --- requests ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CskRequest:
+    """A member asking one peer for the CSK."""
+
+    cluster: Address
+    requester: MemberId
+    responder: MemberId
+    timestamp_ms: int
+
+
+def request_message(req: CskRequest) -> bytes:
+    """Return the exact bytes the request signature covers."""
+    if not 0 <= req.timestamp_ms < _U64:
+        raise CskWireError("timestamp out of range")
+    return (
+        REQUEST_DOMAIN
+        + req.cluster.raw
+        + req.requester.raw
+        + req.responder.raw
+        + struct.pack(">Q", req.timestamp_ms)
+    )
+
+
+def sign_request(req: CskRequest, identity_key: SecretBytes) -> dict[str, str | int]:
+    """Sign a request with the requester's Ed25519 identity seed; return its JSON object."""
+    seed = identity_key.reveal()
+    if len(seed) != 32:
+        raise CskError("identity key must be a 32-byte Ed25519 seed")
+    signature = Ed25519PrivateKey.from_private_bytes(seed).sign(request_message(req))
+    return {
+        "cluster": "0x" + req.cluster.hex,
+        "requester": str(req.requester),
+        "responder": str(req.responder),
+        "timestamp_ms": req.timestamp_ms,
+        "signature": "0x" + signature.hex(),
+    }
+
+
+def _hex_field(obj: dict[object, object], key: str, length: int) -> bytes:
+    value = obj[key]
+    if not isinstance(value, str) or len(value) != 2 + 2 * length or value[:2] not in ("0x", "0X"):
+        raise CskWireError(f"{key} must be 0x-prefixed hex of {length} bytes")
+    body = value[2:]
+    if not all(c in "0123456789abcdefABCDEF" for c in body):
+        raise CskWireError(f"{key} is not hexadecimal")
+    return bytes.fromhex(body)
+
+
+def parse_request(obj: object) -> tuple[CskRequest, bytes]:
+    """Validate an untrusted JSON value; return the request and its signature or raise CskWireError."""
+    if not isinstance(obj, dict):
+        raise CskWireError("request must be a JSON object")
+    if set(obj) != _REQUEST_KEYS:
+        raise CskWireError("request must have exactly: " + ", ".join(sorted(_REQUEST_KEYS)))
+    timestamp = obj["timestamp_ms"]
+    if isinstance(timestamp, bool) or not isinstance(timestamp, int) or not 0 <= timestamp < _U64:
+        raise CskWireError("timestamp_ms must be an integer in [0, 2**64)")
+    req = CskRequest(
+        cluster=Address(_hex_field(obj, "cluster", 20)),
+        requester=MemberId(_hex_field(obj, "requester", 32)),
+        responder=MemberId(_hex_field(obj, "responder", 32)),
+        timestamp_ms=timestamp,
+    )
+    return req, _hex_field(obj, "signature", 64)
+
+
+def verify_request(req: CskRequest, signature: bytes, identity_pub: Bytes32) -> bool:
+    """Tell whether the signature over the request verifies against the Ed25519 public key."""
+    try:
+        Ed25519PublicKey.from_public_bytes(identity_pub.raw).verify(signature, request_message(req))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a CSK request is not served."""
+
+    reason: RefusalReason
+
+
+@dataclass(slots=True)
+class CskGate:
+    """Decides whether to serve a CSK request; remembers accepted (requester, timestamp) pairs."""
+
+    freshness_ms: int = DEFAULT_FRESHNESS_MS
+    _seen: dict[MemberId, dict[int, None]] = field(default_factory=dict, repr=False)
+    _high_water_ms: int | None = field(default=None, repr=False)
+
+    def check(
+        self,
+        req: CskRequest,
+        signature: bytes,
+        *,
+        me: MemberId,
+        cluster: Address,
+        members: Mapping[MemberId, tuple[Bytes32, Bytes32]],
+        verified_recently: Callable[[MemberId], bool],
+        now_ms: int,
+    ) -> Refusal | None:
+        """Judge a request; ``members`` maps member id to (identity public key, seal public key)."""
+        newest = now_ms if self._high_water_ms is None else max(now_ms, self._high_water_ms)
+        seen = self._seen.get(req.requester, {})
+        recent = [t for t in seen if newest - t <= self.freshness_ms]
+        problems = self._problems(
+            req,
+            signature,
+            me=me,
+            cluster=cluster,
+            members=members,
+            verified_recently=verified_recently,
+            now_ms=now_ms,
+            newest=newest,
+            recent=recent,
+        )
+        reason = next(problems, None)
+        if reason is not None:
+            return Refusal(reason)
+        self._high_water_ms = newest
+        self._seen[req.requester] = dict.fromkeys([*recent, req.timestamp_ms])
+        self._prune(newest)
+        return None
+
+    def _problems(
+        self,
+        req: CskRequest,
+        signature: bytes,
+        *,
+        me: MemberId,
+        cluster: Address,
+        members: Mapping[MemberId, tuple[Bytes32, Bytes32]],
+        verified_recently: Callable[[MemberId], bool],
+        now_ms: int,
+        newest: int,
+        recent: list[int],
+    ) -> Iterator[RefusalReason]:
+        """Yield the refusal reasons in order, lazily (the signature is checked only when needed)."""
+        if req.cluster != cluster:
+            yield "wrong_cluster"
+        if req.responder != me:
+            yield "wrong_responder"
+        keys = members.get(req.requester)
+        if keys is None:
+            yield "not_member"
+            return
+        if not verify_request(req, signature, keys[0]):
+            yield "bad_signature"
+        ts = req.timestamp_ms
+        if abs(now_ms - ts) > self.freshness_ms or newest - ts > self.freshness_ms:
+            yield "stale"
+        if ts in recent:
+            yield "replayed"
+        if len(recent) >= MAX_REQUESTS_PER_WINDOW:
+            yield "rate_limited"
+        if not verified_recently(req.requester):
+            yield "not_live"
+
+    def _prune(self, newest: int) -> None:
+        for member in list(self._seen):
+            kept = {t: None for t in self._seen[member] if newest - t <= self.freshness_ms}
+            if kept:
+                self._seen[member] = kept
+            else:
+                del self._seen[member]
+
+    def forget(self, member: MemberId) -> None:
+        """Drop a removed member's replay memory."""
+        self._seen.pop(member, None)
+
+
+# --- sealed delivery -------------------------------------------------------------------------------------
+
+
+def seal(csk: SecretBytes, seal_pub: Bytes32) -> bytes:
+    """Seal the CSK to a member's on-chain X25519 seal key (libsodium sealed box)."""
+    return bytes(SealedBox(PublicKey(seal_pub.raw)).encrypt(_csk_bytes(csk)))
+
+
+def open_sealed(box: bytes, seal_key: SecretBytes, commitment: Bytes32) -> SecretBytes:
+    """Open a sealed CSK with our seal key and check it against the on-chain commitment."""
+    if len(box) != SEALED_BYTES:
+        raise CskError("sealed CSK has the wrong length")
+    if len(seal_key) != 32:
+        raise CskError("seal key must be 32 bytes")
+    try:
+        raw = bytes(SealedBox(PrivateKey(seal_key.reveal())).decrypt(box))
+    except nacl.exceptions.CryptoError:
+        raise CskError("sealed CSK does not open with our seal key") from None
+    return _checked(raw, commitment)
+
+
+def _checked(raw: bytes, commitment: Bytes32) -> SecretBytes:
+    if len(raw) != CSK_BYTES:
+        raise CskError(f"CSK must be {CSK_BYTES} bytes")
+    if keccak(raw) != commitment.raw:
+        raise CskError("CSK does not match the on-chain commitment")
+    return SecretBytes(raw)
+
+
+# --- encrypted cache -----------------------------------------------------------------------------------
+
+
+def _cache_key(state_key: SecretBytes) -> bytes:
+    if len(state_key) != 32:
+        raise CskError("state key must be 32 bytes")
+    return HKDF(algorithm=SHA256(), length=32, salt=None, info=CACHE_KDF_INFO).derive(state_key.reveal())
+
+
+def _cache_aad(cluster: Address, member: MemberId, commitment: Bytes32) -> bytes:
+    return CACHE_DOMAIN + cluster.raw + member.raw + commitment.raw
+
+
+def seal_cache(
+    csk: SecretBytes, state_key: SecretBytes, cluster: Address, member: MemberId, commitment: Bytes32
+) -> bytes:
+    """Encrypt the CSK for the local cache, bound to cluster, member and commitment."""
+    raw = _checked(_csk_bytes(csk), commitment).reveal()
+    nonce = nacl.utils.random(_NONCE_BYTES)
+    sealed = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        raw, _cache_aad(cluster, member, commitment), nonce, _cache_key(state_key)
+    )
+    return CACHE_MAGIC + bytes([CACHE_VERSION]) + nonce + bytes(sealed)
+
+
+def open_cache(
+    blob: bytes, state_key: SecretBytes, cluster: Address, member: MemberId, commitment: Bytes32
+) -> SecretBytes:
+    """Decrypt a cached CSK; raise CskError unless it is ours, intact and matches the commitment."""
+    if len(blob) != CACHE_BYTES:
+        raise CskError("CSK cache has the wrong length")
+    if blob[:4] != CACHE_MAGIC:
+        raise CskError("CSK cache has a bad magic")
+    if blob[4] != CACHE_VERSION:
+        raise CskError("CSK cache has an unsupported version")
+    nonce, sealed = blob[5 : 5 + _NONCE_BYTES], blob[5 + _NONCE_BYTES :]
+    try:
+        raw = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
+            sealed, _cache_aad(cluster, member, commitment), nonce, _cache_key(state_key)
+        )
+    except nacl.exceptions.CryptoError:
+        raise CskError("CSK cache does not open (other key, cluster, member or commitment)") from None
+    return _checked(bytes(raw), commitment)

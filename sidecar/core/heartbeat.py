@@ -1,0 +1,207 @@
+"""Signed, replay-protected heartbeats bound to the sender's mesh IP: wire format v1 and the receive gate.
+
+Owns the ``Heartbeat`` value, its binary encoding (``encode`` / ``decode``), ``HeartbeatGate`` (which
+heartbeats count as proof of liveness) and ``next_seq``. Must not do I/O, read a clock or decide
+liveness: the driver sends and receives the datagrams, passes ``now_ms`` in, and feeds accepted
+heartbeats to ``liveness.Liveness``.
+
+Wire format v1 (all integers big-endian, no padding)::
+
+    offset  size      field
+    0       4         magic b"AMHB"
+    4       1         version = 1
+    5       32        sender member id
+    37      8         timestamp_ms (u64, unix milliseconds)
+    45      8         seq (u64)
+    53      2         count (u16, <= 256)
+    55      32*count  live member ids, in the sender's order (self included)
+    55+32n  64        Ed25519 signature
+
+The signature is made with the sender's identity key over ``b"attestmesh/heartbeat/v1\\x00"`` followed by
+every byte before the signature (offsets 0 .. 55+32n). A datagram is 119 bytes (no ids) to 8311 bytes (256
+ids), so receive buffers must hold ``MAX_HEARTBEAT_BYTES``. Anything else — short, long, wrong magic or
+version, count over the limit, a length that disagrees with count — is rejected by ``decode``.
+
+Acceptance (``HeartbeatGate.check``), checked in this order: the sender is a current member
+(``unknown_sender``); the datagram came from the sender's on-chain mesh IP (``wrong_source``); the
+signature verifies against the sender's on-chain identity key (``bad_signature``); the timestamp is within
+``freshness_ms`` of ``now_ms`` either way (``stale`` / ``future``); ``seq`` is strictly greater than the
+last accepted seq from that sender (``replayed``). The gate's state changes only on acceptance.
+
+Sequence numbers must keep increasing across a sender restart, so senders use ``next_seq``: the previous
+seq + 1, but never less than the current wall-clock milliseconds.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from typing import Literal
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from sidecar.core.ids import Bytes32, MemberId, SecretBytes
+
+MAGIC = b"AMHB"
+VERSION = 1
+DOMAIN = b"attestmesh/heartbeat/v1\x00"
+MAX_LIVE_IDS = 256
+SIGNATURE_BYTES = 64
+_HEADER = struct.Struct(">4sB32sQQH")
+HEADER_BYTES = _HEADER.size  # 55
+MIN_HEARTBEAT_BYTES = HEADER_BYTES + SIGNATURE_BYTES
+MAX_HEARTBEAT_BYTES = HEADER_BYTES + 32 * MAX_LIVE_IDS + SIGNATURE_BYTES
+DEFAULT_FRESHNESS_MS = 10_000
+_U64 = 2**64
+
+Reason = Literal["unknown_sender", "bad_signature", "wrong_source", "stale", "future", "replayed"]
+
+
+class HeartbeatError(ValueError):
+    """A heartbeat that cannot be encoded or decoded; the message is a short reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """What a heartbeat says: who sent it, when, its sequence number and whom the sender sees live."""
+
+    sender: MemberId
+    timestamp_ms: int
+    seq: int
+    live: tuple[MemberId, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SignedHeartbeat:
+    """A decoded heartbeat with its signature and the exact bytes the signature covers."""
+
+    heartbeat: Heartbeat
+    signature: bytes = field(repr=False)
+    signed: bytes = field(repr=False)  # the wire bytes before the signature
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The gate's answer; ``reason`` is empty when accepted."""
+
+    accepted: bool
+    reason: Reason | Literal[""] = ""
+
+
+ACCEPTED = Verdict(True)
+
+
+def next_seq(previous: int, now_ms: int) -> int:
+    """Return the next sequence number: above ``previous`` and never below the wall clock (restart-safe)."""
+    return max(previous + 1, now_ms)
+
+
+def _body(hb: Heartbeat) -> bytes:
+    if not 0 <= hb.timestamp_ms < _U64:
+        raise HeartbeatError("timestamp out of range")
+    if not 0 <= hb.seq < _U64:
+        raise HeartbeatError("seq out of range")
+    if len(hb.live) > MAX_LIVE_IDS:
+        raise HeartbeatError("too many live ids")
+    header = _HEADER.pack(MAGIC, VERSION, hb.sender.raw, hb.timestamp_ms, hb.seq, len(hb.live))
+    return header + b"".join(m.raw for m in hb.live)
+
+
+def encode(hb: Heartbeat, identity_key: SecretBytes) -> bytes:
+    """Encode and sign a heartbeat with the sender's Ed25519 identity seed."""
+    body = _body(hb)
+    seed = identity_key.reveal()
+    if len(seed) != 32:
+        raise HeartbeatError("identity key must be a 32-byte Ed25519 seed")
+    return body + Ed25519PrivateKey.from_private_bytes(seed).sign(DOMAIN + body)
+
+
+def decode(data: bytes) -> SignedHeartbeat:
+    """Parse a datagram (signature not yet checked); raise HeartbeatError on any malformed input."""
+    if len(data) < MIN_HEARTBEAT_BYTES:
+        raise HeartbeatError("too short")
+    if len(data) > MAX_HEARTBEAT_BYTES:
+        raise HeartbeatError("too long")
+    magic, version, sender, timestamp_ms, seq, count = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise HeartbeatError("bad magic")
+    if version != VERSION:
+        raise HeartbeatError("unsupported version")
+    if count > MAX_LIVE_IDS:
+        raise HeartbeatError("too many live ids")
+    end = HEADER_BYTES + 32 * count
+    if len(data) < end + SIGNATURE_BYTES:
+        raise HeartbeatError("truncated")
+    if len(data) > end + SIGNATURE_BYTES:
+        raise HeartbeatError("trailing bytes")
+    live = tuple(MemberId(bytes(data[i : i + 32])) for i in range(HEADER_BYTES, end, 32))
+    hb = Heartbeat(MemberId(bytes(sender)), timestamp_ms, seq, live)
+    return SignedHeartbeat(hb, bytes(data[end:]), bytes(data[:end]))
+
+
+def verify_signature(signed: SignedHeartbeat, identity_pub: Bytes32) -> bool:
+    """Tell whether the heartbeat's signature verifies against the Ed25519 public key."""
+    try:
+        Ed25519PublicKey.from_public_bytes(identity_pub.raw).verify(signed.signature, DOMAIN + signed.signed)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+@dataclass(slots=True)
+class HeartbeatGate:
+    """Decides which decoded heartbeats are accepted; remembers the last accepted seq per sender."""
+
+    freshness_ms: int = DEFAULT_FRESHNESS_MS
+    _last_seq: dict[MemberId, int] = field(default_factory=dict, repr=False)
+
+    def check(
+        self,
+        signed: SignedHeartbeat,
+        src_ip: IPv4Address,
+        members: Mapping[MemberId, tuple[Bytes32, IPv4Address]],
+        now_ms: int,
+    ) -> Verdict:
+        """Judge one heartbeat; ``members`` maps member id to (identity public key, mesh IP) on chain."""
+        reason = next(self._problems(signed, src_ip, members, now_ms), None)
+        if reason is not None:
+            return Verdict(False, reason)
+        self._last_seq[signed.heartbeat.sender] = signed.heartbeat.seq
+        return ACCEPTED
+
+    def _problems(
+        self,
+        signed: SignedHeartbeat,
+        src_ip: IPv4Address,
+        members: Mapping[MemberId, tuple[Bytes32, IPv4Address]],
+        now_ms: int,
+    ) -> Iterator[Reason]:
+        """Yield the rejection reasons in order, lazily (the signature is checked only when needed)."""
+        hb = signed.heartbeat
+        known = members.get(hb.sender)
+        if known is None:
+            yield "unknown_sender"
+            return
+        identity_pub, mesh_ip = known
+        if src_ip != mesh_ip:
+            yield "wrong_source"
+        if not verify_signature(signed, identity_pub):
+            yield "bad_signature"
+        if now_ms - hb.timestamp_ms > self.freshness_ms:
+            yield "stale"
+        if hb.timestamp_ms - now_ms > self.freshness_ms:
+            yield "future"
+        last = self._last_seq.get(hb.sender)
+        if last is not None and hb.seq <= last:
+            yield "replayed"
+
+    def last_seq(self, member: MemberId) -> int | None:
+        """Return the last accepted seq from the member, or None."""
+        return self._last_seq.get(member)
+
+    def forget(self, member: MemberId) -> None:
+        """Drop a removed member's replay state."""
+        self._last_seq.pop(member, None)

@@ -1,0 +1,161 @@
+"""What the node reports about itself: the status snapshot and the JSON bodies of the HTTP surfaces.
+
+Owns: ``NodeStatus`` (one immutable snapshot, replaced as a whole by the drivers), the public views
+``PeerView`` and ``SelfView``, and their JSON forms — ``healthz_body`` is exactly the ``/healthz`` shape
+of DESIGN §4 plus ``chain`` (so an unreachable chain is named). A value not known yet is JSON ``null``,
+never a placeholder such as a zero address.
+
+Values arrive already rendered as strings by the drivers (``str(Address)`` is EIP-55, ``str(Bytes32)`` is
+``0x`` hex, ``str(IPv4Address)`` is dotted), so this module stays a plain mapping to JSON.
+
+Must not: do I/O, or hold private material — every field here is public.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from sidecar.core.phases import ORDER, Phase
+
+PHASES: Final[tuple[str, ...]] = tuple(p.value for p in ORDER)
+"""The phase names in forward order (``sidecar.core.phases`` owns them)."""
+
+HEALTHY_PHASE: Final = Phase.HEALTHY.value
+
+EventMode = Literal["push", "poll"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeStatus:
+    """One status snapshot. Public values are passed already rendered (``str(address)``, ``str(member_id)``,
+    ``str(ip)``); None means not known yet and is served as JSON null."""
+
+    phase: str
+    healthy: bool
+    reason: str | None
+    version: str
+    # node
+    app_id: str | None = None
+    instance_id: str | None = None
+    compose_hash: str | None = None
+    member_id: str | None = None
+    mesh_ip: str | None = None
+    signer: str | None = None
+    # peers
+    peers_desired: int = 0
+    peers_configured: int = 0
+    peers_live: int = 0
+    # csk (``csk_source``: for example ``derived``, ``cache`` or ``peer``)
+    csk_held: bool = False
+    csk_commitment: str | None = None
+    csk_source: str | None = None
+    # events
+    events_mode: EventMode = "poll"
+    indexer_connected: bool = False
+    cursor_block: int | None = None
+    head_block: int | None = None
+    membership_digest: str | None = None
+    # chain: ``chain_reachable`` is None until the first chain call
+    chain_reachable: bool | None = None
+    chain_error: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.phase not in PHASES:
+            raise ValueError(f"unknown phase {self.phase!r}")
+        if self.healthy and self.phase != HEALTHY_PHASE:
+            raise ValueError(f"a node in phase {self.phase!r} cannot be healthy")
+        if self.events_mode not in ("push", "poll"):
+            raise ValueError(f"unknown events mode {self.events_mode!r}")
+
+    @classmethod
+    def initial(cls, version: str) -> NodeStatus:
+        """The status before anything has been observed."""
+        return cls(phase=PHASES[0], healthy=False, reason="starting: nothing observed yet", version=version)
+
+
+def healthz_body(status: NodeStatus) -> dict[str, object]:
+    """Build the ``/healthz`` (and ``/v1/status``) JSON body."""
+    return {
+        "phase": status.phase,
+        "healthy": status.healthy,
+        "reason": status.reason,
+        "node": {
+            "app_id": status.app_id,
+            "instance_id": status.instance_id,
+            "compose_hash": status.compose_hash,
+            "member_id": status.member_id,
+            "mesh_ip": status.mesh_ip,
+            "signer": status.signer,
+        },
+        "peers": {
+            "desired": status.peers_desired,
+            "configured": status.peers_configured,
+            "live": status.peers_live,
+        },
+        "csk": {"held": status.csk_held, "commitment": status.csk_commitment, "source": status.csk_source},
+        "events": {
+            "mode": status.events_mode,
+            "indexer_connected": status.indexer_connected,
+            "cursor_block": status.cursor_block,
+            "head_block": status.head_block,
+        },
+        "chain": {"reachable": status.chain_reachable, "error": status.chain_error},
+        "membership_digest": status.membership_digest,
+        "version": status.version,
+    }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerView:
+    """One peer as an application sees it; ``last_heard_ms_ago`` is None until a heartbeat arrived."""
+
+    member_id: str
+    mesh_ip: str
+    endpoint: str | None
+    configured: bool
+    live: bool
+    last_heard_ms_ago: int | None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "member_id": self.member_id,
+            "mesh_ip": self.mesh_ip,
+            "endpoint": self.endpoint,
+            "configured": self.configured,
+            "live": self.live,
+            "last_heard_ms_ago": self.last_heard_ms_ago,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SelfView:
+    """This node's public identity once registered (all values rendered public strings)."""
+
+    cluster: str
+    member_id: str
+    app_id: str
+    instance_id: str
+    mesh_ip: str
+    signer: str
+    wg_pub: str
+    seal_pub: str
+    identity_pub: str
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "cluster": self.cluster,
+            "member_id": self.member_id,
+            "app_id": self.app_id,
+            "instance_id": self.instance_id,
+            "mesh_ip": self.mesh_ip,
+            "signer": self.signer,
+            "wg_pub": self.wg_pub,
+            "seal_pub": self.seal_pub,
+            "identity_pub": self.identity_pub,
+        }
+
+
+def peers_body(peers: list[PeerView]) -> dict[str, object]:
+    """Build the ``/v1/peers`` body, peers sorted by member id."""
+    return {"peers": [p.to_json() for p in sorted(peers, key=lambda p: p.member_id)]}

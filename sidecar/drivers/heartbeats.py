@@ -1,0 +1,139 @@
+"""Heartbeats over the mesh: one UDP socket bound to our own mesh IP, a sender loop and a receiver.
+
+Owns the socket, the send schedule (every interval, to each peer's mesh IP) and feeding received datagrams
+through the pure ``HeartbeatGate`` (signature, source = the sender's mesh IP, freshness, sequence) into
+``Liveness``. Up and down transitions are logged once each and wake the control loop. Malformed or
+refused datagrams are dropped and counted; nothing a peer sends can crash the receiver.
+Must not: bind anything but the mesh IP, or change membership (members come from the chain snapshot).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from ipaddress import IPv4Address
+
+import structlog
+
+from sidecar.core.heartbeat import Heartbeat, HeartbeatError, HeartbeatGate, decode, encode, next_seq
+from sidecar.core.ids import Bytes32, MemberId, SecretBytes
+from sidecar.core.liveness import Liveness, Transition
+from sidecar.observability import Metrics
+
+log = structlog.get_logger("sidecar.heartbeats")
+
+#: Members as the gate needs them: member id → (Ed25519 identity key, mesh IP), from the chain snapshot.
+MemberTable = Callable[[], Mapping[MemberId, tuple[Bytes32, IPv4Address]]]
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, service: HeartbeatService) -> None:
+        self.service = service
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+        self.service.received(data, addr[0])
+
+    def error_received(self, exc: Exception) -> None:  # ICMP errors for unreachable peers: expected
+        log.debug("heartbeat.socket_error", error=str(exc))
+
+
+class HeartbeatService:
+    """Send and receive heartbeats for one node."""
+
+    def __init__(
+        self,
+        *,
+        me: MemberId,
+        identity_key: SecretBytes,
+        members: MemberTable,
+        liveness: Liveness,
+        metrics: Metrics,
+        port: int,
+        interval: float,
+        on_transition: Callable[[Transition], None],
+        clock: Callable[[], float] = time.monotonic,
+        wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self.me = me
+        self._key = identity_key
+        self.members = members
+        self.liveness = liveness
+        self.metrics = metrics
+        self.port = port
+        self.interval = interval
+        self.on_transition = on_transition
+        self.clock = clock
+        self.wall_ms = wall_ms
+        self.gate = HeartbeatGate()
+        self._seq = 0
+        self._transport: asyncio.DatagramTransport | None = None
+        self.bound_ip: IPv4Address | None = None
+
+    async def bind(self, mesh_ip: IPv4Address) -> None:
+        """(Re)bind the socket to ``mesh_ip``:port (the address must already be on the interface)."""
+        if self._transport is not None and self.bound_ip == mesh_ip:
+            return
+        self.close()
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Protocol(self), local_addr=(str(mesh_ip), self.port)
+        )
+        self._transport = transport
+        self.bound_ip = mesh_ip
+        log.info("heartbeat.bound", mesh_ip=str(mesh_ip), port=self.port)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    async def run(self) -> None:
+        """Send every interval and expire silent peers, until cancelled (the socket must be bound first)."""
+        while True:
+            self.tick()
+            await asyncio.sleep(self.interval)
+
+    def tick(self) -> None:
+        now = self.clock()
+        for transition in self.liveness.expire(now):
+            self._transition(transition)
+        members = self.members()
+        if self._transport is None:
+            return
+        now_ms = self.wall_ms()
+        self._seq = next_seq(self._seq, now_ms)
+        live = tuple(sorted(self.liveness.live(now) | {self.me}, key=lambda m: m.raw))
+        data = encode(Heartbeat(self.me, now_ms, self._seq, live), self._key)
+        for member, (_, mesh_ip) in members.items():
+            if member != self.me:
+                self._transport.sendto(data, (str(mesh_ip), self.port))
+                self.metrics.heartbeats_sent.inc()
+
+    def forget(self, member: MemberId) -> None:
+        """A member left the cluster: drop its replay and liveness state (no transition is emitted)."""
+        self.gate.forget(member)
+        self.liveness.forget(member)
+
+    def received(self, data: bytes, src: object) -> None:
+        try:
+            signed = decode(data)
+            src_ip = IPv4Address(str(src))
+        except (HeartbeatError, ValueError):
+            self.metrics.heartbeats_rejected.labels(reason="malformed").inc()
+            return
+        verdict = self.gate.check(signed, src_ip, self.members(), self.wall_ms())
+        if not verdict.accepted:
+            self.metrics.heartbeats_rejected.labels(reason=verdict.reason).inc()
+            log.debug("heartbeat.rejected", reason=verdict.reason, src=str(src_ip))
+            return
+        self.metrics.heartbeats_received.inc()
+        transition = self.liveness.heard(signed.heartbeat.sender, self.clock())
+        if transition is not None:
+            self._transition(transition)
+
+    def _transition(self, transition: Transition) -> None:
+        direction = "up" if transition.up else "down"
+        log.info(f"peer.{direction}", member_id=str(transition.member))
+        self.metrics.peer_liveness_transitions.labels(direction=direction).inc()
+        self.on_transition(transition)

@@ -1,0 +1,328 @@
+"""Logs and metrics: the one logging configuration and the one metrics registry of the sidecar.
+
+Owns: ``configure_logging`` (structlog JSON lines on stdout; the standard library's loggers — aiohttp,
+web3 — rendered the same way at WARNING and above), the defensive ``drop_secret_keys`` processor, and
+``Metrics``: every Prometheus metric the sidecar exports, registered in one injected registry, with every
+known label set created at zero so dashboards and alerts see a series before the first event.
+
+Must not: put a key, an address, a member id or a block number into a metric label; log private material
+(the processor is the last line of defence, not the policy: callers log public values only).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, Final, Literal, TextIO, get_args
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
+
+from sidecar.core.phases import ORDER
+
+# ----------------------------------------------------------------------------------------------- logging
+
+SECRET_KEY_FRAGMENTS: Final = ("private", "secret", "key_material")
+"""An event key containing one of these (case-insensitive) is dropped from the log line, at any depth."""
+
+_LEVELS: Final = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+def _is_secret_key(name: object) -> bool:
+    lowered = str(name).lower()
+    return any(fragment in lowered for fragment in SECRET_KEY_FRAGMENTS)
+
+
+def _scrub(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items() if not _is_secret_key(k)}
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def drop_secret_keys(
+    _logger: object, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Remove every key named like private/secret/key_material (also inside nested dicts and lists)."""
+    dropped = sorted(str(k) for k in event_dict if _is_secret_key(k))
+    for name in dropped:
+        del event_dict[name]
+    for key, value in list(event_dict.items()):
+        if isinstance(value, dict | list | tuple):
+            event_dict[key] = _scrub(value)
+    if dropped:
+        event_dict["redacted_keys"] = dropped
+    return event_dict
+
+
+def _json_default(value: object) -> object:
+    # Raw bytes in a log line are far more likely key material than anything else: public values
+    # (ids, hashes, public keys) have typed wrappers whose str() is hex.
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"<{len(value)} bytes redacted>"
+    return str(value)
+
+
+def _renderer() -> structlog.processors.JSONRenderer:
+    return structlog.processors.JSONRenderer(default=_json_default, sort_keys=False)
+
+
+def configure_logging(level: str, *, stream: TextIO | None = None) -> None:
+    """Send structlog events and stdlib WARNING+ records as JSON lines to ``stream`` (default stdout)."""
+    try:
+        threshold = _LEVELS[level.lower()]
+    except KeyError:
+        raise ValueError(f"unknown log level {level!r}; expected one of {', '.join(_LEVELS)}") from None
+    out = stream if stream is not None else sys.stdout
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp")
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        timestamper,
+    ]
+    tail: list[structlog.typing.Processor] = [
+        drop_secret_keys,
+        structlog.processors.format_exc_info,
+        _renderer(),
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.processors.StackInfoRenderer(), *tail],
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(max(threshold, logging.WARNING))
+    logging.captureWarnings(True)
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+
+PeerState = Literal["desired", "configured", "live"]
+PeerChange = Literal["added", "removed", "updated"]
+ReconcileResult = Literal["changed", "unchanged", "error"]
+HeartbeatRejection = Literal[
+    "malformed", "unknown_sender", "bad_signature", "wrong_source", "stale", "future", "replayed"
+]
+LivenessDirection = Literal["up", "down"]
+CskRefusal = Literal[
+    "malformed",
+    "wrong_cluster",
+    "wrong_responder",
+    "not_member",
+    "bad_signature",
+    "stale",
+    "replayed",
+    "not_live",
+    "not_held",
+    "rate_limited",
+]
+CskPullResult = Literal["ok", "refused", "unreachable", "invalid"]
+HttpSurface = Literal["health", "app", "peer"]
+ChainErrorKind = Literal["transient", "terminal"]
+RegistrationResult = Literal["ok", "failed"]
+
+PEER_STATES: Final[tuple[str, ...]] = get_args(PeerState)
+PEER_CHANGES: Final[tuple[str, ...]] = get_args(PeerChange)
+RECONCILE_RESULTS: Final[tuple[str, ...]] = get_args(ReconcileResult)
+HEARTBEAT_REJECTIONS: Final[tuple[str, ...]] = get_args(HeartbeatRejection)
+LIVENESS_DIRECTIONS: Final[tuple[str, ...]] = get_args(LivenessDirection)
+CSK_REFUSALS: Final[tuple[str, ...]] = get_args(CskRefusal)
+CSK_PULL_RESULTS: Final[tuple[str, ...]] = get_args(CskPullResult)
+HTTP_SURFACES: Final[tuple[str, ...]] = get_args(HttpSurface)
+CHAIN_ERROR_KINDS: Final[tuple[str, ...]] = get_args(ChainErrorKind)
+REGISTRATION_RESULTS: Final[tuple[str, ...]] = get_args(RegistrationResult)
+
+PHASES: Final[tuple[str, ...]] = tuple(p.value for p in ORDER)
+
+_RPC_METHOD = re.compile(r"[a-z][A-Za-z0-9_]{0,63}", re.ASCII)
+
+
+def _known(value: str, allowed: tuple[str, ...], what: str) -> str:
+    if value not in allowed:
+        raise ValueError(f"unknown {what} label {value!r}; expected one of {', '.join(allowed)}")
+    return value
+
+
+class Metrics:
+    """Every metric the sidecar exports, in one registry (a fresh one unless injected).
+
+    The metric objects are public attributes for tests and unusual uses; callers normally use the methods,
+    which check label values against the closed sets above so a label can never carry an identifier.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        if registry is None:
+            registry = CollectorRegistry()
+            ProcessCollector(registry=registry)
+        self.registry: Final = registry
+        r = registry
+
+        self.phase = Gauge(
+            "attestmesh_phase", "1 for the node's current phase, 0 for the others.", ["phase"], registry=r
+        )
+        self.phase_transitions = Counter(
+            "attestmesh_phase_transitions_total", "Phase changes, by from and to phase.",
+            ["from_phase", "to_phase"], registry=r,
+        )  # fmt: skip
+        self.phase_unexpected_transitions = Counter(
+            "attestmesh_phase_unexpected_transitions_total",
+            "Phase changes that the transition table does not allow (logged, not crashed on).",
+            registry=r,
+        )
+        self.peers = Gauge(
+            "attestmesh_peers",
+            "Peers the chain wants, the device has, and that are live.",
+            ["state"],
+            registry=r,
+        )
+        self.peer_changes = Counter(
+            "attestmesh_peer_changes_total", "WireGuard peer changes applied.", ["change"], registry=r
+        )
+        self.reconcile_passes = Counter(
+            "attestmesh_reconcile_passes_total", "Reconcile passes by result.", ["result"], registry=r
+        )
+        self.heartbeats_sent = Counter("attestmesh_heartbeats_sent_total", "Heartbeats sent.", registry=r)
+        self.heartbeats_received = Counter(
+            "attestmesh_heartbeats_received_total", "Heartbeats accepted.", registry=r
+        )
+        self.heartbeats_rejected = Counter(
+            "attestmesh_heartbeats_rejected_total", "Heartbeats dropped, by reason.", ["reason"], registry=r
+        )
+        self.peer_liveness_transitions = Counter(
+            "attestmesh_peer_liveness_transitions_total", "Peers going live (up) or silent (down).",
+            ["direction"], registry=r,
+        )  # fmt: skip
+        self.csk_requests_served = Counter(
+            "attestmesh_csk_requests_served_total", "CSK requests answered with a sealed key.", registry=r
+        )
+        self.csk_requests_refused = Counter(
+            "attestmesh_csk_requests_refused_total",
+            "CSK requests refused, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.csk_pull_attempts = Counter(
+            "attestmesh_csk_pull_attempts_total", "CSK pulls from peers, by result.", ["result"], registry=r
+        )
+        self.http_rejected = Counter(
+            "attestmesh_http_rejected_total", "HTTP requests rejected with a 4xx, by surface.", ["surface"],
+            registry=r,
+        )  # fmt: skip
+        self.chain_errors = Counter(
+            "attestmesh_chain_errors_total", "Chain errors by class.", ["kind"], registry=r
+        )
+        self.chain_logs_polled = Counter(
+            "attestmesh_chain_logs_polled_total", "Cluster event logs read by polling.", registry=r
+        )
+        self.registration_attempts = Counter(
+            "attestmesh_registration_attempts_total", "Registration transactions, by result.", ["result"],
+            registry=r,
+        )  # fmt: skip
+        self.rpc_calls = Counter(
+            "attestmesh_rpc_calls_total", "JSON-RPC calls by method.", ["method"], registry=r
+        )
+
+        for name in PHASES:
+            self.phase.labels(phase=name).set(0)
+        for labelled, values in (
+            (self.peers, PEER_STATES),
+            (self.peer_changes, PEER_CHANGES),
+            (self.reconcile_passes, RECONCILE_RESULTS),
+            (self.heartbeats_rejected, HEARTBEAT_REJECTIONS),
+            (self.peer_liveness_transitions, LIVENESS_DIRECTIONS),
+            (self.csk_requests_refused, CSK_REFUSALS),
+            (self.csk_pull_attempts, CSK_PULL_RESULTS),
+            (self.http_rejected, HTTP_SURFACES),
+            (self.chain_errors, CHAIN_ERROR_KINDS),
+            (self.registration_attempts, REGISTRATION_RESULTS),
+        ):
+            for value in values:
+                labelled.labels(value)  # creates the series at zero
+
+    # phases
+    def set_phase(self, phase: str) -> None:
+        """Mark ``phase`` as current (1) and every other phase 0."""
+        _known(phase, PHASES, "phase")
+        for name in PHASES:
+            self.phase.labels(phase=name).set(1 if name == phase else 0)
+
+    def record_phase(self, from_phase: str | None, to_phase: str, expected: bool = True) -> None:
+        """Record a phase change: the gauge follows ``to_phase``; a change from a known phase is counted,
+        an unexpected one also on its own counter. ``from_phase`` is None for the first observation."""
+        self.set_phase(to_phase)
+        if from_phase is None:
+            return
+        self.phase_transitions.labels(from_phase=_known(from_phase, PHASES, "phase"), to_phase=to_phase).inc()
+        if not expected:
+            self.phase_unexpected_transitions.inc()
+
+    # peers and reconcile
+    def set_peer_counts(self, *, desired: int, configured: int, live: int) -> None:
+        self.peers.labels(state="desired").set(desired)
+        self.peers.labels(state="configured").set(configured)
+        self.peers.labels(state="live").set(live)
+
+    def peer_changed(self, change: PeerChange, count: int = 1) -> None:
+        self.peer_changes.labels(_known(change, PEER_CHANGES, "change")).inc(count)
+
+    def reconcile_pass(self, result: ReconcileResult) -> None:
+        self.reconcile_passes.labels(_known(result, RECONCILE_RESULTS, "result")).inc()
+
+    # heartbeats and liveness
+    def heartbeat_sent(self, count: int = 1) -> None:
+        self.heartbeats_sent.inc(count)
+
+    def heartbeat_received(self) -> None:
+        self.heartbeats_received.inc()
+
+    def heartbeat_rejected(self, reason: HeartbeatRejection) -> None:
+        self.heartbeats_rejected.labels(_known(reason, HEARTBEAT_REJECTIONS, "reason")).inc()
+
+    def liveness_changed(self, direction: LivenessDirection) -> None:
+        self.peer_liveness_transitions.labels(_known(direction, LIVENESS_DIRECTIONS, "direction")).inc()
+
+    # CSK
+    def csk_served(self) -> None:
+        self.csk_requests_served.inc()
+
+    def csk_refused(self, reason: CskRefusal) -> None:
+        self.csk_requests_refused.labels(_known(reason, CSK_REFUSALS, "reason")).inc()
+
+    def csk_pull_attempt(self, result: CskPullResult) -> None:
+        self.csk_pull_attempts.labels(_known(result, CSK_PULL_RESULTS, "result")).inc()
+
+    # HTTP, chain, registration
+    def http_rejection(self, surface: HttpSurface) -> None:
+        self.http_rejected.labels(_known(surface, HTTP_SURFACES, "surface")).inc()
+
+    def chain_error(self, kind: ChainErrorKind) -> None:
+        self.chain_errors.labels(_known(kind, CHAIN_ERROR_KINDS, "kind")).inc()
+
+    def logs_polled(self, count: int) -> None:
+        self.chain_logs_polled.inc(count)
+
+    def registration_attempt(self, result: RegistrationResult) -> None:
+        self.registration_attempts.labels(_known(result, REGISTRATION_RESULTS, "result")).inc()
+
+    def rpc_call(self, method: str) -> None:
+        """Count a JSON-RPC call; anything not shaped like a method name is counted as ``other``."""
+        self.rpc_calls.labels(method if _RPC_METHOD.fullmatch(method) else "other").inc()

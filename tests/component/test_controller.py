@@ -1,0 +1,868 @@
+"""The sidecar's control loop against real dependencies: anvil running our contracts, the guest-agent
+simulator spoken to through the official ``dstack-sdk``, real aiohttp peer-API servers, and ``python -m
+sidecar`` as a real process.
+
+The cluster is deployed with the mesh CIDR ``127.0.0.0/8``, so the mesh IPs the contract allocates
+(127.0.0.1, 127.0.0.2, ...) are loopback addresses this test can bind: peers' CSK servers listen on their
+on-chain mesh IPs exactly as a sidecar would. No WireGuard device is touched: the controller is configured
+with the userspace backend and an empty UAPI directory, so its mesh step fails cleanly (``phase == "mesh"``)
+and the CSK puller / responder are driven directly. The fakes are small honest ``CskResponder`` classes.
+Only 127.0.0.0/8 and unix sockets are used; every process and server started here is stopped here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from eth_utils.crypto import keccak
+from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
+
+from devnet.anvil import AnvilProcess
+from devnet.deployment import Deployment, deploy_member_app, deploy_stack
+from devnet.kms import DevnetKms, get_key
+from devnet.simulator import SimulatorConfig, serve_unix
+from sidecar.chain.contracts import ClusterClient
+from sidecar.chain.rpc import ChainConnection, checksum
+from sidecar.chain.tx import LocalSigner, TxSubmitter
+from sidecar.core import csk as cskcore
+from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
+from sidecar.core.keys import KeyPath, ed25519_public_key, secp256k1_address, x25519_public_key
+from sidecar.core.liveness import Liveness
+from sidecar.core.model import MemberKeys, MemberRecord, member_id_for
+from sidecar.core.sigchain import build_proof
+from sidecar.core.status import healthz_body
+from sidecar.daemon import CskService
+from sidecar.drivers.control import CSK_CACHE_FILE, Controller, CskState
+from sidecar.drivers.identity import derive
+from sidecar.dstack.agent import GuestAgent, GuestAgentUnavailable
+from sidecar.http.peerapi import CskAnswer, peer_api
+from sidecar.http.server import Runner, start_tcp
+from sidecar.observability import Metrics
+from sidecar.settings import Settings, load_settings
+
+pytestmark = [pytest.mark.component, pytest.mark.timeout(120)]
+
+REPO = Path(__file__).resolve().parents[2]
+CHAIN_ID = 31337  # the conftest's anvil
+MESH_CIDR = "127.0.0.0/8"
+COMPOSE = b'{"name": "attestmesh-node", "runner": "docker-compose"}\n'
+COMPOSE_HASH = Bytes32(hashlib.sha256(COMPOSE).digest())
+OTHER_KMS_SEED = b"a second devnet KMS seed -- PUBLIC, controller tests only"
+FUNDING_WEI = 10**18
+READY_DEADLINE = 15.0
+SUBPROCESS_START_DEADLINE = 30.0
+SHUTDOWN_TIMEOUT = 3.0
+
+HEALTHZ_KEYS = {
+    "phase", "healthy", "reason", "node", "peers", "csk", "events", "chain", "membership_digest", "version",
+}  # fmt: skip
+NODE_KEYS = {"app_id", "instance_id", "compose_hash", "member_id", "mesh_ip", "signer"}
+
+
+# --- small helpers --------------------------------------------------------------------------------------
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    assert value is not None, f"metric {name}{labels} is not exported"
+    return value
+
+
+def events(logs: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, Any]]:
+    return [entry for entry in logs if entry.get("event") == name]
+
+
+def read_log(log: Path) -> str:
+    return log.read_text(errors="replace")
+
+
+def free_tcp_port() -> int:
+    """A port that was free on 127.0.0.1 a moment ago (for a subprocess that must bind it itself)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def closed_port() -> Iterator[int]:
+    """A 127.0.0.1 port that refuses connections: bound (so nobody else takes it) but never listening."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        yield int(held.getsockname()[1])
+
+
+def write_node_config(directory: Path, app_id: Address, instance: int) -> Path:
+    """A simulator config for ``app_id`` (compose file next to it) and return the config's path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "app-compose.json").write_bytes(COMPOSE)
+    config = directory / "node.json"
+    config.write_text(
+        json.dumps(
+            {
+                "app_id": "0x" + app_id.hex,
+                "instance_id": f"{instance:040x}",
+                "app_compose_path": "app-compose.json",
+            }
+        )
+    )
+    return config
+
+
+def node_env(*, rpc_url: str, cluster: Address, root: Path, **overrides: str) -> dict[str, str]:
+    """A complete, valid sidecar environment whose files all live under ``root``."""
+    env = {
+        "ATTESTMESH_RPC_URL": rpc_url,
+        "ATTESTMESH_CHAIN_ID": str(CHAIN_ID),
+        "ATTESTMESH_CLUSTER": str(cluster),
+        "ATTESTMESH_ENDPOINT": "127.0.0.1:51820",
+        "ATTESTMESH_WG_BACKEND": "userspace",
+        "ATTESTMESH_WG_UAPI_DIR": str(root / "wg"),  # empty: no device, the mesh step fails cleanly
+        "ATTESTMESH_APP_SOCKET": str(root / "app.sock"),
+        "ATTESTMESH_STATE_DIR": str(root / "state"),
+        "ATTESTMESH_HEALTH_ADDR": "127.0.0.1:9090",
+        "ATTESTMESH_RPC_TIMEOUT": "2",
+        "ATTESTMESH_RECEIPT_TIMEOUT": "20",
+        "ATTESTMESH_CSK_TIMEOUT": "2",
+    }
+    env.update({f"ATTESTMESH_{k}": v for k, v in overrides.items()})
+    return env
+
+
+async def wait_for_agent(agent: GuestAgent, proc: asyncio.subprocess.Process | None, log: Path) -> None:
+    deadline = time.monotonic() + READY_DEADLINE
+    while True:
+        if proc is not None and proc.returncode is not None:
+            pytest.fail(f"simulator exited with {proc.returncode}: {read_log(log)}")
+        with contextlib.suppress(GuestAgentUnavailable):
+            await agent.version()
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"simulator not ready after {READY_DEADLINE}s")
+        await asyncio.sleep(0.05)
+
+
+async def stop_process(proc: asyncio.subprocess.Process, grace: float = 10.0) -> None:
+    """SIGTERM the process we started, then SIGKILL it if it does not exit in time."""
+    if proc.returncode is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), timeout=grace)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def subprocess_simulator(config: Path, sock: Path, seed: bytes | None) -> AsyncIterator[Path]:
+    """``python -m devnet.simulator`` serving ``config`` on ``sock``, its KMS seed from the environment."""
+    log = sock.parent / "simulator.log"
+    env = {k: v for k, v in os.environ.items() if k != "ATTESTMESH_DEVNET_KMS_SEED"}
+    if seed is not None:
+        env["ATTESTMESH_DEVNET_KMS_SEED"] = seed.hex()
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "devnet.simulator", "--config", str(config), "--socket", str(sock),
+            cwd=REPO, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+        )  # fmt: skip
+    try:
+        probe = GuestAgent(str(sock))
+        try:
+            await wait_for_agent(probe, proc, log)
+        finally:
+            await probe.close()
+        yield sock
+    finally:
+        await stop_process(proc)
+
+
+# --- the lab: one stack on the module's anvil, nodes, controllers -----------------------------------------
+
+
+@dataclass
+class Peer:
+    """A member registered directly through the chain adapter (not run by a controller)."""
+
+    app_id: Address
+    member_id: MemberId
+    client: ClusterClient  # writes as the member's derived signer
+    identity_key: SecretBytes = field(repr=False)
+    seal_key: SecretBytes = field(repr=False)
+    keys: MemberKeys
+
+
+class Lab:
+    """A freshly deployed cluster (mesh 127.0.0.0/8) and helpers to add members, nodes and controllers."""
+
+    def __init__(
+        self,
+        anvil: AnvilProcess,
+        conn: ChainConnection,
+        deployer: TxSubmitter,
+        stack: Deployment,
+        kms: DevnetKms,
+        root: Path,
+        exits: contextlib.AsyncExitStack,
+    ) -> None:
+        self.anvil = anvil
+        self.conn = conn
+        self.deployer = deployer
+        self.stack = stack
+        self.kms = kms
+        self.root = root
+        self.exits = exits
+        self.owner = ClusterClient(conn, stack.cluster, deployer)
+        self._count = 0
+
+    async def app(self, name: str, *, approve: bool = True) -> Address:
+        app_id = await deploy_member_app(
+            self.conn, self.deployer, self.stack.member_app_factory, self.stack.cluster, name
+        )
+        if approve:
+            await self.owner.add_allowed_app_id(app_id)
+        return app_id
+
+    def signer_of(self, app_id: Address, kms: DevnetKms | None = None) -> Address:
+        key, _ = get_key(kms or self.kms, app_id, KeyPath.SIGNER.path, KeyPath.SIGNER.purpose)
+        return secp256k1_address(key)
+
+    async def set_balance(self, address: Address, wei: int) -> None:
+        await self.conn.w3.provider.make_request("anvil_setBalance", [address.checksum, hex(wei)])
+
+    async def nonce(self, address: Address) -> int:
+        return int(await self.conn.w3.eth.get_transaction_count(checksum(address)))
+
+    async def member(self, name: str) -> Peer:
+        """Deploy, approve, fund and register a member with real Ed25519/X25519 keys we hold."""
+        app_id = await self.app(name)
+        key, chain = get_key(self.kms, app_id, KeyPath.SIGNER.path, KeyPath.SIGNER.purpose)
+        proof = build_proof(app_id, key, chain)
+        submitter = TxSubmitter(self.conn, LocalSigner(key), receipt_timeout=20.0, poll_interval=0.05)
+        await self.set_balance(proof.signer, FUNDING_WEI)
+        identity_key, seal_key = SecretBytes(os.urandom(32)), SecretBytes(os.urandom(32))
+        keys = MemberKeys(
+            seal_pub=Bytes32(x25519_public_key(seal_key)),
+            wg_pub=Bytes32(os.urandom(32)),
+            identity_pub=Bytes32(ed25519_public_key(identity_key)),
+        )
+        client = self.owner.with_submitter(submitter)
+        _, member_id = await client.register(proof, keys, "127.0.0.1:51820")
+        return Peer(app_id, member_id, client, identity_key, seal_key, keys)
+
+    def node_dir(self, name: str) -> Path:
+        path = self.root / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    async def simulator(self, name: str, app_id: Address, kms: DevnetKms | None = None) -> Path:
+        """An in-process simulator for ``app_id``; returns its socket path."""
+        self._count += 1
+        directory = self.node_dir(name)
+        config = SimulatorConfig.load(write_node_config(directory, app_id, self._count))
+        running = await serve_unix(directory / "agent.sock", config, kms=kms or self.kms)
+        self.exits.push_async_callback(running.close)
+        return running.socket_path
+
+    def settings(self, name: str, **overrides: str) -> Settings:
+        env = node_env(
+            rpc_url=self.anvil.rpc_url, cluster=self.stack.cluster, root=self.node_dir(name), **overrides
+        )
+        return load_settings(env)
+
+    async def controller(
+        self,
+        name: str,
+        app_id: Address,
+        *,
+        agent: GuestAgent | None = None,
+        kms: DevnetKms | None = None,
+        **overrides: str,
+    ) -> Controller:
+        """A controller for node ``name`` (an in-process simulator unless ``agent`` is given)."""
+        if agent is None:
+            agent = GuestAgent(str(await self.simulator(name, app_id, kms)))
+        self.exits.push_async_callback(agent.close)
+        controller = Controller(
+            self.settings(name, **overrides), agent, Metrics(CollectorRegistry()), Liveness(window=60.0)
+        )
+        self.exits.push_async_callback(controller.close)
+        return controller
+
+
+@pytest.fixture
+def short_root() -> Iterator[Path]:
+    """A short directory under /tmp: unix socket paths are limited to 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="am-ctl-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+async def lab(
+    anvil: AnvilProcess, conn: ChainConnection, deployer: TxSubmitter, kms: DevnetKms, short_root: Path
+) -> AsyncIterator[Lab]:
+    stack = await deploy_stack(
+        conn,
+        deployer,
+        kms_roots=(kms.root_address,),
+        compose_hashes=(COMPOSE_HASH,),
+        mesh_cidr=MESH_CIDR,
+        salt=Bytes32(os.urandom(32)),
+    )
+    async with contextlib.AsyncExitStack() as exits:
+        yield Lab(anvil, conn, deployer, stack, kms, short_root, exits)
+
+
+# --- 1. lost state ------------------------------------------------------------------------------------
+
+
+async def test_lost_state_is_terminal_and_never_registers_twice(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # App A registers with the identity the devnet KMS derives for it ...
+    app_a = await lab.app("node-a")
+    first_sock = await lab.simulator("first", app_a)
+    first_agent = GuestAgent(str(first_sock))
+    try:
+        original = await derive(first_agent)
+    finally:
+        await first_agent.close()
+    await lab.set_balance(original.signer, FUNDING_WEI)
+    submitter = TxSubmitter(lab.conn, original.local_signer(), receipt_timeout=20.0, poll_interval=0.05)
+    _, member_a = await lab.owner.with_submitter(submitter).register(
+        original.proof, original.keys, "127.0.0.1:51820"
+    )
+    assert await lab.owner.member_count() == 1
+
+    # ... then a node with the same app id boots behind ANOTHER KMS (a subprocess simulator whose seed
+    # comes from its environment; the controller finds it through DSTACK_SIMULATOR_ENDPOINT).
+    other_kms = DevnetKms(OTHER_KMS_SEED)
+    directory = lab.node_dir("second")
+    config = write_node_config(directory, app_a, 99)
+    async with subprocess_simulator(config, directory / "agent.sock", OTHER_KMS_SEED) as sock:
+        monkeypatch.setenv("DSTACK_SIMULATOR_ENDPOINT", str(sock))
+        agent = GuestAgent()
+        assert agent.endpoint == str(sock)
+        controller = await lab.controller("second", app_a, agent=agent)
+        new_signer = lab.signer_of(app_a, other_kms)
+        await lab.set_balance(new_signer, FUNDING_WEI)  # funds are not what stops a second registration
+
+        with capture_logs() as logs:
+            await controller.pass_once()
+            await controller.pass_once()  # terminal: the next pass changes nothing
+
+    status = controller.status
+    assert controller.identity is not None and controller.identity.signer == new_signer != original.signer
+    assert status.phase == "boot_gate"
+    assert status.reason is not None and "lost state" in status.reason
+    assert controller.facts.lost_state is True
+    assert status.member_id == str(member_a)  # it knows which record is "its own" ...
+    lost = events(logs, "identity.lost_state")
+    assert lost and lost[0]["member_id"] == str(member_a)
+    assert set(lost[0]["differs"]) == {"signer", "seal key", "wireguard key", "identity key"}
+    # ... and never a second registration: no transaction from its signer, membership unchanged.
+    assert await lab.nonce(new_signer) == 0
+    assert await lab.owner.member_count() == 1
+    assert (await lab.owner.member_by_id(member_a)) is not None
+    assert events(logs, "registration.attempted") == []
+    for result in ("ok", "failed"):
+        assert sample(controller.metrics, "attestmesh_registration_attempts_total", result=result) == 0
+
+
+# --- 2. no gas ----------------------------------------------------------------------------------------
+
+
+async def test_no_gas_is_reported_then_registration_follows_funding(lab: Lab) -> None:
+    app_id = await lab.app("poor")
+    controller = await lab.controller("poor", app_id)
+    signer = lab.signer_of(app_id)
+    assert await lab.conn.get_balance(signer) == 0
+
+    await controller.pass_once()
+    status = controller.status
+    assert status.phase == "register"
+    assert status.reason is not None and "no gas" in status.reason
+    assert status.signer == str(signer) and status.member_id is None
+    assert sample(controller.metrics, "attestmesh_registration_attempts_total", result="failed") == 1
+    assert await lab.nonce(signer) == 0
+
+    await lab.set_balance(signer, FUNDING_WEI)
+    await lab.conn.w3.provider.make_request("anvil_mine", [2])  # type: ignore[arg-type]  # approval confirmed
+    with capture_logs() as logs:
+        await controller.pass_once()  # registers (the snapshot it acted on predates the member)
+    assert events(logs, "registration.succeeded")
+    expected = member_id_for(lab.stack.cluster, app_id)
+    assert await lab.owner.member_id_of(app_id) == expected
+    assert sample(controller.metrics, "attestmesh_registration_attempts_total", result="ok") == 1
+    assert controller.status.reason is not None and "no gas" not in controller.status.reason
+
+    await controller.pass_once()  # sees itself on chain; the mesh step has no device here
+    status = controller.status
+    assert status.member_id == str(expected)
+    assert status.mesh_ip == "127.0.0.1"  # the first host of 127.0.0.0/8
+    assert status.phase == "mesh"
+    assert status.reason is not None and status.reason.startswith("mesh device not up")
+    assert await lab.owner.member_count() == 1
+
+
+async def test_confirmations_never_send_a_second_registration(lab: Lab) -> None:
+    """With confirmations, the pass after a registration reads a snapshot that predates it."""
+    app_id = await lab.app("patient")
+    controller = await lab.controller("patient", app_id, CONFIRMATIONS="2")
+    signer = lab.signer_of(app_id)
+    await lab.set_balance(signer, FUNDING_WEI)
+    await lab.conn.w3.provider.make_request("anvil_mine", [2])  # type: ignore[arg-type]  # approval confirmed
+    with capture_logs() as logs:
+        await controller.pass_once()  # registers
+        await controller.pass_once()  # the confirmed snapshot does not contain the member yet
+        await controller.pass_once()
+    assert len(events(logs, "registration.attempted")) == 1
+    assert not events(logs, "registration.failed")
+    assert await lab.nonce(signer) == 1
+    assert controller.status.phase == "register"
+    assert controller.status.reason is not None and "reverted" not in controller.status.reason
+    await lab.conn.w3.provider.make_request("anvil_mine", [2])  # type: ignore[arg-type]
+    await controller.pass_once()  # now confirmed: identity carried over, no second transaction
+    assert controller.status.member_id == str(member_id_for(lab.stack.cluster, app_id))
+    assert await lab.nonce(signer) == 1
+
+
+# --- 3. boot policy and registration reverts ------------------------------------------------------------
+
+
+async def test_unapproved_app_stays_at_boot_gate_until_approved(lab: Lab) -> None:
+    app_id = await lab.app("stranger", approve=False)
+    controller = await lab.controller("stranger", app_id)
+    signer = lab.signer_of(app_id)
+    await lab.set_balance(signer, FUNDING_WEI)
+
+    await controller.pass_once()
+    await controller.pass_once()  # re-checked, still denied, no crash
+    assert controller.status.phase == "boot_gate"
+    assert controller.status.reason == "boot policy denies: app id not allowed"
+    assert controller.facts.boot_allowed is False
+    assert await lab.nonce(signer) == 0
+
+    await lab.owner.add_allowed_app_id(app_id)
+    await controller.pass_once()
+    assert await lab.owner.member_id_of(app_id) == member_id_for(lab.stack.cluster, app_id)
+
+
+async def test_registration_revert_is_named_in_the_status(lab: Lab) -> None:
+    app_id = await lab.app("untrusted-kms")
+    controller = await lab.controller("untrusted-kms", app_id)
+    signer = lab.signer_of(app_id)
+    await lab.set_balance(signer, FUNDING_WEI)
+    await lab.owner.remove_kms_root(lab.kms.root_address)
+
+    with capture_logs() as logs:
+        await controller.pass_once()
+    status = controller.status
+    assert status.phase == "register"
+    assert status.reason is not None
+    assert "registration reverted: KmsRootNotAllowed" in status.reason
+    (failed,) = events(logs, "registration.failed")
+    assert "KmsRootNotAllowed" in failed["reason"] and failed["transient"] is False
+    assert sample(controller.metrics, "attestmesh_registration_attempts_total", result="failed") == 1
+    assert await lab.nonce(signer) == 0  # refused at estimation: nothing was mined
+    assert await lab.owner.member_count() == 0
+
+    await lab.owner.add_kms_root(lab.kms.root_address)  # the owner fixes the policy: the next pass registers
+    await controller.pass_once()
+    assert await lab.owner.member_count() == 1
+    assert controller.status.reason is not None and "reverted" not in controller.status.reason
+
+
+# --- 4. chain unreachable at start ---------------------------------------------------------------------
+
+
+async def test_unreachable_chain_keeps_the_node_at_boot_gate_with_a_complete_status(
+    short_root: Path,
+) -> None:
+    app_id = Address(b"\xa4" * 20)
+    config = SimulatorConfig.load(write_node_config(short_root / "node", app_id, 4))
+    running = await serve_unix(short_root / "node" / "agent.sock", config)
+    agent = GuestAgent(str(running.socket_path))
+    controller: Controller | None = None
+    try:
+        with closed_port() as port:
+            env = node_env(
+                rpc_url=f"http://127.0.0.1:{port}", cluster=Address(b"\xc1" * 20), root=short_root / "node"
+            )
+            controller = Controller(
+                load_settings(env), agent, Metrics(CollectorRegistry()), Liveness(window=60.0)
+            )
+            with capture_logs() as logs:
+                await controller.pass_once()
+                await controller.pass_once()
+    finally:
+        if controller is not None:
+            await controller.close()
+        await agent.close()
+        await running.close()
+
+    status = controller.status
+    assert status.phase == "boot_gate" and status.healthy is False
+    assert status.reason is not None and status.reason.startswith("chain unreachable: ")
+    assert controller.facts.chain_ok is False
+    assert len(events(logs, "chain.unreachable")) == 1  # an outage is logged once, not every pass
+    assert sample(controller.metrics, "attestmesh_chain_errors_total", kind="transient") == 2
+
+    body = json.loads(json.dumps(healthz_body(status)))  # the /healthz body, through JSON
+    assert set(body) == HEALTHZ_KEYS
+    assert set(body["node"]) == NODE_KEYS
+    assert body["node"]["app_id"] == str(app_id)  # the guest agent answered: identity is known
+    assert body["node"]["signer"] is not None and body["node"]["compose_hash"] == str(COMPOSE_HASH)
+    assert body["node"]["member_id"] is None and body["node"]["mesh_ip"] is None
+    assert body["peers"] == {"desired": 0, "configured": 0, "live": 0}
+    assert body["csk"] == {"held": False, "commitment": None, "source": None}
+    assert set(body["events"]) == {"mode", "indexer_connected", "cursor_block", "head_block"}
+    assert body["events"]["mode"] == "poll" and body["events"]["head_block"] is None
+    assert body["chain"]["reachable"] is False and body["chain"]["error"]
+    assert body["membership_digest"] is None and body["version"]
+
+
+# --- 5. a wrong CSK from a peer -------------------------------------------------------------------------
+
+
+class SealingPeer:
+    """A ``CskResponder`` as an honest peer would be, except for the key it seals: it checks the request
+    (well-formed, addressed to it, signed by the requester's on-chain identity key) and then seals ``key``
+    to the requester's on-chain seal key. Given a wrong key, it is a peer serving a wrong CSK."""
+
+    def __init__(self, me: MemberId, key: SecretBytes, directory: Mapping[MemberId, MemberRecord]) -> None:
+        self.me = me
+        self.key = key
+        self.directory = directory  # filled once the requester is on chain
+        self.served = 0
+
+    def respond(self, body: object, remote_ip: IPv4Address) -> CskAnswer:
+        try:
+            request, signature = cskcore.parse_request(body)
+        except cskcore.CskWireError as exc:
+            return CskAnswer(400, {"error": str(exc)})
+        record = self.directory.get(request.requester)
+        if request.responder != self.me or record is None:
+            return CskAnswer(403, {"error": "not for me or not a member"})
+        if not cskcore.verify_request(request, signature, record.identity_pub):
+            return CskAnswer(403, {"error": "bad signature"})
+        self.served += 1
+        return CskAnswer(200, {"sealed": cskcore.seal(self.key, record.seal_pub).hex()})
+
+
+async def serve_on_same_port(
+    apps: list[tuple[str, SealingPeer]], metrics: Metrics, exits: contextlib.AsyncExitStack
+) -> int:
+    """Bind one peer API per (mesh IP, responder) on a single port free on all of them; return the port."""
+    for _ in range(10):
+        runners: list[Runner] = []
+        try:
+            first_ip, first = apps[0]
+            runners.append(await start_tcp(peer_api(first, metrics), first_ip, 0, name="peer"))
+            port = runners[0].port
+            for ip, responder in apps[1:]:
+                runners.append(await start_tcp(peer_api(responder, metrics), ip, port, name="peer"))
+        except OSError:
+            for runner in runners:
+                await runner.close()
+            continue
+        for runner in runners:
+            exits.push_async_callback(runner.close)
+        return port
+    pytest.fail("no port free on every peer mesh IP")
+
+
+async def test_wrong_csk_from_a_peer_is_rejected_and_the_next_peer_tried(lab: Lab) -> None:
+    bad_peer = await lab.member("peer-bad")  # registered first: the originator, tried first
+    good_peer = await lab.member("peer-good")
+    csk = SecretBytes(os.urandom(32))
+    commitment = cskcore.commitment(csk)
+    await bad_peer.client.set_csk_commitment(commitment)
+    bad_ip = await lab.owner.mesh_ip_of(bad_peer.member_id)
+    good_ip = await lab.owner.mesh_ip_of(good_peer.member_id)
+    assert (bad_ip, good_ip) == (IPv4Address("127.0.0.1"), IPv4Address("127.0.0.2"))
+
+    directory: dict[MemberId, MemberRecord] = {}
+    wrong = SealingPeer(bad_peer.member_id, SecretBytes(os.urandom(32)), directory)
+    right = SealingPeer(good_peer.member_id, csk, directory)
+    server_metrics = Metrics(CollectorRegistry())
+    port = await serve_on_same_port([(str(bad_ip), wrong), (str(good_ip), right)], server_metrics, lab.exits)
+
+    app_id = await lab.app("requester")
+    # One pull at a time, so the order is deterministic: the originator (wrong key) first, then the next.
+    controller = await lab.controller("requester", app_id, PEER_API_PORT=str(port), CSK_PARALLELISM="1")
+    await lab.set_balance(lab.signer_of(app_id), FUNDING_WEI)
+    await controller.pass_once()  # registers
+    await controller.pass_once()  # sees itself; stops at the mesh step (no device in this test)
+    assert controller.status.phase == "mesh"
+    snapshot = controller.snapshot
+    assert snapshot is not None and snapshot.commitment == commitment
+    assert snapshot.originator == bad_peer.member_id
+    mine = snapshot.member(controller.member_id)
+    assert mine is not None and mine.mesh_ip == IPv4Address("127.0.0.3")
+    directory.update({m.member_id: m for m in snapshot.members})
+
+    now = controller.clock()
+    controller.liveness.heard(bad_peer.member_id, now)
+    controller.liveness.heard(good_peer.member_id, now)
+    with capture_logs() as logs:
+        await controller._pull_csk(snapshot, mine, commitment)
+
+    held = controller.csk.value
+    assert held is not None and held.reveal() == csk.reveal()
+    assert keccak(held.reveal()) == commitment.raw
+    assert controller.csk.source == "peer" and controller.csk.commitment == commitment
+    assert (wrong.served, right.served) == (1, 1)
+    metrics = controller.metrics
+    assert sample(metrics, "attestmesh_csk_pull_attempts_total", result="invalid") == 1
+    assert sample(metrics, "attestmesh_csk_pull_attempts_total", result="ok") == 1
+    (rejected,) = events(logs, "csk.pull_rejected")
+    assert rejected["peer"] == str(bad_peer.member_id) and "commitment" in rejected["reason"]
+    (pulled,) = events(logs, "csk.pulled")
+    assert pulled["peer"] == str(good_peer.member_id)
+    assert csk.reveal().hex() not in repr(logs)
+    # The key is cached encrypted, bound to cluster, member and commitment (mode 0600).
+    cache = controller.settings.state_dir / CSK_CACHE_FILE
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o600
+    assert csk.reveal() not in cache.read_bytes()
+    assert controller.identity is not None
+    opened = cskcore.open_cache(
+        cache.read_bytes(), controller.identity.state_key, lab.stack.cluster, mine.member_id, commitment
+    )
+    assert opened.reveal() == csk.reveal()
+
+    # Only the wrong peer left: nothing is held, and the error names the peer and the failure.
+    controller.csk = CskState()
+    controller.liveness.forget(good_peer.member_id)
+    await controller._pull_csk(snapshot, mine, commitment)
+    assert controller.csk.value is None
+    assert controller.csk.error.startswith("no peer served a valid cluster shared key")
+    assert f"{str(bad_peer.member_id)[:10]}: invalid" in controller.csk.error
+    assert sample(metrics, "attestmesh_csk_pull_attempts_total", result="invalid") == 2
+    assert (wrong.served, right.served) == (2, 1)
+
+
+# --- 6. the CSK responder over HTTP ---------------------------------------------------------------------
+
+
+async def test_csk_service_serves_live_members_and_refuses_the_rest(lab: Lab) -> None:
+    app_id = await lab.app("responder")
+    controller = await lab.controller("responder", app_id)
+    await lab.set_balance(lab.signer_of(app_id), FUNDING_WEI)
+    await controller.pass_once()  # registers: the first member, so the originator
+    requester = await lab.member("requester")
+    silent = await lab.member("silent")  # a member whose heartbeats were never verified
+    await controller.pass_once()
+    snapshot = controller.snapshot
+    assert snapshot is not None and controller.member_id is not None
+    mine = snapshot.member(controller.member_id)
+    assert mine is not None and mine.mesh_ip == IPv4Address("127.0.0.1")
+    assert snapshot.originator == mine.member_id
+
+    metrics = controller.metrics
+    runner = await start_tcp(
+        peer_api(CskService(controller, metrics), metrics), str(mine.mesh_ip), 0, name="peer"
+    )
+    lab.exits.push_async_callback(runner.close)
+    url = f"http://{mine.mesh_ip}:{runner.port}/v1/csk"
+    cluster = lab.stack.cluster
+    me = mine.member_id
+
+    def request(
+        requester_id: MemberId, *, cluster: Address = cluster, responder: MemberId = me, age_ms: int = 0
+    ) -> cskcore.CskRequest:
+        return cskcore.CskRequest(cluster, requester_id, responder, int(time.time() * 1000) - age_ms)
+
+    async with aiohttp.ClientSession() as session:
+
+        async def post(body: object | bytes) -> tuple[int, dict[str, Any]]:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            async with session.post(url, data=data, headers={"Content-Type": "application/json"}) as r:
+                return r.status, await r.json()
+
+        # Not held yet: 503.
+        status, answer = await post(
+            cskcore.sign_request(request(requester.member_id), requester.identity_key)
+        )
+        assert (status, answer["reason"]) == (503, "not_held")
+
+        # The originator derives the CSK and commits it; the next pass holds it as verified.
+        await controller._acquire_csk(snapshot, mine)
+        await controller.pass_once()
+        key = controller.csk_value()
+        assert key is not None and controller.status.csk_source == "derived"
+        assert await lab.owner.csk_commitment() == cskcore.commitment(key)
+        commitment = cskcore.commitment(key)
+
+        controller.liveness.heard(requester.member_id, controller.clock())
+        good = cskcore.sign_request(request(requester.member_id), requester.identity_key)
+        status, answer = await post(good)
+        assert status == 200, answer
+        opened = cskcore.open_sealed(bytes.fromhex(answer["sealed"]), requester.seal_key, commitment)
+        assert opened.reveal() == key.reveal()
+
+        stranger_key = SecretBytes(os.urandom(32))
+        refusals = {
+            "replayed": good,
+            "not_member": cskcore.sign_request(request(MemberId(os.urandom(32))), stranger_key),
+            "bad_signature": cskcore.sign_request(request(requester.member_id), stranger_key),
+            "not_live": cskcore.sign_request(request(silent.member_id), silent.identity_key),
+            "wrong_cluster": cskcore.sign_request(
+                request(requester.member_id, cluster=Address(os.urandom(20))), requester.identity_key
+            ),
+            "wrong_responder": cskcore.sign_request(
+                request(requester.member_id, responder=silent.member_id), requester.identity_key
+            ),
+            "stale": cskcore.sign_request(
+                request(requester.member_id, age_ms=600_000), requester.identity_key
+            ),
+        }
+        for reason, body in refusals.items():
+            status, answer = await post(body)
+            assert (status, answer["reason"]) == (403, reason), reason
+        status, answer = await post(b'{"cluster": "0x00", ')  # not JSON at all
+        assert status == 400 and "error" in answer
+
+    assert sample(metrics, "attestmesh_csk_requests_served_total") == 1
+    for reason in (*refusals, "not_held", "malformed"):
+        assert sample(metrics, "attestmesh_csk_requests_refused_total", reason=reason) == 1, reason
+
+
+# --- 7 and 8. the process: configuration errors, bounded shutdown -----------------------------------------
+
+
+async def run_sidecar(env: Mapping[str, str], log: Path) -> asyncio.subprocess.Process:
+    with log.open("wb") as out:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sidecar", cwd=REPO, env=dict(env),
+            stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+        )  # fmt: skip
+
+
+async def test_invalid_environment_exits_2_listing_every_problem() -> None:
+    secret = "leaked-secret-value-0123"
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "ATTESTMESH_CHAIN_ID": "thirty-one",
+        "ATTESTMESH_FOO": secret,
+        "ATTESTMESH_CLUSTER": "0x" + "12" * 20,
+        "ATTESTMESH_ENDPOINT": "localhost:51820",
+        "ATTESTMESH_CSK_PARALLELISM": "0",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sidecar", cwd=REPO, env=env,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=SUBPROCESS_START_DEADLINE)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    text = err.decode()
+    assert proc.returncode == 2, text
+    assert out == b""
+    problems = [line.strip()[2:] for line in text.splitlines() if line.startswith("  - ")]
+    expected = [
+        "ATTESTMESH_FOO is not a known AttestMesh variable",
+        "ATTESTMESH_RPC_URL is required but not set",
+        "ATTESTMESH_CHAIN_ID='thirty-one' must be a whole number",
+        "ATTESTMESH_ENDPOINT='localhost:51820' must be an IP address",
+        "ATTESTMESH_CSK_PARALLELISM='0' must be at least 1",
+    ]
+    for fragment in expected:
+        assert any(p.startswith(fragment) for p in problems), f"{fragment!r} not in {problems}"
+    assert len(problems) == len(expected), problems
+    assert secret not in text  # an unknown variable may be a misnamed secret: never echoed
+
+
+async def test_sigterm_stops_the_sidecar_within_the_shutdown_timeout(short_root: Path) -> None:
+    app_id = Address(b"\xa8" * 20)
+    node = short_root / "node"
+    config = SimulatorConfig.load(write_node_config(node, app_id, 8))
+    running = await serve_unix(node / "agent.sock", config)
+    health_port = free_tcp_port()
+    log = short_root / "sidecar.log"
+    proc: asyncio.subprocess.Process | None = None
+    try:
+        with closed_port() as rpc_port:
+            env = {
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "DSTACK_SIMULATOR_ENDPOINT": str(running.socket_path),
+                **node_env(
+                    rpc_url=f"http://127.0.0.1:{rpc_port}",
+                    cluster=Address(b"\xc8" * 20),
+                    root=node,
+                    HEALTH_ADDR=f"127.0.0.1:{health_port}",
+                    SHUTDOWN_TIMEOUT=f"{SHUTDOWN_TIMEOUT:g}",
+                ),
+            }
+            proc = await run_sidecar(env, log)
+            body = await wait_for_healthz(proc, health_port, log)
+            assert body["phase"] == "boot_gate" and body["healthy"] is False
+            assert body["node"]["app_id"] == str(app_id)
+
+            proc.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            try:
+                code = await asyncio.wait_for(proc.wait(), timeout=SHUTDOWN_TIMEOUT + 1.0)
+            except TimeoutError:
+                pytest.fail(f"no exit within {SHUTDOWN_TIMEOUT + 1.0}s of SIGTERM:\n{read_log(log)}")
+            elapsed = time.monotonic() - started
+    finally:
+        if proc is not None and proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await running.close()
+
+    text = log.read_text(errors="replace")
+    assert code == 0, text
+    assert elapsed <= SHUTDOWN_TIMEOUT + 1.0
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    names = [line.get("event") for line in lines]
+    assert "sidecar.stopping" in names and "sidecar.stopped" in names
+    assert names.index("health.listening") < names.index("sidecar.started")
+    assert not (node / "app.sock").exists()  # the app API socket is removed on the way out
+
+
+async def wait_for_healthz(proc: asyncio.subprocess.Process, port: int, log: Path) -> dict[str, Any]:
+    """Poll /healthz until the control loop has reported the unreachable chain (boot_gate)."""
+    deadline = time.monotonic() + SUBPROCESS_START_DEADLINE
+    last: object = None
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        while True:
+            if proc.returncode is not None:
+                pytest.fail(f"sidecar exited with {proc.returncode}:\n{read_log(log)}")
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
+                    last = body = await response.json()
+                    assert response.status == 503
+                    reason = body.get("reason") or ""
+                    if body.get("phase") == "boot_gate" and reason.startswith("chain unreachable"):
+                        return dict(body)
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"/healthz never reported boot_gate (last {last}):\n{read_log(log)}")
+            await asyncio.sleep(0.1)

@@ -1,0 +1,118 @@
+"""The chain-log poller against anvil: wake-ups, a persisted cursor, bounded ranges, confirmations, reorgs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devnet.anvil import DEVNET_DEPLOYER_KEY
+from sidecar.chain.contracts import ClusterClient
+from sidecar.chain.rpc import ChainConnection
+from sidecar.chain.tx import LocalSigner, TxSubmitter
+from sidecar.core.ids import Bytes32
+from sidecar.drivers.events import CURSOR_FILE, ChainLogPoller
+from sidecar.drivers.store import StateStore
+from sidecar.observability import Metrics
+
+pytestmark = [pytest.mark.component, pytest.mark.timeout(60)]
+
+
+async def rpc(conn: ChainConnection, method: str, *params: Any) -> Any:
+    response = await conn.w3.provider.make_request(method, list(params))  # type: ignore[arg-type]
+    return response.get("result")
+
+
+def poller(
+    conn: ChainConnection, cluster: ClusterClient, state: Path, wakes: list[str], **kw: int
+) -> ChainLogPoller:
+    return ChainLogPoller(
+        connection=lambda: conn,
+        cluster=cluster.address,
+        store=StateStore(state),
+        wake=wakes.append,
+        metrics=Metrics(),
+        interval=1,
+        confirmations=kw.get("confirmations", 0),
+        max_range=kw.get("max_range", 2000),
+    )
+
+
+async def emit(cluster: ClusterClient, n: int = 1) -> None:
+    for _ in range(n):
+        await cluster.add_compose_hash(Bytes32(os.urandom(32)))  # one ComposeHashAdded log, one block
+
+
+async def test_each_new_log_wakes_once_and_the_cursor_survives_a_restart(
+    conn: ChainConnection, cluster: ClusterClient, tmp_path: Path
+) -> None:
+    wakes: list[str] = []
+    first = poller(conn, cluster, tmp_path, wakes)
+    assert await first.poll_once(conn) == 0  # a fresh cursor starts at the head: events are only wake-ups
+    await emit(cluster, 2)
+    assert await first.poll_once(conn) == 2
+    assert wakes == ["chain events"]
+    assert await first.poll_once(conn) == 0  # nothing handled twice
+    assert (tmp_path / CURSOR_FILE).stat().st_mode & 0o777 == 0o600
+
+    restarted = poller(conn, cluster, tmp_path, wakes)
+    restarted.cursor = restarted.load_cursor()
+    assert restarted.cursor == first.cursor
+    assert await restarted.poll_once(conn) == 0  # the persisted cursor: no event handled again
+    await emit(cluster)
+    assert await restarted.poll_once(conn) == 1
+
+
+async def test_bounded_ranges_cover_every_block(
+    conn: ChainConnection, cluster: ClusterClient, tmp_path: Path
+) -> None:
+    wakes: list[str] = []
+    p = poller(conn, cluster, tmp_path, wakes, max_range=3)
+    await p.poll_once(conn)
+    await emit(cluster, 10)
+    assert await p.poll_once(conn) == 10
+    assert p.cursor is not None and p.cursor.block == await conn.block_number()
+
+
+async def test_logs_wait_for_confirmations(
+    conn: ChainConnection, cluster: ClusterClient, tmp_path: Path
+) -> None:
+    wakes: list[str] = []
+    p = poller(conn, cluster, tmp_path, wakes, confirmations=3)
+    await p.poll_once(conn)
+    await rpc(conn, "anvil_mine", 3)
+    await p.poll_once(conn)  # the deployment's own logs, now confirmed
+    wakes.clear()
+    await emit(cluster)
+    assert await p.poll_once(conn) == 0
+    await rpc(conn, "anvil_mine", 2)
+    assert await p.poll_once(conn) == 0  # two confirmations are not three
+    await rpc(conn, "anvil_mine", 1)
+    assert await p.poll_once(conn) == 1
+    assert wakes == ["chain events"]
+
+
+async def test_a_reorg_under_the_cursor_rewinds_and_wakes(
+    conn: ChainConnection, cluster: ClusterClient, tmp_path: Path
+) -> None:
+    wakes: list[str] = []
+    p = poller(conn, cluster, tmp_path, wakes)
+    await p.poll_once(conn)
+    snapshot = await rpc(conn, "evm_snapshot")
+    await emit(cluster, 2)
+    assert await p.poll_once(conn) == 2
+    handled_through = p.cursor
+    assert handled_through is not None
+    # Replace those blocks with a different history of the same height: the stored block hash no longer
+    # matches the canonical one, so the poller rewinds and rescans.
+    assert await rpc(conn, "evm_revert", snapshot) is True
+    assert cluster.submitter is not None
+    fresh = ClusterClient(conn, cluster.address, TxSubmitter(conn, LocalSigner(DEVNET_DEPLOYER_KEY)))
+    await emit(fresh, 3)  # a fresh submitter: the old one's nonce belongs to the abandoned history
+    wakes.clear()
+    seen = await p.poll_once(conn)
+    assert "reorg" in wakes
+    assert seen >= 3
+    assert p.cursor is not None and p.cursor.block_hash != handled_through.block_hash

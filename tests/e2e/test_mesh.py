@@ -1,0 +1,423 @@
+"""The sidecar on the devnet: boot to healthy over a real WireGuard mesh, joins, restarts, evictions,
+allowlist changes, refused input and a chain outage — asserted through /healthz, the app API, the device
+(UAPI), chain reads and probes inside the node namespaces."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from eth_utils.crypto import keccak
+
+from devnet.anvil import DEVNET_DEPLOYER_KEY
+from devnet.compose import encode_app_compose, node_app_compose
+from devnet.deployment import deploy_member_app
+from devnet.kms import DevnetKms, get_key
+from devnet.procs import ProcRecord
+from sidecar.chain.contracts import ClusterClient
+from sidecar.chain.rpc import ChainConnection, connect
+from sidecar.chain.tx import LocalSigner, TxSubmitter
+from sidecar.core import csk as cskcore
+from sidecar.core.heartbeat import Heartbeat, encode
+from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
+from sidecar.core.keys import KeyPath, ed25519_public_key, x25519_public_key
+from sidecar.core.model import MemberKeys
+from sidecar.core.sigchain import build_proof
+from tests.e2e.conftest import REPO, LabCli
+from tests.e2e.mesh import Node, nodes, wait_all_healthy, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+T = TypeVar("T")
+POLL_INTERVAL = 1.0  # the devnet's ATTESTMESH_POLL_INTERVAL
+HEARTBEAT_PORT = 51821
+PEER_API_PORT = 51822
+
+
+def chain(lab: LabCli, action: Callable[[ChainConnection, ClusterClient], Awaitable[T]]) -> T:
+    """Run ``action`` against the lab's chain with a cluster client owned by the cluster owner."""
+    status = lab.status()
+
+    async def run() -> T:
+        async with await connect(status["rpc_url"], expected_chain_id=status["chain_id"]) as conn:
+            owner = TxSubmitter(conn, LocalSigner(DEVNET_DEPLOYER_KEY))
+            return await action(conn, ClusterClient(conn, Address.from_hex(status["cluster"]), owner))
+
+    return asyncio.run(run())
+
+
+def identity_key(node: Node) -> SecretBytes:
+    """The devnet KMS seed is public, so a test can derive any node's identity key (as an attacker could
+    on a devnet, never on dstack)."""
+    app = Address.from_hex(node.data["app_id"])
+    return get_key(DevnetKms(), app, KeyPath.IDENTITY.path, KeyPath.IDENTITY.purpose)[0]
+
+
+def member_id(node: Node) -> MemberId:
+    return MemberId.from_hex(node.healthz()["node"]["member_id"])
+
+
+def csk_request(cluster: str, requester: MemberId, responder: MemberId, key: SecretBytes, ts: int) -> str:
+    body = cskcore.sign_request(cskcore.CskRequest(Address.from_hex(cluster), requester, responder, ts), key)
+    return json.dumps(body).encode().hex()
+
+
+def ask_csk(sender: Node, responder: Node, body_hex: str) -> dict[str, Any]:
+    mesh_ip = responder.healthz()["node"]["mesh_ip"]
+    return sender.probe("http", "POST", f"http://{mesh_ip}:{PEER_API_PORT}/v1/csk", body_hex)
+
+
+# --- 1. three nodes converge (through `make demo`) ------------------------------------------------------
+
+
+def test_make_demo_three_nodes_reach_healthy_with_one_csk(lab: LabCli) -> None:
+    proc = subprocess.run(
+        ["make", "demo"], env=lab.env, cwd=REPO, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    table = [
+        line.split() for line in proc.stdout.splitlines() if line.startswith("node-") and "healthy" in line
+    ]
+    assert [row[0] for row in table] == ["node-1", "node-2", "node-3"]
+
+    found = wait_all_healthy(lab)
+    bodies = {name: node.healthz() for name, node in found.items()}
+    mesh_ips = {name: body["node"]["mesh_ip"] for name, body in bodies.items()}
+    wg_keys = {}
+    for node in found.values():
+        wg_keys[node.name] = node.device()["public_key"]
+    for node in found.values():
+        peers = node.device_peers()
+        others = [o for o in found.values() if o.name != node.name]
+        assert set(peers) == {wg_keys[o.name] for o in others}
+        for other in others:
+            peer = peers[wg_keys[other.name]]
+            assert peer["endpoint"] == f"{other.data['underlay_ip']}:51820"
+            assert peer["allowed_ips"] == [f"{mesh_ips[other.name]}/32"]
+            assert peer["persistent_keepalive_interval"] == 25
+            assert node.pings(mesh_ips[other.name]), f"{node.name} -> {other.name}"
+
+    # Compare digests, never the key itself: a failing assertion must not print the CSK.
+    digests = set()
+    for node in found.values():
+        status, body = node.app("/v1/csk")
+        assert status == 200
+        digests.add(Bytes32(keccak(bytes.fromhex(body["csk"]))))
+    commitment = chain(lab, lambda conn, cluster: cluster.csk_commitment())
+    assert digests == {commitment}
+    assert len({body["membership_digest"] for body in bodies.values()}) == 1
+    assert {body["csk"]["commitment"] for body in bodies.values()} == {str(commitment)}
+    status, me = found["node-2"].app("/v1/self")
+    assert status == 200 and me["mesh_ip"] == mesh_ips["node-2"]
+    status, peers_body = found["node-2"].app("/v1/peers")
+    assert status == 200 and {p["mesh_ip"] for p in peers_body["peers"]} == {
+        mesh_ips["node-1"],
+        mesh_ips["node-3"],
+    }
+    assert all(p["live"] and p["configured"] for p in peers_body["peers"])
+
+
+# --- 2. a fourth node joins the live cluster ------------------------------------------------------------
+
+
+def test_fourth_node_is_configured_within_one_poll_and_becomes_healthy(lab: LabCli) -> None:
+    lab.run("up", "--nodes", "3")
+    found = wait_all_healthy(lab)
+    before = {name: len(node.device_peers()) for name, node in found.items()}
+    assert before == {"node-1": 2, "node-2": 2, "node-3": 2}
+    lab.run("node", "add", "node-4")
+    newcomer = nodes(lab)["node-4"]
+    new_key = wait_until(lambda: _device_key(newcomer), 30, "node-4's device")
+    registered = wait_until(
+        lambda: chain(lab, lambda conn, cluster: cluster.member_count()) == 4 and time.monotonic(),
+        30,
+        "node-4's registration",
+        interval=0.05,
+    )
+    # Within one poll interval plus one block (automine: the block is immediate), plus the pass itself.
+    for node in found.values():
+        wait_until(lambda n=node: new_key in n.device_peers(), POLL_INTERVAL + 1.5, f"{node.name} has node-4")
+    assert time.monotonic() - registered < POLL_INTERVAL + 2.5
+    wait_until(newcomer.healthy, 30, "node-4 healthy")
+    assert newcomer.healthz()["csk"]["source"] == "peer"
+    served = sum(node.counter("attestmesh_csk_requests_served_total") for node in found.values())
+    assert served >= 1
+
+
+def _device_key(node: Node) -> str | None:
+    try:
+        key = node.device()["public_key"]
+    except OSError:
+        return None
+    return str(key) if key else None
+
+
+# --- 3. restarts ----------------------------------------------------------------------------------------
+
+
+def test_restarts_keep_identity_and_recover(lab: LabCli) -> None:
+    lab.run("up", "--nodes", "3")
+    found = wait_all_healthy(lab)
+    node2 = found["node-2"]
+    before = node2.healthz()
+    signer = Address.from_hex(before["node"]["signer"])
+    nonce_before = chain(lab, lambda conn, c: conn.w3.eth.get_transaction_count(signer.checksum))
+    count_before = chain(lab, lambda conn, c: c.member_count())
+
+    lab.run("node", "restart", "node-2")
+    wait_until(node2.healthy, 30, "node-2 healthy after restart")
+    after = node2.healthz()
+    assert after["node"]["member_id"] == before["node"]["member_id"]
+    assert after["node"]["mesh_ip"] == before["node"]["mesh_ip"]
+    assert after["csk"]["source"] == "cache"
+    assert chain(lab, lambda conn, c: c.member_count()) == count_before
+    assert chain(lab, lambda conn, c: conn.w3.eth.get_transaction_count(signer.checksum)) == nonce_before
+    log = (lab.root / "logs" / "node-2-sidecar.log").read_text()
+    assert log.count('"registration.attempted"') == 1  # the first start only; the restart carried over
+    assert '"identity carried over"' in log
+
+    mesh3 = found["node-3"].healthz()["node"]["mesh_ip"]
+    lab.run("node", "restart", "node-1")
+    wait_until(found["node-1"].healthy, 30, "node-1 healthy after restart")
+    assert found["node-1"].healthz()["csk"]["source"] == "derived"
+
+    log = (lab.root / "logs" / "node-2-sidecar.log").read_text()
+    stopped = [json.loads(line) for line in log.splitlines() if '"sidecar.stopped"' in line]
+    assert stopped and stopped[0]["interface_left_up"] is True  # the SIGTERM of `node restart` was graceful
+
+    # A stopped node goes down on its peers (liveness goes down as well as up), then everything recovers.
+    downs = found["node-1"].counter("attestmesh_peer_liveness_transitions_total", direction="down")
+    lab.run("node", "stop", "node-3")
+    wait_until(
+        lambda: (
+            not next(p for p in found["node-1"].app("/v1/peers")[1]["peers"] if p["mesh_ip"] == mesh3)["live"]
+        ),
+        15,
+        "node-1 sees node-3 down",
+    )
+    wait_until(
+        lambda: (
+            found["node-1"].counter("attestmesh_peer_liveness_transitions_total", direction="down") > downs
+        ),
+        5,
+        "node-1 counts the down transition",
+    )
+    for name in ("node-1", "node-2"):
+        lab.run("node", "stop", name)
+    for name in found:
+        lab.run("node", "start", name)
+    wait_all_healthy(lab, timeout=60)
+    assert chain(lab, lambda conn, c: c.member_count()) == 3
+
+
+# --- 4. eviction ----------------------------------------------------------------------------------------
+
+
+def test_removed_member_leaves_every_device_within_one_poll(lab: LabCli) -> None:
+    lab.run("up", "--nodes", "3")
+    found = wait_all_healthy(lab)
+    gone_key = found["node-3"].device()["public_key"]
+    lab.run("node", "remove", "node-3")
+    removed_at = time.monotonic()
+    for name in ("node-1", "node-2"):
+        node = found[name]
+        wait_until(
+            lambda n=node: gone_key not in n.device_peers(), POLL_INTERVAL + 1.5, f"{name} drops node-3"
+        )
+    assert time.monotonic() - removed_at < POLL_INTERVAL + 2.5
+    body = wait_until(
+        lambda: (b := found["node-3"].healthz()) and not b["healthy"] and b, 10, "node-3 reports its eviction"
+    )
+    assert body["phase"] == "boot_gate"
+    assert "app id not allowed" in body["reason"]
+    wait_until(found["node-1"].healthy, 10, "node-1 still healthy")
+    assert found["node-1"].healthz()["peers"]["desired"] == 1
+
+
+def test_changed_endpoint_is_applied_by_every_peer(lab: LabCli) -> None:
+    lab.run("up", "--nodes", "3")
+    found = wait_all_healthy(lab)
+    n1, n3 = found["node-1"], found["node-3"]
+    key3 = n3.device()["public_key"]
+    original = f"{n3.data['underlay_ip']}:51820"
+    moved = f"{n3.data['underlay_ip']}:51999"
+
+    def endpoint_on_node1() -> str:
+        return str(n1.device_peers()[key3]["endpoint"])
+
+    assert endpoint_on_node1() == original
+    app3 = Address.from_hex(n3.data["app_id"])
+    signer_key = get_key(DevnetKms(), app3, KeyPath.SIGNER.path, KeyPath.SIGNER.purpose)[0]
+
+    async def move(conn: ChainConnection, cluster: ClusterClient) -> object:
+        member = ClusterClient(conn, cluster.address, TxSubmitter(conn, LocalSigner(signer_key)))
+        return await member.set_endpoint(moved)
+
+    # node-3 is powered off, so its own sidecar does not restore its endpoint while we watch node-1.
+    lab.run("node", "stop", "node-3")
+    chain(lab, move)  # as node-3's own signer (the devnet KMS seed is public)
+    wait_until(lambda: endpoint_on_node1() == moved, POLL_INTERVAL + 2, "node-1 applies the new endpoint")
+    # Back up, node-3's sidecar sets the on-chain endpoint to its configuration again; every peer follows.
+    lab.run("node", "start", "node-3")
+    wait_until(lambda: endpoint_on_node1() == original, 30, "node-3 restores its endpoint")
+    wait_all_healthy(lab)
+
+
+# --- 5. compose hash removed after registration ---------------------------------------------------------
+
+
+def test_compose_hash_removed_after_registration_sends_node_to_boot_gate(lab: LabCli, tmp_path: Path) -> None:
+    lab.run("up", "--nodes", "2")
+    wait_all_healthy(lab)
+    compose = tmp_path / "app-compose.json"
+    compose.write_bytes(encode_app_compose(node_app_compose(extra_envs=("APP_MODE",))))
+    digest = Bytes32(hashlib.sha256(compose.read_bytes()).digest())
+    chain(lab, lambda conn, c: c.add_compose_hash(digest))
+    lab.run("node", "add", "node-3", "--compose-file", str(compose))
+    found = wait_all_healthy(lab)
+    chain(lab, lambda conn, c: c.remove_compose_hash(digest))
+    body = wait_until(
+        lambda: (b := found["node-3"].healthz()) and b["phase"] == "boot_gate" and b,
+        15,
+        "node-3 at boot_gate",
+    )
+    assert body["healthy"] is False
+    assert "compose hash not allowed" in body["reason"]
+    assert found["node-1"].healthy() and found["node-2"].healthy()
+
+
+# --- 6. refused input -----------------------------------------------------------------------------------
+
+
+def test_bad_requests_and_heartbeats_are_refused_and_counted(lab: LabCli) -> None:
+    lab.run("up", "--nodes", "3")
+    found = wait_all_healthy(lab)
+    n1, n2, n3 = found["node-1"], found["node-2"], found["node-3"]
+    cluster = lab.status()["cluster"]
+    id2, id3 = member_id(n2), member_id(n3)
+    key3 = identity_key(n3)
+    csk_before = keccak(hexstr=n2.app("/v1/csk")[1]["csk"])  # a digest: never print the key
+
+    def refused(reason: str) -> float:
+        return n2.counter("attestmesh_csk_requests_refused_total", reason=reason)
+
+    now = int(time.time() * 1000)
+    cases = {
+        "not_member": csk_request(cluster, MemberId(os.urandom(32)), id2, SecretBytes(os.urandom(32)), now),
+        "bad_signature": csk_request(cluster, id3, id2, SecretBytes(os.urandom(32)), now),
+    }
+    for reason, body in cases.items():
+        before = refused(reason)
+        answer = ask_csk(n3, n2, body)
+        assert answer["status"] == 403, answer
+        assert refused(reason) == before + 1
+
+    replay = csk_request(cluster, id3, id2, key3, int(time.time() * 1000))
+    assert ask_csk(n3, n2, replay)["status"] == 200
+    before = refused("replayed")
+    assert ask_csk(n3, n2, replay)["status"] == 403
+    assert refused("replayed") == before + 1
+
+    # A registered member whose heartbeats never verified (no node runs behind it).
+    silent = _register_silent_member(lab)
+    wait_until(lambda: n2.healthz()["peers"]["desired"] == 3, 10, "node-2 sees the silent member")
+    before = refused("not_live")
+    answer = ask_csk(n3, n2, csk_request(cluster, silent[0], id2, silent[1], int(time.time() * 1000)))
+    assert answer["status"] == 403 and refused("not_live") == before + 1
+
+    # Malformed bodies to every HTTP surface: 4xx, counted, nothing changes.
+    mesh2 = n2.healthz()["node"]["mesh_ip"]
+    for args in (
+        ("POST", f"http://{mesh2}:{PEER_API_PORT}/v1/csk", b"{not json".hex()),
+        ("POST", f"http://{mesh2}:{PEER_API_PORT}/v1/csk", (b"[" * 5000).hex()),
+        ("GET", f"http://{mesh2}:{PEER_API_PORT}/v1/csk"),
+        ("POST", f"http://{n2.data['underlay_ip']}:9090/healthz", b"{}".hex()),
+        ("GET", f"http://{n2.data['underlay_ip']}:9090/nope"),
+    ):
+        assert 400 <= n3.probe("http", *args)["status"] < 500, args
+
+    # Forged and replayed heartbeats, sent from node-3's mesh IP as if by node-3.
+    mesh3 = n3.healthz()["node"]["mesh_ip"]
+    rejected = {
+        r: n2.counter("attestmesh_heartbeats_rejected_total", reason=r) for r in ("bad_signature", "replayed")
+    }
+    forged = encode(Heartbeat(id3, int(time.time() * 1000), 2**62, (id3,)), SecretBytes(os.urandom(32)))
+    n3.probe("udp", mesh3, mesh2, str(HEARTBEAT_PORT), forged.hex())
+    old = encode(Heartbeat(id3, int(time.time() * 1000), 1, (id3,)), key3)
+    n3.probe("udp", mesh3, mesh2, str(HEARTBEAT_PORT), old.hex())
+    wait_until(
+        lambda: (
+            n2.counter("attestmesh_heartbeats_rejected_total", reason="bad_signature")
+            > rejected["bad_signature"]
+            and n2.counter("attestmesh_heartbeats_rejected_total", reason="replayed") > rejected["replayed"]
+        ),
+        5,
+        "both heartbeats rejected",
+    )
+    assert n2.healthy() and n1.healthy() and n3.healthy()
+    assert keccak(hexstr=n2.app("/v1/csk")[1]["csk"]) == csk_before
+    assert n2.healthz()["peers"] == {"desired": 3, "configured": 3, "live": 2}
+
+
+def _register_silent_member(lab: LabCli) -> tuple[MemberId, SecretBytes]:
+    status = lab.status()
+    kms = DevnetKms()
+
+    async def register(conn: ChainConnection, cluster: ClusterClient) -> tuple[MemberId, SecretBytes]:
+        assert cluster.submitter is not None
+        app = await deploy_member_app(
+            conn, cluster.submitter, Address.from_hex(status["member_app_factory"]), cluster.address, "silent"
+        )
+        await cluster.add_allowed_app_id(app)
+        key, sigchain = get_key(kms, app, KeyPath.SIGNER.path, KeyPath.SIGNER.purpose)
+        proof = build_proof(app, key, sigchain)
+        await cluster.submitter.send(proof.signer, b"", value=10**18)
+        identity = get_key(kms, app, KeyPath.IDENTITY.path, "")[0]
+        keys = MemberKeys(
+            seal_pub=Bytes32(x25519_public_key(get_key(kms, app, KeyPath.SEAL.path, "")[0])),
+            wg_pub=Bytes32(x25519_public_key(get_key(kms, app, KeyPath.WIREGUARD.path, "")[0])),
+            identity_pub=Bytes32(ed25519_public_key(identity)),
+        )
+        member = ClusterClient(conn, cluster.address, TxSubmitter(conn, LocalSigner(key)))
+        _, mid = await member.register(proof, keys, "10.213.0.99:51820")
+        return mid, identity
+
+    return chain(lab, register)
+
+
+# --- 7. chain outage ------------------------------------------------------------------------------------
+
+
+def test_chain_outage_keeps_the_data_plane_and_recovers(lab: LabCli) -> None:
+    lab.run("up", "--nodes", "3")
+    found = wait_all_healthy(lab)
+    anvil = ProcRecord.from_json(lab.status()["processes"]["anvil"])
+    n1, n2 = found["node-1"], found["node-2"]
+    mesh2 = n2.healthz()["node"]["mesh_ip"]
+    peers_before = {name: set(node.device_peers()) for name, node in found.items()}
+    os.kill(anvil.pid, signal.SIGSTOP)
+    try:
+        body = wait_until(
+            lambda: (b := n1.healthz()) and not b["healthy"] and b, 20, "node-1 notices the chain is gone"
+        )
+        assert "chain unreachable" in body["reason"]
+        assert body["chain"]["reachable"] is False
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for name, node in found.items():
+                assert set(node.device_peers()) == peers_before[name], f"{name} lost peers during the outage"
+            assert n1.pings(mesh2), "traffic stopped during the chain outage"
+            time.sleep(2)
+    finally:
+        os.kill(anvil.pid, signal.SIGCONT)
+    wait_all_healthy(lab, timeout=60)
+    assert n1.healthz()["chain"]["reachable"] is True

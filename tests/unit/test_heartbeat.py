@@ -1,0 +1,234 @@
+"""Heartbeat wire format v1 and the receive gate of sidecar.core.heartbeat."""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+from ipaddress import IPv4Address
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sidecar.core.heartbeat import (
+    DOMAIN,
+    MAX_HEARTBEAT_BYTES,
+    MAX_LIVE_IDS,
+    MIN_HEARTBEAT_BYTES,
+    Heartbeat,
+    HeartbeatError,
+    HeartbeatGate,
+    SignedHeartbeat,
+    decode,
+    encode,
+    next_seq,
+    verify_signature,
+)
+from sidecar.core.ids import Bytes32, MemberId, SecretBytes
+from sidecar.core.keys import ed25519_public_key
+
+SEED_A = SecretBytes(b"\xa1" * 32)
+SEED_B = SecretBytes(b"\xb2" * 32)
+A = MemberId(b"\x0a" * 32)
+B = MemberId(b"\x0b" * 32)
+IP_A = IPv4Address("10.88.0.2")
+IP_B = IPv4Address("10.88.0.3")
+MEMBERS = {
+    A: (Bytes32(ed25519_public_key(SEED_A)), IP_A),
+    B: (Bytes32(ed25519_public_key(SEED_B)), IP_B),
+}
+NOW = 1_700_000_000_000
+
+member_ids = st.binary(min_size=32, max_size=32).map(MemberId)
+u64 = st.integers(0, 2**64 - 1)
+heartbeats = st.builds(Heartbeat, member_ids, u64, u64, st.lists(member_ids, max_size=20).map(tuple))
+
+
+def hb(seq: int = 1, ts: int = NOW, sender: MemberId = A, live: tuple[MemberId, ...] = (A, B)) -> Heartbeat:
+    return Heartbeat(sender, ts, seq, live)
+
+
+def signed(h: Heartbeat, seed: SecretBytes = SEED_A) -> SignedHeartbeat:
+    return decode(encode(h, seed))
+
+
+def test_exact_layout() -> None:
+    data = encode(hb(seq=7, live=(A,)), SEED_A)
+    assert len(data) == 4 + 1 + 32 + 8 + 8 + 2 + 32 + 64
+    assert data[:4] == b"AMHB"
+    assert data[4] == 1
+    assert data[5:37] == A.raw
+    assert struct.unpack(">QQH", data[37:55]) == (NOW, 7, 1)
+    assert data[55:87] == A.raw
+    body, signature = data[:-64], data[-64:]
+    Ed25519PublicKey.from_public_bytes(ed25519_public_key(SEED_A)).verify(signature, DOMAIN + body)
+
+
+def test_size_limits() -> None:
+    assert MIN_HEARTBEAT_BYTES == 119
+    assert MAX_HEARTBEAT_BYTES == 119 + 32 * 256
+    full = encode(hb(live=tuple(MemberId(i.to_bytes(32, "big")) for i in range(MAX_LIVE_IDS))), SEED_A)
+    assert len(full) == MAX_HEARTBEAT_BYTES
+    assert len(decode(full).heartbeat.live) == MAX_LIVE_IDS
+
+
+@given(heartbeats)
+def test_round_trip(h: Heartbeat) -> None:
+    s = decode(encode(h, SEED_B))
+    assert s.heartbeat == h
+    assert verify_signature(s, Bytes32(ed25519_public_key(SEED_B)))
+    assert not verify_signature(s, Bytes32(ed25519_public_key(SEED_A)))
+
+
+@pytest.mark.parametrize(
+    ("h", "match"),
+    [
+        (hb(seq=2**64), "seq"),
+        (hb(seq=-1), "seq"),
+        (hb(ts=2**64), "timestamp"),
+        (hb(live=(A,) * (MAX_LIVE_IDS + 1)), "too many"),
+    ],
+)
+def test_encode_rejects_out_of_range(h: Heartbeat, match: str) -> None:
+    with pytest.raises(HeartbeatError, match=match):
+        encode(h, SEED_A)
+
+
+def test_encode_rejects_a_short_seed_without_showing_it() -> None:
+    with pytest.raises(HeartbeatError) as info:
+        encode(hb(), SecretBytes(b"\xa1" * 31))
+    assert "a1a1" not in str(info.value)
+
+
+VALID = encode(hb(), SEED_A)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "too short"),
+        (VALID[: MIN_HEARTBEAT_BYTES - 1], "too short"),
+        (VALID + b"\x00" * MAX_HEARTBEAT_BYTES, "too long"),
+        (b"XXXX" + VALID[4:], "bad magic"),
+        (VALID[:4] + b"\x02" + VALID[5:], "unsupported version"),
+        (VALID[:53] + struct.pack(">H", 257) + VALID[55:], "too many"),
+        (VALID[:53] + struct.pack(">H", 3) + VALID[55:], "truncated"),
+        (VALID + b"\x00", "trailing bytes"),
+        (VALID[:53] + struct.pack(">H", 0) + VALID[55:], "trailing bytes"),
+        (VALID[:-1], "truncated"),
+    ],
+)
+def test_decode_rejects(data: bytes, reason: str) -> None:
+    with pytest.raises(HeartbeatError, match=reason):
+        decode(data)
+
+
+@given(st.binary(max_size=MAX_HEARTBEAT_BYTES + 10))
+def test_decode_only_raises_heartbeat_error(data: bytes) -> None:
+    with contextlib.suppress(HeartbeatError):
+        decode(data)
+
+
+@given(st.binary(min_size=55, max_size=400), st.integers(0, 8))
+def test_decode_only_raises_heartbeat_error_with_a_good_header(tail: bytes, count: int) -> None:
+    data = b"AMHB\x01" + tail[:48] + struct.pack(">H", count) + tail[50:]
+    with contextlib.suppress(HeartbeatError):
+        decode(data)
+
+
+def test_accepts_a_fresh_heartbeat_from_a_member() -> None:
+    gate = HeartbeatGate()
+    verdict = gate.check(signed(hb()), IP_A, MEMBERS, NOW)
+    assert verdict.accepted
+    assert verdict.reason == ""
+    assert gate.last_seq(A) == 1
+
+
+def test_unknown_sender() -> None:
+    stranger = MemberId(b"\x0c" * 32)
+    verdict = HeartbeatGate().check(signed(hb(sender=stranger)), IP_A, MEMBERS, NOW)
+    assert (verdict.accepted, verdict.reason) == (False, "unknown_sender")
+
+
+def test_bad_signature() -> None:
+    forged = signed(hb(), SEED_B)  # claims A, signed by B's key
+    assert HeartbeatGate().check(forged, IP_A, MEMBERS, NOW).reason == "bad_signature"
+    s = signed(hb())
+    flipped = SignedHeartbeat(s.heartbeat, bytes([s.signature[0] ^ 1]) + s.signature[1:], s.signed)
+    assert HeartbeatGate().check(flipped, IP_A, MEMBERS, NOW).reason == "bad_signature"
+    tampered = bytearray(encode(hb(), SEED_A))
+    tampered[60] ^= 1  # a live id
+    assert HeartbeatGate().check(decode(bytes(tampered)), IP_A, MEMBERS, NOW).reason == "bad_signature"
+
+
+def test_an_invalid_on_chain_identity_key_is_a_bad_signature() -> None:
+    members = {A: (Bytes32(b"\xff" * 32), IP_A)}
+    assert HeartbeatGate().check(signed(hb()), IP_A, members, NOW).reason == "bad_signature"
+
+
+def test_wrong_source() -> None:
+    assert HeartbeatGate().check(signed(hb()), IP_B, MEMBERS, NOW).reason == "wrong_source"
+
+
+def test_freshness_window_is_inclusive() -> None:
+    gate = HeartbeatGate(freshness_ms=10_000)
+    assert gate.check(signed(hb(seq=1, ts=NOW - 10_000)), IP_A, MEMBERS, NOW).accepted
+    assert gate.check(signed(hb(seq=2, ts=NOW + 10_000)), IP_A, MEMBERS, NOW).accepted
+    assert gate.check(signed(hb(seq=3, ts=NOW - 10_001)), IP_A, MEMBERS, NOW).reason == "stale"
+    assert gate.check(signed(hb(seq=4, ts=NOW + 10_001)), IP_A, MEMBERS, NOW).reason == "future"
+    assert gate.last_seq(A) == 2
+
+
+def test_replay_and_sequence_rules() -> None:
+    gate = HeartbeatGate()
+    first = signed(hb(seq=5))
+    assert gate.check(first, IP_A, MEMBERS, NOW).accepted
+    assert gate.check(first, IP_A, MEMBERS, NOW + 1).reason == "replayed"
+    assert gate.check(signed(hb(seq=4)), IP_A, MEMBERS, NOW).reason == "replayed"
+    assert gate.check(signed(hb(seq=6)), IP_A, MEMBERS, NOW).accepted
+    # Sequences are per sender.
+    assert gate.check(signed(hb(seq=1, sender=B), SEED_B), IP_B, MEMBERS, NOW).accepted
+
+
+def test_state_changes_only_on_acceptance() -> None:
+    gate = HeartbeatGate()
+    assert gate.check(signed(hb(seq=100), SEED_B), IP_A, MEMBERS, NOW).reason == "bad_signature"
+    assert gate.check(signed(hb(seq=100)), IP_B, MEMBERS, NOW).reason == "wrong_source"
+    assert gate.check(signed(hb(seq=100, ts=NOW - 60_000)), IP_A, MEMBERS, NOW).reason == "stale"
+    assert gate.last_seq(A) is None
+    assert gate.check(signed(hb(seq=1)), IP_A, MEMBERS, NOW).accepted
+
+
+def test_forget_resets_a_member() -> None:
+    gate = HeartbeatGate()
+    assert gate.check(signed(hb(seq=9)), IP_A, MEMBERS, NOW).accepted
+    gate.forget(A)
+    assert gate.last_seq(A) is None
+    assert gate.check(signed(hb(seq=1)), IP_A, MEMBERS, NOW).accepted
+
+
+def test_next_seq_survives_a_sender_restart() -> None:
+    assert next_seq(5, 3) == 6
+    before_restart = next_seq(0, NOW)
+    assert before_restart == NOW
+    gate = HeartbeatGate()
+    assert gate.check(signed(hb(seq=next_seq(before_restart, NOW))), IP_A, MEMBERS, NOW).accepted
+    after_restart = next_seq(0, NOW + 2000)  # the restarted sender lost its counter
+    assert gate.check(signed(hb(seq=after_restart, ts=NOW + 2000)), IP_A, MEMBERS, NOW + 2000).accepted
+
+
+@given(st.lists(st.tuples(u64, st.integers(-20_000, 20_000)), max_size=30))
+def test_accepted_seqs_strictly_increase(steps: list[tuple[int, int]]) -> None:
+    gate = HeartbeatGate()
+    accepted: list[int] = []
+    for seq, skew in steps:
+        if gate.check(signed(hb(seq=seq, ts=NOW + skew)), IP_A, MEMBERS, NOW).accepted:
+            accepted.append(seq)
+    assert accepted == sorted(set(accepted))
+
+
+def test_reprs_show_no_key_material() -> None:
+    s = signed(hb())
+    assert s.signature.hex() not in repr(s)
+    assert SEED_A.reveal().hex() not in repr(s)

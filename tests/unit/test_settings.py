@@ -1,0 +1,349 @@
+"""sidecar.settings: every variable's default and validation, all problems at once, no secret echoed."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sidecar.core.ids import Address
+from sidecar.settings import (
+    EXIT_BAD_CONFIGURATION,
+    KNOWN_NAMES,
+    VARIABLES,
+    HostPort,
+    LogLevel,
+    Settings,
+    SettingsError,
+    WgBackend,
+    load_settings,
+    parse_host_port,
+    parse_int,
+    parse_seconds,
+)
+
+CLUSTER_HEX = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"  # the EIP-55 reference vector
+REQUIRED = {
+    "ATTESTMESH_RPC_URL": "http://127.0.0.1:8545",
+    "ATTESTMESH_CHAIN_ID": "31337",
+    "ATTESTMESH_CLUSTER": CLUSTER_HEX,
+    "ATTESTMESH_ENDPOINT": "10.88.0.2:51820",
+}
+
+
+def load(**overrides: str) -> Settings:
+    return load_settings({**REQUIRED, **{f"ATTESTMESH_{k}": v for k, v in overrides.items()}})
+
+
+def problems(**overrides: str) -> list[str]:
+    with pytest.raises(SettingsError) as info:
+        load(**overrides)
+    return info.value.problems
+
+
+def test_defaults() -> None:
+    s = load()
+    assert s.chain.rpc_url == "http://127.0.0.1:8545"
+    assert s.chain.chain_id == 31337
+    assert s.chain.cluster == Address.from_hex(CLUSTER_HEX)
+    assert s.chain.indexer_registry is None
+    assert s.chain.confirmations == 0
+    assert s.chain.poll_interval == 2.0
+    assert s.chain.resync_interval == 30.0
+    assert s.chain.max_log_range == 2000
+    assert s.chain.rpc_timeout == 5.0
+    assert s.chain.receipt_timeout == 60.0
+    assert s.mesh.interface == "attestmesh0"
+    assert s.mesh.backend is WgBackend.AUTO
+    assert s.mesh.uapi_dir == Path("/run/wireguard")
+    assert s.mesh.listen_port == 51820
+    assert s.mesh.endpoint == "10.88.0.2:51820"
+    assert s.mesh.heartbeat_port == 51821
+    assert s.mesh.peer_api_port == 51822
+    assert s.mesh.heartbeat_interval == 2.0
+    assert s.mesh.liveness_misses == 3
+    assert s.mesh.csk_parallelism == 4
+    assert s.mesh.csk_request_timeout == 2.0
+    assert s.http.health_addr == HostPort("0.0.0.0", 9090)
+    assert s.http.app_socket == Path("/run/attestmesh/agent.sock")
+    assert s.state_dir == Path("/var/lib/attestmesh")
+    assert s.log_level is LogLevel.INFO
+    assert s.shutdown_timeout == 8.0
+
+
+def test_settings_are_frozen() -> None:
+    s = load()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.chain.chain_id = 1  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.log_level = LogLevel.DEBUG  # type: ignore[misc]
+
+
+def test_every_variable_is_overridable() -> None:
+    s = load(
+        INDEXER_REGISTRY="0x" + "22" * 20,
+        CONFIRMATIONS="12",
+        POLL_INTERVAL="0.5",
+        RESYNC_INTERVAL="120",
+        MAX_LOG_RANGE="500",
+        RPC_TIMEOUT="1.5",
+        RECEIPT_TIMEOUT="1e2",
+        WG_INTERFACE="wg-test.0",
+        WG_BACKEND="Kernel",
+        WG_UAPI_DIR="/var/run/wireguard",
+        WG_LISTEN_PORT="40000",
+        HEARTBEAT_PORT="40001",
+        PEER_API_PORT="40002",
+        HEARTBEAT_INTERVAL="1",
+        LIVENESS_MISSES="5",
+        CSK_PARALLELISM="2",
+        CSK_TIMEOUT="0.25",
+        HEALTH_ADDR="[::1]:8080",
+        APP_SOCKET="/tmp/a.sock",
+        STATE_DIR="/data",
+        LOG_LEVEL="DEBUG",
+        SHUTDOWN_TIMEOUT="3",
+    )
+    assert s.chain.indexer_registry == Address(b"\x22" * 20)
+    assert (s.chain.confirmations, s.chain.poll_interval, s.chain.resync_interval) == (12, 0.5, 120.0)
+    assert (s.chain.max_log_range, s.chain.rpc_timeout, s.chain.receipt_timeout) == (500, 1.5, 100.0)
+    assert (s.mesh.interface, s.mesh.backend, s.mesh.uapi_dir) == (
+        "wg-test.0",
+        WgBackend.KERNEL,
+        Path("/var/run/wireguard"),
+    )
+    assert (s.mesh.listen_port, s.mesh.heartbeat_port, s.mesh.peer_api_port) == (40000, 40001, 40002)
+    assert (s.mesh.heartbeat_interval, s.mesh.liveness_misses) == (1.0, 5)
+    assert (s.mesh.csk_parallelism, s.mesh.csk_request_timeout) == (2, 0.25)
+    assert s.http.health_addr == HostPort("::1", 8080)
+    assert str(s.http.health_addr) == "[::1]:8080"
+    assert s.http.app_socket == Path("/tmp/a.sock")
+    assert s.state_dir == Path("/data")
+    assert s.log_level is LogLevel.DEBUG
+    assert s.shutdown_timeout == 3.0
+
+
+def test_blank_values_count_as_unset() -> None:
+    s = load(CONFIRMATIONS="", INDEXER_REGISTRY="  ", LOG_LEVEL="")
+    assert s.chain.confirmations == 0
+    assert s.chain.indexer_registry is None
+    assert s.log_level is LogLevel.INFO
+    found = problems(CHAIN_ID=" ")
+    assert found == ["ATTESTMESH_CHAIN_ID is required but not set"]
+
+
+def test_missing_required_all_reported() -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings({})
+    assert sorted(info.value.problems) == sorted(
+        f"ATTESTMESH_{name} is required but not set"
+        for name in ("RPC_URL", "CHAIN_ID", "CLUSTER", "ENDPOINT")
+    )
+    assert "ATTESTMESH_RPC_URL" in str(info.value)
+
+
+def test_all_problems_at_once() -> None:
+    found = problems(
+        CHAIN_ID="abc",
+        CONFIRMATIONS="-1",
+        POLL_INTERVAL="0",
+        WG_BACKEND="ebpf",
+        LOG_LEVEL="verbose",
+        HEALTH_ADDR="nowhere",
+        STATE_DIR="relative/dir",
+        LIVENESS_MISSES="0",
+    )
+    named = {p.split("=")[0].split(" ")[0] for p in found}
+    assert named == {
+        "ATTESTMESH_CHAIN_ID",
+        "ATTESTMESH_CONFIRMATIONS",
+        "ATTESTMESH_POLL_INTERVAL",
+        "ATTESTMESH_WG_BACKEND",
+        "ATTESTMESH_LOG_LEVEL",
+        "ATTESTMESH_HEALTH_ADDR",
+        "ATTESTMESH_STATE_DIR",
+        "ATTESTMESH_LIVENESS_MISSES",
+    }
+    assert len(found) == 8
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "fragment"),
+    [
+        ("RPC_URL", "ws://127.0.0.1:8546", "http:// or https://"),
+        ("RPC_URL", "http://", "must name a host"),
+        ("RPC_URL", "http://host:notaport", "not a valid URL"),
+        ("CHAIN_ID", "0", "at least 1"),
+        ("CHAIN_ID", "0x7a69", "decimal digits"),
+        ("CLUSTER", "0x1234", "20 bytes"),
+        ("CLUSTER", "0x" + "00" * 20, "non-zero"),
+        ("CLUSTER", CLUSTER_HEX.replace("a", "A", 1), "checksum"),
+        ("INDEXER_REGISTRY", "zz", "20 bytes"),
+        ("CONFIRMATIONS", "1.5", "whole number"),
+        ("POLL_INTERVAL", "-2", "number of seconds"),
+        ("POLL_INTERVAL", "inf", "number of seconds"),
+        ("RESYNC_INTERVAL", "0.0", "greater than 0"),
+        ("MAX_LOG_RANGE", "0", "at least 1"),
+        ("RPC_TIMEOUT", "0", "greater than 0"),
+        ("RECEIPT_TIMEOUT", "1", "must not be shorter than ATTESTMESH_RPC_TIMEOUT"),
+        ("WG_INTERFACE", "this-name-is-too-long", "characters"),
+        ("WG_INTERFACE", "wg 0", "characters"),
+        ("WG_BACKEND", "netlink", "userspace|kernel|auto"),
+        ("WG_UAPI_DIR", "run/wireguard", "absolute"),
+        ("WG_LISTEN_PORT", "0", "between 1 and 65535"),
+        ("WG_LISTEN_PORT", "70000", "between 1 and 65535"),
+        ("ENDPOINT", "10.0.0.1", "host:port"),
+        ("ENDPOINT", "::1:51820", "brackets"),
+        ("ENDPOINT", "bad_host!:51820", "IP address"),
+        ("ENDPOINT", "node-1.example.com:443", "IP address"),
+        ("ENDPOINT", "localhost:51820", "not localhost"),
+        ("HEARTBEAT_PORT", "x", "decimal digits"),
+        ("PEER_API_PORT", "65536", "between 1 and 65535"),
+        ("HEARTBEAT_INTERVAL", "0", "greater than 0"),
+        ("LIVENESS_MISSES", "0", "at least 1"),
+        ("CSK_PARALLELISM", "0", "at least 1"),
+        ("CSK_TIMEOUT", "0", "greater than 0"),
+        ("HEALTH_ADDR", "example.com:9090", "IP address"),
+        ("HEALTH_ADDR", "0.0.0.0:0", "between 1 and 65535"),
+        ("APP_SOCKET", "/" + "s" * 120, "unix socket path"),
+        ("APP_SOCKET", "agent.sock", "absolute"),
+        ("STATE_DIR", "state", "absolute"),
+        ("LOG_LEVEL", "trace", "debug|info|warning|error"),
+        ("SHUTDOWN_TIMEOUT", "0", "greater than 0"),
+    ],
+)
+def test_each_validation(name: str, value: str, fragment: str) -> None:
+    found = problems(**{name: value})
+    assert len(found) == 1, found
+    assert found[0].startswith(f"ATTESTMESH_{name}") or f"ATTESTMESH_{name}" in found[0]
+    assert fragment in found[0]
+
+
+def test_valid_endpoint_forms() -> None:
+    assert load(ENDPOINT="10.0.0.7:51820").mesh.endpoint == "10.0.0.7:51820"
+    assert load(ENDPOINT="[fd00::1]:51820").mesh.endpoint == "[fd00::1]:51820"
+    assert load(HEALTH_ADDR="localhost:9091").http.health_addr == HostPort("localhost", 9091)
+
+
+def test_lowercase_and_uppercase_addresses_need_no_checksum() -> None:
+    lower = load(CLUSTER=CLUSTER_HEX.lower()).chain.cluster
+    upper = load(CLUSTER="0x" + CLUSTER_HEX[2:].upper()).chain.cluster
+    assert lower == upper == Address.from_hex(CLUSTER_HEX)
+
+
+@pytest.mark.parametrize(
+    "clash", [{"HEARTBEAT_PORT": "51820"}, {"PEER_API_PORT": "51821"}, {"HEALTH_ADDR": "0.0.0.0:51822"}]
+)
+def test_ports_must_differ(clash: dict[str, str]) -> None:
+    found = problems(**clash)
+    assert len(found) == 1
+    assert "the ports must differ" in found[0]
+
+
+def test_port_clash_reported_alongside_other_problems() -> None:
+    found = problems(HEARTBEAT_PORT="51820", ENDPOINT="")
+    assert len(found) == 2
+    assert any("ports must differ" in p for p in found)
+    assert "ATTESTMESH_ENDPOINT is required but not set" in found
+
+
+def test_unknown_prefixed_variables_are_problems_with_a_hint() -> None:
+    found = problems(CHIAN_ID="1", SOMETHING_ELSE="x")
+    assert (
+        "ATTESTMESH_CHIAN_ID is not a known AttestMesh variable (did you mean ATTESTMESH_CHAIN_ID?)" in found
+    )
+    assert any(p.startswith("ATTESTMESH_SOMETHING_ELSE is not a known") for p in found)
+
+
+def test_other_variables_are_ignored() -> None:
+    s = load_settings(
+        {**REQUIRED, "PATH": "/bin", "DSTACK_SIMULATOR_ENDPOINT": "http://x", "attestmesh_x": "1"}
+    )
+    assert s.chain.chain_id == 31337
+
+
+def test_secrets_are_never_echoed() -> None:
+    url_secret = "sk-live-0123456789abcdef"
+    wallet_secret = "0x" + "ab" * 32
+    found = problems(
+        RPC_URL=f"wss://user:{url_secret}@rpc.example/v2/{url_secret}", PRIVATE_KEY=wallet_secret
+    )
+    text = "\n".join(found)
+    assert url_secret not in text
+    assert wallet_secret not in text
+    assert "ATTESTMESH_RPC_URL (value not shown)" in text
+    assert "ATTESTMESH_PRIVATE_KEY is not a known AttestMesh variable" in text
+    s = load(RPC_URL=f"https://rpc.example/v2/{url_secret}")
+    assert url_secret not in repr(s)
+    assert url_secret not in repr(s.chain)
+
+
+def test_non_secret_values_are_echoed_truncated() -> None:
+    found = problems(WG_BACKEND="x" * 200)
+    assert "ATTESTMESH_WG_BACKEND='" + "x" * 64 + "…'" in found[0]
+
+
+def test_variable_table_matches_known_names_and_docs() -> None:
+    assert len(KNOWN_NAMES) == len(VARIABLES) == 26
+    docs = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    for variable in VARIABLES:
+        assert f"`{variable.name}`" in docs, variable.name
+    assert "DSTACK_SIMULATOR_ENDPOINT" in docs
+    assert EXIT_BAD_CONFIGURATION == 2
+
+
+# --- numeric parsing -------------------------------------------------------------------------------
+
+
+@given(st.integers(min_value=0, max_value=10**30))
+def test_parse_int_roundtrip(value: int) -> None:
+    assert parse_int(str(value)) == value
+
+
+@given(st.text(max_size=12))
+def test_parse_int_accepts_only_ascii_digits(text: str) -> None:
+    try:
+        value = parse_int(text)
+    except ValueError:
+        assert not (text.isascii() and text.isdigit())
+    else:
+        assert text.isascii() and text.isdigit() and value == int(text)
+
+
+@given(st.floats(min_value=0, max_value=1e9, allow_nan=False, allow_infinity=False))
+def test_parse_seconds_roundtrip(value: float) -> None:
+    assert parse_seconds(repr(value)) == value
+
+
+@given(st.text(max_size=12))
+def test_parse_seconds_never_crashes_and_is_finite(text: str) -> None:
+    try:
+        value = parse_seconds(text)
+    except ValueError:
+        return
+    assert value >= 0
+    assert value == float(text)
+    assert text.isascii()
+
+
+@given(st.integers(min_value=-(10**6), max_value=10**6))
+def test_port_range(port: int) -> None:
+    try:
+        parsed = parse_host_port(f"127.0.0.1:{port}").port
+    except ValueError:
+        assert not 1 <= port <= 65535
+    else:
+        assert parsed == port and 1 <= port <= 65535
+
+
+@given(st.dictionaries(st.sampled_from(sorted(KNOWN_NAMES)), st.text(max_size=30), max_size=26))
+def test_load_settings_only_raises_settings_error(env: dict[str, str]) -> None:
+    try:
+        load_settings(env)
+    except SettingsError as exc:
+        assert exc.problems
+        for problem in exc.problems:
+            assert problem.startswith("ATTESTMESH_")

@@ -1,0 +1,175 @@
+"""sidecar.core.status: the /healthz body shape exactly, nulls before registration, the public views."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from sidecar.core.status import PHASES, NodeStatus, PeerView, SelfView, healthz_body, peers_body
+
+MEMBER = "0x" + "ab" * 32
+
+
+def test_phases_are_the_design_order() -> None:
+    assert PHASES == ("boot_gate", "register", "mesh", "csk_acquire", "healthy")
+
+
+def test_initial_body_is_exactly_the_design_shape_with_nulls() -> None:
+    body = healthz_body(NodeStatus.initial("1.2.3"))
+    assert body == {
+        "phase": "boot_gate",
+        "healthy": False,
+        "reason": "starting: nothing observed yet",
+        "node": {
+            "app_id": None,
+            "instance_id": None,
+            "compose_hash": None,
+            "member_id": None,
+            "mesh_ip": None,
+            "signer": None,
+        },
+        "peers": {"desired": 0, "configured": 0, "live": 0},
+        "csk": {"held": False, "commitment": None, "source": None},
+        "events": {"mode": "poll", "indexer_connected": False, "cursor_block": None, "head_block": None},
+        "chain": {"reachable": None, "error": None},
+        "membership_digest": None,
+        "version": "1.2.3",
+    }
+    assert list(body) == [
+        "phase",
+        "healthy",
+        "reason",
+        "node",
+        "peers",
+        "csk",
+        "events",
+        "chain",
+        "membership_digest",
+        "version",
+    ]
+    json.dumps(body)  # serialisable as is
+
+
+def test_registered_healthy_body_carries_every_value() -> None:
+    status = NodeStatus(
+        phase="healthy",
+        healthy=True,
+        reason=None,
+        version="0.1.0",
+        app_id="0x" + "11" * 20,
+        instance_id="22" * 20,
+        compose_hash="0x" + "33" * 32,
+        member_id=MEMBER,
+        mesh_ip="10.88.0.2",
+        signer="0x" + "44" * 20,
+        peers_desired=2,
+        peers_configured=2,
+        peers_live=1,
+        csk_held=True,
+        csk_commitment="0x" + "55" * 32,
+        csk_source="peer",
+        events_mode="push",
+        indexer_connected=True,
+        cursor_block=120,
+        head_block=121,
+        membership_digest="0x" + "66" * 32,
+        chain_reachable=True,
+        chain_error=None,
+    )
+    body = healthz_body(status)
+    assert body["node"] == {
+        "app_id": "0x" + "11" * 20,
+        "instance_id": "22" * 20,
+        "compose_hash": "0x" + "33" * 32,
+        "member_id": MEMBER,
+        "mesh_ip": "10.88.0.2",
+        "signer": "0x" + "44" * 20,
+    }
+    assert body["peers"] == {"desired": 2, "configured": 2, "live": 1}
+    assert body["csk"] == {"held": True, "commitment": "0x" + "55" * 32, "source": "peer"}
+    assert body["events"] == {
+        "mode": "push",
+        "indexer_connected": True,
+        "cursor_block": 120,
+        "head_block": 121,
+    }
+    assert body["chain"] == {"reachable": True, "error": None}
+    assert (body["phase"], body["healthy"], body["reason"]) == ("healthy", True, None)
+
+
+def test_unreachable_chain_is_named() -> None:
+    status = dataclasses.replace(
+        NodeStatus.initial("v"),
+        chain_reachable=False,
+        chain_error="connection refused",
+        reason="chain unreachable",
+    )
+    assert healthz_body(status)["chain"] == {"reachable": False, "error": "connection refused"}
+
+
+def test_invariants() -> None:
+    with pytest.raises(ValueError, match="unknown phase"):
+        NodeStatus(phase="booting", healthy=False, reason=None, version="v")
+    with pytest.raises(ValueError, match="cannot be healthy"):
+        NodeStatus(phase="mesh", healthy=True, reason=None, version="v")
+    with pytest.raises(ValueError, match="events mode"):
+        NodeStatus(phase="mesh", healthy=False, reason=None, version="v", events_mode="pull")  # type: ignore[arg-type]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        NodeStatus.initial("v").phase = "mesh"  # type: ignore[misc]
+
+
+def test_peer_view_json_and_sorting() -> None:
+    a = PeerView(
+        member_id="0x" + "02" * 32,
+        mesh_ip="10.0.0.3",
+        endpoint=None,
+        configured=False,
+        live=False,
+        last_heard_ms_ago=None,
+    )
+    b = PeerView(
+        member_id="0x" + "01" * 32,
+        mesh_ip="10.0.0.2",
+        endpoint="1.2.3.4:51820",
+        configured=True,
+        live=True,
+        last_heard_ms_ago=1500,
+    )
+    assert a.to_json() == {
+        "member_id": "0x" + "02" * 32,
+        "mesh_ip": "10.0.0.3",
+        "endpoint": None,
+        "configured": False,
+        "live": False,
+        "last_heard_ms_ago": None,
+    }
+    assert peers_body([a, b]) == {"peers": [b.to_json(), a.to_json()]}
+    assert peers_body([]) == {"peers": []}
+
+
+def test_self_view_json_has_public_values_only() -> None:
+    me = SelfView(
+        cluster="0x" + "aa" * 20,
+        member_id=MEMBER,
+        app_id="0x" + "bb" * 20,
+        instance_id="cc" * 20,
+        mesh_ip="10.88.0.2",
+        signer="0x" + "dd" * 20,
+        wg_pub="0x" + "01" * 32,
+        seal_pub="0x" + "02" * 32,
+        identity_pub="0x" + "03" * 32,
+    )
+    assert set(me.to_json()) == {
+        "cluster",
+        "member_id",
+        "app_id",
+        "instance_id",
+        "mesh_ip",
+        "signer",
+        "wg_pub",
+        "seal_pub",
+        "identity_pub",
+    }
+    assert me.to_json()["mesh_ip"] == "10.88.0.2"
