@@ -145,6 +145,9 @@ async def connect(
         exception_retry_configuration=None,
     )
     w3 = AsyncWeb3(provider)
+    # web3's validation middleware asks the node for its chain id before every call, estimate and send;
+    # the connection checks the chain id once (below) and signs it into every transaction instead.
+    w3.middleware_onion.remove("validation")
     if on_rpc is not None:
         w3.middleware_onion.add(_counting(on_rpc), "attestmesh_rpc_counter")
     conn = ChainConnection(w3, rpc_url, timeout)

@@ -18,7 +18,7 @@ import structlog
 from sidecar.chain.errors import ChainError
 from sidecar.chain.rpc import ChainConnection
 from sidecar.core.cursor import Cursor, CursorError, is_after, next_range, rewind_on_reorg
-from sidecar.core.ids import Address
+from sidecar.core.ids import Address, Bytes32
 from sidecar.drivers.store import StateStore, StoreError
 from sidecar.observability import Metrics
 
@@ -66,6 +66,7 @@ class ChainLogPoller:
         self.max_range = max_range
         self.cursor: Cursor | None = None
         self._failing = False
+        self._seen_head: tuple[int, Bytes32] | None = None
 
     @property
     def cursor_block(self) -> int | None:
@@ -107,7 +108,10 @@ class ChainLogPoller:
 
     async def poll_once(self, conn: ChainConnection) -> int:
         """Scan every confirmed block after the cursor; return the number of new logs seen."""
-        head = await conn.block_number()
+        latest = await conn.block_header("latest")
+        if self._seen_head == (latest.number, latest.hash):
+            return 0  # the chain has not moved (same height and hash): one call per idle poll
+        head = latest.number
         cursor = self.cursor
         if cursor is None:
             # A node without a cursor reads the whole state in its first pass anyway: start after the
@@ -134,6 +138,7 @@ class ChainLogPoller:
             end = await conn.block_header(last)
             cursor = Cursor.through(last, end.hash)
             self._save(cursor)
+        self._seen_head = (latest.number, latest.hash)
         if seen:
             self.metrics.chain_logs_polled.inc(seen)
             log.info("events.polled", logs=seen, through=cursor.block)

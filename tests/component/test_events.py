@@ -10,12 +10,13 @@ import pytest
 
 from devnet.anvil import DEVNET_DEPLOYER_KEY
 from sidecar.chain.contracts import ClusterClient
-from sidecar.chain.rpc import ChainConnection
+from sidecar.chain.rpc import ChainConnection, connect
 from sidecar.chain.tx import LocalSigner, TxSubmitter
 from sidecar.core.ids import Bytes32
 from sidecar.drivers.events import CURSOR_FILE, ChainLogPoller
 from sidecar.drivers.store import StateStore
 from sidecar.observability import Metrics
+from tests.component.conftest import CHAIN_ID
 
 pytestmark = [pytest.mark.component, pytest.mark.timeout(60)]
 
@@ -116,3 +117,20 @@ async def test_a_reorg_under_the_cursor_rewinds_and_wakes(
     assert "reorg" in wakes
     assert seen >= 3
     assert p.cursor is not None and p.cursor.block_hash != handled_through.block_hash
+
+
+async def test_an_idle_poll_costs_one_rpc_call(anvil: Any, cluster: ClusterClient, tmp_path: Path) -> None:
+    """The steady-state RPC budget: while the chain does not move, a poll is one header read."""
+    calls: list[str] = []
+    async with await connect(anvil.rpc_url, expected_chain_id=CHAIN_ID, on_rpc=calls.append) as counted:
+        wakes: list[str] = []
+        p = poller(counted, cluster, tmp_path, wakes)
+        await p.poll_once(counted)
+        calls.clear()
+        for _ in range(5):
+            assert await p.poll_once(counted) == 0
+        assert calls == ["eth_getBlockByNumber"] * 5
+        await emit(cluster)
+        calls.clear()
+        assert await p.poll_once(counted) == 1
+        assert "eth_getLogs" in calls and "eth_chainId" not in calls
