@@ -1,0 +1,31 @@
+"""``python -m indexer`` / ``attestmesh-indexer``: load settings, configure logging, run the service.
+
+Exit codes: 0 after a clean shutdown, 2 for invalid configuration (every problem listed on stderr).
+Must not read anything but ``ATTESTMESH_INDEXER_*`` (and the dstack SDK's own ``DSTACK_SIMULATOR_ENDPOINT``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+from indexer.service import IndexerService
+from indexer.settings import EXIT_BAD_CONFIGURATION, SettingsError, load_settings
+from sidecar.observability import configure_logging
+
+
+def main() -> int:
+    try:
+        settings = load_settings(os.environ)
+    except SettingsError as exc:
+        print("attestmesh-indexer: invalid configuration:", file=sys.stderr)  # noqa: T201
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)  # noqa: T201
+        return EXIT_BAD_CONFIGURATION
+    configure_logging(settings.log_level.value)
+    return asyncio.run(IndexerService(settings).run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,382 @@
+"""Subscriber sessions: one WebSocket per member, authenticated against the chain, fed from the index.
+
+Owns ``Hub`` (the ``/v1/subscribe`` handler, the set of open sessions, waking them when the index advances,
+closing the ones past a reorg point, closing all on shutdown) and ``Session`` (one subscriber: the hello
+check, the welcome, then a pump that sends every log of the cluster after the session's position as a signed
+``event`` and, once nothing more is indexed, a signed ``checkpoint`` through the indexed block; a reader that
+takes ``ack``s). Replay and live delivery are the same pump reading the shared ``ChainIndex``, so a
+subscriber costs no copy of the log.
+
+The per-subscriber queue is the window of messages sent but not yet acked, bounded by ``queue_bound``: when
+it is full (or the socket does not drain) for ``ack_timeout`` while more is pending, the session is closed
+with ``overflow`` — never a silent drop; the subscriber resumes from its persisted cursor.
+
+Frames: at most ``MAX_FRAME_BYTES`` (a larger one up to ``4 * MAX_FRAME_BYTES`` is closed ``malformed`` with a
+reason; beyond that aiohttp closes with code 1009 before we see it); binary frames are ``malformed``.
+
+Must not: serve a hello whose member is not a current member of its cluster on chain (``unauthorized``),
+send a log of one cluster on another cluster's session, implement any of the wire format (that is
+``sidecar.core.indexerwire``: ``decode``/``encode``, ``verify_hello``, ``PushSigner``), or let one bad
+subscriber affect another (each session's failures end that session only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from typing import Final
+
+import structlog
+from aiohttp import WSMsgType, web
+
+from indexer.chainindex import ChainIndex
+from indexer.follower import MEMBER_REGISTERED
+from indexer.metrics import IndexerMetrics
+from sidecar.chain.contracts import ClusterClient
+from sidecar.chain.errors import ChainError
+from sidecar.chain.rpc import ChainConnection
+from sidecar.core.cursor import Cursor
+from sidecar.core.ids import Bytes32, SecretBytes
+from sidecar.core.indexerwire import (
+    MAX_DETAIL_CHARS,
+    MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
+    SESSION_BYTES,
+    Ack,
+    Checkpoint,
+    Close,
+    CloseReason,
+    Event,
+    Hello,
+    PushSigner,
+    Welcome,
+    WireError,
+    decode,
+    encode,
+    verify_hello,
+)
+
+log = structlog.get_logger("indexer.sessions")
+
+HELLO_TIMEOUT: Final = 10.0
+CLOSE_SEND_TIMEOUT: Final = 2.0
+WS_CLOSE_TIMEOUT: Final = 2.0
+WS_HEARTBEAT: Final = 20.0
+MAX_WS_MESSAGE: Final = 4 * MAX_FRAME_BYTES
+CLOSE_CODES: Final[dict[str, int]] = {
+    "shutdown": 1000,
+    "unauthorized": 1008,
+    "protocol": 1008,
+    "malformed": 1008,
+    "unavailable": 1011,
+    "overflow": 4000,
+    "reorg": 4000,
+}
+
+
+class _Refused(Exception):
+    def __init__(self, reason: CloseReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason: CloseReason = reason
+        self.detail = detail
+
+
+class Hub:
+    """Every open session; the follower's listener; the subscribe endpoint."""
+
+    def __init__(
+        self,
+        index: ChainIndex,
+        metrics: IndexerMetrics,
+        *,
+        queue_bound: int,
+        ack_timeout: float,
+        hello_freshness_ms: int,
+        head: Callable[[], int | None],
+        now_ms: Callable[[], int] | None = None,
+    ) -> None:
+        self.index = index
+        self.metrics = metrics
+        self.queue_bound = queue_bound
+        self.ack_timeout = ack_timeout
+        self.hello_freshness_ms = hello_freshness_ms
+        self.head = head
+        self.now_ms = now_ms or (lambda: int(time.time() * 1000))
+        self.key: SecretBytes | None = None
+        self.public_key: Bytes32 | None = None
+        self.conn: ChainConnection | None = None
+        self.sessions: set[Session] = set()
+        self.closing = False
+        self._drained = asyncio.Event()
+
+    # --- follower listener ------------------------------------------------------------------------------
+
+    def advanced(self) -> None:
+        for session in self.sessions:
+            session.wake()
+
+    def reorged(self, good_block: int) -> None:
+        for session in list(self.sessions):
+            if session.signer is not None and session.signer.cursor.block > good_block:
+                session.end("reorg", f"blocks above {good_block} were reorganised")
+            else:
+                session.wake()
+
+    # --- serving -----------------------------------------------------------------------------------------
+
+    async def subscribe(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v1/subscribe``: upgrade to a WebSocket and run one session on it."""
+        ws = web.WebSocketResponse(
+            max_msg_size=MAX_WS_MESSAGE, heartbeat=WS_HEARTBEAT, timeout=WS_CLOSE_TIMEOUT
+        )
+        await ws.prepare(request)
+        session = Session(self, ws)
+        self.sessions.add(session)
+        self.metrics.subscribers.set(len(self.sessions))
+        try:
+            if self.closing:
+                session.end("shutdown", "the indexer is stopping")
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+            self.metrics.subscribers.set(len(self.sessions))
+            if not self.sessions:
+                self._drained.set()
+        return ws
+
+    async def close_all(self, reason: CloseReason, detail: str, timeout: float) -> None:  # noqa: ASYNC109
+        """End every session with ``reason``; wait at most ``timeout`` for them to finish."""
+        self.closing = True
+        for session in list(self.sessions):
+            session.end(reason, detail)
+        if self.sessions:
+            self._drained.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._drained.wait()
+
+
+class Session:
+    """One subscriber (see the module docstring)."""
+
+    def __init__(self, hub: Hub, ws: web.WebSocketResponse) -> None:
+        self.hub = hub
+        self.ws = ws
+        self.hello: Hello | None = None
+        self.signer: PushSigner | None = None
+        self.acked_seq = 0
+        self.acked_cursor: Cursor | None = None
+        self._wake = asyncio.Event()
+        self._acked = asyncio.Event()
+        self._ended = asyncio.Event()
+        self._end: tuple[CloseReason | None, str] = (None, "")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def end(self, reason: CloseReason | None, detail: str = "") -> None:
+        """Ask the session to stop and send ``reason`` (None: the client went away)."""
+        if not self._ended.is_set():
+            self._end = (reason, detail[:MAX_DETAIL_CHARS])
+            self._ended.set()
+
+    async def run(self) -> None:
+        try:
+            await self._handshake()
+        except _Refused as refused:
+            self.end(refused.reason, refused.detail)
+        if not self._ended.is_set():
+            tasks = [asyncio.create_task(self._pump()), asyncio.create_task(self._read())]
+            try:
+                await self._ended.wait()
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        await self._close()
+
+    # --- handshake ---------------------------------------------------------------------------------------
+
+    async def _handshake(self) -> None:
+        hub = self.hub
+        receive = asyncio.ensure_future(self.ws.receive())
+        ended = asyncio.ensure_future(self._ended.wait())
+        done, _ = await asyncio.wait(
+            {receive, ended}, timeout=HELLO_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+        )
+        ended.cancel()
+        if receive not in done:
+            receive.cancel()
+            if self._ended.is_set():
+                return
+            raise _Refused("protocol", "no hello within the time limit")
+        hello = self._decode(receive.result())
+        if hello is None:
+            return
+        if not isinstance(hello, Hello):
+            raise _Refused("protocol", "the first frame must be a hello")
+        self.hello = hello
+        conn, key, public = hub.conn, hub.key, hub.public_key
+        if conn is None or key is None or public is None:
+            hub.metrics.hello("unavailable")
+            raise _Refused("unavailable", "the indexer is starting")
+        if not hub.index.follows(hello.cluster):
+            hub.metrics.hello("not_followed")
+            raise _Refused("unavailable", "cluster not followed")
+        try:
+            record = await ClusterClient(conn, hello.cluster).member_by_id(hello.member_id)
+        except ChainError:
+            hub.metrics.hello("unavailable")
+            raise _Refused("unavailable", "chain read failed") from None
+        if record is None:
+            hub.metrics.hello("not_member")
+            raise _Refused("unauthorized", "not a member of the cluster")
+        refusal = verify_hello(
+            hello, record.identity_pub, hub.now_ms(), hub.hello_freshness_ms, indexer_pub=public
+        )
+        if refusal is not None:
+            hub.metrics.hello(refusal)
+            raise _Refused("unauthorized", refusal)
+        start = await self._start(conn, hello)
+        if not hub.index.servable(hello.cluster, start):
+            hub.metrics.hello("unavailable")
+            raise _Refused("unavailable", "the cursor lies before what this indexer retains")
+        session_id = os.urandom(SESSION_BYTES)
+        self.signer = PushSigner(hello.cluster, session_id, start, key)
+        hub.metrics.hello("accepted")
+        await self.ws.send_str(encode(Welcome(session_id, public, hub.head() or 0, PROTOCOL_VERSION, start)))
+        log.info(
+            "session.opened",
+            cluster=str(hello.cluster),
+            member_id=str(hello.member_id),
+            start_block=start.block,
+            replay=hello.cursor is None,
+        )
+
+    async def _start(self, conn: ChainConnection, hello: Hello) -> Cursor:
+        index = self.hub.index
+        if hello.cursor is None:
+            block = index.registration_block(hello.cluster, hello.member_id, MEMBER_REGISTERED)
+            if block is None:
+                self.hub.metrics.hello("unavailable")
+                raise _Refused("unavailable", "the member's registration is not indexed yet")
+            return Cursor.start(block)
+        cursor = hello.cursor
+        if cursor.block_hash.is_zero:
+            return cursor
+        canonical = index.hash_at(cursor.block)
+        if canonical is None:
+            head = self.hub.head()
+            if head is not None and cursor.block > head:
+                raise _Refused("reorg", "the cursor's block is not on the canonical chain")
+            try:
+                canonical = (await conn.block_header(cursor.block)).hash
+            except ChainError:
+                self.hub.metrics.hello("unavailable")
+                raise _Refused("unavailable", "chain read failed") from None
+        if canonical != cursor.block_hash:
+            raise _Refused("reorg", "the cursor's block hash is not on the canonical chain")
+        return cursor
+
+    def _decode(self, msg: object) -> object | None:
+        """Decode a text frame; end the session (and return None) for anything else."""
+        kind = getattr(msg, "type", None)
+        data = getattr(msg, "data", None)
+        if kind in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+            self.end(None)
+            return None
+        if kind == WSMsgType.ERROR:
+            self.end(None, "socket error")
+            return None
+        if kind != WSMsgType.TEXT or not isinstance(data, str):
+            raise _Refused("malformed", "frames must be text")
+        if len(data) > MAX_FRAME_BYTES or len(data.encode("utf-8", "surrogatepass")) > MAX_FRAME_BYTES:
+            raise _Refused("malformed", "frame exceeds the size limit")
+        try:
+            return decode(data)
+        except WireError as exc:
+            raise _Refused("malformed", str(exc)) from None
+
+    # --- after the welcome -------------------------------------------------------------------------------
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                message = self._decode(await self.ws.receive())
+                if message is None:
+                    return
+                if not isinstance(message, Ack):
+                    raise _Refused("protocol", "only acks may follow the hello")
+                assert self.signer is not None
+                if message.seq > self.signer.seq:
+                    raise _Refused("protocol", "ack ahead of what was sent")
+                if message.seq > self.acked_seq:
+                    self.acked_seq, self.acked_cursor = message.seq, message.cursor
+                    self._acked.set()
+        except _Refused as refused:
+            self.end(refused.reason, refused.detail)
+
+    def _next(self) -> Event | Checkpoint | None:
+        signer, index = self.signer, self.hub.index
+        assert signer is not None
+        entry = index.next_after(signer.cluster, signer.cursor)
+        if entry is not None:
+            return signer.event(entry)
+        if index.through_hash is None or index.through < index.start_block:
+            return None
+        return signer.checkpoint(index.through, index.through_hash)
+
+    async def _pump(self) -> None:
+        assert self.signer is not None
+        bound, timeout = self.hub.queue_bound, self.hub.ack_timeout
+        metrics = self.hub.metrics
+        try:
+            while True:
+                if self.signer.seq - self.acked_seq >= bound:
+                    self._acked.clear()
+                    async with asyncio.timeout(timeout):
+                        await self._acked.wait()
+                    continue
+                self._wake.clear()
+                try:
+                    message = self._next()
+                except WireError:
+                    self.end("unavailable", "a log is too large to push; poll past it")
+                    return
+                if message is None:
+                    await self._wake.wait()
+                    continue
+                async with asyncio.timeout(timeout):
+                    await self.ws.send_str(encode(message))
+                if isinstance(message, Event):
+                    metrics.events_sent.inc()
+                else:
+                    metrics.checkpoints_sent.inc()
+        except TimeoutError:
+            self.end("overflow", f"more than {bound} messages unacknowledged for {timeout:g} s")
+        except (ConnectionError, RuntimeError):
+            self.end(None, "socket error")
+
+    async def _close(self) -> None:
+        reason, detail = self._end
+        self.hub.metrics.session_closed(reason or "client_gone")
+        if reason is not None and not self.ws.closed:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(CLOSE_SEND_TIMEOUT):
+                    await self.ws.send_str(encode(Close(reason, detail)))
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(WS_CLOSE_TIMEOUT + 1.0):
+                await self.ws.close(code=CLOSE_CODES.get(reason or "", 1000), message=(reason or "").encode())
+        hello = self.hello
+        log.info(
+            "session.closed",
+            reason=reason or "client_gone",
+            detail=detail,
+            cluster=None if hello is None else str(hello.cluster),
+            member_id=None if hello is None else str(hello.member_id),
+            seq=0 if self.signer is None else self.signer.seq,
+            acked_seq=self.acked_seq,
+        )

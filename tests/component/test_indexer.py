@@ -1,0 +1,538 @@
+"""The indexer service against a real anvil with our contracts, a real guest-agent simulator, and real
+aiohttp WebSocket clients that sign hellos with members' identity keys and verify every push.
+
+The service runs in-process on 127.0.0.1 (a free port); the simulator is served in-process on a short
+/tmp socket path. Everything started here is stopped here; nothing but loopback is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from devnet.anvil import AnvilProcess
+from devnet.deployment import Deployment, deploy_member_app
+from devnet.kms import DevnetKms, get_key
+from devnet.simulator import SimulatorConfig, serve_unix
+from indexer.follower import MEMBER_REGISTERED
+from indexer.service import KEY_PATH, IndexerService
+from indexer.settings import load_settings
+from sidecar.chain.contracts import ClusterClient, ClusterFactoryClient, IndexerRegistryClient
+from sidecar.chain.rpc import ChainConnection
+from sidecar.chain.tx import LocalSigner, TxSubmitter
+from sidecar.core.cursor import Cursor
+from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
+from sidecar.core.indexerwire import (
+    Checkpoint,
+    Close,
+    Event,
+    Message,
+    PushVerifier,
+    Verified,
+    Welcome,
+    decode,
+    encode,
+    sign_hello,
+)
+from sidecar.core.keys import KeyPath, ed25519_public_key
+from sidecar.core.model import ClusterConfig, MemberKeys, MeshCidr
+from sidecar.core.sigchain import build_proof
+from sidecar.dstack import GuestAgent
+from sidecar.settings import HostPort
+
+pytestmark = [pytest.mark.component, pytest.mark.timeout(120)]
+
+INDEXER_APP = Address.from_hex("0x1de7e40000000000000000000000000000000001")
+FUNDING_WEI = 10**18
+DEADLINE = 20.0
+
+
+# --- fixtures ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Member:
+    cluster: Address
+    member_id: MemberId
+    identity: SecretBytes
+    block: int
+
+
+class Chain:
+    """Members, clusters and raw anvil controls, all through our own adapter."""
+
+    def __init__(self, conn: ChainConnection, deployer: TxSubmitter, stack: Deployment, kms: DevnetKms):
+        self.conn, self.deployer, self.stack, self.kms = conn, deployer, stack, kms
+        self.count = 0
+
+    async def rpc(self, method: str, *params: Any) -> Any:
+        response = await self.conn.w3.provider.make_request(method, list(params))
+        assert "error" not in response, response
+        return response["result"]
+
+    async def mine(self, blocks: int) -> None:
+        await self.rpc("anvil_mine", hex(blocks))
+
+    async def cluster(self) -> Address:
+        config = ClusterConfig(
+            owner=self.deployer.address,
+            mesh_cidr=MeshCidr.parse("10.77.0.0/24"),
+            kms_roots=(self.kms.root_address,),
+            allow_any_device=True,
+        )
+        factory = ClusterFactoryClient(self.conn, self.stack.cluster_factory, self.deployer)
+        address, _ = await factory.deploy_cluster(config, Bytes32(os.urandom(32)))
+        return address
+
+    async def member(self, cluster: Address | None = None) -> Member:
+        cluster = cluster or self.stack.cluster
+        self.count += 1
+        name = f"node-{self.count}-{os.urandom(4).hex()}"
+        app_id = await deploy_member_app(
+            self.conn, self.deployer, self.stack.member_app_factory, cluster, name
+        )
+        await ClusterClient(self.conn, cluster, self.deployer).add_allowed_app_id(app_id)
+        key, chain = get_key(self.kms, app_id, KeyPath.SIGNER.path, KeyPath.SIGNER.purpose)
+        proof = build_proof(app_id, key, chain)
+        submitter = TxSubmitter(self.conn, LocalSigner(key), receipt_timeout=20.0, poll_interval=0.05)
+        await self.deployer.send(proof.signer, b"", value=FUNDING_WEI)
+        identity, _ = get_key(self.kms, app_id, KeyPath.IDENTITY.path, KeyPath.IDENTITY.purpose)
+        n = self.count % 250
+        keys = MemberKeys(
+            seal_pub=Bytes32(bytes([0x5E, n]) * 16),
+            wg_pub=Bytes32(bytes([0x36, n]) * 16),
+            identity_pub=Bytes32(ed25519_public_key(identity)),
+        )
+        receipt, member_id = await ClusterClient(self.conn, cluster, submitter).register(
+            proof, keys, f"127.0.0.1:{52000 + n}"
+        )
+        return Member(cluster, member_id, identity, receipt.block_number)
+
+
+@pytest.fixture
+def chain(conn: ChainConnection, deployer: TxSubmitter, stack: Deployment, kms: DevnetKms) -> Chain:
+    return Chain(conn, deployer, stack, kms)
+
+
+@pytest.fixture
+async def agent_socket(kms: DevnetKms) -> AsyncIterator[str]:
+    root = Path(tempfile.mkdtemp(prefix="am-ix-", dir="/tmp"))  # sun_path is short
+    compose = root / "app-compose.json"
+    compose.write_bytes(b'{"name": "attestmesh-indexer"}\n')
+    config = SimulatorConfig(app_id=INDEXER_APP, instance_id=bytes(19) + b"\x01", app_compose_path=compose)
+    running = await serve_unix(root / "agent.sock", config, kms=kms)
+    try:
+        yield str(root / "agent.sock")
+    finally:
+        await running.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def indexer_pub(kms: DevnetKms) -> Bytes32:
+    seed, _ = get_key(kms, INDEXER_APP, KEY_PATH, "")
+    return Bytes32(ed25519_public_key(seed))
+
+
+Factory = Callable[..., Awaitable[IndexerService]]
+
+
+@pytest.fixture
+async def make_indexer(anvil: AnvilProcess, stack: Deployment, agent_socket: str) -> AsyncIterator[Factory]:
+    services: list[IndexerService] = []
+
+    async def make(**overrides: str) -> IndexerService:
+        env = {
+            "RPC_URL": anvil.rpc_url,
+            "CHAIN_ID": "31337",
+            "CLUSTER_FACTORY": str(stack.cluster_factory),
+            "START_BLOCK": str(stack.factory_block),
+            "REGISTRY": str(stack.indexer_registry),
+            "LISTEN_ADDR": "127.0.0.1:8080",  # replaced by port 0 below
+            "POLL_INTERVAL": "0.1",
+            "CONFIRMATIONS": "0",
+            "MAX_LOG_RANGE": "500",
+            "ACK_TIMEOUT": "5",
+            "SHUTDOWN_TIMEOUT": "4",
+            **overrides,
+        }
+        settings = load_settings({f"ATTESTMESH_INDEXER_{k}": v for k, v in env.items()})
+        settings = dataclasses.replace(settings, listen_addr=HostPort("127.0.0.1", 0))
+        service = IndexerService(settings, agent=GuestAgent(agent_socket))
+        await service.start()
+        services.append(service)
+        return service
+
+    yield make
+    for service in services:
+        await service.shutdown()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def get_json(http: aiohttp.ClientSession, service: IndexerService, path: str) -> tuple[int, Any]:
+    async with http.get(f"http://127.0.0.1:{service.port}{path}") as response:
+        return response.status, await response.json()
+
+
+async def wait_healthy(http: aiohttp.ClientSession, service: IndexerService) -> dict[str, Any]:
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        status, body = await get_json(http, service, "/healthz")
+        if status == 200:
+            return dict(body)
+        assert time.monotonic() < deadline, body
+        await asyncio.sleep(0.05)
+
+
+# --- the client ----------------------------------------------------------------------------------------
+
+
+class Subscriber:
+    """A WebSocket client that signs its hello with the member's identity key and verifies every push."""
+
+    def __init__(self, http: aiohttp.ClientSession, service: IndexerService, member: Member, pub: Bytes32):
+        self.http, self.service, self.member, self.pub = http, service, member, pub
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.verifier: PushVerifier | None = None
+        self.cursor: Cursor | None = None
+        self.events: list[Event] = []
+
+    async def open(
+        self,
+        cursor: Cursor | None = None,
+        *,
+        key: SecretBytes | None = None,
+        member_id: MemberId | None = None,
+    ) -> Message | None:
+        self.ws = await self.http.ws_connect(f"http://127.0.0.1:{self.service.port}/v1/subscribe")
+        hello = sign_hello(
+            cluster=self.member.cluster,
+            member_id=member_id or self.member.member_id,
+            indexer=self.pub,
+            cursor=cursor,
+            timestamp_ms=int(time.time() * 1000),
+            nonce=os.urandom(16),
+            identity_key=key or self.member.identity,
+        )
+        await self.ws.send_str(encode(hello))
+        first = await self.recv()
+        if isinstance(first, Welcome):
+            self.verifier = PushVerifier(self.member.cluster, self.pub, cursor or first.start)
+            assert self.verifier.welcome(first) is None
+            self.cursor = first.start
+        return first
+
+    async def recv(self, timeout: float = DEADLINE) -> Message | None:  # noqa: ASYNC109
+        assert self.ws is not None
+        msg = await self.ws.receive(timeout=timeout)
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            return decode(msg.data)
+        return None  # the socket closed
+
+    async def take(self, *, ack: bool = True) -> Message | None:
+        message = await self.recv()
+        if isinstance(message, Event | Checkpoint):
+            assert self.verifier is not None and self.ws is not None
+            verified = self.verifier.check(message)
+            assert isinstance(verified, Verified), verified
+            assert verified.message.cluster == self.member.cluster
+            self.cursor = self.verifier.accept(verified)
+            if isinstance(message, Event):
+                assert message.log.address == self.member.cluster
+                self.events.append(message)
+            if ack:
+                acknowledgement = self.verifier.ack()
+                assert acknowledgement is not None
+                await self.ws.send_str(encode(acknowledgement))
+        return message
+
+    async def until(self, done: Callable[[Message | None], bool]) -> Message | None:
+        async with asyncio.timeout(DEADLINE):
+            while True:
+                message = await self.take()
+                if done(message) or message is None or isinstance(message, Close):
+                    return message
+
+    async def close_reason(self) -> str | None:
+        """Read (verifying) until the indexer's close frame; return its reason."""
+        message = await self.until(lambda m: isinstance(m, Close))
+        return message.reason if isinstance(message, Close) else None
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+
+
+def registers(member: Member) -> Callable[[Message | None], bool]:
+    def check(message: Message | None) -> bool:
+        return (
+            isinstance(message, Event)
+            and message.log.topics[0] == MEMBER_REGISTERED
+            and message.log.topics[1].raw == member.member_id.raw
+        )
+
+    return check
+
+
+def checkpoint_at_least(block: int) -> Callable[[Message | None], bool]:
+    return lambda m: isinstance(m, Checkpoint) and m.block >= block
+
+
+# --- tests -------------------------------------------------------------------------------------------------
+
+
+async def test_health_answers_before_catch_up_and_status_shows_key_and_registry(
+    http: aiohttp.ClientSession,
+    make_indexer: Factory,
+    chain: Chain,
+    stack: Deployment,
+    deployer: TxSubmitter,
+    conn: ChainConnection,
+    indexer_pub: Bytes32,
+) -> None:
+    code_id = Bytes32(b"\x0c" * 32)
+    await IndexerRegistryClient(conn, stack.indexer_registry, deployer).set_indexer(
+        "ws://127.0.0.1:1/v1/subscribe", code_id, indexer_pub
+    )
+    await chain.mine(2000)
+    service = await make_indexer(MAX_LOG_RANGE="2", CODE_ID=str(code_id))
+    status, body = await get_json(http, service, "/healthz")
+    assert status == 503 and body["ready"] is False and body["healthy"] is False
+    health = await wait_healthy(http, service)
+    assert health["ready"] is True and health["lag_blocks"] == 0
+    assert health["indexed_through"] == health["head_block"]
+    status, info = await get_json(http, service, "/status")
+    assert status == 200
+    assert info["public_key"] == str(indexer_pub)
+    assert str(stack.cluster) in [c["address"] for c in info["clusters"]]
+    assert info["registry"]["matches"] is True and info["registry"]["code_id_match"] is True
+    assert info["subscribers"] == 0
+    async with http.get(f"http://127.0.0.1:{service.port}/metrics") as response:
+        text = await response.text()
+    assert "attestmesh_indexer_head_lag_blocks 0.0" in text
+
+
+async def test_registry_mismatch_is_shown_not_fatal(
+    http: aiohttp.ClientSession, make_indexer: Factory
+) -> None:
+    service = await make_indexer()
+    await wait_healthy(http, service)
+    _, info = await get_json(http, service, "/status")
+    assert info["registry"]["checked"] is True
+    assert info["registry"]["registered"] is False and info["registry"]["matches"] is False
+
+
+async def test_replay_then_live_acks_and_checkpoints(
+    http: aiohttp.ClientSession, make_indexer: Factory, chain: Chain, indexer_pub: Bytes32
+) -> None:
+    first = await chain.member()
+    service = await make_indexer()
+    await wait_healthy(http, service)
+    sub = Subscriber(http, service, first, indexer_pub)
+    welcome = await sub.open(None)
+    assert isinstance(welcome, Welcome) and welcome.start == Cursor.start(first.block)
+    assert isinstance(await sub.until(registers(first)), Event)
+    assert sub.events[0].log.block_number == first.block  # replay starts at the registration block
+    second = await chain.member()
+    assert isinstance(await sub.until(registers(second)), Event)
+    await chain.mine(3)
+    head = await chain.conn.block_number()
+    assert isinstance(await sub.until(checkpoint_at_least(head)), Checkpoint)
+    assert sub.cursor is not None and sub.cursor.next_block == head + 1
+    deadline = time.monotonic() + DEADLINE
+    while service.hub.sessions and next(iter(service.hub.sessions)).acked_seq != sub.verifier.seq:  # type: ignore[union-attr]
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    # a resubscription from the persisted cursor gets nothing twice
+    await sub.close()
+    again = Subscriber(http, service, first, indexer_pub)
+    assert isinstance(await again.open(sub.cursor), Welcome)
+    await chain.mine(1)
+    message = await again.take()
+    assert isinstance(message, Checkpoint) and message.prev == sub.cursor
+    await again.close()
+
+
+async def test_non_member_and_wrong_key_are_unauthorized(
+    http: aiohttp.ClientSession, make_indexer: Factory, chain: Chain, indexer_pub: Bytes32
+) -> None:
+    member = await chain.member()
+    service = await make_indexer()
+    await wait_healthy(http, service)
+    stranger = Subscriber(http, service, member, indexer_pub)
+    refused = await stranger.open(None, member_id=MemberId(os.urandom(32)))
+    assert isinstance(refused, Close) and refused.reason == "unauthorized"
+    assert await stranger.recv() is None
+    forger = Subscriber(http, service, member, indexer_pub)
+    refused = await forger.open(None, key=SecretBytes(os.urandom(32)))
+    assert isinstance(refused, Close) and refused.reason == "unauthorized"
+    wrong_audience = Subscriber(http, service, member, Bytes32(os.urandom(32)))
+    refused = await wrong_audience.open(None)
+    assert isinstance(refused, Close) and refused.reason == "unauthorized"
+    assert "wrong_indexer" in refused.detail
+    assert service.metrics.hellos.labels("not_member")._value.get() == 1
+
+
+async def test_events_of_another_cluster_never_reach_a_member(
+    http: aiohttp.ClientSession, make_indexer: Factory, chain: Chain, indexer_pub: Bytes32
+) -> None:
+    a1 = await chain.member()
+    service = await make_indexer()
+    await wait_healthy(http, service)
+    cluster_b = await chain.cluster()
+    b1 = await chain.member(cluster_b)
+    sub_a = Subscriber(http, service, a1, indexer_pub)
+    sub_b = Subscriber(http, service, b1, indexer_pub)
+    assert isinstance(await sub_a.open(None), Welcome)
+    deadline = time.monotonic() + DEADLINE
+    while not isinstance(welcome := await sub_b.open(None), Welcome):  # B is followed once discovered
+        assert isinstance(welcome, Close) and welcome.reason == "unavailable"
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    b2 = await chain.member(cluster_b)
+    a2 = await chain.member()
+    await sub_b.until(registers(b2))
+    await sub_a.until(registers(a2))
+    head = await chain.conn.block_number()
+    await sub_a.until(checkpoint_at_least(head))
+    assert all(e.log.address == a1.cluster for e in sub_a.events)  # also asserted on every take()
+    assert b2.member_id.raw not in {e.log.topics[1].raw for e in sub_a.events if len(e.log.topics) > 1}
+    assert all(e.log.address == cluster_b for e in sub_b.events)
+
+
+async def test_slow_subscriber_overflows_and_resumes_from_its_acked_cursor(
+    http: aiohttp.ClientSession,
+    make_indexer: Factory,
+    chain: Chain,
+    indexer_pub: Bytes32,
+    conn: ChainConnection,
+) -> None:
+    first = await chain.member()
+    for _ in range(4):
+        await chain.member()
+    service = await make_indexer(QUEUE_BOUND="3", ACK_TIMEOUT="1")
+    await wait_healthy(http, service)
+    slow = Subscriber(http, service, first, indexer_pub)
+    assert isinstance(await slow.open(None), Welcome)
+    acked = await slow.take(ack=True)
+    assert isinstance(acked, Event)
+    acked_cursor = slow.cursor
+    taken = [acked]
+    while True:  # read without acking: the window fills and the indexer closes with "overflow"
+        message = await slow.take(ack=False)
+        if isinstance(message, Close):
+            assert message.reason == "overflow"
+            break
+        assert message is not None
+        taken.append(message)  # type: ignore[arg-type]
+    assert len(taken) == 1 + 3  # one acked, then exactly the queue bound unacked
+    resumed = Subscriber(http, service, first, indexer_pub)
+    assert isinstance(await resumed.open(acked_cursor), Welcome)
+    head = await conn.block_number()
+    await resumed.until(checkpoint_at_least(head))
+    logs = await conn.get_logs([first.cluster], first.block, head)
+    expected = [(entry.block_number, entry.log_index) for entry in logs]
+    got = [(e.log.block_number, e.log.log_index) for e in [acked, *resumed.events]]
+    assert got == expected  # nothing missed, nothing twice
+    assert service.metrics.sessions_closed.labels("overflow")._value.get() == 1
+
+
+async def test_malformed_frames_are_closed_and_others_keep_receiving(
+    http: aiohttp.ClientSession, make_indexer: Factory, chain: Chain, indexer_pub: Bytes32
+) -> None:
+    member = await chain.member()
+    service = await make_indexer()
+    await wait_healthy(http, service)
+    good = Subscriber(http, service, member, indexer_pub)
+    assert isinstance(await good.open(None), Welcome)
+    await good.until(registers(member))
+    url = f"http://127.0.0.1:{service.port}/v1/subscribe"
+    for frame in ("not json", '{"v":1,"type":"hello"}', "x" * 100_000, b"\x00binary"):
+        async with http.ws_connect(url) as ws:
+            if isinstance(frame, bytes):
+                await ws.send_bytes(frame)
+            else:
+                await ws.send_str(frame)
+            msg = await ws.receive(timeout=DEADLINE)
+            assert msg.type == aiohttp.WSMsgType.TEXT
+            close = decode(msg.data)
+            assert isinstance(close, Close) and close.reason == "malformed", close
+    # garbage after a valid welcome
+    bad = Subscriber(http, service, member, indexer_pub)
+    assert isinstance(await bad.open(None), Welcome)
+    assert bad.ws is not None
+    await bad.ws.send_str('{"v":1,"type":"ack","seq":"1"}')
+    assert await bad.close_reason() == "malformed"
+    newcomer = await chain.member()
+    assert isinstance(await good.until(registers(newcomer)), Event)
+
+
+async def test_reorg_closes_subscribers_and_never_delivers_a_stale_log(
+    http: aiohttp.ClientSession,
+    make_indexer: Factory,
+    chain: Chain,
+    indexer_pub: Bytes32,
+    conn: ChainConnection,
+) -> None:
+    member = await chain.member()
+    service = await make_indexer()
+    await wait_healthy(http, service)
+    sub = Subscriber(http, service, member, indexer_pub)
+    assert isinstance(await sub.open(None), Welcome)
+    await sub.until(checkpoint_at_least(member.block))
+    before = sub.cursor
+    assert before is not None
+    snapshot = await chain.rpc("evm_snapshot")
+    ghost = await chain.member()
+    assert isinstance(await sub.until(registers(ghost)), Event)
+    stale = sub.cursor
+    await chain.rpc("evm_revert", snapshot)
+    await chain.mine(5)
+    reason = await sub.close_reason()
+    assert reason == "reorg"
+    assert service.metrics.reorgs._value.get() >= 1
+    # a cursor on the abandoned branch is refused
+    again = Subscriber(http, service, member, indexer_pub)
+    refused = await again.open(stale)
+    assert isinstance(refused, Close) and refused.reason == "reorg"
+    # from before the fork: the canonical chain only, the ghost never again
+    canonical = Subscriber(http, service, member, indexer_pub)
+    assert isinstance(await canonical.open(before), Welcome)
+    head = await conn.block_number()
+    await canonical.until(checkpoint_at_least(head))
+    assert not any(registers(ghost)(e) for e in canonical.events)
+    assert await ClusterClient(conn, member.cluster).member_by_id(ghost.member_id) is None
+
+
+async def test_shutdown_closes_every_session_within_the_timeout(
+    http: aiohttp.ClientSession, make_indexer: Factory, chain: Chain, indexer_pub: Bytes32
+) -> None:
+    member = await chain.member()
+    service = await make_indexer()
+    await wait_healthy(http, service)
+    subs = [Subscriber(http, service, member, indexer_pub) for _ in range(3)]
+    for sub in subs:
+        assert isinstance(await sub.open(None), Welcome)
+    started = time.monotonic()
+    stopping = asyncio.create_task(service.shutdown())
+    for sub in subs:
+        assert await sub.close_reason() == "shutdown"
+    await stopping
+    assert time.monotonic() - started < service.settings.shutdown_timeout
+    assert service.metrics.sessions_closed.labels("shutdown")._value.get() == 3
