@@ -27,8 +27,9 @@ from sidecar.core.ids import Bytes32, MemberId, SecretBytes
 from sidecar.core.liveness import Liveness, Transition
 from sidecar.core.status import NodeStatus, PeerView, SelfView
 from sidecar.drivers.control import Controller
-from sidecar.drivers.events import ChainLogPoller
+from sidecar.drivers.events import ChainLogPoller, EventRouter, SharedCursor
 from sidecar.drivers.heartbeats import HeartbeatService
+from sidecar.drivers.push import Credentials, PushSubscriber
 from sidecar.dstack.agent import GuestAgent
 from sidecar.http.appapi import app_api, start_unix
 from sidecar.http.health import health_app, start_tcp
@@ -147,6 +148,7 @@ class Daemon:
         self.controller = Controller(
             settings, self.agent, self.metrics, self.liveness, on_mesh_up=self._mesh_up
         )
+        cursor = SharedCursor(self.controller.store)  # ONE cursor: poller and push subscriber share it
         self.poller = ChainLogPoller(
             connection=lambda: self.controller.conn,
             cluster=settings.chain.cluster,
@@ -156,13 +158,46 @@ class Daemon:
             interval=settings.chain.poll_interval,
             confirmations=settings.chain.confirmations,
             max_range=settings.chain.max_log_range,
+            cursor=cursor,
         )
-        self.controller.cursor_block = lambda: self.poller.cursor_block
+        self.push: PushSubscriber | None = None
+        if settings.chain.indexer_registry is not None:
+            ev = settings.events
+            self.push = PushSubscriber(
+                connection=lambda: self.controller.conn,
+                registry=settings.chain.indexer_registry,
+                cluster=settings.chain.cluster,
+                credentials=self._credentials,
+                cursor=cursor,
+                wake=self.controller.wake,
+                metrics=self.metrics,
+                registry_refresh=ev.registry_refresh,
+                backoff_min=ev.push_backoff_min,
+                backoff_max=ev.push_backoff_max,
+                crosscheck=ev.push_crosscheck,
+                ready_interval=settings.chain.poll_interval,
+            )
+        self.events = EventRouter(
+            poller=self.poller,
+            push=self.push,
+            poll_interval=settings.chain.poll_interval,
+            safety_interval=settings.events.poll_interval_pushed,
+            metrics=self.metrics,
+            on_change=self.controller.refresh_events,
+        )
+        self.controller.events = self.events
         self.supervisor = Supervisor()
         self.heartbeats: HeartbeatService | None = None
         self._runners: list[Runner] = []
         self._peer_runner: Runner | None = None
         self._stop = asyncio.Event()
+
+    def _credentials(self) -> Credentials | None:
+        """The hello's signer once the node is a member: its member id and identity key."""
+        c = self.controller
+        if c.identity is None or c.member_id is None:
+            return None
+        return Credentials(c.member_id, c.identity.identity_key)
 
     def _members(self) -> Mapping[MemberId, tuple[Bytes32, IPv4Address]]:
         return {m: (r.identity_pub, r.mesh_ip) for m, r in self.controller.members_by_id().items()}
@@ -211,7 +246,7 @@ class Daemon:
         log.info("app_api.listening", socket=str(s.http.app_socket))
         log.info("sidecar.started", version=__version__, cluster=str(s.chain.cluster), pid=os.getpid())
         self.supervisor.start("control", self.controller.run)
-        self.supervisor.start("events", self.poller.run)
+        self.supervisor.start("events", self.events.run)
         await self._stop.wait()
         await self.shutdown()
         return 0

@@ -139,6 +139,18 @@ CskPullResult = Literal["ok", "refused", "unreachable", "invalid"]
 HttpSurface = Literal["health", "app", "peer"]
 ChainErrorKind = Literal["transient", "terminal"]
 RegistrationResult = Literal["ok", "failed"]
+PushRejection = Literal[
+    "bad_signature",
+    "wrong_indexer",
+    "wrong_cluster",
+    "gap",
+    "replay",
+    "out_of_order",
+    "reorg",
+    "malformed",
+    "crosscheck",
+]
+EventMode = Literal["push", "poll"]
 
 PEER_STATES: Final[tuple[str, ...]] = get_args(PeerState)
 PEER_CHANGES: Final[tuple[str, ...]] = get_args(PeerChange)
@@ -150,6 +162,8 @@ CSK_PULL_RESULTS: Final[tuple[str, ...]] = get_args(CskPullResult)
 HTTP_SURFACES: Final[tuple[str, ...]] = get_args(HttpSurface)
 CHAIN_ERROR_KINDS: Final[tuple[str, ...]] = get_args(ChainErrorKind)
 REGISTRATION_RESULTS: Final[tuple[str, ...]] = get_args(RegistrationResult)
+PUSH_REJECTIONS: Final[tuple[str, ...]] = get_args(PushRejection)
+EVENT_MODES: Final[tuple[str, ...]] = get_args(EventMode)
 
 PHASES: Final[tuple[str, ...]] = tuple(p.value for p in ORDER)
 
@@ -233,6 +247,26 @@ class Metrics:
         self.chain_logs_polled = Counter(
             "attestmesh_chain_logs_polled_total", "Cluster event logs read by polling.", registry=r
         )
+        self.chain_logs_pushed = Counter(
+            "attestmesh_chain_logs_pushed_total",
+            "Cluster event logs first handled from the indexer's push stream.",
+            registry=r,
+        )
+        self.push_rejected = Counter(
+            "attestmesh_push_rejected_total",
+            "Pushed indexer messages rejected (the stream is torn down), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.push_connected = Gauge(
+            "attestmesh_push_connected",
+            "1 while a verified push session with the registered indexer is open.",
+            registry=r,
+        )
+        self.event_mode = Gauge(
+            "attestmesh_event_mode", "1 for the event source's current mode, 0 for the other.", ["mode"],
+            registry=r,
+        )  # fmt: skip
         self.registration_attempts = Counter(
             "attestmesh_registration_attempts_total", "Registration transactions, by result.", ["result"],
             registry=r,
@@ -243,6 +277,7 @@ class Metrics:
 
         for name in PHASES:
             self.phase.labels(phase=name).set(0)
+        self.set_event_mode("poll")
         for labelled, values in (
             (self.peers, PEER_STATES),
             (self.peer_changes, PEER_CHANGES),
@@ -254,6 +289,7 @@ class Metrics:
             (self.http_rejected, HTTP_SURFACES),
             (self.chain_errors, CHAIN_ERROR_KINDS),
             (self.registration_attempts, REGISTRATION_RESULTS),
+            (self.push_rejected, PUSH_REJECTIONS),
         ):
             for value in values:
                 labelled.labels(value)  # creates the series at zero
@@ -319,6 +355,22 @@ class Metrics:
 
     def logs_polled(self, count: int) -> None:
         self.chain_logs_polled.inc(count)
+
+    def logs_pushed(self, count: int = 1) -> None:
+        self.chain_logs_pushed.inc(count)
+
+    # the event source
+    def push_rejection(self, reason: PushRejection) -> None:
+        self.push_rejected.labels(_known(reason, PUSH_REJECTIONS, "reason")).inc()
+
+    def set_push_connected(self, connected: bool) -> None:
+        self.push_connected.set(1 if connected else 0)
+
+    def set_event_mode(self, mode: EventMode) -> None:
+        """Mark ``mode`` as current (1) and the other mode 0."""
+        _known(mode, EVENT_MODES, "mode")
+        for name in EVENT_MODES:
+            self.event_mode.labels(mode=name).set(1 if name == mode else 0)
 
     def registration_attempt(self, result: RegistrationResult) -> None:
         self.registration_attempts.labels(_known(result, REGISTRATION_RESULTS, "result")).inc()

@@ -97,6 +97,26 @@ class ChainSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class EventSettings:
+    """The event source: push from the registered indexer, polling as the floor (DESIGN §4 "Events")."""
+
+    poll_interval_pushed: float  # the slow safety poll while push is healthy
+    registry_refresh: float  # how often IndexerRegistry.current() is re-read while subscribed
+    push_crosscheck: float  # probability in [0, 1] of checking a pushed log against eth_getLogs
+    push_backoff_min: float
+    push_backoff_max: float
+
+
+DEFAULT_EVENT_SETTINGS = EventSettings(
+    poll_interval_pushed=30.0,
+    registry_refresh=60.0,
+    push_crosscheck=0.0,
+    push_backoff_min=1.0,
+    push_backoff_max=60.0,
+)
+
+
+@dataclass(frozen=True, slots=True)
 class MeshSettings:
     interface: str
     backend: WgBackend
@@ -125,6 +145,7 @@ class Settings:
     state_dir: Path
     log_level: LogLevel
     shutdown_timeout: float
+    events: EventSettings = DEFAULT_EVENT_SETTINGS
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +168,11 @@ VARIABLES: tuple[Variable, ...] = (
     _v("INDEXER_REGISTRY", ""),
     _v("CONFIRMATIONS", "0"),
     _v("POLL_INTERVAL", "2.0"),
+    _v("POLL_INTERVAL_PUSHED", "30.0"),
+    _v("REGISTRY_REFRESH", "60.0"),
+    _v("PUSH_CROSSCHECK", "0"),
+    _v("PUSH_BACKOFF_MIN", "1.0"),
+    _v("PUSH_BACKOFF_MAX", "60.0"),
     _v("RESYNC_INTERVAL", "30.0"),
     _v("MAX_LOG_RANGE", "2000"),
     _v("RPC_TIMEOUT", "5.0"),
@@ -190,6 +216,16 @@ def parse_seconds(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
         raise ValueError("must be a finite number of seconds")
+    return value
+
+
+def parse_rate(text: str) -> float:
+    """Parse a probability from 0 to 1 written as a plain decimal (``0``, ``0.25``, ``1``)."""
+    if not _FLOAT.fullmatch(text):
+        raise ValueError("must be a number from 0 to 1 such as 0.1")
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("must be a number from 0 to 1 such as 0.1")
     return value
 
 
@@ -407,6 +443,26 @@ def _chain_settings(r: _Reader) -> ChainSettings | None:
     )
 
 
+def _event_settings(r: _Reader) -> EventSettings | None:
+    pushed = r.bounded("POLL_INTERVAL_PUSHED", parse_seconds, _positive, "greater than 0")
+    refresh = r.bounded("REGISTRY_REFRESH", parse_seconds, _positive, "greater than 0")
+    crosscheck = r.get("PUSH_CROSSCHECK", parse_rate)
+    backoff_min = r.bounded("PUSH_BACKOFF_MIN", parse_seconds, _positive, "greater than 0")
+    backoff_max = r.bounded("PUSH_BACKOFF_MAX", parse_seconds, _positive, "greater than 0")
+    if backoff_min is not None and backoff_max is not None and backoff_max < backoff_min:
+        r.problem(f"{PREFIX}PUSH_BACKOFF_MAX must not be shorter than {PREFIX}PUSH_BACKOFF_MIN")
+        return None
+    if pushed is None or refresh is None or crosscheck is None or backoff_min is None or backoff_max is None:
+        return None
+    return EventSettings(
+        poll_interval_pushed=pushed,
+        registry_refresh=refresh,
+        push_crosscheck=crosscheck,
+        push_backoff_min=backoff_min,
+        push_backoff_max=backoff_max,
+    )
+
+
 def _mesh_settings(r: _Reader) -> MeshSettings | None:
     interface = r.get("WG_INTERFACE", parse_interface)
     backend = r.get("WG_BACKEND", _enum_parser(WgBackend))
@@ -485,6 +541,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     chain = _chain_settings(r)
     mesh = _mesh_settings(r)
     http = _http_settings(r)
+    events = _event_settings(r)
     state_dir = r.get("STATE_DIR", parse_absolute_path)
     log_level = r.get("LOG_LEVEL", _enum_parser(LogLevel))
     shutdown_timeout = r.bounded("SHUTDOWN_TIMEOUT", parse_seconds, _positive, "greater than 0")
@@ -495,6 +552,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         or chain is None
         or mesh is None
         or http is None
+        or events is None
         or state_dir is None
         or not isinstance(log_level, LogLevel)
         or shutdown_timeout is None
@@ -507,4 +565,5 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         state_dir=state_dir,
         log_level=log_level,
         shutdown_timeout=shutdown_timeout,
+        events=events,
     )

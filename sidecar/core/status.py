@@ -55,6 +55,7 @@ class NodeStatus:
     indexer_connected: bool = False
     cursor_block: int | None = None
     head_block: int | None = None
+    rejected_pushes: int = 0
     membership_digest: str | None = None
     # chain: ``chain_reachable`` is None until the first chain call
     chain_reachable: bool | None = None
@@ -99,6 +100,7 @@ def healthz_body(status: NodeStatus) -> dict[str, object]:
             "indexer_connected": status.indexer_connected,
             "cursor_block": status.cursor_block,
             "head_block": status.head_block,
+            "rejected_pushes": status.rejected_pushes,
         },
         "chain": {"reachable": status.chain_reachable, "error": status.chain_error},
         "membership_digest": status.membership_digest,

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Any
 
 import aiohttp
 import structlog
@@ -38,6 +40,7 @@ from sidecar.core.model import BootVerdict, MemberRecord, MeshCidr
 from sidecar.core.peerplan import DesiredPeer, PeerPlan, WgKey, plan_peers
 from sidecar.core.phases import Facts, Phase, PhaseTracker, next_phase
 from sidecar.core.status import NodeStatus, PeerView, SelfView
+from sidecar.drivers.events import EventSource
 from sidecar.drivers.identity import NodeIdentity, derive, derive_csk_key
 from sidecar.drivers.store import StateStore, StoreError
 from sidecar.dstack.agent import GuestAgent, GuestAgentError
@@ -131,9 +134,10 @@ class Controller:
         self._registered_block: int | None = None
         self._chain_id_ok = True
         self._carried_over_logged = False
-        #: Hooks the daemon wires: a removed member's heartbeat state is dropped; the event source's cursor.
+        #: Hooks the daemon wires: a removed member's heartbeat state is dropped; the event source (its mode,
+        #: connection, cursor and head are reported in ``/healthz`` ``events``).
         self.forget_member: Callable[[MemberId], None] = liveness.forget
-        self.cursor_block: Callable[[], int | None] = lambda: None
+        self.events: EventSource | None = None
 
     # --- wakes -------------------------------------------------------------------------------------
 
@@ -163,8 +167,11 @@ class Controller:
                 self.metrics.reconcile_passes.labels(result="error").inc()
                 delay = backoff
                 backoff = min(backoff * 2, ERROR_BACKOFF_MAX)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that arrives just as
+            # the event is set, which would hang shutdown.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
 
     def _settled(self) -> bool:
         return self.status.phase == Phase.HEALTHY.value
@@ -596,15 +603,29 @@ class Controller:
             csk_held=facts.csk_held,
             csk_commitment=str(snap.commitment) if snap and snap.commitment else None,
             csk_source=self.csk.source or None,
-            events_mode="poll",
-            indexer_connected=False,
-            cursor_block=self.cursor_block(),
-            head_block=self._head,
+            **self._events_fields(),
             membership_digest=str(membership_digest(m.member_id for m in snap.members)) if snap else None,
             version=__version__,
             chain_reachable=facts.chain_ok,
             chain_error=self._chain_error,
         )
+
+    def _events_fields(self) -> dict[str, Any]:
+        source = self.events
+        if source is None:
+            return {"events_mode": "poll", "indexer_connected": False, "head_block": self._head}
+        heads = [h for h in (self._head, source.head_block) if h is not None]
+        return {
+            "events_mode": source.mode,
+            "indexer_connected": source.indexer_connected,
+            "cursor_block": source.cursor_block,
+            "head_block": max(heads) if heads else None,
+            "rejected_pushes": source.rejected_pushes,
+        }
+
+    def refresh_events(self) -> None:
+        """Re-read the event source into the status now (its mode flips between passes)."""
+        self.status = dataclasses.replace(self.status, **self._events_fields())
 
     # --- views for the app API and the peer API ----------------------------------------------------
 

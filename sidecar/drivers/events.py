@@ -1,17 +1,25 @@
-"""Where the control loop's wake-ups come from: the event source seam, and chain-log polling (the floor).
+"""Where the control loop's wake-ups come from: one shared cursor, chain-log polling (the floor), a router.
 
-Owns ``EventSource`` (the seam: a push subscription will plug in here later) and ``ChainLogPoller``:
-``eth_getLogs`` for the cluster's events from a persisted cursor, in bounded ranges, only up to
-``head - confirmations``, with a block-hash reorg check; every new log wakes the control loop. Events are
-wake-ups only: membership always comes from chain reads, so a missed or repeated event can only delay or
-repeat a pass, never corrupt state. Must not: change membership or the device itself.
+Owns ``EventSource`` (the seam the daemon runs), ``SharedCursor`` (THE persisted chain-log cursor, shared by
+the poller and the push subscriber: one file, one lock, advanced monotonically, so a log at or before it is
+never handled again and nothing either side skipped is lost), ``ChainLogPoller`` (``eth_getLogs`` for the
+cluster's events after the cursor, in bounded ranges, only up to ``head - confirmations``, with a block-hash
+reorg check) and ``EventRouter``: the event source of a node with an indexer registry — it runs the push
+subscriber (``sidecar.drivers.push``) and polls itself, at the fast interval while push is down or
+untrusted and at the slow safety interval while push is healthy, and reports the mode.
+
+Events are wake-ups only: ``wake(reason)`` carries a reason string and nothing else, so no log data — pushed
+or polled — can reach membership, which always comes from chain reads. A missed or repeated event can only
+delay or repeat a pass, never corrupt state. Must not: change membership or the device itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 import structlog
 
@@ -27,22 +35,121 @@ log = structlog.get_logger("sidecar.events")
 CURSOR_FILE = "cursor.json"
 REORG_DEPTH = 16
 
+EventMode = Literal["push", "poll"]
+LogSource = Literal["push", "poll"]
+
+
+@dataclass(frozen=True, slots=True)
+class HandledLog:
+    """A log position handled for the first time (what a trace sees: a position, never the log's data)."""
+
+    source: LogSource
+    block: int
+    log_index: int
+
 
 class EventSource(Protocol):
     """Anything that wakes the control loop when the cluster's on-chain state may have changed."""
 
-    mode: str
+    @property
+    def mode(self) -> EventMode: ...
 
-    async def run(self) -> None: ...
+    @property
+    def indexer_connected(self) -> bool: ...
 
     @property
     def cursor_block(self) -> int | None: ...
 
+    @property
+    def head_block(self) -> int | None: ...
+
+    @property
+    def rejected_pushes(self) -> int: ...
+
+    async def run(self) -> None: ...
+
+
+class SharedCursor:
+    """The one persisted cursor (``cursor.json``), advanced by whoever handles a log first.
+
+    Every read-check-advance happens under ``lock``; ``note`` and ``advance`` never move it backwards
+    (only ``rewind``, for a reorg, does), so a log at or before the cursor is never handled twice.
+    """
+
+    def __init__(self, store: StateStore, *, on_handled: Callable[[HandledLog], None] | None = None) -> None:
+        self.store = store
+        self.lock = asyncio.Lock()
+        self.value: Cursor | None = None
+        self.rewinds = 0  # bumped on every reorg rewind: a push session started before it must restart
+        self.on_handled = on_handled
+        self._loaded = False
+        self._saved: Cursor | None = None
+
+    @property
+    def block(self) -> int | None:
+        return None if self.value is None else self.value.block
+
+    def load(self) -> Cursor | None:
+        """Read the persisted cursor once (None, and a warning, when there is none or it cannot be used)."""
+        if not self._loaded:
+            self._loaded = True
+            if self.value is None:
+                self.value = self._saved = self.read()
+        return self.value
+
+    def read(self) -> Cursor | None:
+        """The cursor as persisted now."""
+        try:
+            raw = self.store.read(CURSOR_FILE)
+            return None if raw is None else Cursor.from_json(raw)
+        except (StoreError, CursorError) as exc:
+            log.warning("events.cursor_discarded", error=str(exc))
+            return None
+
+    def note(self, block: int, log_index: int, block_hash: Bytes32, source: LogSource) -> bool:
+        """Handle a log if it lies after the cursor: advance in memory (persist with ``advance``/``save``).
+
+        Call with ``lock`` held. Returns whether the log is new (the caller then wakes the control loop).
+        """
+        current = self.value
+        if current is not None and not is_after(block, log_index, current):
+            return False
+        self.value = Cursor(block, log_index, block_hash)
+        if self.on_handled is not None:
+            self.on_handled(HandledLog(source, block, log_index))
+        return True
+
+    def advance(self, cursor: Cursor) -> bool:
+        """Move to ``cursor`` if it lies after the current position, and persist; never backwards."""
+        current = self.value
+        if current is not None and not is_after(cursor.block, cursor.log_index, current):
+            self.save()
+            return False
+        self.value = cursor
+        self.save()
+        return True
+
+    def rewind(self, cursor: Cursor) -> None:
+        """Move back to ``cursor`` after a reorg under the stored block hash, and persist."""
+        self.value = cursor
+        self.rewinds += 1
+        self.save()
+
+    def save(self) -> None:
+        """Persist the current position (atomic write); a failed write is logged, the next one retries."""
+        if self.value is None or self.value == self._saved:
+            return
+        try:
+            self.store.write(CURSOR_FILE, self.value.to_json().encode())
+            self._saved = self.value
+        except OSError as exc:
+            log.warning("events.cursor_write_failed", error=str(exc))
+
 
 class ChainLogPoller:
-    """Polls the cluster contract's logs every ``interval`` seconds and wakes the control loop."""
+    """Scans the cluster contract's logs after the shared cursor and wakes the control loop once per batch."""
 
-    mode = "poll"
+    mode: EventMode = "poll"
 
     def __init__(
         self,
@@ -55,6 +162,7 @@ class ChainLogPoller:
         interval: float,
         confirmations: int,
         max_range: int,
+        cursor: SharedCursor | None = None,
     ) -> None:
         self.connection = connection
         self.cluster = cluster
@@ -64,83 +172,211 @@ class ChainLogPoller:
         self.interval = interval
         self.confirmations = confirmations
         self.max_range = max_range
-        self.cursor: Cursor | None = None
+        self.shared = cursor if cursor is not None else SharedCursor(store)
+        self.head: int | None = None
         self._failing = False
         self._seen_head: tuple[int, Bytes32] | None = None
 
     @property
+    def cursor(self) -> Cursor | None:
+        return self.shared.value
+
+    @cursor.setter
+    def cursor(self, value: Cursor | None) -> None:
+        self.shared.value = value
+
+    @property
     def cursor_block(self) -> int | None:
-        return None if self.cursor is None else self.cursor.block
+        return self.shared.block
 
     def load_cursor(self) -> Cursor | None:
         """The persisted cursor; None (and a warning) when there is none or it cannot be used."""
-        try:
-            raw = self.store.read(CURSOR_FILE)
-            return None if raw is None else Cursor.from_json(raw)
-        except (StoreError, CursorError) as exc:
-            log.warning("events.cursor_discarded", error=str(exc))
-            return None
-
-    def _save(self, cursor: Cursor) -> None:
-        if cursor != self.cursor:
-            self.cursor = cursor
-            try:
-                self.store.write(CURSOR_FILE, cursor.to_json().encode())
-            except OSError as exc:
-                log.warning("events.cursor_write_failed", error=str(exc))
+        return self.shared.read()
 
     async def run(self) -> None:
-        self.cursor = self.load_cursor()
+        """Poll every ``interval`` seconds forever (a node without an indexer registry runs only this)."""
+        self.shared.load()
         while True:
-            conn = self.connection()
-            if conn is not None:
-                try:
-                    await self.poll_once(conn)
-                    if self._failing:
-                        log.info("events.poll_recovered")
-                    self._failing = False
-                except ChainError as exc:
-                    if not self._failing:
-                        log.warning("events.poll_failed", error=str(exc))
-                    self._failing = True
-                    self.wake("poll failed")  # the control loop notices the chain is gone and says so
+            await self.poll_guarded()
             await asyncio.sleep(self.interval)
 
+    async def poll_guarded(self) -> None:
+        """One poll; a chain failure is logged once when it starts and once when it ends."""
+        conn = self.connection()
+        if conn is None:
+            return
+        try:
+            await self.poll_once(conn)
+            if self._failing:
+                log.info("events.poll_recovered")
+            self._failing = False
+        except ChainError as exc:
+            if not self._failing:
+                log.warning("events.poll_failed", error=str(exc))
+            self._failing = True
+            self.wake("poll failed")  # the control loop notices the chain is gone and says so
+
+    async def initial_cursor(self, conn: ChainConnection, head: int | None = None) -> Cursor:
+        """The shared cursor, created at the confirmed head when there is none yet (and persisted).
+
+        A node without a cursor reads the whole state in its first pass anyway: start after the confirmed
+        head instead of replaying history.
+        """
+        if self.shared.value is not None:
+            return self.shared.value
+        if head is None:
+            head = await conn.block_number()
+        start = max(0, head - self.confirmations)
+        cursor = Cursor.through(start, (await conn.block_header(start)).hash)
+        async with self.shared.lock:
+            if self.shared.value is None:
+                self.shared.advance(cursor)
+            return self.shared.value or cursor
+
     async def poll_once(self, conn: ChainConnection) -> int:
-        """Scan every confirmed block after the cursor; return the number of new logs seen."""
+        """Scan every confirmed block after the cursor; return the number of new logs handled."""
         latest = await conn.block_header("latest")
+        self.head = latest.number
         if self._seen_head == (latest.number, latest.hash):
             return 0  # the chain has not moved (same height and hash): one call per idle poll
         head = latest.number
-        cursor = self.cursor
-        if cursor is None:
-            # A node without a cursor reads the whole state in its first pass anyway: start after the
-            # confirmed head instead of replaying history.
-            start = max(0, head - self.confirmations)
-            cursor = Cursor.through(start, (await conn.block_header(start)).hash)
-            self._save(cursor)
+        cursor = await self.initial_cursor(conn, head)
         if not cursor.block_hash.is_zero and cursor.block <= head:
             canonical = (await conn.block_header(cursor.block)).hash
             rewound = rewind_on_reorg(cursor, canonical, REORG_DEPTH)
             if rewound != cursor:
-                log.warning("events.reorg_detected", block=cursor.block, rewound_to=rewound.block)
-                self._save(rewound)
-                cursor = rewound
-                self.wake("reorg")
+                async with self.shared.lock:
+                    if self.shared.value == cursor:
+                        log.warning("events.reorg_detected", block=cursor.block, rewound_to=rewound.block)
+                        self.shared.rewind(rewound)
+                        self.wake("reorg")
         seen = 0
-        while (span := next_range(cursor.next_block, head, self.confirmations, self.max_range)) is not None:
+        while True:
+            position = self.shared.value
+            assert position is not None
+            span = next_range(position.next_block, head, self.confirmations, self.max_range)
+            if span is None:
+                break
             first, last = span
             logs = await conn.get_logs([self.cluster], first, last)
-            for entry in logs:
-                if is_after(entry.block_number, entry.log_index, cursor):
-                    cursor = cursor.advance(entry.block_number, entry.log_index, entry.block_hash)
-                    seen += 1
             end = await conn.block_header(last)
-            cursor = Cursor.through(last, end.hash)
-            self._save(cursor)
+            async with self.shared.lock:
+                for entry in logs:
+                    if self.shared.note(entry.block_number, entry.log_index, entry.block_hash, "poll"):
+                        seen += 1
+                self.shared.advance(Cursor.through(last, end.hash))
         self._seen_head = (latest.number, latest.hash)
         if seen:
             self.metrics.chain_logs_polled.inc(seen)
-            log.info("events.polled", logs=seen, through=cursor.block)
+            log.info("events.polled", logs=seen, through=self.shared.block)
             self.wake("chain events")
         return seen
+
+
+class PushSource(Protocol):
+    """What the router needs of the push subscriber (``sidecar.drivers.push.PushSubscriber``)."""
+
+    on_change: Callable[[], None]
+
+    @property
+    def healthy(self) -> bool: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def head(self) -> int | None: ...
+
+    @property
+    def rejected_total(self) -> int: ...
+
+    async def run(self) -> None: ...
+
+
+class EventRouter:
+    """The event source with an indexer: push as the accelerator, polling as the floor, one shared cursor.
+
+    Polls at ``poll_interval`` while push is down or untrusted, at ``safety_interval`` while it is healthy;
+    a change of push health interrupts the wait, so the switch to fast polling is immediate. Each mode
+    change is logged once (``events.mode_changed``) and reported through ``on_change``.
+    """
+
+    def __init__(
+        self,
+        *,
+        poller: ChainLogPoller,
+        push: PushSource | None,
+        poll_interval: float,
+        safety_interval: float,
+        metrics: Metrics,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.poller = poller
+        self.push = push
+        self.poll_interval = poll_interval
+        self.safety_interval = safety_interval
+        self.metrics = metrics
+        self.on_change = on_change
+        self._mode: EventMode = "poll"
+        self._changed = asyncio.Event()
+        if push is not None:
+            push.on_change = self.push_changed
+
+    @property
+    def shared(self) -> SharedCursor:
+        return self.poller.shared
+
+    @property
+    def mode(self) -> EventMode:
+        return self._mode
+
+    @property
+    def indexer_connected(self) -> bool:
+        return self.push is not None and self.push.connected
+
+    @property
+    def cursor_block(self) -> int | None:
+        return self.shared.block
+
+    @property
+    def head_block(self) -> int | None:
+        pushed = None if self.push is None else self.push.head
+        heads = [h for h in (self.poller.head, pushed) if h is not None]
+        return max(heads) if heads else None
+
+    @property
+    def rejected_pushes(self) -> int:
+        return 0 if self.push is None else self.push.rejected_total
+
+    def push_changed(self) -> None:
+        """Called by the subscriber when push health or connection flips: re-evaluate the mode now."""
+        mode: EventMode = "push" if self.push is not None and self.push.healthy else "poll"
+        if mode != self._mode:
+            log.info("events.mode_changed", from_mode=self._mode, to_mode=mode)
+            self._mode = mode
+            self.metrics.set_event_mode(mode)
+            self._changed.set()
+        self.on_change()
+
+    @property
+    def interval(self) -> float:
+        return self.safety_interval if self._mode == "push" else self.poll_interval
+
+    async def run(self) -> None:
+        self.shared.load()
+        self.metrics.set_event_mode(self._mode)
+        async with asyncio.TaskGroup() as tasks:
+            if self.push is not None:
+                tasks.create_task(self.push.run(), name="push")
+            tasks.create_task(self._poll_forever(), name="poll")
+
+    async def _poll_forever(self) -> None:
+        while True:
+            self._changed.clear()
+            await self.poller.poll_guarded()
+            self.on_change()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that races with
+            # the event being set, and the task would never stop.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval):
+                    await self._changed.wait()

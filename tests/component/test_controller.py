@@ -537,7 +537,13 @@ async def test_unreachable_chain_keeps_the_node_at_boot_gate_with_a_complete_sta
     assert body["node"]["member_id"] is None and body["node"]["mesh_ip"] is None
     assert body["peers"] == {"desired": 0, "configured": 0, "live": 0}
     assert body["csk"] == {"held": False, "commitment": None, "source": None}
-    assert set(body["events"]) == {"mode", "indexer_connected", "cursor_block", "head_block"}
+    assert set(body["events"]) == {
+        "mode",
+        "indexer_connected",
+        "cursor_block",
+        "head_block",
+        "rejected_pushes",
+    }
     assert body["events"]["mode"] == "poll" and body["events"]["head_block"] is None
     assert body["chain"]["reachable"] is False and body["chain"]["error"]
     assert body["membership_digest"] is None and body["version"]

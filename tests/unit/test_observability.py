@@ -14,12 +14,14 @@ from sidecar.observability import (
     CHAIN_ERROR_KINDS,
     CSK_PULL_RESULTS,
     CSK_REFUSALS,
+    EVENT_MODES,
     HEARTBEAT_REJECTIONS,
     HTTP_SURFACES,
     LIVENESS_DIRECTIONS,
     PEER_CHANGES,
     PEER_STATES,
     PHASES,
+    PUSH_REJECTIONS,
     RECONCILE_RESULTS,
     REGISTRATION_RESULTS,
     Metrics,
@@ -39,6 +41,7 @@ LABELLED = [
     ("attestmesh_http_rejected_total", "surface", HTTP_SURFACES),
     ("attestmesh_chain_errors_total", "kind", CHAIN_ERROR_KINDS),
     ("attestmesh_registration_attempts_total", "result", REGISTRATION_RESULTS),
+    ("attestmesh_push_rejected_total", "reason", PUSH_REJECTIONS),
 ]
 UNLABELLED = [
     "attestmesh_phase_unexpected_transitions_total",
@@ -46,6 +49,8 @@ UNLABELLED = [
     "attestmesh_heartbeats_received_total",
     "attestmesh_csk_requests_served_total",
     "attestmesh_chain_logs_polled_total",
+    "attestmesh_chain_logs_pushed_total",
+    "attestmesh_push_connected",
 ]
 
 
@@ -262,3 +267,13 @@ def test_drop_secret_keys_processor_directly() -> None:
         "redacted_keys": ["my_secret_thing", "privateKey"],
     }
     assert drop_secret_keys(None, "info", {"event": "y"}) == {"event": "y"}
+
+
+def test_the_event_mode_starts_as_poll_and_is_one_hot() -> None:
+    metrics = Metrics(CollectorRegistry())
+    get = metrics.registry.get_sample_value
+    assert [get("attestmesh_event_mode", {"mode": m}) for m in EVENT_MODES] == [0, 1]  # push, poll
+    metrics.set_event_mode("push")
+    assert [get("attestmesh_event_mode", {"mode": m}) for m in EVENT_MODES] == [1, 0]
+    with pytest.raises(ValueError, match="unknown mode"):
+        metrics.set_event_mode("pull")  # type: ignore[arg-type]

@@ -287,7 +287,7 @@ def test_non_secret_values_are_echoed_truncated() -> None:
 
 
 def test_variable_table_matches_known_names_and_docs() -> None:
-    assert len(KNOWN_NAMES) == len(VARIABLES) == 26
+    assert len(KNOWN_NAMES) == len(VARIABLES) == 31
     docs = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
     for variable in VARIABLES:
         assert f"`{variable.name}`" in docs, variable.name
@@ -347,3 +347,24 @@ def test_load_settings_only_raises_settings_error(env: dict[str, str]) -> None:
         assert exc.problems
         for problem in exc.problems:
             assert problem.startswith("ATTESTMESH_")
+
+
+# --- the event source ------------------------------------------------------------------------------------
+
+
+def test_event_settings_defaults_and_overrides() -> None:
+    ev = load().events
+    assert (ev.poll_interval_pushed, ev.registry_refresh, ev.push_crosscheck) == (30.0, 60.0, 0.0)
+    assert (ev.push_backoff_min, ev.push_backoff_max) == (1.0, 60.0)
+    ev = load(
+        POLL_INTERVAL_PUSHED="10", REGISTRY_REFRESH="5", PUSH_CROSSCHECK="0.25", PUSH_BACKOFF_MAX="2"
+    ).events
+    assert (ev.poll_interval_pushed, ev.registry_refresh, ev.push_crosscheck) == (10.0, 5.0, 0.25)
+    assert ev.push_backoff_max == 2.0
+
+
+def test_event_settings_are_validated_together() -> None:
+    found = problems(PUSH_CROSSCHECK="1.5", REGISTRY_REFRESH="0", PUSH_BACKOFF_MIN="5", PUSH_BACKOFF_MAX="1")
+    assert any("ATTESTMESH_PUSH_CROSSCHECK='1.5' must be a number from 0 to 1" in p for p in found)
+    assert any(p.startswith("ATTESTMESH_REGISTRY_REFRESH") for p in found)
+    assert any("ATTESTMESH_PUSH_BACKOFF_MAX must not be shorter" in p for p in found)

@@ -32,7 +32,13 @@ def test_initial_body_is_exactly_the_design_shape_with_nulls() -> None:
         },
         "peers": {"desired": 0, "configured": 0, "live": 0},
         "csk": {"held": False, "commitment": None, "source": None},
-        "events": {"mode": "poll", "indexer_connected": False, "cursor_block": None, "head_block": None},
+        "events": {
+            "mode": "poll",
+            "indexer_connected": False,
+            "cursor_block": None,
+            "head_block": None,
+            "rejected_pushes": 0,
+        },
         "chain": {"reachable": None, "error": None},
         "membership_digest": None,
         "version": "1.2.3",
@@ -74,6 +80,7 @@ def test_registered_healthy_body_carries_every_value() -> None:
         indexer_connected=True,
         cursor_block=120,
         head_block=121,
+        rejected_pushes=3,
         membership_digest="0x" + "66" * 32,
         chain_reachable=True,
         chain_error=None,
@@ -94,6 +101,7 @@ def test_registered_healthy_body_carries_every_value() -> None:
         "indexer_connected": True,
         "cursor_block": 120,
         "head_block": 121,
+        "rejected_pushes": 3,
     }
     assert body["chain"] == {"reachable": True, "error": None}
     assert (body["phase"], body["healthy"], body["reason"]) == ("healthy", True, None)
