@@ -12,17 +12,18 @@ be written explicitly).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
 from sidecar.core.ids import Address, Bytes32
 from sidecar.settings import (
     EXIT_BAD_CONFIGURATION,
-    MAX_VALUE_ECHO,
+    EnvReader,
     HostPort,
     LogLevel,
     SettingsError,
+    Variable,
     parse_address,
     parse_host_port,
     parse_http_url,
@@ -78,13 +79,6 @@ class IndexerSettings:
             f"start_block={self.start_block}, listen_addr={self.listen_addr}, "
             f"confirmations={self.confirmations}, max_log_range={self.max_log_range})"
         )
-
-
-@dataclass(frozen=True, slots=True)
-class Variable:
-    name: str
-    default: str | None  # None: required
-    secret: bool = False
 
 
 def _v(suffix: str, default: str | None, *, secret: bool = False) -> Variable:
@@ -152,54 +146,6 @@ def _log_level(text: str) -> LogLevel:
         raise ValueError("must be one of " + "|".join(m.value for m in LogLevel)) from None
 
 
-class _Reader:
-    """Collects problems instead of stopping at the first one."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self.env = env
-        self.problems: list[str] = []
-        self._spec = {v.name: v for v in VARIABLES}
-
-    def text(self, suffix: str) -> str | None:
-        spec = self._spec[PREFIX + suffix]
-        value = self.env.get(spec.name, "").strip()
-        if value:
-            return value
-        if spec.default is None:
-            self.problems.append(f"{spec.name} is required but not set")
-        return spec.default
-
-    def get(
-        self, suffix: str, parse: Callable[[str], T], check: Callable[[T], bool] | None = None, rule: str = ""
-    ) -> T | None:
-        spec = self._spec[PREFIX + suffix]
-        text = self.text(suffix)
-        if text is None:
-            return None
-        try:
-            value = parse(text)
-        except ValueError as exc:
-            self.problems.append(f"{spec.name}{self._shown(spec, text)} {exc}")
-            return None
-        if check is not None and not check(value):
-            self.problems.append(f"{spec.name}{self._shown(spec, text)} must be {rule}")
-            return None
-        return value
-
-    def optional(self, suffix: str, parse: Callable[[str], T]) -> T | None:
-        """None when unset or blank (the default is blank), else the parsed value or a problem."""
-        if not self.text(suffix):
-            return None
-        return self.get(suffix, parse)
-
-    @staticmethod
-    def _shown(spec: Variable, text: str) -> str:
-        if spec.secret:
-            return " (value not shown)"
-        shown = text if len(text) <= MAX_VALUE_ECHO else text[:MAX_VALUE_ECHO] + "…"
-        return f"={shown!r}"
-
-
 def _positive(value: float) -> bool:
     return value > 0
 
@@ -210,7 +156,7 @@ def _nonzero(address: Address) -> bool:
 
 def load_settings(env: Mapping[str, str]) -> IndexerSettings:
     """Parse and validate the indexer's environment; raise SettingsError listing every problem."""
-    r = _Reader(env)
+    r = EnvReader(env, VARIABLES, PREFIX)
     for name in sorted(env):
         if name.startswith(PREFIX) and name not in KNOWN_NAMES:
             r.problems.append(f"{name} is not a known variable")  # the value is never echoed
@@ -226,7 +172,7 @@ def load_settings(env: Mapping[str, str]) -> IndexerSettings:
     if registry is not None and not _nonzero(registry):
         r.problems.append(f"{PREFIX}REGISTRY must be a non-zero address")
         registry = None
-    public_url = r.text("PUBLIC_URL") or ""
+    public_url = r.raw("PUBLIC_URL") or ""
     if public_url and not public_url.startswith(("ws://", "wss://")):
         r.problems.append(f"{PREFIX}PUBLIC_URL must be a ws:// or wss:// URL")
     code_id = r.optional("CODE_ID", parse_bytes32)

@@ -17,7 +17,7 @@ import difflib
 import enum
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
@@ -336,17 +336,24 @@ def _enum_parser(kind: type[enum.StrEnum]) -> Callable[[str], enum.StrEnum]:
     return parse
 
 
-class _Reader:
-    """Collects problems instead of stopping at the first one."""
+class EnvReader:
+    """Reads one component's environment variables, collecting problems instead of stopping at the first.
 
-    def __init__(self, env: Mapping[str, str]) -> None:
+    Shared by the sidecar's and the indexer's settings: ``variables`` are the component's specs and
+    ``prefix`` its variable-name prefix (``suffix`` arguments are names without it).
+    """
+
+    def __init__(
+        self, env: Mapping[str, str], variables: Sequence[Variable] | None = None, prefix: str = PREFIX
+    ) -> None:
         self.env = env
+        self.prefix = prefix
         self.problems: list[str] = []
-        self._spec = {v.name: v for v in VARIABLES}
+        self._spec = {v.name: v for v in (VARIABLES if variables is None else variables)}
 
     def raw(self, suffix: str) -> str | None:
         """The stripped value, or the default when unset or blank; None when required and missing."""
-        spec = self._spec[PREFIX + suffix]
+        spec = self._spec[self.prefix + suffix]
         value = self.env.get(spec.name, "").strip()
         if value:
             return value
@@ -354,31 +361,38 @@ class _Reader:
             self.problems.append(f"{spec.name} is required but not set")
         return spec.default
 
-    def get(self, suffix: str, parse: Callable[[str], T]) -> T | None:
-        spec = self._spec[PREFIX + suffix]
+    def get(
+        self, suffix: str, parse: Callable[[str], T], check: Callable[[T], bool] | None = None, rule: str = ""
+    ) -> T | None:
+        """The parsed value; None (and a recorded problem) when missing, unparsable or failing ``check``."""
+        spec = self._spec[self.prefix + suffix]
         text = self.raw(suffix)
         if text is None:
             return None
         try:
-            return parse(text)
+            value = parse(text)
         except ValueError as exc:
             self.problems.append(f"{spec.name}{self._shown(spec, text)} {exc}")
             return None
-
-    def bounded(
-        self, suffix: str, parse: Callable[[str], T], check: Callable[[T], bool], rule: str
-    ) -> T | None:
-        value = self.get(suffix, parse)
-        if value is not None and not check(value):
-            spec = self._spec[PREFIX + suffix]
-            text = self.env.get(spec.name, "").strip() or spec.default or ""
+        if check is not None and not check(value):
             self.problems.append(f"{spec.name}{self._shown(spec, text)} must be {rule}")
             return None
         return value
 
+    def bounded(
+        self, suffix: str, parse: Callable[[str], T], check: Callable[[T], bool], rule: str
+    ) -> T | None:
+        return self.get(suffix, parse, check, rule)
+
+    def optional(self, suffix: str, parse: Callable[[str], T]) -> T | None:
+        """None when unset or blank (the default is blank), else the parsed value or a problem."""
+        if not self.raw(suffix):
+            return None
+        return self.get(suffix, parse)
+
     def peek(self, suffix: str, parse: Callable[[str], T]) -> T | None:
         """The parsed value, or None when unset-and-required or invalid; records no problem."""
-        spec = self._spec[PREFIX + suffix]
+        spec = self._spec[self.prefix + suffix]
         text = self.env.get(spec.name, "").strip() or spec.default
         if not text:
             return None
@@ -402,7 +416,7 @@ def _positive(value: float) -> bool:
     return value > 0
 
 
-def _chain_settings(r: _Reader) -> ChainSettings | None:
+def _chain_settings(r: EnvReader) -> ChainSettings | None:
     rpc_url = r.get("RPC_URL", parse_http_url)
     chain_id = r.bounded("CHAIN_ID", parse_int, lambda v: v >= 1, "a chain id of at least 1")
     cluster = r.bounded("CLUSTER", parse_address, lambda a: not a.is_zero, "a non-zero address")
@@ -443,7 +457,7 @@ def _chain_settings(r: _Reader) -> ChainSettings | None:
     )
 
 
-def _event_settings(r: _Reader) -> EventSettings | None:
+def _event_settings(r: EnvReader) -> EventSettings | None:
     pushed = r.bounded("POLL_INTERVAL_PUSHED", parse_seconds, _positive, "greater than 0")
     refresh = r.bounded("REGISTRY_REFRESH", parse_seconds, _positive, "greater than 0")
     crosscheck = r.get("PUSH_CROSSCHECK", parse_rate)
@@ -463,7 +477,7 @@ def _event_settings(r: _Reader) -> EventSettings | None:
     )
 
 
-def _mesh_settings(r: _Reader) -> MeshSettings | None:
+def _mesh_settings(r: EnvReader) -> MeshSettings | None:
     interface = r.get("WG_INTERFACE", parse_interface)
     backend = r.get("WG_BACKEND", _enum_parser(WgBackend))
     uapi_dir = r.get("WG_UAPI_DIR", parse_absolute_path)
@@ -504,7 +518,7 @@ def _mesh_settings(r: _Reader) -> MeshSettings | None:
     )
 
 
-def _http_settings(r: _Reader) -> HttpSettings | None:
+def _http_settings(r: EnvReader) -> HttpSettings | None:
     health_addr = r.get("HEALTH_ADDR", lambda t: parse_host_port(t, ip_only=True))
     app_socket = r.get("APP_SOCKET", parse_socket_path)
     if health_addr is None or app_socket is None:
@@ -512,7 +526,7 @@ def _http_settings(r: _Reader) -> HttpSettings | None:
     return HttpSettings(health_addr=health_addr, app_socket=app_socket)
 
 
-def _check_ports_distinct(r: _Reader) -> None:
+def _check_ports_distinct(r: EnvReader) -> None:
     seen: dict[int, str] = {}
     for suffix, parse in (
         ("WG_LISTEN_PORT", parse_port),
@@ -532,7 +546,7 @@ def _check_ports_distinct(r: _Reader) -> None:
 
 def load_settings(env: Mapping[str, str]) -> Settings:
     """Parse and validate every ``ATTESTMESH_*`` variable; raise ``SettingsError`` listing all problems."""
-    r = _Reader(env)
+    r = EnvReader(env)
     for name in sorted(n for n in env if n.startswith(PREFIX) and n not in KNOWN_NAMES):
         close = difflib.get_close_matches(name, sorted(KNOWN_NAMES), n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
