@@ -1,13 +1,16 @@
 """``attestmesh``: the operator command line.
 
 Owns argument parsing, human and JSON output, and exit codes (0 done, 1 failed, 2 bad usage). Today it
-drives the devnet (``attestmesh devnet up|status|down|node ...``); the work itself is in ``devnet.lab``.
+drives the devnet (``attestmesh devnet up|status|down|node ...|indexer ...``; the work itself is in
+``devnet.lab``) and registers a shared indexer on any chain (``attestmesh indexer register``; the work is in
+``devnet.operator``; the owner key is read from ``ATTESTMESH_OWNER_KEY``, never from the command line).
 Logs (structlog, one line per step) go to stderr; results go to stdout. Must not hold logic of its own.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -20,9 +23,19 @@ import structlog
 
 from devnet.lab import Devnet, DevnetError, LabStatus, plan_for
 from devnet.netns import LabError
+from devnet.operator import (
+    OperatorError,
+    RegistryUpdate,
+    ensure_indexer_registered,
+    fetch_indexer_identity,
+    owner_signer,
+)
 from devnet.procs import ProcError, WaitTimeout
 from devnet.topology import DEFAULT_LAB, DEFAULT_MESH, DEFAULT_UNDERLAY, TopologyError
 from sidecar.chain.errors import ChainError
+from sidecar.chain.rpc import connect
+from sidecar.chain.tx import TxSubmitter
+from sidecar.core.ids import Address, Bytes32
 from sidecar.dstack.agent import GuestAgentError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -74,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
     up.add_argument("--block-time", type=float, default=None, help="seconds per block (default: automine)")
     up.add_argument("--no-sidecar", action="store_true", help="boot the nodes without their workload")
+    up.add_argument("--no-indexer", action="store_true", help="run no indexer (sidecars poll chain logs)")
     status = verbs.add_parser("status", help="what the lab is made of and what is running")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument(
@@ -94,6 +108,32 @@ def _parser() -> argparse.ArgumentParser:
     node_verbs.add_parser("remove", help="evict the node's member on chain (cluster owner)").add_argument(
         "name"
     )
+    idx = verbs.add_parser("indexer", help="the lab's shared indexer")
+    idx_verbs = idx.add_subparsers(dest="indexer_verb", required=True)
+    idx_verbs.add_parser("start", help="start the indexer (restart it if its key changed) and register it")
+    idx_verbs.add_parser("stop", help="stop the indexer (the registry still names it: an outage)")
+    rotate = idx_verbs.add_parser("rotate-key", help="register the next signing key, then restart with it")
+    rotate.add_argument(
+        "--no-restart",
+        action="store_true",
+        help="only register the new key (the old-key indexer keeps running)",
+    )
+
+    op = top.add_parser("indexer", help="operate a shared indexer on a chain")
+    op_verbs = op.add_subparsers(dest="verb", required=True)
+    reg = op_verbs.add_parser(
+        "register",
+        help="write the indexer's endpoint, code id and public key (read from its /status) to the registry; "
+        "sends nothing when the record already matches. The owner key comes from ATTESTMESH_OWNER_KEY.",
+    )
+    reg.add_argument("--rpc-url", required=True, help="chain JSON-RPC URL")
+    reg.add_argument("--chain-id", type=int, required=True, help="expected chain id")
+    reg.add_argument("--registry", required=True, help="IndexerRegistry address")
+    reg.add_argument("--status-url", required=True, help="the indexer's /status URL (public key and code id)")
+    reg.add_argument(
+        "--endpoint", default=None, help="ws(s):// endpoint to register (default: its public_url)"
+    )
+    reg.add_argument("--code-id", default=None, help="32-byte hex code id (default: the one on its /status)")
     return parser
 
 
@@ -120,6 +160,15 @@ def _status_json(status: LabStatus) -> dict[str, Any]:
             "wg_socket": h.wg_socket,
         }
         node["healthz"] = h.healthz
+    if status.indexer is not None and data.get("indexer") is not None:
+        i = status.indexer
+        data["indexer"]["running"] = {
+            "simulator": i.simulator,
+            "indexer": i.indexer,
+            "registered_key": i.registered_key,
+        }
+        data["indexer"]["healthz"] = i.healthz
+        data["indexer"]["status"] = i.status
     return data
 
 
@@ -131,6 +180,17 @@ def _print_status(status: LabStatus) -> None:
     print(f"cluster {s.cluster}  members {status.member_count}  mesh {s.mesh_cidr}")
     print(f"indexer registry {s.indexer_registry}  cluster factory {s.cluster_factory}")
     print(f"member app factory {s.member_app_factory}  kms root {s.kms_root}")
+    if s.indexer is None:
+        print("indexer: none (the lab was made with --no-indexer; sidecars poll chain logs)")
+    elif status.indexer is not None:
+        i, ihz = status.indexer, status.indexer.healthz or {}
+        registered = i.registered_key == s.indexer.public_key and bool(i.registered_key)
+        state = ("healthy" if ihz.get("healthy") else "unhealthy") if i.indexer else "stopped"
+        print(
+            f"indexer {s.indexer.url}  {state}  key v{s.indexer.key_version} {_short(s.indexer.public_key)}"
+            f"  {'registered' if registered else 'NOT the registered key'}"
+            f"  subscribers {(i.status or {}).get('subscribers', '-')}  lag {ihz.get('lag_blocks', '-')}"
+        )
     if not s.complete:
         print("state: INCOMPLETE (an `up` did not finish; run `attestmesh devnet down` or `up` again)")
     header = ("node", "netns", "underlay", "app id", "compose", "boot", "agent", "wg")
@@ -183,7 +243,7 @@ def _print_table(rows: Sequence[Sequence[str]]) -> None:
 
 
 def _up(lab: Devnet, args: argparse.Namespace) -> int:
-    result = lab.up(args.nodes, args.block_time, sidecars=not args.no_sidecar)
+    result = lab.up(args.nodes, args.block_time, sidecars=not args.no_sidecar, indexer=not args.no_indexer)
     verb = "created" if result.created else "already running; nothing changed"
     print(f"lab {lab.plan.name}: {verb} ({len(result.state.nodes)} nodes, state {lab.state_file})")
     return EXIT_OK
@@ -229,17 +289,78 @@ def _node(lab: Devnet, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _indexer(lab: Devnet, args: argparse.Namespace) -> int:
+    verb = args.indexer_verb
+    if verb == "start":
+        idx = lab.indexer_start()
+        print(f"indexer: running with key v{idx.key_version} {idx.public_key} at {idx.url}")
+    elif verb == "stop":
+        lab.indexer_stop()
+        print("indexer: stopped (still registered; sidecars poll until it returns)")
+    else:
+        idx = lab.indexer_rotate_key(restart=not args.no_restart)
+        then = "not restarted: `attestmesh devnet indexer start` runs it" if args.no_restart else "restarted"
+        print(f"indexer: key v{idx.key_version} {idx.public_key} registered; {then}")
+    return EXIT_OK
+
+
 _VERBS: dict[str, Callable[[Devnet, argparse.Namespace], int]] = {
     "up": _up,
     "status": _status,
     "down": _down,
     "node": _node,
+    "indexer": _indexer,
 }
+
+
+def _register_indexer(args: argparse.Namespace) -> int:
+    identity = fetch_indexer_identity(args.status_url)
+    endpoint = args.endpoint or identity.public_url
+    if not endpoint:
+        raise OperatorError("the indexer's /status has no public_url: pass --endpoint")
+    code_id = Bytes32.from_hex(args.code_id) if args.code_id else identity.code_id
+    if code_id is None:
+        raise OperatorError("the indexer's /status has no code_id: pass --code-id")
+    signer = owner_signer(os.environ)
+
+    async def register() -> RegistryUpdate:
+        async with await connect(args.rpc_url, expected_chain_id=args.chain_id) as conn:
+            return await ensure_indexer_registered(
+                conn,
+                TxSubmitter(conn, signer),
+                Address.from_hex(args.registry),
+                endpoint=endpoint,
+                code_id=code_id,
+                public_key=identity.public_key,
+            )
+
+    update = asyncio.run(register())
+    if update.changed:
+        print(
+            f"indexer registered: {endpoint} key {identity.public_key} code id {code_id} tx {update.tx_hash}"
+        )
+    else:
+        print(f"indexer already registered: {endpoint} key {identity.public_key}; nothing changed")
+    return EXIT_OK
+
+
+def _operator(args: argparse.Namespace) -> int:
+    try:
+        return _register_indexer(args)
+    except ValueError as exc:  # a malformed address or code id
+        print(f"attestmesh: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _configure_logging(args.verbose)
+    if args.command == "indexer":
+        try:
+            return _operator(args)
+        except (OperatorError, ChainError, OSError) as exc:
+            print(f"attestmesh: {exc}", file=sys.stderr)
+            return EXIT_FAILED
     try:
         plan = plan_for(args.lab_dir, args.lab, args.underlay, args.mesh_cidr)
     except (TopologyError, ValueError) as exc:

@@ -52,6 +52,31 @@ def node_app_compose(*, name: str = "attestmesh-node", extra_envs: tuple[str, ..
     }
 
 
+INDEXER_DOCKER_COMPOSE = """\
+services:
+  indexer:
+    image: ghcr.io/attestmesh/attestmesh-sidecar:latest
+    command: ["attestmesh-indexer"]
+    restart: unless-stopped
+    volumes:
+      - /var/run/dstack.sock:/var/run/dstack.sock
+    ports:
+      - "8080:8080"
+    environment:
+      - ATTESTMESH_INDEXER_RPC_URL=${ATTESTMESH_INDEXER_RPC_URL}
+      - ATTESTMESH_INDEXER_KEY_VERSION=${ATTESTMESH_INDEXER_KEY_VERSION}
+"""
+
+
+def indexer_app_compose() -> dict[str, Any]:
+    """Return the app-compose document of the devnet's indexer (a stock dstack app, not a member)."""
+    return {
+        **node_app_compose(name="attestmesh-indexer"),
+        "docker_compose_file": INDEXER_DOCKER_COMPOSE,
+        "allowed_envs": ["ATTESTMESH_INDEXER_KEY_VERSION", "ATTESTMESH_INDEXER_RPC_URL"],
+    }
+
+
 def encode_app_compose(document: dict[str, Any]) -> bytes:
     """Serialise like dstack-sdk's ``get_compose_hash``: sorted keys, compact separators, UTF-8."""
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
@@ -68,3 +93,4 @@ def compose_hash_of_file(path: Path) -> Bytes32:
 
 DEFAULT_COMPOSE_BYTES = encode_app_compose(node_app_compose())
 DEFAULT_COMPOSE_HASH = compose_hash(DEFAULT_COMPOSE_BYTES)
+INDEXER_COMPOSE_BYTES = encode_app_compose(indexer_app_compose())

@@ -36,20 +36,35 @@ import structlog
 
 from devnet import procs
 from devnet.anvil import DEVNET_DEPLOYER_KEY, AnvilProcess
-from devnet.compose import DEFAULT_COMPOSE_BYTES, compose_hash
+from devnet.compose import DEFAULT_COMPOSE_BYTES, INDEXER_COMPOSE_BYTES, compose_hash
 from devnet.deployment import deploy_member_app, deploy_stack
-from devnet.kms import DevnetKms
+from devnet.kms import DevnetKms, derive_key
 from devnet.kmsgate import boot_info_for, evaluate
 from devnet.netns import LabNetwork
+from devnet.operator import (
+    OperatorError,
+    RegistryUpdate,
+    ensure_indexer_registered,
+    fetch_indexer_identity,
+)
 from devnet.simulator.config import SimulatorConfig
-from devnet.state import BOOT_ALLOWED, DevnetState, NodeState, boot_denied, load_state, save_state
+from devnet.state import (
+    BOOT_ALLOWED,
+    DevnetState,
+    IndexerState,
+    NodeState,
+    boot_denied,
+    load_state,
+    save_state,
+)
 from devnet.topology import LabPlan, validate_node_name
 from devnet.wireguard import start_wireguard_go, uapi_socket
-from sidecar.chain.contracts import ClusterClient
+from indexer.service import key_path as indexer_key_path
+from sidecar.chain.contracts import ClusterClient, IndexerRegistryClient
 from sidecar.chain.rpc import connect
 from sidecar.chain.tx import LocalSigner, TxSubmitter
-from sidecar.core.ids import Address
-from sidecar.core.keys import KeyPath
+from sidecar.core.ids import Address, Bytes32
+from sidecar.core.keys import KeyPath, ed25519_public_key
 from sidecar.dstack.agent import GuestAgent
 
 log = structlog.get_logger("devnet.lab")
@@ -65,6 +80,18 @@ WG_PORT = 51820
 HEALTH_PORT = 9090
 SIDECAR_POLL_INTERVAL = 1.0
 SIDECAR_RESYNC_INTERVAL = 15.0
+#: Push-mode knobs of the devnet's sidecars: short enough that tests and demos see a rotated key, an indexer
+#: outage and its return within seconds (the production defaults are 60 s, 1-60 s and 30 s).
+SIDECAR_REGISTRY_REFRESH = 5.0
+SIDECAR_PUSH_BACKOFF_MIN = 0.5
+SIDECAR_PUSH_BACKOFF_MAX = 4.0
+SIDECAR_POLL_INTERVAL_PUSHED = 10.0
+INDEXER_PORT = 8080
+INDEXER_POLL_INTERVAL = 0.5
+#: Read from the environment of the `attestmesh devnet` command that starts a sidecar (`up`, `node add`,
+#: `node start`, `node restart`) and passed on as its ATTESTMESH_PUSH_CROSSCHECK (a rate in [0, 1]; "1"
+#: checks every pushed event against eth_getLogs). Unset: the sidecar's default, 0 (no cross-check).
+PUSH_CROSSCHECK_ENV = "ATTESTMESH_DEVNET_PUSH_CROSSCHECK"
 
 
 class DevnetError(RuntimeError):
@@ -106,6 +133,15 @@ def fetch_healthz(url: str, timeout: float = 1.0) -> dict[str, Any] | None:
 
 
 @dataclass(frozen=True, slots=True)
+class IndexerHealth:
+    simulator: bool
+    indexer: bool
+    healthz: dict[str, Any] | None  # the indexer's /healthz body (None when it does not answer)
+    status: dict[str, Any] | None  # its /status body
+    registered_key: str | None  # IndexerRegistry.current().pubKey ("" when nothing is registered)
+
+
+@dataclass(frozen=True, slots=True)
 class LabStatus:
     state: DevnetState
     anvil: bool
@@ -113,6 +149,7 @@ class LabStatus:
     head_block: int | None
     member_count: int | None
     nodes: tuple[NodeHealth, ...]
+    indexer: IndexerHealth | None = None
 
 
 def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
@@ -146,6 +183,10 @@ class Devnet:
         return self.root / "nodes" / name
 
     @property
+    def indexer_dir(self) -> Path:
+        return self.root / "indexer"
+
+    @property
     def rpc_url(self) -> str:
         return f"http://{self.plan.hub_ip}:{ANVIL_PORT}"
 
@@ -174,7 +215,9 @@ class Devnet:
 
     # --- up ----------------------------------------------------------------------------------------
 
-    def up(self, nodes: int, block_time: float | None = None, *, sidecars: bool = True) -> UpResult:
+    def up(
+        self, nodes: int, block_time: float | None = None, *, sidecars: bool = True, indexer: bool = True
+    ) -> UpResult:
         """Build the lab with ``nodes`` nodes; a running lab is left as it is."""
         if nodes < 1:
             raise DevnetError("--nodes must be at least 1")
@@ -186,10 +229,10 @@ class Devnet:
             if existing is not None or self.network.leftovers():
                 log.info("devnet.leftovers_swept", lab=self.plan.name)
                 self._teardown()
-            state = self._build(nodes, block_time, sidecars)
+            state = self._build(nodes, block_time, sidecars, indexer)
             return UpResult(state, created=True)
 
-    def _build(self, nodes: int, block_time: float | None, sidecars: bool) -> DevnetState:
+    def _build(self, nodes: int, block_time: float | None, sidecars: bool, indexer: bool) -> DevnetState:
         self.root.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         state = self._save(
@@ -251,6 +294,8 @@ class Devnet:
 
         state = self._save(_run(deploy))
         log.info("devnet.contracts_deployed", cluster=state.cluster, registry=state.indexer_registry)
+        if indexer:  # before the nodes, so that they start in push mode
+            state = self._create_indexer(state)
         for index in range(1, nodes + 1):
             state = self._add_node(state, f"node-{index}", index, DEFAULT_COMPOSE_BYTES)
         return self._save(replace(state, complete=True))
@@ -469,8 +514,15 @@ class Devnet:
             ATTESTMESH_STATE_DIR=node.state_dir,
             ATTESTMESH_POLL_INTERVAL=str(SIDECAR_POLL_INTERVAL),
             ATTESTMESH_RESYNC_INTERVAL=str(SIDECAR_RESYNC_INTERVAL),
+            ATTESTMESH_REGISTRY_REFRESH=str(SIDECAR_REGISTRY_REFRESH),
+            ATTESTMESH_PUSH_BACKOFF_MIN=str(SIDECAR_PUSH_BACKOFF_MIN),
+            ATTESTMESH_PUSH_BACKOFF_MAX=str(SIDECAR_PUSH_BACKOFF_MAX),
+            ATTESTMESH_POLL_INTERVAL_PUSHED=str(SIDECAR_POLL_INTERVAL_PUSHED),
             DSTACK_SIMULATOR_ENDPOINT=node.dstack_socket,
         )
+        crosscheck = os.environ.get(PUSH_CROSSCHECK_ENV, "").strip()
+        if crosscheck:
+            env["ATTESTMESH_PUSH_CROSSCHECK"] = crosscheck
         return env
 
     def _start_sidecar(self, state: DevnetState, node: NodeState) -> procs.ProcRecord:
@@ -509,6 +561,204 @@ class Devnet:
         if state is None or not self._is_running(state):
             raise DevnetError(f"lab {self.plan.name!r} is not running; run `attestmesh devnet up` first")
         return state
+
+    # --- indexer -----------------------------------------------------------------------------------
+
+    def indexer_start(self) -> IndexerState:
+        """Start the indexer (a no-op when it runs with the current key) and make the registry name it."""
+        with self.locked():
+            state = self._require_running()
+            idx = self._require_indexer(state)
+            if self._indexer_running(idx) and idx.running_key_version == idx.key_version:
+                log.info("devnet.indexer_start_skipped", reason="already running")
+            else:
+                idx = self._start_indexer(state, idx)
+                state = self._save(replace(state, indexer=idx))
+            idx = self._register_indexer(state, idx)
+            self._save(replace(state, indexer=idx))
+            return idx
+
+    def indexer_stop(self) -> IndexerState:
+        """Stop the indexer process and its guest agent; the registry keeps naming it (an outage)."""
+        with self.locked():
+            state = self._require_running()
+            idx = self._require_indexer(state)
+            procs.terminate_all(idx.processes.values())
+            idx = replace(idx, processes={}, running_key_version=0)
+            self._save(replace(state, indexer=idx))
+            log.info("devnet.indexer_stopped")
+            return idx
+
+    def indexer_rotate_key(self, *, restart: bool = True) -> IndexerState:
+        """Register the indexer's next signing key on chain, then (unless ``restart`` is False) restart it.
+
+        In between, the running indexer still signs with the old key, which sidecars now reject: with
+        ``restart=False`` the lab stays in that state until ``indexer start``.
+        """
+        with self.locked():
+            state = self._require_running()
+            idx = self._require_indexer(state)
+            version = idx.key_version + 1
+            public_key = self._indexer_public_key(idx, version)
+            update = _run(lambda: self._ensure_registered(state, idx, public_key))
+            idx = replace(idx, key_version=version, public_key=str(public_key))
+            state = self._save(replace(state, indexer=idx))
+            log.info("devnet.indexer_key_rotated", key_version=version, public_key=str(public_key),
+                     tx=str(update.tx_hash))  # fmt: skip
+            if restart:
+                idx = self._start_indexer(state, idx)
+                self._save(replace(state, indexer=idx))
+            return idx
+
+    def _require_indexer(self, state: DevnetState) -> IndexerState:
+        if state.indexer is None:
+            raise DevnetError(
+                f"lab {self.plan.name!r} runs without an indexer (it was made with --no-indexer)"
+            )
+        return state.indexer
+
+    def _indexer_running(self, idx: IndexerState) -> bool:
+        return bool(idx.processes) and all(procs.is_alive(p) for p in idx.processes.values())
+
+    def _create_indexer(self, state: DevnetState) -> DevnetState:
+        """The indexer's namespace, its own guest agent and app id, the process, and its registration."""
+        net = self.network.add_indexer()
+        directory = self.indexer_dir
+        directory.mkdir(parents=True, exist_ok=True)
+        compose_path = directory / "app-compose.json"
+        compose_path.write_bytes(INDEXER_COMPOSE_BYTES)
+        # A stock dstack app of its own (not a cluster member): a fixed app id per lab, code id = app id
+        # left-aligned in 32 bytes (the registry's convention).
+        app_id = Address(
+            hashlib.sha256(f"attestmesh-devnet-indexer-app:{self.plan.name}".encode()).digest()[:20]
+        )
+        instance_id = hashlib.sha256(f"attestmesh-devnet-indexer-instance:{self.plan.name}".encode()).digest()
+        (directory / "simulator.json").write_text(
+            json.dumps(
+                {
+                    "app_id": app_id.hex,
+                    "instance_id": instance_id[:20].hex(),
+                    "app_compose_path": compose_path.name,
+                    "app_name": "attestmesh-indexer",
+                },
+                indent=2,
+                sort_keys=True,
+            )
+            + "\n"
+        )
+        base = f"{net.ip}:{INDEXER_PORT}"
+        idx = IndexerState(
+            netns=net.ns,
+            ip=str(net.ip),
+            app_id=str(app_id),
+            instance_id=instance_id[:20].hex(),
+            code_id=str(Bytes32(app_id.raw + bytes(12))),
+            compose_hash=str(compose_hash(INDEXER_COMPOSE_BYTES)),
+            dstack_socket=str(directory / "dstack.sock"),
+            url=f"ws://{base}/v1/subscribe",
+            health_url=f"http://{base}/healthz",
+            status_url=f"http://{base}/status",
+        )
+        state = self._save(replace(state, indexer=idx))
+        idx = self._start_indexer(state, idx)
+        state = self._save(replace(state, indexer=idx))
+        idx = self._register_indexer(state, idx)
+        log.info("devnet.indexer_created", netns=net.ns, url=idx.url, app_id=str(app_id))
+        return self._save(replace(state, indexer=idx))
+
+    def indexer_env(self, state: DevnetState, idx: IndexerState) -> dict[str, str]:
+        """The indexer's environment: what its CVM's sealed env and compose file would give it."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ATTESTMESH_", "DSTACK_"))}
+        prefix = "ATTESTMESH_INDEXER_"
+        env.update(
+            {
+                f"{prefix}RPC_URL": state.rpc_url,
+                f"{prefix}CHAIN_ID": str(state.chain_id),
+                f"{prefix}CLUSTER_FACTORY": state.cluster_factory,
+                f"{prefix}START_BLOCK": str(state.factory_block),
+                f"{prefix}REGISTRY": state.indexer_registry,
+                f"{prefix}PUBLIC_URL": idx.url,
+                f"{prefix}CODE_ID": idx.code_id,
+                f"{prefix}KEY_VERSION": str(idx.key_version),
+                f"{prefix}LISTEN_ADDR": f"0.0.0.0:{INDEXER_PORT}",
+                f"{prefix}POLL_INTERVAL": str(INDEXER_POLL_INTERVAL),
+                f"{prefix}CONFIRMATIONS": "0",
+                f"{prefix}REGISTRY_CHECK_INTERVAL": "2",
+                "DSTACK_SIMULATOR_ENDPOINT": idx.dstack_socket,
+            }
+        )
+        return env
+
+    def _start_indexer(self, state: DevnetState, idx: IndexerState) -> IndexerState:
+        """(Re)start the indexer's guest agent and process; return once ``/status`` shows its key."""
+        procs.terminate_all(idx.processes.values())
+        socket = Path(idx.dstack_socket)
+        socket.unlink(missing_ok=True)
+        simulator = procs.spawn(
+            [sys.executable, "-m", "devnet.simulator", "--config", str(self.indexer_dir / "simulator.json"),
+             "--socket", str(socket)],
+            name="simulator@indexer",
+            netns=idx.netns,
+            log_path=self.logs / "indexer-simulator.log",
+        )  # fmt: skip
+        try:
+            procs.wait_for(lambda: _socket_ready(socket, simulator), START_TIMEOUT, what="indexer simulator")
+            indexer = procs.spawn(
+                [sys.executable, "-m", "indexer"],
+                name="indexer",
+                netns=idx.netns,
+                log_path=self.logs / "indexer.log",
+                env=self.indexer_env(state, idx),
+            )
+        except BaseException:
+            procs.terminate(simulator)
+            raise
+        expected = self._indexer_public_key(idx, idx.key_version)
+
+        def key_shown() -> bool:
+            if not procs.is_alive(indexer):
+                raise DevnetError(f"the indexer exited during start-up; see {self.logs / 'indexer.log'}")
+            try:
+                return fetch_indexer_identity(idx.status_url, timeout=1.0).public_key == expected
+            except OperatorError:
+                return False
+
+        try:
+            procs.wait_for(
+                key_shown, START_TIMEOUT, interval=0.1, what="the indexer's signing key on /status"
+            )
+        except BaseException:
+            procs.terminate_all((indexer, simulator))
+            raise
+        log.info("devnet.indexer_started", pid=indexer.pid, key_version=idx.key_version, url=idx.url)
+        return replace(
+            idx, processes={"simulator": simulator, "indexer": indexer}, running_key_version=idx.key_version
+        )
+
+    def _indexer_public_key(self, idx: IndexerState, version: int) -> Bytes32:
+        """The Ed25519 public key of key ``version``: what the indexer's guest agent derives (devnet KMS)."""
+        kms = DevnetKms()
+        seed = derive_key(kms.app_key(Address.from_hex(idx.app_id)), indexer_key_path(version))
+        return Bytes32(ed25519_public_key(seed))
+
+    def _register_indexer(self, state: DevnetState, idx: IndexerState) -> IndexerState:
+        """Write the running indexer's endpoint, code id and key (read from its /status) to the registry."""
+        identity = fetch_indexer_identity(idx.status_url)
+        _run(lambda: self._ensure_registered(state, idx, identity.public_key))
+        return replace(idx, public_key=str(identity.public_key))
+
+    async def _ensure_registered(
+        self, state: DevnetState, idx: IndexerState, public_key: Bytes32
+    ) -> RegistryUpdate:
+        async with await connect(state.rpc_url, expected_chain_id=state.chain_id) as conn:
+            return await ensure_indexer_registered(
+                conn,
+                TxSubmitter(conn, LocalSigner(DEVNET_DEPLOYER_KEY)),
+                Address.from_hex(state.indexer_registry),
+                endpoint=idx.url,
+                code_id=Bytes32.from_hex(idx.code_id),
+                public_key=public_key,
+            )
 
     # --- status ------------------------------------------------------------------------------------
 
@@ -550,7 +800,34 @@ class Devnet:
             )
             for n in state.nodes
         )
-        return LabStatus(state, anvil_alive, head is not None, head, count, nodes)
+        indexer = None
+        if state.indexer is not None:
+            idx = state.indexer
+            running = {k: rec is not None and procs.is_alive(rec) for k, rec in idx.processes.items()}
+            registered: str | None = None
+            if head is not None and state.indexer_registry:
+
+                async def read_registry() -> str:
+                    async with await connect(
+                        state.rpc_url, timeout=2.0, expected_chain_id=state.chain_id
+                    ) as c:
+                        record = await IndexerRegistryClient(
+                            c, Address.from_hex(state.indexer_registry)
+                        ).current()
+                        return str(record.pub_key) if record.registered else ""
+
+                try:
+                    registered = _run(read_registry)
+                except Exception as exc:
+                    log.warning("devnet.registry_unreadable", error=str(exc))
+            indexer = IndexerHealth(
+                simulator=running.get("simulator", False),
+                indexer=running.get("indexer", False),
+                healthz=fetch_healthz(idx.health_url) if running.get("indexer") else None,
+                status=fetch_healthz(idx.status_url) if running.get("indexer") else None,
+                registered_key=registered,
+            )
+        return LabStatus(state, anvil_alive, head is not None, head, count, nodes, indexer)
 
     def wait_healthy(self, timeout: float) -> LabStatus:
         """Poll every running node's /healthz until all are healthy; raise DevnetError at the deadline."""
@@ -583,9 +860,11 @@ class Devnet:
         state = self.load()
         if state is not None:
             recorded = [p for n in state.nodes for p in n.processes.values()] + list(state.processes.values())
+            if state.indexer is not None:
+                recorded = list(state.indexer.processes.values()) + recorded
             procs.terminate_all(recorded)
         self.network.destroy()  # sweeps every namespace (and the processes inside) by the lab's prefix
-        for path in (self.root / "nodes", self.state_file):
+        for path in (self.root / "nodes", self.indexer_dir, self.state_file):
             if path.is_dir():
                 shutil.rmtree(path)
             else:

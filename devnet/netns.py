@@ -227,6 +227,10 @@ class LabNetwork:
         """Create (or complete) node ``name``'s namespace and its port on the bridge at ``index``."""
         return self._attach(self.plan.node(name, index))
 
+    def add_indexer(self) -> NodeNet:
+        """Create (or complete) the indexer's namespace ``<lab>-idx`` and its port on the bridge."""
+        return self._attach(self.plan.indexer)
+
     def remove_node(self, name: str) -> None:
         """Stop every process in node ``name``'s namespace and delete the namespace (no-op if absent)."""
         ns = self.plan.node_ns(name)

@@ -61,6 +61,37 @@ class NodeState:
 
 
 @dataclass(frozen=True, slots=True)
+class IndexerState:
+    """The lab's shared indexer: its namespace, its own guest agent and app id, and what is registered."""
+
+    netns: str
+    ip: str
+    app_id: str
+    instance_id: str
+    code_id: str  # the app id left-aligned in 32 bytes, as registered on chain
+    compose_hash: str
+    dstack_socket: str
+    url: str  # the WebSocket endpoint written to IndexerRegistry
+    health_url: str
+    status_url: str
+    key_version: int = 1  # the key version to run (and, once registered, the one on chain)
+    running_key_version: int = 0  # the key version of the running process (0: not running)
+    public_key: str = ""  # the registered public key ("" until registered)
+    processes: dict[str, ProcRecord] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["processes"] = {k: v.to_json() for k, v in self.processes.items()}
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        procs = {k: ProcRecord.from_json(v) for k, v in data.get("processes", {}).items()}
+        known = {f for f in cls.__dataclass_fields__ if f != "processes"}
+        return cls(**{k: v for k, v in data.items() if k in known}, processes=procs)
+
+
+@dataclass(frozen=True, slots=True)
 class DevnetState:
     lab: str
     underlay: str
@@ -77,6 +108,7 @@ class DevnetState:
     owner: str = ""
     initial_compose_hash: str = ""
     sidecars: bool = True  # false: the lab runs no node workload (`up --no-sidecar`)
+    indexer: IndexerState | None = None  # None: the lab runs without an indexer (`up --no-indexer`)
     processes: dict[str, ProcRecord] = field(default_factory=dict)
     nodes: tuple[NodeState, ...] = ()
     complete: bool = False  # false while `up` is still building the lab (a killed `up` leaves it false)
@@ -97,6 +129,7 @@ class DevnetState:
         data = asdict(self)
         data["processes"] = {k: v.to_json() for k, v in self.processes.items()}
         data["nodes"] = [n.to_json() for n in self.nodes]
+        data["indexer"] = None if self.indexer is None else self.indexer.to_json()
         return data
 
     @classmethod
@@ -105,8 +138,11 @@ class DevnetState:
             raise ValueError(f"unsupported devnet state version {data.get('version')!r}")
         procs = {k: ProcRecord.from_json(v) for k, v in data.get("processes", {}).items()}
         nodes = tuple(NodeState.from_json(n) for n in data.get("nodes", []))
-        known = {f for f in cls.__dataclass_fields__ if f not in ("processes", "nodes")}
-        return cls(**{k: v for k, v in data.items() if k in known}, processes=procs, nodes=nodes)
+        indexer = IndexerState.from_json(data["indexer"]) if data.get("indexer") else None
+        known = {f for f in cls.__dataclass_fields__ if f not in ("processes", "nodes", "indexer")}
+        return cls(
+            **{k: v for k, v in data.items() if k in known}, processes=procs, nodes=nodes, indexer=indexer
+        )
 
 
 def load_state(path: Path) -> DevnetState | None:

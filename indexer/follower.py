@@ -37,6 +37,7 @@ FACTORY_CODEC = EventCodec(load_artifact("ClusterFactory").abi)
 CLUSTER_CODEC = EventCodec(load_artifact("Cluster").abi)
 CLUSTER_DEPLOYED = FACTORY_CODEC.topic_of("ClusterDeployed")
 MEMBER_REGISTERED = CLUSTER_CODEC.topic_of("MemberRegistered")
+MEMBER_REMOVED = CLUSTER_CODEC.topic_of("MemberRemoved")
 
 
 class FollowerListener(Protocol):
@@ -161,6 +162,8 @@ class Follower:
         for cluster in commit.discovered:
             log.info("follower.cluster_followed", cluster=str(cluster), since=discovered[cluster])
         added = sum(commit.added.values())
+        if added:
+            log.info("follower.logs_indexed", first=first, through=last, logs=added)
         self.metrics.ranges_scanned.inc()
         self.metrics.logs_indexed.inc(added)
         self.metrics.clusters.set(len(self.index.clusters))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final, Literal, get_args
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from sidecar.core.indexerwire import CLOSE_REASONS
 
@@ -58,6 +58,12 @@ class IndexerMetrics:
             "attestmesh_indexer_reorgs_total", "Reorgs detected under the index.", registry=r
         )
         self.events_sent = Counter("attestmesh_indexer_events_sent_total", "Events pushed.", registry=r)
+        self.push_delay = Histogram(
+            "attestmesh_indexer_push_delay_seconds",
+            "From a block's logs being indexed to an event of it written to a subscriber (live delivery).",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=r,
+        )
         self.checkpoints_sent = Counter(
             "attestmesh_indexer_checkpoints_sent_total", "Checkpoints pushed.", registry=r
         )

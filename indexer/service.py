@@ -3,9 +3,10 @@
 Owns ``IndexerService``: the one aiohttp application on ``listen_addr`` (``/healthz``, ``/status``,
 ``/metrics``, ``/v1/subscribe``) bound before anything else (prior-art field note 8: a catch-up must never
 block health); the start-up sequence in the background (signing key from its own ``GetKey`` at
-``attestmesh/indexer/v1`` — an Ed25519 seed, kept in ``SecretBytes`` — and the chain connection, each
-retried with capped backoff; then one read of ``IndexerRegistry.current()`` compared with its own endpoint,
-code id and public key: a mismatch is logged and shown in ``/status``, never fatal); the supervised follower;
+``attestmesh/indexer/v<KEY_VERSION>`` — an Ed25519 seed, kept in ``SecretBytes`` — and the chain
+connection, each retried with capped backoff; then a read of ``IndexerRegistry.current()`` compared with its
+own endpoint, code id and public key, repeated every ``registry_check_interval``: a mismatch is logged when
+it appears and shown in ``/status``, never fatal); the supervised follower;
 and shutdown on SIGTERM/SIGINT: every session closed with ``shutdown``, tasks cancelled, server and
 connections closed, all within ``shutdown_timeout`` (a second signal exits at once).
 
@@ -43,7 +44,13 @@ from sidecar.http.server import Runner, error_response, start_tcp
 
 log = structlog.get_logger("indexer")
 
-KEY_PATH: Final = "attestmesh/indexer/v1"
+
+def key_path(version: int) -> str:
+    """The ``GetKey`` path of the indexer's signing key; rotating the key means bumping the version."""
+    return f"attestmesh/indexer/v{version}"
+
+
+KEY_PATH: Final = key_path(1)
 BACKOFF_MIN: Final = 0.5
 BACKOFF_MAX: Final = 30.0
 
@@ -195,6 +202,7 @@ class IndexerService:
         return web.json_response(
             {
                 "public_key": None if self.public_key is None else str(self.public_key),
+                "key_version": self.settings.key_version,
                 "code_id": None if self.settings.code_id is None else str(self.settings.code_id),
                 "public_url": self.settings.public_url or None,
                 "chain_id": self.settings.chain_id,
@@ -259,15 +267,17 @@ class IndexerService:
         await self._retry("chain", self._connect)
         await self._check_registry()
         self.supervisor.start("follower", self.follower.run)
+        self.supervisor.start("registry", self._watch_registry)
         log.info(
             "indexer.started",
             public_key=str(self.public_key),
+            key_version=self.settings.key_version,
             start_block=self.settings.start_block,
             pid=os.getpid(),
         )
 
     async def _load_key(self) -> None:
-        derived = await self.agent.get_key(KEY_PATH)
+        derived = await self.agent.get_key(key_path(self.settings.key_version))
         self.public_key = Bytes32(ed25519_public_key(derived.key))
         self.hub.key, self.hub.public_key = derived.key, self.public_key
         log.info("indexer.signing_key_derived", public_key=str(self.public_key))
@@ -276,6 +286,12 @@ class IndexerService:
         s = self.settings
         self.conn = await connect(s.rpc_url, timeout=s.rpc_timeout, expected_chain_id=s.chain_id)
         self.hub.conn = self.conn
+
+    async def _watch_registry(self) -> None:
+        """Repeat the registry read-back: a ``setIndexer`` after start-up (or a rotation) shows in /status."""
+        while True:
+            await asyncio.sleep(self.settings.registry_check_interval)
+            await self._check_registry()
 
     async def _check_registry(self) -> None:
         s = self.settings
@@ -289,6 +305,7 @@ class IndexerService:
             self.registry = RegistryCheck(checked=False, error=str(exc)[:200])
             log.warning("registry.read_failed", error=str(exc)[:200])
             return
+        previous = self.registry
         self.registry = RegistryCheck(
             checked=True,
             registered=record.registered,
@@ -296,6 +313,8 @@ class IndexerService:
             code_id_match=None if s.code_id is None else record.code_id == s.code_id,
             pub_key_match=record.pub_key == self.public_key,
         )
+        if self.registry == previous:
+            return  # logged when it changes, not on every read
         if self.registry.matches:
             log.info("registry.matched", endpoint=record.endpoint)
         else:

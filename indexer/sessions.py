@@ -12,7 +12,11 @@ it is full (or the socket does not drain) for ``ack_timeout`` while more is pend
 with ``overflow`` — never a silent drop; the subscriber resumes from its persisted cursor.
 
 Frames: at most ``MAX_FRAME_BYTES`` (a larger one up to ``4 * MAX_FRAME_BYTES`` is closed ``malformed`` with a
-reason; beyond that aiohttp closes with code 1009 before we see it); binary frames are ``malformed``.
+reason; beyond that aiohttp closes with code 1009 before we see it, as it closes a text frame that is not
+UTF-8 with 1007: both are counted ``malformed`` too); binary frames are ``malformed``.
+
+A session whose member is removed is served up to and including the ``MemberRemoved`` event, then closed
+``unauthorized``: a hello is checked against the chain once, and an eviction ends what it allowed.
 
 Must not: serve a hello whose member is not a current member of its cluster on chain (``unauthorized``),
 send a log of one cluster on another cluster's session, implement any of the wire format (that is
@@ -23,6 +27,7 @@ subscriber affect another (each session's failures end that session only).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import time
@@ -30,16 +35,16 @@ from collections.abc import Callable
 from typing import Final
 
 import structlog
-from aiohttp import WSMsgType, web
+from aiohttp import WebSocketError, WSMsgType, web
 
 from indexer.chainindex import ChainIndex
-from indexer.follower import MEMBER_REGISTERED
+from indexer.follower import MEMBER_REGISTERED, MEMBER_REMOVED
 from indexer.metrics import IndexerMetrics
 from sidecar.chain.contracts import ClusterClient
 from sidecar.chain.errors import ChainError
 from sidecar.chain.rpc import ChainConnection
 from sidecar.core.cursor import Cursor
-from sidecar.core.ids import Bytes32, SecretBytes
+from sidecar.core.ids import Address, Bytes32, SecretBytes
 from sidecar.core.indexerwire import (
     MAX_DETAIL_CHARS,
     MAX_FRAME_BYTES,
@@ -77,6 +82,9 @@ CLOSE_CODES: Final[dict[str, int]] = {
 }
 
 
+INDEXED_AT_KEPT: Final = 256
+
+
 class _Refused(Exception):
     def __init__(self, reason: CloseReason, detail: str) -> None:
         super().__init__(detail)
@@ -109,14 +117,33 @@ class Hub:
         self.public_key: Bytes32 | None = None
         self.conn: ChainConnection | None = None
         self.sessions: set[Session] = set()
+        #: One client per cluster (building one per hello costs a web3 contract object each: under a herd of
+        #: reconnecting subscribers that alone grew the heap by tens of MiB).
+        self._clients: dict[Address, ClusterClient] = {}
+        #: (indexed-through block, monotonic time) of recent commits: when a block's logs became deliverable.
+        self.indexed_at: collections.deque[tuple[int, float]] = collections.deque(maxlen=INDEXED_AT_KEPT)
         self.closing = False
         self._drained = asyncio.Event()
 
     # --- follower listener ------------------------------------------------------------------------------
 
     def advanced(self) -> None:
+        self.indexed_at.append((self.index.through, time.monotonic()))
         for session in self.sessions:
             session.wake()
+
+    def cluster_client(self, conn: ChainConnection, cluster: Address) -> ClusterClient:
+        client = self._clients.get(cluster)
+        if client is None or client.connection is not conn:
+            client = self._clients[cluster] = ClusterClient(conn, cluster)
+        return client
+
+    def seen_at(self, block: int) -> float | None:
+        """When the commit that made ``block`` deliverable happened (None when no longer remembered)."""
+        for through, at in self.indexed_at:
+            if through >= block:
+                return at
+        return None
 
     def reorged(self, good_block: int) -> None:
         for session in list(self.sessions):
@@ -169,6 +196,7 @@ class Session:
         self.signer: PushSigner | None = None
         self.acked_seq = 0
         self.acked_cursor: Cursor | None = None
+        self.started = time.monotonic()
         self._wake = asyncio.Event()
         self._acked = asyncio.Event()
         self._ended = asyncio.Event()
@@ -227,7 +255,7 @@ class Session:
             hub.metrics.hello("not_followed")
             raise _Refused("unavailable", "cluster not followed")
         try:
-            record = await ClusterClient(conn, hello.cluster).member_by_id(hello.member_id)
+            record = await hub.cluster_client(conn, hello.cluster).member_by_id(hello.member_id)
         except ChainError:
             hub.metrics.hello("unavailable")
             raise _Refused("unavailable", "chain read failed") from None
@@ -270,8 +298,9 @@ class Session:
         canonical = index.hash_at(cursor.block)
         if canonical is None:
             head = self.hub.head()
-            if head is not None and cursor.block > head:
-                raise _Refused("reorg", "the cursor's block is not on the canonical chain")
+            if head is not None and cursor.block > head:  # newer than what we have seen, or forged
+                self.hub.metrics.hello("unavailable")
+                raise _Refused("unavailable", "the cursor lies beyond this indexer's head")
             try:
                 canonical = (await conn.block_header(cursor.block)).hash
             except ChainError:
@@ -289,6 +318,8 @@ class Session:
             self.end(None)
             return None
         if kind == WSMsgType.ERROR:
+            if isinstance(data, WebSocketError):  # a frame aiohttp refused; it already closed with the code
+                raise _Refused("malformed", "frame refused by the WebSocket layer")
             self.end(None, "socket error")
             return None
         if kind != WSMsgType.TEXT or not isinstance(data, str):
@@ -352,13 +383,31 @@ class Session:
                 async with asyncio.timeout(timeout):
                     await self.ws.send_str(encode(message))
                 if isinstance(message, Event):
+                    if self._removes_subscriber(message):
+                        # Served up to and including its own removal, then no more: only members are served.
+                        self.end("unauthorized", "removed from the cluster")
+                        return
                     metrics.events_sent.inc()
+                    seen = self.hub.seen_at(message.log.block_number)
+                    if seen is not None and seen >= self.started:  # live delivery, not a replay
+                        metrics.push_delay.observe(time.monotonic() - seen)
                 else:
                     metrics.checkpoints_sent.inc()
         except TimeoutError:
             self.end("overflow", f"more than {bound} messages unacknowledged for {timeout:g} s")
         except (ConnectionError, RuntimeError):
             self.end(None, "socket error")
+
+    def _removes_subscriber(self, event: Event) -> bool:
+        """Whether ``event`` removes this subscriber's member (and no later registration brought it back:
+        member ids derive from app ids, so a re-approved app re-registers under the same id)."""
+        topics, hello = event.log.topics, self.hello
+        if hello is None or len(topics) < 2 or topics[0] != MEMBER_REMOVED:
+            return False
+        if topics[1].raw != hello.member_id.raw:
+            return False
+        again = self.hub.index.registration_block(hello.cluster, hello.member_id, MEMBER_REGISTERED)
+        return again is None or again <= event.log.block_number
 
     async def _close(self) -> None:
         reason, detail = self._end

@@ -45,6 +45,7 @@ __all__ = [
 
 PREFIX = "ATTESTMESH_INDEXER_"
 MAX_CLUSTERS = 1000
+MAX_KEY_VERSION = 1_000_000
 
 T = TypeVar("T")
 
@@ -57,8 +58,10 @@ class IndexerSettings:
     clusters: tuple[Address, ...]  # followed in addition to the factory's clusters
     start_block: int
     indexer_registry: Address | None
+    registry_check_interval: float  # the registry read-back is repeated this often (a later setIndexer shows)
     public_url: str  # the endpoint this indexer expects to find in the registry ("" = not compared)
     code_id: Bytes32 | None
+    key_version: int  # the signing key is GetKey("attestmesh/indexer/v<key_version>"); bump it to rotate
     listen_addr: HostPort
     poll_interval: float
     confirmations: int
@@ -92,8 +95,10 @@ VARIABLES: tuple[Variable, ...] = (
     _v("CLUSTERS", ""),
     _v("START_BLOCK", None),
     _v("REGISTRY", ""),
+    _v("REGISTRY_CHECK_INTERVAL", "60.0"),
     _v("PUBLIC_URL", ""),
     _v("CODE_ID", ""),
+    _v("KEY_VERSION", "1"),
     _v("LISTEN_ADDR", "0.0.0.0:8080"),
     _v("POLL_INTERVAL", "2.0"),
     _v("CONFIRMATIONS", "2"),
@@ -172,10 +177,12 @@ def load_settings(env: Mapping[str, str]) -> IndexerSettings:
     if registry is not None and not _nonzero(registry):
         r.problems.append(f"{PREFIX}REGISTRY must be a non-zero address")
         registry = None
+    registry_check = r.get("REGISTRY_CHECK_INTERVAL", parse_seconds, _positive, "greater than 0")
     public_url = r.raw("PUBLIC_URL") or ""
     if public_url and not public_url.startswith(("ws://", "wss://")):
         r.problems.append(f"{PREFIX}PUBLIC_URL must be a ws:// or wss:// URL")
     code_id = r.optional("CODE_ID", parse_bytes32)
+    key_version = r.get("KEY_VERSION", parse_int, lambda v: 1 <= v <= MAX_KEY_VERSION, "in 1..1000000")
     listen = r.get("LISTEN_ADDR", lambda t: parse_host_port(t, ip_only=True))
     poll = r.get("POLL_INTERVAL", parse_seconds, _positive, "greater than 0")
     confirmations = r.get("CONFIRMATIONS", parse_int)
@@ -193,9 +200,10 @@ def load_settings(env: Mapping[str, str]) -> IndexerSettings:
     if r.problems:
         raise SettingsError(r.problems)
     assert rpc_url is not None and chain_id is not None and clusters is not None
-    assert start_block is not None and listen is not None and poll is not None
+    assert start_block is not None and listen is not None and poll is not None and key_version is not None
     assert confirmations is not None and max_range is not None and rpc_timeout is not None
     assert queue_bound is not None and ack_timeout is not None and retain is not None
+    assert registry_check is not None
     assert max_lag is not None and freshness is not None and level is not None and shutdown is not None
     return IndexerSettings(
         rpc_url=rpc_url,
@@ -204,8 +212,10 @@ def load_settings(env: Mapping[str, str]) -> IndexerSettings:
         clusters=clusters,
         start_block=start_block,
         indexer_registry=registry,
+        registry_check_interval=registry_check,
         public_url=public_url,
         code_id=code_id,
+        key_version=key_version,
         listen_addr=listen,
         poll_interval=poll,
         confirmations=confirmations,

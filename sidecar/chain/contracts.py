@@ -114,6 +114,10 @@ class ContractClient:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.address})"
 
+    @property
+    def connection(self) -> ChainConnection:
+        return self._conn
+
     def with_submitter(self, submitter: TxSubmitter) -> Self:
         """Return a client for the same contract that sends from ``submitter``'s account."""
         return type(self)(self._conn, self.address, submitter)

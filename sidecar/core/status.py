@@ -56,6 +56,7 @@ class NodeStatus:
     cursor_block: int | None = None
     head_block: int | None = None
     rejected_pushes: int = 0
+    rejected_by_reason: tuple[tuple[str, int], ...] = ()  # (reason, count), sorted by reason
     membership_digest: str | None = None
     # chain: ``chain_reachable`` is None until the first chain call
     chain_reachable: bool | None = None
@@ -101,6 +102,7 @@ def healthz_body(status: NodeStatus) -> dict[str, object]:
             "cursor_block": status.cursor_block,
             "head_block": status.head_block,
             "rejected_pushes": status.rejected_pushes,
+            "rejected_by_reason": dict(status.rejected_by_reason),
         },
         "chain": {"reachable": status.chain_reachable, "error": status.chain_error},
         "membership_digest": status.membership_digest,

@@ -621,6 +621,7 @@ class Controller:
             "cursor_block": source.cursor_block,
             "head_block": max(heads) if heads else None,
             "rejected_pushes": source.rejected_pushes,
+            "rejected_by_reason": tuple(sorted(source.rejected_by_reason.items())),
         }
 
     def refresh_events(self) -> None:

@@ -34,6 +34,10 @@ log = structlog.get_logger("sidecar.events")
 
 CURSOR_FILE = "cursor.json"
 REORG_DEPTH = 16
+#: A shared cursor more than this many blocks beyond the chain head cannot be true (an RPC node behind
+#: another by a few blocks can be): it came from a push signed with a stolen key, and is taken back to the
+#: last position the poller read from the chain itself, so events are never skipped past a forged cursor.
+AHEAD_TOLERANCE = 64
 
 EventMode = Literal["push", "poll"]
 LogSource = Literal["push", "poll"]
@@ -65,6 +69,9 @@ class EventSource(Protocol):
 
     @property
     def rejected_pushes(self) -> int: ...
+
+    @property
+    def rejected_by_reason(self) -> dict[str, int]: ...
 
     async def run(self) -> None: ...
 
@@ -115,6 +122,7 @@ class SharedCursor:
         if current is not None and not is_after(block, log_index, current):
             return False
         self.value = Cursor(block, log_index, block_hash)
+        log.info("events.handled", source=source, block=block, log_index=log_index)
         if self.on_handled is not None:
             self.on_handled(HandledLog(source, block, log_index))
         return True
@@ -176,6 +184,7 @@ class ChainLogPoller:
         self.head: int | None = None
         self._failing = False
         self._seen_head: tuple[int, Bytes32] | None = None
+        self._verified: Cursor | None = None  # the last position this poller read from the chain itself
 
     @property
     def cursor(self) -> Cursor | None:
@@ -200,13 +209,14 @@ class ChainLogPoller:
             await self.poll_guarded()
             await asyncio.sleep(self.interval)
 
-    async def poll_guarded(self) -> None:
-        """One poll; a chain failure is logged once when it starts and once when it ends."""
+    async def poll_guarded(self, through: int | None = None) -> None:
+        """One poll (scanning at most through block ``through``, when given); a chain failure is logged
+        once when it starts and once when it ends."""
         conn = self.connection()
         if conn is None:
             return
         try:
-            await self.poll_once(conn)
+            await self.poll_once(conn, through)
             if self._failing:
                 log.info("events.poll_recovered")
             self._failing = False
@@ -233,14 +243,33 @@ class ChainLogPoller:
                 self.shared.advance(cursor)
             return self.shared.value or cursor
 
-    async def poll_once(self, conn: ChainConnection) -> int:
-        """Scan every confirmed block after the cursor; return the number of new logs handled."""
+    async def _take_back(self, conn: ChainConnection, cursor: Cursor, head: int) -> Cursor:
+        """Move a cursor that lies beyond the chain head back to the poller's last chain-read position."""
+        back = self._verified
+        if back is None or back.block > head:
+            start = max(0, head - self.confirmations)
+            back = Cursor.through(start, (await conn.block_header(start)).hash)
+        async with self.shared.lock:
+            if self.shared.value == cursor:
+                log.warning(
+                    "events.cursor_ahead_of_chain", block=cursor.block, head=head, rewound_to=back.block
+                )
+                self.shared.rewind(back)
+                self.wake("reorg")
+            return self.shared.value or back
+
+    async def poll_once(self, conn: ChainConnection, through: int | None = None) -> int:
+        """Scan every confirmed block after the cursor (at most through block ``through``, when given);
+        return the number of new logs handled."""
         latest = await conn.block_header("latest")
         self.head = latest.number
         if self._seen_head == (latest.number, latest.hash):
             return 0  # the chain has not moved (same height and hash): one call per idle poll
         head = latest.number
+        scan_to = head if through is None else min(head, through)
         cursor = await self.initial_cursor(conn, head)
+        if cursor.block > head + AHEAD_TOLERANCE:
+            cursor = await self._take_back(conn, cursor, head)
         if not cursor.block_hash.is_zero and cursor.block <= head:
             canonical = (await conn.block_header(cursor.block)).hash
             rewound = rewind_on_reorg(cursor, canonical, REORG_DEPTH)
@@ -250,11 +279,12 @@ class ChainLogPoller:
                         log.warning("events.reorg_detected", block=cursor.block, rewound_to=rewound.block)
                         self.shared.rewind(rewound)
                         self.wake("reorg")
+            self._verified = rewound  # its block hash was just read from the chain
         seen = 0
         while True:
             position = self.shared.value
             assert position is not None
-            span = next_range(position.next_block, head, self.confirmations, self.max_range)
+            span = next_range(position.next_block, scan_to, self.confirmations, self.max_range)
             if span is None:
                 break
             first, last = span
@@ -265,7 +295,9 @@ class ChainLogPoller:
                     if self.shared.note(entry.block_number, entry.log_index, entry.block_hash, "poll"):
                         seen += 1
                 self.shared.advance(Cursor.through(last, end.hash))
-        self._seen_head = (latest.number, latest.hash)
+            self._verified = Cursor.through(last, end.hash)
+        if scan_to == head:  # a capped scan left blocks behind: the next poll must look again
+            self._seen_head = (latest.number, latest.hash)
         if seen:
             self.metrics.chain_logs_polled.inc(seen)
             log.info("events.polled", logs=seen, through=self.shared.block)
@@ -290,15 +322,19 @@ class PushSource(Protocol):
     @property
     def rejected_total(self) -> int: ...
 
+    @property
+    def rejected(self) -> dict[str, int]: ...
+
     async def run(self) -> None: ...
 
 
 class EventRouter:
     """The event source with an indexer: push as the accelerator, polling as the floor, one shared cursor.
 
-    Polls at ``poll_interval`` while push is down or untrusted, at ``safety_interval`` while it is healthy;
-    a change of push health interrupts the wait, so the switch to fast polling is immediate. Each mode
-    change is logged once (``events.mode_changed``) and reported through ``on_change``.
+    Polls at ``poll_interval`` while push is down or untrusted, at ``safety_interval`` while it is healthy
+    (then only through the head the previous poll saw, so that it does not race the stream for fresh
+    blocks); a change of push health interrupts the wait, so the switch to fast polling is immediate. Each
+    mode change is logged once (``events.mode_changed``) and reported through ``on_change``.
     """
 
     def __init__(
@@ -348,6 +384,10 @@ class EventRouter:
     def rejected_pushes(self) -> int:
         return 0 if self.push is None else self.push.rejected_total
 
+    @property
+    def rejected_by_reason(self) -> dict[str, int]:
+        return {} if self.push is None else dict(self.push.rejected)
+
     def push_changed(self) -> None:
         """Called by the subscriber when push health or connection flips: re-evaluate the mode now."""
         mode: EventMode = "push" if self.push is not None and self.push.healthy else "poll"
@@ -371,9 +411,14 @@ class EventRouter:
             tasks.create_task(self._poll_forever(), name="poll")
 
     async def _poll_forever(self) -> None:
+        seen: int | None = None  # the head the previous poll saw
         while True:
             self._changed.clear()
-            await self.poller.poll_guarded()
+            # While push is healthy, the safety poll scans only the blocks the previous poll already saw:
+            # a new log gets a whole safety interval to arrive by push (the poll would otherwise race the
+            # stream for fresh blocks), and whatever push missed is still caught within two intervals.
+            await self.poller.poll_guarded(through=seen if self._mode == "push" else None)
+            seen = self.poller.head
             self.on_change()
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that races with
             # the event being set, and the task would never stop.

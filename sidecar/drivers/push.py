@@ -306,7 +306,6 @@ class PushSubscriber:
             self.head = max(self.head or 0, pushed.block)
         elif new:
             self.metrics.logs_pushed()
-            log.info("events.pushed", block=pushed.log.block_number, log_index=pushed.log.log_index)
             self.wake("pushed event")
 
     async def _matches_chain(self, conn: ChainConnection, pushed: ChainLog) -> bool:

@@ -543,6 +543,7 @@ async def test_unreachable_chain_keeps_the_node_at_boot_gate_with_a_complete_sta
         "cursor_block",
         "head_block",
         "rejected_pushes",
+        "rejected_by_reason",
     }
     assert body["events"]["mode"] == "poll" and body["events"]["head_block"] is None
     assert body["chain"]["reachable"] is False and body["chain"]["error"]

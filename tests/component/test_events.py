@@ -134,3 +134,38 @@ async def test_an_idle_poll_costs_one_rpc_call(anvil: Any, cluster: ClusterClien
         calls.clear()
         assert await p.poll_once(counted) == 1
         assert "eth_getLogs" in calls and "eth_chainId" not in calls
+
+
+async def test_a_capped_poll_leaves_later_blocks_for_the_next_poll(
+    conn: ChainConnection, cluster: ClusterClient, tmp_path: Path
+) -> None:
+    """The router's safety poll while push is healthy scans only through the head the previous poll saw."""
+    wakes: list[str] = []
+    p = poller(conn, cluster, tmp_path, wakes)
+    await p.poll_once(conn)
+    seen = await conn.block_number()
+    await emit(cluster)
+    assert await p.poll_once(conn, through=seen) == 0  # the new block is left to push
+    assert p.cursor is not None and p.cursor.block == seen
+    assert await p.poll_once(conn, through=seen + 1) == 1  # the same head again: it still scans
+    assert await p.poll_once(conn) == 0
+
+
+async def test_a_cursor_beyond_the_chain_head_is_taken_back_and_nothing_is_skipped(
+    conn: ChainConnection, cluster: ClusterClient, tmp_path: Path
+) -> None:
+    """A pushed event signed with a stolen key can carry any block: the poller never trusts a far-future
+    cursor and rescans from the last position it read from the chain itself."""
+    wakes: list[str] = []
+    p = poller(conn, cluster, tmp_path, wakes)
+    await p.poll_once(conn)
+    verified = p.cursor
+    assert verified is not None
+    head = await conn.block_number()
+    async with p.shared.lock:  # what a forged push would do: note a log far beyond the head
+        assert p.shared.note(head + 1000, 0, Bytes32(os.urandom(32)), "push")
+    await emit(cluster, 2)
+    assert await p.poll_once(conn) == 2  # the two real logs are handled, not skipped
+    assert "reorg" in wakes
+    assert p.cursor is not None and p.cursor.block == await conn.block_number()
+    assert p.shared.rewinds == 1

@@ -25,7 +25,7 @@ from devnet.anvil import AnvilProcess
 from devnet.deployment import Deployment, deploy_member_app
 from devnet.kms import DevnetKms, get_key
 from devnet.simulator import SimulatorConfig, serve_unix
-from indexer.follower import MEMBER_REGISTERED
+from indexer.follower import MEMBER_REGISTERED, MEMBER_REMOVED
 from indexer.service import KEY_PATH, IndexerService
 from indexer.settings import load_settings
 from sidecar.chain.contracts import ClusterClient, ClusterFactoryClient, IndexerRegistryClient
@@ -349,8 +349,12 @@ async def test_replay_then_live_acks_and_checkpoints(
     assert isinstance(welcome, Welcome) and welcome.start == Cursor.start(first.block)
     assert isinstance(await sub.until(registers(first)), Event)
     assert sub.events[0].log.block_number == first.block  # replay starts at the registration block
+    delays = service.metrics.registry.get_sample_value("attestmesh_indexer_push_delay_seconds_count")
+    assert delays == 0  # a replay is not a live delivery
     second = await chain.member()
     assert isinstance(await sub.until(registers(second)), Event)
+    live = service.metrics.registry.get_sample_value("attestmesh_indexer_push_delay_seconds_count")
+    assert live is not None and live >= 1  # the live event's delay from indexed to written was measured
     await chain.mine(3)
     head = await chain.conn.block_number()
     assert isinstance(await sub.until(checkpoint_at_least(head)), Checkpoint)
@@ -414,6 +418,38 @@ async def test_events_of_another_cluster_never_reach_a_member(
     assert all(e.log.address == a1.cluster for e in sub_a.events)  # also asserted on every take()
     assert b2.member_id.raw not in {e.log.topics[1].raw for e in sub_a.events if len(e.log.topics) > 1}
     assert all(e.log.address == cluster_b for e in sub_b.events)
+
+
+async def test_a_removed_member_gets_its_removal_and_then_is_closed_unauthorized(
+    http: aiohttp.ClientSession, make_indexer: Factory, chain: Chain, indexer_pub: Bytes32
+) -> None:
+    staying, leaving = await chain.member(), await chain.member()
+    service = await make_indexer()
+    await wait_healthy(http, service)
+    sub_staying = Subscriber(http, service, staying, indexer_pub)
+    sub_leaving = Subscriber(http, service, leaving, indexer_pub)
+    for sub in (sub_staying, sub_leaving):
+        assert isinstance(await sub.open(None), Welcome)
+    await ClusterClient(chain.conn, staying.cluster, chain.deployer).remove_member(leaving.member_id)
+
+    def removal(message: Message | None) -> bool:
+        return isinstance(message, Event) and message.log.topics[0] == MEMBER_REMOVED
+
+    assert await sub_leaving.close_reason() == "unauthorized"
+    assert any(removal(e) for e in sub_leaving.events)  # served up to and including its own removal
+    assert isinstance(await sub_staying.until(removal), Event)  # everyone else is still served
+    deadline = time.monotonic() + DEADLINE
+    while len(service.hub.sessions) != 1:  # the closing handshake ends the session
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    closed = service.metrics.registry.get_sample_value(
+        "attestmesh_indexer_sessions_closed_total", {"reason": "unauthorized"}
+    )
+    assert closed == 1
+    again = Subscriber(http, service, leaving, indexer_pub)  # and it cannot come back
+    refused = await again.open(sub_leaving.cursor)
+    assert isinstance(refused, Close) and refused.reason == "unauthorized"
+    await sub_staying.close()
 
 
 async def test_slow_subscriber_overflows_and_resumes_from_its_acked_cursor(

@@ -26,9 +26,10 @@ from devnet.topology import LabPlan
 from tests.conftest import require
 
 REPO = Path(__file__).resolve().parents[2]
-LAB = "amte"
-UNDERLAY = "10.215.0.0/24"
-MESH = "10.15.0.0/16"
+# Overridable so that two e2e runs (for example while developing) can share a machine; CI uses the defaults.
+LAB = os.environ.get("ATTESTMESH_E2E_LAB", "amte")
+UNDERLAY = os.environ.get("ATTESTMESH_E2E_UNDERLAY", "10.215.0.0/24")
+MESH = os.environ.get("ATTESTMESH_E2E_MESH", "10.15.0.0/16")
 PLAN = LabPlan(LAB, IPv4Network(UNDERLAY), IPv4Network(MESH))
 
 
@@ -89,7 +90,7 @@ class LabCli:
 @pytest.fixture
 def lab() -> Iterator[LabCli]:
     # A short path: unix socket paths (simulator, UAPI) must stay under 108 bytes.
-    root = Path(tempfile.mkdtemp(prefix="amte-", dir="/tmp"))
+    root = Path(tempfile.mkdtemp(prefix=f"{LAB}-", dir="/tmp"))
     cli = LabCli(root)
     try:
         yield cli

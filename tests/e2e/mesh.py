@@ -12,15 +12,20 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
 
+from devnet.anvil import DEVNET_DEPLOYER_KEY
 from devnet.lab import fetch_healthz
 from devnet.wireguard import uapi_get
+from sidecar.chain.contracts import ClusterClient
+from sidecar.chain.rpc import ChainConnection, connect
+from sidecar.chain.tx import LocalSigner, TxSubmitter
+from sidecar.core.ids import Address
 from tests.e2e.conftest import REPO, LabCli
 
 T = TypeVar("T")
@@ -133,3 +138,37 @@ def wait_all_healthy(lab: LabCli, timeout: float = 60.0) -> dict[str, Node]:
 def _reason(node: Node) -> str:
     body = fetch_healthz(node.data["health_url"], timeout=2.0)
     return "no answer" if body is None else f"{body.get('phase')}: {body.get('reason')}"
+
+
+def lab_state(lab: LabCli) -> dict[str, Any]:
+    """The lab's state file as it is now (cheaper than ``status``: no process runs)."""
+    data: dict[str, Any] = json.loads(lab.state_file.read_text())
+    return data
+
+
+def chain(lab: LabCli, action: Callable[[ChainConnection, ClusterClient], Awaitable[T]]) -> T:
+    """Run ``action`` against the lab's chain with a cluster client owned by the cluster owner."""
+    state = lab_state(lab)
+
+    async def run() -> T:
+        async with await connect(state["rpc_url"], expected_chain_id=state["chain_id"]) as conn:
+            owner = TxSubmitter(conn, LocalSigner(DEVNET_DEPLOYER_KEY))
+            return await action(conn, ClusterClient(conn, Address.from_hex(state["cluster"]), owner))
+
+    return asyncio.run(run())
+
+
+def log_entries(lab: LabCli, name: str, event: str | None = None) -> list[dict[str, Any]]:
+    """The JSON lines of ``<lab>/logs/<name>.log`` (optionally only those of one ``event``), in order.
+
+    Lines that are not JSON objects (a line still being written) are skipped.
+    """
+    entries = []
+    for line in (lab.root / "logs" / f"{name}.log").read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and (event is None or entry.get("event") == event):
+            entries.append(entry)
+    return entries

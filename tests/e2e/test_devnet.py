@@ -17,9 +17,10 @@ from devnet import procs
 from devnet.anvil import DEVNET_DEPLOYER_KEY
 from devnet.compose import encode_app_compose, node_app_compose
 from devnet.kms import DevnetKms
+from devnet.lab import fetch_healthz
 from devnet.netns import LabNetwork
 from devnet.procs import ProcRecord
-from sidecar.chain.contracts import ClusterClient, MemberAppFactoryClient
+from sidecar.chain.contracts import ClusterClient, IndexerRegistryClient, MemberAppFactoryClient
 from sidecar.chain.rpc import connect
 from sidecar.chain.tx import LocalSigner, TxSubmitter
 from sidecar.core.ids import Address, Bytes32, SecretBytes
@@ -28,12 +29,15 @@ from sidecar.core.model import MemberKeys
 from sidecar.core.sigchain import build_proof, verify_proof
 from sidecar.dstack.agent import GuestAgent
 from tests.e2e.conftest import MESH, PLAN, LabCli
+from tests.e2e.mesh import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 
 def _recorded_processes(state: dict[str, Any]) -> list[ProcRecord]:
     records = [ProcRecord.from_json(p) for p in state["processes"].values()]
+    if state.get("indexer"):
+        records += [ProcRecord.from_json(p) for p in state["indexer"]["processes"].values()]
     for node in state["nodes"]:
         records += [ProcRecord.from_json(p) for p in node["processes"].values()]
     return records
@@ -104,6 +108,34 @@ def test_up_status_down(lab: LabCli) -> None:
 
     asyncio.run(check_chain())
 
+    # the shared indexer: its own namespace and guest agent, healthy, and named by the registry
+    indexer = status["indexer"]
+    assert indexer["netns"] == f"{PLAN.name}-idx" and IPv4Address(indexer["ip"]) in PLAN.underlay
+    assert indexer["url"] == f"ws://{indexer['ip']}:8080/v1/subscribe"
+    assert indexer["running"]["simulator"] and indexer["running"]["indexer"]
+    assert indexer["running"]["registered_key"] == indexer["public_key"] != ""
+    assert indexer["status"]["public_key"] == indexer["public_key"]
+    assert indexer["status"]["code_id"] == indexer["code_id"]
+    assert indexer["code_id"][:42].lower() == indexer["app_id"].lower() and indexer["code_id"].endswith(
+        "0" * 24
+    )
+    assert indexer["app_id"] not in {n["app_id"] for n in nodes}  # not a member: an app of its own
+    healthz = wait_until(
+        lambda: (body := fetch_healthz(indexer["health_url"])) is not None and body["healthy"] and body,
+        30,
+        "the indexer to be healthy",
+    )
+    assert healthz["lag_blocks"] == 0
+
+    async def check_registry() -> None:
+        async with await connect(status["rpc_url"], expected_chain_id=status["chain_id"]) as conn:
+            record = await IndexerRegistryClient(conn, Address.from_hex(status["indexer_registry"])).current()
+            assert record.endpoint == indexer["url"]
+            assert str(record.pub_key) == indexer["public_key"] and str(record.code_id) == indexer["code_id"]
+
+    asyncio.run(check_registry())
+    wait_until(lambda: lab.status()["indexer"]["status"]["registry"]["matches"], 30, "registry read-back")
+
     anvil_pid = status["processes"]["anvil"]["pid"]
     again = lab.run("up", "--nodes", "3", "--no-sidecar").stdout
     assert "already running" in again
@@ -114,6 +146,7 @@ def test_up_status_down(lab: LabCli) -> None:
 
     records = _recorded_processes(status)
     sockets = [n["dstack_socket"] for n in nodes] + [n["wg_socket"] for n in nodes]
+    sockets.append(indexer["dstack_socket"])
     assert "removed" in lab.run("down").stdout
     _assert_nothing_left(lab, records, sockets)
     assert "not running" in lab.run("status").stdout

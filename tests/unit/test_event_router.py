@@ -5,6 +5,7 @@ The end-to-end behaviour (push, fallback, rotation, rogue indexers) is in tests/
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 from typing import get_args
@@ -72,6 +73,7 @@ class _Push:
         self.healthy = self.connected = False
         self.head: int | None = None
         self.rejected_total = 0
+        self.rejected: dict[str, int] = {}
 
     async def run(self) -> None:  # pragma: no cover - not run here
         raise NotImplementedError
@@ -111,9 +113,10 @@ def test_the_router_follows_push_health_and_reports_it(tmp_path: Path) -> None:
     )
     assert metrics.registry.get_sample_value("attestmesh_event_mode", {"mode": "push"}) == 1
     push.healthy = push.connected = False
-    push.rejected_total = 2
+    push.rejected_total, push.rejected = 2, {"bad_signature": 2}
     push.on_change()
     assert (router.mode, router.interval, router.rejected_pushes) == ("poll", 2, 2)
+    assert router.rejected_by_reason == {"bad_signature": 2}
     assert changes == ["push", "poll"]
 
 
@@ -138,3 +141,38 @@ def test_the_daemon_runs_the_router_and_subscribes_only_with_a_registry(
     daemon.controller.refresh_events()
     body = daemon.controller.status
     assert (body.events_mode, body.indexer_connected, body.rejected_pushes) == ("poll", False, 0)
+
+
+class _Poller:
+    """Records what the router asks of each poll; flips push health after the first and third poll."""
+
+    def __init__(self, tmp_path: Path, push: _Push) -> None:
+        self.shared = SharedCursor(StateStore(tmp_path))
+        self.push = push
+        self.head: int | None = None
+        self.calls: list[int | None] = []
+
+    async def poll_guarded(self, through: int | None = None) -> None:
+        self.calls.append(through)
+        self.head = 10 + len(self.calls)  # the chain moves between polls
+        if len(self.calls) in (1, 3):
+            self.push.healthy = self.push.connected = len(self.calls) == 1
+            self.push.on_change()
+        if len(self.calls) == 4:
+            raise asyncio.CancelledError
+
+
+async def test_the_safety_poll_scans_only_what_the_previous_poll_saw(tmp_path: Path) -> None:
+    push = _Push()
+    poller = _Poller(tmp_path, push)
+    router = EventRouter(
+        poller=poller,  # type: ignore[arg-type]
+        push=push,
+        poll_interval=0.01,
+        safety_interval=0.01,
+        metrics=Metrics(),
+    )
+    with pytest.raises(asyncio.CancelledError):
+        await router._poll_forever()
+    # poll mode: the whole chain; push mode: through the previous poll's head; poll mode again: everything
+    assert poller.calls == [None, 11, 12, None]

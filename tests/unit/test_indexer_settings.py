@@ -27,17 +27,17 @@ def test_defaults() -> None:
     s = load_settings(env())
     assert s.start_block == 100 and s.cluster_factory == Address(b"\x11" * 20)
     assert str(s.listen_addr) == "0.0.0.0:8080" and s.confirmations == 2 and s.queue_bound == 256
-    assert s.clusters == () and s.code_id is None and s.indexer_registry is None
+    assert s.clusters == () and s.code_id is None and s.indexer_registry is None and s.key_version == 1
     assert "8545" not in repr(s)
 
 
 def test_every_problem_at_once_and_no_secret_echo() -> None:
     bad = env(START_BLOCK="", CHAIN_ID="0", QUEUE_BOUND="0", RPC_URL="ftp://user:secret@x",
-              CODE_ID="0x12", TYPO="1")  # fmt: skip
+              CODE_ID="0x12", TYPO="1", KEY_VERSION="0")  # fmt: skip
     with pytest.raises(SettingsError) as info:
         load_settings(bad)
     text = "\n".join(info.value.problems)
-    for name in ("START_BLOCK", "CHAIN_ID", "QUEUE_BOUND", "RPC_URL", "CODE_ID", "TYPO"):
+    for name in ("START_BLOCK", "CHAIN_ID", "QUEUE_BOUND", "RPC_URL", "CODE_ID", "TYPO", "KEY_VERSION"):
         assert PREFIX + name in text
     assert "secret" not in text
 

@@ -38,6 +38,7 @@ def test_initial_body_is_exactly_the_design_shape_with_nulls() -> None:
             "cursor_block": None,
             "head_block": None,
             "rejected_pushes": 0,
+            "rejected_by_reason": {},
         },
         "chain": {"reachable": None, "error": None},
         "membership_digest": None,
@@ -81,6 +82,7 @@ def test_registered_healthy_body_carries_every_value() -> None:
         cursor_block=120,
         head_block=121,
         rejected_pushes=3,
+        rejected_by_reason=(("bad_signature", 2), ("replay", 1)),
         membership_digest="0x" + "66" * 32,
         chain_reachable=True,
         chain_error=None,
@@ -102,6 +104,7 @@ def test_registered_healthy_body_carries_every_value() -> None:
         "cursor_block": 120,
         "head_block": 121,
         "rejected_pushes": 3,
+        "rejected_by_reason": {"bad_signature": 2, "replay": 1},
     }
     assert body["chain"] == {"reachable": True, "error": None}
     assert (body["phase"], body["healthy"], body["reason"]) == ("healthy", True, None)
