@@ -12,11 +12,12 @@ import time
 from collections.abc import Callable, Sequence
 from types import FrameType
 
-from bench import devnet, gas, reconcile
+from bench import devnet, fanout, gas, reconcile
 
 BENCHMARKS: dict[str, Callable[[], None]] = {
     "gas": lambda: asyncio.run(gas.main()),
     "reconcile": lambda: asyncio.run(reconcile.main()),
+    "fanout": lambda: asyncio.run(fanout.main()),
 }
 ALL = (*BENCHMARKS, *devnet.LAB_BENCHMARKS)
 

@@ -7,7 +7,10 @@
   registration (watched with the chain adapter every 10 ms: anvil's block timestamps are whole seconds)
   until every existing member's WireGuard device holds the newcomer's peer (UAPI ``get=1`` every 10 ms).
   Each newcomer is then evicted (``node remove``, the same two timestamps, for the peer's removal) and
-  stopped, so every run joins a 3-member cluster;
+  stopped, so every run joins a 3-member cluster. Measured twice: on the shared lab, whose sidecars are in
+  push mode (the lab's indexer pushes the logs), and on a lab made with ``up --no-indexer``, whose
+  sidecars only poll chain logs; each run also reads from the members' logs (``events.handled``) whether
+  the registration log reached them by push or by poll, and the two modes are compared at the end;
 - **steady**: a 30 s idle window of a healthy 3-node lab: each sidecar's RSS (``/proc/PID/status``) and CPU
   (``/proc/PID/stat`` utime + stime), and its JSON-RPC calls from its ``/metrics`` counters, per method.
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import os
 import shutil
 import statistics
@@ -40,8 +44,9 @@ from devnet.netns import LabNetwork
 from devnet.state import DevnetState, NodeState, load_state
 from devnet.topology import LabPlan
 from devnet.wireguard import WireGuardError, uapi_get
+from indexer.follower import MEMBER_REGISTERED
 from sidecar.chain.contracts import ClusterClient
-from sidecar.chain.rpc import connect
+from sidecar.chain.rpc import ChainConnection, connect
 from sidecar.core.ids import Address, MemberId
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +58,7 @@ PLAN = LabPlan(LAB, IPv4Network(UNDERLAY), IPv4Network(MESH))
 NODES = 3
 BRINGUP_RUNS = 3
 RESTART_RUNS = 5
-JOIN_RUNS = 3
+JOIN_RUNS = 5  # per mode: push (with the indexer) and poll only (`up --no-indexer`)
 RESTART_NODE = "node-2"
 IDLE_WINDOW_S = 30.0
 SETTLE_S = 5.0  # after all healthy, before an idle window or the next run
@@ -152,10 +157,10 @@ def lab_dir() -> Iterator[Lab]:
 
 
 @contextlib.contextmanager
-def running_lab() -> Iterator[Lab]:
-    """A fresh 3-node lab, up and healthy."""
+def running_lab(*, indexer: bool = True) -> Iterator[Lab]:
+    """A fresh 3-node lab, up and healthy (with the lab's indexer unless ``indexer`` is False)."""
     with lab_dir() as lab:
-        lab.run("up", "--nodes", str(NODES))
+        lab.run("up", "--nodes", str(NODES), *(() if indexer else ("--no-indexer",)))
         wait_until(lambda: all_healthy(lab.running_nodes()), HEALTHY_TIMEOUT_S, "all nodes healthy")
         yield lab
 
@@ -168,6 +173,15 @@ def _sidecar(node: NodeState) -> procs.ProcRecord | None:
 def healthy(node: NodeState) -> bool:
     body = fetch_healthz(node.health_url, timeout=1.0)
     return bool(body and body.get("healthy"))
+
+
+def in_mode(mode: str, nodes: Sequence[NodeState]) -> bool:
+    """Every node's event source is in ``mode`` (``push``: subscribed to the indexer; ``poll``)."""
+    for node in nodes:
+        body = fetch_healthz(node.health_url, timeout=1.0)
+        if not body or body.get("events", {}).get("mode") != mode:
+            return False
+    return bool(nodes)
 
 
 def all_healthy(nodes: Sequence[NodeState]) -> bool:
@@ -286,6 +300,7 @@ class Propagation:
     device_at: dict[str, float]  # node -> perf_counter when its device showed it
     command_s: float  # wall time of the CLI command
     peer_key: str  # hex WireGuard key of the member that came or went
+    member_id: MemberId  # the member that came or went
 
     @property
     def slowest(self) -> float:
@@ -353,23 +368,74 @@ async def _watch(
                 if time.perf_counter() > deadline:
                     raise BenchError(f"`attestmesh devnet {' '.join(args)}` did not finish")
                 await asyncio.sleep(CHAIN_POLL_S)
-            return Propagation(chain_at, device_at, exited_at - t0, key)
+            return Propagation(chain_at, device_at, exited_at - t0, key, record.member_id)
         finally:
             if proc.poll() is None:
                 proc.terminate()
                 proc.wait(timeout=10)
 
 
-def join(lab: Lab, runs: int = JOIN_RUNS) -> None:
+async def _registration_log(conn: ChainConnection, cluster: Address, member: MemberId) -> tuple[int, int]:
+    """The (block, log index) of ``member``'s ``MemberRegistered`` log."""
+    for entry in await conn.get_logs([cluster], 0, await conn.block_number()):
+        if entry.topics[0] == MEMBER_REGISTERED and entry.topics[1].raw == member.raw:
+            return entry.block_number, entry.log_index
+    raise BenchError(f"no MemberRegistered log of {member} on chain")
+
+
+def _handled_by(lab: Lab, members: Sequence[NodeState], member: MemberId) -> dict[str, int]:
+    """How the members first handled ``member``'s registration log: ``{"push": n, "poll": m}``, read from
+    their sidecars' ``events.handled`` log lines (each log position is handled at most once per node)."""
+    state = lab.state()
+
+    async def find() -> tuple[int, int]:
+        async with await connect(state.rpc_url, expected_chain_id=state.chain_id) as conn:
+            return await _registration_log(conn, Address.from_hex(state.cluster), member)
+
+    block, log_index = asyncio.run(find())
+    sources: dict[str, int] = {}
+    for node in members:
+        for line in (lab.root / "logs" / f"{node.name}-sidecar.log").read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if (
+                isinstance(entry, dict)
+                and entry.get("event") == "events.handled"
+                and (entry.get("block"), entry.get("log_index")) == (block, log_index)
+            ):
+                sources[str(entry["source"])] = sources.get(str(entry["source"]), 0) + 1
+    return sources
+
+
+#: The event modes the join benchmark compares: the lab's flag and the mode every sidecar must show.
+JOIN_MODES = {"push": "with the indexer (push)", "poll": "without an indexer (`up --no-indexer`, poll only)"}
+
+
+@dataclass
+class JoinFigures:
+    """What one mode's join runs measured (for the comparison of the modes)."""
+
+    mode: str
+    fastest: Series
+    slowest: Series
+    evicted: Series
+    handled_by: dict[str, int]
+
+
+def join(lab: Lab, runs: int = JOIN_RUNS, *, mode: str = "push") -> JoinFigures:
     add_cmd = Series("`devnet node add` (command wall time)")
     registered = Series("`node add` issued -> registration mined")
     slowest = Series("registration mined -> on every member's device")
     fastest = Series("registration mined -> on the first member's device")
     newcomer = Series("`node add` issued -> newcomer healthy")
     evicted = Series("eviction mined -> off every member's device")
+    handled_by: dict[str, int] = {}
     for run in range(runs):
         members = lab.running_nodes()
         wait_until(functools.partial(all_healthy, members), HEALTHY_TIMEOUT_S, "all nodes healthy")
+        wait_until(functools.partial(in_mode, mode, members), HEALTHY_TIMEOUT_S, f"every node in {mode} mode")
         time.sleep(1.0)
         name = f"join-{run + 1}"
         t0 = time.perf_counter()
@@ -383,16 +449,36 @@ def join(lab: Lab, runs: int = JOIN_RUNS) -> None:
         slowest.add(came.slowest)
         fastest.add(came.fastest)
         newcomer.add(t_healthy - t0)
+        for source, count in _handled_by(lab, members, came.member_id).items():
+            handled_by[source] = handled_by.get(source, 0) + count
         went = asyncio.run(
             _watch(lab, ("node", "remove", name), members, joining=False, log=lab.root / f"{name}-rm.log")
         )
         evicted.add(went.slowest)
         lab.run("node", "stop", name)
     _print_table(
-        f"join propagation — {runs} runs, a newcomer joining a healthy {NODES}-member cluster"
-        " (sidecar chain poll interval 1 s)",
+        f"join propagation {JOIN_MODES[mode]} — {runs} runs, a newcomer joining a healthy {NODES}-member"
+        " cluster (sidecar chain poll interval 1 s)",
         [add_cmd, registered, fastest, slowest, newcomer, evicted],
     )
+    print(
+        f"  the newcomer's MemberRegistered log first reached the members by: "
+        f"push {handled_by.get('push', 0)}, poll {handled_by.get('poll', 0)} (of {runs * NODES})"
+    )
+    return JoinFigures(mode, fastest, slowest, evicted, handled_by)
+
+
+def compare_joins(push: JoinFigures, poll: JoinFigures) -> None:
+    """The two modes side by side: medians, and how many times slower polling alone is."""
+    print(f"join propagation, push vs poll only — medians over {len(push.slowest.samples)} runs each")
+    print(f"{'':52} {'push':>9} {'poll only':>9} {'ratio':>7}")
+    for with_push, poll_only in (
+        (push.fastest, poll.fastest),
+        (push.slowest, poll.slowest),
+        (push.evicted, poll.evicted),
+    ):
+        a, b = statistics.median(with_push.samples), statistics.median(poll_only.samples)
+        print(f"{with_push.name:52} {_fmt(a, 's'):>9} {_fmt(b, 's'):>9} {b / a:>6.1f}x")
 
 
 # --- steady state --------------------------------------------------------------------------------------
@@ -488,13 +574,24 @@ LAB_BENCHMARKS = ("bringup", "steady", "restart", "join")
 
 
 def main(selected: Sequence[str] = LAB_BENCHMARKS) -> None:
-    """Run the selected lab benchmarks: bring-up on its own labs, the others on one shared lab."""
+    """Run the selected lab benchmarks: bring-up on its own labs, the others on one shared lab (with the
+    indexer), and the join once more on a lab without an indexer, for the comparison."""
     if "bringup" in selected:
         bringup()
         print()
     shared = [name for name in ("steady", "restart", "join") if name in selected]
+    joins: dict[str, JoinFigures] = {}
     if shared:
         with running_lab() as lab:
             for name in shared:
-                {"steady": steady, "restart": restart, "join": join}[name](lab)
+                if name == "join":
+                    joins["push"] = join(lab, mode="push")
+                else:
+                    {"steady": steady, "restart": restart}[name](lab)
                 print()
+    if "join" in selected:
+        with running_lab(indexer=False) as lab:
+            joins["poll"] = join(lab, mode="poll")
+            print()
+        compare_joins(joins["push"], joins["poll"])
+        print()

@@ -168,17 +168,17 @@ Material = tuple[bytes, SigChainProof, MemberKeys]
 
 
 @functools.cache
-def _worker_kms() -> DevnetKms:
+def worker_kms() -> DevnetKms:
     """One devnet KMS per worker process (it caches the app keys it has issued)."""
     return DevnetKms()
 
 
-def _app_address(i: int) -> Address:
+def app_address(i: int) -> Address:
     return Address(keccak(b"attestmesh/bench/members/app" + i.to_bytes(4, "big"))[:20])
 
 
 def _material(i: int) -> Material:
-    kms, app = _worker_kms(), _app_address(i)
+    kms, app = worker_kms(), app_address(i)
     key, chain = get_key(kms, app, KeyPath.SIGNER.path, KeyPath.SIGNER.purpose)
     proof = build_proof(app, key, chain)
     # The other keys need no signature chain: the same derivation GetKey does, without the app signature.
@@ -212,7 +212,7 @@ class MembersFigure:
     setup: float  # seconds it took to register the members added for this size
 
 
-async def _grow(
+async def grow(
     url: str,
     admin: ClusterClient,
     session: aiohttp.ClientSession,
@@ -231,7 +231,7 @@ async def _grow(
 
     async def allow_all() -> None:
         for i in members:
-            await admin.add_allowed_app_id(_app_address(i))
+            await admin.add_allowed_app_id(app_address(i))
             allowed[i].set()
 
     async def register(i: int) -> None:
@@ -300,7 +300,7 @@ async def chain_figures() -> list[MembersFigure]:
             registered = 0
             for n in CHAIN_SIZES:
                 t0 = time.perf_counter()
-                await _grow(anvil.rpc_url, admin, session, pool, range(registered, n))
+                await grow(anvil.rpc_url, admin, session, pool, range(registered, n))
                 registered = n
                 setup = time.perf_counter() - t0
                 figures.append(await _measure_members(anvil.rpc_url, admin, session, n, setup))
