@@ -11,12 +11,13 @@ setup:
 	@bash scripts/setup.sh
 
 lint: setup
-	$(VENV)/bin/ruff check sidecar indexer devnet tests bench contracts
-	$(VENV)/bin/ruff format --check sidecar indexer devnet tests bench contracts
+	$(VENV)/bin/ruff check sidecar indexer devnet tests bench contracts setup.py
+	$(VENV)/bin/ruff format --check sidecar indexer devnet tests bench contracts setup.py
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy contracts/build.py bench
 	$(VENV)/bin/lint-imports
 	shellcheck scripts/*.sh .ci/run
+	$(VENV)/bin/hadolint Dockerfile
 
 test: setup lint
 	$(PY) -m pytest tests/unit -q

@@ -2,9 +2,13 @@
 
 Owns argument parsing, human and JSON output, and exit codes (0 done, 1 failed, 2 bad usage). Today it
 drives the devnet (``attestmesh devnet up|status|down|node ...|indexer ...``; the work itself is in
-``devnet.lab``) and registers a shared indexer on any chain (``attestmesh indexer register``; the work is in
-``devnet.operator``; the owner key is read from ``ATTESTMESH_OWNER_KEY``, never from the command line).
-Logs (structlog, one line per step) go to stderr; results go to stdout. Must not hold logic of its own.
+``devnet.lab``), registers a shared indexer on any chain (``attestmesh indexer register``; the work is in
+``devnet.operator``; the owner key is read from ``ATTESTMESH_OWNER_KEY``, never from the command line), and
+reads a live cluster (``attestmesh chain status``, ``attestmesh health URL``; the work is in
+``devnet.readouts``). Chain options default to the sidecar's variables (``ATTESTMESH_RPC_URL``,
+``ATTESTMESH_CHAIN_ID``, ``ATTESTMESH_CLUSTER``, ``ATTESTMESH_INDEXER_REGISTRY``).
+Logs (structlog, one line per step) go to stderr; results go to stdout. Must not hold logic of its own, or
+show an RPC URL beyond its scheme, host and port (it can carry an API key).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +35,85 @@ from devnet.operator import (
     owner_signer,
 )
 from devnet.procs import ProcError, WaitTimeout
+from devnet.readouts import (
+    HEALTH_TIMEOUT,
+    ChainStatus,
+    HealthReport,
+    display_url,
+    fetch_health,
+    read_chain_status,
+    scrub,
+    utc_time,
+)
 from devnet.topology import DEFAULT_LAB, DEFAULT_MESH, DEFAULT_UNDERLAY, TopologyError
 from sidecar.chain.errors import ChainError
 from sidecar.chain.rpc import connect
 from sidecar.chain.tx import TxSubmitter
 from sidecar.core.ids import Address, Bytes32
 from sidecar.dstack.agent import GuestAgentError
+from sidecar.settings import parse_address, parse_http_url, parse_int, parse_seconds
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+RPC_TIMEOUT = 10.0
+
+
+def _env(name: str) -> str | None:
+    """An environment default; blank counts as unset (as for the sidecar)."""
+    return os.environ.get(name, "").strip() or None
+
+
+# argparse ``type`` functions: the message of an ArgumentTypeError is shown as is (no value echoed unless
+# the message quotes it; URLs are never quoted).
+
+
+def _url_arg(text: str) -> str:
+    try:
+        return parse_http_url(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be an http:// or https:// URL with a host") from None
+
+
+def _address_arg(text: str) -> Address:
+    try:
+        address = parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an address: {exc}") from None
+    if address.is_zero:
+        raise argparse.ArgumentTypeError("the zero address names no contract")
+    return address
+
+
+def _bytes32_arg(text: str) -> Bytes32:
+    try:
+        return Bytes32.from_hex(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+
+def _chain_id_arg(text: str) -> int:
+    try:
+        value = parse_int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} {exc}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("a chain id is at least 1")
+    return value
+
+
+def _seconds_arg(text: str) -> float:
+    try:
+        value = parse_seconds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} {exc}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be greater than 0")
+    return value
+
+
+def _from_env(variable: str) -> dict[str, Any]:
+    """``default`` (parsed by the option's ``type``) and ``required`` of an option the environment can set."""
+    value = _env(variable)
+    return {"default": value, "required": value is None}
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -134,7 +209,79 @@ def _parser() -> argparse.ArgumentParser:
         "--endpoint", default=None, help="ws(s):// endpoint to register (default: its public_url)"
     )
     reg.add_argument("--code-id", default=None, help="32-byte hex code id (default: the one on its /status)")
+    _add_chain_parser(top)
+    _add_health_parser(top)
     return parser
+
+
+Subcommands = argparse._SubParsersAction  # the type of add_subparsers()' result (no public name)
+
+
+def _add_chain_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
+    chain = top.add_parser("chain", help="read what a chain says about a cluster")
+    chain_verbs = chain.add_subparsers(dest="verb", required=True)
+    cs = chain_verbs.add_parser(
+        "status",
+        help="members (mesh IPs, endpoints), CSK commitment, IndexerRegistry.current(), compose allowlist",
+        description="Read a cluster at the chain's head. The chain options can come from the sidecar's "
+        "environment variables named in their help; the command line wins. The RPC URL is never shown "
+        "beyond its scheme, host and port.",
+    )
+    cs.add_argument(
+        "--rpc-url",
+        type=_url_arg,
+        help="chain JSON-RPC URL; may carry an API key, never printed (env ATTESTMESH_RPC_URL)",
+        **_from_env("ATTESTMESH_RPC_URL"),
+    )
+    cs.add_argument(
+        "--chain-id", type=_chain_id_arg, help="expected chain id (env ATTESTMESH_CHAIN_ID)",
+        **_from_env("ATTESTMESH_CHAIN_ID"),
+    )  # fmt: skip
+    cs.add_argument(
+        "--cluster", type=_address_arg, help="Cluster address (env ATTESTMESH_CLUSTER)",
+        **_from_env("ATTESTMESH_CLUSTER"),
+    )  # fmt: skip
+    cs.add_argument(
+        "--registry",
+        type=_address_arg,
+        default=_env("ATTESTMESH_INDEXER_REGISTRY"),
+        help="IndexerRegistry address; show current() (env ATTESTMESH_INDEXER_REGISTRY)",
+    )
+    cs.add_argument(
+        "--compose-hash",
+        type=_bytes32_arg,
+        action="append",
+        default=[],
+        metavar="0xHASH",
+        help="say whether this compose hash is allowlisted (repeatable)",
+    )
+    cs.add_argument(
+        "--timeout",
+        type=_seconds_arg,
+        default=RPC_TIMEOUT,
+        metavar="SECONDS",
+        help=f"per RPC call (default {RPC_TIMEOUT:g})",
+    )
+    cs.add_argument("--json", action="store_true", help="machine-readable output with full values")
+
+
+def _add_health_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
+    health = top.add_parser(
+        "health",
+        help="a node's /healthz, readable; exit 0 iff healthy",
+        description="GET a node's /healthz (for example through the dstack gateway) and print it. Exit 0 "
+        "when the node is healthy (HTTP 200), 1 when it is not (the body is still printed), does not answer, "
+        "or does not answer with a health document.",
+    )
+    health.add_argument("url", type=_url_arg, help="the node's /healthz URL")
+    health.add_argument("--json", action="store_true", help="print the body exactly as the node sent it")
+    health.add_argument(
+        "--timeout",
+        type=_seconds_arg,
+        default=HEALTH_TIMEOUT,
+        metavar="SECONDS",
+        help=f"to connect, and per read (default {HEALTH_TIMEOUT:g})",
+    )
 
 
 def _short(value: str, n: int = 10) -> str:
@@ -344,23 +491,149 @@ def _register_indexer(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _print_chain_status(status: ChainStatus) -> None:
+    print(f"chain {status.chain_id}  block {status.block} ({utc_time(status.block_timestamp)})")
+    print(f"cluster {status.cluster}  owner {status.owner}  mesh {status.mesh_cidr}")
+    originator = f"originator {status.originator}" if status.originator is not None else "no originator yet"
+    print(f"members {status.member_count}  {originator}")
+    commitment = status.csk_commitment
+    print(f"csk commitment {commitment if commitment is not None else 'none (not committed yet)'}")
+    if status.registry is None:
+        print("indexer registry: not given (--registry or ATTESTMESH_INDEXER_REGISTRY)")
+    elif status.indexer is None or not status.indexer.registered:
+        print(f"indexer registry {status.registry}: no indexer registered (sidecars poll chain logs)")
+    else:
+        i = status.indexer
+        print(f"indexer registry {status.registry}: {i.endpoint}")
+        print(f"  key      {i.pub_key}\n  code id  {i.code_id}\n  updated  {utc_time(i.updated_at)}")
+    for check in status.compose_hashes:
+        verdict = "allowlisted" if check.allowlisted else "NOT allowlisted"
+        print(f"compose hash {check.compose_hash}: {verdict}")
+    print()
+    if not status.members:
+        print("no members")
+        return
+    rows = [("member id", "app id", "mesh ip", "endpoint", "registered (utc)")]
+    rows += [
+        (_short(str(m.member_id)), str(m.app_id), str(m.mesh_ip), m.endpoint, utc_time(m.registered_at))
+        for m in status.members
+    ]
+    _print_table(rows)
+
+
+def _chain_status(args: argparse.Namespace) -> int:
+    async def read() -> ChainStatus:
+        async with await connect(args.rpc_url, timeout=args.timeout, expected_chain_id=args.chain_id) as conn:
+            return await read_chain_status(
+                conn, args.cluster, registry=args.registry, compose_hashes=args.compose_hash
+            )
+
+    try:
+        status = asyncio.run(read())
+    except (OperatorError, ChainError, OSError) as exc:
+        where, why = display_url(args.rpc_url), scrub(str(exc), args.rpc_url)
+        print(f"attestmesh: cannot read the chain at {where}: {why}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(status.to_json(), indent=2, sort_keys=True))
+    else:
+        _print_chain_status(status)
+    return EXIT_OK
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def _section(body: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = body.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
+def _print_health(report: HealthReport) -> None:
+    body = report.body
+    node, peers, csk = _section(body, "node"), _section(body, "peers"), _section(body, "csk")
+    events, chain = _section(body, "events"), _section(body, "chain")
+    verdict = "HEALTHY" if report.healthy else "UNHEALTHY"
+    print(f"{report.url}: {verdict} (HTTP {report.status})")
+    connected = "connected" if events.get("indexer_connected") else "not connected"
+    rejected = _section(events, "rejected_by_reason")
+    by_reason = ", ".join(f"{reason} {count}" for reason, count in sorted(rejected.items()))
+    if chain.get("reachable") is None:
+        chain_text = "not contacted yet"
+    else:
+        chain_text = "reachable" if chain.get("reachable") else f"UNREACHABLE: {_shown(chain.get('error'))}"
+    held = f"held (source {_shown(csk.get('source'))})" if csk.get("held") else "not held"
+    rows = [
+        ("phase", _shown(body.get("phase"))),
+        ("reason", _shown(body.get("reason"))),
+        ("member id", _shown(node.get("member_id"))),
+        ("app id", _shown(node.get("app_id"))),
+        ("instance id", _shown(node.get("instance_id"))),
+        ("compose hash", _shown(node.get("compose_hash"))),
+        ("mesh ip", _shown(node.get("mesh_ip"))),
+        ("signer", _shown(node.get("signer"))),
+        (
+            "peers",
+            f"desired {_shown(peers.get('desired'))}  configured {_shown(peers.get('configured'))}"
+            f"  live {_shown(peers.get('live'))}",
+        ),
+        ("csk", f"{held}  commitment {_shown(csk.get('commitment'))}"),
+        (
+            "events",
+            f"mode {_shown(events.get('mode'))}  indexer {connected}"
+            f"  cursor {_shown(events.get('cursor_block'))}  head {_shown(events.get('head_block'))}",
+        ),
+        ("rejected pushes", _shown(events.get("rejected_pushes")) + (f" ({by_reason})" if by_reason else "")),
+        ("chain", chain_text),
+        ("membership digest", _shown(body.get("membership_digest"))),
+        ("version", _shown(body.get("version"))),
+    ]
+    width = max(len(key) for key, _ in rows)
+    for key, value in rows:
+        print(f"  {key.ljust(width)}  {value}")
+
+
+def _health(args: argparse.Namespace) -> int:
+    try:
+        report = fetch_health(args.url, args.timeout)
+    except OperatorError as exc:
+        print(f"attestmesh: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(report.text.rstrip("\n"))
+    else:
+        _print_health(report)
+    return EXIT_OK if report.healthy else EXIT_FAILED
+
+
 def _operator(args: argparse.Namespace) -> int:
     try:
         return _register_indexer(args)
     except ValueError as exc:  # a malformed address or code id
         print(f"attestmesh: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except (OperatorError, ChainError, OSError) as exc:
+        print(f"attestmesh: {scrub(str(exc), args.rpc_url)}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+_OPERATOR_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "indexer": _operator,
+    "chain": _chain_status,
+    "health": _health,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _configure_logging(args.verbose)
-    if args.command == "indexer":
-        try:
-            return _operator(args)
-        except (OperatorError, ChainError, OSError) as exc:
-            print(f"attestmesh: {exc}", file=sys.stderr)
-            return EXIT_FAILED
+    if args.command in _OPERATOR_COMMANDS:
+        return _OPERATOR_COMMANDS[args.command](args)
     try:
         plan = plan_for(args.lab_dir, args.lab, args.underlay, args.mesh_cidr)
     except (TopologyError, ValueError) as exc:

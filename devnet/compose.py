@@ -56,7 +56,7 @@ INDEXER_DOCKER_COMPOSE = """\
 services:
   indexer:
     image: ghcr.io/attestmesh/attestmesh-sidecar:latest
-    command: ["attestmesh-indexer"]
+    entrypoint: ["attestmesh-indexer"]
     restart: unless-stopped
     volumes:
       - /var/run/dstack.sock:/var/run/dstack.sock

@@ -1,6 +1,9 @@
 """``python -m sidecar`` / ``attestmesh-sidecar``: load settings, configure logging, run the daemon.
 
-Exit codes: 0 after a clean shutdown, 2 for invalid configuration (every problem listed on stderr).
+Exit codes: 0 after a clean shutdown, 2 for invalid configuration (every problem listed on stderr) or for
+any command-line argument: the sidecar takes none. It is the image's entrypoint, so a compose ``command:``
+would arrive here as arguments (``command: [attestmesh-indexer]`` runs the sidecar, not the indexer); that
+must fail loudly instead of silently starting the wrong service.
 """
 
 from __future__ import annotations
@@ -17,6 +20,14 @@ EXIT_CONFIG = 2
 
 
 def main() -> int:
+    if len(sys.argv) > 1:
+        print(  # noqa: T201
+            "attestmesh-sidecar: takes no arguments, only ATTESTMESH_* environment variables; "
+            "to run another program from the image (e.g. the indexer) override the entrypoint "
+            "(compose: entrypoint: [attestmesh-indexer])",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     try:
         settings = load_settings(os.environ)
     except SettingsError as exc:

@@ -1,7 +1,10 @@
 """Compiled contract artifacts: ABI and bytecode of our contracts, as the contracts build wrote them.
 
-Owns: locating the artifacts directory (``ATTESTMESH_ARTIFACTS_DIR`` overrides; default is the repository's
-``contracts/artifacts`` next to this package), parsing ``<Name>.json`` into an ``Artifact`` and caching it.
+Owns: locating the artifacts directory and parsing ``<Name>.json`` into an ``Artifact`` (cached). The
+directory is, first match wins: ``$ATTESTMESH_ARTIFACTS_DIR`` (a development override -- the sidecar's
+settings reject it as an unknown variable, so it is never set in a node's environment); ``compiled/`` next
+to this module, which an installed (non-editable) package carries because the build copies the committed
+artifacts there (setup.py); the checkout's ``contracts/artifacts`` (a source tree or an editable install).
 
 Must not: compile anything, talk to a node, or guess an ABI: the committed artifacts are the only source
 of truth for what the contracts accept and revert with.
@@ -52,12 +55,20 @@ class Artifact:
         return [entry for entry in self.abi if entry.get("type") == kind]
 
 
+#: Where an installed package carries its copy of the artifacts (written by setup.py's build step).
+PACKAGED_DIR = Path(__file__).resolve().parent / "compiled"
+#: The committed artifacts of a checkout (``contracts/build.py`` writes them).
+SOURCE_TREE_DIR = Path(__file__).resolve().parents[2] / "contracts" / "artifacts"
+
+
 def artifacts_dir() -> Path:
-    """Return the artifacts directory: ``$ATTESTMESH_ARTIFACTS_DIR`` or the repository's default."""
+    """Return the artifacts directory: the override, the installed package's copy, or the checkout's."""
     override = os.environ.get(ARTIFACTS_ENV)
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[2] / "contracts" / "artifacts"
+    if PACKAGED_DIR.is_dir():
+        return PACKAGED_DIR
+    return SOURCE_TREE_DIR
 
 
 def _hex_bytes(value: object, what: str) -> bytes:

@@ -1,0 +1,270 @@
+"""The publishing workflow and the dstack compose files say what the image and the services need.
+
+Parses .github/workflows/image.yml, compose/node.yaml and compose/indexer.yaml and checks them against the
+code they configure: the sidecar's and the indexer's variable tables, the Dockerfile's entrypoint and health
+probe, the console scripts. Running the image's commands is tests/component/test_image.py's job.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import tomllib
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+import yaml
+
+import indexer.settings
+import sidecar.settings
+from tests import dockerfile
+
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOW = REPO / ".github" / "workflows" / "image.yml"
+NODE_COMPOSE = REPO / "compose" / "node.yaml"
+INDEXER_COMPOSE = REPO / "compose" / "indexer.yaml"
+IMAGE_DOC = REPO / "docs" / "image.md"
+DSTACK_SOCKET = "/var/run/dstack.sock"
+SEALED_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _load(path: Path) -> dict[str, Any]:
+    document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert isinstance(document, dict)
+    return document
+
+
+def _default(variables: tuple[sidecar.settings.Variable, ...], name: str) -> str:
+    (variable,) = (v for v in variables if v.name == name)
+    assert variable.default is not None
+    return variable.default
+
+
+def _port(host_port: str) -> int:
+    return int(host_port.rpartition(":")[2])
+
+
+def _environment(service: dict[str, Any]) -> dict[str, str]:
+    """The service's environment as a mapping, from either compose spelling (list or mapping)."""
+    raw = service.get("environment", {})
+    if isinstance(raw, dict):
+        return {str(name): str(value) for name, value in raw.items()}
+    pairs = [str(item).partition("=") for item in raw]
+    assert all(sep for _, sep, _ in pairs), f"an environment entry without '=': {raw}"
+    return {name: value for name, _, value in pairs}
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Container path → source (host path or volume name) of every short-syntax volume."""
+    mounts: dict[str, str] = {}
+    for entry in service.get("volumes", []):
+        source, _, rest = str(entry).partition(":")
+        target = rest.partition(":")[0]
+        mounts[target] = source
+    return mounts
+
+
+def _published(service: dict[str, Any]) -> set[str]:
+    return {str(port) for port in service.get("ports", [])}
+
+
+# --- the workflow ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def workflow() -> dict[str, Any]:
+    return _load(WORKFLOW)
+
+
+def _steps(workflow: dict[str, Any]) -> list[dict[str, Any]]:
+    (job,) = workflow["jobs"].values()
+    steps = job["steps"]
+    assert isinstance(steps, list)
+    return steps
+
+
+def _step(workflow: dict[str, Any], action: str) -> dict[str, Any]:
+    found = [step for step in _steps(workflow) if str(step.get("uses", "")).startswith(action + "@")]
+    assert len(found) == 1, f"expected one step using {action}"
+    return found[0]
+
+
+def test_workflow_publishes_on_pushes_to_main_that_touch_the_image(workflow: dict[str, Any]) -> None:
+    triggers = workflow.get("on", workflow.get(True))  # YAML 1.1 reads a bare `on` as true
+    push = triggers["push"]
+    assert push["branches"] == ["main"]
+    paths = push["paths"]
+    for required in ("sidecar/**", "indexer/**", "Dockerfile", "constraints.txt", "pyproject.toml"):
+        assert required in paths
+    # Whatever the Dockerfile copies into the build is a trigger (the README only feeds package metadata).
+    for source in dockerfile.copy_sources():
+        if source == "README.md":
+            continue
+        probes = (source, f"{source}/any/file.py")
+        assert any(fnmatch.fnmatchcase(p, pattern) for p in probes for pattern in paths), source
+    (job,) = workflow["jobs"].values()
+    assert job["if"] == "github.ref == 'refs/heads/main'"  # a manual run elsewhere must not move :latest
+
+
+def test_workflow_may_write_packages_and_logs_in_to_ghcr(workflow: dict[str, Any]) -> None:
+    assert workflow["permissions"]["packages"] == "write"
+    login = _step(workflow, "docker/login-action")["with"]
+    assert login["registry"] == "ghcr.io"
+    assert login["password"] == "${{ secrets.GITHUB_TOKEN }}"
+
+
+def test_workflow_tags_latest_and_the_commit_sha_of_a_lower_case_image_name(workflow: dict[str, Any]) -> None:
+    naming = [str(step.get("run", "")) for step in _steps(workflow) if "IMAGE=" in str(step.get("run", ""))]
+    assert naming == ['echo "IMAGE=ghcr.io/${GITHUB_REPOSITORY_OWNER,,}/attestmesh-sidecar" >> "$GITHUB_ENV"']
+    meta = _step(workflow, "docker/metadata-action")
+    assert meta["with"]["images"] == "${{ env.IMAGE }}"
+    tags = [line.strip() for line in str(meta["with"]["tags"]).splitlines() if line.strip()]
+    assert "type=raw,value=latest" in tags
+    assert "type=raw,value=${{ github.sha }}" in tags
+    build = _step(workflow, "docker/build-push-action")["with"]
+    assert build["push"] is True
+    assert build["tags"] == f"${{{{ steps.{meta['id']}.outputs.tags }}}}"
+    assert build["file"] == "Dockerfile"
+    assert build["context"] == "."
+
+
+# --- the node's compose file ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def node() -> dict[str, Any]:
+    return _load(NODE_COMPOSE)
+
+
+def test_sidecar_service_has_the_network_devices_and_agent_it_needs(node: dict[str, Any]) -> None:
+    sidecar_service = node["services"]["sidecar"]
+    assert "NET_ADMIN" in sidecar_service["cap_add"]
+    assert any(str(device).partition(":")[0] == "/dev/net/tun" for device in sidecar_service["devices"])
+    mounts = _mounts(sidecar_service)
+    assert mounts[DSTACK_SOCKET] == DSTACK_SOCKET
+    assert not any(source.startswith("/dstack") for source in mounts.values()), "never mount /dstack"
+    assert sidecar_service["restart"] == "unless-stopped"
+    assert (
+        sidecar_service["image"].startswith("ghcr.io/") and "/attestmesh-sidecar" in sidecar_service["image"]
+    )
+    assert "entrypoint" not in sidecar_service and "command" not in sidecar_service  # the image's entrypoint
+
+
+def test_sidecar_state_dir_is_a_named_volume(node: dict[str, Any]) -> None:
+    state_dir = _default(sidecar.settings.VARIABLES, "ATTESTMESH_STATE_DIR")
+    app_socket_dir = str(PurePosixPath(_default(sidecar.settings.VARIABLES, "ATTESTMESH_APP_SOCKET")).parent)
+    mounts = _mounts(node["services"]["sidecar"])
+    for target in (state_dir, app_socket_dir):
+        volume = mounts[target]
+        assert not volume.startswith(("/", ".")), f"{target} must be a named volume, not a bind mount"
+        assert volume in node["volumes"]
+    # The app reads the app API socket from the same volume.
+    assert _mounts(node["services"]["app"])[app_socket_dir] == mounts[app_socket_dir]
+    # The container must not be told to keep its state anywhere else.
+    assert "ATTESTMESH_STATE_DIR" not in _environment(node["services"]["sidecar"])
+
+
+def test_sidecar_health_port_is_published_and_probed_by_the_image_command(node: dict[str, Any]) -> None:
+    sidecar_service = node["services"]["sidecar"]
+    port = _port(_default(sidecar.settings.VARIABLES, "ATTESTMESH_HEALTH_ADDR"))
+    assert port == 9090
+    assert f"{port}:{port}" in _published(sidecar_service)
+    assert "ATTESTMESH_HEALTH_ADDR" not in _environment(sidecar_service)  # the published port is fixed here
+    check = sidecar_service["healthcheck"]
+    _, image_command = dockerfile.healthcheck()
+    assert check["test"] == ["CMD", *image_command]
+    for key in ("interval", "timeout", "start_period"):
+        assert dockerfile.seconds(str(check[key])) > 0
+    assert dockerfile.seconds(str(check["timeout"])) < dockerfile.seconds(str(check["interval"])) + 1
+
+
+def test_app_waits_for_a_healthy_sidecar_and_shares_its_network(node: dict[str, Any]) -> None:
+    app = node["services"]["app"]
+    assert app["depends_on"] == {"sidecar": {"condition": "service_healthy"}}
+    assert app["network_mode"] == "service:sidecar"
+    assert "ports" not in app  # with a shared network namespace, ports are published on the sidecar
+
+
+def _check_sealed_environment(
+    service: dict[str, Any],
+    known: frozenset[str],
+    variables: tuple[sidecar.settings.Variable, ...],
+    prefix: str,
+) -> None:
+    environment = _environment(service)
+    for name, value in environment.items():
+        assert value == f"${{{name}}}", f"{name} must come from the sealed env as ${{{name}}}, not {value!r}"
+        assert name.startswith(prefix), name
+        assert name in known, f"{name} is not a variable the service knows"
+    required = {v.name for v in variables if v.default is None}
+    assert required <= set(environment), f"required variables missing: {sorted(required - set(environment))}"
+    assert "DSTACK_SIMULATOR_ENDPOINT" not in environment
+
+
+def test_node_environment_is_sealed_references_to_known_sidecar_variables(node: dict[str, Any]) -> None:
+    _check_sealed_environment(
+        node["services"]["sidecar"], sidecar.settings.KNOWN_NAMES, sidecar.settings.VARIABLES, "ATTESTMESH_"
+    )
+    for service in node["services"].values():  # no other ${VAR} hides anywhere else in the file
+        text = yaml.safe_dump(service)
+        for name in SEALED_REFERENCE.findall(text):
+            assert name in _environment(node["services"]["sidecar"]), name
+
+
+# --- the indexer's compose file -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def indexer_compose() -> dict[str, Any]:
+    return _load(INDEXER_COMPOSE)
+
+
+def test_indexer_runs_its_console_script_from_the_same_image(
+    indexer_compose: dict[str, Any], node: dict[str, Any]
+) -> None:
+    service = indexer_compose["services"]["indexer"]
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
+    assert service["entrypoint"] == ["attestmesh-indexer"]
+    assert "attestmesh-indexer" in scripts
+    assert dockerfile.entrypoint() == ["attestmesh-sidecar"]
+    assert "attestmesh-sidecar" in scripts
+    assert "command" not in service  # arguments to the sidecar's entrypoint would be refused
+    assert service["image"] == node["services"]["sidecar"]["image"]
+    assert _mounts(service)[DSTACK_SOCKET] == DSTACK_SOCKET
+    assert "cap_add" not in service and "devices" not in service
+
+
+def test_indexer_health_is_probed_on_its_own_port(indexer_compose: dict[str, Any]) -> None:
+    service = indexer_compose["services"]["indexer"]
+    port = _port(_default(indexer.settings.VARIABLES, "ATTESTMESH_INDEXER_LISTEN_ADDR"))
+    assert f"{port}:{port}" in _published(service)
+    _, image_command = dockerfile.healthcheck()
+    assert service["healthcheck"]["test"] == ["CMD", *image_command, f"http://127.0.0.1:{port}/healthz"]
+    assert "ATTESTMESH_INDEXER_LISTEN_ADDR" not in _environment(service)
+
+
+def test_indexer_environment_is_sealed_references_to_known_indexer_variables(
+    indexer_compose: dict[str, Any],
+) -> None:
+    _check_sealed_environment(
+        indexer_compose["services"]["indexer"],
+        indexer.settings.KNOWN_NAMES,
+        indexer.settings.VARIABLES,
+        "ATTESTMESH_INDEXER_",
+    )
+
+
+# --- the docs ---------------------------------------------------------------------------------------------
+
+
+def test_image_doc_lists_every_variable_name_of_both_compose_files(
+    node: dict[str, Any], indexer_compose: dict[str, Any]
+) -> None:
+    text = IMAGE_DOC.read_text(encoding="utf-8")
+    names = {
+        *_environment(node["services"]["sidecar"]),
+        *_environment(indexer_compose["services"]["indexer"]),
+    }
+    missing = sorted(name for name in names if f"`{name}`" not in text)
+    assert not missing, f"docs/image.md does not list {missing}"
