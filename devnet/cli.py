@@ -1,12 +1,14 @@
 """``attestmesh``: the operator command line.
 
-Owns argument parsing, human and JSON output, and exit codes (0 done, 1 failed, 2 bad usage). Today it
-drives the devnet (``attestmesh devnet up|status|down|node ...|indexer ...``; the work itself is in
-``devnet.lab``), registers a shared indexer on any chain (``attestmesh indexer register``; the work is in
-``devnet.operator``; the owner key is read from ``ATTESTMESH_OWNER_KEY``, never from the command line), and
-reads a live cluster (``attestmesh chain status``, ``attestmesh health URL``; the work is in
-``devnet.readouts``). Chain options default to the sidecar's variables (``ATTESTMESH_RPC_URL``,
-``ATTESTMESH_CHAIN_ID``, ``ATTESTMESH_CLUSTER``, ``ATTESTMESH_INDEXER_REGISTRY``).
+Owns argument parsing, human, JSON and shell (``KEY=value`` lines for ``eval``) output, and exit codes (0
+done, 1 failed, 2 bad usage). Today it drives the devnet (``attestmesh devnet up|status|env|down|node
+...|indexer ...``; the work itself is in ``devnet.lab``), registers a shared indexer on any chain
+(``attestmesh indexer register``), does the cluster owner's day-2 actions (``attestmesh chain allow-compose``,
+``attestmesh chain fund``; the work is in ``devnet.operator``; keys are read from ``ATTESTMESH_OWNER_KEY``
+and ``ATTESTMESH_FUNDER_KEY``, never from the command line), and reads a live cluster (``attestmesh chain
+status``, ``attestmesh health URL``; the work is in ``devnet.readouts``). Chain options default to the
+sidecar's variables (``ATTESTMESH_RPC_URL``, ``ATTESTMESH_CHAIN_ID``, ``ATTESTMESH_CLUSTER``,
+``ATTESTMESH_INDEXER_REGISTRY``).
 Logs (structlog, one line per step) go to stderr; results go to stdout. Must not hold logic of its own, or
 show an RPC URL beyond its scheme, host and port (it can carry an API key).
 """
@@ -18,6 +20,7 @@ import asyncio
 import json
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -25,14 +28,21 @@ from typing import Any
 
 import structlog
 
-from devnet.lab import Devnet, DevnetError, LabStatus, plan_for
+from devnet.lab import ComposePlan, Devnet, DevnetError, LabStatus, plan_for
 from devnet.netns import LabError
 from devnet.operator import (
+    ComposeAllowlisting,
+    Funding,
     OperatorError,
     RegistryUpdate,
+    ensure_compose_hash_allowed,
+    ensure_funded,
     ensure_indexer_registered,
     fetch_indexer_identity,
+    format_eth,
+    funder_signer,
     owner_signer,
+    parse_eth,
 )
 from devnet.procs import ProcError, WaitTimeout
 from devnet.readouts import (
@@ -45,6 +55,7 @@ from devnet.readouts import (
     scrub,
     utc_time,
 )
+from devnet.state import NodeState
 from devnet.topology import DEFAULT_LAB, DEFAULT_MESH, DEFAULT_UNDERLAY, TopologyError
 from sidecar.chain.errors import ChainError
 from sidecar.chain.rpc import connect
@@ -81,6 +92,37 @@ def _address_arg(text: str) -> Address:
     if address.is_zero:
         raise argparse.ArgumentTypeError("the zero address names no contract")
     return address
+
+
+def _account_arg(text: str) -> Address:
+    try:
+        address = parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an address: {exc}") from None
+    if address.is_zero:
+        raise argparse.ArgumentTypeError("refusing to send to the zero address")
+    return address
+
+
+def _eth_arg(text: str) -> int:
+    try:
+        return parse_eth(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} {exc}") from None
+
+
+def _positive_eth_arg(text: str) -> int:
+    wei = _eth_arg(text)
+    if wei == 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return wei
+
+
+def _file_arg(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file")
+    return path
 
 
 def _bytes32_arg(text: str) -> Bytes32:
@@ -168,21 +210,18 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--wait-healthy", type=float, default=None, metavar="SECONDS", help="wait until every node is healthy"
     )
+    env = verbs.add_parser(
+        "env",
+        help="the lab's chain variables (and one node's facts) as KEY=value lines for a shell's eval",
+        description="Print shell-quoted KEY=value lines: ATTESTMESH_RPC_URL, ATTESTMESH_CHAIN_ID, "
+        "ATTESTMESH_CLUSTER and ATTESTMESH_INDEXER_REGISTRY (the defaults of the chain commands), and with "
+        "NODE its facts: NODE_EXISTS, NODE_APP_ID, NODE_COMPOSE_HASH, NODE_BOOT, NODE_RUNNING, NODE_SIGNER, "
+        "NODE_HEALTH_URL, NODE_HEALTHY, NODE_PHASE, NODE_MEMBER_ID, NODE_MESH_IP (1/0 for yes/no, empty when "
+        'unknown). Use: set -a; eval "$(attestmesh devnet env node-1)"; set +a',
+    )
+    env.add_argument("name", nargs="?", default=None, help="a node (it need not exist: NODE_EXISTS=0)")
     verbs.add_parser("down", help="remove every namespace, process, mount, route and socket of the lab")
-    node = verbs.add_parser("node", help="node verbs")
-    node_verbs = node.add_subparsers(dest="node_verb", required=True)
-    add = node_verbs.add_parser("add", help="add a node: app contract, approved app id, compose, boot gate")
-    add.add_argument("name")
-    add.add_argument("--compose-file", type=Path, default=None, help="app-compose.json to measure and boot")
-    start = node_verbs.add_parser("start", help="re-run the KMS boot gate and start the node if allowed")
-    start.add_argument("name")
-    node_verbs.add_parser("stop", help="stop the node (workload, wireguard-go, guest agent)").add_argument(
-        "name"
-    )
-    node_verbs.add_parser("restart", help="restart the node's workload (the sidecar)").add_argument("name")
-    node_verbs.add_parser("remove", help="evict the node's member on chain (cluster owner)").add_argument(
-        "name"
-    )
+    _add_node_parser(verbs)
     idx = verbs.add_parser("indexer", help="the lab's shared indexer")
     idx_verbs = idx.add_subparsers(dest="indexer_verb", required=True)
     idx_verbs.add_parser("start", help="start the indexer (restart it if its key changed) and register it")
@@ -217,8 +256,50 @@ def _parser() -> argparse.ArgumentParser:
 Subcommands = argparse._SubParsersAction  # the type of add_subparsers()' result (no public name)
 
 
+def _add_node_parser(verbs: Subcommands[argparse.ArgumentParser]) -> None:
+    node = verbs.add_parser("node", help="node verbs")
+    node_verbs = node.add_subparsers(dest="node_verb", required=True)
+    add = node_verbs.add_parser("add", help="add a node: app contract, approved app id, compose, boot gate")
+    add.add_argument("name")
+    add.add_argument("--compose-file", type=Path, default=None, help="app-compose.json to measure and boot")
+    start = node_verbs.add_parser("start", help="re-run the KMS boot gate and start the node if allowed")
+    start.add_argument("name")
+    node_verbs.add_parser("stop", help="stop the node (workload, wireguard-go, guest agent)").add_argument(
+        "name"
+    )
+    node_verbs.add_parser(
+        "restart", help="restart the node's workload (the sidecar); the guest agent and interface stay up"
+    ).add_argument("name")
+    node_verbs.add_parser(
+        "reboot",
+        help="restart the node's CVM: stop everything of it, then the KMS boot gate and start (state kept); "
+        "exit 1 when the gate denies it",
+    ).add_argument("name")
+    prepare = node_verbs.add_parser(
+        "prepare",
+        help="the compose hash the node would boot with and whether the cluster allowlists it (reads only)",
+    )
+    prepare.add_argument("name")
+    prepare.add_argument(
+        "--compose-file", type=_file_arg, required=True, help="the app-compose.json to measure"
+    )
+    shape = prepare.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true", help="machine-readable output")
+    shape.add_argument("--shell", action="store_true", help="KEY=value lines for a shell's eval")
+    update = node_verbs.add_parser(
+        "update",
+        help="write the node's app-compose.json and reboot it through the KMS gate (identity carried over); "
+        "a no-op when it already runs that compose; exit 1 when the gate denies it (allowlist first)",
+    )
+    update.add_argument("name")
+    update.add_argument("--compose-file", type=_file_arg, required=True, help="the new app-compose.json")
+    node_verbs.add_parser("remove", help="evict the node's member on chain (cluster owner)").add_argument(
+        "name"
+    )
+
+
 def _add_chain_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
-    chain = top.add_parser("chain", help="read what a chain says about a cluster")
+    chain = top.add_parser("chain", help="read a cluster; the owner's allowlist and funding actions")
     chain_verbs = chain.add_subparsers(dest="verb", required=True)
     cs = chain_verbs.add_parser(
         "status",
@@ -227,20 +308,7 @@ def _add_chain_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
         "environment variables named in their help; the command line wins. The RPC URL is never shown "
         "beyond its scheme, host and port.",
     )
-    cs.add_argument(
-        "--rpc-url",
-        type=_url_arg,
-        help="chain JSON-RPC URL; may carry an API key, never printed (env ATTESTMESH_RPC_URL)",
-        **_from_env("ATTESTMESH_RPC_URL"),
-    )
-    cs.add_argument(
-        "--chain-id", type=_chain_id_arg, help="expected chain id (env ATTESTMESH_CHAIN_ID)",
-        **_from_env("ATTESTMESH_CHAIN_ID"),
-    )  # fmt: skip
-    cs.add_argument(
-        "--cluster", type=_address_arg, help="Cluster address (env ATTESTMESH_CLUSTER)",
-        **_from_env("ATTESTMESH_CLUSTER"),
-    )  # fmt: skip
+    _chain_options(cs, cluster=True)
     cs.add_argument(
         "--registry",
         type=_address_arg,
@@ -255,14 +323,63 @@ def _add_chain_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
         metavar="0xHASH",
         help="say whether this compose hash is allowlisted (repeatable)",
     )
-    cs.add_argument(
+    cs.add_argument("--json", action="store_true", help="machine-readable output with full values")
+
+    allow = chain_verbs.add_parser(
+        "allow-compose",
+        help="Cluster.addComposeHash, only when the hash is not allowlisted yet (key: ATTESTMESH_OWNER_KEY)",
+        description="Allowlist a compose hash on the cluster (the cluster owner's transaction, key from "
+        "ATTESTMESH_OWNER_KEY); sends nothing and says so when it is already allowlisted.",
+    )
+    _chain_options(allow, cluster=True)
+    allow.add_argument(
+        "--compose-hash", type=_bytes32_arg, required=True, metavar="0xHASH", help="the compose hash"
+    )
+    fund = chain_verbs.add_parser(
+        "fund",
+        help="send --amount ETH to an account only while its balance is below --min-balance",
+        description="Top up an account (a node's signer): send AMOUNT only when its balance is below "
+        "MIN_BALANCE, else send nothing and say so. The funding key is ATTESTMESH_FUNDER_KEY, or "
+        "ATTESTMESH_OWNER_KEY when that is not set.",
+    )
+    _chain_options(fund, cluster=False)
+    fund.add_argument("--to", type=_account_arg, required=True, metavar="0xADDRESS", help="the account")
+    fund.add_argument(
+        "--min-balance", type=_eth_arg, required=True, metavar="ETH", help="fund only below this balance"
+    )
+    fund.add_argument(
+        "--amount",
+        type=_positive_eth_arg,
+        required=True,
+        metavar="ETH",
+        help="how much to send (more than 0)",
+    )
+
+
+def _chain_options(parser: argparse.ArgumentParser, *, cluster: bool) -> None:
+    """The chain options (and ``--cluster`` when asked), the sidecar's variables as defaults."""
+    parser.add_argument(
+        "--rpc-url",
+        type=_url_arg,
+        help="chain JSON-RPC URL; may carry an API key, never printed (env ATTESTMESH_RPC_URL)",
+        **_from_env("ATTESTMESH_RPC_URL"),
+    )
+    parser.add_argument(
+        "--chain-id", type=_chain_id_arg, help="expected chain id (env ATTESTMESH_CHAIN_ID)",
+        **_from_env("ATTESTMESH_CHAIN_ID"),
+    )  # fmt: skip
+    if cluster:
+        parser.add_argument(
+            "--cluster", type=_address_arg, help="Cluster address (env ATTESTMESH_CLUSTER)",
+            **_from_env("ATTESTMESH_CLUSTER"),
+        )  # fmt: skip
+    parser.add_argument(
         "--timeout",
         type=_seconds_arg,
         default=RPC_TIMEOUT,
         metavar="SECONDS",
         help=f"per RPC call (default {RPC_TIMEOUT:g})",
     )
-    cs.add_argument("--json", action="store_true", help="machine-readable output with full values")
 
 
 def _add_health_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
@@ -300,6 +417,7 @@ def _status_json(status: LabStatus) -> dict[str, Any]:
     for node in data["nodes"]:
         h = health[node["name"]]
         node["running"] = {
+            "node": h.running,  # its last boot was allowed and every process of it is alive
             "simulator": h.simulator,
             "wireguard": h.wireguard,
             "sidecar": h.sidecar,
@@ -431,8 +549,112 @@ def _node(lab: Devnet, args: argparse.Namespace) -> int:
         print(f"node {lab.stop_node(args.name).name}: stopped")
     elif verb == "restart":
         print(f"node {lab.restart_node(args.name).name}: workload restarted")
+    elif verb == "reboot":
+        node = lab.reboot_node(args.name)
+        print(f"node {node.name}: rebooted; boot {node.boot}" + ("" if node.allowed else "; the node is off"))
+        return _booted(node)
+    elif verb == "prepare":
+        _print_prepare(lab.prepare_node(args.name, args.compose_file), args)
+    elif verb == "update":
+        return _update(lab, args)
     else:
         print(f"node {args.name}: member {lab.remove_node(args.name)} removed on chain")
+    return EXIT_OK
+
+
+def _booted(node: NodeState) -> int:
+    """Exit 0 when the node runs; 1 (one line on stderr) when the KMS gate denied it."""
+    if node.allowed:
+        return EXIT_OK
+    reason = node.boot.removeprefix("denied: ")
+    print(
+        f"attestmesh: node {node.name} was denied at the KMS boot gate ({reason}); "
+        f"it stays off until its compose hash {node.compose_hash} is allowlisted "
+        "(`attestmesh chain allow-compose`) and it boots again",
+        file=sys.stderr,
+    )
+    return EXIT_FAILED
+
+
+def _update(lab: Devnet, args: argparse.Namespace) -> int:
+    result = lab.update_node(args.name, args.compose_file)
+    node = result.node
+    if not result.changed:
+        print(f"node {node.name}: already runs compose {node.compose_hash} (allowed); nothing changed")
+        return EXIT_OK
+    was = result.previous_compose_hash
+    change = node.compose_hash if was == node.compose_hash else f"{was} -> {node.compose_hash}"
+    after = "running, state kept" if node.allowed else "the node is off"
+    print(f"node {node.name}: updated compose {change}; boot {node.boot}; {after}")
+    return _booted(node)
+
+
+def _shell_lines(pairs: Sequence[tuple[str, object]]) -> str:
+    """``KEY=value`` lines, shell-quoted; booleans as 1/0, None as empty."""
+
+    def text(value: object) -> str:
+        if isinstance(value, bool):
+            return "1" if value else "0"
+        return "" if value is None else str(value)
+
+    return "\n".join(f"{key}={shlex.quote(text(value))}" for key, value in pairs)
+
+
+def _print_prepare(plan: ComposePlan, args: argparse.Namespace) -> None:
+    facts = {
+        "node": plan.node,
+        "exists": plan.exists,
+        "compose_hash": plan.compose_hash,
+        "allowlisted": plan.allowlisted,
+        "current_compose_hash": plan.current_compose_hash,
+        "changes": plan.changes,
+    }
+    if args.json:
+        print(json.dumps(facts, indent=2, sort_keys=True))
+        return
+    if args.shell:
+        names = ("NODE_NAME", "NODE_EXISTS", "COMPOSE_HASH", "COMPOSE_ALLOWLISTED", "CURRENT_COMPOSE_HASH",
+                 "COMPOSE_CHANGES")  # fmt: skip
+        print(_shell_lines(list(zip(names, facts.values(), strict=True))))
+        return
+    verdict = "allowlisted" if plan.allowlisted else "NOT allowlisted"
+    if not plan.exists:
+        now = "not in the lab yet"
+    elif plan.changes:
+        now = f"it now has {plan.current_compose_hash}: an update changes its compose hash"
+    else:
+        now = "it already has this compose hash"
+    print(f"node {plan.node}: compose {plan.compose_hash} {verdict} on the cluster; {now}")
+
+
+def _lab_env(lab: Devnet, args: argparse.Namespace) -> int:
+    state = lab.running_state()
+    pairs: list[tuple[str, object]] = [
+        ("ATTESTMESH_RPC_URL", state.rpc_url),
+        ("ATTESTMESH_CHAIN_ID", state.chain_id),
+        ("ATTESTMESH_CLUSTER", state.cluster),
+        ("ATTESTMESH_INDEXER_REGISTRY", state.indexer_registry),
+    ]
+    if args.name is not None:
+        node = next((n for n in state.nodes if n.name == args.name), None)
+        health = lab.node_health(node) if node is not None else None
+        body = (health.healthz if health is not None else None) or {}
+        me = _section(body, "node")
+        pairs += [
+            ("NODE_NAME", args.name),
+            ("NODE_EXISTS", node is not None),
+            ("NODE_APP_ID", node and node.app_id),
+            ("NODE_COMPOSE_HASH", node and node.compose_hash),
+            ("NODE_BOOT", node and node.boot),
+            ("NODE_RUNNING", health is not None and health.running),
+            ("NODE_SIGNER", node and node.signer),
+            ("NODE_HEALTH_URL", node and node.health_url),
+            ("NODE_HEALTHY", body.get("healthy") is True),
+            ("NODE_PHASE", body.get("phase")),
+            ("NODE_MEMBER_ID", me.get("member_id")),
+            ("NODE_MESH_IP", me.get("mesh_ip")),
+        ]
+    print(_shell_lines(pairs))
     return EXIT_OK
 
 
@@ -454,6 +676,7 @@ def _indexer(lab: Devnet, args: argparse.Namespace) -> int:
 _VERBS: dict[str, Callable[[Devnet, argparse.Namespace], int]] = {
     "up": _up,
     "status": _status,
+    "env": _lab_env,
     "down": _down,
     "node": _node,
     "indexer": _indexer,
@@ -622,9 +845,69 @@ def _operator(args: argparse.Namespace) -> int:
         return EXIT_FAILED
 
 
+def _allow_compose(args: argparse.Namespace) -> int:
+    owner = owner_signer(os.environ)
+
+    async def allow() -> ComposeAllowlisting:
+        async with await connect(args.rpc_url, timeout=args.timeout, expected_chain_id=args.chain_id) as conn:
+            return await ensure_compose_hash_allowed(
+                conn, TxSubmitter(conn, owner), args.cluster, args.compose_hash
+            )
+
+    result = asyncio.run(allow())
+    where = f"compose hash {result.compose_hash} on cluster {args.cluster}"
+    if result.changed:
+        print(f"{where}: allowlisted (tx {result.tx_hash})")
+    else:
+        print(f"{where}: already allowlisted; nothing changed")
+    return EXIT_OK
+
+
+def _fund(args: argparse.Namespace) -> int:
+    signer, variable = funder_signer(os.environ)
+
+    async def fund() -> Funding:
+        async with await connect(args.rpc_url, timeout=args.timeout, expected_chain_id=args.chain_id) as conn:
+            return await ensure_funded(
+                conn, TxSubmitter(conn, signer), args.to, min_balance=args.min_balance, amount=args.amount
+            )
+
+    result = asyncio.run(fund())
+    floor = format_eth(args.min_balance)
+    if not result.changed:
+        print(
+            f"{result.account} has {format_eth(result.balance_before)} ETH (at least {floor}); nothing sent"
+        )
+        return EXIT_OK
+    print(
+        f"funded {result.account} with {format_eth(result.sent)} ETH from {result.funder} ({variable}) "
+        f"(tx {result.tx_hash}): balance {format_eth(result.balance_before)} -> "
+        f"{format_eth(result.balance_after)} ETH"
+        + (f" (still below {floor})" if result.balance_after < args.min_balance else "")
+    )
+    return EXIT_OK
+
+
+_CHAIN_ACTIONS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "allow-compose": _allow_compose,
+    "fund": _fund,
+}
+
+
+def _chain(args: argparse.Namespace) -> int:
+    if args.verb == "status":
+        return _chain_status(args)
+    try:
+        return _CHAIN_ACTIONS[args.verb](args)
+    except (OperatorError, ChainError, OSError) as exc:
+        why = scrub(str(exc), args.rpc_url)
+        print(f"attestmesh: chain {args.verb} at {display_url(args.rpc_url)}: {why}", file=sys.stderr)
+        return EXIT_FAILED
+
+
 _OPERATOR_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "indexer": _operator,
-    "chain": _chain_status,
+    "chain": _chain,
     "health": _health,
 }
 

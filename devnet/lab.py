@@ -1,9 +1,13 @@
 """The devnet lab orchestrator: ``up``, ``status``, ``down`` and the node verbs.
 
 Owns the order in which a lab is built and torn down, the per-node files under the lab directory, and the
-state file. It composes the lower layers: ``devnet.netns`` (namespaces, bridge, routes), ``devnet.procs``
-and ``devnet.wireguard`` (processes), ``devnet.anvil`` (chain), ``devnet.deployment`` (contracts),
-``devnet.kmsgate`` (boot verdicts) and the sidecar's chain and dstack adapters.
+state file. The node verbs model a CVM's life cycle: ``add``, ``start``/``stop`` (power on through the KMS
+gate / off), ``restart`` (the workload only), ``reboot`` (power off, then on through the gate), ``prepare``
+(measure a new app-compose.json and read the allowlist, touching nothing) and ``update`` (write it, then
+reboot; the state directory and so the identity carry over). It composes the lower layers:
+``devnet.netns`` (namespaces, bridge, routes), ``devnet.procs`` and ``devnet.wireguard`` (processes),
+``devnet.anvil`` (chain), ``devnet.deployment`` (contracts), ``devnet.kmsgate`` (boot verdicts) and the
+sidecar's chain and dstack adapters.
 
 Rules: state is written after every step, so a killed ``up`` leaves a file (``complete: false``) and a
 ``down`` or the next ``up`` can finish the job; ``down`` also sweeps by the lab's own name prefix, so it
@@ -105,6 +109,32 @@ class UpResult:
 
 
 @dataclass(frozen=True, slots=True)
+class ComposePlan:
+    """What ``node prepare`` learns without touching the node or the chain: the compose hash the node would
+    boot with and whether the cluster allowlists it now."""
+
+    node: str
+    exists: bool  # False: no node of that name yet (``node add`` would create it with this compose)
+    compose_hash: str
+    allowlisted: bool
+    current_compose_hash: str | None  # what the node booted with last (None: no such node)
+
+    @property
+    def changes(self) -> bool:
+        """Whether booting this compose changes the node's compose hash."""
+        return self.current_compose_hash != self.compose_hash
+
+
+@dataclass(frozen=True, slots=True)
+class NodeUpdate:
+    """The outcome of ``node update``: the node afterwards, and whether anything was done."""
+
+    node: NodeState
+    changed: bool  # False: it already ran this compose and was allowed; nothing was touched
+    previous_compose_hash: str
+
+
+@dataclass(frozen=True, slots=True)
 class NodeHealth:
     name: str
     boot: str
@@ -114,6 +144,7 @@ class NodeHealth:
     dstack_socket: bool
     wg_socket: bool
     healthz: dict[str, Any] | None  # the node's /healthz body (None when it does not answer)
+    running: bool = False  # allowed at its last boot and every process of it alive (powered on)
 
 
 def fetch_healthz(url: str, timeout: float = 1.0) -> dict[str, Any] | None:
@@ -344,10 +375,7 @@ class Devnet:
         """Power the node's CVM off: its workload, wireguard-go and guest agent stop (state dir kept)."""
         with self.locked():
             state = self._require_running()
-            node = state.node(name)
-            self._stop_node_processes(node)
-            node = replace(node, processes={})
-            self._save(state.with_node(node))
+            node = self._power_off(state, state.node(name))
             log.info("devnet.node_stopped", node=name)
             return node
 
@@ -363,6 +391,71 @@ class Devnet:
             self._save(state.with_node(node))
             log.info("devnet.node_restarted", node=name)
             return node
+
+    def reboot_node(self, name: str) -> NodeState:
+        """Restart the node's CVM (``phala cvms restart``): power off, then the KMS gate and power on again.
+
+        The state directory is kept, so the identity carries over. Unlike ``restart_node`` (the workload
+        only), the guest agent and wireguard-go restart too and the gate is asked again: a node whose compose
+        hash left the allowlist stays off (``boot`` says why).
+        """
+        with self.locked():
+            state = self._require_running()
+            node = self._power_cycle(state, state.node(name))
+            log.info("devnet.node_rebooted", node=name, boot=node.boot)
+            return node
+
+    def prepare_node(self, name: str, compose_file: Path) -> ComposePlan:
+        """Measure ``compose_file`` for node ``name``; read whether the cluster allowlists it (no writes)."""
+        validate_node_name(name)
+        data = _read_compose(compose_file)
+        digest = compose_hash(data)
+        state = self._require_running()  # reads only: no lock, so it never waits for a running command
+        node = next((n for n in state.nodes if n.name == name), None)
+
+        async def allowlisted() -> bool:
+            async with await connect(state.rpc_url, expected_chain_id=state.chain_id) as conn:
+                return await ClusterClient(conn, Address.from_hex(state.cluster)).allowed_compose_hash(digest)
+
+        plan = ComposePlan(
+            node=name,
+            exists=node is not None,
+            compose_hash=str(digest),
+            allowlisted=_run(allowlisted),
+            current_compose_hash=node.compose_hash if node is not None else None,
+        )
+        log.info("devnet.node_prepared", node=name, compose_hash=plan.compose_hash,
+                 allowlisted=plan.allowlisted, changes=plan.changes)  # fmt: skip
+        return plan
+
+    def update_node(self, name: str, compose_file: Path) -> NodeUpdate:
+        """Apply a new app-compose.json: write it, power the CVM off and boot it again through the KMS gate.
+
+        The state directory is kept (same identity, no new registration). Nothing is allowlisted here: a
+        compose hash the cluster does not allow is denied at the gate and the node stays off ("allowlist
+        first"). A node that already runs exactly this compose, allowed, is left alone (``changed`` False);
+        one that is off or was denied with it is booted again, so a re-run finishes an interrupted update.
+        """
+        data = _read_compose(compose_file)
+        digest = str(compose_hash(data))
+        with self.locked():
+            state = self._require_running()
+            node = state.node(name)
+            previous = node.compose_hash
+            compose_path = Path(node.compose_path)
+            on_disk = compose_path.read_bytes() if compose_path.is_file() else None
+            if node.allowed and self._node_running(node) and previous == digest and on_disk == data:
+                log.info("devnet.node_update_skipped", node=name, compose_hash=digest,
+                         reason="already running this compose")  # fmt: skip
+                return NodeUpdate(node, changed=False, previous_compose_hash=previous)
+            node = self._power_off(state, node)
+            _write_file(compose_path, data)  # what the guest agent and the gate measure from now on
+            state = state.with_node(node)
+            node = self._boot(state, node)
+            self._save(state.with_node(node))
+            log.info("devnet.node_updated", node=name, previous_compose_hash=previous,
+                     compose_hash=node.compose_hash, boot=node.boot)  # fmt: skip
+            return NodeUpdate(node, changed=True, previous_compose_hash=previous)
 
     def remove_node(self, name: str) -> str:
         """Evict the node's member on chain (cluster owner); the node keeps running and should say why."""
@@ -550,11 +643,30 @@ class Devnet:
         log.info("devnet.signer_funded", signer=str(signer))
         return signer
 
+    def _power_off(self, state: DevnetState, node: NodeState) -> NodeState:
+        """Stop every process of the node and record it as off (its files and state directory stay)."""
+        self._stop_node_processes(node)
+        node = replace(node, processes={})
+        self._save(state.with_node(node))
+        return node
+
+    def _power_cycle(self, state: DevnetState, node: NodeState) -> NodeState:
+        """Power the node off, then boot it through the KMS gate; the new state is saved either way."""
+        node = self._power_off(state, node)
+        state = state.with_node(node)
+        node = self._boot(state, node)
+        self._save(state.with_node(node))
+        return node
+
     def _node_running(self, node: NodeState) -> bool:
         return bool(node.processes) and all(procs.is_alive(p) for p in node.processes.values())
 
     def _stop_node_processes(self, node: NodeState) -> None:
         procs.terminate_all(node.processes.values())
+
+    def running_state(self) -> DevnetState:
+        """The state of the running lab; ``DevnetError`` when it is not running."""
+        return self._require_running()
 
     def _require_running(self) -> DevnetState:
         state = self.load()
@@ -787,19 +899,7 @@ class Devnet:
                 head, count = _run(chain)
             except Exception as exc:
                 log.warning("devnet.chain_unreachable", error=str(exc))
-        nodes = tuple(
-            NodeHealth(
-                name=n.name,
-                boot=n.boot,
-                simulator=_alive(n, "simulator"),
-                wireguard=_alive(n, "wireguard"),
-                sidecar=_alive(n, "sidecar"),
-                dstack_socket=Path(n.dstack_socket).is_socket(),
-                wg_socket=Path(n.wg_socket).is_socket(),
-                healthz=fetch_healthz(n.health_url) if _alive(n, "sidecar") else None,
-            )
-            for n in state.nodes
-        )
+        nodes = tuple(self.node_health(n) for n in state.nodes)
         indexer = None
         if state.indexer is not None:
             idx = state.indexer
@@ -828,6 +928,20 @@ class Devnet:
                 registered_key=registered,
             )
         return LabStatus(state, anvil_alive, head is not None, head, count, nodes, indexer)
+
+    def node_health(self, node: NodeState) -> NodeHealth:
+        """What of one node is running now, and its /healthz (when its workload runs)."""
+        return NodeHealth(
+            name=node.name,
+            boot=node.boot,
+            simulator=_alive(node, "simulator"),
+            wireguard=_alive(node, "wireguard"),
+            sidecar=_alive(node, "sidecar"),
+            dstack_socket=Path(node.dstack_socket).is_socket(),
+            wg_socket=Path(node.wg_socket).is_socket(),
+            healthz=fetch_healthz(node.health_url) if _alive(node, "sidecar") else None,
+            running=node.allowed and self._node_running(node),
+        )
 
     def wait_healthy(self, timeout: float) -> LabStatus:
         """Poll every running node's /healthz until all are healthy; raise DevnetError at the deadline."""
@@ -875,6 +989,29 @@ class Devnet:
 def _alive(node: NodeState, key: str) -> bool:
     rec = node.processes.get(key)
     return rec is not None and procs.is_alive(rec)
+
+
+def _read_compose(path: Path) -> bytes:
+    """The exact bytes of an app-compose.json (dstack measures them as UTF-8 text)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DevnetError(f"cannot read the compose file {path}: {exc.strerror or exc}") from None
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DevnetError(f"the compose file {path} is not UTF-8 text") from None
+    return data
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically (a temp file in the same directory, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def _socket_ready(socket: Path, rec: procs.ProcRecord) -> bool:

@@ -4,8 +4,12 @@ Owns: reading an indexer's public identity from its ``/status`` (the public key 
 from logs), and ``ensure_indexer_registered``: write ``IndexerRegistry.setIndexer(endpoint, code id, public
 key)`` only when the on-chain record differs (idempotent: a second run sends nothing and says so); and the
 owner key's loading from the environment (``ATTESTMESH_OWNER_KEY``: never a command-line argument, never
-echoed). Must not: hold a key beyond the call, print or log key material, or talk to anything but the URLs
-it is given.
+echoed); the day-2 owner actions the deploy routines call, each a no-op when the chain already says what
+it should: ``ensure_compose_hash_allowed`` (``Cluster.addComposeHash`` only when the hash is not on the
+allowlist: "allowlist first") and ``ensure_funded`` (send ETH to an account only while its balance is below
+a floor; the funding key is ``ATTESTMESH_FUNDER_KEY``, or the owner key when that is not set).
+Must not: hold a key beyond the call, print or log key material, or talk to anything but the URLs it is
+given.
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Final
 
 import structlog
 
-from sidecar.chain.contracts import IndexerRegistryClient
+from sidecar.chain.contracts import ClusterClient, IndexerRegistryClient
 from sidecar.chain.rpc import ChainConnection
 from sidecar.chain.tx import LocalSigner, TxSubmitter
 from sidecar.core.ids import Address, Bytes32, SecretBytes
@@ -28,7 +33,9 @@ from sidecar.core.model import IndexerRecord
 log = structlog.get_logger("attestmesh.operator")
 
 OWNER_KEY_VARIABLE: Final = "ATTESTMESH_OWNER_KEY"
+FUNDER_KEY_VARIABLE: Final = "ATTESTMESH_FUNDER_KEY"
 STATUS_TIMEOUT: Final = 3.0
+WEI_PER_ETH: Final = 10**18
 
 
 class OperatorError(RuntimeError):
@@ -54,21 +61,59 @@ class RegistryUpdate:
     tx_hash: Bytes32 | None = None
 
 
-def owner_signer(env: Mapping[str, str]) -> LocalSigner:
-    """The cluster/registry owner's signer from ``ATTESTMESH_OWNER_KEY`` (0x-prefixed 32-byte hex)."""
-    text = env.get(OWNER_KEY_VARIABLE, "").strip()
+def key_signer(env: Mapping[str, str], variable: str) -> LocalSigner:
+    """A signer from the environment variable ``variable`` (0x-prefixed 32-byte hex); errors never show it."""
+    text = env.get(variable, "").strip()
     if not text:
-        raise OperatorError(f"{OWNER_KEY_VARIABLE} is not set (the owner's key is read from the environment)")
+        raise OperatorError(f"{variable} is not set (the key is read from the environment)")
     try:
         raw = bytes.fromhex(text.removeprefix("0x").removeprefix("0X"))
     except ValueError:
-        raise OperatorError(f"{OWNER_KEY_VARIABLE} is not hex") from None
+        raise OperatorError(f"{variable} is not hex") from None
     if len(raw) != 32:
-        raise OperatorError(f"{OWNER_KEY_VARIABLE} must be 32 bytes of hex")
+        raise OperatorError(f"{variable} must be 32 bytes of hex")
     try:
         return LocalSigner(SecretBytes(raw))
     except ValueError:
-        raise OperatorError(f"{OWNER_KEY_VARIABLE} is not a valid secp256k1 private key") from None
+        raise OperatorError(f"{variable} is not a valid secp256k1 private key") from None
+
+
+def owner_signer(env: Mapping[str, str]) -> LocalSigner:
+    """The cluster/registry owner's signer from ``ATTESTMESH_OWNER_KEY`` (0x-prefixed 32-byte hex)."""
+    return key_signer(env, OWNER_KEY_VARIABLE)
+
+
+def funder_signer(env: Mapping[str, str]) -> tuple[LocalSigner, str]:
+    """The account that pays for ``chain fund`` and the variable it came from: ``ATTESTMESH_FUNDER_KEY`` when
+    set (a hot wallet that owns nothing), else ``ATTESTMESH_OWNER_KEY``."""
+    variable = FUNDER_KEY_VARIABLE if env.get(FUNDER_KEY_VARIABLE, "").strip() else OWNER_KEY_VARIABLE
+    return key_signer(env, variable), variable
+
+
+def parse_eth(text: str) -> int:
+    """An amount of ETH written as a decimal (``10``, ``0.5``, ``1e-3``) in wei; at most 18 decimals."""
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        raise ValueError("is not a decimal amount of ETH") from None
+    if not value.is_finite() or value < 0:
+        raise ValueError("must be a finite amount of ETH, 0 or more")
+    wei = value * WEI_PER_ETH
+    if wei != wei.to_integral_value():
+        raise ValueError("has more than 18 decimals (finer than 1 wei)")
+    return int(wei)
+
+
+def format_eth(wei: int) -> str:
+    """Wei as ETH, exact, without trailing zeros (``10``, ``0.5``, ``0.000000000000000001``)."""
+    whole, frac = divmod(wei, WEI_PER_ETH)
+    return f"{whole}.{frac:018d}".rstrip("0").rstrip(".")
+
+
+async def require_contract(conn: ChainConnection, address: Address, what: str) -> None:
+    """Raise ``OperatorError`` unless ``address`` holds code (a typo'd address is an empty account)."""
+    if not await conn.get_code(address):
+        raise OperatorError(f"no contract at the {what} address {address} on chain {await conn.chain_id()}")
 
 
 def fetch_indexer_identity(status_url: str, timeout: float = STATUS_TIMEOUT) -> IndexerIdentity:
@@ -131,3 +176,88 @@ async def ensure_indexer_registered(
         block=receipt.block_number,
     )
     return RegistryUpdate(record, changed=True, tx_hash=receipt.tx_hash)
+
+
+# --- day-2 owner actions ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ComposeAllowlisting:
+    """The outcome of ``ensure_compose_hash_allowed``: whether we sent ``addComposeHash``."""
+
+    compose_hash: Bytes32
+    changed: bool
+    tx_hash: Bytes32 | None = None
+
+
+async def ensure_compose_hash_allowed(
+    conn: ChainConnection, owner: TxSubmitter, cluster: Address, compose_hash: Bytes32
+) -> ComposeAllowlisting:
+    """Put ``compose_hash`` on the cluster's allowlist; send nothing when it is already there.
+
+    Raises ``OperatorError`` when ``cluster`` holds no contract or ``owner`` is not its owner (checked before
+    anything is sent), ``ChainError`` when a read or the transaction fails.
+    """
+    await require_contract(conn, cluster, "cluster")
+    client = ClusterClient(conn, cluster, owner)
+    if await client.allowed_compose_hash(compose_hash):
+        log.info("cluster.compose_hash_unchanged", cluster=str(cluster), compose_hash=str(compose_hash))
+        return ComposeAllowlisting(compose_hash, changed=False)
+    actual = await client.owner()
+    if actual != owner.address:
+        raise OperatorError(f"{owner.address} is not the owner of cluster {cluster} (the owner is {actual})")
+    receipt = await client.add_compose_hash(compose_hash)
+    log.info(
+        "cluster.compose_hash_allowed",
+        cluster=str(cluster),
+        compose_hash=str(compose_hash),
+        tx=str(receipt.tx_hash),
+        block=receipt.block_number,
+    )
+    return ComposeAllowlisting(compose_hash, changed=True, tx_hash=receipt.tx_hash)
+
+
+@dataclass(frozen=True, slots=True)
+class Funding:
+    """The outcome of ``ensure_funded``: the balance before and after, and the transfer if one was sent."""
+
+    account: Address
+    funder: Address
+    balance_before: int
+    balance_after: int
+    sent: int  # wei; 0 when nothing was sent
+    tx_hash: Bytes32 | None = None
+
+    @property
+    def changed(self) -> bool:
+        return self.tx_hash is not None
+
+
+async def ensure_funded(
+    conn: ChainConnection, funder: TxSubmitter, account: Address, *, min_balance: int, amount: int
+) -> Funding:
+    """Send ``amount`` wei to ``account`` only while its balance is below ``min_balance`` (idempotent).
+
+    Raises ``OperatorError`` on amounts that cannot make sense, ``ChainError`` (``InsufficientFunds``
+    among them) when a read or the transfer fails.
+    """
+    if amount <= 0:
+        raise OperatorError("the amount to send must be more than 0")
+    if min_balance < 0:
+        raise OperatorError("the minimum balance cannot be negative")
+    before = await conn.get_balance(account)
+    if before >= min_balance:
+        log.info("account.funding_unchanged", account=str(account), balance=before, min_balance=min_balance)
+        return Funding(account, funder.address, before, before, 0)
+    receipt = await funder.send(account, b"", value=amount)
+    after = await conn.get_balance(account)
+    log.info(
+        "account.funded",
+        account=str(account),
+        funder=str(funder.address),
+        value=amount,
+        balance=after,
+        tx=str(receipt.tx_hash),
+        block=receipt.block_number,
+    )
+    return Funding(account, funder.address, before, after, amount, receipt.tx_hash)

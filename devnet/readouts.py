@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from devnet.operator import OperatorError
+from devnet.operator import OperatorError, require_contract
 from sidecar.chain.contracts import ClusterClient, IndexerRegistryClient
 from sidecar.chain.rpc import ChainConnection
 from sidecar.core.ids import Address, Bytes32, MemberId
@@ -157,11 +157,6 @@ def utc_time(timestamp: int) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-async def _require_contract(conn: ChainConnection, address: Address, what: str) -> None:
-    if not await conn.get_code(address):
-        raise OperatorError(f"no contract at the {what} address {address} on chain {await conn.chain_id()}")
-
-
 async def read_chain_status(
     conn: ChainConnection,
     cluster: Address,
@@ -174,9 +169,9 @@ async def read_chain_status(
     Raises ``OperatorError`` when an address holds no contract, ``ChainError`` when a read fails.
     """
     head = await conn.block_header("latest")
-    await _require_contract(conn, cluster, "cluster")
+    await require_contract(conn, cluster, "cluster")
     if registry is not None:
-        await _require_contract(conn, registry, "indexer registry")
+        await require_contract(conn, registry, "indexer registry")
     at = head.number
     client = ClusterClient(conn, cluster)
     members = await client.members(block=at)

@@ -78,6 +78,7 @@ def test_up_status_down(lab: LabCli) -> None:
         assert node["netns"] == f"{PLAN.name}-{node['name']}"
         assert IPv4Address(node["underlay_ip"]) in PLAN.underlay
         assert node["running"] == {
+            "node": True,
             "simulator": True,
             "wireguard": True,
             "sidecar": False,

@@ -1,0 +1,222 @@
+"""``attestmesh chain allow-compose`` and ``chain fund`` as the deploy routines run them: the CLI as a
+subprocess against anvil with our contracts, keys only in the environment. Each action is idempotent (the
+second run sends nothing: the nonce does not move), refuses bad input with exit 2, fails with exit 1 and
+one line on stderr, and never shows a key or the RPC URL's credentials.
+
+Everything runs on 127.0.0.1 against the module's anvil; nothing else is contacted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from devnet.anvil import DEVNET_DEPLOYER_KEY, DEVNET_DEV_KEYS, AnvilProcess
+from devnet.deployment import Deployment
+from sidecar.chain.contracts import ClusterClient
+from sidecar.chain.rpc import ChainConnection, checksum
+from sidecar.chain.tx import LocalSigner
+from sidecar.core.ids import Address, Bytes32, SecretBytes
+from tests.component.conftest import CHAIN_ID, COMPOSE_HASH
+from tests.component.test_operator_cli import bad_checksum, chain_args, closed_port, run_cli, usage_error
+
+pytestmark = [pytest.mark.component, pytest.mark.timeout(120)]
+
+ETH = 10**18
+OWNER_KEY = "0x" + DEVNET_DEPLOYER_KEY.reveal().hex()
+OTHER_KEY = "0x" + DEVNET_DEV_KEYS[0].reveal().hex()  # a funded account that owns nothing
+OWNER = LocalSigner(DEVNET_DEPLOYER_KEY).address
+OTHER = LocalSigner(DEVNET_DEV_KEYS[0]).address
+SECRETS = (DEVNET_DEPLOYER_KEY.reveal().hex(), DEVNET_DEV_KEYS[0].reveal().hex())
+
+
+async def nonce(conn: ChainConnection, account: Address) -> int:
+    return int(await conn.w3.eth.get_transaction_count(checksum(account)))
+
+
+def assert_no_key(*outputs: str) -> None:
+    for output in outputs:
+        for secret in SECRETS:
+            assert secret not in output.lower()
+
+
+def fresh_account() -> Address:
+    return LocalSigner(SecretBytes(os.urandom(32))).address
+
+
+# --- allow-compose -----------------------------------------------------------------------------------------
+
+
+async def test_allow_compose_sends_add_compose_hash_once(
+    anvil: AnvilProcess, conn: ChainConnection, stack: Deployment
+) -> None:
+    cluster = ClusterClient(conn, stack.cluster)
+    new = Bytes32(os.urandom(32))
+    assert not await cluster.allowed_compose_hash(new)
+    args = ("chain", "allow-compose", *chain_args(anvil, stack), "--compose-hash", str(new))
+
+    first = await run_cli(*args, env={"ATTESTMESH_OWNER_KEY": OWNER_KEY})
+    assert first.returncode == 0, first.stderr
+    assert f"compose hash {new} on cluster {stack.cluster}: allowlisted (tx 0x" in first.stdout
+    assert await cluster.allowed_compose_hash(new)
+
+    sent = await nonce(conn, OWNER)
+    # Again, from the sidecar's variables and without 0x: nothing is sent, and it says so.
+    env = {
+        "ATTESTMESH_OWNER_KEY": OWNER_KEY,
+        "ATTESTMESH_RPC_URL": anvil.rpc_url,
+        "ATTESTMESH_CHAIN_ID": str(CHAIN_ID),
+        "ATTESTMESH_CLUSTER": str(stack.cluster),
+    }
+    again, initial = await asyncio.gather(
+        run_cli("chain", "allow-compose", "--compose-hash", new.hex, env=env),
+        run_cli("chain", "allow-compose", "--compose-hash", str(COMPOSE_HASH), env=env),
+    )
+    assert again.returncode == 0, again.stderr
+    assert (
+        again.stdout
+        == f"compose hash {new} on cluster {stack.cluster}: already allowlisted; nothing changed\n"
+    )
+    assert initial.returncode == 0, initial.stderr
+    assert "already allowlisted; nothing changed" in initial.stdout
+    assert await nonce(conn, OWNER) == sent
+    assert_no_key(first.stdout, first.stderr, again.stdout, again.stderr, initial.stdout, initial.stderr)
+
+
+async def test_allow_compose_refuses_without_the_owner_key_or_with_bad_input(
+    anvil: AnvilProcess, conn: ChainConnection, stack: Deployment, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster = ClusterClient(conn, stack.cluster)
+    new = Bytes32(os.urandom(32))
+    base = ("chain", "allow-compose", "--rpc-url", anvil.rpc_url, "--chain-id", str(CHAIN_ID))
+    args = (*base, "--cluster", str(stack.cluster), "--compose-hash", str(new))
+    api_key = "k3y0f7h3pr0v1d3r"
+    down_url = f"http://user:secret@127.0.0.1:{closed_port()}/v2/{api_key}?token=t0k3nv4lu3"
+    owner_nonce, other_nonce = await nonce(conn, OWNER), await nonce(conn, OTHER)
+
+    no_key, not_owner, bad_key, no_contract, down = await asyncio.gather(
+        run_cli(*args),
+        run_cli(*args, env={"ATTESTMESH_OWNER_KEY": OTHER_KEY}),
+        run_cli(*args, env={"ATTESTMESH_OWNER_KEY": "0x" + "zz" * 32}),
+        run_cli(
+            *base, "--cluster", "0x" + "00" * 19 + "42", "--compose-hash", str(new),
+            env={"ATTESTMESH_OWNER_KEY": OWNER_KEY},
+        ),
+        run_cli(
+            "chain", "allow-compose", "--rpc-url", down_url, "--chain-id", str(CHAIN_ID),
+            "--cluster", str(stack.cluster), "--compose-hash", str(new), "--timeout", "2",
+            env={"ATTESTMESH_OWNER_KEY": OWNER_KEY},
+        ),
+    )  # fmt: skip
+    assert no_key.returncode == 1 and "ATTESTMESH_OWNER_KEY is not set" in no_key.stderr
+    assert not_owner.returncode == 1
+    assert f"{OTHER} is not the owner of cluster {stack.cluster} (the owner is {OWNER})" in not_owner.stderr
+    assert bad_key.returncode == 1 and "not hex" in bad_key.stderr and "zz" not in bad_key.stderr
+    assert no_contract.returncode == 1 and "no contract at the cluster address" in no_contract.stderr
+    assert down.returncode == 1 and "chain allow-compose at http://127.0.0.1:" in down.stderr
+    for secret in ("secret", "user:", api_key, "t0k3nv4lu3"):
+        assert secret not in down.stderr
+    for failed in (no_key, not_owner, bad_key, no_contract, down):
+        assert failed.stdout == "" and len(failed.stderr.splitlines()) == 1, failed.stderr
+        assert "Traceback" not in failed.stderr
+    assert_no_key(*(f.stderr for f in (no_key, not_owner, bad_key, no_contract, down)))
+    assert not await cluster.allowed_compose_hash(new)
+    assert (await nonce(conn, OWNER), await nonce(conn, OTHER)) == (owner_nonce, other_nonce)
+
+    usage = await run_cli(*base, "--cluster", str(stack.cluster), "--compose-hash", "0xabc")
+    assert usage.returncode == 2 and "0xabc" in usage.stderr  # one as a process: the exit status itself
+    for bad in (
+        (*base, "--cluster", str(stack.cluster)),  # no compose hash
+        (*base, "--cluster", str(stack.cluster), "--compose-hash", "0x" + "zz" * 32),
+        (*base, "--cluster", bad_checksum(str(stack.cluster)), "--compose-hash", str(new)),
+        (*base, "--cluster", "0x" + "00" * 20, "--compose-hash", str(new)),
+        (*base, "--compose-hash", str(new)),  # no cluster
+        ("chain", "allow-compose", "--rpc-url", anvil.rpc_url, "--chain-id", "0", "--cluster",
+         str(stack.cluster), "--compose-hash", str(new)),
+    ):  # fmt: skip
+        assert usage_error(capsys, bad), bad
+
+
+# --- fund --------------------------------------------------------------------------------------------------
+
+
+async def test_fund_sends_only_below_the_minimum_and_says_from_which_key(
+    anvil: AnvilProcess, conn: ChainConnection
+) -> None:
+    account = fresh_account()
+    base = ("chain", "fund", "--rpc-url", anvil.rpc_url, "--chain-id", str(CHAIN_ID), "--to", str(account))
+
+    first = await run_cli(
+        *base, "--min-balance", "1", "--amount", "2.5", env={"ATTESTMESH_OWNER_KEY": OWNER_KEY}
+    )
+    assert first.returncode == 0, first.stderr
+    assert f"funded {account} with 2.5 ETH from {OWNER} (ATTESTMESH_OWNER_KEY) (tx 0x" in first.stdout
+    assert "balance 0 -> 2.5 ETH" in first.stdout
+    assert await conn.get_balance(account) == 25 * ETH // 10
+
+    owner_nonce = await nonce(conn, OWNER)
+    env = {
+        "ATTESTMESH_OWNER_KEY": OWNER_KEY,
+        "ATTESTMESH_RPC_URL": anvil.rpc_url,
+        "ATTESTMESH_CHAIN_ID": "31337",
+    }
+    again = await run_cli(
+        "chain", "fund", "--to", str(account), "--min-balance", "1", "--amount", "2.5", env=env
+    )
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == f"{account} has 2.5 ETH (at least 1); nothing sent\n"
+    assert await nonce(conn, OWNER) == owner_nonce
+    assert await conn.get_balance(account) == 25 * ETH // 10
+
+    # A separate funding key wins over the owner key; a top-up that stays short says so.
+    other_nonce = await nonce(conn, OTHER)
+    funder_env = {"ATTESTMESH_OWNER_KEY": OWNER_KEY, "ATTESTMESH_FUNDER_KEY": OTHER_KEY}
+    topped = await run_cli(*base, "--min-balance", "10", "--amount", "0.000000000000000001", env=funder_env)
+    assert topped.returncode == 0, topped.stderr
+    assert f"with 0.000000000000000001 ETH from {OTHER} (ATTESTMESH_FUNDER_KEY)" in topped.stdout
+    assert "balance 2.5 -> 2.500000000000000001 ETH (still below 10)" in topped.stdout
+    assert await conn.get_balance(account) == 25 * ETH // 10 + 1
+    assert (await nonce(conn, OWNER), await nonce(conn, OTHER)) == (owner_nonce, other_nonce + 1)
+    assert_no_key(*(p.stdout + p.stderr for p in (first, again, topped)))
+
+
+async def test_fund_refuses_without_a_key_or_with_bad_input(
+    anvil: AnvilProcess, conn: ChainConnection, capsys: pytest.CaptureFixture[str]
+) -> None:
+    account = fresh_account()
+    base = ("chain", "fund", "--rpc-url", anvil.rpc_url, "--chain-id", str(CHAIN_ID), "--to", str(account))
+    amounts = ("--min-balance", "1", "--amount", "1")
+    broke_key = "0x" + os.urandom(32).hex()  # an account with nothing to send
+    no_key, broke, wrong_chain = await asyncio.gather(
+        run_cli(*base, *amounts),
+        run_cli(*base, *amounts, env={"ATTESTMESH_FUNDER_KEY": broke_key}),
+        run_cli(
+            "chain", "fund", "--rpc-url", anvil.rpc_url, "--chain-id", "1", "--to", str(account), *amounts,
+            env={"ATTESTMESH_OWNER_KEY": OWNER_KEY},
+        ),
+    )  # fmt: skip
+    assert no_key.returncode == 1 and "ATTESTMESH_OWNER_KEY is not set" in no_key.stderr
+    assert broke.returncode == 1 and "has 0 wei" in broke.stderr and broke_key[2:] not in broke.stderr.lower()
+    assert wrong_chain.returncode == 1 and "chain id mismatch" in wrong_chain.stderr
+    for failed in (no_key, broke, wrong_chain):
+        assert failed.stdout == "" and len(failed.stderr.splitlines()) == 1, failed.stderr
+    assert_no_key(wrong_chain.stderr)
+    assert await conn.get_balance(account) == 0
+
+    usage = await run_cli(*base, "--min-balance", "1", "--amount", "lots")
+    assert usage.returncode == 2 and "'lots' is not a decimal amount of ETH" in usage.stderr
+    for bad, why in (
+        ((*base, "--min-balance", "1", "--amount", "0"), "more than 0"),
+        ((*base, "--min-balance", "-1", "--amount", "1"), "0 or more"),
+        ((*base, "--min-balance", "nan", "--amount", "1"), "finite"),
+        ((*base, "--min-balance", "1", "--amount", "0.0000000000000000001"), "more than 18 decimals"),
+        ((*base, "--min-balance", "1"), "--amount"),
+        (("chain", "fund", "--rpc-url", anvil.rpc_url, "--chain-id", "1", "--to", "0x" + "00" * 20, *amounts),
+         "zero address"),
+        (("chain", "fund", "--rpc-url", anvil.rpc_url, "--chain-id", "1", "--to", bad_checksum(str(account)),
+          *amounts), "is not an address"),
+        (("chain", "fund", "--rpc-url", anvil.rpc_url, "--to", str(account), *amounts), "--chain-id"),
+    ):  # fmt: skip
+        assert why in usage_error(capsys, bad), bad
