@@ -16,7 +16,7 @@ lint: setup
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy contracts/build.py bench
 	$(VENV)/bin/lint-imports
-	shellcheck scripts/*.sh .ci/run
+	shellcheck scripts/*.sh deploy/*.sh .ci/run
 	$(VENV)/bin/hadolint Dockerfile
 
 test: setup lint

@@ -1,0 +1,122 @@
+# shellcheck shell=bash
+# deploy/lib.sh: the shared part of the deploy routines (sourced by deploy/node.sh and deploy/indexer.sh).
+#
+# Owns: the run log (every step, with a UTC timestamp, appended to $DEPLOY_LOG_DIR/<routine>-<target>.log
+# and echoed to stderr), the redaction of secrets from everything that reaches a log, and small state files
+# ($DEPLOY_STATE_DIR/<routine>-<target>/<key>) that let a routine killed at any step be run again and finish
+# the work. Must not: print or store a secret (every value of a variable listed in DEPLOY_SECRET_VARS, and
+# the user part of any URL, is replaced by <redacted> before anything is written), keep state anywhere
+# else, or decide anything about a node: that is the routine's job.
+
+DEPLOY_ROOT=${DEPLOY_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)}
+DEPLOY_LOG_DIR=${DEPLOY_LOG_DIR:-$DEPLOY_ROOT/logs}
+DEPLOY_STATE_DIR=${DEPLOY_STATE_DIR:-$DEPLOY_ROOT/state}
+# Variables whose values are secrets (keys, tokens, RPC URLs that embed an API key).
+DEPLOY_SECRET_VARS=${DEPLOY_SECRET_VARS:-"ATTESTMESH_OWNER_KEY ATTESTMESH_FUNDER_KEY PHALA_CLOUD_API_KEY ATTESTMESH_RPC_URL ATTESTMESH_INDEXER_RPC_URL"}
+
+DEPLOY_ROUTINE=""
+DEPLOY_TARGET=""
+DEPLOY_VERB=""
+DEPLOY_LOG=""
+
+# deploy_init ROUTINE TARGET VERB: open the run log of this routine and target.
+deploy_init() {
+  DEPLOY_ROUTINE=$1 DEPLOY_TARGET=$2 DEPLOY_VERB=$3
+  mkdir -p "$DEPLOY_LOG_DIR" "$(deploy_state_dir)"
+  chmod 700 "$DEPLOY_LOG_DIR" "$DEPLOY_STATE_DIR"
+  DEPLOY_LOG="$DEPLOY_LOG_DIR/$DEPLOY_ROUTINE-$DEPLOY_TARGET.log"
+  touch "$DEPLOY_LOG"
+  chmod 600 "$DEPLOY_LOG"
+  deploy_log "run started (pid $$, provider ${PROVIDER:-devnet})"
+}
+
+# deploy_redact: copy stdin to stdout with every secret value and URL user part replaced by <redacted>.
+deploy_redact() {
+  local name value script=""
+  for name in $DEPLOY_SECRET_VARS; do
+    value=${!name-}
+    [[ ${#value} -ge 4 ]] || continue # an empty or tiny value would redact everything
+    script+="${value//\\/\\\\}"$'\n'
+  done
+  SECRETS=$script python3 -c '
+import os, re, sys
+secrets = sorted((s for s in os.environ.get("SECRETS", "").split("\n") if s), key=len, reverse=True)
+userinfo = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+for line in sys.stdin:
+    for secret in secrets:
+        line = line.replace(secret, "<redacted>")
+        if secret.lower().startswith("0x"):
+            line = line.replace(secret[2:], "<redacted>")
+    sys.stdout.write(userinfo.sub(r"\1<redacted>@", line))
+    sys.stdout.flush()
+'
+}
+
+# deploy_log MESSAGE...: one timestamped line (UTC) in the run log and on stderr, redacted.
+deploy_log() {
+  local line
+  line="$(date -u +%Y-%m-%dT%H:%M:%SZ) $DEPLOY_ROUTINE $DEPLOY_TARGET $DEPLOY_VERB: $*"
+  printf '%s\n' "$line" | deploy_redact | tee -a "$DEPLOY_LOG" >&2
+}
+
+# deploy_step NAME COMMAND [ARG...]: run one step; its output (redacted) goes to the run log and stderr,
+# framed by "step NAME started" and "step NAME done" / "step NAME failed (exit N)". Returns the exit code.
+deploy_step() {
+  local name=$1 rc=0 errexit=0
+  shift
+  deploy_log "step $name started"
+  [[ $- == *e* ]] && errexit=1
+  set +e
+  "$@" 2>&1 | deploy_redact | while IFS= read -r line; do
+    printf '%s   | %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$line"
+  done | tee -a "$DEPLOY_LOG" >&2
+  rc=${PIPESTATUS[0]}
+  ((errexit)) && set -e
+  if ((rc == 0)); then
+    deploy_log "step $name done"
+  else
+    deploy_log "step $name failed (exit $rc)"
+  fi
+  return "$rc"
+}
+
+# deploy_state_dir: where this routine and target keep their state files.
+deploy_state_dir() {
+  printf '%s/%s-%s\n' "$DEPLOY_STATE_DIR" "$DEPLOY_ROUTINE" "$DEPLOY_TARGET"
+}
+
+# deploy_state_set KEY VALUE: record a fact for a later run (atomic: a killed write leaves the old value).
+deploy_state_set() {
+  local dir tmp
+  dir=$(deploy_state_dir)
+  mkdir -p "$dir"
+  tmp=$(mktemp "$dir/.$1.XXXXXX")
+  printf '%s\n' "$2" >"$tmp"
+  mv -f "$tmp" "$dir/$1"
+}
+
+# deploy_state_get KEY: print a recorded fact; exit 1 (printing nothing) when there is none.
+deploy_state_get() {
+  local file
+  file="$(deploy_state_dir)/$1"
+  [[ -f $file ]] || return 1
+  cat "$file"
+}
+
+# deploy_state_clear [KEY...]: forget the given facts (all of this routine and target when none is named).
+deploy_state_clear() {
+  local dir
+  dir=$(deploy_state_dir)
+  if (($# == 0)); then
+    rm -rf "$dir"
+  else
+    local key
+    for key in "$@"; do rm -f "$dir/$key"; done
+  fi
+}
+
+# deploy_fail MESSAGE...: log the reason and exit 1.
+deploy_fail() {
+  deploy_log "FAILED: $*"
+  exit 1
+}
