@@ -882,7 +882,8 @@ class Devnet:
         anvil = state.processes.get("anvil")
         anvil_alive = anvil is not None and procs.is_alive(anvil)
 
-        async def chain() -> tuple[int, int | None]:
+        async def chain() -> tuple[int, int | None, str | None]:
+            """One chain session: head, member count and the registered indexer key ("" = none)."""
             async with await connect(state.rpc_url, timeout=2.0, expected_chain_id=state.chain_id) as conn:
                 head = await conn.block_number()
                 count = (
@@ -890,13 +891,19 @@ class Devnet:
                     if state.cluster
                     else None
                 )
-                return head, count
+                registered = None
+                if state.indexer is not None and state.indexer_registry:
+                    registry = IndexerRegistryClient(conn, Address.from_hex(state.indexer_registry))
+                    record = await registry.current()
+                    registered = str(record.pub_key) if record.registered else ""
+                return head, count, registered
 
         head: int | None = None
         count: int | None = None
+        registered: str | None = None
         if anvil_alive and state.rpc_url:
             try:
-                head, count = _run(chain)
+                head, count, registered = _run(chain)
             except Exception as exc:
                 log.warning("devnet.chain_unreachable", error=str(exc))
         nodes = tuple(self.node_health(n) for n in state.nodes)
@@ -904,22 +911,6 @@ class Devnet:
         if state.indexer is not None:
             idx = state.indexer
             running = {k: rec is not None and procs.is_alive(rec) for k, rec in idx.processes.items()}
-            registered: str | None = None
-            if head is not None and state.indexer_registry:
-
-                async def read_registry() -> str:
-                    async with await connect(
-                        state.rpc_url, timeout=2.0, expected_chain_id=state.chain_id
-                    ) as c:
-                        record = await IndexerRegistryClient(
-                            c, Address.from_hex(state.indexer_registry)
-                        ).current()
-                        return str(record.pub_key) if record.registered else ""
-
-                try:
-                    registered = _run(read_registry)
-                except Exception as exc:
-                    log.warning("devnet.registry_unreadable", error=str(exc))
             indexer = IndexerHealth(
                 simulator=running.get("simulator", False),
                 indexer=running.get("indexer", False),

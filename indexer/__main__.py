@@ -19,9 +19,7 @@ def main() -> int:
     try:
         settings = load_settings(os.environ)
     except SettingsError as exc:
-        print("attestmesh-indexer: invalid configuration:", file=sys.stderr)  # noqa: T201
-        for problem in exc.problems:
-            print(f"  - {problem}", file=sys.stderr)  # noqa: T201
+        print(f"attestmesh-indexer: {exc}", file=sys.stderr)  # noqa: T201 - "invalid configuration:" and every problem
         return EXIT_BAD_CONFIGURATION
     configure_logging(settings.log_level.value)
     return asyncio.run(IndexerService(settings).run())
