@@ -11,6 +11,10 @@
   push mode (the lab's indexer pushes the logs), and on a lab made with ``up --no-indexer``, whose
   sidecars only poll chain logs; each run also reads from the members' logs (``events.handled``) whether
   the registration log reached them by push or by poll, and the two modes are compared at the end;
+- **roll**: ``deploy/node.sh NODE restart`` (a CVM reboot through the KMS gate, as an image roll does) of
+  every node of the 3-node lab at once, until every ``/healthz`` says healthy again; and a rolling restart
+  (``restart`` then ``mesh-verify``, one node at a time), its total wall time and each node's restart
+  issued -> healthy, with the fewest healthy nodes seen at any 50 ms sample;
 - **steady**: a 30 s idle window of a healthy 3-node lab: each sidecar's RSS (``/proc/PID/status``) and CPU
   (``/proc/PID/stat`` utime + stime), and its JSON-RPC calls from its ``/metrics`` counters, per method.
 
@@ -288,6 +292,72 @@ def restart(lab: Lab, runs: int = RESTART_RUNS) -> None:
     _print_table(
         f"single-node restart — {runs} runs, {RESTART_NODE} of a healthy {NODES}-node lab",
         [command, after, total],
+    )
+
+
+# --- roll: the deploy routine's restarts ---------------------------------------------------------------
+
+ROLL_RUNS = 3
+NODE_SH = REPO / "deploy" / "node.sh"
+
+
+def _routine(lab: Lab, logs: Path, node: str, verb: str) -> subprocess.Popen[bytes]:
+    env = lab.env
+    env.update(
+        PATH=f"{Path(sys.executable).parent}:{REPO / 'tools' / 'node_modules' / '.bin'}:{env['PATH']}",
+        DEPLOY_LOG_DIR=str(logs / "logs"),
+        DEPLOY_STATE_DIR=str(logs / "state"),
+        MESH_VERIFY_INTERVAL="0.2",
+    )
+    return subprocess.Popen(
+        [str(NODE_SH), node, verb], env=env, cwd=REPO, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def _finish(proc: subprocess.Popen[bytes], what: str) -> None:
+    if proc.wait(timeout=CLI_TIMEOUT_S) != 0:
+        raise BenchError(f"{what} exited {proc.returncode}")
+
+
+def roll(lab: Lab, runs: int = ROLL_RUNS) -> None:
+    names = [n.name for n in lab.state().nodes]
+    at_once = Series(f"all {len(names)} restarted at once -> all healthy")
+    rolling = Series(f"rolling restart of {len(names)} (restart + mesh-verify each)")
+    per_node = Series("rolling: one node's restart issued -> healthy")
+    fewest = Series("rolling: fewest healthy nodes at any sample", unit="nodes")
+    with tempfile.TemporaryDirectory(prefix="ambn-deploy-") as tmp:
+        logs = Path(tmp)
+        for _ in range(runs):
+            wait_until(lambda: all_healthy(lab.running_nodes()), HEALTHY_TIMEOUT_S, "all nodes healthy")
+            time.sleep(SETTLE_S)
+            t0 = time.perf_counter()
+            started = [_routine(lab, logs, name, "restart") for name in names]
+            for proc in started:
+                _finish(proc, "node.sh restart")
+            nodes = lab.state().nodes
+            t1 = wait_until(functools.partial(all_healthy, nodes), HEALTHY_TIMEOUT_S, "all healthy again")
+            at_once.add(t1 - t0)
+        for _ in range(runs):
+            wait_until(lambda: all_healthy(lab.running_nodes()), HEALTHY_TIMEOUT_S, "all nodes healthy")
+            time.sleep(SETTLE_S)
+            low = len(names)
+            t0 = time.perf_counter()
+            for name in names:
+                t_node = time.perf_counter()
+                _finish(_routine(lab, logs, name, "restart"), f"node.sh {name} restart")
+                verify = _routine(lab, logs, name, "mesh-verify")
+                node = lab.state().node(name)
+                while verify.poll() is None:  # sample every node while this one comes back
+                    low = min(low, sum(healthy(n) for n in lab.state().nodes))
+                    time.sleep(HEALTH_POLL_S)
+                _finish(verify, f"node.sh {name} mesh-verify")
+                per_node.add(wait_until(functools.partial(healthy, node), HEALTHY_TIMEOUT_S, name) - t_node)
+            rolling.add(time.perf_counter() - t0)
+            fewest.add(low)
+    _print_table(
+        f"deploy/node.sh restarts — {runs} runs each, a healthy {NODES}-node lab (CVM reboots, KMS gate)",
+        [at_once, rolling, per_node, fewest],
     )
 
 
@@ -570,7 +640,7 @@ def steady(lab: Lab, window: float = IDLE_WINDOW_S) -> None:
 
 # --- entry point ---------------------------------------------------------------------------------------
 
-LAB_BENCHMARKS = ("bringup", "steady", "restart", "join")
+LAB_BENCHMARKS = ("bringup", "steady", "restart", "roll", "join")
 
 
 def main(selected: Sequence[str] = LAB_BENCHMARKS) -> None:
@@ -579,7 +649,7 @@ def main(selected: Sequence[str] = LAB_BENCHMARKS) -> None:
     if "bringup" in selected:
         bringup()
         print()
-    shared = [name for name in ("steady", "restart", "join") if name in selected]
+    shared = [name for name in ("steady", "restart", "roll", "join") if name in selected]
     joins: dict[str, JoinFigures] = {}
     if shared:
         with running_lab() as lab:
@@ -587,7 +657,7 @@ def main(selected: Sequence[str] = LAB_BENCHMARKS) -> None:
                 if name == "join":
                     joins["push"] = join(lab, mode="push")
                 else:
-                    {"steady": steady, "restart": restart}[name](lab)
+                    {"steady": steady, "restart": restart, "roll": roll}[name](lab)
                 print()
     if "join" in selected:
         with running_lab(indexer=False) as lab:

@@ -18,6 +18,12 @@ DEPLOY_ROUTINE=""
 DEPLOY_TARGET=""
 DEPLOY_VERB=""
 DEPLOY_LOG=""
+DEPLOY_RUN_DIR="" # scratch files of this run (removed on exit)
+
+# The devnet's cluster owner: anvil's well-known development account 0 (public; never a key for a real
+# chain). The devnet provider of the routines uses it when ATTESTMESH_OWNER_KEY is not set.
+# shellcheck disable=SC2034 # used by the routines that source this file
+DEPLOY_DEVNET_OWNER_KEY=0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80
 
 # deploy_init ROUTINE TARGET VERB: open the run log of this routine and target.
 deploy_init() {
@@ -27,6 +33,8 @@ deploy_init() {
   DEPLOY_LOG="$DEPLOY_LOG_DIR/$DEPLOY_ROUTINE-$DEPLOY_TARGET.log"
   touch "$DEPLOY_LOG"
   chmod 600 "$DEPLOY_LOG"
+  DEPLOY_RUN_DIR=$(mktemp -d)
+  trap 'rm -rf "$DEPLOY_RUN_DIR"' EXIT
   deploy_log "run started (pid $$, provider ${PROVIDER:-devnet})"
 }
 
@@ -119,4 +127,78 @@ deploy_state_clear() {
 deploy_fail() {
   deploy_log "FAILED: $*"
   exit 1
+}
+
+# deploy_require VAR...: fail (listing every one) unless all the named variables are set and not empty.
+deploy_require() {
+  local name missing=()
+  for name in "$@"; do [[ -n ${!name:-} ]] || missing+=("$name"); done
+  ((${#missing[@]} == 0)) || deploy_fail "not set: ${missing[*]}"
+}
+
+# deploy_changed WHAT: note that this run changed something (a transaction, a boot, a deploy, a restart).
+deploy_changed() { printf '%s\n' "$1" >>"$DEPLOY_RUN_DIR/changes"; }
+
+# deploy_finish NOTHING: the run's last line: what it changed, or "nothing changed (NOTHING)".
+deploy_finish() {
+  if [[ -s $DEPLOY_RUN_DIR/changes ]]; then
+    deploy_log "done: changed $(sort -u "$DEPLOY_RUN_DIR/changes" | paste -sd, -)"
+  else
+    deploy_log "done: nothing changed ($1)"
+  fi
+}
+
+# deploy_json_get FILE PATH: one value of a JSON document (PATH like node.member_id or items.0.name); empty
+# when absent or null; booleans as true/false.
+deploy_json_get() {
+  python3 - "$1" "$2" <<'EOF'
+import json, sys
+try:
+    value = json.load(open(sys.argv[1]))
+except (OSError, ValueError):
+    sys.exit(0)
+for key in sys.argv[2].split("."):
+    if isinstance(value, list) and key.isdigit():
+        value = value[int(key)] if int(key) < len(value) else None
+    else:
+        value = value.get(key) if isinstance(value, dict) else None
+if value is not None:
+    print(str(value).lower() if isinstance(value, bool) else value)
+EOF
+}
+
+# deploy_shell_value TEXT KEY: the value of KEY in shell-quoted KEY=value lines (the CLI's --shell output).
+deploy_shell_value() {
+  local line
+  line=$(grep -m1 "^$2=" <<<"$1") || return 0
+  python3 -c 'import shlex, sys; print("".join(shlex.split(sys.argv[1].split("=", 1)[1])))' "$line"
+}
+
+# deploy_check_target SCRIPT TARGET: exit 2 (bad usage) unless TARGET is a valid node or indexer name
+# (1-24 of [a-z0-9-], no edge hyphen) and PROVIDER (default devnet) a known provider.
+deploy_check_target() {
+  [[ $2 =~ ^[a-z0-9]([a-z0-9-]{0,22}[a-z0-9])?$ ]] || {
+    echo "$1: name must be 1-24 of [a-z0-9-], not starting or ending with '-': $2" >&2
+    exit 2
+  }
+  PROVIDER=${PROVIDER:-devnet}
+  case $PROVIDER in devnet | phala) ;; *)
+    echo "$1: PROVIDER must be devnet or phala, not $PROVIDER" >&2
+    exit 2
+    ;;
+  esac
+}
+
+# deploy_tools: ATTESTMESH (the operator CLI: on PATH, else the checkout's virtualenv; ATTESTMESH_CLI wins)
+# and PHALA (the phala CLI; PHALA_CLI wins).
+# shellcheck disable=SC2034 # both are used by the routines that source this file
+deploy_tools() {
+  if [[ -n ${ATTESTMESH_CLI:-} ]]; then
+    ATTESTMESH=$ATTESTMESH_CLI
+  elif command -v attestmesh >/dev/null 2>&1; then
+    ATTESTMESH=attestmesh
+  else
+    ATTESTMESH=$(dirname "$DEPLOY_ROOT")/.venv/bin/attestmesh
+  fi
+  PHALA=${PHALA_CLI:-phala}
 }

@@ -2,13 +2,13 @@
 
 Owns argument parsing, human, JSON and shell (``KEY=value`` lines for ``eval``) output, and exit codes (0
 done, 1 failed, 2 bad usage). Today it drives the devnet (``attestmesh devnet up|status|env|down|node
-...|indexer ...``; the work itself is in ``devnet.lab``), registers a shared indexer on any chain
-(``attestmesh indexer register``), does the cluster owner's day-2 actions (``attestmesh chain allow-compose``,
-``attestmesh chain fund``; the work is in ``devnet.operator``; keys are read from ``ATTESTMESH_OWNER_KEY``
-and ``ATTESTMESH_FUNDER_KEY``, never from the command line), and reads a live cluster (``attestmesh chain
-status``, ``attestmesh health URL``; the work is in ``devnet.readouts``). Chain options default to the
-sidecar's variables (``ATTESTMESH_RPC_URL``, ``ATTESTMESH_CHAIN_ID``, ``ATTESTMESH_CLUSTER``,
-``ATTESTMESH_INDEXER_REGISTRY``).
+...|indexer ...``; the work itself is in ``devnet.lab``), registers and checks a shared indexer on any chain
+(``attestmesh indexer register|verify``), does the cluster owner's day-2 actions (``attestmesh chain
+allow-compose``, ``attestmesh chain fund``; the work is in ``devnet.operator``; keys are read from
+``ATTESTMESH_OWNER_KEY`` and ``ATTESTMESH_FUNDER_KEY``, never from the command line), and reads a live
+cluster (``attestmesh chain status``, ``attestmesh health URL``; the work is in ``devnet.readouts``). Chain
+options default to the sidecar's variables (``ATTESTMESH_RPC_URL``, ``ATTESTMESH_CHAIN_ID``,
+``ATTESTMESH_CLUSTER``, ``ATTESTMESH_INDEXER_REGISTRY``).
 Logs (structlog, one line per step) go to stderr; results go to stdout. Must not hold logic of its own, or
 show an RPC URL beyond its scheme, host and port (it can carry an API key).
 """
@@ -22,6 +22,7 @@ import logging
 import os
 import shlex
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,15 @@ from devnet.netns import LabError
 from devnet.operator import (
     ComposeAllowlisting,
     Funding,
+    IndexerCheck,
+    MemberAppSetup,
     OperatorError,
     RegistryUpdate,
+    check_indexer,
     ensure_compose_hash_allowed,
     ensure_funded,
     ensure_indexer_registered,
+    ensure_member_app,
     fetch_indexer_identity,
     format_eth,
     funder_signer,
@@ -55,8 +60,9 @@ from devnet.readouts import (
     scrub,
     utc_time,
 )
+from devnet.sealedenv import parse_env_file
 from devnet.state import NodeState
-from devnet.topology import DEFAULT_LAB, DEFAULT_MESH, DEFAULT_UNDERLAY, TopologyError
+from devnet.topology import DEFAULT_LAB, DEFAULT_MESH, DEFAULT_UNDERLAY, TopologyError, validate_node_name
 from sidecar.chain.errors import ChainError
 from sidecar.chain.rpc import connect
 from sidecar.chain.tx import TxSubmitter
@@ -132,6 +138,13 @@ def _bytes32_arg(text: str) -> Bytes32:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
 
+def _node_name_arg(text: str) -> str:
+    try:
+        return validate_node_name(text)
+    except TopologyError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _chain_id_arg(text: str) -> int:
     try:
         value = parse_int(text)
@@ -149,6 +162,16 @@ def _seconds_arg(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} {exc}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError("must be greater than 0")
+    return value
+
+
+def _wait_arg(text: str) -> float:
+    try:
+        value = parse_seconds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} {exc}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
     return value
 
 
@@ -214,8 +237,10 @@ def _parser() -> argparse.ArgumentParser:
         "env",
         help="the lab's chain variables (and one node's facts) as KEY=value lines for a shell's eval",
         description="Print shell-quoted KEY=value lines: ATTESTMESH_RPC_URL, ATTESTMESH_CHAIN_ID, "
-        "ATTESTMESH_CLUSTER and ATTESTMESH_INDEXER_REGISTRY (the defaults of the chain commands), and with "
-        "NODE its facts: NODE_EXISTS, NODE_APP_ID, NODE_COMPOSE_HASH, NODE_BOOT, NODE_RUNNING, NODE_SIGNER, "
+        "ATTESTMESH_CLUSTER, ATTESTMESH_INDEXER_REGISTRY and ATTESTMESH_MEMBER_APP_FACTORY (the defaults of "
+        "the chain commands), the lab indexer's INDEXER_URL, INDEXER_STATUS_URL, INDEXER_HEALTH_URL and "
+        "INDEXER_KEY_VERSION, and with NODE its facts: NODE_EXISTS, NODE_APP_ID, NODE_COMPOSE_HASH, "
+        "NODE_BOOT, NODE_RUNNING, NODE_SIGNER, "
         "NODE_HEALTH_URL, NODE_HEALTHY, NODE_PHASE, NODE_MEMBER_ID, NODE_MESH_IP (1/0 for yes/no, empty when "
         'unknown). Use: set -a; eval "$(attestmesh devnet env node-1)"; set +a',
     )
@@ -224,7 +249,24 @@ def _parser() -> argparse.ArgumentParser:
     _add_node_parser(verbs)
     idx = verbs.add_parser("indexer", help="the lab's shared indexer")
     idx_verbs = idx.add_subparsers(dest="indexer_verb", required=True)
-    idx_verbs.add_parser("start", help="start the indexer (restart it if its key changed) and register it")
+    start = idx_verbs.add_parser(
+        "start", help="start the indexer (restart it if its key or values changed) and register it"
+    )
+    start.add_argument(
+        "--no-register", action="store_true", help="only start it (deploy/indexer.sh registers it itself)"
+    )
+    update = idx_verbs.add_parser(
+        "update",
+        help="apply a sealed env file's values (ATTESTMESH_INDEXER_KEY_VERSION and the tunables) and restart "
+        "the indexer with them, WITHOUT registering it; a no-op when it already runs with them",
+        description="Apply the values of a sealed env file (KEY=value lines, as `phala deploy -e` reads "
+        "them) to the lab's indexer and restart it, without registering it (deploy/indexer.sh's register "
+        "step does that). The file is the whole sealed env: a value it leaves out is back to its default "
+        "(KEY_VERSION 1). Variables the lab sets (RPC_URL, CHAIN_ID, CLUSTER_FACTORY, CLUSTERS, START_BLOCK, "
+        "REGISTRY, PUBLIC_URL, CODE_ID, LISTEN_ADDR) may appear only with the lab's value. The values are "
+        "kept, so `indexer start` runs with them too. Exit 2 when the file cannot be applied.",
+    )
+    update.add_argument("--env-file", type=_file_arg, required=True, help="the sealed env file")
     idx_verbs.add_parser("stop", help="stop the indexer (the registry still names it: an outage)")
     rotate = idx_verbs.add_parser("rotate-key", help="register the next signing key, then restart with it")
     rotate.add_argument(
@@ -240,14 +282,36 @@ def _parser() -> argparse.ArgumentParser:
         help="write the indexer's endpoint, code id and public key (read from its /status) to the registry; "
         "sends nothing when the record already matches. The owner key comes from ATTESTMESH_OWNER_KEY.",
     )
-    reg.add_argument("--rpc-url", required=True, help="chain JSON-RPC URL")
-    reg.add_argument("--chain-id", type=int, required=True, help="expected chain id")
-    reg.add_argument("--registry", required=True, help="IndexerRegistry address")
+    _registry_options(reg)
     reg.add_argument("--status-url", required=True, help="the indexer's /status URL (public key and code id)")
     reg.add_argument(
         "--endpoint", default=None, help="ws(s):// endpoint to register (default: its public_url)"
     )
     reg.add_argument("--code-id", default=None, help="32-byte hex code id (default: the one on its /status)")
+    ver = op_verbs.add_parser(
+        "verify",
+        help="the indexer's /healthz is healthy and IndexerRegistry.current() names what its /status says "
+        "(endpoint, code id, public key); exit 0 iff so (reads only)",
+        description="Check that the indexer is healthy and that the registry names it: the key, code id and "
+        "endpoint its /status reports (or --endpoint / --code-id, as given to `indexer register`). With "
+        "--wait, poll until that holds or SECONDS pass. Exit 0 when verified, 1 (every mismatch named) when "
+        "not.",
+    )
+    _registry_options(ver)
+    ver.add_argument("--status-url", required=True, help="the indexer's /status URL")
+    ver.add_argument("--health-url", required=True, help="the indexer's /healthz URL")
+    ver.add_argument(
+        "--endpoint", default=None, help="the endpoint the registry must name (default: its public_url)"
+    )
+    ver.add_argument(
+        "--code-id", type=_bytes32_arg, default=None, help="the code id it must name (default: its /status's)"
+    )
+    ver.add_argument(
+        "--wait", type=_wait_arg, default=0.0, metavar="SECONDS", help="poll this long (default 0: look once)"
+    )
+    ver.add_argument(
+        "--interval", type=_seconds_arg, default=2.0, metavar="SECONDS", help="between looks (default 2)"
+    )
     _add_chain_parser(top)
     _add_health_parser(top)
     return parser
@@ -259,10 +323,14 @@ Subcommands = argparse._SubParsersAction  # the type of add_subparsers()' result
 def _add_node_parser(verbs: Subcommands[argparse.ArgumentParser]) -> None:
     node = verbs.add_parser("node", help="node verbs")
     node_verbs = node.add_subparsers(dest="node_verb", required=True)
-    add = node_verbs.add_parser("add", help="add a node: app contract, approved app id, compose, boot gate")
+    add = node_verbs.add_parser(
+        "add", help="add a node: app contract, approved app id, compose, boot gate; exit 1 when denied"
+    )
     add.add_argument("name")
     add.add_argument("--compose-file", type=Path, default=None, help="app-compose.json to measure and boot")
-    start = node_verbs.add_parser("start", help="re-run the KMS boot gate and start the node if allowed")
+    start = node_verbs.add_parser(
+        "start", help="re-run the KMS boot gate and start the node if allowed; exit 1 when denied"
+    )
     start.add_argument("name")
     node_verbs.add_parser("stop", help="stop the node (workload, wireguard-go, guest agent)").add_argument(
         "name"
@@ -335,6 +403,22 @@ def _add_chain_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
     allow.add_argument(
         "--compose-hash", type=_bytes32_arg, required=True, metavar="0xHASH", help="the compose hash"
     )
+    app = chain_verbs.add_parser(
+        "member-app",
+        help="a node's app contract (CREATE2 factory) and its pre-approved app id, each only when missing",
+        description="Make node NAME's app contract exist (the member app factory's CREATE2 address for the "
+        "cluster and NAME) and its app id pre-approved on the cluster (Cluster.addAllowedAppId; not needed "
+        "once the node is a member): the cold-start rule, done before the node's first boot. Sends nothing "
+        "and says so when both hold. Key: ATTESTMESH_OWNER_KEY.",
+    )
+    _chain_options(app, cluster=True)
+    app.add_argument(
+        "--factory", type=_address_arg,
+        help="ClusterMemberAppFactory address (env ATTESTMESH_MEMBER_APP_FACTORY)",
+        **_from_env("ATTESTMESH_MEMBER_APP_FACTORY"),
+    )  # fmt: skip
+    app.add_argument("--name", type=_node_name_arg, required=True, help="the node's name (the CREATE2 salt)")
+    app.add_argument("--shell", action="store_true", help="print MEMBER_APP_ID=0x... for a shell's eval")
     fund = chain_verbs.add_parser(
         "fund",
         help="send --amount ETH to an account only while its balance is below --min-balance",
@@ -380,6 +464,15 @@ def _chain_options(parser: argparse.ArgumentParser, *, cluster: bool) -> None:
         metavar="SECONDS",
         help=f"per RPC call (default {RPC_TIMEOUT:g})",
     )
+
+
+def _registry_options(parser: argparse.ArgumentParser) -> None:
+    """The chain options and ``--registry``, the sidecar's variables as defaults."""
+    _chain_options(parser, cluster=False)
+    parser.add_argument(
+        "--registry", type=_address_arg, help="IndexerRegistry address (env ATTESTMESH_INDEXER_REGISTRY)",
+        **_from_env("ATTESTMESH_INDEXER_REGISTRY"),
+    )  # fmt: skip
 
 
 def _add_health_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
@@ -542,9 +635,11 @@ def _node(lab: Devnet, args: argparse.Namespace) -> int:
     if verb == "add":
         node = lab.add_node(args.name, args.compose_file)
         print(f"node {node.name}: app {node.app_id} compose {node.compose_hash} boot {node.boot}")
+        return _booted(node)
     elif verb == "start":
         node = lab.start_node(args.name)
         print(f"node {node.name}: boot {node.boot}")
+        return _booted(node)
     elif verb == "stop":
         print(f"node {lab.stop_node(args.name).name}: stopped")
     elif verb == "restart":
@@ -634,6 +729,12 @@ def _lab_env(lab: Devnet, args: argparse.Namespace) -> int:
         ("ATTESTMESH_CHAIN_ID", state.chain_id),
         ("ATTESTMESH_CLUSTER", state.cluster),
         ("ATTESTMESH_INDEXER_REGISTRY", state.indexer_registry),
+        ("ATTESTMESH_MEMBER_APP_FACTORY", state.member_app_factory),
+        # The lab's indexer (empty when it runs none), for deploy/indexer.sh.
+        ("INDEXER_URL", state.indexer and state.indexer.url),
+        ("INDEXER_STATUS_URL", state.indexer and state.indexer.status_url),
+        ("INDEXER_HEALTH_URL", state.indexer and state.indexer.health_url),
+        ("INDEXER_KEY_VERSION", state.indexer and state.indexer.key_version),
     ]
     if args.name is not None:
         node = next((n for n in state.nodes if n.name == args.name), None)
@@ -661,8 +762,26 @@ def _lab_env(lab: Devnet, args: argparse.Namespace) -> int:
 def _indexer(lab: Devnet, args: argparse.Namespace) -> int:
     verb = args.indexer_verb
     if verb == "start":
-        idx = lab.indexer_start()
-        print(f"indexer: running with key v{idx.key_version} {idx.public_key} at {idx.url}")
+        started = lab.indexer_start(register=not args.no_register)
+        idx = started.indexer
+        what = f"key v{idx.key_version} {idx.public_key} at {idx.url}"
+        if args.no_register:
+            then = "not registered (--no-register)" if started.changed else "nothing changed"
+        else:
+            then = "the registry names it"
+        print(f"indexer: {'started' if started.changed else 'already running'} with {what}; {then}")
+    elif verb == "update":
+        try:
+            result = lab.indexer_update(parse_env_file(args.env_file.read_text()))
+        except ValueError as exc:  # EnvFileError: the message names variables, never values
+            print(f"attestmesh: {args.env_file}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        idx = result.indexer
+        what = f"key v{idx.key_version} {idx.public_key} and {len(idx.sealed_env)} other sealed-env value(s)"
+        if result.changed:
+            print(f"indexer: restarted with {what}; not registered (`attestmesh indexer register` does that)")
+        else:
+            print(f"indexer: already running with {what}; nothing changed")
     elif verb == "stop":
         lab.indexer_stop()
         print("indexer: stopped (still registered; sidecars poll until it returns)")
@@ -694,11 +813,11 @@ def _register_indexer(args: argparse.Namespace) -> int:
     signer = owner_signer(os.environ)
 
     async def register() -> RegistryUpdate:
-        async with await connect(args.rpc_url, expected_chain_id=args.chain_id) as conn:
+        async with await connect(args.rpc_url, timeout=args.timeout, expected_chain_id=args.chain_id) as conn:
             return await ensure_indexer_registered(
                 conn,
                 TxSubmitter(conn, signer),
-                Address.from_hex(args.registry),
+                args.registry,
                 endpoint=endpoint,
                 code_id=code_id,
                 public_key=identity.public_key,
@@ -834,8 +953,45 @@ def _health(args: argparse.Namespace) -> int:
     return EXIT_OK if report.healthy else EXIT_FAILED
 
 
+def _verify_indexer(args: argparse.Namespace) -> int:
+    async def verify() -> IndexerCheck:
+        async with await connect(args.rpc_url, timeout=args.timeout, expected_chain_id=args.chain_id) as conn:
+            deadline = time.monotonic() + args.wait
+            shown: tuple[str, ...] = ()
+            while True:
+                check = await check_indexer(
+                    conn, args.registry, status_url=args.status_url, health_url=args.health_url,
+                    endpoint=args.endpoint, code_id=args.code_id,
+                )  # fmt: skip
+                left = deadline - time.monotonic()
+                if check.ok or left <= 0:
+                    return check
+                if check.problems != shown:  # say what it waits for, once per change
+                    print(f"waiting: {scrub('; '.join(check.problems), args.rpc_url)}", flush=True)
+                    shown = check.problems
+                await asyncio.sleep(min(args.interval, left))
+
+    started = time.monotonic()
+    check = asyncio.run(verify())
+    if not check.ok:
+        after = f" after {time.monotonic() - started:.0f}s" if args.wait else ""
+        why = scrub("; ".join(check.problems), args.rpc_url)
+        print(f"attestmesh: indexer not verified{after}: {why}", file=sys.stderr)
+        return EXIT_FAILED
+    assert check.record is not None and check.identity is not None
+    record, version = check.record, check.identity.key_version
+    print(
+        f"indexer verified: healthy; the registry names it: {record.endpoint} key {record.pub_key}"
+        + ("" if version is None else f" (v{version})")
+        + f" code id {record.code_id}"
+    )
+    return EXIT_OK
+
+
 def _operator(args: argparse.Namespace) -> int:
     try:
+        if args.verb == "verify":
+            return _verify_indexer(args)
         return _register_indexer(args)
     except ValueError as exc:  # a malformed address or code id
         print(f"attestmesh: {exc}", file=sys.stderr)
@@ -888,7 +1044,33 @@ def _fund(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _member_app(args: argparse.Namespace) -> int:
+    owner = owner_signer(os.environ)
+
+    async def ensure() -> MemberAppSetup:
+        async with await connect(args.rpc_url, timeout=args.timeout, expected_chain_id=args.chain_id) as conn:
+            return await ensure_member_app(
+                conn, TxSubmitter(conn, owner), args.factory, args.cluster, args.name
+            )
+
+    result = asyncio.run(ensure())
+    if args.shell:
+        print(_shell_lines([("MEMBER_APP_ID", str(result.app_id))]))
+        return EXIT_OK
+    app = f"node {result.name}: app {result.app_id}"
+    deployed = f"deployed (tx {result.deploy_tx})" if result.deploy_tx else "already deployed"
+    if result.member_id is not None:
+        approved = f"a member ({result.member_id})"
+    else:
+        approved = (
+            f"app id approved (tx {result.approve_tx})" if result.approve_tx else "app id already approved"
+        )
+    print(f"{app} {deployed}; {approved}" + ("" if result.changed else "; nothing changed"))
+    return EXIT_OK
+
+
 _CHAIN_ACTIONS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "member-app": _member_app,
     "allow-compose": _allow_compose,
     "fund": _fund,
 }

@@ -30,7 +30,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -41,7 +41,7 @@ import structlog
 from devnet import procs
 from devnet.anvil import DEVNET_DEPLOYER_KEY, AnvilProcess
 from devnet.compose import DEFAULT_COMPOSE_BYTES, INDEXER_COMPOSE_BYTES, compose_hash
-from devnet.deployment import deploy_member_app, deploy_stack
+from devnet.deployment import deploy_stack
 from devnet.kms import DevnetKms, derive_key
 from devnet.kmsgate import boot_info_for, evaluate
 from devnet.netns import LabNetwork
@@ -49,8 +49,10 @@ from devnet.operator import (
     OperatorError,
     RegistryUpdate,
     ensure_indexer_registered,
+    ensure_member_app,
     fetch_indexer_identity,
 )
+from devnet.sealedenv import plan_indexer_env
 from devnet.simulator.config import SimulatorConfig
 from devnet.state import (
     BOOT_ALLOWED,
@@ -132,6 +134,15 @@ class NodeUpdate:
     node: NodeState
     changed: bool  # False: it already ran this compose and was allowed; nothing was touched
     previous_compose_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class IndexerChange:
+    """The outcome of ``indexer start`` / ``indexer update``: the indexer afterwards, and whether it was
+    (re)started."""
+
+    indexer: IndexerState
+    changed: bool  # False: it already ran with this key version and these values; nothing was touched
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,15 +497,17 @@ class Devnet:
         owner = LocalSigner(DEVNET_DEPLOYER_KEY)
 
         async def create_app() -> Address:
+            # Check before write (a re-run after a crash sends nothing twice): the app contract, then the
+            # cold-start rule, its app id pre-approved before its first boot.
             async with await connect(state.rpc_url, expected_chain_id=state.chain_id) as conn:
-                submitter = TxSubmitter(conn, owner)
-                cluster = Address.from_hex(state.cluster)
-                app = await deploy_member_app(
-                    conn, submitter, Address.from_hex(state.member_app_factory), cluster, name
+                setup = await ensure_member_app(
+                    conn,
+                    TxSubmitter(conn, owner),
+                    Address.from_hex(state.member_app_factory),
+                    Address.from_hex(state.cluster),
+                    name,
                 )
-                # The cold-start rule: a node's app id must be pre-approved before its first boot.
-                await ClusterClient(conn, cluster, submitter).add_allowed_app_id(app)
-                return app
+                return setup.app_id
 
         app_id = _run(create_app)
         instance_id = hashlib.sha256(f"attestmesh-devnet-instance:{self.plan.name}:{name}".encode()).digest()[
@@ -569,6 +582,7 @@ class Devnet:
             netns=node.netns,
             log_path=self.logs / f"{node.name}-simulator.log",
         )
+        self._journal(state, node, {"simulator": simulator})
         try:
             procs.wait_for(
                 lambda: _socket_ready(socket, simulator),
@@ -584,11 +598,18 @@ class Devnet:
         except BaseException:
             procs.terminate(simulator)
             raise
-        signer = _run(lambda: self._fund_signer(state, socket))
         processes = {"simulator": simulator, "wireguard": wireguard}
+        self._journal(state, node, processes)
+        signer = _run(lambda: self._fund_signer(state, socket))
         if state.sidecars:
             processes["sidecar"] = self._start_sidecar(state, node)
+            self._journal(state, node, processes)
         return replace(node, boot=BOOT_ALLOWED, signer=str(signer), processes=processes)
+
+    def _journal(self, state: DevnetState, node: NodeState, processes: dict[str, procs.ProcRecord]) -> None:
+        """Record processes as soon as they run: a command killed mid-boot leaves them known, so the next
+        power-off stops them instead of a second wireguard-go fighting the first for the interface."""
+        self._save(state.with_node(replace(node, processes=dict(processes))))
 
     def sidecar_env(self, state: DevnetState, node: NodeState) -> dict[str, str]:
         """The node workload's environment: what a CVM's sealed env and compose file would give it."""
@@ -676,19 +697,46 @@ class Devnet:
 
     # --- indexer -----------------------------------------------------------------------------------
 
-    def indexer_start(self) -> IndexerState:
-        """Start the indexer (a no-op when it runs with the current key) and make the registry name it."""
+    def indexer_start(self, *, register: bool = True) -> IndexerChange:
+        """Start the indexer (a no-op when it runs with the current key and values) and, unless ``register``
+        is False, make the registry name it."""
         with self.locked():
             state = self._require_running()
             idx = self._require_indexer(state)
-            if self._indexer_running(idx) and idx.running_key_version == idx.key_version:
-                log.info("devnet.indexer_start_skipped", reason="already running")
-            else:
+            started = not self._indexer_current(idx)
+            if started:
                 idx = self._start_indexer(state, idx)
                 state = self._save(replace(state, indexer=idx))
-            idx = self._register_indexer(state, idx)
+            else:
+                log.info("devnet.indexer_start_skipped", reason="already running")
+            if register:
+                idx = self._register_indexer(state, idx)
+                self._save(replace(state, indexer=idx))
+            return IndexerChange(idx, changed=started)
+
+    def indexer_update(self, values: Mapping[str, str]) -> IndexerChange:
+        """Apply a sealed env file's values (``devnet.sealedenv``: the key version and the tunables) and
+        restart the indexer with them, without registering it; a no-op when it already runs with them.
+
+        The values are kept in the state file, so a later ``indexer start`` runs with them too. Raises
+        ``EnvFileError`` (nothing changed) when the file cannot be applied.
+        """
+        with self.locked():
+            state = self._require_running()
+            idx = self._require_indexer(state)
+            plan = plan_indexer_env(values, self.indexer_env(state, replace(idx, sealed_env={})))
+            public_key = self._indexer_public_key(idx, plan.key_version)
+            idx = replace(
+                idx, key_version=plan.key_version, sealed_env=plan.values, public_key=str(public_key)
+            )
+            state = self._save(replace(state, indexer=idx))
+            if self._indexer_current(idx):
+                log.info("devnet.indexer_update_skipped", reason="already running with these values")
+                return IndexerChange(idx, changed=False)
+            idx = self._start_indexer(state, idx)
             self._save(replace(state, indexer=idx))
-            return idx
+            log.info("devnet.indexer_updated", key_version=idx.key_version, values=sorted(idx.sealed_env))
+            return IndexerChange(idx, changed=True)
 
     def indexer_stop(self) -> IndexerState:
         """Stop the indexer process and its guest agent; the registry keeps naming it (an outage)."""
@@ -731,6 +779,14 @@ class Devnet:
 
     def _indexer_running(self, idx: IndexerState) -> bool:
         return bool(idx.processes) and all(procs.is_alive(p) for p in idx.processes.values())
+
+    def _indexer_current(self, idx: IndexerState) -> bool:
+        """Running, with the key version and sealed-env values it is meant to run with."""
+        return (
+            self._indexer_running(idx)
+            and idx.running_key_version == idx.key_version
+            and idx.running_env == idx.sealed_env
+        )
 
     def _create_indexer(self, state: DevnetState) -> DevnetState:
         """The indexer's namespace, its own guest agent and app id, the process, and its registration."""
@@ -796,14 +852,20 @@ class Devnet:
                 f"{prefix}POLL_INTERVAL": str(INDEXER_POLL_INTERVAL),
                 f"{prefix}CONFIRMATIONS": "0",
                 f"{prefix}REGISTRY_CHECK_INTERVAL": "2",
+                **idx.sealed_env,  # never a lab-owned name or KEY_VERSION (devnet.sealedenv)
                 "DSTACK_SIMULATOR_ENDPOINT": idx.dstack_socket,
             }
         )
         return env
 
     def _start_indexer(self, state: DevnetState, idx: IndexerState) -> IndexerState:
-        """(Re)start the indexer's guest agent and process; return once ``/status`` shows its key."""
+        """(Re)start the indexer's guest agent and process; return once ``/status`` shows its key.
+
+        Each process is written to the state file as soon as it runs: a command killed meanwhile leaves it
+        known, so the next start stops it instead of a second indexer failing to bind the port."""
         procs.terminate_all(idx.processes.values())
+        idx = replace(idx, processes={}, running_key_version=0, running_env={})
+        self._save(replace(state, indexer=idx))
         socket = Path(idx.dstack_socket)
         socket.unlink(missing_ok=True)
         simulator = procs.spawn(
@@ -813,6 +875,7 @@ class Devnet:
             netns=idx.netns,
             log_path=self.logs / "indexer-simulator.log",
         )  # fmt: skip
+        self._save(replace(state, indexer=replace(idx, processes={"simulator": simulator})))
         try:
             procs.wait_for(lambda: _socket_ready(socket, simulator), START_TIMEOUT, what="indexer simulator")
             indexer = procs.spawn(
@@ -825,6 +888,13 @@ class Devnet:
         except BaseException:
             procs.terminate(simulator)
             raise
+        idx = replace(
+            idx,
+            processes={"simulator": simulator, "indexer": indexer},
+            running_key_version=idx.key_version,
+            running_env=dict(idx.sealed_env),
+        )
+        self._save(replace(state, indexer=idx))
         expected = self._indexer_public_key(idx, idx.key_version)
 
         def key_shown() -> bool:
@@ -843,9 +913,7 @@ class Devnet:
             procs.terminate_all((indexer, simulator))
             raise
         log.info("devnet.indexer_started", pid=indexer.pid, key_version=idx.key_version, url=idx.url)
-        return replace(
-            idx, processes={"simulator": simulator, "indexer": indexer}, running_key_version=idx.key_version
-        )
+        return idx
 
     def _indexer_public_key(self, idx: IndexerState, version: int) -> Bytes32:
         """The Ed25519 public key of key ``version``: what the indexer's guest agent derives (devnet KMS)."""

@@ -1,33 +1,38 @@
 """Operator actions against a live chain and live services, shared by the CLI and the devnet.
 
 Owns: reading an indexer's public identity from its ``/status`` (the public key is read there, never scraped
-from logs), and ``ensure_indexer_registered``: write ``IndexerRegistry.setIndexer(endpoint, code id, public
+from logs) and its health, ``check_indexer`` (healthy, and the registry naming what ``/status`` says; reads
+only), and ``ensure_indexer_registered``: write ``IndexerRegistry.setIndexer(endpoint, code id, public
 key)`` only when the on-chain record differs (idempotent: a second run sends nothing and says so); and the
 owner key's loading from the environment (``ATTESTMESH_OWNER_KEY``: never a command-line argument, never
 echoed); the day-2 owner actions the deploy routines call, each a no-op when the chain already says what
 it should: ``ensure_compose_hash_allowed`` (``Cluster.addComposeHash`` only when the hash is not on the
 allowlist: "allowlist first") and ``ensure_funded`` (send ETH to an account only while its balance is below
-a floor; the funding key is ``ATTESTMESH_FUNDER_KEY``, or the owner key when that is not set).
+a floor; the funding key is ``ATTESTMESH_FUNDER_KEY``, or the owner key when that is not set) and
+``ensure_member_app`` (a node's app contract from the CREATE2 factory and its pre-approved app id, each
+sent only when missing: the cold-start rule, before the node's first boot).
 Must not: hold a key beyond the call, print or log key material, or talk to anything but the URLs it is
 given.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Final
+from typing import Any, Final
 
 import structlog
 
-from sidecar.chain.contracts import ClusterClient, IndexerRegistryClient
+from sidecar.chain.contracts import ClusterClient, IndexerRegistryClient, MemberAppFactoryClient
+from sidecar.chain.errors import ChainError
 from sidecar.chain.rpc import ChainConnection
 from sidecar.chain.tx import LocalSigner, TxSubmitter
-from sidecar.core.ids import Address, Bytes32, SecretBytes
+from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
 from sidecar.core.model import IndexerRecord
 
 log = structlog.get_logger("attestmesh.operator")
@@ -178,6 +183,104 @@ async def ensure_indexer_registered(
     return RegistryUpdate(record, changed=True, tx_hash=receipt.tx_hash)
 
 
+def fetch_indexer_health(health_url: str, timeout: float = STATUS_TIMEOUT) -> tuple[bool, str]:
+    """GET the indexer's ``/healthz``: whether it is healthy (200 and ``healthy: true``) and, when it is
+    not, why (its answer, or that it did not answer)."""
+    try:
+        with urllib.request.urlopen(health_url, timeout=timeout) as response:  # noqa: S310 - operator URL
+            status, body = response.status, response.read(1 << 20)
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read(1 << 20)
+    except (urllib.error.URLError, OSError) as exc:
+        return False, f"{health_url} did not answer: {exc}"
+    try:
+        data: Any = json.loads(body)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        return False, f"{health_url} answered {status} without an indexer health document"
+    if status == 200 and data.get("healthy") is True:
+        return True, ""
+    return False, (
+        f"{health_url} answered {status}: healthy {data.get('healthy')}, ready {data.get('ready')}, "
+        f"lag {data.get('lag_blocks')} blocks (at most {data.get('max_head_lag')})"
+    )
+
+
+def registration_problems(
+    record: IndexerRecord,
+    identity: IndexerIdentity,
+    *,
+    endpoint: str | None = None,
+    code_id: Bytes32 | None = None,
+) -> list[str]:
+    """What differs between the registry record and the indexer: its key, and the endpoint and code id it
+    reports on ``/status`` (or ``endpoint`` / ``code_id`` when given, as ``indexer register`` takes them)."""
+    if not record.registered:
+        return ["the registry names no indexer"]
+    problems = []
+    if record.pub_key != identity.public_key:
+        version = "" if identity.key_version is None else f" (key v{identity.key_version})"
+        problems.append(
+            f"the registry names key {record.pub_key} "
+            f"but the indexer signs with {identity.public_key}{version}"
+        )
+    want_endpoint = endpoint or identity.public_url
+    if want_endpoint is None:
+        problems.append("the indexer's /status has no public_url (give the endpoint)")
+    elif record.endpoint != want_endpoint:
+        problems.append(f"the registry names endpoint {record.endpoint} but the indexer is {want_endpoint}")
+    want_code_id = code_id or identity.code_id
+    if want_code_id is None:
+        problems.append("the indexer's /status has no code_id (give the code id)")
+    elif record.code_id != want_code_id:
+        problems.append(f"the registry names code id {record.code_id} but the indexer's is {want_code_id}")
+    return problems
+
+
+@dataclass(frozen=True, slots=True)
+class IndexerCheck:
+    """One look at a running indexer: healthy, and named by the registry as its /status describes it."""
+
+    record: IndexerRecord | None  # None: the registry could not be read
+    identity: IndexerIdentity | None  # None: /status did not answer with a key
+    problems: tuple[str, ...]  # empty: verified
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+async def check_indexer(
+    conn: ChainConnection,
+    registry: Address,
+    *,
+    status_url: str,
+    health_url: str,
+    endpoint: str | None = None,
+    code_id: Bytes32 | None = None,
+) -> IndexerCheck:
+    """Check once that the indexer's ``/healthz`` is healthy and ``IndexerRegistry.current()`` equals what its
+    ``/status`` says (key, code id, endpoint); every problem found is named (reads only)."""
+    problems: list[str] = []
+    healthy, why = await asyncio.to_thread(fetch_indexer_health, health_url)
+    if not healthy:
+        problems.append(f"not healthy: {why}")
+    identity: IndexerIdentity | None = None
+    try:
+        identity = await asyncio.to_thread(fetch_indexer_identity, status_url)
+    except OperatorError as exc:
+        problems.append(str(exc))
+    record: IndexerRecord | None = None
+    try:
+        record = await IndexerRegistryClient(conn, registry).current()
+    except ChainError as exc:
+        problems.append(f"IndexerRegistry.current() failed: {exc}")
+    if record is not None and identity is not None:
+        problems += registration_problems(record, identity, endpoint=endpoint, code_id=code_id)
+    return IndexerCheck(record, identity, tuple(problems))
+
+
 # --- day-2 owner actions ---------------------------------------------------------------------------------
 
 
@@ -261,3 +364,56 @@ async def ensure_funded(
         block=receipt.block_number,
     )
     return Funding(account, funder.address, before, after, amount, receipt.tx_hash)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberAppSetup:
+    """The outcome of ``ensure_member_app``: the node's app id and the transactions it took (if any)."""
+
+    name: str
+    app_id: Address
+    member_id: MemberId | None
+    deploy_tx: Bytes32 | None = None
+    approve_tx: Bytes32 | None = None
+
+    @property
+    def changed(self) -> bool:
+        return self.deploy_tx is not None or self.approve_tx is not None
+
+
+async def ensure_member_app(
+    conn: ChainConnection, owner: TxSubmitter, factory: Address, cluster: Address, name: str
+) -> MemberAppSetup:
+    """Make node ``name``'s app contract exist and its app id pre-approved on ``cluster`` (idempotent).
+
+    The app is the factory's CREATE2 address for ``(cluster, name)``: deployed only when it has no code yet.
+    Its app id is added to ``allowedAppIds`` only when it is neither there nor already a member (a
+    registered node needs no pre-approval). The owner is checked before the approval is sent.
+    """
+    await require_contract(conn, factory, "member app factory")
+    await require_contract(conn, cluster, "cluster")
+    apps = MemberAppFactoryClient(conn, factory, owner)
+    app_id, deployed = await apps.ensure_deployed(cluster, name)
+    client = ClusterClient(conn, cluster, owner)
+    member_id = await client.member_id_of(app_id)
+    approve_tx: Bytes32 | None = None
+    if member_id is None and not await client.allowed_app_id(app_id):
+        actual = await client.owner()
+        if actual != owner.address:
+            raise OperatorError(
+                f"{owner.address} is not the owner of cluster {cluster} (the owner is {actual})"
+            )
+        approve_tx = (await client.add_allowed_app_id(app_id)).tx_hash
+    result = MemberAppSetup(
+        name, app_id, member_id, deploy_tx=deployed.tx_hash if deployed else None, approve_tx=approve_tx
+    )
+    log.info(
+        "cluster.member_app_ready" if result.changed else "cluster.member_app_unchanged",
+        cluster=str(cluster),
+        node=name,
+        app_id=str(app_id),
+        member_id=str(member_id) if member_id else None,
+        deploy_tx=str(result.deploy_tx) if result.deploy_tx else None,
+        approve_tx=str(approve_tx) if approve_tx else None,
+    )
+    return result

@@ -74,9 +74,13 @@ class IndexerState:
     url: str  # the WebSocket endpoint written to IndexerRegistry
     health_url: str
     status_url: str
-    key_version: int = 1  # the key version to run (and, once registered, the one on chain)
+    key_version: int = 1  # the key version to run (registered on chain unless `indexer update` skipped that)
     running_key_version: int = 0  # the key version of the running process (0: not running)
-    public_key: str = ""  # the registered public key ("" until registered)
+    public_key: str = ""  # the public key of key_version ("" until first registered)
+    #: Sealed-env values applied over the lab's own (``devnet indexer update --env-file``), kept for every
+    #: later start; and those the running process was started with.
+    sealed_env: dict[str, str] = field(default_factory=dict)
+    running_env: dict[str, str] = field(default_factory=dict)
     processes: dict[str, ProcRecord] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:

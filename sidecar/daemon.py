@@ -37,6 +37,8 @@ from sidecar.http.peerapi import CskAnswer, peer_api
 from sidecar.http.server import Runner
 from sidecar.observability import CskRefusal, Metrics
 from sidecar.settings import Settings
+from sidecar.wg.select import resolve_backend
+from sidecar.wg.userspace import WireGuardGo, should_start
 
 log = structlog.get_logger("sidecar.daemon")
 
@@ -245,11 +247,23 @@ class Daemon:
         )
         log.info("app_api.listening", socket=str(s.http.app_socket))
         log.info("sidecar.started", version=__version__, cluster=str(s.chain.cluster), pid=os.getpid())
+        await self._start_wireguard_go()
         self.supervisor.start("control", self.controller.run)
         self.supervisor.start("events", self.events.run)
         await self._stop.wait()
         await self.shutdown()
         return 0
+
+    async def _start_wireguard_go(self) -> None:
+        """The userspace backend on wireguard-go's own socket directory (a kernel without WireGuard, in the
+        image): run wireguard-go as a supervised child. The devnet and operators who run it themselves use
+        another UAPI directory, and nothing is started."""
+        mesh = self.settings.mesh
+        backend = await asyncio.to_thread(resolve_backend, mesh.backend)
+        start, why = should_start(backend, mesh.uapi_dir)
+        log.info("wg.backend_selected", backend=backend, interface=mesh.interface, wireguard_go=why)
+        if start:
+            self.supervisor.start("wireguard-go", WireGuardGo(mesh.interface).run)
 
     def _signalled(self) -> None:
         if self._stop.is_set():

@@ -335,11 +335,17 @@ class MemberAppFactoryClient(ContractClient):
 
     async def deploy(self, cluster: Address, name: str) -> Address:
         """Deploy (or find, if already deployed) the member app of ``(cluster, name)``; return its address."""
+        return (await self.ensure_deployed(cluster, name))[0]
+
+    async def ensure_deployed(self, cluster: Address, name: str) -> tuple[Address, TxReceipt | None]:
+        """The member app of ``(cluster, name)`` and the deploy receipt; no transaction when it exists."""
         expected = await self.predict(cluster, name)
-        await self._send("deploy", cluster.checksum, name)
+        if await self.is_our_app(expected):
+            return expected, None
+        receipt = await self._send("deploy", cluster.checksum, name)
         if not await self.is_our_app(expected):
             raise UnexpectedChainError(f"member app factory did not deploy {name!r} at {expected}")
-        return expected
+        return expected, receipt
 
 
 class ClusterFactoryClient(ContractClient):

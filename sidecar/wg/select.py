@@ -1,11 +1,13 @@
 """Choosing the WireGuard backend: ``open_device`` returns the ``WgDevice`` for a configured backend name.
 
 ``auto`` means the kernel backend where the kernel speaks WireGuard (a CVM), else wireguard-go's UAPI.
-Must not: start wireguard-go, create or configure anything (that is ``ensure_up``'s job).
+Must not: start wireguard-go (``sidecar.wg.userspace`` does, when nothing else does), create or configure
+anything (that is ``ensure_up``'s job).
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Literal
 
@@ -22,16 +24,31 @@ def uapi_socket_path(uapi_dir: Path, ifname: str = DEFAULT_IFNAME) -> Path:
     return uapi_dir / f"{ifname}.sock"
 
 
+@functools.cache
+def _kernel_speaks_wireguard() -> bool:
+    return kernel_available()
+
+
+def resolve_backend(backend: Backend | str) -> Literal["userspace", "kernel"]:
+    """The backend ``auto`` means here (kernel when this kernel speaks WireGuard, else userspace); other
+    names as they are. The kernel is probed once per process, briefly blocking the caller (a start-up step).
+    """
+    if backend == "auto":
+        return "kernel" if _kernel_speaks_wireguard() else "userspace"
+    if backend == "kernel":
+        return "kernel"
+    if backend == "userspace":
+        return "userspace"
+    raise ValueError(f"WireGuard backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+
+
 def open_device(backend: Backend | str, *, ifname: str = DEFAULT_IFNAME, uapi_dir: Path) -> WgDevice:
     """Return the device adapter for ``backend`` (``auto``: kernel when available, else userspace).
 
     ``backend`` is one of ``BACKENDS`` (a ``str`` enum of those values works too); anything else is a
-    ``ValueError``. ``auto`` probes the kernel once, briefly blocking the caller (a start-up step).
+    ``ValueError``.
     """
-    if backend == "auto":
-        backend = "kernel" if kernel_available() else "userspace"
+    backend = resolve_backend(backend)
     if backend == "kernel":
         return KernelDevice(ifname)
-    if backend == "userspace":
-        return UapiDevice(uapi_socket_path(uapi_dir, ifname), ifname)
-    raise ValueError(f"WireGuard backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    return UapiDevice(uapi_socket_path(uapi_dir, ifname), ifname)

@@ -15,7 +15,7 @@ import pytest
 
 from devnet.anvil import DEVNET_DEPLOYER_KEY, DEVNET_DEV_KEYS, AnvilProcess
 from devnet.deployment import Deployment
-from sidecar.chain.contracts import ClusterClient
+from sidecar.chain.contracts import ClusterClient, MemberAppFactoryClient
 from sidecar.chain.rpc import ChainConnection, checksum
 from sidecar.chain.tx import LocalSigner
 from sidecar.core.ids import Address, Bytes32, SecretBytes
@@ -220,3 +220,49 @@ async def test_fund_refuses_without_a_key_or_with_bad_input(
         (("chain", "fund", "--rpc-url", anvil.rpc_url, "--to", str(account), *amounts), "--chain-id"),
     ):  # fmt: skip
         assert why in usage_error(capsys, bad), bad
+
+
+# --- member-app --------------------------------------------------------------------------------------------
+
+
+async def test_member_app_deploys_and_approves_once_and_refuses_a_key_that_is_not_the_owner(
+    anvil: AnvilProcess, conn: ChainConnection, stack: Deployment, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster = ClusterClient(conn, stack.cluster)
+    factory = MemberAppFactoryClient(conn, stack.member_app_factory)
+    name = f"node-{os.urandom(3).hex()}"
+    app = await factory.predict(stack.cluster, name)
+    args = ("chain", "member-app", *chain_args(anvil, stack), "--factory", str(stack.member_app_factory))
+
+    # A key that is not the owner's: the app may be deployed (the factory is open), the approval is refused.
+    other_nonce = await nonce(conn, OTHER)
+    refused = await run_cli(*args, "--name", name, env={"ATTESTMESH_OWNER_KEY": OTHER_KEY})
+    assert refused.returncode == 1
+    assert f"{OTHER} is not the owner of cluster {stack.cluster}" in refused.stderr
+    assert not await cluster.allowed_app_id(app)
+    assert await nonce(conn, OTHER) == other_nonce + 1  # the open factory's deploy, nothing more
+
+    sent = await nonce(conn, OWNER)
+    first = await run_cli(*args, "--name", name, env={"ATTESTMESH_OWNER_KEY": OWNER_KEY})
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith(f"node {name}: app {app} already deployed; app id approved (tx 0x")
+    assert await cluster.allowed_app_id(app) and await factory.is_our_app(app)
+    assert await nonce(conn, OWNER) == sent + 1
+
+    # Again, the factory from the environment, for a shell's eval: nothing sent.
+    env = {"ATTESTMESH_OWNER_KEY": OWNER_KEY, "ATTESTMESH_MEMBER_APP_FACTORY": str(stack.member_app_factory)}
+    again = await run_cli(
+        "chain", "member-app", *chain_args(anvil, stack), "--name", name, "--shell", env=env
+    )
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == f"MEMBER_APP_ID={app}\n"
+    fresh = f"node-{os.urandom(3).hex()}"
+    both = await run_cli(*args, "--name", fresh, env={"ATTESTMESH_OWNER_KEY": OWNER_KEY})
+    assert both.returncode == 0, both.stderr
+    assert "deployed (tx 0x" in both.stdout and "app id approved (tx 0x" in both.stdout
+    again = await run_cli(*args, "--name", fresh, env={"ATTESTMESH_OWNER_KEY": OWNER_KEY})
+    assert again.stdout.endswith("already deployed; app id already approved; nothing changed\n")
+    assert await nonce(conn, OWNER) == sent + 3
+    assert_no_key(refused.stdout, refused.stderr, first.stdout, first.stderr, both.stdout, again.stdout)
+
+    assert "node name must be" in usage_error(capsys, [*args, "--name", "Bad_Name"])

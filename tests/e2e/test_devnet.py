@@ -157,8 +157,10 @@ def test_denied_node_does_not_start_until_allowlisted(lab: LabCli, tmp_path: Pat
     lab.run("up", "--nodes", "1", "--no-sidecar")
     changed = tmp_path / "app-compose.json"
     changed.write_bytes(encode_app_compose(node_app_compose(extra_envs=("APP_FEATURE_FLAG",))))
-    out = lab.run("node", "add", "node-2", "--compose-file", str(changed)).stdout
-    assert "denied: compose hash not allowed" in out
+    denied = lab.run("node", "add", "node-2", "--compose-file", str(changed), check=False)
+    assert denied.returncode == 1, denied.stderr  # like `node update` and `node reboot`: denied is a failure
+    assert "denied: compose hash not allowed" in denied.stdout
+    assert "was denied at the KMS boot gate (compose hash not allowed)" in denied.stderr
     status = lab.status()
     node = next(n for n in status["nodes"] if n["name"] == "node-2")
     assert node["boot"] == "denied: compose hash not allowed"

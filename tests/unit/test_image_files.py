@@ -18,6 +18,7 @@ import yaml
 
 import indexer.settings
 import sidecar.settings
+from devnet.compose import DEFAULT_COMPOSE_BYTES
 from tests import dockerfile
 
 REPO = Path(__file__).resolve().parents[2]
@@ -268,3 +269,12 @@ def test_image_doc_lists_every_variable_name_of_both_compose_files(
     }
     missing = sorted(name for name in names if f"`{name}`" not in text)
     assert not missing, f"docs/image.md does not list {missing}"
+
+
+# --- the devnet node's app-compose.json (deploy/node.sh's default on the devnet) -------------------------
+
+
+def test_the_devnet_app_compose_file_is_byte_identical_to_what_the_devnet_boots_its_nodes_with() -> None:
+    # deploy/node.sh measures this file; a node added by the routine must boot with the same compose hash
+    # as the nodes `attestmesh devnet up` made, so the two must never drift apart.
+    assert (REPO / "compose" / "devnet-node.app-compose.json").read_bytes() == DEFAULT_COMPOSE_BYTES
