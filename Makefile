@@ -21,17 +21,17 @@ lint: setup
 
 test: setup lint
 	$(PY) -m pytest tests/unit -q
-	$(PY) -m pytest tests/component -q
-	$(PY) -m pytest tests/e2e -q
+	$(PY) -m pytest tests/component -q -n 2 --dist loadfile
+	$(PY) -m pytest tests/e2e -q -n 2
 
 test-unit: setup
 	$(PY) -m pytest tests/unit -q
 
 test-component: setup
-	$(PY) -m pytest tests/component -q
+	$(PY) -m pytest tests/component -q -n 2 --dist loadfile
 
 test-e2e: setup
-	$(PY) -m pytest tests/e2e -q
+	$(PY) -m pytest tests/e2e -q -n 2
 
 demo: setup
 	$(VENV)/bin/attestmesh devnet up --nodes $(NODES)

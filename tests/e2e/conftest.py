@@ -1,8 +1,8 @@
 """The e2e tier: the devnet lab driven through the ``attestmesh`` command line, as an operator would.
 
 Every test gets its own lab directory and tears the lab down on success and on failure. The test lab uses
-its own name and prefixes (``amte``, 10.215.0.0/24, mesh 10.15.0.0/16) so it never collides with a demo
-lab on the same machine. A missing prerequisite fails the test: CI must not skip the e2e tier.
+its own name and prefixes (``amte``, 10.215.0.0/24, mesh 10.15.0.0/16; a second xdist worker ``amte1``,
+10.218.0.0/24, mesh 10.18.0.0/16) so it never collides with a demo lab on the same machine. A missing prerequisite fails the test: CI must not skip the e2e tier.
 """
 
 from __future__ import annotations
@@ -26,10 +26,20 @@ from devnet.topology import LabPlan
 from tests.conftest import require
 
 REPO = Path(__file__).resolve().parents[2]
+#: Under ``pytest -n N`` (pytest-xdist; `make test` runs this tier with 2 workers) each worker is ``gwK``
+#: and gets its own lab: name suffixed with K, both prefixes' second octet moved up by 3K.
+WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+
+
+def _shifted(network: str) -> str:
+    net = IPv4Network(network)
+    return str(IPv4Network((int(net.network_address) + (3 * WORKER << 16), net.prefixlen)))
+
+
 # Overridable so that two e2e runs (for example while developing) can share a machine; CI uses the defaults.
-LAB = os.environ.get("ATTESTMESH_E2E_LAB", "amte")
-UNDERLAY = os.environ.get("ATTESTMESH_E2E_UNDERLAY", "10.215.0.0/24")
-MESH = os.environ.get("ATTESTMESH_E2E_MESH", "10.15.0.0/16")
+LAB = os.environ.get("ATTESTMESH_E2E_LAB", "amte") + (str(WORKER) if WORKER else "")
+UNDERLAY = _shifted(os.environ.get("ATTESTMESH_E2E_UNDERLAY", "10.215.0.0/24"))
+MESH = _shifted(os.environ.get("ATTESTMESH_E2E_MESH", "10.15.0.0/16"))
 PLAN = LabPlan(LAB, IPv4Network(UNDERLAY), IPv4Network(MESH))
 
 
