@@ -2,7 +2,8 @@
 
 Every test gets its own lab directory and tears the lab down on success and on failure. The test lab uses
 its own name and prefixes (``amte``, 10.215.0.0/24, mesh 10.15.0.0/16; a second xdist worker ``amte1``,
-10.218.0.0/24, mesh 10.18.0.0/16) so it never collides with a demo lab on the same machine. A missing prerequisite fails the test: CI must not skip the e2e tier.
+10.218.0.0/24, mesh 10.18.0.0/16) so it never collides with a demo lab on the same machine. A missing
+prerequisite fails the test: CI must not skip the e2e tier.
 """
 
 from __future__ import annotations
