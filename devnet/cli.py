@@ -239,8 +239,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Print shell-quoted KEY=value lines: ATTESTMESH_RPC_URL, ATTESTMESH_CHAIN_ID, "
         "ATTESTMESH_CLUSTER, ATTESTMESH_INDEXER_REGISTRY and ATTESTMESH_MEMBER_APP_FACTORY (the defaults of "
         "the chain commands), the lab indexer's INDEXER_URL, INDEXER_STATUS_URL, INDEXER_HEALTH_URL and "
-        "INDEXER_KEY_VERSION, and with NODE its facts: NODE_EXISTS, NODE_APP_ID, NODE_COMPOSE_HASH, "
-        "NODE_BOOT, NODE_RUNNING, NODE_SIGNER, "
+        "INDEXER_KEY_VERSION, and with NODE its facts: NODE_NAME, NODE_EXISTS, NODE_APP_ID, "
+        "NODE_COMPOSE_HASH, NODE_BOOT, NODE_RUNNING, NODE_SIGNER, "
         "NODE_HEALTH_URL, NODE_HEALTHY, NODE_PHASE, NODE_MEMBER_ID, NODE_MESH_IP (1/0 for yes/no, empty when "
         'unknown). Use: set -a; eval "$(attestmesh devnet env node-1)"; set +a',
     )

@@ -128,6 +128,7 @@ class Controller:
         self._lost: list[str] = []
         self._mesh_ip_announced: IPv4Address | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._rederive_mismatch_logged: Bytes32 | None = None  # log that once per commitment
         self._head: int | None = None
         self._known_members: set[MemberId] = set()
         self._registered_here = False
@@ -406,7 +407,7 @@ class Controller:
 
     # --- cluster shared key ------------------------------------------------------------------------
 
-    async def _acquire_csk(self, snap: Snapshot, mine: MemberRecord) -> None:  # noqa: PLR0911 - one exit per source
+    async def _acquire_csk(self, snap: Snapshot, mine: MemberRecord) -> None:
         ident = self.identity
         assert ident is not None and self.conn is not None
         commitment = snap.commitment
@@ -431,13 +432,15 @@ class Controller:
         if is_originator:
             # The originator's key is deterministic: re-derive and verify rather than trust a cache.
             key = cskcore.csk_from_key(await derive_csk_key(self.agent))
-            if cskcore.commitment(key) != commitment:
-                self.csk.error = "re-derived cluster shared key does not match the on-chain commitment"
-                log.error("csk.rederive_mismatch", commitment=str(commitment))
+            if cskcore.commitment(key) == commitment:
+                log.info("csk.rederived", commitment=str(commitment))
+                self._hold(key, commitment, "derived")
                 return
-            log.info("csk.rederived", commitment=str(commitment))
-            self._hold(key, commitment, "derived")
-            return
+            # Not the member that committed it: that one was evicted and this one moved up to index 0.
+            # Like every other member, it reads its sealed cache or pulls the key from a peer.
+            if self._rederive_mismatch_logged != commitment:
+                self._rederive_mismatch_logged = commitment
+                log.warning("csk.rederive_mismatch", commitment=str(commitment), then="cache or peer")
         cached = self._load_cache(mine.member_id, commitment)
         if cached is not None:
             self._hold(cached, commitment, "cache")

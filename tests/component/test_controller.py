@@ -670,6 +670,40 @@ async def test_wrong_csk_from_a_peer_is_rejected_and_the_next_peer_tried(lab: La
     assert (wrong.served, right.served) == (2, 1)
 
 
+async def test_a_member_moved_up_to_originator_by_an_eviction_reads_its_cache(lab: Lab) -> None:
+    # The committer is evicted; the next member becomes index 0, "the originator", but its own derived key
+    # is not the committed one. It must not get stuck re-deriving: it reads its sealed cache like any member.
+    committer = await lab.member("committer")
+    csk = SecretBytes(os.urandom(32))
+    commitment = cskcore.commitment(csk)
+    await committer.client.set_csk_commitment(commitment)
+    app_id = await lab.app("successor")
+    controller = await lab.controller("successor", app_id)
+    await lab.set_balance(lab.signer_of(app_id), FUNDING_WEI)
+    await controller.pass_once()  # registers
+    await controller.pass_once()  # sees itself (stops at the mesh step: no device in this test)
+    assert controller.member_id is not None
+    controller._hold(csk, commitment, "peer")  # as after a pull: the key sealed in its cache
+    await lab.owner.remove_member(committer.member_id)
+
+    controller.csk = CskState()  # a restart: nothing in memory
+    await controller.pass_once()
+    snapshot = controller.snapshot
+    assert snapshot is not None and snapshot.originator == controller.member_id
+    mine = snapshot.member(controller.member_id)
+    assert mine is not None
+    with capture_logs() as logs:
+        await controller._acquire_csk(snapshot, mine)
+        await controller._acquire_csk(snapshot, mine)  # held now: no second re-derive, no second warning
+    held = controller.csk.value
+    assert held is not None and held.reveal() == csk.reveal()
+    assert controller.csk.source == "cache" and controller.csk.error == ""
+    (mismatch,) = events(logs, "csk.rederive_mismatch")
+    assert mismatch["log_level"] == "warning" and mismatch["commitment"] == str(commitment)
+    assert len(events(logs, "csk.loaded_from_cache")) == 1
+    assert csk.reveal().hex() not in repr(logs)
+
+
 # --- 6. the CSK responder over HTTP ---------------------------------------------------------------------
 
 
