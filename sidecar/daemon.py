@@ -105,6 +105,9 @@ class CskService:
         return CskAnswer(status, {"error": detail, "reason": reason})
 
 
+EXIT_START_FAILED = 1
+
+
 class Supervisor:
     """Runs eternal tasks; one that ends is logged, counted and restarted with capped backoff."""
 
@@ -240,12 +243,20 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._signalled)
         health = health_app(lambda: self.controller.status, self.metrics)
-        self._runners.append(await start_tcp(health, s.http.health_addr.host, s.http.health_addr.port))
-        log.info("health.listening", addr=f"{s.http.health_addr.host}:{s.http.health_addr.port}")
-        self._runners.append(
-            await start_unix(app_api(_AppView(self.controller), self.metrics), str(s.http.app_socket))
-        )
-        log.info("app_api.listening", socket=str(s.http.app_socket))
+        addr = f"{s.http.health_addr.host}:{s.http.health_addr.port}"
+        try:
+            self._runners.append(await start_tcp(health, s.http.health_addr.host, s.http.health_addr.port))
+            log.info("health.listening", addr=addr)
+            self._runners.append(
+                await start_unix(app_api(_AppView(self.controller), self.metrics), str(s.http.app_socket))
+            )
+            log.info("app_api.listening", socket=str(s.http.app_socket))
+        except OSError as exc:  # a port or socket another process holds: one clear line, not a traceback
+            what = "app API socket " + str(s.http.app_socket) if self._runners else "health address " + addr
+            log.error("sidecar.start_failed", surface=what, error=exc.strerror or str(exc))
+            for runner in self._runners:
+                await runner.close()
+            return EXIT_START_FAILED
         log.info("sidecar.started", version=__version__, cluster=str(s.chain.cluster), pid=os.getpid())
         await self._start_wireguard_go()
         self.supervisor.start("control", self.controller.run)

@@ -887,6 +887,37 @@ async def test_sigterm_stops_the_sidecar_within_the_shutdown_timeout(short_root:
     assert not (node / "app.sock").exists()  # the app API socket is removed on the way out
 
 
+async def test_a_taken_health_port_exits_1_with_one_clear_line(short_root: Path) -> None:
+    node = short_root / "node"
+    write_node_config(node, Address(b"\xa9" * 20), 8)
+    with socket.socket() as holder:  # another process's server on the health port
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            **node_env(
+                rpc_url="http://127.0.0.1:9", cluster=Address(b"\xc9" * 20), root=node,
+                HEALTH_ADDR=f"127.0.0.1:{port}",
+            ),
+        }  # fmt: skip
+        log = short_root / "sidecar.log"
+        proc = await run_sidecar(env, log)
+        try:
+            code = await asyncio.wait_for(proc.wait(), timeout=SUBPROCESS_START_DEADLINE)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    text = log.read_text(errors="replace")
+    assert code == 1, text
+    assert "Traceback" not in text
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    (failed,) = [e for e in lines if e.get("event") == "sidecar.start_failed"]
+    assert failed["surface"] == f"health address 127.0.0.1:{port}" and failed["level"] == "error"
+    assert "sidecar.started" not in text
+
+
 async def wait_for_healthz(proc: asyncio.subprocess.Process, port: int, log: Path) -> dict[str, Any]:
     """Poll /healthz until the control loop has reported the unreachable chain (boot_gate)."""
     deadline = time.monotonic() + SUBPROCESS_START_DEADLINE
