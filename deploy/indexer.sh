@@ -48,15 +48,10 @@ REPO_ROOT=$(dirname "$DEPLOY_ROOT")
 source "$DEPLOY_ROOT/lib.sh"
 DEPLOY_SECRET_VARS+=" ATTESTMESH_INDEXER_APP_KEY PRIVATE_KEY ETH_RPC_URL"
 
-usage() {
-  sed -n '2,/^# Exit codes/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
-  exit 2
-}
-
-(($# == 2)) || usage
+(($# == 2)) || deploy_usage
 NAME=$1
 VERB=$2
-case $VERB in all | update | register | verify) ;; *) usage ;; esac
+case $VERB in all | update | register | verify) ;; *) deploy_usage ;; esac
 deploy_check_target indexer.sh "$NAME"
 deploy_tools
 VERIFY_TIMEOUT=${VERIFY_TIMEOUT:-120}

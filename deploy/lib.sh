@@ -202,3 +202,9 @@ deploy_tools() {
   fi
   PHALA=${PHALA_CLI:-phala}
 }
+
+# deploy_usage: the routine's own header comment (from its second line to "# Exit codes") on stderr; exit 2.
+deploy_usage() {
+  sed -n '2,/^# Exit codes/p' "$0" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}

@@ -43,15 +43,10 @@ REPO_ROOT=$(dirname "$DEPLOY_ROOT")
 source "$DEPLOY_ROOT/lib.sh"
 DEPLOY_SECRET_VARS+=" PHALA_COMMIT_TOKEN"
 
-usage() {
-  sed -n '2,/^# Exit codes/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
-  exit 2
-}
-
-(($# == 2)) || usage
+(($# == 2)) || deploy_usage
 NODE=$1
 VERB=$2
-case $VERB in all | update | restart | mesh-verify | status) ;; *) usage ;; esac
+case $VERB in all | update | restart | mesh-verify | status) ;; *) deploy_usage ;; esac
 deploy_check_target node.sh "$NODE"
 deploy_tools
 FUND_MIN_BALANCE=${FUND_MIN_BALANCE:-0.05}

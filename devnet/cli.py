@@ -155,24 +155,22 @@ def _chain_id_arg(text: str) -> int:
     return value
 
 
-def _seconds_arg(text: str) -> float:
+def _seconds(text: str, *, zero: bool) -> float:
     try:
         value = parse_seconds(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r} {exc}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be greater than 0")
+    if value < 0 or (value == 0 and not zero):
+        raise argparse.ArgumentTypeError("must be 0 or more" if zero else "must be greater than 0")
     return value
+
+
+def _seconds_arg(text: str) -> float:
+    return _seconds(text, zero=False)
 
 
 def _wait_arg(text: str) -> float:
-    try:
-        value = parse_seconds(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} {exc}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
+    return _seconds(text, zero=True)
 
 
 def _from_env(variable: str) -> dict[str, Any]:

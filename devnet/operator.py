@@ -183,14 +183,21 @@ async def ensure_indexer_registered(
     return RegistryUpdate(record, changed=True, tx_hash=receipt.tx_hash)
 
 
+def http_get(url: str, timeout: float, limit: int = 1 << 20) -> tuple[int, bytes]:
+    """GET ``url``: the status and (at most ``limit`` bytes of) the body, 2xx or not (a 503 carries one)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - operator URL
+            return int(response.status), response.read(limit)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read(limit)
+
+
 def fetch_indexer_health(health_url: str, timeout: float = STATUS_TIMEOUT) -> tuple[bool, str]:
     """GET the indexer's ``/healthz``: whether it is healthy (200 and ``healthy: true``) and, when it is
     not, why (its answer, or that it did not answer)."""
     try:
-        with urllib.request.urlopen(health_url, timeout=timeout) as response:  # noqa: S310 - operator URL
-            status, body = response.status, response.read(1 << 20)
-    except urllib.error.HTTPError as exc:
-        status, body = exc.code, exc.read(1 << 20)
+        status, body = http_get(health_url, timeout)
     except (urllib.error.URLError, OSError) as exc:
         return False, f"{health_url} did not answer: {exc}"
     try:

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from devnet.operator import OperatorError, require_contract
+from devnet.operator import OperatorError, http_get, require_contract
 from sidecar.chain.contracts import ClusterClient, IndexerRegistryClient
 from sidecar.chain.rpc import ChainConnection
 from sidecar.core.ids import Address, Bytes32, MemberId
@@ -224,16 +224,6 @@ def _is_health_document(data: object) -> bool:
     )
 
 
-def _get(url: str, timeout: float) -> tuple[int, bytes]:
-    """GET ``url``: the status and (at most ``MAX_HEALTH_BODY`` bytes of) the body, 2xx or not."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - operator URL
-            return int(response.status), response.read(MAX_HEALTH_BODY)
-    except urllib.error.HTTPError as exc:  # 503 (unhealthy) carries the same body
-        with exc:
-            return exc.code, exc.read(MAX_HEALTH_BODY)
-
-
 def fetch_health(url: str, timeout: float = HEALTH_TIMEOUT) -> HealthReport:
     """GET ``url`` (a node's ``/healthz``) and return its health document, healthy (200) or not (503).
 
@@ -241,7 +231,7 @@ def fetch_health(url: str, timeout: float = HEALTH_TIMEOUT) -> HealthReport:
     """
     shown = display_url(url) + urlsplit(url).path  # no user info, no query
     try:
-        status, raw = _get(url, timeout)
+        status, raw = http_get(url, timeout, MAX_HEALTH_BODY)
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         why = scrub(str(reason), url, path_is_secret=False)
