@@ -15,11 +15,13 @@ from ipaddress import IPv4Address
 
 import aiohttp
 import pytest
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from sidecar.http import Runner, start_tcp
 from sidecar.http.peerapi import CSK_PATH, CskAnswer, peer_api
+from sidecar.http.server import error_middleware
 from sidecar.observability import Metrics
 
 pytestmark = [pytest.mark.component, pytest.mark.timeout(60)]
@@ -114,3 +116,32 @@ async def test_hang_ups_are_counted_not_logged_as_errors(
     loud = [e for e in logs if e["log_level"] not in ("debug", "info") or "exc_info" in e or "exception" in e]
     assert loud == []
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_the_shared_error_middleware_counts_hang_ups_for_any_surface() -> None:
+    """The indexer's HTTP surface uses the same middleware with its own counters."""
+    counted = {"rejected": 0, "client_gone": 0}
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response({"size": len(await request.read())})
+
+    def count(what: str) -> Callable[[], None]:
+        return lambda: counted.__setitem__(what, counted[what] + 1)
+
+    errors = error_middleware("indexer", rejected=count("rejected"), client_gone=count("client_gone"))
+    app = web.Application(middlewares=[errors])
+    app.router.add_post("/echo", echo)
+    runner = await start_tcp(app, HOST, 0, close_timeout=2.0)
+    try:
+        with capture_logs() as logs:
+            for _ in range(ROUNDS):
+                await send(
+                    runner.port, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\nabc", True
+                )
+                status = await send(runner.port, b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n", False)
+                assert status.split(b" ")[1] == b"404"
+            await until(lambda: counted["client_gone"] >= ROUNDS, f"{ROUNDS} hang-ups counted")
+    finally:
+        await runner.close()
+    assert counted == {"rejected": ROUNDS, "client_gone": ROUNDS}
+    assert [e for e in logs if e["log_level"] not in ("debug", "info")] == []
