@@ -4,8 +4,8 @@ Owns ``Backoff``: the delay before the next attempt after ``n`` consecutive fail
 up to ``maximum``, then ``jitter`` of it drawn away at random: with the default 0.5 a delay lies in
 ``[ceiling/2, ceiling]``), the count of consecutive failures, the reset after a run that lasted
 ``healthy_after`` seconds, and the optional bounds (``max_attempts`` failures, ``max_elapsed`` seconds
-since the first failure of a streak), past which ``next()`` raises ``BackoffExhausted``. The sidecar's
-supervisor, the push subscriber, the wireguard-go supervisor, the control loop and the indexer all use it.
+since the first failure of a streak), past which ``next()`` raises ``BackoffExhausted``. The supervisor
+(sidecar and indexer), the push subscriber, wireguard-go's restarts and the indexer's start-up use it.
 
 Must not: sleep, read a clock of its own (time and randomness are injected), or log: callers do the I/O.
 """
