@@ -77,6 +77,9 @@ class IndexerMetrics:
         self.http_rejected = Counter(
             "attestmesh_indexer_http_rejected_total", "HTTP requests answered with a 4xx.", registry=r
         )
+        self.http_clients_gone = Counter(
+            "attestmesh_indexer_http_client_gone_total", "Clients that hung up mid-request.", registry=r
+        )
         for outcome in HELLO_OUTCOMES:
             self.hellos.labels(outcome)
         for reason in CLOSE_LABELS:

@@ -37,10 +37,12 @@ from indexer.settings import IndexerSettings
 from sidecar.chain.contracts import IndexerRegistryClient
 from sidecar.chain.errors import ChainError
 from sidecar.chain.rpc import ChainConnection, connect
+from sidecar.core.backoff import Backoff
 from sidecar.core.ids import Bytes32
 from sidecar.core.keys import ed25519_public_key
+from sidecar.drivers.supervisor import Supervisor
 from sidecar.dstack.agent import GuestAgent, GuestAgentError
-from sidecar.http.server import Runner, error_response, start_tcp
+from sidecar.http.server import Runner, error_middleware, start_tcp
 
 log = structlog.get_logger("indexer")
 
@@ -51,10 +53,8 @@ def key_path(version: int) -> str:
 
 
 KEY_PATH: Final = key_path(1)
-BACKOFF_MIN: Final = 0.5
-BACKOFF_MAX: Final = 30.0
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+RETRY_MIN: Final = 0.5
+RETRY_MAX: Final = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,36 +77,6 @@ class RegistryCheck:
             and self.endpoint_match is not False
             and self.code_id_match is not False
         )
-
-
-class Supervisor:
-    """Runs eternal tasks; one that ends is logged and restarted with capped backoff."""
-
-    def __init__(self) -> None:
-        self.tasks: dict[str, asyncio.Task[None]] = {}
-
-    def start(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
-        if name not in self.tasks or self.tasks[name].done():
-            self.tasks[name] = asyncio.create_task(self._keep(name, factory), name=name)
-
-    async def _keep(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
-        backoff = BACKOFF_MIN
-        while True:
-            try:
-                await factory()
-                log.error("task.returned", task=name)  # an eternal task that returns is a bug
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the one place that catches what a loop let through
-                log.exception("task.crashed", task=name)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX)
-
-    async def stop(self, grace: float) -> None:
-        for task in self.tasks.values():
-            task.cancel()
-        if self.tasks:
-            await asyncio.wait(self.tasks.values(), timeout=grace)
 
 
 class IndexerService:
@@ -155,26 +125,15 @@ class IndexerService:
     # --- HTTP --------------------------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._json_errors])
+        errors = error_middleware(
+            "indexer", rejected=self.metrics.http_rejected.inc, client_gone=self.metrics.http_clients_gone.inc
+        )
+        app = web.Application(middlewares=[errors])
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/status", self._status)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/v1/subscribe", self.hub.subscribe)
         return app
-
-    @web.middleware
-    async def _json_errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            if exc.status < 500:
-                self.metrics.http_rejected.inc()
-            return error_response(exc.status, exc.reason.lower())
-        except Exception:
-            log.exception("http.handler_failed", path=request.path)
-            return error_response(500, "internal error")
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Whether the indexer is healthy (caught up, lag within the threshold) and the /healthz body."""
@@ -246,19 +205,16 @@ class IndexerService:
         return self.runner.port
 
     async def _retry(self, what: str, attempt: Callable[[], Awaitable[None]]) -> None:
-        backoff = BACKOFF_MIN
-        failing = False
+        backoff = Backoff(RETRY_MIN, RETRY_MAX)
         while True:
             try:
                 await attempt()
             except (GuestAgentError, ChainError, OSError) as exc:
-                if not failing:
+                if backoff.failures == 0:
                     log.warning(f"{what}.failed", error=str(exc)[:200], kind=type(exc).__name__)
-                    failing = True
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
+                await asyncio.sleep(backoff.next())
                 continue
-            if failing:
+            if backoff.failures:
                 log.info(f"{what}.recovered")
             return
 

@@ -16,7 +16,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from ipaddress import IPv4Address
 
 import structlog
@@ -30,6 +30,7 @@ from sidecar.drivers.control import Controller
 from sidecar.drivers.events import ChainLogPoller, EventRouter, SharedCursor
 from sidecar.drivers.heartbeats import HeartbeatService
 from sidecar.drivers.push import Credentials, PushSubscriber
+from sidecar.drivers.supervisor import Supervisor
 from sidecar.dstack.agent import GuestAgent
 from sidecar.http.appapi import app_api, start_unix
 from sidecar.http.health import health_app, start_tcp
@@ -41,9 +42,6 @@ from sidecar.wg.select import resolve_backend
 from sidecar.wg.userspace import WireGuardGo, should_start
 
 log = structlog.get_logger("sidecar.daemon")
-
-RESTART_BACKOFF_MIN = 0.5
-RESTART_BACKOFF_MAX = 30.0
 
 
 class _AppView:
@@ -106,41 +104,6 @@ class CskService:
 
 
 EXIT_START_FAILED = 1
-
-
-class Supervisor:
-    """Runs eternal tasks; one that ends is logged, counted and restarted with capped backoff."""
-
-    def __init__(self) -> None:
-        self.tasks: dict[str, asyncio.Task[None]] = {}
-
-    def start(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
-        if name in self.tasks and not self.tasks[name].done():
-            return
-        self.tasks[name] = asyncio.create_task(self._keep(name, factory), name=name)
-
-    async def _keep(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
-        backoff = RESTART_BACKOFF_MIN
-        while True:
-            started = time.monotonic()
-            try:
-                await factory()
-                log.error("task.returned", task=name)  # an eternal task that returns is a bug
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the supervisor is the one place that catches what a loop let through
-                log.exception("task.crashed", task=name)
-            if time.monotonic() - started > RESTART_BACKOFF_MAX:
-                backoff = RESTART_BACKOFF_MIN
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
-            log.info("task.restarted", task=name)
-
-    async def stop(self, grace: float) -> None:
-        for task in self.tasks.values():
-            task.cancel()
-        if self.tasks:
-            await asyncio.wait(self.tasks.values(), timeout=grace)
 
 
 class Daemon:

@@ -241,6 +241,10 @@ class Metrics:
             "attestmesh_http_rejected_total", "HTTP requests rejected with a 4xx, by surface.", ["surface"],
             registry=r,
         )  # fmt: skip
+        self.http_clients_gone = Counter(
+            "attestmesh_http_client_gone_total", "Clients that hung up mid-request, by surface.", ["surface"],
+            registry=r,
+        )  # fmt: skip
         self.chain_errors = Counter(
             "attestmesh_chain_errors_total", "Chain errors by class.", ["kind"], registry=r
         )
@@ -287,6 +291,7 @@ class Metrics:
             (self.csk_requests_refused, CSK_REFUSALS),
             (self.csk_pull_attempts, CSK_PULL_RESULTS),
             (self.http_rejected, HTTP_SURFACES),
+            (self.http_clients_gone, HTTP_SURFACES),
             (self.chain_errors, CHAIN_ERROR_KINDS),
             (self.registration_attempts, REGISTRATION_RESULTS),
             (self.push_rejected, PUSH_REJECTIONS),
@@ -349,6 +354,9 @@ class Metrics:
     # HTTP, chain, registration
     def http_rejection(self, surface: HttpSurface) -> None:
         self.http_rejected.labels(_known(surface, HTTP_SURFACES, "surface")).inc()
+
+    def http_client_gone(self, surface: HttpSurface) -> None:
+        self.http_clients_gone.labels(_known(surface, HTTP_SURFACES, "surface")).inc()
 
     def chain_error(self, kind: ChainErrorKind) -> None:
         self.chain_errors.labels(_known(kind, CHAIN_ERROR_KINDS, "kind")).inc()

@@ -8,7 +8,7 @@ accepted message: under the shared cursor's lock, handle the log if it lies afte
 control loop with a reason string — nothing else), persist the cursor, then ack. Any rejection tears the
 stream down, is counted by reason and logged (rate-limited); every new attempt re-reads the registry, and
 the registry is also re-read every ``registry_refresh`` seconds while subscribed, so a rotated key or a
-moved endpoint is picked up without a restart. Reconnects use capped exponential backoff with jitter; the
+moved endpoint is picked up without a restart. Reconnects use the shared ``Backoff`` (capped, jittered); the
 outage is logged once when it starts and once when it recovers.
 
 Must not: implement any of the wire format (``sidecar.core.indexerwire`` is the one implementation), let
@@ -33,6 +33,7 @@ import structlog
 from sidecar.chain.contracts import IndexerRegistryClient
 from sidecar.chain.errors import ChainError
 from sidecar.chain.rpc import ChainConnection
+from sidecar.core.backoff import Backoff
 from sidecar.core.cursor import Cursor
 from sidecar.core.ids import Address, MemberId, SecretBytes
 from sidecar.core.indexerwire import (
@@ -114,11 +115,10 @@ class PushSubscriber:
         self.wake = wake
         self.metrics = metrics
         self.registry_refresh = registry_refresh
-        self.backoff_min = backoff_min
-        self.backoff_max = backoff_max
         self.crosscheck = crosscheck
         self.ready_interval = ready_interval
         self.rng = rng or random.Random()  # noqa: S311 -- jitter and sampling, not cryptography
+        self.retry = Backoff(backoff_min, backoff_max, random=self.rng.random)
         self.now_ms = now_ms
         self.nonce = nonce
         #: Called whenever ``connected`` flips (the router re-evaluates its mode).
@@ -146,7 +146,6 @@ class PushSubscriber:
     # --- the loop ------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        failures = 0
         timeout = aiohttp.ClientTimeout(total=None, connect=HANDSHAKE_TIMEOUT, sock_connect=HANDSHAKE_TIMEOUT)
         async with aiohttp.ClientSession(timeout=timeout) as http:
             while True:
@@ -160,22 +159,20 @@ class PushSubscriber:
                     await asyncio.sleep(self.ready_interval)
                     continue
                 if end.kind == "refresh":
-                    failures = 0
+                    self.retry.reset()
                     continue
                 self._outage_started(end)
                 if end.kind == "unregistered":
-                    failures = 0
+                    self.retry.reset()
                     await asyncio.sleep(self.registry_refresh)
                     continue
                 if end.kind == "closed" and end.welcomed:
-                    failures = 0
-                failures += 1
-                await asyncio.sleep(self.backoff(failures))
+                    self.retry.reset()
+                await asyncio.sleep(self.retry.next())
 
     def backoff(self, failures: int) -> float:
-        """Capped exponential backoff with jitter: uniform in [ceiling/2, ceiling], doubling per failure."""
-        ceiling: float = min(self.backoff_max, self.backoff_min * 2.0 ** min(failures - 1, 32))
-        return ceiling * (0.5 + self.rng.random() / 2)
+        """The reconnect delay after ``failures`` consecutive failures (the shared ``Backoff`` policy)."""
+        return self.retry.delay(failures)
 
     async def attempt(self, http: aiohttp.ClientSession) -> SessionEnd:
         """One subscription: registry, connect, hello, welcome, then the stream until it ends."""

@@ -1,7 +1,8 @@
 """Serving an aiohttp application: binding (TCP or unix socket), JSON errors, bounded shutdown.
 
-Owns: ``Runner`` (what ``start_tcp``/``start_unix`` return; ``close()`` is bounded), the middleware that
-turns every HTTP error into a JSON body and counts 4xx rejections per surface, and the unix-socket
+Owns: ``Runner`` (what ``start_tcp``/``start_unix`` return; ``close()`` is bounded), the one middleware
+that turns every HTTP error into a JSON body, counts 4xx rejections per surface and counts a client that
+hangs up mid-request as ``client_gone`` (a debug line, never a traceback), and the unix-socket
 rules: parent directory created 0700, socket file 0600 from the moment it exists (bound under a umask),
 a stale socket removed only when nothing answers on it.
 
@@ -14,15 +15,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import os
 import socket
 import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
 
 from sidecar.observability import HttpSurface, Metrics
@@ -44,7 +47,19 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 
 
 def json_errors(surface: HttpSurface, metrics: Metrics) -> Middleware:
-    """Turn every HTTP error into JSON, count 4xx answers for ``surface``; a crash becomes a bare 500."""
+    """Turn every HTTP error into JSON, count 4xx answers and clients gone for ``surface``."""
+    return error_middleware(
+        surface,
+        rejected=lambda: metrics.http_rejection(surface),
+        client_gone=lambda: metrics.http_client_gone(surface),
+    )
+
+
+def error_middleware(
+    surface: str, *, rejected: Callable[[], None], client_gone: Callable[[], None]
+) -> Middleware:
+    """The one error middleware: HTTP errors become JSON (4xx counted by ``rejected``), a client that hangs
+    up mid-request is counted by ``client_gone`` and logged at debug, a crash becomes a bare 500."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -54,14 +69,18 @@ def json_errors(surface: HttpSurface, metrics: Metrics) -> Middleware:
             if exc.status < 400:
                 raise
             if exc.status < 500:
-                metrics.http_rejection(surface)
+                rejected()
             headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
             return error_response(exc.status, exc.reason.lower(), headers)
+        except ConnectionError as exc:  # the client went away (e.g. mid-body): not a server error
+            client_gone()
+            log.debug("http.client_gone", surface=surface, path=request.path, error=type(exc).__name__)
+            return error_response(400, "connection closed by the client")  # nobody reads it
         except Exception:
             log.exception("http.handler_failed", surface=surface, path=request.path, method=request.method)
             return error_response(500, "internal error")
         if 400 <= response.status < 500:
-            metrics.http_rejection(surface)
+            rejected()
         return response
 
     return middleware
@@ -123,10 +142,23 @@ class Runner:
             pass
 
 
+class _ServerLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's server logger, with a request aiohttp could not parse (bad bytes from a client, answered
+    400 before any handler runs; aiohttp logs it at error) demoted to a debug line."""
+
+    def exception(self, msg: object, *args: object, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info")
+        if isinstance(error, HttpProcessingError):
+            log.debug("http.request_unparsable", error=type(error).__name__)
+            return
+        super().exception(msg, *args, **kwargs)
+
+
 def _runner(app: web.Application, close_timeout: float) -> web.AppRunner:
     return web.AppRunner(
         app,
         access_log=None,  # steady-state requests are not logged; rejections are counted instead
+        logger=_ServerLog(logging.getLogger("aiohttp.server")),
         keepalive_timeout=KEEPALIVE_TIMEOUT,
         shutdown_timeout=close_timeout,
     )

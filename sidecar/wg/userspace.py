@@ -4,8 +4,9 @@ has no WireGuard (the image ships wireguard-go for exactly that).
 Owns: the decision whether the sidecar starts wireguard-go itself (``should_start``: the userspace backend,
 the UAPI directory is wireguard-go's own fixed ``/var/run/wireguard``, and the binary is there), and
 ``WireGuardGo``: an eternal task that keeps one ``wireguard-go -f IFNAME`` child running while no other
-process serves the interface's UAPI socket, restarts it with capped backoff when it exits, and at
-cancellation stops it (SIGTERM, a bounded wait, SIGKILL). Its output is logged line by line.
+process serves the interface's UAPI socket, restarts it when it exits after a delay from the shared
+``Backoff`` (capped, jittered, reset after a healthy run), and at cancellation stops it (SIGTERM, a bounded
+wait, SIGKILL). Its output is logged line by line.
 Must not: configure the device (``UapiDevice.ensure_up`` does, level-triggered, after every restart),
 signal any process but its own child, or start a second wireguard-go while a socket answers.
 """
@@ -21,6 +22,7 @@ from typing import Final
 
 import structlog
 
+from sidecar.core.backoff import Backoff
 from sidecar.wg.device import validate_ifname
 
 log = structlog.get_logger("attestmesh.wg")
@@ -83,7 +85,7 @@ class WireGuardGo:
         self.ifname = validate_ifname(ifname)
         self.binary = binary
         self.socket_path = socket_dir / f"{self.ifname}.sock"
-        self.backoff_min, self.backoff_max = backoff_min, backoff_max
+        self.restart = Backoff(backoff_min, backoff_max)
         self.stop_timeout = stop_timeout
         self.check_interval = check_interval
         self.child: asyncio.subprocess.Process | None = None
@@ -94,7 +96,7 @@ class WireGuardGo:
 
     async def run(self) -> None:
         """Eternal: start, watch and restart the child; on cancellation stop it, then re-raise."""
-        backoff = self.backoff_min
+        backoff = self.restart
         external_logged = False
         while True:
             if await socket_answers(self.socket_path):
@@ -107,17 +109,16 @@ class WireGuardGo:
             started = time.monotonic()
             returncode = await self._run_child()
             ran = time.monotonic() - started
+            backoff.ran(ran)
+            delay = backoff.next()
             log.warning(
                 "wg.userspace_exited",
                 interface=self.ifname,
                 returncode=returncode,
                 ran_s=round(ran, 1),
-                retry_in_s=backoff,
+                retry_in_s=round(delay, 3),
             )
-            if ran > self.backoff_max:
-                backoff = self.backoff_min
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self.backoff_max)
+            await asyncio.sleep(delay)
 
     async def _run_child(self) -> int:
         try:

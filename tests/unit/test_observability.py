@@ -39,6 +39,7 @@ LABELLED = [
     ("attestmesh_csk_requests_refused_total", "reason", CSK_REFUSALS),
     ("attestmesh_csk_pull_attempts_total", "result", CSK_PULL_RESULTS),
     ("attestmesh_http_rejected_total", "surface", HTTP_SURFACES),
+    ("attestmesh_http_client_gone_total", "surface", HTTP_SURFACES),
     ("attestmesh_chain_errors_total", "kind", CHAIN_ERROR_KINDS),
     ("attestmesh_registration_attempts_total", "result", REGISTRATION_RESULTS),
     ("attestmesh_push_rejected_total", "reason", PUSH_REJECTIONS),
