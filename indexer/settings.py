@@ -3,7 +3,8 @@
 Owns: ``load_settings`` (environment mapping → ``IndexerSettings``) and the variable table. Every problem is
 reported at once in one ``SettingsError`` (exit code 2, ``EXIT_BAD_CONFIGURATION``). A blank value counts as
 unset; an unknown ``ATTESTMESH_INDEXER_*`` name is a problem (a typo must not fall back to a default).
-The value parsers are the sidecar's (``sidecar.settings``), so both services accept the same spellings.
+The reader and the value parsers are the environment kit's (``sidecar.envkit``), so every service accepts
+the same spellings.
 
 Must not: read ``os.environ`` itself, do I/O, or echo a value that may carry a credential (the RPC URL can
 embed an API key). Catch-up never starts at genesis by accident: the start block is required (``0`` must
@@ -17,18 +18,20 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from sidecar.core.ids import Address, Bytes32
-from sidecar.settings import (
+from sidecar.envkit import (
     EXIT_BAD_CONFIGURATION,
     EnvReader,
     HostPort,
     LogLevel,
     SettingsError,
     Variable,
+    enum_parser,
     parse_address,
     parse_host_port,
     parse_http_url,
     parse_int,
     parse_seconds,
+    positive,
 )
 
 __all__ = [
@@ -144,17 +147,6 @@ def parse_address_list(text: str) -> tuple[Address, ...]:
     return tuple(out)
 
 
-def _log_level(text: str) -> LogLevel:
-    try:
-        return LogLevel(text.lower())
-    except ValueError:
-        raise ValueError("must be one of " + "|".join(m.value for m in LogLevel)) from None
-
-
-def _positive(value: float) -> bool:
-    return value > 0
-
-
 def _nonzero(address: Address) -> bool:
     return not address.is_zero
 
@@ -162,9 +154,7 @@ def _nonzero(address: Address) -> bool:
 def load_settings(env: Mapping[str, str]) -> IndexerSettings:
     """Parse and validate the indexer's environment; raise SettingsError listing every problem."""
     r = EnvReader(env, VARIABLES, PREFIX)
-    for name in sorted(env):
-        if name.startswith(PREFIX) and name not in KNOWN_NAMES:
-            r.problems.append(f"{name} is not a known variable")  # the value is never echoed
+    r.reject_unknown("variable")  # by name: the value is never echoed
     rpc_url = r.get("RPC_URL", parse_http_url)
     chain_id = r.get("CHAIN_ID", parse_int, lambda v: v >= 1, "a chain id of at least 1")
     factory = r.optional("CLUSTER_FACTORY", parse_address)
@@ -177,24 +167,24 @@ def load_settings(env: Mapping[str, str]) -> IndexerSettings:
     if registry is not None and not _nonzero(registry):
         r.problems.append(f"{PREFIX}REGISTRY must be a non-zero address")
         registry = None
-    registry_check = r.get("REGISTRY_CHECK_INTERVAL", parse_seconds, _positive, "greater than 0")
+    registry_check = r.get("REGISTRY_CHECK_INTERVAL", parse_seconds, positive, "greater than 0")
     public_url = r.raw("PUBLIC_URL") or ""
     if public_url and not public_url.startswith(("ws://", "wss://")):
         r.problems.append(f"{PREFIX}PUBLIC_URL must be a ws:// or wss:// URL")
     code_id = r.optional("CODE_ID", parse_bytes32)
     key_version = r.get("KEY_VERSION", parse_int, lambda v: 1 <= v <= MAX_KEY_VERSION, "in 1..1000000")
     listen = r.get("LISTEN_ADDR", lambda t: parse_host_port(t, ip_only=True))
-    poll = r.get("POLL_INTERVAL", parse_seconds, _positive, "greater than 0")
+    poll = r.get("POLL_INTERVAL", parse_seconds, positive, "greater than 0")
     confirmations = r.get("CONFIRMATIONS", parse_int)
     max_range = r.get("MAX_LOG_RANGE", parse_int, lambda v: v >= 1, "at least 1")
-    rpc_timeout = r.get("RPC_TIMEOUT", parse_seconds, _positive, "greater than 0")
+    rpc_timeout = r.get("RPC_TIMEOUT", parse_seconds, positive, "greater than 0")
     queue_bound = r.get("QUEUE_BOUND", parse_int, lambda v: v >= 1, "at least 1")
-    ack_timeout = r.get("ACK_TIMEOUT", parse_seconds, _positive, "greater than 0")
+    ack_timeout = r.get("ACK_TIMEOUT", parse_seconds, positive, "greater than 0")
     retain = r.get("RETAIN_LOGS", parse_int, lambda v: v >= 1, "at least 1")
     max_lag = r.get("MAX_HEAD_LAG", parse_int)
-    freshness = r.get("HELLO_FRESHNESS", parse_seconds, _positive, "greater than 0")
-    level = r.get("LOG_LEVEL", _log_level)
-    shutdown = r.get("SHUTDOWN_TIMEOUT", parse_seconds, _positive, "greater than 0")
+    freshness = r.get("HELLO_FRESHNESS", parse_seconds, positive, "greater than 0")
+    level = r.get("LOG_LEVEL", enum_parser(LogLevel))
+    shutdown = r.get("SHUTDOWN_TIMEOUT", parse_seconds, positive, "greater than 0")
     if factory is None and clusters == () and not r.problems:
         r.problems.append(f"set {PREFIX}CLUSTER_FACTORY or {PREFIX}CLUSTERS: there is nothing to follow")
     if r.problems:
