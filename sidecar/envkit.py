@@ -231,6 +231,37 @@ def at_least_one(value: int) -> bool:
     return value >= 1
 
 
+def parse_listen_addr(text: str) -> HostPort:
+    """Parse the address a server binds: an IP literal (IPv6 in brackets) or localhost, and a port."""
+    return parse_host_port(text, ip_only=True)
+
+
+Rule = tuple[Callable[[Any], bool], str]  # a check and what it requires ("must be …")
+POSITIVE: Rule = (positive, "greater than 0")
+AT_LEAST_ONE: Rule = (at_least_one, "at least 1")
+
+
+@dataclass(frozen=True, slots=True)
+class Declare:
+    """Declares the variables of one name prefix, one table row each: ``_v = Declare("ATTESTMESH_")``."""
+
+    prefix: str
+
+    def __call__(
+        self,
+        suffix: str,
+        field: str,
+        default: str | None,
+        parse: Callable[[str], Any],
+        must: Rule | None = None,
+        *,
+        secret: bool = False,
+    ) -> Variable:
+        """Declare ``prefix + suffix``; ``must`` is the check with its rule (e.g. ``POSITIVE``)."""
+        check, rule = must or (None, "")
+        return Variable(self.prefix + suffix, default, secret, parse, check, rule, field)
+
+
 class EnvReader:
     """Reads one component's declared variables, collecting problems instead of stopping at the first.
 

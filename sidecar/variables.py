@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import ip_address
-from typing import Any
 
 from sidecar.core.ids import Address
 from sidecar.envkit import (
+    AT_LEAST_ONE,
+    POSITIVE,
+    Declare,
     HostPort,
     LogLevel,
     Variable,
@@ -30,14 +31,13 @@ from sidecar.envkit import (
     is_localhost,
     parse_absolute_path,
     parse_address,
-    parse_host_port,
     parse_http_url,
     parse_int,
+    parse_listen_addr,
     parse_port,
     parse_rate,
     parse_seconds,
     parse_socket_path,
-    positive,
     split_host_port,
 )
 
@@ -81,31 +81,11 @@ def parse_interface(text: str) -> str:
     return text
 
 
-def parse_listen_addr(text: str) -> HostPort:
-    """Parse the address a server binds: an IP literal (IPv6 in brackets) or localhost, and a port."""
-    return parse_host_port(text, ip_only=True)
-
-
 def _nonzero(address: Address) -> bool:
     return not address.is_zero
 
 
-Rule = tuple[Callable[[Any], bool], str]  # a check and what it requires ("must be …")
-_GT0: Rule = (positive, "greater than 0")
-_GE1: Rule = (at_least_one, "at least 1")
-
-
-def _v(
-    suffix: str,
-    field: str,
-    default: str | None,
-    parse: Callable[[str], Any],
-    must: Rule | None = None,
-    *,
-    secret: bool = False,
-) -> Variable:
-    check, rule = must or (None, "")
-    return Variable(PREFIX + suffix, default, secret, parse, check, rule, field)
+_v = Declare(PREFIX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,11 +107,11 @@ GROUPS: tuple[Group, ...] = (
             _v("CLUSTER", "cluster", None, parse_address, (_nonzero, "a non-zero address")),
             _v("INDEXER_REGISTRY", "indexer_registry", "", parse_address, (_nonzero, "non-zero")),
             _v("CONFIRMATIONS", "confirmations", "0", parse_int),
-            _v("POLL_INTERVAL", "poll_interval", "2.0", parse_seconds, _GT0),
-            _v("RESYNC_INTERVAL", "resync_interval", "30.0", parse_seconds, _GT0),
-            _v("MAX_LOG_RANGE", "max_log_range", "2000", parse_int, _GE1),
-            _v("RPC_TIMEOUT", "rpc_timeout", "5.0", parse_seconds, _GT0),
-            _v("RECEIPT_TIMEOUT", "receipt_timeout", "60.0", parse_seconds, _GT0),
+            _v("POLL_INTERVAL", "poll_interval", "2.0", parse_seconds, POSITIVE),
+            _v("RESYNC_INTERVAL", "resync_interval", "30.0", parse_seconds, POSITIVE),
+            _v("MAX_LOG_RANGE", "max_log_range", "2000", parse_int, AT_LEAST_ONE),
+            _v("RPC_TIMEOUT", "rpc_timeout", "5.0", parse_seconds, POSITIVE),
+            _v("RECEIPT_TIMEOUT", "receipt_timeout", "60.0", parse_seconds, POSITIVE),
         ),
     ),
     Group(
@@ -145,21 +125,21 @@ GROUPS: tuple[Group, ...] = (
             _v("ENDPOINT", "endpoint", None, parse_endpoint),
             _v("HEARTBEAT_PORT", "heartbeat_port", "51821", parse_port),
             _v("PEER_API_PORT", "peer_api_port", "51822", parse_port),
-            _v("HEARTBEAT_INTERVAL", "heartbeat_interval", "2.0", parse_seconds, _GT0),
-            _v("LIVENESS_MISSES", "liveness_misses", "3", parse_int, _GE1),
-            _v("CSK_PARALLELISM", "csk_parallelism", "4", parse_int, _GE1),
-            _v("CSK_TIMEOUT", "csk_request_timeout", "2.0", parse_seconds, _GT0),
+            _v("HEARTBEAT_INTERVAL", "heartbeat_interval", "2.0", parse_seconds, POSITIVE),
+            _v("LIVENESS_MISSES", "liveness_misses", "3", parse_int, AT_LEAST_ONE),
+            _v("CSK_PARALLELISM", "csk_parallelism", "4", parse_int, AT_LEAST_ONE),
+            _v("CSK_TIMEOUT", "csk_request_timeout", "2.0", parse_seconds, POSITIVE),
         ),
     ),
     Group(
         "events",
         "Events",
         (
-            _v("POLL_INTERVAL_PUSHED", "poll_interval_pushed", "30.0", parse_seconds, _GT0),
-            _v("REGISTRY_REFRESH", "registry_refresh", "60.0", parse_seconds, _GT0),
+            _v("POLL_INTERVAL_PUSHED", "poll_interval_pushed", "30.0", parse_seconds, POSITIVE),
+            _v("REGISTRY_REFRESH", "registry_refresh", "60.0", parse_seconds, POSITIVE),
             _v("PUSH_CROSSCHECK", "push_crosscheck", "0", parse_rate),
-            _v("PUSH_BACKOFF_MIN", "push_backoff_min", "1.0", parse_seconds, _GT0),
-            _v("PUSH_BACKOFF_MAX", "push_backoff_max", "60.0", parse_seconds, _GT0),
+            _v("PUSH_BACKOFF_MIN", "push_backoff_min", "1.0", parse_seconds, POSITIVE),
+            _v("PUSH_BACKOFF_MAX", "push_backoff_max", "60.0", parse_seconds, POSITIVE),
         ),
     ),
     Group(
@@ -176,7 +156,7 @@ GROUPS: tuple[Group, ...] = (
         (
             _v("STATE_DIR", "state_dir", "/var/lib/attestmesh", parse_absolute_path),
             _v("LOG_LEVEL", "log_level", "info", enum_parser(LogLevel)),
-            _v("SHUTDOWN_TIMEOUT", "shutdown_timeout", "8.0", parse_seconds, _GT0),
+            _v("SHUTDOWN_TIMEOUT", "shutdown_timeout", "8.0", parse_seconds, POSITIVE),
         ),
     ),
 )
