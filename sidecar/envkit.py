@@ -311,17 +311,6 @@ class EnvReader:
             return None
         return value
 
-    def bounded(
-        self, suffix: str, parse: Callable[[str], T], check: Callable[[T], bool], rule: str
-    ) -> T | None:
-        return self.get(suffix, parse, check, rule)
-
-    def optional(self, suffix: str, parse: Callable[[str], T]) -> T | None:
-        """None when unset or blank (the default is blank), else the parsed value or a problem."""
-        if not self.raw(suffix):
-            return None
-        return self.get(suffix, parse)
-
     def read(self, variable: Variable) -> Any:
         """The variable parsed and checked as declared; None when optional and unset, or on a problem."""
         if variable.parse is None:
