@@ -3,7 +3,8 @@
 Owns: ``load_settings`` (environment mapping → ``IndexerSettings``) and the variable table. Every problem is
 reported at once in one ``SettingsError`` (exit code 2, ``EXIT_BAD_CONFIGURATION``). A blank value counts as
 unset; an unknown ``ATTESTMESH_INDEXER_*`` name is a problem (a typo must not fall back to a default).
-The value parsers are the sidecar's (``sidecar.settings``), so both services accept the same spellings.
+The reader and the value parsers are the environment kit's (``sidecar.envkit``), so every service accepts
+the same spellings.
 
 Must not: read ``os.environ`` itself, do I/O, or echo a value that may carry a credential (the RPC URL can
 embed an API key). Catch-up never starts at genesis by accident: the start block is required (``0`` must
@@ -14,20 +15,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any
 
 from sidecar.core.ids import Address, Bytes32
-from sidecar.settings import (
+from sidecar.envkit import (
+    AT_LEAST_ONE,
     EXIT_BAD_CONFIGURATION,
+    POSITIVE,
+    Declare,
     EnvReader,
     HostPort,
     LogLevel,
     SettingsError,
     Variable,
+    at_least_one,
+    enum_parser,
     parse_address,
-    parse_host_port,
     parse_http_url,
     parse_int,
+    parse_listen_addr,
     parse_seconds,
 )
 
@@ -46,8 +52,6 @@ __all__ = [
 PREFIX = "ATTESTMESH_INDEXER_"
 MAX_CLUSTERS = 1000
 MAX_KEY_VERSION = 1_000_000
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,37 +88,6 @@ class IndexerSettings:
         )
 
 
-def _v(suffix: str, default: str | None, *, secret: bool = False) -> Variable:
-    return Variable(PREFIX + suffix, default, secret)
-
-
-VARIABLES: tuple[Variable, ...] = (
-    _v("RPC_URL", None, secret=True),
-    _v("CHAIN_ID", None),
-    _v("CLUSTER_FACTORY", ""),
-    _v("CLUSTERS", ""),
-    _v("START_BLOCK", None),
-    _v("REGISTRY", ""),
-    _v("REGISTRY_CHECK_INTERVAL", "60.0"),
-    _v("PUBLIC_URL", ""),
-    _v("CODE_ID", ""),
-    _v("KEY_VERSION", "1"),
-    _v("LISTEN_ADDR", "0.0.0.0:8080"),
-    _v("POLL_INTERVAL", "2.0"),
-    _v("CONFIRMATIONS", "2"),
-    _v("MAX_LOG_RANGE", "2000"),
-    _v("RPC_TIMEOUT", "10.0"),
-    _v("QUEUE_BOUND", "256"),
-    _v("ACK_TIMEOUT", "30.0"),
-    _v("RETAIN_LOGS", "100000"),
-    _v("MAX_HEAD_LAG", "10"),
-    _v("HELLO_FRESHNESS", "30.0"),
-    _v("LOG_LEVEL", "info"),
-    _v("SHUTDOWN_TIMEOUT", "8.0"),
-)
-KNOWN_NAMES = frozenset(v.name for v in VARIABLES)
-
-
 def parse_bytes32(text: str) -> Bytes32:
     """Parse 32 bytes of 0x-prefixed hex."""
     if not text.startswith(("0x", "0X")):
@@ -144,88 +117,62 @@ def parse_address_list(text: str) -> tuple[Address, ...]:
     return tuple(out)
 
 
-def _log_level(text: str) -> LogLevel:
-    try:
-        return LogLevel(text.lower())
-    except ValueError:
-        raise ValueError("must be one of " + "|".join(m.value for m in LogLevel)) from None
+_v = Declare(PREFIX)
 
 
-def _positive(value: float) -> bool:
-    return value > 0
+def _text(text: str) -> str:
+    return text
 
 
-def _nonzero(address: Address) -> bool:
-    return not address.is_zero
+VARIABLES: tuple[Variable, ...] = (
+    _v("RPC_URL", "rpc_url", None, parse_http_url, secret=True),
+    _v("CHAIN_ID", "chain_id", None, parse_int, (at_least_one, "a chain id of at least 1")),
+    _v("CLUSTER_FACTORY", "cluster_factory", "", parse_address),  # non-zero: checked by load_settings
+    _v("CLUSTERS", "clusters", "", parse_address_list),
+    _v("START_BLOCK", "start_block", None, parse_int),
+    _v("REGISTRY", "indexer_registry", "", parse_address),  # non-zero: checked by load_settings
+    _v("REGISTRY_CHECK_INTERVAL", "registry_check_interval", "60.0", parse_seconds, POSITIVE),
+    _v("PUBLIC_URL", "public_url", "", _text),  # ws:// or wss://: checked by load_settings
+    _v("CODE_ID", "code_id", "", parse_bytes32),
+    _v("KEY_VERSION", "key_version", "1", parse_int, (lambda v: 1 <= v <= MAX_KEY_VERSION, "in 1..1000000")),
+    _v("LISTEN_ADDR", "listen_addr", "0.0.0.0:8080", parse_listen_addr),
+    _v("POLL_INTERVAL", "poll_interval", "2.0", parse_seconds, POSITIVE),
+    _v("CONFIRMATIONS", "confirmations", "2", parse_int),
+    _v("MAX_LOG_RANGE", "max_log_range", "2000", parse_int, AT_LEAST_ONE),
+    _v("RPC_TIMEOUT", "rpc_timeout", "10.0", parse_seconds, POSITIVE),
+    _v("QUEUE_BOUND", "queue_bound", "256", parse_int, AT_LEAST_ONE),
+    _v("ACK_TIMEOUT", "ack_timeout", "30.0", parse_seconds, POSITIVE),
+    _v("RETAIN_LOGS", "retain_logs", "100000", parse_int, AT_LEAST_ONE),
+    _v("MAX_HEAD_LAG", "max_head_lag", "10", parse_int),
+    _v("HELLO_FRESHNESS", "hello_freshness", "30.0", parse_seconds, POSITIVE),
+    _v("LOG_LEVEL", "log_level", "info", enum_parser(LogLevel)),
+    _v("SHUTDOWN_TIMEOUT", "shutdown_timeout", "8.0", parse_seconds, POSITIVE),
+)
+KNOWN_NAMES = frozenset(v.name for v in VARIABLES)
+
+
+def _check_together(r: EnvReader, values: dict[str, Any]) -> None:
+    """Record the rules the table does not hold, adjusting ``values`` (blank ones read as None)."""
+    for suffix in ("CLUSTER_FACTORY", "REGISTRY"):
+        address = values[PREFIX + suffix]
+        if address is not None and address.is_zero:
+            r.problem(f"{PREFIX}{suffix} must be a non-zero address")
+            values[PREFIX + suffix] = None
+    values[PREFIX + "CLUSTERS"] = values[PREFIX + "CLUSTERS"] or ()
+    values[PREFIX + "PUBLIC_URL"] = public_url = values[PREFIX + "PUBLIC_URL"] or ""
+    if public_url and not public_url.startswith(("ws://", "wss://")):
+        r.problem(f"{PREFIX}PUBLIC_URL must be a ws:// or wss:// URL")
+    nothing = values[PREFIX + "CLUSTER_FACTORY"] is None and values[PREFIX + "CLUSTERS"] == ()
+    if nothing and not r.problems:
+        r.problem(f"set {PREFIX}CLUSTER_FACTORY or {PREFIX}CLUSTERS: there is nothing to follow")
 
 
 def load_settings(env: Mapping[str, str]) -> IndexerSettings:
     """Parse and validate the indexer's environment; raise SettingsError listing every problem."""
     r = EnvReader(env, VARIABLES, PREFIX)
-    for name in sorted(env):
-        if name.startswith(PREFIX) and name not in KNOWN_NAMES:
-            r.problems.append(f"{name} is not a known variable")  # the value is never echoed
-    rpc_url = r.get("RPC_URL", parse_http_url)
-    chain_id = r.get("CHAIN_ID", parse_int, lambda v: v >= 1, "a chain id of at least 1")
-    factory = r.optional("CLUSTER_FACTORY", parse_address)
-    if factory is not None and factory.is_zero:
-        r.problems.append(f"{PREFIX}CLUSTER_FACTORY must be a non-zero address")
-        factory = None
-    clusters = r.get("CLUSTERS", parse_address_list)
-    start_block = r.get("START_BLOCK", parse_int)
-    registry = r.optional("REGISTRY", parse_address)
-    if registry is not None and not _nonzero(registry):
-        r.problems.append(f"{PREFIX}REGISTRY must be a non-zero address")
-        registry = None
-    registry_check = r.get("REGISTRY_CHECK_INTERVAL", parse_seconds, _positive, "greater than 0")
-    public_url = r.raw("PUBLIC_URL") or ""
-    if public_url and not public_url.startswith(("ws://", "wss://")):
-        r.problems.append(f"{PREFIX}PUBLIC_URL must be a ws:// or wss:// URL")
-    code_id = r.optional("CODE_ID", parse_bytes32)
-    key_version = r.get("KEY_VERSION", parse_int, lambda v: 1 <= v <= MAX_KEY_VERSION, "in 1..1000000")
-    listen = r.get("LISTEN_ADDR", lambda t: parse_host_port(t, ip_only=True))
-    poll = r.get("POLL_INTERVAL", parse_seconds, _positive, "greater than 0")
-    confirmations = r.get("CONFIRMATIONS", parse_int)
-    max_range = r.get("MAX_LOG_RANGE", parse_int, lambda v: v >= 1, "at least 1")
-    rpc_timeout = r.get("RPC_TIMEOUT", parse_seconds, _positive, "greater than 0")
-    queue_bound = r.get("QUEUE_BOUND", parse_int, lambda v: v >= 1, "at least 1")
-    ack_timeout = r.get("ACK_TIMEOUT", parse_seconds, _positive, "greater than 0")
-    retain = r.get("RETAIN_LOGS", parse_int, lambda v: v >= 1, "at least 1")
-    max_lag = r.get("MAX_HEAD_LAG", parse_int)
-    freshness = r.get("HELLO_FRESHNESS", parse_seconds, _positive, "greater than 0")
-    level = r.get("LOG_LEVEL", _log_level)
-    shutdown = r.get("SHUTDOWN_TIMEOUT", parse_seconds, _positive, "greater than 0")
-    if factory is None and clusters == () and not r.problems:
-        r.problems.append(f"set {PREFIX}CLUSTER_FACTORY or {PREFIX}CLUSTERS: there is nothing to follow")
+    r.reject_unknown("variable")  # by name: the value is never echoed
+    values = r.read_all()
+    _check_together(r, values)
     if r.problems:
         raise SettingsError(r.problems)
-    assert rpc_url is not None and chain_id is not None and clusters is not None
-    assert start_block is not None and listen is not None and poll is not None and key_version is not None
-    assert confirmations is not None and max_range is not None and rpc_timeout is not None
-    assert queue_bound is not None and ack_timeout is not None and retain is not None
-    assert registry_check is not None
-    assert max_lag is not None and freshness is not None and level is not None and shutdown is not None
-    return IndexerSettings(
-        rpc_url=rpc_url,
-        chain_id=chain_id,
-        cluster_factory=factory,
-        clusters=clusters,
-        start_block=start_block,
-        indexer_registry=registry,
-        registry_check_interval=registry_check,
-        public_url=public_url,
-        code_id=code_id,
-        key_version=key_version,
-        listen_addr=listen,
-        poll_interval=poll,
-        confirmations=confirmations,
-        max_log_range=max_range,
-        rpc_timeout=rpc_timeout,
-        queue_bound=queue_bound,
-        ack_timeout=ack_timeout,
-        retain_logs=retain,
-        max_head_lag=max_lag,
-        hello_freshness=freshness,
-        log_level=level,
-        shutdown_timeout=shutdown,
-    )
+    return IndexerSettings(**{v.field: values[v.name] for v in VARIABLES})

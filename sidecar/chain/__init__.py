@@ -6,5 +6,6 @@ Must not import another adapter (``sidecar.dstack``) or the devnet; import-linte
 
 Modules: ``rpc`` (connection), ``tx`` (signing, nonces, fees, receipts), ``contracts`` (bindings),
 ``deploy`` (deploy from artifacts), ``artifacts`` (ABI/bytecode), ``codec`` (ABI values and events),
-``errors`` (taxonomy, revert decoding, classification).
+``errors`` (every error name callers import: our contracts' custom errors, classification), with
+``failures`` (the taxonomy) and ``reverts`` (revert decoding) behind it.
 """

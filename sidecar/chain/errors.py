@@ -1,9 +1,10 @@
-"""The chain adapter's error taxonomy: every failure a caller sees is a ``ChainError``.
+"""The chain adapter's errors as callers see them: the taxonomy, our contracts' custom errors, classification.
 
-Owns: the transient/terminal split (``ChainError.transient``), one ``ContractRevert`` subclass per Solidity
-custom error in our artifacts (same class name as the Solidity error), decoding revert data into them
-(``decode_revert``), ``classify`` (web3 / aiohttp / asyncio exceptions to ours) and ``translated()``, the one
-place in the adapter that catches broad exceptions.
+Owns one ``CustomError`` subclass per Solidity custom error in our artifacts (same class name as the
+Solidity error; defining it registers it in ``CUSTOM_ERRORS``), ``classify`` (web3 / aiohttp / asyncio
+exceptions to ours) and ``translated()``, the one place in the adapter that catches broad exceptions. It
+re-exports the taxonomy (``sidecar.chain.failures``) and revert decoding (``sidecar.chain.reverts``), so
+callers import every error name from here.
 
 Must not: retry, sleep or log (the drivers decide what to do with a transient error), or put key material
 into a message. Revert data and RPC messages are public; nothing else is quoted.
@@ -12,20 +13,10 @@ into a message. Revert data and RPC messages are public; nothing else is quoted.
 from __future__ import annotations
 
 import contextlib
-import functools
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from collections.abc import Iterator
+from typing import Any
 
 import aiohttp
-from eth_abi.abi import decode as abi_decode
-from eth_abi.exceptions import DecodingError
-from eth_utils.abi import (
-    abi_to_signature,
-    function_signature_to_4byte_selector,
-    get_abi_input_names,
-    get_abi_input_types,
-)
 from web3.exceptions import (
     BadFunctionCallOutput,
     BadResponseFormat,
@@ -36,456 +27,183 @@ from web3.exceptions import (
     Web3RPCError,
 )
 
-from sidecar.chain.artifacts import ArtifactError, available_artifacts
-from sidecar.chain.codec import python_value
-from sidecar.core.ids import Address, Bytes32
+from sidecar.chain.failures import (
+    CUSTOM_ERRORS,
+    ChainError,
+    ChainIdMismatch,
+    ChainUnavailable,
+    ContractRevert,
+    CustomError,
+    InsufficientFunds,
+    NonceConflict,
+    NoSubmitter,
+    Panic,
+    RevertWithReason,
+    RpcRejected,
+    TerminalChainError,
+    TransactionTimeout,
+    TransientChainError,
+    UnexpectedChainError,
+    UnknownRevert,
+)
+from sidecar.chain.reverts import (
+    ERROR_STRING_SELECTOR,
+    PANIC_CODES,
+    PANIC_SELECTOR,
+    ErrorSpec,
+    ErrorTable,
+    decode_revert,
+    default_error_table,
+)
 
-# ---------------------------------------------------------------------------------------------------------
-# Base classes
-# ---------------------------------------------------------------------------------------------------------
-
-
-class ChainError(Exception):
-    """A chain operation failed. ``transient`` says whether retrying the same operation can succeed."""
-
-    transient: ClassVar[bool] = False
-
-    def __init__(self, message: str, *, tx_hash: Bytes32 | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.tx_hash = tx_hash
-
-    def __str__(self) -> str:
-        return self.message
-
-
-class TransientChainError(ChainError):
-    """Retry with backoff: the node, the network or the mempool may be fine in a moment."""
-
-    transient = True
-
-
-class TerminalChainError(ChainError):
-    """Do not retry the same request: it will fail the same way until something else changes."""
-
-    transient = False
-
-
-# --- transient ---------------------------------------------------------------------------------------------
-
-
-class ChainUnavailable(TransientChainError):
-    """The node could not be reached or did not answer in time (refused, reset, timeout, 5xx, 429, limits)."""
-
-
-class TransactionTimeout(TransientChainError):
-    """The transaction was sent but no receipt appeared before the deadline."""
-
-    def __init__(self, tx_hash: Bytes32 | None, timeout: float, detail: str = "") -> None:
-        message = "no receipt" + (f" for transaction {tx_hash}" if tx_hash else "")
-        message += f" within {timeout:g} s" if timeout > 0 else ""
-        super().__init__(message + (f" ({detail})" if detail else ""), tx_hash=tx_hash)
-        self.timeout = timeout
-
-
-class NonceConflict(TransientChainError):
-    """The node refused our nonce (too low, already known, underpriced replacement); re-read and resend."""
-
-
-# --- terminal ----------------------------------------------------------------------------------------------
-
-
-class InsufficientFunds(TerminalChainError):
-    """The sending account cannot pay for gas and value."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        address: Address | None = None,
-        needed: int | None = None,
-        have: int | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.address = address
-        self.needed = needed
-        self.have = have
-
-
-class ChainIdMismatch(TerminalChainError):
-    """The RPC endpoint serves another chain than the one configured."""
-
-    def __init__(self, expected: int, actual: int) -> None:
-        super().__init__(f"chain id mismatch: expected {expected}, the node reports {actual}")
-        self.expected = expected
-        self.actual = actual
-
-
-class RpcRejected(TerminalChainError):
-    """The node answered with a JSON-RPC (or HTTP 4xx) error that retrying will not fix."""
-
-    def __init__(self, message: str, *, code: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class UnexpectedChainError(TerminalChainError):
-    """Anything the classifier does not recognise (bad response shape, ABI mismatch, no code at address)."""
-
-
-class NoSubmitter(TerminalChainError):
-    """A write was requested from a binding built without a ``TxSubmitter`` (a wiring bug)."""
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Reverts
-# ---------------------------------------------------------------------------------------------------------
-
-
-class ContractRevert(TerminalChainError):
-    """The contract reverted. Subclasses carry the decoded arguments of one Solidity custom error.
-
-    ``args`` is the tuple of decoded values (addresses as ``Address``, ``bytes32`` as ``Bytes32``, or a
-    ``MemberId`` when the parameter is a member id),
-    ``fields`` the same by Solidity parameter name, ``data`` the raw revert payload.
-    """
-
-    def __init__(
-        self,
-        args: tuple[Any, ...] = (),
-        *,
-        data: bytes = b"",
-        names: Sequence[str] = (),
-        message: str | None = None,
-        error_name: str | None = None,
-        tx_hash: Bytes32 | None = None,
-    ) -> None:
-        self.error_name = error_name or type(self).__name__
-        self.arg_names = tuple(names) if names else tuple(f"arg{i}" for i in range(len(args)))
-        if message is None:
-            message = _revert_message(self.error_name, self.arg_names, args, type(self).__doc__)
-        super().__init__(message, tx_hash=tx_hash)
-        self.args = tuple(args)
-        self.data = data
-
-    @property
-    def fields(self) -> Mapping[str, Any]:
-        return dict(zip(self.arg_names, self.args, strict=False))
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # ``args`` holds the decoded values, not the constructor's arguments: rebuild, then restore state.
-        return (type(self), (self.args,), self.__dict__)
-
-
-def _format_value(value: Any) -> str:
-    if isinstance(value, bytes):
-        return "0x" + value.hex()
-    if isinstance(value, tuple):
-        return "(" + ", ".join(_format_value(v) for v in value) + ")"
-    if isinstance(value, str):
-        return repr(value)
-    return str(value)
-
-
-def _revert_message(name: str, names: Sequence[str], args: Sequence[Any], doc: str | None) -> str:
-    rendered = ", ".join(f"{n}={_format_value(v)}" for n, v in zip(names, args, strict=False))
-    summary = (doc or "").strip().splitlines()[0] if doc else ""
-    generic = summary.startswith("The contract reverted")
-    return f"{name}({rendered})" + (f": {summary}" if summary and not generic else "")
-
-
-class RevertWithReason(ContractRevert):
-    """The contract reverted with ``Error(string)``."""
-
-    @property
-    def reason(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-
-class Panic(ContractRevert):
-    """The contract hit a ``Panic(uint256)`` (assert, overflow, out-of-bounds...)."""
-
-    @property
-    def code(self) -> int:
-        return int(self.args[0]) if self.args else -1
-
-
-class UnknownRevert(ContractRevert):
-    """The revert data matches no error in our ABIs (or there was none, e.g. out of gas)."""
+# The names re-exported from failures and reverts, and ours; the custom error classes below are imported by
+# name as well (``CUSTOM_ERRORS`` maps every one of them) but are deliberately not listed a second time.
+__all__ = [
+    "CUSTOM_ERRORS",
+    "ERROR_STRING_SELECTOR",
+    "PANIC_CODES",
+    "PANIC_SELECTOR",
+    "ChainError",
+    "ChainIdMismatch",
+    "ChainUnavailable",
+    "ContractRevert",
+    "CustomError",
+    "ErrorSpec",
+    "ErrorTable",
+    "InsufficientFunds",
+    "NoSubmitter",
+    "NonceConflict",
+    "Panic",
+    "RevertWithReason",
+    "RpcRejected",
+    "TerminalChainError",
+    "TransactionTimeout",
+    "TransientChainError",
+    "UnexpectedChainError",
+    "UnknownRevert",
+    "classify",
+    "decode_revert",
+    "default_error_table",
+    "translated",
+]
 
 
 # --- our contracts (ICluster / IIndexerRegistry) ---------------------------------------------------------
 
 
-class AppIdNotAllowed(ContractRevert):
+class AppIdNotAllowed(CustomError):
     """The app id is neither pre-approved nor already a member."""
 
 
-class AlreadyRegistered(ContractRevert):
+class AlreadyRegistered(CustomError):
     """The app id is already a member of this cluster."""
 
 
-class KmsRootNotAllowed(ContractRevert):
+class KmsRootNotAllowed(CustomError):
     """The signature chain ends at a KMS root the cluster does not trust."""
 
 
-class KmsSignatureMismatch(ContractRevert):
+class KmsSignatureMismatch(CustomError):
     """The KMS signature does not recover to the claimed KMS root (wrong app id or app key)."""
 
 
-class AppSignatureMismatch(ContractRevert):
+class AppSignatureMismatch(CustomError):
     """The app signature does not recover to the app key."""
 
 
-class InvalidSignature(ContractRevert):
+class InvalidSignature(CustomError):
     """A signature is malformed (length or recovery byte)."""
 
 
-class InvalidPubkey(ContractRevert):
+class InvalidPubkey(CustomError):
     """A public key is malformed (not 64 bytes, or not on the curve)."""
 
 
-class SenderNotDerivedKey(ContractRevert):
+class SenderNotDerivedKey(CustomError):
     """The transaction was not sent by the derived key the proof is for."""
 
 
-class ZeroKey(ContractRevert):
+class ZeroKey(CustomError):
     """A published public key is zero."""
 
 
-class EndpointTooLong(ContractRevert):
+class EndpointTooLong(CustomError):
     """The endpoint string exceeds the contract's limit."""
 
 
-class MeshExhausted(ContractRevert):
+class MeshExhausted(CustomError):
     """The mesh CIDR has no unallocated host left."""
 
 
-class InvalidMeshCidr(ContractRevert):
+class InvalidMeshCidr(CustomError):
     """The mesh CIDR is malformed (host bits set or prefix length out of range)."""
 
 
-class NotMember(ContractRevert):
+class NotMember(CustomError):
     """The sender is not a member of this cluster."""
 
 
-class UnknownMember(ContractRevert):
+class UnknownMember(CustomError):
     """No member has this id."""
 
 
-class NotOriginator(ContractRevert):
+class NotOriginator(CustomError):
     """Only the originator (the first member) may do this."""
 
 
-class CskCommitmentAlreadySet(ContractRevert):
+class CskCommitmentAlreadySet(CustomError):
     """The CSK commitment is set once and already is."""
 
 
-class ZeroCommitment(ContractRevert):
+class ZeroCommitment(CustomError):
     """The CSK commitment must not be zero."""
 
 
-class RenounceDisabled(ContractRevert):
+class RenounceDisabled(CustomError):
     """Ownership cannot be renounced."""
 
 
 # --- OpenZeppelin ---------------------------------------------------------------------------------------
 
 
-class OwnableUnauthorizedAccount(ContractRevert):
+class OwnableUnauthorizedAccount(CustomError):
     """Only the owner may do this."""
 
 
-class OwnableInvalidOwner(ContractRevert):
+class OwnableInvalidOwner(CustomError):
     """The new owner is not a valid owner (zero address)."""
 
 
-class ECDSAInvalidSignature(ContractRevert):
+class ECDSAInvalidSignature(CustomError):
     """The signature does not recover to an address."""
 
 
-class ECDSAInvalidSignatureLength(ContractRevert):
+class ECDSAInvalidSignatureLength(CustomError):
     """The signature has the wrong length."""
 
 
-class ECDSAInvalidSignatureS(ContractRevert):
+class ECDSAInvalidSignatureS(CustomError):
     """The signature's s value is in the upper half of the curve order."""
 
 
-class Create2EmptyBytecode(ContractRevert):
+class Create2EmptyBytecode(CustomError):
     """CREATE2 was asked to deploy empty bytecode."""
 
 
-class FailedDeployment(ContractRevert):
+class FailedDeployment(CustomError):
     """A CREATE/CREATE2 deployment failed."""
 
 
-class InsufficientBalance(ContractRevert):
+class InsufficientBalance(CustomError):
     """The contract's balance is below what the operation needs."""
 
 
-class FailedCall(ContractRevert):
+class FailedCall(CustomError):
     """A low-level call failed without a reason."""
 
 
-class StringsInsufficientHexLength(ContractRevert):
+class StringsInsufficientHexLength(CustomError):
     """A value does not fit the requested hex length."""
-
-
-#: Every custom-error class, by Solidity error name.
-CUSTOM_ERRORS: Mapping[str, type[ContractRevert]] = {
-    cls.__name__: cls
-    for cls in (
-        AppIdNotAllowed,
-        AlreadyRegistered,
-        KmsRootNotAllowed,
-        KmsSignatureMismatch,
-        AppSignatureMismatch,
-        InvalidSignature,
-        InvalidPubkey,
-        SenderNotDerivedKey,
-        ZeroKey,
-        EndpointTooLong,
-        MeshExhausted,
-        InvalidMeshCidr,
-        NotMember,
-        UnknownMember,
-        NotOriginator,
-        CskCommitmentAlreadySet,
-        ZeroCommitment,
-        RenounceDisabled,
-        OwnableUnauthorizedAccount,
-        OwnableInvalidOwner,
-        ECDSAInvalidSignature,
-        ECDSAInvalidSignatureLength,
-        ECDSAInvalidSignatureS,
-        Create2EmptyBytecode,
-        FailedDeployment,
-        InsufficientBalance,
-        FailedCall,
-        StringsInsufficientHexLength,
-    )
-}
-
-ERROR_STRING_SELECTOR = function_signature_to_4byte_selector("Error(string)")
-PANIC_SELECTOR = function_signature_to_4byte_selector("Panic(uint256)")
-
-PANIC_CODES: Mapping[int, str] = {
-    0x00: "generic compiler panic",
-    0x01: "assert failed",
-    0x11: "arithmetic overflow or underflow",
-    0x12: "division or modulo by zero",
-    0x21: "invalid enum value",
-    0x22: "corrupt storage byte array",
-    0x31: "pop on an empty array",
-    0x32: "array index out of bounds",
-    0x41: "out of memory",
-    0x51: "call to a zero-initialised function",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class ErrorSpec:
-    """One custom error of an ABI: name, parameter names and types, selector."""
-
-    name: str
-    selector: bytes
-    input_names: tuple[str, ...]
-    input_types: tuple[str, ...]
-
-
-class ErrorTable:
-    """Selector → custom error, built from ABIs."""
-
-    def __init__(self, specs: Iterable[ErrorSpec]) -> None:
-        self._by_selector: dict[bytes, ErrorSpec] = {}
-        for spec in specs:
-            self._by_selector.setdefault(spec.selector, spec)
-
-    @classmethod
-    def from_abis(cls, abis: Iterable[Sequence[Mapping[str, Any]]]) -> ErrorTable:
-        specs = []
-        for abi in abis:
-            for entry in abi:
-                if entry.get("type") != "error":
-                    continue
-                element: Any = dict(entry)
-                signature = abi_to_signature(element)
-                specs.append(
-                    ErrorSpec(
-                        name=str(entry["name"]),
-                        selector=function_signature_to_4byte_selector(signature),
-                        input_names=tuple(str(n or "") for n in get_abi_input_names(element)),
-                        input_types=tuple(get_abi_input_types(element)),
-                    )
-                )
-        return cls(specs)
-
-    def __iter__(self) -> Iterator[ErrorSpec]:
-        return iter(self._by_selector.values())
-
-    def lookup(self, selector: bytes) -> ErrorSpec | None:
-        return self._by_selector.get(selector)
-
-
-@functools.lru_cache(maxsize=1)
-def _artifact_table() -> ErrorTable:
-    return ErrorTable.from_abis(artifact.abi for artifact in available_artifacts())
-
-
-def default_error_table() -> ErrorTable:
-    """Return the table of every custom error in the committed artifacts (built once)."""
-    return _artifact_table()
-
-
-def decode_revert(
-    data: bytes, *, table: ErrorTable | None = None, tx_hash: Bytes32 | None = None
-) -> ContractRevert:
-    """Decode revert data into the matching ``ContractRevert`` subclass (``UnknownRevert`` when none)."""
-    selector, body = data[:4], data[4:]
-    try:
-        if selector == ERROR_STRING_SELECTOR:
-            (reason,) = abi_decode(["string"], body)
-            return RevertWithReason(
-                (reason,), data=data, names=("reason",), message=f"reverted: {reason}", tx_hash=tx_hash
-            )
-        if selector == PANIC_SELECTOR:
-            (code,) = abi_decode(["uint256"], body)
-            meaning = PANIC_CODES.get(code, "unknown panic code")
-            return Panic(
-                (code,),
-                data=data,
-                names=("code",),
-                message=f"Panic(0x{code:02x}): {meaning}",
-                tx_hash=tx_hash,
-            )
-        if table is None:
-            table = default_error_table()
-        spec = table.lookup(selector) if len(selector) == 4 else None
-        if spec is None:
-            return UnknownRevert(
-                (data,),
-                data=data,
-                names=("data",),
-                message=f"reverted with unrecognised data 0x{data.hex()}"
-                if data
-                else "reverted without data",
-                tx_hash=tx_hash,
-            )
-        decoded = abi_decode(list(spec.input_types), body)
-    except (DecodingError, ArtifactError, ValueError, OverflowError) as exc:
-        return UnknownRevert(
-            (data,),
-            data=data,
-            names=("data",),
-            message=f"reverted with undecodable data 0x{data.hex()} ({exc})",
-            tx_hash=tx_hash,
-        )
-    values = tuple(
-        python_value(t, v, n) for t, v, n in zip(spec.input_types, decoded, spec.input_names, strict=True)
-    )
-    cls = CUSTOM_ERRORS.get(spec.name, ContractRevert)
-    return cls(values, data=data, names=spec.input_names, error_name=spec.name, tx_hash=tx_hash)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from sidecar.chain.errors import (
     ChainError,
     ChainUnavailable,
     ContractRevert,
+    CustomError,
     ErrorTable,
     InsufficientFunds,
     InvalidMeshCidr,
@@ -87,6 +88,31 @@ def test_custom_error_classes_are_module_level_revert_subclasses() -> None:
         assert getattr(errors, name) is cls
         assert issubclass(cls, ContractRevert)
         assert not cls.transient
+
+
+GENERIC_REVERTS = {ContractRevert, CustomError, RevertWithReason, Panic, UnknownRevert}
+
+
+def test_custom_errors_map_every_abi_error_and_are_derived_from_the_classes() -> None:
+    in_artifacts = {
+        entry["name"] for artifact in available_artifacts() for entry in artifact.entries("error")
+    }
+    defined = {
+        name
+        for name, value in vars(errors).items()
+        if isinstance(value, type) and issubclass(value, ContractRevert) and value not in GENERIC_REVERTS
+    }
+    assert in_artifacts <= set(CUSTOM_ERRORS), "CUSTOM_ERRORS must map every error of the ABIs"
+    assert defined == set(CUSTOM_ERRORS), "every revert class must derive from CustomError (and so be mapped)"
+    for name, cls in CUSTOM_ERRORS.items():
+        assert issubclass(cls, CustomError)
+        assert getattr(errors, name) is cls
+
+
+def test_a_second_custom_error_of_the_same_name_is_refused() -> None:
+    with pytest.raises(TypeError, match="NotMember is already defined"):
+        type("NotMember", (CustomError,), {})
+    assert CUSTOM_ERRORS["NotMember"] is errors.NotMember
 
 
 def test_default_table_decodes_every_artifact_error_to_its_class() -> None:

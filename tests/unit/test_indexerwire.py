@@ -1,4 +1,4 @@
-"""The push protocol of sidecar.core.indexerwire: JSON form, signed bytes, the hello check, the verifier.
+"""The push protocol of sidecar.core.indexerwire (messages, codec, signing, session) through its public API.
 
 The test vectors in docs/protocol.md are rendered by ``render_test_vectors`` and compared here, so the
 document cannot drift from the code (``python -m tests.unit.test_indexerwire`` prints the block).

@@ -228,6 +228,27 @@ def test_valid_endpoint_forms() -> None:
     assert load(HEALTH_ADDR="localhost:9091").http.health_addr == HostPort("localhost", 9091)
 
 
+@pytest.mark.parametrize(
+    ("value", "what"),
+    [
+        ("localhost:51820", "localhost"),
+        ("LOCALHOST:51820", "localhost"),
+        ("localhost.:51820", "localhost"),
+        ("node-1.example.com:51820", "a host name"),
+        ("bad_host!:51820", "a host name"),
+    ],
+)
+def test_a_named_endpoint_is_refused_with_one_message_that_says_what_to_write(value: str, what: str) -> None:
+    # It used to read "host must be an IP address (or localhost)", then "…, not localhost" for localhost.
+    (found,) = problems(ENDPOINT=value)
+    assert found.startswith(f"ATTESTMESH_ENDPOINT={value!r} must be an IP address, not {what} ")
+    assert found.endswith(
+        "write the IP address and port the other peers reach this node at, such as 10.0.0.2:51820"
+    )
+    assert "(or localhost)" not in found
+    assert "DNS name" not in found
+
+
 def test_lowercase_and_uppercase_addresses_need_no_checksum() -> None:
     lower = load(CLUSTER=CLUSTER_HEX.lower()).chain.cluster
     upper = load(CLUSTER="0x" + CLUSTER_HEX[2:].upper()).chain.cluster

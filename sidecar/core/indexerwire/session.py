@@ -1,0 +1,155 @@
+"""The push protocol's session checks: the indexer judges a hello, the client judges the stream.
+
+Owns ``verify_hello`` (the indexer's check of a client's first frame) and ``PushVerifier`` (the client's
+check of the welcome and of every event and checkpoint, with its ``check``/``accept`` split: once rejected,
+a session stays rejected) and the reasons each can give.
+
+Cursor semantics are those of ``sidecar.core.cursor`` exactly: after an event the client's cursor is
+``(block, log_index, block_hash)`` of its log, after a checkpoint it is ``Cursor.through(block,
+block_hash)``; the push stream and the poller share one persisted cursor.
+
+Must not: do I/O, read a clock (``now_ms`` is passed in), or parse text (``codec`` does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from sidecar.core.cursor import Cursor, is_after
+from sidecar.core.ids import Address, Bytes32
+from sidecar.core.indexerwire.messages import Ack, Checkpoint, Event, Hello, Message, Welcome
+from sidecar.core.indexerwire.signing import verify_signature
+
+DEFAULT_HELLO_FRESHNESS_MS = 30_000
+
+HelloRefusal = Literal["wrong_indexer", "bad_signature", "stale", "future"]
+RejectReason = Literal[
+    "bad_signature", "wrong_indexer", "wrong_cluster", "gap", "replay", "out_of_order", "reorg", "malformed"
+]
+
+
+def verify_hello(
+    hello: Hello, identity_pub: Bytes32, now_ms: int, freshness_ms: int, *, indexer_pub: Bytes32
+) -> HelloRefusal | None:
+    """Judge a hello (indexer side); ``identity_pub`` is the member's key read from the chain.
+
+    The caller has already checked on chain that ``hello.member_id`` is a member of ``hello.cluster``.
+    Checked in order: addressed to this indexer (``wrong_indexer``), signature (``bad_signature``),
+    timestamp within ``freshness_ms`` of ``now_ms`` either way (``stale`` / ``future``).
+    """
+    if hello.indexer != indexer_pub:
+        return "wrong_indexer"
+    if not verify_signature(hello, identity_pub):
+        return "bad_signature"
+    if now_ms - hello.timestamp_ms > freshness_ms:
+        return "stale"
+    if hello.timestamp_ms - now_ms > freshness_ms:
+        return "future"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a pushed message is refused; any rejection means the stream must be torn down."""
+
+    reason: RejectReason
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """A message that passed every check; hand it back to ``PushVerifier.accept`` once it is handled."""
+
+    message: Event | Checkpoint
+    cursor: Cursor  # the client's cursor once the message is accepted
+
+
+@dataclass(slots=True)
+class PushVerifier:
+    """Client side of one session: checks the welcome and every event and checkpoint against its state.
+
+    The cursor and seq change only through ``accept``; after any rejection every later check is rejected
+    too (the stream must be torn down and a new session started from the persisted cursor).
+    """
+
+    cluster: Address
+    indexer_pub: Bytes32
+    start: Cursor
+    cursor: Cursor = field(init=False)
+    seq: int = field(default=0, init=False)
+    session: bytes | None = field(default=None, init=False)
+    failed: Rejection | None = field(default=None, init=False)
+    _pending: Verified | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.cursor = self.start
+
+    def _reject(self, reason: RejectReason) -> Rejection:
+        if self.failed is None:
+            self.failed = Rejection(reason)
+        self._pending = None
+        return self.failed
+
+    def welcome(self, msg: Message) -> Rejection | None:
+        """Check the session's first frame: a welcome from the registry's key, starting at our cursor."""
+        if self.failed is not None:
+            return self.failed
+        if not isinstance(msg, Welcome) or self.session is not None:
+            return self._reject("malformed")
+        if msg.indexer != self.indexer_pub:
+            return self._reject("wrong_indexer")
+        if msg.start != self.cursor:
+            return self._reject(self._position_mismatch(msg.start))
+        self.session = msg.session
+        return None
+
+    def check(self, msg: Message) -> Verified | Rejection:
+        """Check one pushed message; nothing changes until ``accept``."""
+        if self.failed is not None:
+            return self.failed
+        if not isinstance(msg, Event | Checkpoint):
+            return self._reject("malformed")
+        reason = next(self._problems(msg), None)
+        if reason is not None:
+            return self._reject(reason)
+        self._pending = Verified(msg, msg.cursor)
+        return self._pending
+
+    def _problems(self, msg: Event | Checkpoint) -> Iterator[RejectReason]:
+        """Yield the rejection reasons in order, lazily (the signature first: nothing unsigned is read)."""
+        if self.session is None:
+            yield "malformed"  # no welcome yet
+        if not verify_signature(msg, self.indexer_pub):
+            yield "bad_signature"
+        if msg.cluster != self.cluster or (isinstance(msg, Event) and msg.log.address != self.cluster):
+            yield "wrong_cluster"
+        if msg.session != self.session or msg.seq <= self.seq:
+            yield "replay"
+        if msg.seq > self.seq + 1:
+            yield "gap"
+        if msg.prev != self.cursor:
+            yield self._position_mismatch(msg.prev)
+        after = msg.cursor
+        if not is_after(after.block, after.log_index, self.cursor):
+            yield "out_of_order"
+        here = self.cursor
+        if after.block == here.block and not here.block_hash.is_zero and after.block_hash != here.block_hash:
+            yield "reorg"
+
+    def _position_mismatch(self, claimed: Cursor) -> RejectReason:
+        here = self.cursor
+        if (claimed.block, claimed.log_index) == (here.block, here.log_index):
+            return "reorg"  # same position, another block hash
+        return "gap" if is_after(claimed.block, claimed.log_index, here) else "replay"
+
+    def accept(self, verified: Verified) -> Cursor:
+        """Advance past a verified message the client has handled and persisted; return the new cursor."""
+        if self.failed is not None or verified is not self._pending:
+            raise ValueError("accept() takes the latest result of check() on a healthy stream")
+        self.seq, self.cursor, self._pending = verified.message.seq, verified.cursor, None
+        return self.cursor
+
+    def ack(self) -> Ack | None:
+        """Return the ack for everything accepted so far (None before the first accepted message)."""
+        return None if self.seq == 0 else Ack(self.seq, self.cursor)

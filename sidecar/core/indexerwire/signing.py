@@ -1,0 +1,191 @@
+"""The push protocol's signatures: the exact bytes each one covers, and signing and checking them.
+
+Owns the domain separators, ``signed_bytes`` (a fixed binary layout: domain separator, then the fields in a
+fixed order; integers 8-byte big-endian two's complement; the log's topics prefixed by a one-byte count, its
+data by a four-byte length — never the JSON text), ``verify_signature``, the signing helpers
+(``sign_hello``, ``sign_event``, ``sign_checkpoint``) and the indexer's side of a session, ``PushSigner``.
+
+Must not: draw random numbers (nonces and session ids are passed in), read a clock, or let key material
+into a repr or an exception message (seeds travel as ``SecretBytes``).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from sidecar.core.cursor import WHOLE_BLOCK, Cursor, is_after
+from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
+from sidecar.core.indexerwire.messages import (
+    SESSION_BYTES,
+    SIGNATURE_BYTES,
+    Checkpoint,
+    Event,
+    Hello,
+    WireError,
+    check_bytes,
+    check_cursor,
+)
+from sidecar.core.model import ChainLog
+
+DOMAIN_HELLO = b"attestmesh/indexer-hello/v1\x00"
+DOMAIN_EVENT = b"attestmesh/indexer-event/v1\x00"
+DOMAIN_CHECKPOINT = b"attestmesh/indexer-checkpoint/v1\x00"
+
+_I64 = struct.Struct(">q")
+_U32 = struct.Struct(">I")
+
+
+def _i64(value: int) -> bytes:
+    return _I64.pack(value)
+
+
+def _cursor_bytes(cursor: Cursor) -> bytes:
+    return _i64(cursor.block) + _i64(cursor.log_index) + cursor.block_hash.raw
+
+
+def _hello_bytes(msg: Hello) -> bytes:
+    cursor = b"\x00" + bytes(48) if msg.cursor is None else b"\x01" + _cursor_bytes(msg.cursor)
+    return (
+        DOMAIN_HELLO
+        + msg.cluster.raw
+        + msg.member_id.raw
+        + msg.indexer.raw
+        + cursor
+        + _i64(msg.timestamp_ms)
+        + msg.nonce
+    )
+
+
+def _log_bytes(log: ChainLog) -> bytes:
+    return (
+        _i64(log.block_number)
+        + log.block_hash.raw
+        + _i64(log.log_index)
+        + log.tx_hash.raw
+        + log.address.raw
+        + bytes([len(log.topics)])
+        + b"".join(t.raw for t in log.topics)
+        + _U32.pack(len(log.data))
+        + log.data
+    )
+
+
+def signed_bytes(msg: Hello | Event | Checkpoint) -> bytes:
+    """Return the exact bytes a message's signature covers (its domain separator included)."""
+    if isinstance(msg, Hello):
+        return _hello_bytes(msg)
+    head = msg.cluster.raw + msg.session + _i64(msg.seq) + _cursor_bytes(msg.prev)
+    if isinstance(msg, Event):
+        return DOMAIN_EVENT + head + _log_bytes(msg.log)
+    return DOMAIN_CHECKPOINT + head + _i64(msg.block) + msg.block_hash.raw
+
+
+def _private(seed: SecretBytes, what: str) -> Ed25519PrivateKey:
+    raw = seed.reveal()
+    if len(raw) != 32:
+        raise WireError(f"{what} must be a 32-byte Ed25519 seed")
+    return Ed25519PrivateKey.from_private_bytes(raw)
+
+
+def verify_signature(msg: Hello | Event | Checkpoint, public_key: Bytes32) -> bool:
+    """Tell whether the message's signature verifies against the Ed25519 public key."""
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key.raw).verify(msg.signature, signed_bytes(msg))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+_NO_SIGNATURE = bytes(SIGNATURE_BYTES)
+
+
+def sign_hello(
+    *,
+    cluster: Address,
+    member_id: MemberId,
+    indexer: Bytes32,
+    cursor: Cursor | None,
+    timestamp_ms: int,
+    nonce: bytes,
+    identity_key: SecretBytes,
+) -> Hello:
+    """Build a hello signed with the member's Ed25519 identity seed (``nonce``: 16 fresh random bytes)."""
+    unsigned = Hello(cluster, member_id, indexer, cursor, timestamp_ms, nonce, _NO_SIGNATURE)
+    signature = _private(identity_key, "identity key").sign(signed_bytes(unsigned))
+    return Hello(cluster, member_id, indexer, cursor, timestamp_ms, nonce, signature)
+
+
+def sign_event(
+    *, cluster: Address, session: bytes, seq: int, prev: Cursor, log: ChainLog, indexer_key: SecretBytes
+) -> Event:
+    """Build an event signed with the indexer's Ed25519 seed."""
+    unsigned = Event(cluster, session, seq, prev, log, _NO_SIGNATURE)
+    return Event(
+        cluster, session, seq, prev, log, _private(indexer_key, "indexer key").sign(signed_bytes(unsigned))
+    )
+
+
+def sign_checkpoint(
+    *,
+    cluster: Address,
+    session: bytes,
+    seq: int,
+    prev: Cursor,
+    block: int,
+    block_hash: Bytes32,
+    indexer_key: SecretBytes,
+) -> Checkpoint:
+    """Build a checkpoint ("every log through ``block`` sent") signed with the indexer's Ed25519 seed."""
+    unsigned = Checkpoint(cluster, session, seq, prev, block, block_hash, _NO_SIGNATURE)
+    signature = _private(indexer_key, "indexer key").sign(signed_bytes(unsigned))
+    return Checkpoint(cluster, session, seq, prev, block, block_hash, signature)
+
+
+@dataclass(slots=True)
+class PushSigner:
+    """Indexer side of one session: numbers and signs events and checkpoints from the welcome's start on."""
+
+    cluster: Address
+    session: bytes
+    cursor: Cursor  # the position the client will be at after everything signed so far
+    indexer_key: SecretBytes = field(repr=False)
+    seq: int = 0
+
+    def __post_init__(self) -> None:
+        check_bytes(self.session, SESSION_BYTES, "session")
+        check_cursor(self.cursor, "start")
+
+    def event(self, log: ChainLog) -> Event:
+        """Sign the next event; the log must lie after the current position."""
+        if not is_after(log.block_number, log.log_index, self.cursor):
+            raise WireError("event does not lie after the session's position")
+        msg = sign_event(
+            cluster=self.cluster,
+            session=self.session,
+            seq=self.seq + 1,
+            prev=self.cursor,
+            log=log,
+            indexer_key=self.indexer_key,
+        )
+        self.seq, self.cursor = msg.seq, msg.cursor
+        return msg
+
+    def checkpoint(self, block: int, block_hash: Bytes32) -> Checkpoint | None:
+        """Sign a checkpoint through ``block``, or return None when it would not advance the position."""
+        if not is_after(block, WHOLE_BLOCK, self.cursor):
+            return None
+        msg = sign_checkpoint(
+            cluster=self.cluster,
+            session=self.session,
+            seq=self.seq + 1,
+            prev=self.cursor,
+            block=block,
+            block_hash=block_hash,
+            indexer_key=self.indexer_key,
+        )
+        self.seq, self.cursor = msg.seq, msg.cursor
+        return msg
