@@ -30,10 +30,10 @@ from sidecar.core.ids import MemberId, SecretBytes
 from sidecar.core.liveness import Liveness, Transition
 from sidecar.core.repeats import Repeats
 from sidecar.core.status import NodeStatus, PeerView, SelfView
-from sidecar.drivers.chainlink import ChainLink
+from sidecar.drivers.chainlink import ChainLink, ClusterChain
 from sidecar.drivers.clock import Clock, SystemClock, wall_ms
 from sidecar.drivers.control import Controller, Steps
-from sidecar.drivers.csk import CskKeeper, PeerApiFetcher
+from sidecar.drivers.csk import CskFetcher, CskKeeper, PeerApiFetcher
 from sidecar.drivers.events import ChainLogPoller, EventRouter, EventSource, SharedCursor
 from sidecar.drivers.heartbeats import HeartbeatService
 from sidecar.drivers.identity import KeySource
@@ -49,6 +49,7 @@ from sidecar.http.peerapi import peer_api
 from sidecar.http.server import Runner
 from sidecar.observability import Metrics
 from sidecar.settings import Settings
+from sidecar.wg.device import WgDevice
 from sidecar.wg.select import open_device, resolve_backend
 from sidecar.wg.userspace import WireGuardGo, should_start
 
@@ -115,21 +116,18 @@ class Supervisor:
 
 @dataclass
 class Node:
-    """One node's reconcile machinery, built by ``build_node``: the shared state, the chain connection,
-    the state store, the steps (the mesh step owns the device, the CSK keeper the key) and the controller."""
+    """One node's reconcile machinery, built by ``build_node``: the shared state, the steps (the mesh step
+    owns the device, the CSK keeper the key) and the controller; ``close`` releases what was opened."""
 
     state: NodeState
-    chain: ChainLink
-    store: StateStore
     mesh: MeshStep
     csk: CskKeeper
-    fetcher: PeerApiFetcher
     controller: Controller
+    closers: list[Callable[[], Awaitable[None]]]
 
     async def close(self) -> None:
-        await self.fetcher.close()
-        await self.chain.close()
-        await self.mesh.close()
+        for close in self.closers:
+            await close()
 
 
 def build_node(
@@ -139,27 +137,33 @@ def build_node(
     metrics: Metrics,
     liveness: Liveness,
     clock: Clock | None = None,
-    chain: ChainLink | None = None,
+    chain: ClusterChain | None = None,
     store: StateStore | None = None,
+    fetcher: CskFetcher | None = None,
+    device: Callable[[], WgDevice] | None = None,
     events: EventSource | None = None,
     on_mesh_up: Callable[[IPv4Address], None] = lambda ip: None,
     on_member_removed: Callable[[MemberId], None] | None = None,
 ) -> Node:
-    """Wire the steps and the controller of one node; each part gets the narrow settings group it needs."""
+    """Wire the steps and the controller of one node; each part gets the narrow settings group it needs.
+    Parts not given are the real ones (a unit test passes fakes for chain, fetcher, device and clock)."""
     clock = clock or SystemClock()
-    chain = chain or ChainLink(settings.chain, metrics)
-    store = store or StateStore(settings.state_dir)
-    state = NodeState()
-    repeats = Repeats()
+    closers: list[Callable[[], Awaitable[None]]] = []
+    if chain is None:
+        link = ChainLink(settings.chain, metrics)
+        chain, closers = link, [*closers, link.close]
+    if fetcher is None:
+        peer_api_client = PeerApiFetcher(settings.mesh.peer_api_port, settings.mesh.csk_request_timeout)
+        fetcher, closers = peer_api_client, [*closers, peer_api_client.close]
     mesh_settings = settings.mesh
-    fetcher = PeerApiFetcher(mesh_settings.peer_api_port, mesh_settings.csk_request_timeout)
+    state, repeats = NodeState(), Repeats()
     csk = CskKeeper(
         cluster=settings.chain.cluster,
         mesh=mesh_settings,
         state=state,
         agent=agent,
         chain=chain,
-        store=store,
+        store=store or StateStore(settings.state_dir),
         fetcher=fetcher,
         liveness=liveness,
         metrics=metrics,
@@ -171,11 +175,13 @@ def build_node(
         csk.forget(member)
         (on_member_removed or liveness.forget)(member)
 
+    def real_device() -> WgDevice:
+        m = mesh_settings
+        return open_device(m.backend, ifname=m.interface, uapi_dir=m.uapi_dir)
+
     mesh = MeshStep(
         mesh_settings,
-        lambda: open_device(
-            mesh_settings.backend, ifname=mesh_settings.interface, uapi_dir=mesh_settings.uapi_dir
-        ),
+        device or real_device,
         metrics,
         clock,
         repeats,
@@ -200,7 +206,7 @@ def build_node(
         resync_interval=settings.chain.resync_interval,
         events=events,
     )
-    return Node(state, chain, store, mesh, csk, fetcher, controller)
+    return Node(state, mesh, csk, controller, [*closers, mesh.close])
 
 
 class Daemon:
@@ -381,5 +387,6 @@ class Daemon:
                     if runner is not None:
                         await runner.close()
                 await self.node.close()
+                await self.chain.close()
                 await self.agent.close()
         log.info("sidecar.stopped", interface_left_up=True)

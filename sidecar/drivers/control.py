@@ -135,7 +135,7 @@ class Controller:
         """Run the steps in order, fold their outcomes, then compute the phase and the status."""
         self._requeue = None
         await self._run_steps()
-        self._apply(self._peer_facts())
+        self._apply(self._standing_facts())
         self._update_status()
 
     def _apply(self, part: FactsPart | Outcome) -> bool:
@@ -166,10 +166,17 @@ class Controller:
             return
         self._apply(await steps.csk.run(identity, snap, mine))
 
-    def _peer_facts(self) -> FactsPart:
-        others = self.state.snapshot.others(self.state.member_id) if self.state.snapshot else []
+    def _standing_facts(self) -> FactsPart:
+        """Facts re-read after every pass, whichever step it ended at: peers, and the key against the
+        snapshot's commitment (a key committed or pulled between passes counts at once)."""
+        snap = self.state.snapshot
+        others = snap.others(self.state.member_id) if snap else []
         live = self.liveness.live(self.clock.monotonic())
-        return {"other_members": len(others), "live_peers": sum(1 for m in others if m.member_id in live)}
+        return {
+            "other_members": len(others),
+            "live_peers": sum(1 for m in others if m.member_id in live),
+            "csk_held": snap is not None and self.steps.csk.holds(snap.commitment),
+        }
 
     # --- phase and status ------------------------------------------------------------------------------
 
