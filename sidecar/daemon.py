@@ -250,6 +250,7 @@ class Daemon:
                 backoff_max=ev.push_backoff_max,
                 crosscheck=ev.push_crosscheck,
                 ready_interval=settings.chain.poll_interval,
+                now_ms=lambda: wall_ms(self.clock),
             )
         self.events = EventRouter(
             poller=self.poller,

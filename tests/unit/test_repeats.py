@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sidecar.core.repeats import Report, Repeats
+from sidecar.core.repeats import Repeats, Report
 
 
 def test_first_failure_then_one_summary_per_interval_with_the_swallowed_count() -> None:
