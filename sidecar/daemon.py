@@ -3,13 +3,15 @@
 Owns start-up order (``/healthz`` binds before anything else, then the app API socket, then the control
 loop and the event source), the supervision of every long-running task (an eternal task that returns or
 raises is logged, counted and restarted with backoff), the mesh-bound services (heartbeats, peer API)
-started when the mesh IP is on the interface, and shutdown: on SIGTERM or
-SIGINT every task is cancelled and every server closed within ``shutdown_timeout``; a second signal exits
-at once. The WireGuard interface is left up (it outlives a sidecar restart). It is the composition root:
-``build_node`` and ``Daemon`` build the state store, the chain connection, the clock, the event source and
-the steps once and hand each component the parts and the narrow settings group it needs; nothing is
-patched after construction. Must not: hold protocol
-rules (those are in ``sidecar.core``) or talk to web3/WireGuard directly (the adapters do).
+started when the mesh IP is on the interface, and shutdown: on SIGTERM or SIGINT every task is cancelled
+and every server closed within ``shutdown_timeout``; a second signal exits at once. The WireGuard
+interface is left up (it outlives a sidecar restart).
+
+It is the composition root: ``Daemon`` builds the clock, the state store, the chain connection, the event
+source and (through ``sidecar.drivers.node.build_node``) the steps and the controller once, and hands each
+component the parts and the narrow settings group it needs; nothing is patched after construction.
+Must not: hold protocol rules (those are in ``sidecar.core``) or talk to web3/WireGuard directly (the
+adapters do).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 import structlog
@@ -28,19 +29,14 @@ import structlog
 from sidecar import __version__
 from sidecar.core.ids import MemberId, SecretBytes
 from sidecar.core.liveness import Liveness, Transition
-from sidecar.core.repeats import Repeats
 from sidecar.core.status import NodeStatus, PeerView, SelfView
-from sidecar.drivers.chainlink import ChainLink, ClusterChain
-from sidecar.drivers.clock import Clock, SystemClock, wall_ms
-from sidecar.drivers.control import Controller, Steps
-from sidecar.drivers.csk import CskFetcher, CskKeeper, PeerApiFetcher
-from sidecar.drivers.events import ChainLogPoller, EventRouter, EventSource, SharedCursor
+from sidecar.drivers.chainlink import ChainLink
+from sidecar.drivers.clock import SystemClock, wall_ms
+from sidecar.drivers.control import Controller
+from sidecar.drivers.events import ChainLogPoller, EventRouter, SharedCursor
 from sidecar.drivers.heartbeats import HeartbeatService
-from sidecar.drivers.identity import KeySource
-from sidecar.drivers.mesh import MeshStep
-from sidecar.drivers.node import NodeState
+from sidecar.drivers.node import build_node
 from sidecar.drivers.push import Credentials, PushSubscriber
-from sidecar.drivers.steps import ChainStep, EndpointStep, IdentityStep, MembershipStep
 from sidecar.drivers.store import StateStore
 from sidecar.dstack.agent import GuestAgent
 from sidecar.http.appapi import app_api, start_unix
@@ -49,8 +45,7 @@ from sidecar.http.peerapi import peer_api
 from sidecar.http.server import Runner
 from sidecar.observability import Metrics
 from sidecar.settings import Settings
-from sidecar.wg.device import WgDevice
-from sidecar.wg.select import open_device, resolve_backend
+from sidecar.wg.select import resolve_backend
 from sidecar.wg.userspace import WireGuardGo, should_start
 
 log = structlog.get_logger("sidecar.daemon")
@@ -114,101 +109,6 @@ class Supervisor:
             await asyncio.wait(self.tasks.values(), timeout=grace)
 
 
-@dataclass
-class Node:
-    """One node's reconcile machinery, built by ``build_node``: the shared state, the steps (the mesh step
-    owns the device, the CSK keeper the key) and the controller; ``close`` releases what was opened."""
-
-    state: NodeState
-    mesh: MeshStep
-    csk: CskKeeper
-    controller: Controller
-    closers: list[Callable[[], Awaitable[None]]]
-
-    async def close(self) -> None:
-        for close in self.closers:
-            await close()
-
-
-def build_node(
-    settings: Settings,
-    *,
-    agent: KeySource,
-    metrics: Metrics,
-    liveness: Liveness,
-    clock: Clock | None = None,
-    chain: ClusterChain | None = None,
-    store: StateStore | None = None,
-    fetcher: CskFetcher | None = None,
-    device: Callable[[], WgDevice] | None = None,
-    events: EventSource | None = None,
-    on_mesh_up: Callable[[IPv4Address], None] = lambda ip: None,
-    on_member_removed: Callable[[MemberId], None] | None = None,
-) -> Node:
-    """Wire the steps and the controller of one node; each part gets the narrow settings group it needs.
-    Parts not given are the real ones (a unit test passes fakes for chain, fetcher, device and clock)."""
-    clock = clock or SystemClock()
-    closers: list[Callable[[], Awaitable[None]]] = []
-    if chain is None:
-        link = ChainLink(settings.chain, metrics)
-        chain, closers = link, [*closers, link.close]
-    if fetcher is None:
-        peer_api_client = PeerApiFetcher(settings.mesh.peer_api_port, settings.mesh.csk_request_timeout)
-        fetcher, closers = peer_api_client, [*closers, peer_api_client.close]
-    mesh_settings = settings.mesh
-    state, repeats = NodeState(), Repeats()
-    csk = CskKeeper(
-        cluster=settings.chain.cluster,
-        mesh=mesh_settings,
-        state=state,
-        agent=agent,
-        chain=chain,
-        store=store or StateStore(settings.state_dir),
-        fetcher=fetcher,
-        liveness=liveness,
-        metrics=metrics,
-        clock=clock,
-        repeats=repeats,
-    )
-
-    def forget(member: MemberId) -> None:
-        csk.forget(member)
-        (on_member_removed or liveness.forget)(member)
-
-    def real_device() -> WgDevice:
-        m = mesh_settings
-        return open_device(m.backend, ifname=m.interface, uapi_dir=m.uapi_dir)
-
-    mesh = MeshStep(
-        mesh_settings,
-        device or real_device,
-        metrics,
-        clock,
-        repeats,
-        on_mesh_up=on_mesh_up,
-        on_member_removed=forget,
-    )
-    steps = Steps(
-        identity=IdentityStep(agent),
-        chain=ChainStep(chain, metrics),
-        membership=MembershipStep(chain, metrics, mesh_settings.endpoint),
-        endpoint=EndpointStep(chain, mesh_settings.endpoint, repeats),
-        mesh=mesh,
-        csk=csk,
-    )
-    controller = Controller(
-        steps,
-        state,
-        cluster=settings.chain.cluster,
-        liveness=liveness,
-        metrics=metrics,
-        clock=clock,
-        resync_interval=settings.chain.resync_interval,
-        events=events,
-    )
-    return Node(state, mesh, csk, controller, [*closers, mesh.close])
-
-
 class Daemon:
     """The composition root: builds the store, the chain connection, the event source and the node, and
     hands each the parts it needs."""
@@ -234,24 +134,7 @@ class Daemon:
             max_range=settings.chain.max_log_range,
             cursor=cursor,
         )
-        self.push: PushSubscriber | None = None
-        if settings.chain.indexer_registry is not None:
-            ev = settings.events
-            self.push = PushSubscriber(
-                connection=self.chain.connection,
-                registry=settings.chain.indexer_registry,
-                cluster=settings.chain.cluster,
-                credentials=self._credentials,
-                cursor=cursor,
-                wake=self._wake,
-                metrics=self.metrics,
-                registry_refresh=ev.registry_refresh,
-                backoff_min=ev.push_backoff_min,
-                backoff_max=ev.push_backoff_max,
-                crosscheck=ev.push_crosscheck,
-                ready_interval=settings.chain.poll_interval,
-                now_ms=lambda: wall_ms(self.clock),
-            )
+        self.push = self._push_subscriber(cursor)
         self.events = EventRouter(
             poller=self.poller,
             push=self.push,
@@ -279,6 +162,27 @@ class Daemon:
         self._runners: list[Runner] = []
         self._peer_runner: Runner | None = None
         self._stop = asyncio.Event()
+
+    def _push_subscriber(self, cursor: SharedCursor) -> PushSubscriber | None:
+        """The indexer push subscription, when a registry is configured (it shares the poller's cursor)."""
+        chain, ev = self.settings.chain, self.settings.events
+        if chain.indexer_registry is None:
+            return None
+        return PushSubscriber(
+            connection=self.chain.connection,
+            registry=chain.indexer_registry,
+            cluster=chain.cluster,
+            credentials=self._credentials,
+            cursor=cursor,
+            wake=self._wake,
+            metrics=self.metrics,
+            registry_refresh=ev.registry_refresh,
+            backoff_min=ev.push_backoff_min,
+            backoff_max=ev.push_backoff_max,
+            crosscheck=ev.push_crosscheck,
+            ready_interval=chain.poll_interval,
+            now_ms=lambda: wall_ms(self.clock),
+        )
 
     def _wake(self, reason: str = "") -> None:
         self.node.controller.wake(reason)

@@ -35,7 +35,7 @@ from sidecar.drivers.clock import Clock
 from sidecar.drivers.csk import CskKeeper
 from sidecar.drivers.events import EventSource
 from sidecar.drivers.mesh import MeshStep
-from sidecar.drivers.node import NodeState
+from sidecar.drivers.nodestate import NodeState
 from sidecar.drivers.steps import ChainStep, EndpointStep, IdentityStep, MembershipStep
 from sidecar.observability import Metrics
 

@@ -32,7 +32,7 @@ from sidecar.core.snapshot import Snapshot
 from sidecar.drivers.chainlink import ClusterChain
 from sidecar.drivers.clock import Clock, wall_ms
 from sidecar.drivers.identity import KeySource, NodeIdentity, derive_csk_key
-from sidecar.drivers.node import NodeState
+from sidecar.drivers.nodestate import NodeState
 from sidecar.drivers.steps import warn_limited
 from sidecar.drivers.store import StateStore, StoreError
 from sidecar.http.peerapi import CskAnswer, CskFetchError, fetch_csk

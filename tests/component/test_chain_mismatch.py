@@ -23,7 +23,7 @@ from devnet.simulator import SimulatorConfig, serve_unix
 from sidecar.core.ids import Address
 from sidecar.core.liveness import Liveness
 from sidecar.core.status import healthz_body
-from sidecar.daemon import Node, build_node
+from sidecar.drivers.node import Node, build_node
 from sidecar.dstack.agent import GuestAgent
 from sidecar.observability import Metrics
 from sidecar.settings import load_settings

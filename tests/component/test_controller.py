@@ -50,9 +50,9 @@ from sidecar.core.liveness import Liveness
 from sidecar.core.model import MemberKeys, MemberRecord, member_id_for
 from sidecar.core.sigchain import build_proof
 from sidecar.core.status import healthz_body
-from sidecar.daemon import Node, build_node
 from sidecar.drivers.csk import CSK_CACHE_FILE
 from sidecar.drivers.identity import derive
+from sidecar.drivers.node import Node, build_node
 from sidecar.dstack.agent import GuestAgent, GuestAgentUnavailable
 from sidecar.http.peerapi import CskAnswer, peer_api
 from sidecar.http.server import Runner, start_tcp

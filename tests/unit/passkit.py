@@ -24,9 +24,9 @@ from sidecar.core.liveness import Liveness
 from sidecar.core.model import BootVerdict, MemberRecord, MeshCidr, member_id_for
 from sidecar.core.peerplan import ActualPeer, PeerPlan, WgKey
 from sidecar.core.snapshot import Snapshot
-from sidecar.daemon import Node, build_node
 from sidecar.drivers.chainlink import Registered
 from sidecar.drivers.identity import NodeIdentity
+from sidecar.drivers.node import Node, build_node
 from sidecar.drivers.store import StateStore
 from sidecar.dstack.agent import DerivedKey, GuestAgentUnavailable, NodeInfo
 from sidecar.http.peerapi import CskFetchError

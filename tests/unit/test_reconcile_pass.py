@@ -18,7 +18,7 @@ from sidecar.core.ids import Bytes32, SecretBytes
 from sidecar.core.model import BootVerdict, MemberRecord
 from sidecar.core.outcome import fold
 from sidecar.core.phases import next_phase
-from sidecar.drivers.node import NodeState
+from sidecar.drivers.nodestate import NodeState
 from sidecar.wg.device import WgError
 from tests.unit.passkit import ENDPOINT, FakeChain, World, mesh_ip, other_member, world
 
