@@ -90,6 +90,11 @@ class Controller:
     def facts(self) -> Facts:
         return self.state.facts
 
+    @property
+    def requeue(self) -> float | None:
+        """The earliest next pass a step of the last pass asked for (None: the loop's own schedule)."""
+        return self._requeue
+
     # --- wakes -------------------------------------------------------------------------------------
 
     def wake(self, reason: str = "") -> None:
@@ -107,7 +112,7 @@ class Controller:
                 await self.pass_once()
                 if self._settled():  # healthy: only events and the resync timer trigger a pass
                     delay, backoff = self.resync_interval, ERROR_BACKOFF_MIN
-                elif self.facts.chain_ok and self.facts.agent_ok:  # progressing: check again soon
+                elif self._progressing():  # progressing: check again soon
                     delay, backoff = PROGRESS_RETRY, ERROR_BACKOFF_MIN
                 else:  # a dependency is failing: capped exponential backoff
                     delay, backoff = backoff, min(backoff * 2, ERROR_BACKOFF_MAX)
@@ -128,6 +133,11 @@ class Controller:
 
     def _settled(self) -> bool:
         return self.status.phase == Phase.HEALTHY.value
+
+    def _progressing(self) -> bool:
+        """Agent and chain answer (a chain that is not the configured one is failing, not progressing)."""
+        facts = self.facts
+        return facts.chain_ok and facts.agent_ok and facts.chain_id_ok
 
     # --- one pass ----------------------------------------------------------------------------------
 

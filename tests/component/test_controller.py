@@ -48,10 +48,12 @@ from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
 from sidecar.core.keys import KeyPath, ed25519_public_key, secp256k1_address, x25519_public_key
 from sidecar.core.liveness import Liveness
 from sidecar.core.model import MemberKeys, MemberRecord, member_id_for
+from sidecar.core.phases import Facts
 from sidecar.core.sigchain import build_proof
-from sidecar.core.status import healthz_body
-from sidecar.drivers.csk import CSK_CACHE_FILE
-from sidecar.drivers.identity import derive
+from sidecar.core.snapshot import Snapshot
+from sidecar.core.status import NodeStatus, healthz_body
+from sidecar.drivers.csk import CSK_CACHE_FILE, CskHeld
+from sidecar.drivers.identity import NodeIdentity, derive
 from sidecar.drivers.node import Node, build_node
 from sidecar.dstack.agent import GuestAgent, GuestAgentUnavailable
 from sidecar.http.peerapi import CskAnswer, peer_api
@@ -227,27 +229,27 @@ class NodeUnderTest:
         await self.node.close()
 
     @property
-    def status(self) -> Any:
+    def status(self) -> NodeStatus:
         return self.controller.status
 
     @property
-    def facts(self) -> Any:
+    def facts(self) -> Facts:
         return self.controller.facts
 
     @property
-    def identity(self) -> Any:
+    def identity(self) -> NodeIdentity | None:
         return self.node.state.identity
 
     @property
-    def snapshot(self) -> Any:
+    def snapshot(self) -> Snapshot | None:
         return self.node.state.snapshot
 
     @property
-    def member_id(self) -> Any:
+    def member_id(self) -> MemberId | None:
         return self.node.state.member_id
 
     @property
-    def csk(self) -> Any:
+    def csk(self) -> CskHeld:
         return self.node.csk.held
 
     def clock(self) -> float:
@@ -256,13 +258,16 @@ class NodeUnderTest:
     def csk_value(self) -> SecretBytes | None:
         return self.controller.csk_value()
 
-    async def pull_csk(self, snapshot: Any, mine: MemberRecord, commitment: Bytes32) -> None:
+    async def pull_csk(self, snapshot: Snapshot, mine: MemberRecord, commitment: Bytes32) -> None:
+        assert self.identity is not None
         await self.node.csk.pull(self.identity, snapshot, mine, commitment)
 
-    async def acquire_csk(self, snapshot: Any, mine: MemberRecord) -> None:
+    async def acquire_csk(self, snapshot: Snapshot, mine: MemberRecord) -> None:
+        assert self.identity is not None
         await self.node.csk.acquire(self.identity, snapshot, mine)
 
     def hold(self, key: SecretBytes, commitment: Bytes32, source: str) -> None:
+        assert self.identity is not None and self.member_id is not None
         self.node.csk.hold(self.identity, self.member_id, key, commitment, source)
 
 

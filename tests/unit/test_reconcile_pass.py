@@ -42,7 +42,7 @@ async def healthy(tmp_path: Path) -> tuple[World, MemberRecord]:
     w.peers.key = CSK
     w.hear(peer)
     assert await w.pass_once() == ("register", "not registered: registration pending")
-    assert w.node.controller._requeue == 0.0  # a registration asks for the next pass at once
+    assert w.node.controller.requeue == 0.0  # a registration asks for the next pass at once
     assert await w.pass_once() == ("healthy", "")
     return w, peer
 
