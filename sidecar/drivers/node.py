@@ -68,13 +68,7 @@ def build_node(
     """Wire the steps and the controller of one node; each part gets the narrow settings group it needs.
     Parts not given are the real ones (a unit test passes fakes for chain, fetcher, device and clock)."""
     clock = clock or SystemClock()
-    closers: list[Callable[[], Awaitable[None]]] = []
-    if chain is None:
-        chain = link = ChainLink(settings.chain, metrics)
-        closers.append(link.close)
-    if fetcher is None:
-        fetcher = client = PeerApiFetcher(settings.mesh.peer_api_port, settings.mesh.csk_request_timeout)
-        closers.append(client.close)
+    chain, fetcher, closers = _real_ports(settings, metrics, chain, fetcher)
     state, repeats = NodeState(), Repeats()
     csk = CskKeeper(
         cluster=settings.chain.cluster,
@@ -116,6 +110,20 @@ def build_node(
         events=events,
     )
     return Node(state, mesh, csk, controller, [*closers, mesh.close])
+
+
+def _real_ports(
+    settings: Settings, metrics: Metrics, chain: ClusterChain | None, fetcher: CskFetcher | None
+) -> tuple[ClusterChain, CskFetcher, list[Callable[[], Awaitable[None]]]]:
+    """The chain and the CSK fetcher not given, opened for real; and how to close what was opened here."""
+    closers: list[Callable[[], Awaitable[None]]] = []
+    if chain is None:
+        chain = link = ChainLink(settings.chain, metrics)
+        closers.append(link.close)
+    if fetcher is None:
+        fetcher = client = PeerApiFetcher(settings.mesh.peer_api_port, settings.mesh.csk_request_timeout)
+        closers.append(client.close)
+    return chain, fetcher, closers
 
 
 def _mesh_step(

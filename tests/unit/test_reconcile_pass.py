@@ -7,6 +7,7 @@ node reports, so a controller that ignored any step's outcome fails here.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,24 @@ from sidecar.core.ids import Bytes32, SecretBytes
 from sidecar.core.model import BootVerdict, MemberRecord
 from sidecar.core.outcome import fold
 from sidecar.core.phases import next_phase
+from sidecar.drivers.chainlink import ClusterChain
+from sidecar.drivers.clock import Clock
+from sidecar.drivers.csk import CskFetcher
+from sidecar.drivers.identity import KeySource
 from sidecar.drivers.nodestate import NodeState
-from sidecar.wg.device import WgError
-from tests.unit.passkit import ENDPOINT, FakeChain, World, mesh_ip, other_member, world
+from sidecar.wg.device import WgDevice, WgError
+from tests.unit.passkit import (
+    ENDPOINT,
+    FakeAgent,
+    FakeChain,
+    FakeClock,
+    FakeDevice,
+    FakePeers,
+    World,
+    mesh_ip,
+    other_member,
+    world,
+)
 
 CSK = SecretBytes(b"\x42" * 32)
 
@@ -265,3 +281,26 @@ async def test_a_pass_stops_at_the_first_failing_step(tmp_path: Path, step: str)
     phase, _ = await w.pass_once()
     expected = {"identity": "boot_gate", "chain": "boot_gate", "membership": "register", "mesh": "mesh"}
     assert phase == expected.get(step, "csk_acquire")
+
+
+@pytest.mark.parametrize(
+    ("fake", "port"),
+    [
+        (FakeAgent, KeySource),
+        (FakeChain, ClusterChain),
+        (FakeDevice, WgDevice),
+        (FakePeers, CskFetcher),
+        (FakeClock, Clock),
+    ],
+)
+def test_the_fakes_implement_the_ports_the_steps_depend_on(fake: type, port: type) -> None:
+    # Same members, same parameter names, same sync/async kind: a port that grows or changes breaks here.
+    for name, member in vars(port).items():
+        if name.startswith("_"):
+            continue
+        ours = getattr(fake, name)
+        if isinstance(member, property):
+            assert isinstance(ours, property), name
+            continue
+        assert inspect.iscoroutinefunction(ours) == inspect.iscoroutinefunction(member), name
+        assert list(inspect.signature(ours).parameters) == list(inspect.signature(member).parameters), name
