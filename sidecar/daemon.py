@@ -3,10 +3,15 @@
 Owns start-up order (``/healthz`` binds before anything else, then the app API socket, then the control
 loop and the event source), the supervision of every long-running task (an eternal task that returns or
 raises is logged, counted and restarted with backoff), the mesh-bound services (heartbeats, peer API)
-started when the mesh IP is on the interface, the peer API's CSK responder, and shutdown: on SIGTERM or
-SIGINT every task is cancelled and every server closed within ``shutdown_timeout``; a second signal exits
-at once. The WireGuard interface is left up (it outlives a sidecar restart). Must not: hold protocol
-rules (those are in ``sidecar.core``) or talk to web3/WireGuard directly (the adapters do).
+started when the mesh IP is on the interface, and shutdown: on SIGTERM or SIGINT every task is cancelled
+and every server closed within ``shutdown_timeout``; a second signal exits at once. The WireGuard
+interface is left up (it outlives a sidecar restart).
+
+It is the composition root: ``Daemon`` builds the clock, the state store, the chain connection, the event
+source and (through ``sidecar.drivers.node.build_node``) the steps and the controller once, and hands each
+component the parts and the narrow settings group it needs; nothing is patched after construction.
+Must not: hold protocol rules (those are in ``sidecar.core``) or talk to web3/WireGuard directly (the
+adapters do).
 """
 
 from __future__ import annotations
@@ -15,28 +20,29 @@ import asyncio
 import contextlib
 import os
 import signal
-import time
-from collections.abc import Mapping
 from ipaddress import IPv4Address
 
 import structlog
 
 from sidecar import __version__
-from sidecar.core import csk as cskcore
-from sidecar.core.ids import Bytes32, MemberId, SecretBytes
+from sidecar.core.ids import MemberId, SecretBytes
 from sidecar.core.liveness import Liveness, Transition
 from sidecar.core.status import NodeStatus, PeerView, SelfView
+from sidecar.drivers.chainlink import ChainLink
+from sidecar.drivers.clock import SystemClock, wall_ms
 from sidecar.drivers.control import Controller
 from sidecar.drivers.events import ChainLogPoller, EventRouter, SharedCursor
 from sidecar.drivers.heartbeats import HeartbeatService
+from sidecar.drivers.node import build_node
 from sidecar.drivers.push import Credentials, PushSubscriber
+from sidecar.drivers.store import StateStore
 from sidecar.drivers.supervisor import Supervisor
 from sidecar.dstack.agent import GuestAgent
 from sidecar.http.appapi import app_api, start_unix
 from sidecar.http.health import health_app, start_tcp
-from sidecar.http.peerapi import CskAnswer, peer_api
+from sidecar.http.peerapi import peer_api
 from sidecar.http.server import Runner
-from sidecar.observability import CskRefusal, Metrics
+from sidecar.observability import Metrics
 from sidecar.settings import Settings
 from sidecar.wg.select import resolve_backend
 from sidecar.wg.userspace import WireGuardGo, should_start
@@ -61,114 +67,103 @@ class _AppView:
         return self.controller.csk_value()
 
 
-class CskService:
-    """The peer API's answer to a CSK request: pure checks in ``sidecar.core.csk``, facts from the node."""
-
-    def __init__(self, controller: Controller, metrics: Metrics, freshness_ms: int = 30_000) -> None:
-        self.controller = controller
-        self.metrics = metrics
-        self.gate = cskcore.CskGate(freshness_ms=freshness_ms)
-
-    def respond(self, body: object, remote_ip: IPv4Address) -> CskAnswer:
-        c = self.controller
-        try:
-            request, signature = cskcore.parse_request(body)
-        except cskcore.CskWireError as exc:
-            return self._refuse(400, "malformed", str(exc))
-        csk = c.csk_value()
-        if csk is None or c.member_id is None or c.identity is None:
-            return self._refuse(503, "not_held", "cluster shared key not held yet")
-        members = c.members_by_id()
-        table = {m: (r.identity_pub, r.seal_pub) for m, r in members.items()}
-        now = c.clock()
-        refusal = self.gate.check(
-            request,
-            signature,
-            me=c.member_id,
-            cluster=c.settings.chain.cluster,
-            members=table,
-            verified_recently=lambda m: c.liveness.is_live(m, now),
-            now_ms=int(time.time() * 1000),
-        )
-        if refusal is not None:
-            return self._refuse(403, refusal.reason, refusal.reason.replace("_", " "))
-        sealed = cskcore.seal(csk, members[request.requester].seal_pub)
-        self.metrics.csk_requests_served.inc()
-        log.info("csk.served", requester=str(request.requester), remote=str(remote_ip))
-        return CskAnswer(200, {"sealed": sealed.hex()})
-
-    def _refuse(self, status: int, reason: CskRefusal, detail: str) -> CskAnswer:
-        self.metrics.csk_requests_refused.labels(reason=reason).inc()
-        log.info("csk.request_refused", reason=reason)
-        return CskAnswer(status, {"error": detail, "reason": reason})
-
-
 EXIT_START_FAILED = 1
 
 
 class Daemon:
+    """The composition root: builds the store, the chain connection, the event source and the node, and
+    hands each the parts it needs."""
+
     def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
+        self.clock = SystemClock()
         mesh = settings.mesh
         self.liveness = Liveness(window=mesh.heartbeat_interval * mesh.liveness_misses)
         self.agent = GuestAgent()
-        self.controller = Controller(
-            settings, self.agent, self.metrics, self.liveness, on_mesh_up=self._mesh_up
-        )
-        cursor = SharedCursor(self.controller.store)  # ONE cursor: poller and push subscriber share it
+        self.store = StateStore(settings.state_dir)
+        self.chain = ChainLink(settings.chain, self.metrics)
+        cursor = SharedCursor(self.store)  # ONE cursor: poller and push subscriber share it
         self.poller = ChainLogPoller(
-            connection=lambda: self.controller.conn,
+            connection=self.chain.connection,
             cluster=settings.chain.cluster,
-            store=self.controller.store,
-            wake=self.controller.wake,
+            store=self.store,
+            wake=self._wake,
             metrics=self.metrics,
             interval=settings.chain.poll_interval,
             confirmations=settings.chain.confirmations,
             max_range=settings.chain.max_log_range,
             cursor=cursor,
         )
-        self.push: PushSubscriber | None = None
-        if settings.chain.indexer_registry is not None:
-            ev = settings.events
-            self.push = PushSubscriber(
-                connection=lambda: self.controller.conn,
-                registry=settings.chain.indexer_registry,
-                cluster=settings.chain.cluster,
-                credentials=self._credentials,
-                cursor=cursor,
-                wake=self.controller.wake,
-                metrics=self.metrics,
-                registry_refresh=ev.registry_refresh,
-                backoff_min=ev.push_backoff_min,
-                backoff_max=ev.push_backoff_max,
-                crosscheck=ev.push_crosscheck,
-                ready_interval=settings.chain.poll_interval,
-            )
+        self.push = self._push_subscriber(cursor)
         self.events = EventRouter(
             poller=self.poller,
             push=self.push,
             poll_interval=settings.chain.poll_interval,
             safety_interval=settings.events.poll_interval_pushed,
             metrics=self.metrics,
-            on_change=self.controller.refresh_events,
+            on_change=self._events_changed,
         )
-        self.controller.events = self.events
+        self.node = build_node(
+            settings,
+            agent=self.agent,
+            metrics=self.metrics,
+            liveness=self.liveness,
+            clock=self.clock,
+            chain=self.chain,
+            store=self.store,
+            events=self.events,
+            on_mesh_up=self._mesh_up,
+            on_member_removed=self._member_removed,
+        )
+        self.controller = self.node.controller
+        self.state = self.node.state
         self.supervisor = Supervisor()
         self.heartbeats: HeartbeatService | None = None
         self._runners: list[Runner] = []
         self._peer_runner: Runner | None = None
         self._stop = asyncio.Event()
 
+    def _push_subscriber(self, cursor: SharedCursor) -> PushSubscriber | None:
+        """The indexer push subscription, when a registry is configured (it shares the poller's cursor)."""
+        chain, ev = self.settings.chain, self.settings.events
+        if chain.indexer_registry is None:
+            return None
+        return PushSubscriber(
+            connection=self.chain.connection,
+            registry=chain.indexer_registry,
+            cluster=chain.cluster,
+            credentials=self._credentials,
+            cursor=cursor,
+            wake=self._wake,
+            metrics=self.metrics,
+            registry_refresh=ev.registry_refresh,
+            backoff_min=ev.push_backoff_min,
+            backoff_max=ev.push_backoff_max,
+            crosscheck=ev.push_crosscheck,
+            ready_interval=chain.poll_interval,
+            now_ms=lambda: wall_ms(self.clock),
+        )
+
+    def _wake(self, reason: str = "") -> None:
+        self.node.controller.wake(reason)
+
+    def _events_changed(self) -> None:
+        self.node.controller.refresh_events()
+
     def _credentials(self) -> Credentials | None:
         """The hello's signer once the node is a member: its member id and identity key."""
-        c = self.controller
-        if c.identity is None or c.member_id is None:
+        st = self.state
+        if st.identity is None or st.member_id is None:
             return None
-        return Credentials(c.member_id, c.identity.identity_key)
+        return Credentials(st.member_id, st.identity.identity_key)
 
-    def _members(self) -> Mapping[MemberId, tuple[Bytes32, IPv4Address]]:
-        return {m: (r.identity_pub, r.mesh_ip) for m, r in self.controller.members_by_id().items()}
+    def _member_removed(self, member: MemberId) -> None:
+        """A member left the cluster: drop its heartbeat (and liveness) state."""
+        if self.heartbeats is not None:
+            self.heartbeats.forget(member)
+        else:
+            self.liveness.forget(member)
 
     def _on_liveness(self, transition: Transition) -> None:
         self.controller.wake("peer up" if transition.up else "peer down")
@@ -178,24 +173,25 @@ class Daemon:
         self.supervisor.start("mesh-services", lambda: self._run_mesh_services(mesh_ip))
 
     async def _run_mesh_services(self, mesh_ip: IPv4Address) -> None:
-        c = self.controller
-        assert c.identity is not None and c.member_id is not None
+        st = self.state
+        assert st.identity is not None and st.member_id is not None
         if self.heartbeats is None:
             self.heartbeats = HeartbeatService(
-                me=c.member_id,
-                identity_key=c.identity.identity_key,
-                members=self._members,
+                me=st.member_id,
+                identity_key=st.identity.identity_key,
+                members=st.heartbeat_table,
                 liveness=self.liveness,
                 metrics=self.metrics,
                 port=self.settings.mesh.heartbeat_port,
                 interval=self.settings.mesh.heartbeat_interval,
                 on_transition=self._on_liveness,
+                clock=self.clock.monotonic,
+                wall_ms=lambda: wall_ms(self.clock),
             )
-            c.forget_member = self.heartbeats.forget
         await self.heartbeats.bind(mesh_ip)
         if self._peer_runner is not None:
             await self._peer_runner.close()
-        app = peer_api(CskService(c, self.metrics), self.metrics)
+        app = peer_api(self.node.csk, self.metrics)
         self._peer_runner = await start_tcp(app, str(mesh_ip), self.settings.mesh.peer_api_port)
         log.info("peer_api.listening", mesh_ip=str(mesh_ip), port=self.settings.mesh.peer_api_port)
         await self.heartbeats.run()
@@ -256,6 +252,7 @@ class Daemon:
                 for runner in [self._peer_runner, *self._runners]:
                     if runner is not None:
                         await runner.close()
-                await self.controller.close()
+                await self.node.close()
+                await self.chain.close()
                 await self.agent.close()
         log.info("sidecar.stopped", interface_left_up=True)

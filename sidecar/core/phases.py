@@ -13,7 +13,7 @@ unmet precondition                              phase         reason
 ==============================================  ============  =====================================
 guest agent answers                             boot_gate     "guest agent unreachable: …"
 chain reachable (see the degraded rule below)   boot_gate     "chain unreachable: …"
-chain id as configured                          boot_gate     "chain id mismatch"
+chain id as configured, contract at cluster     boot_gate     "chain id mismatch: …" / "no …"
 on-chain keys equal the derived ones            boot_gate     "lost state: …" (terminal)
 boot policy checked                             boot_gate     "boot policy not checked yet"
 boot policy allows                              boot_gate     "boot policy denies: …"
@@ -73,7 +73,8 @@ class Facts:
     agent_error: str = ""
     chain_ok: bool
     chain_error: str = ""
-    chain_id_ok: bool = True
+    chain_id_ok: bool = True  # False: reachable, but not the configured chain (or no cluster contract)
+    chain_mismatch: str = ""  # the whole reason when ``chain_id_ok`` is False ("chain id mismatch: …")
     boot_allowed: bool | None  # None: not known yet
     boot_reason: str = ""
     lost_state: bool = False  # terminal: on-chain keys differ from the derived ones
@@ -96,7 +97,7 @@ def _detail(prefix: str, detail: str, default: str = "") -> str:
 def _unmet(f: Facts, *, degraded: bool) -> Iterator[tuple[Phase, str]]:
     """Yield the unmet preconditions in order (the chain and agent checks are done by the caller)."""
     if not degraded and not f.chain_id_ok:
-        yield Phase.BOOT_GATE, "chain id mismatch"
+        yield Phase.BOOT_GATE, f.chain_mismatch or "chain id mismatch"
     if f.lost_state:
         yield Phase.BOOT_GATE, "lost state: on-chain keys differ from the derived keys"
     if f.boot_allowed is None and not degraded:

@@ -1,25 +1,35 @@
 """The node's identity: every key the sidecar uses, derived from the dstack guest agent at start-up.
 
-Owns ``NodeIdentity`` (the ``Info`` facts plus the derived keys of DESIGN §4 "Identity") and ``derive``,
-which asks the guest agent for each GetKey path. ``GetKey`` is deterministic per app id and path, so a
-restarted or updated node derives the same identity. Must not log, repr or persist any private key: keys
-stay in ``SecretBytes`` and only public values leave this module.
+Owns ``KeySource`` (the port to the guest agent), ``NodeIdentity`` (the ``Info`` facts plus the derived
+keys of DESIGN §4 "Identity") and ``derive``, which asks the guest agent for each GetKey path. ``GetKey``
+is deterministic per app id and path, so a restarted or updated node derives the same identity. Must not
+log, repr or persist any private key: keys stay in ``SecretBytes`` and only public values leave this
+module.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from sidecar.chain.tx import LocalSigner
 from sidecar.core.ids import Address, Bytes32, SecretBytes
 from sidecar.core.keys import KeyPath, ed25519_public_key, secp256k1_address, x25519_public_key
 from sidecar.core.model import BootInfo, MemberKeys, MemberRecord
 from sidecar.core.sigchain import SigChainProof, build_proof
-from sidecar.dstack.agent import GuestAgent, NodeInfo
+from sidecar.dstack.agent import DerivedKey, NodeInfo
 
 #: The KMS judged the TCB at boot; the sidecar cannot observe it (``Info`` has no TCB status), so its own
 #: re-check of the boot policy covers compose hash, device and app id, and passes this value for the TCB.
 ASSUMED_TCB_STATUS = "UpToDate"
+
+
+class KeySource(Protocol):
+    """What identity derivation asks of the guest agent (``GuestAgent``; a fake in unit tests)."""
+
+    async def info(self) -> NodeInfo: ...
+
+    async def get_key(self, path: str, purpose: str = "", algorithm: str = "secp256k1") -> DerivedKey: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +81,7 @@ class NodeIdentity:
         return diffs
 
 
-async def derive(agent: GuestAgent) -> NodeIdentity:
+async def derive(agent: KeySource) -> NodeIdentity:
     """Read ``Info`` and derive every key (raises the agent's errors; the caller retries transient ones)."""
     info = await agent.info()
     signer = await agent.get_key(KeyPath.SIGNER.path, KeyPath.SIGNER.purpose)
@@ -98,6 +108,6 @@ async def derive(agent: GuestAgent) -> NodeIdentity:
     )
 
 
-async def derive_csk_key(agent: GuestAgent) -> SecretBytes:
+async def derive_csk_key(agent: KeySource) -> SecretBytes:
     """The originator's CSK: GetKey(attestmesh/csk/v1), deterministic, so re-derivable after restarts."""
     return (await agent.get_key(KeyPath.CSK.path, KeyPath.CSK.purpose)).key

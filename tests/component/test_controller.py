@@ -48,11 +48,13 @@ from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
 from sidecar.core.keys import KeyPath, ed25519_public_key, secp256k1_address, x25519_public_key
 from sidecar.core.liveness import Liveness
 from sidecar.core.model import MemberKeys, MemberRecord, member_id_for
+from sidecar.core.phases import Facts
 from sidecar.core.sigchain import build_proof
-from sidecar.core.status import healthz_body
-from sidecar.daemon import CskService
-from sidecar.drivers.control import CSK_CACHE_FILE, Controller, CskState
-from sidecar.drivers.identity import derive
+from sidecar.core.snapshot import Snapshot
+from sidecar.core.status import NodeStatus, healthz_body
+from sidecar.drivers.csk import CSK_CACHE_FILE, CskHeld
+from sidecar.drivers.identity import NodeIdentity, derive
+from sidecar.drivers.node import Node, build_node
 from sidecar.dstack.agent import GuestAgent, GuestAgentUnavailable
 from sidecar.http.peerapi import CskAnswer, peer_api
 from sidecar.http.server import Runner, start_tcp
@@ -210,6 +212,65 @@ class Peer:
     keys: MemberKeys
 
 
+class NodeUnderTest:
+    """One node built by the daemon's ``build_node``, with the reads these tests make of it."""
+
+    def __init__(self, settings: Settings, agent: GuestAgent, metrics: Metrics, liveness: Liveness) -> None:
+        self.settings = settings
+        self.node: Node = build_node(settings, agent=agent, metrics=metrics, liveness=liveness)
+        self.controller = self.node.controller
+        self.metrics = metrics
+        self.liveness = liveness
+
+    async def pass_once(self) -> None:
+        await self.controller.pass_once()
+
+    async def close(self) -> None:
+        await self.node.close()
+
+    @property
+    def status(self) -> NodeStatus:
+        return self.controller.status
+
+    @property
+    def facts(self) -> Facts:
+        return self.controller.facts
+
+    @property
+    def identity(self) -> NodeIdentity | None:
+        return self.node.state.identity
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        return self.node.state.snapshot
+
+    @property
+    def member_id(self) -> MemberId | None:
+        return self.node.state.member_id
+
+    @property
+    def csk(self) -> CskHeld:
+        return self.node.csk.held
+
+    def clock(self) -> float:
+        return self.controller.clock.monotonic()
+
+    def csk_value(self) -> SecretBytes | None:
+        return self.controller.csk_value()
+
+    async def pull_csk(self, snapshot: Snapshot, mine: MemberRecord, commitment: Bytes32) -> None:
+        assert self.identity is not None
+        await self.node.csk.pull(self.identity, snapshot, mine, commitment)
+
+    async def acquire_csk(self, snapshot: Snapshot, mine: MemberRecord) -> None:
+        assert self.identity is not None
+        await self.node.csk.acquire(self.identity, snapshot, mine)
+
+    def hold(self, key: SecretBytes, commitment: Bytes32, source: str) -> None:
+        assert self.identity is not None and self.member_id is not None
+        self.node.csk.hold(self.identity, self.member_id, key, commitment, source)
+
+
 class Lab:
     """A freshly deployed cluster (mesh 127.0.0.0/8) and helpers to add members, nodes and controllers."""
 
@@ -296,12 +357,12 @@ class Lab:
         agent: GuestAgent | None = None,
         kms: DevnetKms | None = None,
         **overrides: str,
-    ) -> Controller:
+    ) -> NodeUnderTest:
         """A controller for node ``name`` (an in-process simulator unless ``agent`` is given)."""
         if agent is None:
             agent = GuestAgent(str(await self.simulator(name, app_id, kms)))
         self.exits.push_async_callback(agent.close)
-        controller = Controller(
+        controller = NodeUnderTest(
             self.settings(name, **overrides), agent, Metrics(CollectorRegistry()), Liveness(window=60.0)
         )
         self.exits.push_async_callback(controller.close)
@@ -504,13 +565,13 @@ async def test_unreachable_chain_keeps_the_node_at_boot_gate_with_a_complete_sta
     config = SimulatorConfig.load(write_node_config(short_root / "node", app_id, 4))
     running = await serve_unix(short_root / "node" / "agent.sock", config)
     agent = GuestAgent(str(running.socket_path))
-    controller: Controller | None = None
+    controller: NodeUnderTest | None = None
     try:
         with closed_port() as port:
             env = node_env(
                 rpc_url=f"http://127.0.0.1:{port}", cluster=Address(b"\xc1" * 20), root=short_root / "node"
             )
-            controller = Controller(
+            controller = NodeUnderTest(
                 load_settings(env), agent, Metrics(CollectorRegistry()), Liveness(window=60.0)
             )
             with capture_logs() as logs:
@@ -634,7 +695,7 @@ async def test_wrong_csk_from_a_peer_is_rejected_and_the_next_peer_tried(lab: La
     controller.liveness.heard(bad_peer.member_id, now)
     controller.liveness.heard(good_peer.member_id, now)
     with capture_logs() as logs:
-        await controller._pull_csk(snapshot, mine, commitment)
+        await controller.pull_csk(snapshot, mine, commitment)
 
     held = controller.csk.value
     assert held is not None and held.reveal() == csk.reveal()
@@ -660,9 +721,9 @@ async def test_wrong_csk_from_a_peer_is_rejected_and_the_next_peer_tried(lab: La
     assert opened.reveal() == csk.reveal()
 
     # Only the wrong peer left: nothing is held, and the error names the peer and the failure.
-    controller.csk = CskState()
+    controller.node.csk.drop()
     controller.liveness.forget(good_peer.member_id)
-    await controller._pull_csk(snapshot, mine, commitment)
+    await controller.pull_csk(snapshot, mine, commitment)
     assert controller.csk.value is None
     assert controller.csk.error.startswith("no peer served a valid cluster shared key")
     assert f"{str(bad_peer.member_id)[:10]}: invalid" in controller.csk.error
@@ -683,18 +744,18 @@ async def test_a_member_moved_up_to_originator_by_an_eviction_reads_its_cache(la
     await controller.pass_once()  # registers
     await controller.pass_once()  # sees itself (stops at the mesh step: no device in this test)
     assert controller.member_id is not None
-    controller._hold(csk, commitment, "peer")  # as after a pull: the key sealed in its cache
+    controller.hold(csk, commitment, "peer")  # as after a pull: the key sealed in its cache
     await lab.owner.remove_member(committer.member_id)
 
-    controller.csk = CskState()  # a restart: nothing in memory
+    controller.node.csk.drop()  # a restart: nothing in memory
     await controller.pass_once()
     snapshot = controller.snapshot
     assert snapshot is not None and snapshot.originator == controller.member_id
     mine = snapshot.member(controller.member_id)
     assert mine is not None
     with capture_logs() as logs:
-        await controller._acquire_csk(snapshot, mine)
-        await controller._acquire_csk(snapshot, mine)  # held now: no second re-derive, no second warning
+        await controller.acquire_csk(snapshot, mine)
+        await controller.acquire_csk(snapshot, mine)  # held now: no second re-derive, no second warning
     held = controller.csk.value
     assert held is not None and held.reveal() == csk.reveal()
     assert controller.csk.source == "cache" and controller.csk.error == ""
@@ -722,9 +783,7 @@ async def test_csk_service_serves_live_members_and_refuses_the_rest(lab: Lab) ->
     assert snapshot.originator == mine.member_id
 
     metrics = controller.metrics
-    runner = await start_tcp(
-        peer_api(CskService(controller, metrics), metrics), str(mine.mesh_ip), 0, name="peer"
-    )
+    runner = await start_tcp(peer_api(controller.node.csk, metrics), str(mine.mesh_ip), 0, name="peer")
     lab.exits.push_async_callback(runner.close)
     url = f"http://{mine.mesh_ip}:{runner.port}/v1/csk"
     cluster = lab.stack.cluster
@@ -749,7 +808,7 @@ async def test_csk_service_serves_live_members_and_refuses_the_rest(lab: Lab) ->
         assert (status, answer["reason"]) == (503, "not_held")
 
         # The originator derives the CSK and commits it; the next pass holds it as verified.
-        await controller._acquire_csk(snapshot, mine)
+        await controller.acquire_csk(snapshot, mine)
         await controller.pass_once()
         key = controller.csk_value()
         assert key is not None and controller.status.csk_source == "derived"

@@ -1,0 +1,315 @@
+"""The cluster shared key as one feature: hold, cache, pull and serve (rules: ``sidecar.core.csk``).
+
+Owns the key this node holds (``CskHeld``: value, commitment, source, the last reason it is not held), the
+acquire step of a reconcile pass (the originator derives and commits, or re-derives and verifies; every
+other member reads its sealed cache or pulls the key from a live peer, several at a time), the sealed
+cache in the state directory, and the answer to a peer's request (``respond``, behind the peer API's HTTP
+adapter). Facts about the node (identity, member id, snapshot) come from the shared ``NodeState``; the
+time from the injected clock. Repeated warnings are rate-limited.
+Must not: log, repr or return the key except sealed to a member's on-chain seal key; serve a key that is
+not verified against the current on-chain commitment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from typing import Protocol
+
+import aiohttp
+import structlog
+
+from sidecar.chain.errors import ChainError
+from sidecar.core import csk as cskcore
+from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
+from sidecar.core.liveness import Liveness
+from sidecar.core.model import MemberRecord
+from sidecar.core.outcome import Outcome, stop
+from sidecar.core.repeats import Repeats
+from sidecar.core.snapshot import Snapshot
+from sidecar.drivers.chainlink import ClusterChain
+from sidecar.drivers.clock import Clock, wall_ms
+from sidecar.drivers.identity import KeySource, NodeIdentity, derive_csk_key
+from sidecar.drivers.nodestate import NodeState
+from sidecar.drivers.steps import warn_limited
+from sidecar.drivers.store import StateStore, StoreError
+from sidecar.http.peerapi import CskAnswer, CskFetchError, fetch_csk
+from sidecar.observability import CskRefusal, Metrics
+from sidecar.settings import MeshSettings
+
+log = structlog.get_logger("sidecar.csk")
+
+CSK_CACHE_FILE = "csk.cache"
+
+
+@dataclass
+class CskHeld:
+    """The key this node holds (``value`` None: not held; ``error`` says why)."""
+
+    value: SecretBytes | None = field(default=None, repr=False)
+    commitment: Bytes32 | None = None
+    source: str = ""
+    error: str = ""
+
+
+class CskFetcher(Protocol):
+    """Asks one peer for the CSK: returns the sealed box or raises ``CskFetchError``."""
+
+    async def fetch(self, host: str, request: Mapping[str, object]) -> bytes: ...
+
+
+class PeerApiFetcher:
+    """``CskFetcher`` over the peers' HTTP peer API (one client session, opened on first use)."""
+
+    def __init__(self, port: int, timeout: float) -> None:
+        self.port = port
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    async def fetch(self, host: str, request: Mapping[str, object]) -> bytes:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return await fetch_csk(self._session, host, self.port, request, self.timeout)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+class CskKeeper:
+    """Hold, cache, pull and serve the cluster shared key for one node."""
+
+    def __init__(
+        self,
+        *,
+        cluster: Address,
+        mesh: MeshSettings,
+        state: NodeState,
+        agent: KeySource,
+        chain: ClusterChain,
+        store: StateStore,
+        fetcher: CskFetcher,
+        liveness: Liveness,
+        metrics: Metrics,
+        clock: Clock,
+        repeats: Repeats,
+        freshness_ms: int = cskcore.DEFAULT_FRESHNESS_MS,
+    ) -> None:
+        self.cluster = cluster
+        self.parallelism = mesh.csk_parallelism
+        self.state = state
+        self.agent = agent
+        self.chain = chain
+        self.store = store
+        self.fetcher = fetcher
+        self.liveness = liveness
+        self.metrics = metrics
+        self.clock = clock
+        self.repeats = repeats
+        self.gate = cskcore.CskGate(freshness_ms=freshness_ms)
+        self.held = CskHeld()
+        self._rederive_mismatch_logged: Bytes32 | None = None  # log that once per commitment
+
+    # --- the reconcile step --------------------------------------------------------------------------
+
+    async def run(self, ident: NodeIdentity, snap: Snapshot, mine: MemberRecord) -> Outcome:
+        """Acquire the key for the snapshot's commitment; report whether it is held and, if not, why."""
+        await self.acquire(ident, snap, mine)
+        held = self.holds(snap.commitment)
+        if held:
+            return Outcome({"csk_held": True, "csk_error": self.held.error})
+        return stop({"csk_held": False, "csk_error": self.held.error})
+
+    def holds(self, commitment: Bytes32 | None) -> bool:
+        """Tell whether the held key is verified against ``commitment``."""
+        return self.held.value is not None and commitment is not None and self.held.commitment == commitment
+
+    async def acquire(self, ident: NodeIdentity, snap: Snapshot, mine: MemberRecord) -> None:
+        commitment = snap.commitment
+        is_originator = snap.originator == mine.member_id
+        if self.holds(commitment):
+            return
+        if commitment is None:
+            if not is_originator:
+                self.held.error = "waiting for the originator to commit the cluster shared key"
+                return
+            await self._commit(ident, mine)
+            return
+        if is_originator:
+            # The originator's key is deterministic: re-derive and verify rather than trust a cache.
+            key = cskcore.csk_from_key(await derive_csk_key(self.agent))
+            if cskcore.commitment(key) == commitment:
+                log.info("csk.rederived", commitment=str(commitment))
+                self.hold(ident, mine.member_id, key, commitment, "derived")
+                return
+            # Not the member that committed it: that one was evicted and this one moved up to index 0.
+            # Like every other member, it reads its sealed cache or pulls the key from a peer.
+            if self._rederive_mismatch_logged != commitment:
+                self._rederive_mismatch_logged = commitment
+                log.warning("csk.rederive_mismatch", commitment=str(commitment), then="cache or peer")
+        cached = self._load_cache(ident, mine.member_id, commitment)
+        if cached is not None:
+            self.hold(ident, mine.member_id, cached, commitment, "cache")
+            log.info("csk.loaded_from_cache", commitment=str(commitment))
+            return
+        await self.pull(ident, snap, mine, commitment)
+
+    async def _commit(self, ident: NodeIdentity, mine: MemberRecord) -> None:
+        key = cskcore.csk_from_key(await derive_csk_key(self.agent))
+        digest = cskcore.commitment(key)
+        try:
+            await self.chain.commit_csk(ident, digest)
+        except ChainError as exc:
+            self.held.error = f"committing the cluster shared key failed: {exc}"
+            warn_limited(self.repeats, "csk.commit_failed", str(exc), self.clock.monotonic())
+            return
+        self.repeats.succeeded("csk.commit_failed")
+        log.info("csk.committed", commitment=str(digest))
+        self.hold(ident, mine.member_id, key, digest, "derived")
+
+    # --- hold and cache --------------------------------------------------------------------------------
+
+    def hold(
+        self, ident: NodeIdentity, me: MemberId, key: SecretBytes, commitment: Bytes32, source: str
+    ) -> None:
+        """Hold a verified key; seal it into the cache unless it came from there."""
+        self.held = CskHeld(key, commitment, source, "")
+        if source == "cache":
+            return
+        try:
+            blob = cskcore.seal_cache(key, ident.state_key, self.cluster, me, commitment)
+            self.store.write(CSK_CACHE_FILE, blob)
+        except (OSError, StoreError) as exc:
+            warn_limited(self.repeats, "csk.cache_write_failed", str(exc), self.clock.monotonic())
+
+    def drop(self) -> None:
+        """Forget the key held in memory (the cache stays): as after a restart."""
+        self.held = CskHeld()
+
+    def _load_cache(self, ident: NodeIdentity, me: MemberId, commitment: Bytes32) -> SecretBytes | None:
+        now = self.clock.monotonic()
+        try:
+            blob = self.store.read(CSK_CACHE_FILE)
+        except StoreError as exc:
+            warn_limited(self.repeats, "csk.cache_unreadable", str(exc), now)
+            return None
+        if blob is None:
+            return None
+        try:
+            return cskcore.open_cache(blob, ident.state_key, self.cluster, me, commitment)
+        except cskcore.CskError as exc:
+            report = self.repeats.failed("csk.cache_rejected", str(exc), now)
+            if report is not None:
+                log.warning("csk.cache_rejected", reason=str(exc), **_repeats(report.repeats))
+            return None
+
+    # --- pull ------------------------------------------------------------------------------------------
+
+    async def pull(
+        self, ident: NodeIdentity, snap: Snapshot, mine: MemberRecord, commitment: Bytes32
+    ) -> None:
+        """Ask live peers (the originator first), ``parallelism`` at a time; hold the first valid key."""
+        now = self.clock.monotonic()
+        candidates = [m for m in snap.others(mine.member_id) if self.liveness.is_live(m.member_id, now)]
+        candidates.sort(key=lambda m: (m.member_id != snap.originator, m.member_id.raw))
+        if not candidates:
+            self.held.error = "no live peer to pull the cluster shared key from"
+            return
+        gate = asyncio.Semaphore(self.parallelism)
+        errors: list[str] = []
+
+        async def attempt(peer: MemberRecord) -> SecretBytes | None:
+            async with gate:
+                return await self._pull_one(ident, mine.member_id, peer, commitment, errors)
+
+        tasks = [asyncio.create_task(attempt(p)) for p in candidates]
+        try:
+            for next_done in asyncio.as_completed(tasks):
+                key = await next_done
+                if key is not None:
+                    self.hold(ident, mine.member_id, key, commitment, "peer")
+                    return
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self.held.error = "no peer served a valid cluster shared key (" + ", ".join(errors) + ")"
+
+    async def _pull_one(
+        self, ident: NodeIdentity, me: MemberId, peer: MemberRecord, commitment: Bytes32, errors: list[str]
+    ) -> SecretBytes | None:
+        request = cskcore.CskRequest(self.cluster, me, peer.member_id, wall_ms(self.clock))
+        body = cskcore.sign_request(request, ident.identity_key)
+        short = str(peer.member_id)[:10]
+        try:
+            sealed = await self.fetcher.fetch(str(peer.mesh_ip), body)
+        except CskFetchError as exc:
+            self.metrics.csk_pull_attempts.labels(result=exc.kind).inc()
+            errors.append(f"{short}: {exc.kind}")
+            return None
+        try:
+            key = cskcore.open_sealed(sealed, ident.seal_key, commitment)
+        except cskcore.CskError as exc:
+            self.metrics.csk_pull_attempts.labels(result="invalid").inc()
+            report = self.repeats.failed(
+                f"csk.pull_rejected:{peer.member_id}", str(exc), self.clock.monotonic()
+            )
+            if report is not None:
+                log.warning(
+                    "csk.pull_rejected", peer=str(peer.member_id), reason=str(exc), **_repeats(report.repeats)
+                )
+            errors.append(f"{short}: invalid")
+            return None
+        self.metrics.csk_pull_attempts.labels(result="ok").inc()
+        log.info("csk.pulled", peer=str(peer.member_id), commitment=str(commitment))
+        return key
+
+    # --- serve -----------------------------------------------------------------------------------------
+
+    def value(self) -> SecretBytes | None:
+        """The key, when it is verified against the current snapshot's commitment."""
+        snap = self.state.snapshot
+        return self.held.value if snap is not None and self.holds(snap.commitment) else None
+
+    def respond(self, body: object, remote_ip: IPv4Address) -> CskAnswer:
+        """Answer a peer's CSK request (``CskResponder`` for the peer API)."""
+        try:
+            request, signature = cskcore.parse_request(body)
+        except cskcore.CskWireError as exc:
+            return self._refuse(400, "malformed", str(exc))
+        csk, me = self.value(), self.state.member_id
+        if csk is None or me is None or self.state.identity is None:
+            return self._refuse(503, "not_held", "cluster shared key not held yet")
+        members = self.state.members_by_id()
+        table = {m: (r.identity_pub, r.seal_pub) for m, r in members.items()}
+        now = self.clock.monotonic()
+        refusal = self.gate.check(
+            request,
+            signature,
+            me=me,
+            cluster=self.cluster,
+            members=table,
+            verified_recently=lambda m: self.liveness.is_live(m, now),
+            now_ms=wall_ms(self.clock),
+        )
+        if refusal is not None:
+            return self._refuse(403, refusal.reason, refusal.reason.replace("_", " "))
+        sealed = cskcore.seal(csk, members[request.requester].seal_pub)
+        self.metrics.csk_requests_served.inc()
+        log.info("csk.served", requester=str(request.requester), remote=str(remote_ip))
+        return CskAnswer(200, {"sealed": sealed.hex()})
+
+    def _refuse(self, status: int, reason: CskRefusal, detail: str) -> CskAnswer:
+        self.metrics.csk_requests_refused.labels(reason=reason).inc()
+        log.info("csk.request_refused", reason=reason)
+        return CskAnswer(status, {"error": detail, "reason": reason})
+
+    def forget(self, member: MemberId) -> None:
+        """A member left the cluster: drop its replay memory."""
+        self.gate.forget(member)
+
+
+def _repeats(count: int) -> dict[str, int]:
+    return {"repeats": count} if count else {}

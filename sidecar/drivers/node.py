@@ -1,0 +1,150 @@
+"""One node's reconcile machinery, wired: the steps, the CSK keeper, the controller and what they share.
+
+Owns ``build_node``, the part of the composition root that wires a pass: each step gets its injected
+dependencies (the ``ClusterChain``, the guest agent's ``KeySource``, the device factory, the CSK fetcher,
+the one ``Clock``, one ``Repeats`` for rate-limited warnings) and the narrow settings group it needs; the
+``NodeState`` is created once and handed to the controller (its writer) and the CSK keeper (a reader).
+``Node`` holds the result and closes what it opened. The daemon calls it with the parts it shares with
+the event source (chain connection, state store); unit tests call it with fakes. Must not: start tasks,
+bind sockets or patch anything after construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from sidecar.core.ids import MemberId
+from sidecar.core.liveness import Liveness
+from sidecar.core.repeats import Repeats
+from sidecar.drivers.chainlink import ChainLink, ClusterChain
+from sidecar.drivers.clock import Clock, SystemClock
+from sidecar.drivers.control import Controller, Steps
+from sidecar.drivers.csk import CskFetcher, CskKeeper, PeerApiFetcher
+from sidecar.drivers.events import EventSource
+from sidecar.drivers.identity import KeySource
+from sidecar.drivers.mesh import MeshStep
+from sidecar.drivers.nodestate import NodeState
+from sidecar.drivers.steps import ChainStep, EndpointStep, IdentityStep, MembershipStep
+from sidecar.drivers.store import StateStore
+from sidecar.observability import Metrics
+from sidecar.settings import MeshSettings, Settings
+from sidecar.wg.device import WgDevice
+from sidecar.wg.select import open_device
+
+
+@dataclass
+class Node:
+    """One node's reconcile machinery, built by ``build_node``: the shared state, the steps (the mesh step
+    owns the device, the CSK keeper the key) and the controller; ``close`` releases what was opened."""
+
+    state: NodeState
+    mesh: MeshStep
+    csk: CskKeeper
+    controller: Controller
+    closers: list[Callable[[], Awaitable[None]]]
+
+    async def close(self) -> None:
+        for close in self.closers:
+            await close()
+
+
+def build_node(
+    settings: Settings,
+    *,
+    agent: KeySource,
+    metrics: Metrics,
+    liveness: Liveness,
+    clock: Clock | None = None,
+    chain: ClusterChain | None = None,
+    store: StateStore | None = None,
+    fetcher: CskFetcher | None = None,
+    device: Callable[[], WgDevice] | None = None,
+    events: EventSource | None = None,
+    on_mesh_up: Callable[[IPv4Address], None] = lambda ip: None,
+    on_member_removed: Callable[[MemberId], None] | None = None,
+) -> Node:
+    """Wire the steps and the controller of one node; each part gets the narrow settings group it needs.
+    Parts not given are the real ones (a unit test passes fakes for chain, fetcher, device and clock)."""
+    clock = clock or SystemClock()
+    chain, fetcher, closers = _real_ports(settings, metrics, chain, fetcher)
+    state, repeats = NodeState(), Repeats()
+    csk = CskKeeper(
+        cluster=settings.chain.cluster,
+        mesh=settings.mesh,
+        state=state,
+        agent=agent,
+        chain=chain,
+        store=store or StateStore(settings.state_dir),
+        fetcher=fetcher,
+        liveness=liveness,
+        metrics=metrics,
+        clock=clock,
+        repeats=repeats,
+    )
+
+    def forget(member: MemberId) -> None:
+        csk.forget(member)
+        (on_member_removed or liveness.forget)(member)
+
+    mesh = _mesh_step(
+        settings.mesh, metrics, clock, repeats, device=device, on_mesh_up=on_mesh_up, on_member_removed=forget
+    )
+    steps = Steps(
+        identity=IdentityStep(agent),
+        chain=ChainStep(chain, metrics),
+        membership=MembershipStep(chain, metrics, settings.mesh.endpoint),
+        endpoint=EndpointStep(chain, settings.mesh.endpoint, repeats),
+        mesh=mesh,
+        csk=csk,
+    )
+    controller = Controller(
+        steps,
+        state,
+        cluster=settings.chain.cluster,
+        liveness=liveness,
+        metrics=metrics,
+        clock=clock,
+        resync_interval=settings.chain.resync_interval,
+        events=events,
+    )
+    return Node(state, mesh, csk, controller, [*closers, mesh.close])
+
+
+def _real_ports(
+    settings: Settings, metrics: Metrics, chain: ClusterChain | None, fetcher: CskFetcher | None
+) -> tuple[ClusterChain, CskFetcher, list[Callable[[], Awaitable[None]]]]:
+    """The chain and the CSK fetcher not given, opened for real; and how to close what was opened here."""
+    closers: list[Callable[[], Awaitable[None]]] = []
+    if chain is None:
+        chain = link = ChainLink(settings.chain, metrics)
+        closers.append(link.close)
+    if fetcher is None:
+        fetcher = client = PeerApiFetcher(settings.mesh.peer_api_port, settings.mesh.csk_request_timeout)
+        closers.append(client.close)
+    return chain, fetcher, closers
+
+
+def _mesh_step(
+    settings: MeshSettings,
+    metrics: Metrics,
+    clock: Clock,
+    repeats: Repeats,
+    *,
+    device: Callable[[], WgDevice] | None,
+    on_mesh_up: Callable[[IPv4Address], None],
+    on_member_removed: Callable[[MemberId], None],
+) -> MeshStep:
+    def real_device() -> WgDevice:
+        return open_device(settings.backend, ifname=settings.interface, uapi_dir=settings.uapi_dir)
+
+    return MeshStep(
+        settings,
+        device or real_device,
+        metrics,
+        clock,
+        repeats,
+        on_mesh_up=on_mesh_up,
+        on_member_removed=on_member_removed,
+    )

@@ -1,0 +1,226 @@
+"""The first reconcile steps: identity, chain read, membership (lost state and registration), endpoint.
+
+Owns each step's decision and its wording: a step takes its dependencies at construction (the guest
+agent's key source, the ``ClusterChain``, the settings it needs), is run with what earlier steps found, and
+returns an ``Outcome`` (its part of the facts, whether the pass goes on, a requeue hint, transient or
+terminal). A step remembers only what it needs to log a condition once. Also owns ``warn_limited``, the
+rate-limited warning every step uses for a failure that repeats every pass.
+
+Rules: an unreadable chain stops the pass before anything changes (the last good snapshot is kept by the
+controller); a reachable chain that is not the configured one (wrong chain id, no contract at the cluster
+address) is reachable, and says so; an already-registered node never registers again (its keys must match
+the chain, otherwise it is a terminal "lost state").
+Must not: log or expose private keys; catch anything broader than the adapters' own errors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from sidecar.chain.errors import ChainError, ChainIdMismatch, UnexpectedChainError
+from sidecar.core.model import MemberRecord
+from sidecar.core.outcome import FactsPart, Failure, Outcome, stop
+from sidecar.core.repeats import Repeats
+from sidecar.core.snapshot import Snapshot
+from sidecar.drivers.chainlink import ClusterChain
+from sidecar.drivers.identity import KeySource, NodeIdentity, derive
+from sidecar.dstack.agent import GuestAgentError
+from sidecar.observability import Metrics
+
+log = structlog.get_logger("sidecar.control")
+
+
+def warn_limited(repeats: Repeats, event: str, error: str, now: float, **fields: Any) -> None:
+    """Log ``event`` at warning level for the first failure, then at most once per interval with a count."""
+    report = repeats.failed(event, error, now)
+    if report is not None:
+        extra = {} if report.first else {"repeats": report.repeats}
+        log.warning(event, error=error, **fields, **extra)
+
+
+class IdentityStep:
+    """Derive the node's identity from the guest agent once; until then the agent is unreachable."""
+
+    def __init__(self, agent: KeySource) -> None:
+        self.agent = agent
+        self._error = ""
+
+    async def run(self, known: NodeIdentity | None) -> tuple[Outcome, NodeIdentity | None]:
+        if known is not None:
+            return Outcome({"agent_ok": True, "agent_error": ""}), known
+        try:
+            ident = await derive(self.agent)
+        except GuestAgentError as exc:
+            if str(exc) != self._error:  # log an outage once, not on every retry
+                log.warning("identity.unavailable", error=str(exc), transient=exc.transient)
+            self._error = str(exc)
+            failure: Failure = "transient" if exc.transient else "terminal"
+            return stop({"agent_ok": False, "agent_error": str(exc)}, failure), None
+        self._error = ""
+        log.info(
+            "identity.derived",
+            app_id=str(ident.app_id),
+            compose_hash=str(ident.info.compose_hash),
+            signer=str(ident.signer),
+            wg_pub=ident.keys.wg_pub.hex,
+            identity_pub=ident.keys.identity_pub.hex,
+        )
+        return Outcome({"agent_ok": True, "agent_error": ""}), ident
+
+
+class ChainStep:
+    """Read the chain snapshot at a confirmed block; classify a failure (unreachable, or the wrong chain)."""
+
+    def __init__(self, chain: ClusterChain, metrics: Metrics) -> None:
+        self.chain = chain
+        self.metrics = metrics
+        self._failing = False
+        self._mismatch = ""
+
+    async def run(self, identity: NodeIdentity) -> tuple[Outcome, tuple[int, Snapshot] | None]:
+        try:
+            head, snap = await self.chain.read(identity)
+        except ChainError as exc:
+            return await self._failed(exc), None
+        if self._failing:
+            log.info("chain.recovered", head=head)
+        self._failing, self._mismatch = False, ""
+        verdict = snap.verdict
+        facts: FactsPart = {
+            "chain_ok": True,
+            "chain_error": "",
+            "chain_id_ok": True,
+            "chain_mismatch": "",
+            "boot_allowed": verdict.allowed,
+            "boot_reason": verdict.reason,
+        }
+        return Outcome(facts), (head, snap)
+
+    async def _failed(self, exc: ChainError) -> Outcome:
+        self.metrics.chain_errors.labels(kind="transient" if exc.transient else "terminal").inc()
+        failure: Failure = "transient" if exc.transient else "terminal"
+        if not exc.transient:
+            await self.chain.reset()
+        mismatch = await self._explain_mismatch(exc)
+        if mismatch:  # reachable, but not the configured chain or cluster: a terminal misconfiguration
+            if mismatch != self._mismatch:
+                log.warning("chain.mismatched", reason=mismatch)
+            self._failing, self._mismatch = True, mismatch
+            return stop(
+                {"chain_ok": True, "chain_error": "", "chain_id_ok": False, "chain_mismatch": mismatch},
+                failure,
+            )
+        error = str(exc) or type(exc).__name__
+        if not self._failing or self._mismatch:  # an outage is logged once, when it starts
+            log.warning("chain.unreachable", error=error, transient=exc.transient)
+        self._failing, self._mismatch = True, ""
+        return stop(
+            {"chain_ok": False, "chain_error": error, "chain_id_ok": True, "chain_mismatch": ""}, failure
+        )
+
+    async def _explain_mismatch(self, exc: ChainError) -> str:
+        """The whole reason when the RPC answers but is not the configured chain or cluster ("" if not)."""
+        if isinstance(exc, ChainIdMismatch):
+            return f"chain id mismatch: expected {exc.expected}, the RPC serves {exc.actual}"
+        if isinstance(exc, UnexpectedChainError):
+            try:
+                has_contract = await self.chain.has_contract()
+            except ChainError:
+                return ""
+            if not has_contract:
+                return f"no cluster contract at {self.chain.cluster}: the address holds no code on this chain"
+        return ""
+
+
+class MembershipStep:
+    """Find this node in the snapshot: lost state (terminal), boot policy, registration when absent."""
+
+    def __init__(self, chain: ClusterChain, metrics: Metrics, endpoint: str) -> None:
+        self.chain = chain
+        self.metrics = metrics
+        self.endpoint = endpoint
+        self._lost: list[str] = []
+        self._error = ""
+        self._registered_here = False
+        self._registered_block: int | None = None
+        self._carried_over_logged = False
+
+    async def run(self, ident: NodeIdentity, snap: Snapshot) -> tuple[Outcome, MemberRecord | None]:
+        mine = snap.by_app(ident.app_id)
+        lost = ident.matches(mine) if mine is not None else []
+        if lost and lost != self._lost:  # terminal: said once, then shown in /healthz
+            log.error("identity.lost_state", member_id=str(mine.member_id) if mine else None, differs=lost)
+        self._lost = lost
+        facts: FactsPart = {"lost_state": bool(lost), "registered": mine is not None}
+        if lost:
+            return stop(facts, "terminal"), mine
+        if not snap.verdict.allowed:
+            return stop(facts, "terminal"), mine
+        if mine is None:
+            if self._registered_block is not None and snap.block < self._registered_block:
+                # our registration has not reached the confirmed snapshot yet: never send it twice
+                return stop({**facts, "register_error": self._error}), None
+            return await self._register(ident), None
+        self._error = ""
+        if not self._carried_over_logged and not self._registered_here:
+            self._carried_over_logged = True
+            log.info("registration.skipped", reason="identity carried over", member_id=str(mine.member_id))
+        return Outcome({**facts, "register_error": ""}), mine
+
+    async def _register(self, ident: NodeIdentity) -> Outcome:
+        emit = log.debug if self._error else log.info  # retries after a logged failure: debug
+        emit(
+            "registration.attempted",
+            app_id=str(ident.app_id),
+            signer=str(ident.signer),
+            endpoint=self.endpoint,
+        )
+        try:
+            done = await self.chain.register(ident, self.endpoint)
+        except ChainError as exc:
+            reason = explain_register_error(exc)
+            self.metrics.registration_attempts.labels(result="failed").inc()
+            if reason != self._error:  # once per distinct failure, not on every retry
+                log.warning("registration.failed", reason=reason, transient=exc.transient)
+            self._error = reason
+            failure: Failure = "transient" if exc.transient else "terminal"
+            return stop({"registered": False, "register_error": reason}, failure)
+        self._error = ""
+        self._registered_here = True
+        self._registered_block = done.block
+        self.metrics.registration_attempts.labels(result="ok").inc()
+        log.info("registration.succeeded", member_id=str(done.member_id), block=done.block, gas=done.gas)
+        return stop({"registered": False, "register_error": ""}, requeue=0.0)  # pass again at once
+
+
+class EndpointStep:
+    """Publish the configured endpoint when the chain holds another one (failures rate-limited)."""
+
+    def __init__(self, chain: ClusterChain, endpoint: str, repeats: Repeats) -> None:
+        self.chain = chain
+        self.endpoint = endpoint
+        self.repeats = repeats
+
+    async def run(self, ident: NodeIdentity, mine: MemberRecord, now: float) -> Outcome:
+        if mine.endpoint == self.endpoint:
+            return Outcome()
+        try:
+            await self.chain.set_endpoint(ident, self.endpoint)
+        except ChainError as exc:  # not fatal for the pass: the mesh works on the old endpoint meanwhile
+            warn_limited(self.repeats, "endpoint.update_failed", str(exc), now)
+            return Outcome(failure="transient" if exc.transient else "terminal")
+        self.repeats.succeeded("endpoint.update_failed")
+        log.info("endpoint.updated", old=mine.endpoint, new=self.endpoint)
+        return Outcome()
+
+
+def explain_register_error(exc: ChainError) -> str:
+    """Say why a registration failed, in the operator's terms."""
+    name = type(exc).__name__
+    if name == "InsufficientFunds":
+        return f"no gas: the signer has no funds to register ({exc})"
+    if exc.transient:
+        return f"chain unreachable while registering: {exc}"
+    return f"registration reverted: {exc}"

@@ -1,0 +1,268 @@
+"""Small honest fakes for a whole reconcile pass without anvil or WireGuard (unit-tier toolkit).
+
+Each fake implements the Protocol the steps depend on: ``KeySource`` (the guest agent, keys issued by the
+pure devnet KMS so the signature chain is real), ``ClusterChain`` (members, verdict, commitment in memory;
+a registration lands in the next block), ``WgDevice`` (peers in a dict), ``CskFetcher`` (peers that check
+the request and seal the key to the requester's on-chain seal key) and ``Clock`` (set by hand).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from devnet.kms import DevnetKms, get_key
+from sidecar.chain.errors import ChainError
+from sidecar.core import csk as cskcore
+from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
+from sidecar.core.liveness import Liveness
+from sidecar.core.model import BootVerdict, MemberRecord, MeshCidr, member_id_for
+from sidecar.core.peerplan import ActualPeer, PeerPlan, WgKey
+from sidecar.core.snapshot import Snapshot
+from sidecar.drivers.chainlink import Registered
+from sidecar.drivers.identity import NodeIdentity
+from sidecar.drivers.node import Node, build_node
+from sidecar.drivers.store import StateStore
+from sidecar.dstack.agent import DerivedKey, GuestAgentUnavailable, NodeInfo
+from sidecar.http.peerapi import CskFetchError
+from sidecar.observability import Metrics
+from sidecar.settings import load_settings
+from sidecar.wg.device import InterfaceConfig, WgError
+
+CLUSTER = Address(b"\xcd" * 20)
+APP_ID = Address(b"\xa1" * 20)
+ENDPOINT = "10.88.0.2:51820"
+ZERO32 = Bytes32(bytes(32))
+
+
+@dataclass
+class FakeClock:
+    now: float = 1000.0
+    wall_now: float = 1_800_000_000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wall(self) -> float:
+        return self.wall_now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.wall_now += seconds
+
+
+class FakeAgent:
+    """The guest agent: ``Info`` and GetKey from the pure devnet KMS; ``down`` makes every call fail."""
+
+    def __init__(self, app_id: Address = APP_ID) -> None:
+        self.kms = DevnetKms()
+        self.app_id = app_id
+        self.down = False
+
+    async def info(self) -> NodeInfo:
+        if self.down:
+            raise GuestAgentUnavailable("guest agent socket refused the connection")
+        return NodeInfo(
+            app_id=self.app_id,
+            instance_id=b"\x01" * 20,
+            compose_hash=Bytes32(b"\x02" * 32),
+            app_compose="{}",
+            app_name="node",
+            device_id=ZERO32,
+            mr_aggregated=ZERO32,
+            os_image_hash=ZERO32,
+            key_provider="kms",
+            tcb_info={},
+        )
+
+    async def get_key(self, path: str, purpose: str = "", algorithm: str = "secp256k1") -> DerivedKey:
+        key, chain = get_key(self.kms, self.app_id, path, purpose, algorithm)
+        return DerivedKey(key, chain)
+
+
+def other_member(index: int, mesh: MeshCidr) -> MemberRecord:
+    app_id = Address(bytes([0xB0 + index]) * 20)
+    return MemberRecord(
+        member_id=member_id_for(CLUSTER, app_id),
+        app_id=app_id,
+        signer=Address(os.urandom(20)),
+        seal_pub=Bytes32(os.urandom(32)),
+        wg_pub=Bytes32(os.urandom(32)),
+        identity_pub=Bytes32(os.urandom(32)),
+        endpoint=f"10.88.0.{10 + index}:51820",
+        mesh_ip=mesh.network.network_address + 10 + index,
+        registered_at=index,
+    )
+
+
+@dataclass
+class FakeChain:
+    """``ClusterChain`` in memory. ``fail`` is raised by every read; ``register_fail`` by registration."""
+
+    members: list[MemberRecord] = field(default_factory=list)
+    verdict: BootVerdict = field(default_factory=lambda: BootVerdict(True, ""))
+    commitment: Bytes32 | None = None
+    mesh: MeshCidr = field(default_factory=lambda: MeshCidr.parse("10.77.0.0/24"))
+    head: int = 10
+    fail: ChainError | None = None
+    code: bool = True
+    register_fail: ChainError | None = None
+    endpoint_fail: ChainError | None = None
+    registrations: int = 0
+    endpoint_updates: int = 0
+
+    @property
+    def cluster(self) -> Address:
+        return CLUSTER
+
+    async def read(self, identity: NodeIdentity) -> tuple[int, Snapshot]:
+        if self.fail is not None:
+            raise self.fail
+        return self.head, Snapshot(self.head, self.verdict, tuple(self.members), self.commitment, self.mesh)
+
+    async def has_contract(self) -> bool:
+        return self.code
+
+    async def register(self, identity: NodeIdentity, endpoint: str) -> Registered:
+        if self.register_fail is not None:
+            raise self.register_fail
+        self.registrations += 1
+        self.head += 1
+        member_id = member_id_for(CLUSTER, identity.app_id)
+        keys = identity.keys
+        self.members.append(
+            MemberRecord(member_id, identity.app_id, identity.signer, keys.seal_pub, keys.wg_pub,
+                         keys.identity_pub, endpoint, self.mesh.network.network_address + 1, self.head)
+        )  # fmt: skip
+        return Registered(self.head, 21_000, member_id)
+
+    async def set_endpoint(self, identity: NodeIdentity, endpoint: str) -> None:
+        if self.endpoint_fail is not None:
+            raise self.endpoint_fail
+        self.endpoint_updates += 1
+        mine = member_id_for(CLUSTER, identity.app_id)
+        self.members = [
+            MemberRecord(m.member_id, m.app_id, m.signer, m.seal_pub, m.wg_pub, m.identity_pub, endpoint,
+                         m.mesh_ip, m.registered_at) if m.member_id == mine else m
+            for m in self.members
+        ]  # fmt: skip
+
+    async def commit_csk(self, identity: NodeIdentity, commitment: Bytes32) -> None:
+        self.commitment = commitment
+
+    async def reset(self) -> None:
+        pass
+
+    def record(self, member_id: MemberId) -> MemberRecord | None:
+        return next((m for m in self.members if m.member_id == member_id), None)
+
+
+@dataclass
+class FakeDevice:
+    """``WgDevice`` in memory; ``fail`` is raised by ``ensure_up``; ``sticky=False`` drops applied peers."""
+
+    peers: dict[WgKey, ActualPeer] = field(default_factory=dict)
+    fail: WgError | None = None
+    sticky: bool = True
+    config: InterfaceConfig | None = None
+
+    async def ensure_up(self, config: InterfaceConfig) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.config = config
+
+    async def read_peers(self) -> list[ActualPeer]:
+        return sorted(self.peers.values(), key=lambda p: p.public_key.raw)
+
+    async def apply(self, plan: PeerPlan) -> None:
+        if not self.sticky:
+            return
+        for key in plan.remove:
+            self.peers.pop(key, None)
+        for peer in (*plan.add, *plan.update):
+            self.peers[peer.public_key] = ActualPeer(
+                peer.public_key, peer.endpoint, peer.allowed_ips, peer.keepalive
+            )
+
+    async def public_key(self) -> WgKey | None:
+        return None
+
+    async def close(self) -> None:
+        pass
+
+
+@dataclass
+class FakePeers:
+    """``CskFetcher``: every peer checks the request against the chain and seals ``key`` to the requester."""
+
+    chain: FakeChain
+    key: SecretBytes | None = None
+    requests: list[cskcore.CskRequest] = field(default_factory=list)
+
+    async def fetch(self, host: str, request: Mapping[str, object]) -> bytes:
+        parsed, signature = cskcore.parse_request(dict(request))
+        self.requests.append(parsed)
+        record = self.chain.record(parsed.requester)
+        if self.key is None or record is None:
+            raise CskFetchError("refused", "HTTP 503: not held")
+        if not cskcore.verify_request(parsed, signature, record.identity_pub):
+            raise CskFetchError("refused", "HTTP 403: bad signature")
+        return cskcore.seal(self.key, record.seal_pub)
+
+
+@dataclass
+class World:
+    """One node under test with its fakes."""
+
+    node: Node
+    agent: FakeAgent
+    chain: FakeChain
+    device: FakeDevice
+    peers: FakePeers
+    clock: FakeClock
+    liveness: Liveness
+    metrics: Metrics
+
+    async def pass_once(self) -> tuple[str, str]:
+        await self.node.controller.pass_once()
+        status = self.node.controller.status
+        return status.phase, status.reason or ""
+
+    def hear(self, member: MemberRecord) -> None:
+        self.liveness.heard(member.member_id, self.clock.monotonic())
+
+
+def world(state_dir: Path, chain: FakeChain | None = None) -> World:
+    env = {
+        "ATTESTMESH_RPC_URL": "http://127.0.0.1:8545",
+        "ATTESTMESH_CHAIN_ID": "31337",
+        "ATTESTMESH_CLUSTER": str(CLUSTER),
+        "ATTESTMESH_ENDPOINT": ENDPOINT,
+        "ATTESTMESH_STATE_DIR": str(state_dir),
+    }
+    chain = chain or FakeChain()
+    agent, device, clock = FakeAgent(), FakeDevice(), FakeClock()
+    peers = FakePeers(chain)
+    liveness, metrics = Liveness(window=30.0), Metrics(CollectorRegistry())
+    node = build_node(
+        load_settings(env),
+        agent=agent,
+        metrics=metrics,
+        liveness=liveness,
+        clock=clock,
+        chain=chain,
+        store=StateStore(state_dir),
+        fetcher=peers,
+        device=lambda: device,
+    )
+    return World(node, agent, chain, device, peers, clock, liveness, metrics)
+
+
+def mesh_ip(world: World) -> IPv4Address | None:
+    config = world.device.config
+    return None if config is None else config.address.ip
