@@ -27,9 +27,15 @@ class NodeExecError(RuntimeError):
     """The command cannot be run in the node (its WireGuard directory is missing)."""
 
 
+def with_wg_dir_argv(wg_dir: str, command: Sequence[str]) -> list[str]:
+    """The argv that bind-mounts ``wg_dir`` over /run/wireguard, then execs ``command`` (run it in a
+    private mount namespace: ``ip netns exec`` gives one)."""
+    return ["sh", "-c", _EXEC, "sh", wg_dir, *command]
+
+
 def node_exec_argv(node: NodeState, command: Sequence[str]) -> list[str]:
     """The argv that runs ``command`` in ``node``'s network namespace with its WireGuard socket directory."""
-    return ["ip", "netns", "exec", node.netns, "sh", "-c", _EXEC, "sh", node.wg_uapi_dir, *command]
+    return ["ip", "netns", "exec", node.netns, *with_wg_dir_argv(node.wg_uapi_dir, command)]
 
 
 def run_in_node(node: NodeState, command: Sequence[str]) -> int:
