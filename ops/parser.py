@@ -128,6 +128,10 @@ def _add_chain_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
     )  # fmt: skip
     app.add_argument("--name", type=node_name_arg, required=True, help="the node's name (the CREATE2 salt)")
     app.add_argument("--shell", action="store_true", help="print MEMBER_APP_ID=0x... for a shell's eval")
+    _add_fund_parser(chain_verbs)
+
+
+def _add_fund_parser(chain_verbs: Subcommands[argparse.ArgumentParser]) -> None:
     fund = chain_verbs.add_parser(
         "fund",
         help="send --amount ETH to an account only while its balance is below --min-balance",
