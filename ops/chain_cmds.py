@@ -9,7 +9,6 @@ beyond its scheme, host and port.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -17,11 +16,9 @@ from collections.abc import Callable
 
 from ops.amounts import format_eth
 from ops.chainstatus import ChainStatus, read_chain_status, utc_time
+from ops.connection import on_chain
 from ops.errors import OperatorError
 from ops.owner import (
-    ComposeAllowlisting,
-    Funding,
-    MemberAppSetup,
     ensure_compose_hash_allowed,
     ensure_funded,
     ensure_member_app,
@@ -31,7 +28,6 @@ from ops.owner import (
 from ops.redact import display_url, scrub
 from ops.render import print_table, shell_lines, short
 from sidecar.chain.errors import ChainError
-from sidecar.chain.rpc import connect
 from sidecar.chain.tx import TxSubmitter
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -68,14 +64,13 @@ def print_chain_status(status: ChainStatus) -> None:
 
 
 def _chain_status(args: argparse.Namespace) -> int:
-    async def read() -> ChainStatus:
-        async with await connect(args.rpc_url, timeout=args.timeout, expected_chain_id=args.chain_id) as conn:
-            return await read_chain_status(
-                conn, args.cluster, registry=args.registry, compose_hashes=args.compose_hash
-            )
-
     try:
-        status = asyncio.run(read())
+        status = on_chain(
+            args,
+            lambda conn: read_chain_status(
+                conn, args.cluster, registry=args.registry, compose_hashes=args.compose_hash
+            ),
+        )
     except (OperatorError, ChainError, OSError) as exc:
         where, why = display_url(args.rpc_url), scrub(str(exc), args.rpc_url)
         print(f"attestmesh: cannot read the chain at {where}: {why}", file=sys.stderr)
@@ -90,13 +85,12 @@ def _chain_status(args: argparse.Namespace) -> int:
 def _allow_compose(args: argparse.Namespace) -> int:
     owner = owner_signer(os.environ)
 
-    async def allow() -> ComposeAllowlisting:
-        async with await connect(args.rpc_url, timeout=args.timeout, expected_chain_id=args.chain_id) as conn:
-            return await ensure_compose_hash_allowed(
-                conn, TxSubmitter(conn, owner), args.cluster, args.compose_hash
-            )
-
-    result = asyncio.run(allow())
+    result = on_chain(
+        args,
+        lambda conn: ensure_compose_hash_allowed(
+            conn, TxSubmitter(conn, owner), args.cluster, args.compose_hash
+        ),
+    )
     where = f"compose hash {result.compose_hash} on cluster {args.cluster}"
     if result.changed:
         print(f"{where}: allowlisted (tx {result.tx_hash})")
@@ -108,13 +102,12 @@ def _allow_compose(args: argparse.Namespace) -> int:
 def _fund(args: argparse.Namespace) -> int:
     signer, variable = funder_signer(os.environ)
 
-    async def fund() -> Funding:
-        async with await connect(args.rpc_url, timeout=args.timeout, expected_chain_id=args.chain_id) as conn:
-            return await ensure_funded(
-                conn, TxSubmitter(conn, signer), args.to, min_balance=args.min_balance, amount=args.amount
-            )
-
-    result = asyncio.run(fund())
+    result = on_chain(
+        args,
+        lambda conn: ensure_funded(
+            conn, TxSubmitter(conn, signer), args.to, min_balance=args.min_balance, amount=args.amount
+        ),
+    )
     floor = format_eth(args.min_balance)
     if not result.changed:
         print(
@@ -133,13 +126,10 @@ def _fund(args: argparse.Namespace) -> int:
 def _member_app(args: argparse.Namespace) -> int:
     owner = owner_signer(os.environ)
 
-    async def ensure() -> MemberAppSetup:
-        async with await connect(args.rpc_url, timeout=args.timeout, expected_chain_id=args.chain_id) as conn:
-            return await ensure_member_app(
-                conn, TxSubmitter(conn, owner), args.factory, args.cluster, args.name
-            )
-
-    result = asyncio.run(ensure())
+    result = on_chain(
+        args,
+        lambda conn: ensure_member_app(conn, TxSubmitter(conn, owner), args.factory, args.cluster, args.name),
+    )
     if args.shell:
         print(shell_lines([("MEMBER_APP_ID", str(result.app_id))]))
         return EXIT_OK

@@ -12,10 +12,10 @@ import os
 import sys
 import time
 
+from ops.connection import on_chain
 from ops.errors import OperatorError
 from ops.indexers import (
     IndexerCheck,
-    RegistryUpdate,
     check_indexer,
     ensure_indexer_registered,
     fetch_indexer_identity,
@@ -23,7 +23,7 @@ from ops.indexers import (
 from ops.owner import owner_signer
 from ops.redact import scrub
 from sidecar.chain.errors import ChainError
-from sidecar.chain.rpc import connect
+from sidecar.chain.rpc import ChainConnection
 from sidecar.chain.tx import TxSubmitter
 from sidecar.core.ids import Bytes32
 
@@ -40,18 +40,17 @@ def _register_indexer(args: argparse.Namespace) -> int:
         raise OperatorError("the indexer's /status has no code_id: pass --code-id")
     signer = owner_signer(os.environ)
 
-    async def register() -> RegistryUpdate:
-        async with await connect(args.rpc_url, timeout=args.timeout, expected_chain_id=args.chain_id) as conn:
-            return await ensure_indexer_registered(
-                conn,
-                TxSubmitter(conn, signer),
-                args.registry,
-                endpoint=endpoint,
-                code_id=code_id,
-                public_key=identity.public_key,
-            )
-
-    update = asyncio.run(register())
+    update = on_chain(
+        args,
+        lambda conn: ensure_indexer_registered(
+            conn,
+            TxSubmitter(conn, signer),
+            args.registry,
+            endpoint=endpoint,
+            code_id=code_id,
+            public_key=identity.public_key,
+        ),
+    )
     if update.changed:
         print(
             f"indexer registered: {endpoint} key {identity.public_key} code id {code_id} tx {update.tx_hash}"
@@ -62,25 +61,24 @@ def _register_indexer(args: argparse.Namespace) -> int:
 
 
 def _verify_indexer(args: argparse.Namespace) -> int:
-    async def verify() -> IndexerCheck:
-        async with await connect(args.rpc_url, timeout=args.timeout, expected_chain_id=args.chain_id) as conn:
-            deadline = time.monotonic() + args.wait
-            shown: tuple[str, ...] = ()
-            while True:
-                check = await check_indexer(
-                    conn, args.registry, status_url=args.status_url, health_url=args.health_url,
-                    endpoint=args.endpoint, code_id=args.code_id,
-                )  # fmt: skip
-                left = deadline - time.monotonic()
-                if check.ok or left <= 0:
-                    return check
-                if check.problems != shown:  # say what it waits for, once per change
-                    print(f"waiting: {scrub('; '.join(check.problems), args.rpc_url)}", flush=True)
-                    shown = check.problems
-                await asyncio.sleep(min(args.interval, left))
+    async def verify(conn: ChainConnection) -> IndexerCheck:
+        deadline = time.monotonic() + args.wait
+        shown: tuple[str, ...] = ()
+        while True:
+            check = await check_indexer(
+                conn, args.registry, status_url=args.status_url, health_url=args.health_url,
+                endpoint=args.endpoint, code_id=args.code_id,
+            )  # fmt: skip
+            left = deadline - time.monotonic()
+            if check.ok or left <= 0:
+                return check
+            if check.problems != shown:  # say what it waits for, once per change
+                print(f"waiting: {scrub('; '.join(check.problems), args.rpc_url)}", flush=True)
+                shown = check.problems
+            await asyncio.sleep(min(args.interval, left))
 
     started = time.monotonic()
-    check = asyncio.run(verify())
+    check = on_chain(args, verify)
     if not check.ok:
         after = f" after {time.monotonic() - started:.0f}s" if args.wait else ""
         why = scrub("; ".join(check.problems), args.rpc_url)
