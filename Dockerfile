@@ -3,7 +3,9 @@
 #
 # One image, three programs from one virtualenv at /opt/attestmesh: the entrypoint is the sidecar (the
 # container entrypoint of every node's CVM); the shared indexer runs from the same image with
-# `entrypoint: ["attestmesh-indexer"]` (compose/indexer.yaml); the operator CLI `attestmesh` is there too.
+# `entrypoint: ["attestmesh-indexer"]` (compose/indexer.yaml); the operator CLI `attestmesh` (package `ops`:
+# chain status, owner actions, indexer register/verify, health) is there too. The development lab (`devnet`,
+# with its development KMS) is not: it is never copied into the build stage.
 # The venv is built by scripts/build-venv.sh, the same recipe tests/component/test_image.py runs, so the test
 # proves what the image runs. See docs/image.md.
 #
@@ -22,7 +24,7 @@ COPY scripts/build-venv.sh scripts/
 COPY contracts/artifacts contracts/artifacts
 COPY sidecar sidecar
 COPY indexer indexer
-COPY devnet devnet
+COPY ops ops
 RUN bash scripts/build-venv.sh /opt/attestmesh
 
 # --- runtime ----------------------------------------------------------------------------------------------

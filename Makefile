@@ -11,8 +11,8 @@ setup:
 	@bash scripts/setup.sh
 
 lint: setup
-	$(VENV)/bin/ruff check sidecar indexer devnet tests tests/standins/phala bench contracts setup.py
-	$(VENV)/bin/ruff format --check sidecar indexer devnet tests tests/standins/phala bench contracts setup.py
+	$(VENV)/bin/ruff check sidecar indexer ops devnet tests tests/standins/phala bench contracts setup.py
+	$(VENV)/bin/ruff format --check sidecar indexer ops devnet tests tests/standins/phala bench contracts setup.py
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy contracts/build.py bench
 	$(VENV)/bin/lint-imports

@@ -29,10 +29,12 @@ fi
 stage=$(mktemp -d "${TMPDIR:-/tmp}/attestmesh-stage.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
 
-# What the distribution consists of: metadata and build hook, the three packages, the committed artifacts
-# (setup.py copies them into the built sidecar package).
+# What the distribution consists of: metadata and build hook, the three packages of the image (sidecar,
+# indexer, ops: the operator CLI), the committed artifacts (setup.py copies them into the built sidecar
+# package). NOT devnet: the development lab and its KMS never ship (pyproject's package discovery finds only
+# what is staged; a dev checkout's editable install has devnet too).
 cp "$repo/pyproject.toml" "$repo/setup.py" "$repo/MANIFEST.in" "$repo/README.md" "$repo/constraints.txt" "$stage/"
-cp -R "$repo/sidecar" "$repo/indexer" "$repo/devnet" "$stage/"
+cp -R "$repo/sidecar" "$repo/indexer" "$repo/ops" "$stage/"
 mkdir -p "$stage/contracts"
 cp -R "$repo/contracts/artifacts" "$stage/contracts/"
 find "$stage" -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -28,7 +28,10 @@ import pytest
 import yaml
 from aiohttp import web
 
+from devnet.anvil import AnvilProcess
+from devnet.deployment import Deployment
 from tests import dockerfile
+from tests.component.conftest import CHAIN_ID
 
 pytestmark = [pytest.mark.component, pytest.mark.timeout(600)]
 
@@ -84,7 +87,9 @@ def _problems(stderr: str) -> list[str]:
 
 
 def test_the_venv_holds_an_installed_not_an_editable_package(runtime: Runtime) -> None:
-    probe = "import json, sidecar, indexer, devnet; print(json.dumps([sidecar.__file__, indexer.__file__]))"
+    probe = (
+        "import json, sidecar, indexer, ops; print(json.dumps([m.__file__ for m in (sidecar, indexer, ops)]))"
+    )
     result = _run(runtime, [str(runtime.bin / "python"), "-c", probe], env={})
     assert result.returncode == 0, result.stderr
     for path in json.loads(result.stdout):
@@ -172,7 +177,12 @@ class HealthServer:
     async def healthz(self, _request: web.Request) -> web.Response:
         if self.hang:
             await self.release.wait()
-        return web.json_response({"healthy": self.status == 200, "phase": "test"}, status=self.status)
+        body = {
+            "healthy": self.status == 200,
+            "phase": "test",
+            "reason": None if self.status == 200 else "test",
+        }
+        return web.json_response(body, status=self.status)
 
 
 @pytest.fixture
@@ -270,3 +280,39 @@ async def test_compose_healthchecks_run_in_the_image(runtime: Runtime, health_se
     health_server.status = 503
     code, output, _ = await _probe(runtime, retargeted, runtime.image_env())
     assert code == 1, output
+
+
+# --- the operator CLI ---------------------------------------------------------------------------------
+
+
+def test_the_image_has_no_devnet_and_its_cli_says_so(runtime: Runtime) -> None:
+    no_devnet = _run(runtime, [str(runtime.bin / "python"), "-c", "import devnet"], env={})
+    assert no_devnet.returncode != 0 and "No module named 'devnet'" in no_devnet.stderr
+    version = _run(runtime, [str(runtime.bin / "attestmesh"), "--version"], env=runtime.image_env())
+    assert version.returncode == 0 and version.stdout.startswith("attestmesh "), version.stderr
+    lab = _run(runtime, [str(runtime.bin / "attestmesh"), "devnet", "up"], env=runtime.image_env())
+    assert lab.returncode == 2 and "the devnet is not installed" in lab.stderr
+    assert "Traceback" not in lab.stderr
+
+
+async def test_the_image_cli_reads_a_chain(runtime: Runtime, anvil: AnvilProcess, stack: Deployment) -> None:
+    argv = [str(runtime.bin / "attestmesh"), "chain", "status", "--json", "--rpc-url", anvil.rpc_url]
+    argv += ["--chain-id", str(CHAIN_ID), "--cluster", str(stack.cluster)]
+    result = await asyncio.to_thread(_run, runtime, argv, runtime.image_env())
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["chain_id"] == CHAIN_ID and status["cluster"]["address"] == str(stack.cluster)
+    assert status["members"] == []
+
+
+async def test_the_image_cli_reads_a_nodes_health(runtime: Runtime, health_server: HealthServer) -> None:
+    url = f"http://127.0.0.1:{health_server.port}/healthz"
+    code, output, _ = await _probe(
+        runtime, [str(runtime.bin / "attestmesh"), "health", url], runtime.image_env()
+    )
+    assert code == 0 and f"{url}: HEALTHY (HTTP 200)" in output, output
+    health_server.status = 503
+    code, output, _ = await _probe(
+        runtime, [str(runtime.bin / "attestmesh"), "health", url], runtime.image_env()
+    )
+    assert code == 1 and f"{url}: UNHEALTHY (HTTP 503)" in output, output

@@ -41,7 +41,7 @@ async def run_cli(*args: str, owner_key: str | None) -> subprocess.CompletedProc
         env["ATTESTMESH_OWNER_KEY"] = owner_key
     return await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "devnet.cli", "indexer", "register", *args],
+        [sys.executable, "-m", "ops", "indexer", "register", *args],
         env=env,
         cwd=REPO,
         capture_output=True,

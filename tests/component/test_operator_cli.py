@@ -20,11 +20,11 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from devnet import cli
 from devnet.anvil import AnvilProcess
 from devnet.deployment import Deployment
 from devnet.kms import DevnetKms, get_key
-from devnet.readouts import member_json
+from ops import cli
+from ops.chainstatus import member_json
 from sidecar.chain.contracts import ClusterClient, IndexerRegistryClient
 from sidecar.chain.rpc import ChainConnection
 from sidecar.chain.tx import LocalSigner, TxSubmitter
@@ -55,7 +55,7 @@ async def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.C
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ATTESTMESH_")}
     return await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "devnet.cli", *args],
+        [sys.executable, "-m", "ops", *args],
         env={**clean, **(env or {})},
         cwd=REPO,
         capture_output=True,

@@ -108,6 +108,21 @@ def test_workflow_publishes_on_pushes_to_main_that_touch_the_image(workflow: dic
     assert job["if"] == "github.ref == 'refs/heads/main'"  # a manual run elsewhere must not move :latest
 
 
+def test_the_image_is_built_from_sidecar_indexer_and_ops_never_devnet() -> None:
+    # The development lab (and its development KMS) never ships: not copied, not in the build context, not
+    # staged by build-venv.sh (package discovery then finds no devnet), not a trigger of the image build.
+    sources = set(dockerfile.copy_sources())
+    assert {"sidecar", "indexer", "ops"} <= sources and "devnet" not in sources
+    context = (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    assert "!ops/" in context and not any("devnet" in line for line in context if line.startswith("!"))
+    staged = next(
+        line
+        for line in (REPO / "scripts" / "build-venv.sh").read_text().splitlines()
+        if "$stage/" in line and '"$repo/sidecar"' in line
+    )
+    assert '"$repo/ops"' in staged and "devnet" not in staged
+
+
 def test_workflow_may_write_packages_and_logs_in_to_ghcr(workflow: dict[str, Any]) -> None:
     assert workflow["permissions"]["packages"] == "write"
     login = _step(workflow, "docker/login-action")["with"]

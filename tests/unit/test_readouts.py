@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from devnet.readouts import REDACTED, display_url, scrub
+from ops.redact import REDACTED, display_url, scrub
 
 PROVIDER = "https://us%65r:p%40ss@eth.example.com:8443/v2/k3y0f7h3pr0v1d3r?apikey=t0k3nv4lu3#frag1234"
 

@@ -1,0 +1,200 @@
+"""``attestmesh devnet up|status|env|down``: the lab as a whole.
+
+Owns running these verbs and rendering their results (human, JSON, and ``KEY=value`` lines for a shell's
+``eval``). Must not: hold logic of its own (``devnet.lab`` does the work).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from devnet.lab import Devnet, LabStatus
+from devnet.state import DevnetState, NodeState
+from ops.render import print_table, section, shell_lines, short
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+SIDECAR_PREFIXES = ("ATTESTMESH_", "DSTACK_")
+
+
+def _status_json(status: LabStatus) -> dict[str, Any]:
+    data = status.state.to_json()
+    data["running"] = {
+        "anvil": status.anvil,
+        "chain_reachable": status.chain_reachable,
+        "head_block": status.head_block,
+        "member_count": status.member_count,
+    }
+    health = {h.name: h for h in status.nodes}
+    for node in data["nodes"]:
+        h = health[node["name"]]
+        node["running"] = {
+            "node": h.running,  # its last boot was allowed and every process of it is alive
+            "simulator": h.simulator,
+            "wireguard": h.wireguard,
+            "sidecar": h.sidecar,
+            "dstack_socket": h.dstack_socket,
+            "wg_socket": h.wg_socket,
+        }
+        node["healthz"] = h.healthz
+    if status.indexer is not None and data.get("indexer") is not None:
+        i = status.indexer
+        data["indexer"]["running"] = {
+            "simulator": i.simulator,
+            "indexer": i.indexer,
+            "registered_key": i.registered_key,
+        }
+        data["indexer"]["healthz"] = i.healthz
+        data["indexer"]["status"] = i.status
+    return data
+
+
+def _print_status(status: LabStatus) -> None:
+    s = status.state
+    chain = f"head block {status.head_block}" if status.chain_reachable else "UNREACHABLE"
+    anvil = "up" if status.anvil else "down"
+    print(f"lab {s.lab}  rpc {s.rpc_url}  chain {s.chain_id}  ({chain}; anvil {anvil})")
+    print(f"cluster {s.cluster}  members {status.member_count}  mesh {s.mesh_cidr}")
+    print(f"indexer registry {s.indexer_registry}  cluster factory {s.cluster_factory}")
+    print(f"member app factory {s.member_app_factory}  kms root {s.kms_root}")
+    if s.indexer is None:
+        print("indexer: none (the lab was made with --no-indexer; sidecars poll chain logs)")
+    elif status.indexer is not None:
+        i, ihz = status.indexer, status.indexer.healthz or {}
+        registered = i.registered_key == s.indexer.public_key and bool(i.registered_key)
+        state = ("healthy" if ihz.get("healthy") else "unhealthy") if i.indexer else "stopped"
+        print(
+            f"indexer {s.indexer.url}  {state}  key v{s.indexer.key_version} {short(s.indexer.public_key)}"
+            f"  {'registered' if registered else 'NOT the registered key'}"
+            f"  subscribers {(i.status or {}).get('subscribers', '-')}  lag {ihz.get('lag_blocks', '-')}"
+        )
+    if not s.complete:
+        print("state: INCOMPLETE (an `up` did not finish; run `attestmesh devnet down` or `up` again)")
+    header = ("node", "netns", "underlay", "app id", "compose", "boot", "agent", "wg")
+    rows = [header]
+    health = {h.name: h for h in status.nodes}
+    for n in s.nodes:
+        h = health[n.name]
+        rows.append(
+            (
+                n.name,
+                n.netns,
+                n.underlay_ip,
+                short(n.app_id),
+                short(n.compose_hash),
+                n.boot or "pending",
+                "up" if h.simulator and h.dstack_socket else "-",
+                "up" if h.wireguard and h.wg_socket else "-",
+            )
+        )
+    print_table(rows)
+    if s.sidecars:
+        print()
+        _print_node_health(s, status)
+
+
+def _print_node_health(s: DevnetState, status: LabStatus) -> None:
+    health = {h.name: h for h in status.nodes}
+    health_rows = [
+        ("node", "phase", "mesh ip", "live peers", "csk commitment", "membership digest", "reason")
+    ]
+    for n in s.nodes:
+        hz = health[n.name].healthz
+        if hz is None:
+            health_rows.append((n.name, "-", "-", "-", "-", "-", "no answer"))
+            continue
+        peers, csk = hz.get("peers") or {}, hz.get("csk") or {}
+        health_rows.append(
+            (
+                n.name,
+                str(hz.get("phase")),
+                str((hz.get("node") or {}).get("mesh_ip") or "-"),
+                f"{peers.get('live', 0)}/{peers.get('desired', 0)}",
+                short(str(csk.get("commitment") or "-")),
+                short(str(hz.get("membership_digest") or "-")),
+                str(hz.get("reason") or ""),
+            )
+        )
+    print_table(health_rows)
+
+
+def run_up(lab: Devnet, args: argparse.Namespace) -> int:
+    result = lab.up(args.nodes, args.block_time, sidecars=not args.no_sidecar, indexer=not args.no_indexer)
+    verb = "created" if result.created else "already running; nothing changed"
+    print(f"lab {lab.plan.name}: {verb} ({len(result.state.nodes)} nodes, state {lab.state_file})")
+    return EXIT_OK
+
+
+def run_status(lab: Devnet, args: argparse.Namespace) -> int:
+    status = lab.wait_healthy(args.wait_healthy) if args.wait_healthy is not None else lab.status()
+    if status is None:
+        if args.json:
+            print(json.dumps({"lab": lab.plan.name, "running": None}))
+        else:
+            print(f"lab {lab.plan.name}: not running (no {lab.state_file})")
+    elif args.json:
+        print(json.dumps(_status_json(status), indent=2, sort_keys=True))
+    else:
+        _print_status(status)
+    return EXIT_OK
+
+
+def run_down(lab: Devnet, _: argparse.Namespace) -> int:
+    left = lab.down()
+    if left:
+        print(f"lab {lab.plan.name}: could not remove: {', '.join(left)}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"lab {lab.plan.name}: removed")
+    return EXIT_OK
+
+
+def sidecar_env_lines(lab: Devnet, state: DevnetState, node: NodeState) -> str:
+    """Node ``node``'s sidecar environment as ``KEY=value`` lines: exactly the ``ATTESTMESH_*`` and
+    ``DSTACK_*`` variables the lab starts its sidecar with (the rest is this process's own environment)."""
+    env = lab.sidecar_env(state, node)
+    return shell_lines(sorted((key, value) for key, value in env.items() if key.startswith(SIDECAR_PREFIXES)))
+
+
+def run_env(lab: Devnet, args: argparse.Namespace) -> int:
+    state = lab.running_state()
+    if args.sidecar:
+        if args.name is None:
+            print("attestmesh: devnet env --sidecar needs a NODE", file=sys.stderr)
+            return EXIT_USAGE
+        print(sidecar_env_lines(lab, state, state.node(args.name)))
+        return EXIT_OK
+    pairs: list[tuple[str, object]] = [
+        ("ATTESTMESH_RPC_URL", state.rpc_url),
+        ("ATTESTMESH_CHAIN_ID", state.chain_id),
+        ("ATTESTMESH_CLUSTER", state.cluster),
+        ("ATTESTMESH_INDEXER_REGISTRY", state.indexer_registry),
+        ("ATTESTMESH_MEMBER_APP_FACTORY", state.member_app_factory),
+        # The lab's indexer (empty when it runs none), for deploy/indexer.sh.
+        ("INDEXER_URL", state.indexer and state.indexer.url),
+        ("INDEXER_STATUS_URL", state.indexer and state.indexer.status_url),
+        ("INDEXER_HEALTH_URL", state.indexer and state.indexer.health_url),
+        ("INDEXER_KEY_VERSION", state.indexer and state.indexer.key_version),
+    ]
+    if args.name is not None:
+        node = next((n for n in state.nodes if n.name == args.name), None)
+        health = lab.node_health(node) if node is not None else None
+        body = (health.healthz if health is not None else None) or {}
+        me = section(body, "node")
+        pairs += [
+            ("NODE_NAME", args.name),
+            ("NODE_EXISTS", node is not None),
+            ("NODE_APP_ID", node and node.app_id),
+            ("NODE_COMPOSE_HASH", node and node.compose_hash),
+            ("NODE_BOOT", node and node.boot),
+            ("NODE_RUNNING", health is not None and health.running),
+            ("NODE_SIGNER", node and node.signer),
+            ("NODE_HEALTH_URL", node and node.health_url),
+            ("NODE_HEALTHY", body.get("healthy") is True),
+            ("NODE_PHASE", body.get("phase")),
+            ("NODE_MEMBER_ID", me.get("member_id")),
+            ("NODE_MESH_IP", me.get("mesh_ip")),
+        ]
+    print(shell_lines(pairs))
+    return EXIT_OK

@@ -1,0 +1,163 @@
+"""``attestmesh chain status|allow-compose|fund|member-app``: read a cluster; the owner's day-2 actions.
+
+Owns running each chain verb (one connection, one event loop) and rendering its result; keys come from
+``ATTESTMESH_OWNER_KEY`` / ``ATTESTMESH_FUNDER_KEY`` (``ops.owner``), never from the command line.
+Must not: hold logic of its own (``ops.chainstatus`` and ``ops.owner`` do the work), or show an RPC URL
+beyond its scheme, host and port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+
+from ops.amounts import format_eth
+from ops.chainstatus import ChainStatus, read_chain_status, utc_time
+from ops.connection import on_chain
+from ops.errors import OperatorError
+from ops.owner import (
+    ensure_compose_hash_allowed,
+    ensure_funded,
+    ensure_member_app,
+    funder_signer,
+    owner_signer,
+)
+from ops.redact import display_url, scrub
+from ops.render import print_table, shell_lines, short
+from sidecar.chain.errors import ChainError
+from sidecar.chain.tx import TxSubmitter
+
+EXIT_OK, EXIT_FAILED = 0, 1
+
+
+def print_chain_status(status: ChainStatus) -> None:
+    print(f"chain {status.chain_id}  block {status.block} ({utc_time(status.block_timestamp)})")
+    print(f"cluster {status.cluster}  owner {status.owner}  mesh {status.mesh_cidr}")
+    originator = f"originator {status.originator}" if status.originator is not None else "no originator yet"
+    print(f"members {status.member_count}  {originator}")
+    commitment = status.csk_commitment
+    print(f"csk commitment {commitment if commitment is not None else 'none (not committed yet)'}")
+    if status.registry is None:
+        print("indexer registry: not given (--registry or ATTESTMESH_INDEXER_REGISTRY)")
+    elif status.indexer is None or not status.indexer.registered:
+        print(f"indexer registry {status.registry}: no indexer registered (sidecars poll chain logs)")
+    else:
+        i = status.indexer
+        print(f"indexer registry {status.registry}: {i.endpoint}")
+        print(f"  key      {i.pub_key}\n  code id  {i.code_id}\n  updated  {utc_time(i.updated_at)}")
+    for check in status.compose_hashes:
+        verdict = "allowlisted" if check.allowlisted else "NOT allowlisted"
+        print(f"compose hash {check.compose_hash}: {verdict}")
+    print()
+    if not status.members:
+        print("no members")
+        return
+    rows = [("member id", "app id", "mesh ip", "endpoint", "registered (utc)")]
+    rows += [
+        (short(str(m.member_id)), str(m.app_id), str(m.mesh_ip), m.endpoint, utc_time(m.registered_at))
+        for m in status.members
+    ]
+    print_table(rows)
+
+
+def _chain_status(args: argparse.Namespace) -> int:
+    try:
+        status = on_chain(
+            args,
+            lambda conn: read_chain_status(
+                conn, args.cluster, registry=args.registry, compose_hashes=args.compose_hash
+            ),
+        )
+    except (OperatorError, ChainError, OSError) as exc:
+        where, why = display_url(args.rpc_url), scrub(str(exc), args.rpc_url)
+        print(f"attestmesh: cannot read the chain at {where}: {why}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(status.to_json(), indent=2, sort_keys=True))
+    else:
+        print_chain_status(status)
+    return EXIT_OK
+
+
+def _allow_compose(args: argparse.Namespace) -> int:
+    owner = owner_signer(os.environ)
+
+    result = on_chain(
+        args,
+        lambda conn: ensure_compose_hash_allowed(
+            conn, TxSubmitter(conn, owner), args.cluster, args.compose_hash
+        ),
+    )
+    where = f"compose hash {result.compose_hash} on cluster {args.cluster}"
+    if result.changed:
+        print(f"{where}: allowlisted (tx {result.tx_hash})")
+    else:
+        print(f"{where}: already allowlisted; nothing changed")
+    return EXIT_OK
+
+
+def _fund(args: argparse.Namespace) -> int:
+    signer, variable = funder_signer(os.environ)
+
+    result = on_chain(
+        args,
+        lambda conn: ensure_funded(
+            conn, TxSubmitter(conn, signer), args.to, min_balance=args.min_balance, amount=args.amount
+        ),
+    )
+    floor = format_eth(args.min_balance)
+    if not result.changed:
+        print(
+            f"{result.account} has {format_eth(result.balance_before)} ETH (at least {floor}); nothing sent"
+        )
+        return EXIT_OK
+    print(
+        f"funded {result.account} with {format_eth(result.sent)} ETH from {result.funder} ({variable}) "
+        f"(tx {result.tx_hash}): balance {format_eth(result.balance_before)} -> "
+        f"{format_eth(result.balance_after)} ETH"
+        + (f" (still below {floor})" if result.balance_after < args.min_balance else "")
+    )
+    return EXIT_OK
+
+
+def _member_app(args: argparse.Namespace) -> int:
+    owner = owner_signer(os.environ)
+
+    result = on_chain(
+        args,
+        lambda conn: ensure_member_app(conn, TxSubmitter(conn, owner), args.factory, args.cluster, args.name),
+    )
+    if args.shell:
+        print(shell_lines([("MEMBER_APP_ID", str(result.app_id))]))
+        return EXIT_OK
+    app = f"node {result.name}: app {result.app_id}"
+    deployed = f"deployed (tx {result.deploy_tx})" if result.deploy_tx else "already deployed"
+    if result.member_id is not None:
+        approved = f"a member ({result.member_id})"
+    else:
+        approved = (
+            f"app id approved (tx {result.approve_tx})" if result.approve_tx else "app id already approved"
+        )
+    print(f"{app} {deployed}; {approved}" + ("" if result.changed else "; nothing changed"))
+    return EXIT_OK
+
+
+_CHAIN_ACTIONS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "member-app": _member_app,
+    "allow-compose": _allow_compose,
+    "fund": _fund,
+}
+
+
+def run_chain(args: argparse.Namespace) -> int:
+    if args.verb == "status":
+        return _chain_status(args)
+    try:
+        return _CHAIN_ACTIONS[args.verb](args)
+    except (OperatorError, ChainError, OSError) as exc:
+        why = scrub(str(exc), args.rpc_url)
+        print(f"attestmesh: chain {args.verb} at {display_url(args.rpc_url)}: {why}", file=sys.stderr)
+        return EXIT_FAILED

@@ -1,0 +1,204 @@
+"""The cluster owner's day-2 actions on a live chain, and the keys that sign them.
+
+Owns the keys' loading from the environment (``ATTESTMESH_OWNER_KEY``, ``ATTESTMESH_FUNDER_KEY``: never a
+command-line argument, never echoed) and the actions the deploy routines call, each a no-op when the chain
+already says what it should: ``ensure_compose_hash_allowed`` (``Cluster.addComposeHash`` only when the hash
+is not on the allowlist: "allowlist first"), ``ensure_funded`` (send ETH to an account only while its
+balance is below a floor; the funding key is ``ATTESTMESH_FUNDER_KEY``, or the owner key when that is not
+set) and ``ensure_member_app`` (a node's app contract from the CREATE2 factory and its pre-approved app id,
+each sent only when missing: the cold-start rule, before the node's first boot).
+Must not: hold a key beyond the call, print or log key material, or talk to anything but the RPC URL it is
+given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+import structlog
+
+from ops.errors import OperatorError
+from sidecar.chain.contracts import ClusterClient, MemberAppFactoryClient
+from sidecar.chain.rpc import ChainConnection
+from sidecar.chain.tx import LocalSigner, TxSubmitter
+from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
+
+log = structlog.get_logger("attestmesh.operator")
+
+OWNER_KEY_VARIABLE: Final = "ATTESTMESH_OWNER_KEY"
+FUNDER_KEY_VARIABLE: Final = "ATTESTMESH_FUNDER_KEY"
+
+
+def key_signer(env: Mapping[str, str], variable: str) -> LocalSigner:
+    """A signer from the environment variable ``variable`` (0x-prefixed 32-byte hex); errors never show it."""
+    text = env.get(variable, "").strip()
+    if not text:
+        raise OperatorError(f"{variable} is not set (the key is read from the environment)")
+    try:
+        raw = bytes.fromhex(text.removeprefix("0x").removeprefix("0X"))
+    except ValueError:
+        raise OperatorError(f"{variable} is not hex") from None
+    if len(raw) != 32:
+        raise OperatorError(f"{variable} must be 32 bytes of hex")
+    try:
+        return LocalSigner(SecretBytes(raw))
+    except ValueError:
+        raise OperatorError(f"{variable} is not a valid secp256k1 private key") from None
+
+
+def owner_signer(env: Mapping[str, str]) -> LocalSigner:
+    """The cluster/registry owner's signer from ``ATTESTMESH_OWNER_KEY`` (0x-prefixed 32-byte hex)."""
+    return key_signer(env, OWNER_KEY_VARIABLE)
+
+
+def funder_signer(env: Mapping[str, str]) -> tuple[LocalSigner, str]:
+    """The account that pays for ``chain fund`` and the variable it came from: ``ATTESTMESH_FUNDER_KEY`` when
+    set (a hot wallet that owns nothing), else ``ATTESTMESH_OWNER_KEY``."""
+    variable = FUNDER_KEY_VARIABLE if env.get(FUNDER_KEY_VARIABLE, "").strip() else OWNER_KEY_VARIABLE
+    return key_signer(env, variable), variable
+
+
+async def require_contract(conn: ChainConnection, address: Address, what: str) -> None:
+    """Raise ``OperatorError`` unless ``address`` holds code (a typo'd address is an empty account)."""
+    if not await conn.get_code(address):
+        raise OperatorError(f"no contract at the {what} address {address} on chain {await conn.chain_id()}")
+
+
+# --- day-2 owner actions ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ComposeAllowlisting:
+    """The outcome of ``ensure_compose_hash_allowed``: whether we sent ``addComposeHash``."""
+
+    compose_hash: Bytes32
+    changed: bool
+    tx_hash: Bytes32 | None = None
+
+
+async def ensure_compose_hash_allowed(
+    conn: ChainConnection, owner: TxSubmitter, cluster: Address, compose_hash: Bytes32
+) -> ComposeAllowlisting:
+    """Put ``compose_hash`` on the cluster's allowlist; send nothing when it is already there.
+
+    Raises ``OperatorError`` when ``cluster`` holds no contract or ``owner`` is not its owner (checked before
+    anything is sent), ``ChainError`` when a read or the transaction fails.
+    """
+    await require_contract(conn, cluster, "cluster")
+    client = ClusterClient(conn, cluster, owner)
+    if await client.allowed_compose_hash(compose_hash):
+        log.info("cluster.compose_hash_unchanged", cluster=str(cluster), compose_hash=str(compose_hash))
+        return ComposeAllowlisting(compose_hash, changed=False)
+    actual = await client.owner()
+    if actual != owner.address:
+        raise OperatorError(f"{owner.address} is not the owner of cluster {cluster} (the owner is {actual})")
+    receipt = await client.add_compose_hash(compose_hash)
+    log.info(
+        "cluster.compose_hash_allowed",
+        cluster=str(cluster),
+        compose_hash=str(compose_hash),
+        tx=str(receipt.tx_hash),
+        block=receipt.block_number,
+    )
+    return ComposeAllowlisting(compose_hash, changed=True, tx_hash=receipt.tx_hash)
+
+
+@dataclass(frozen=True, slots=True)
+class Funding:
+    """The outcome of ``ensure_funded``: the balance before and after, and the transfer if one was sent."""
+
+    account: Address
+    funder: Address
+    balance_before: int
+    balance_after: int
+    sent: int  # wei; 0 when nothing was sent
+    tx_hash: Bytes32 | None = None
+
+    @property
+    def changed(self) -> bool:
+        return self.tx_hash is not None
+
+
+async def ensure_funded(
+    conn: ChainConnection, funder: TxSubmitter, account: Address, *, min_balance: int, amount: int
+) -> Funding:
+    """Send ``amount`` wei to ``account`` only while its balance is below ``min_balance`` (idempotent).
+
+    Raises ``OperatorError`` on amounts that cannot make sense, ``ChainError`` (``InsufficientFunds``
+    among them) when a read or the transfer fails.
+    """
+    if amount <= 0:
+        raise OperatorError("the amount to send must be more than 0")
+    if min_balance < 0:
+        raise OperatorError("the minimum balance cannot be negative")
+    before = await conn.get_balance(account)
+    if before >= min_balance:
+        log.info("account.funding_unchanged", account=str(account), balance=before, min_balance=min_balance)
+        return Funding(account, funder.address, before, before, 0)
+    receipt = await funder.send(account, b"", value=amount)
+    after = await conn.get_balance(account)
+    log.info(
+        "account.funded",
+        account=str(account),
+        funder=str(funder.address),
+        value=amount,
+        balance=after,
+        tx=str(receipt.tx_hash),
+        block=receipt.block_number,
+    )
+    return Funding(account, funder.address, before, after, amount, receipt.tx_hash)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberAppSetup:
+    """The outcome of ``ensure_member_app``: the node's app id and the transactions it took (if any)."""
+
+    name: str
+    app_id: Address
+    member_id: MemberId | None
+    deploy_tx: Bytes32 | None = None
+    approve_tx: Bytes32 | None = None
+
+    @property
+    def changed(self) -> bool:
+        return self.deploy_tx is not None or self.approve_tx is not None
+
+
+async def ensure_member_app(
+    conn: ChainConnection, owner: TxSubmitter, factory: Address, cluster: Address, name: str
+) -> MemberAppSetup:
+    """Make node ``name``'s app contract exist and its app id pre-approved on ``cluster`` (idempotent).
+
+    The app is the factory's CREATE2 address for ``(cluster, name)``: deployed only when it has no code yet.
+    Its app id is added to ``allowedAppIds`` only when it is neither there nor already a member (a
+    registered node needs no pre-approval). The owner is checked before the approval is sent.
+    """
+    await require_contract(conn, factory, "member app factory")
+    await require_contract(conn, cluster, "cluster")
+    apps = MemberAppFactoryClient(conn, factory, owner)
+    app_id, deployed = await apps.ensure_deployed(cluster, name)
+    client = ClusterClient(conn, cluster, owner)
+    member_id = await client.member_id_of(app_id)
+    approve_tx: Bytes32 | None = None
+    if member_id is None and not await client.allowed_app_id(app_id):
+        actual = await client.owner()
+        if actual != owner.address:
+            raise OperatorError(
+                f"{owner.address} is not the owner of cluster {cluster} (the owner is {actual})"
+            )
+        approve_tx = (await client.add_allowed_app_id(app_id)).tx_hash
+    result = MemberAppSetup(
+        name, app_id, member_id, deploy_tx=deployed.tx_hash if deployed else None, approve_tx=approve_tx
+    )
+    log.info(
+        "cluster.member_app_ready" if result.changed else "cluster.member_app_unchanged",
+        cluster=str(cluster),
+        node=name,
+        app_id=str(app_id),
+        member_id=str(member_id) if member_id else None,
+        deploy_tx=str(result.deploy_tx) if result.deploy_tx else None,
+        approve_tx=str(approve_tx) if approve_tx else None,
+    )
+    return result

@@ -1,0 +1,172 @@
+"""The operator verbs of ``attestmesh``: their arguments and help.
+
+Owns the argparse definitions of ``indexer register|verify``, ``chain status|allow-compose|member-app|fund``
+and ``health``. Must not: import web3, eth_utils or structlog (``ops.args`` parses values lazily), or run
+anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ops.args import (
+    Subcommands,
+    account_arg,
+    address_arg,
+    bytes32_arg,
+    chain_options,
+    env_default,
+    eth_arg,
+    from_env,
+    node_name_arg,
+    positive_eth_arg,
+    registry_options,
+    seconds_arg,
+    url_arg,
+    wait_arg,
+)
+from ops.health import HEALTH_TIMEOUT
+
+
+def add_operator_parsers(top: Subcommands[argparse.ArgumentParser]) -> None:
+    """Add the ``indexer``, ``chain`` and ``health`` commands to ``top``."""
+    _add_indexer_parser(top)
+    _add_chain_parser(top)
+    _add_health_parser(top)
+
+
+def _add_indexer_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
+    op = top.add_parser("indexer", help="operate a shared indexer on a chain")
+    op_verbs = op.add_subparsers(dest="verb", required=True)
+    reg = op_verbs.add_parser(
+        "register",
+        help="write the indexer's endpoint, code id and public key (read from its /status) to the registry; "
+        "sends nothing when the record already matches. The owner key comes from ATTESTMESH_OWNER_KEY.",
+    )
+    registry_options(reg)
+    reg.add_argument("--status-url", required=True, help="the indexer's /status URL (public key and code id)")
+    reg.add_argument(
+        "--endpoint", default=None, help="ws(s):// endpoint to register (default: its public_url)"
+    )
+    reg.add_argument("--code-id", default=None, help="32-byte hex code id (default: the one on its /status)")
+    ver = op_verbs.add_parser(
+        "verify",
+        help="the indexer's /healthz is healthy and IndexerRegistry.current() names what its /status says "
+        "(endpoint, code id, public key); exit 0 iff so (reads only)",
+        description="Check that the indexer is healthy and that the registry names it: the key, code id and "
+        "endpoint its /status reports (or --endpoint / --code-id, as given to `indexer register`). With "
+        "--wait, poll until that holds or SECONDS pass. Exit 0 when verified, 1 (every mismatch named) when "
+        "not.",
+    )
+    registry_options(ver)
+    ver.add_argument("--status-url", required=True, help="the indexer's /status URL")
+    ver.add_argument("--health-url", required=True, help="the indexer's /healthz URL")
+    ver.add_argument(
+        "--endpoint", default=None, help="the endpoint the registry must name (default: its public_url)"
+    )
+    ver.add_argument(
+        "--code-id", type=bytes32_arg, default=None, help="the code id it must name (default: its /status's)"
+    )
+    ver.add_argument(
+        "--wait", type=wait_arg, default=0.0, metavar="SECONDS", help="poll this long (default 0: look once)"
+    )
+    ver.add_argument(
+        "--interval", type=seconds_arg, default=2.0, metavar="SECONDS", help="between looks (default 2)"
+    )
+
+
+def _add_chain_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
+    chain = top.add_parser("chain", help="read a cluster; the owner's allowlist and funding actions")
+    chain_verbs = chain.add_subparsers(dest="verb", required=True)
+    cs = chain_verbs.add_parser(
+        "status",
+        help="members (mesh IPs, endpoints), CSK commitment, IndexerRegistry.current(), compose allowlist",
+        description="Read a cluster at the chain's head. The chain options can come from the sidecar's "
+        "environment variables named in their help; the command line wins. The RPC URL is never shown "
+        "beyond its scheme, host and port.",
+    )
+    chain_options(cs, cluster=True)
+    cs.add_argument(
+        "--registry",
+        type=address_arg,
+        default=env_default("ATTESTMESH_INDEXER_REGISTRY"),
+        help="IndexerRegistry address; show current() (env ATTESTMESH_INDEXER_REGISTRY)",
+    )
+    cs.add_argument(
+        "--compose-hash",
+        type=bytes32_arg,
+        action="append",
+        default=[],
+        metavar="0xHASH",
+        help="say whether this compose hash is allowlisted (repeatable)",
+    )
+    cs.add_argument("--json", action="store_true", help="machine-readable output with full values")
+
+    allow = chain_verbs.add_parser(
+        "allow-compose",
+        help="Cluster.addComposeHash, only when the hash is not allowlisted yet (key: ATTESTMESH_OWNER_KEY)",
+        description="Allowlist a compose hash on the cluster (the cluster owner's transaction, key from "
+        "ATTESTMESH_OWNER_KEY); sends nothing and says so when it is already allowlisted.",
+    )
+    chain_options(allow, cluster=True)
+    allow.add_argument(
+        "--compose-hash", type=bytes32_arg, required=True, metavar="0xHASH", help="the compose hash"
+    )
+    app = chain_verbs.add_parser(
+        "member-app",
+        help="a node's app contract (CREATE2 factory) and its pre-approved app id, each only when missing",
+        description="Make node NAME's app contract exist (the member app factory's CREATE2 address for the "
+        "cluster and NAME) and its app id pre-approved on the cluster (Cluster.addAllowedAppId; not needed "
+        "once the node is a member): the cold-start rule, done before the node's first boot. Sends nothing "
+        "and says so when both hold. Key: ATTESTMESH_OWNER_KEY.",
+    )
+    chain_options(app, cluster=True)
+    app.add_argument(
+        "--factory", type=address_arg,
+        help="ClusterMemberAppFactory address (env ATTESTMESH_MEMBER_APP_FACTORY)",
+        **from_env("ATTESTMESH_MEMBER_APP_FACTORY"),
+    )  # fmt: skip
+    app.add_argument("--name", type=node_name_arg, required=True, help="the node's name (the CREATE2 salt)")
+    app.add_argument("--shell", action="store_true", help="print MEMBER_APP_ID=0x... for a shell's eval")
+    _add_fund_parser(chain_verbs)
+
+
+def _add_fund_parser(chain_verbs: Subcommands[argparse.ArgumentParser]) -> None:
+    fund = chain_verbs.add_parser(
+        "fund",
+        help="send --amount ETH to an account only while its balance is below --min-balance",
+        description="Top up an account (a node's signer): send AMOUNT only when its balance is below "
+        "MIN_BALANCE, else send nothing and say so. The funding key is ATTESTMESH_FUNDER_KEY, or "
+        "ATTESTMESH_OWNER_KEY when that is not set.",
+    )
+    chain_options(fund, cluster=False)
+    fund.add_argument("--to", type=account_arg, required=True, metavar="0xADDRESS", help="the account")
+    fund.add_argument(
+        "--min-balance", type=eth_arg, required=True, metavar="ETH", help="fund only below this balance"
+    )
+    fund.add_argument(
+        "--amount",
+        type=positive_eth_arg,
+        required=True,
+        metavar="ETH",
+        help="how much to send (more than 0)",
+    )
+
+
+def _add_health_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
+    health = top.add_parser(
+        "health",
+        help="a node's /healthz, readable; exit 0 iff healthy",
+        description="GET a node's /healthz (for example through the dstack gateway) and print it. Exit 0 "
+        "when the node is healthy (HTTP 200), 1 when it is not (the body is still printed), does not answer, "
+        "or does not answer with a health document.",
+    )
+    health.add_argument("url", type=url_arg, help="the node's /healthz URL")
+    health.add_argument("--json", action="store_true", help="print the body exactly as the node sent it")
+    health.add_argument(
+        "--timeout",
+        type=seconds_arg,
+        default=HEALTH_TIMEOUT,
+        metavar="SECONDS",
+        help=f"to connect, and per read (default {HEALTH_TIMEOUT:g})",
+    )
