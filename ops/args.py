@@ -15,9 +15,9 @@ import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit
 
 from ops.amounts import parse_eth
+from sidecar.envkit import parse_address, parse_http_url, parse_int, parse_seconds
 
 if TYPE_CHECKING:
     from sidecar.core.ids import Address, Bytes32
@@ -44,20 +44,13 @@ def from_env(variable: str) -> dict[str, Any]:
 
 
 def url_arg(text: str) -> str:
-    # sidecar.settings.parse_http_url's rule, without its eth_utils import (health must start fast).
     try:
-        parts = urlsplit(text)
-        _ = parts.port
+        return parse_http_url(text)
     except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise argparse.ArgumentTypeError("must be an http:// or https:// URL with a host")
-    return text
+        raise argparse.ArgumentTypeError("must be an http:// or https:// URL with a host") from None
 
 
 def _address(text: str) -> Address:
-    from sidecar.settings import parse_address  # noqa: PLC0415 - eth_utils only when an address is parsed
-
     try:
         return parse_address(text)
     except ValueError as exc:
@@ -119,8 +112,6 @@ def node_name_arg(text: str) -> str:
 
 
 def chain_id_arg(text: str) -> int:
-    from sidecar.settings import parse_int  # noqa: PLC0415 - see _address
-
     try:
         value = parse_int(text)
     except ValueError as exc:
@@ -131,8 +122,6 @@ def chain_id_arg(text: str) -> int:
 
 
 def _seconds(text: str, *, zero: bool) -> float:
-    from sidecar.settings import parse_seconds  # noqa: PLC0415 - see _address
-
     try:
         value = parse_seconds(text)
     except ValueError as exc:

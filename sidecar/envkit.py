@@ -24,8 +24,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from eth_utils.address import to_checksum_address
-
 from sidecar.core.ids import Address
 
 EXIT_BAD_CONFIGURATION = 2
@@ -170,7 +168,7 @@ def parse_address(text: str) -> Address:
     """Parse a 20-byte hex address; a mixed-case address must carry a valid EIP-55 checksum."""
     address = Address.from_hex(text)
     body = text[2:] if text[:2] in ("0x", "0X") else text
-    if body != body.lower() and body != body.upper() and "0x" + body != to_checksum_address(address.raw):
+    if body != body.lower() and body != body.upper() and "0x" + body != address.checksum:
         raise ValueError("has a mixed-case EIP-55 checksum that does not match (typo?)")
     return address
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Self
 
-from eth_utils.address import to_checksum_address
-
 
 def _parse_hex(text: str, length: int, what: str) -> bytes:
     body = text[2:] if text[:2] in ("0x", "0X") else text
@@ -43,7 +41,11 @@ class Address:
 
     @property
     def checksum(self) -> str:
-        return to_checksum_address(self.raw)
+        """EIP-55 mixed-case form."""
+        # eth_utils costs ~0.15 s to import: loaded on first use, so `attestmesh health` starts fast.
+        from eth_utils.address import to_checksum_address  # noqa: PLC0415
+
+        return str(to_checksum_address(self.raw))
 
     @property
     def is_zero(self) -> bool:
