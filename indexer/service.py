@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -40,7 +39,7 @@ from sidecar.chain.rpc import ChainConnection, connect
 from sidecar.core.backoff import Backoff
 from sidecar.core.ids import Bytes32
 from sidecar.core.keys import ed25519_public_key
-from sidecar.drivers.supervisor import Supervisor
+from sidecar.drivers.supervisor import StopSignal, Supervisor
 from sidecar.dstack.agent import GuestAgent, GuestAgentError
 from sidecar.http.server import Runner, error_middleware, start_tcp
 
@@ -119,7 +118,7 @@ class IndexerService:
         self.supervisor = Supervisor()
         self.runner: Runner | None = None
         self._bootstrap: asyncio.Task[None] | None = None
-        self._stop = asyncio.Event()
+        self.stop_signal = StopSignal("indexer")
         self._stopped = False
 
     # --- HTTP --------------------------------------------------------------------------------------------
@@ -289,23 +288,14 @@ class IndexerService:
 
     async def run(self) -> int:
         """The process: serve until SIGTERM/SIGINT, then shut down within the timeout."""
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._signalled)
+        self.stop_signal.install()
         await self.start()
-        await self._stop.wait()
+        await self.stop_signal.wait()
         await self.shutdown()
         return 0
 
     def request_stop(self) -> None:
-        self._stop.set()
-
-    def _signalled(self) -> None:
-        if self._stop.is_set():
-            log.warning("indexer.forced_exit")
-            os._exit(1)
-        log.info("indexer.stopping")
-        self._stop.set()
+        self.stop_signal.request()
 
     async def shutdown(self) -> None:
         """Close every session with ``shutdown``, stop the tasks and the server; bounded by the timeout."""

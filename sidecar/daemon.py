@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 from ipaddress import IPv4Address
 
 import structlog
@@ -36,7 +35,7 @@ from sidecar.drivers.heartbeats import HeartbeatService
 from sidecar.drivers.node import build_node
 from sidecar.drivers.push import Credentials, PushSubscriber
 from sidecar.drivers.store import StateStore
-from sidecar.drivers.supervisor import Supervisor
+from sidecar.drivers.supervisor import StopSignal, Supervisor
 from sidecar.dstack.agent import GuestAgent
 from sidecar.http.appapi import app_api, start_unix
 from sidecar.http.health import health_app, start_tcp
@@ -122,7 +121,7 @@ class Daemon:
         self.heartbeats: HeartbeatService | None = None
         self._runners: list[Runner] = []
         self._peer_runner: Runner | None = None
-        self._stop = asyncio.Event()
+        self.stop_signal = StopSignal("sidecar")
 
     def _push_subscriber(self, cursor: SharedCursor) -> PushSubscriber | None:
         """The indexer push subscription, when a registry is configured (it shares the poller's cursor)."""
@@ -198,9 +197,7 @@ class Daemon:
 
     async def run(self) -> int:
         s = self.settings
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._signalled)
+        self.stop_signal.install()
         health = health_app(lambda: self.controller.status, self.metrics)
         addr = f"{s.http.health_addr.host}:{s.http.health_addr.port}"
         try:
@@ -220,7 +217,7 @@ class Daemon:
         await self._start_wireguard_go()
         self.supervisor.start("control", self.controller.run)
         self.supervisor.start("events", self.events.run)
-        await self._stop.wait()
+        await self.stop_signal.wait()
         await self.shutdown()
         return 0
 
@@ -234,13 +231,6 @@ class Daemon:
         log.info("wg.backend_selected", backend=backend, interface=mesh.interface, wireguard_go=why)
         if start:
             self.supervisor.start("wireguard-go", WireGuardGo(mesh.interface).run)
-
-    def _signalled(self) -> None:
-        if self._stop.is_set():
-            log.warning("sidecar.forced_exit")
-            os._exit(1)
-        log.info("sidecar.stopping")
-        self._stop.set()
 
     async def shutdown(self) -> None:
         timeout = self.settings.shutdown_timeout

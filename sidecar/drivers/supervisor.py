@@ -4,7 +4,8 @@ Owns ``Supervisor``: every long-running task runs under it by name; a task that 
 logged ``task.returned`` (error), one that raises is logged ``task.crashed`` (error, with the traceback);
 either way it is restarted (``task.restarted``) after a delay from its own ``Backoff`` (capped exponential
 with jitter, reset after a healthy run). ``stop(grace)`` cancels every task and waits at most ``grace``
-seconds; what did not stop in time is named in ``task.stop_timed_out`` and returned.
+seconds; what did not stop in time is named in ``task.stop_timed_out`` and returned. Also owns
+``StopSignal``, the one SIGTERM/SIGINT handling of both services (a second signal exits at once).
 
 Must not: catch ``CancelledError`` (cancellation is how tasks stop), retry inside a task (the task's own
 loop owns its transient failures; the supervisor only catches what a loop let through), or sleep with
@@ -14,6 +15,8 @@ anything but the injected ``sleep`` (tests run it on fake time).
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from typing import Final
@@ -84,3 +87,34 @@ class Supervisor:
         if stuck:
             log.warning("task.stop_timed_out", tasks=stuck, grace_s=grace)
         return stuck
+
+
+class StopSignal:
+    """SIGTERM/SIGINT for a service: the first asks for a bounded shutdown, a second exits at once.
+
+    Logs ``<service>.stopping`` on the first signal and ``<service>.forced_exit`` on the second; ``request``
+    asks for the same shutdown from code (tests, a fatal start-up condition).
+    """
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self._stop = asyncio.Event()
+
+    def install(self) -> None:
+        """Handle SIGTERM and SIGINT on the running loop."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._signalled)
+
+    def request(self) -> None:
+        self._stop.set()
+
+    async def wait(self) -> None:
+        await self._stop.wait()
+
+    def _signalled(self) -> None:
+        if self._stop.is_set():
+            log.warning(f"{self.service}.forced_exit")
+            os._exit(1)
+        log.info(f"{self.service}.stopping")
+        self._stop.set()

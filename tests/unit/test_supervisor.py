@@ -1,16 +1,20 @@
 """The one supervisor on fake time: restart after a crash or a return with exact backoff delays, the reset
-after a healthy run, one task per name, and a stop bounded by its grace even for a task that resists."""
+after a healthy run, one task per name, a stop bounded by its grace even for a task that resists; and the one SIGTERM/SIGINT handling."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 
 from structlog.testing import capture_logs
 
 from sidecar.core.backoff import Backoff
-from sidecar.drivers.supervisor import Supervisor
+from sidecar.drivers.supervisor import StopSignal, Supervisor
 
 DEADLINE = 5.0
 
@@ -149,3 +153,38 @@ async def test_stop_is_bounded_by_its_grace() -> None:
 
 async def wait_done(task: asyncio.Task[None]) -> None:
     await asyncio.wait({task}, timeout=DEADLINE)
+
+
+async def test_a_first_signal_asks_for_a_shutdown() -> None:
+    """SIGTERM once: ``wait`` returns and ``<service>.stopping`` is logged (nothing exits)."""
+    stop = StopSignal("svc")
+    with capture_logs() as logs:
+        stop.install()
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            async with asyncio.timeout(DEADLINE):
+                await stop.wait()
+        finally:
+            loop = asyncio.get_running_loop()
+            loop.remove_signal_handler(signal.SIGTERM)
+            loop.remove_signal_handler(signal.SIGINT)
+    assert [e["event"] for e in logs] == ["svc.stopping"]
+
+
+def test_a_second_signal_exits_at_once() -> None:
+    """The second signal's path (``os._exit(1)``) runs in a child process: it exits 1 while it would
+    otherwise sleep for 30 s, and says why."""
+    child = (
+        "import asyncio, os, signal\n"
+        "from sidecar.drivers.supervisor import StopSignal\n"
+        "async def main():\n"
+        "    stop = StopSignal('svc'); stop.install()\n"
+        "    os.kill(os.getpid(), signal.SIGTERM); await stop.wait()\n"
+        "    os.kill(os.getpid(), signal.SIGINT); await asyncio.sleep(30)\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", child], capture_output=True, timeout=DEADLINE * 4, check=False
+    )
+    assert done.returncode == 1
+    assert b"svc.forced_exit" in done.stdout + done.stderr
