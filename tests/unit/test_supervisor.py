@@ -1,5 +1,6 @@
 """The one supervisor on fake time: restart after a crash or a return with exact backoff delays, the reset
-after a healthy run, one task per name, a stop bounded by its grace even for a task that resists; and the one SIGTERM/SIGINT handling."""
+after a healthy run, one task per name, a stop bounded by its grace even for a task that resists; and the
+one SIGTERM/SIGINT handling."""
 
 from __future__ import annotations
 
