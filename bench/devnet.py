@@ -28,12 +28,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import os
-import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -44,16 +41,16 @@ from pathlib import Path
 
 from devnet import procs
 from devnet.lab import fetch_healthz
-from devnet.netns import LabNetwork
-from devnet.state import DevnetState, NodeState, load_state
+from devnet.state import NodeState
 from devnet.topology import LabPlan
 from devnet.wireguard import WireGuardError, uapi_get
 from indexer.follower import MEMBER_REGISTERED
 from sidecar.chain.contracts import ClusterClient
-from sidecar.chain.rpc import ChainConnection, connect
+from sidecar.chain.rpc import ChainConnection
 from sidecar.core.ids import Address, MemberId
+from tests.e2e.lab import REPO, LabCli, RoutineRunner, as_owner, lab_dir, lab_state, sidecar_log
+from tests.e2e.lab import wait_until as poll_until
 
-REPO = Path(__file__).resolve().parents[1]
 LAB = "ambn"
 UNDERLAY = "10.217.0.0/24"
 MESH = "10.17.0.0/16"
@@ -86,86 +83,17 @@ class BenchError(RuntimeError):
 # --- the lab, through the command line -----------------------------------------------------------------
 
 
-def _cli() -> list[str]:
-    script = Path(sys.executable).parent / "attestmesh"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "devnet.cli"]
-
-
-@dataclass
-class Lab:
-    """One lab directory, driven with ``attestmesh devnet …``."""
-
-    root: Path
-
-    @property
-    def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            ATTESTMESH_DEVNET_DIR=str(self.root),
-            ATTESTMESH_LAB=LAB,
-            ATTESTMESH_LAB_UNDERLAY=UNDERLAY,
-            ATTESTMESH_LAB_MESH=MESH,
-        )
-        return env
-
-    def argv(self, *args: str) -> list[str]:
-        return [*_cli(), "devnet", *args]
-
-    def run(self, *args: str, check: bool = True) -> str:
-        proc = subprocess.run(
-            self.argv(*args),
-            env=self.env,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=CLI_TIMEOUT_S,
-            check=False,
-        )
-        if check and proc.returncode != 0:
-            raise BenchError(
-                f"`attestmesh devnet {' '.join(args)}` exited {proc.returncode}:\n{proc.stderr[-3000:]}"
-            )
-        return proc.stdout
-
-    def spawn(self, *args: str, log: Path) -> subprocess.Popen[bytes]:
-        """Start a CLI command without waiting (its output to ``log``)."""
-        with log.open("wb") as out:
-            return subprocess.Popen(
-                self.argv(*args), env=self.env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=out
-            )
-
-    def state(self) -> DevnetState:
-        state = load_state(self.root / "state.json")
-        if state is None:
-            raise BenchError(f"no lab state in {self.root}")
-        return state
-
-    def running_nodes(self) -> list[NodeState]:
-        """Nodes whose workload (the sidecar) is running."""
-        return [n for n in self.state().nodes if _sidecar(n) is not None]
+def running_nodes(lab: LabCli) -> list[NodeState]:
+    """Nodes whose workload (the sidecar) is running."""
+    return [n for n in lab.state().nodes if _sidecar(n) is not None]
 
 
 @contextlib.contextmanager
-def lab_dir() -> Iterator[Lab]:
-    """A fresh lab directory; whatever happens, the lab is brought down and the directory removed."""
-    root = Path(tempfile.mkdtemp(prefix=f"{LAB}-", dir="/tmp"))
-    lab = Lab(root)
-    try:
-        yield lab
-    finally:
-        try:
-            lab.run("down", check=False)
-        finally:
-            LabNetwork(PLAN).destroy()  # the sweep by the lab's prefix, in case `down` could not finish
-            shutil.rmtree(root, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def running_lab(*, indexer: bool = True) -> Iterator[Lab]:
+def running_lab(*, indexer: bool = True) -> Iterator[LabCli]:
     """A fresh 3-node lab, up and healthy (with the lab's indexer unless ``indexer`` is False)."""
-    with lab_dir() as lab:
-        lab.run("up", "--nodes", str(NODES), *(() if indexer else ("--no-indexer",)))
-        wait_until(lambda: all_healthy(lab.running_nodes()), HEALTHY_TIMEOUT_S, "all nodes healthy")
+    with lab_dir(PLAN) as lab:
+        lab.run("up", "--nodes", str(NODES), *(() if indexer else ("--no-indexer",)), timeout=CLI_TIMEOUT_S)
+        wait_until(lambda: all_healthy(running_nodes(lab)), HEALTHY_TIMEOUT_S, "all nodes healthy")
         yield lab
 
 
@@ -196,13 +124,8 @@ def wait_until(
     predicate: Callable[[], bool], timeout: float, what: str, interval: float = HEALTH_POLL_S
 ) -> float:
     """Poll ``predicate``; return the ``perf_counter`` time at which it first held."""
-    deadline = time.perf_counter() + timeout
-    while True:
-        if predicate():
-            return time.perf_counter()
-        if time.perf_counter() >= deadline:
-            raise BenchError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
+    poll_until(predicate, timeout, what, interval)
+    return time.perf_counter()
 
 
 # --- figures -------------------------------------------------------------------------------------------
@@ -250,11 +173,11 @@ def bringup(runs: int = BRINGUP_RUNS) -> None:
     total = Series("cold bring-up: `up` started -> all 3 healthy")
     down = Series("`devnet down` (command wall time)")
     for _ in range(runs):
-        with lab_dir() as lab:
+        with lab_dir(PLAN) as lab:
             t0 = time.perf_counter()
             lab.run("up", "--nodes", str(NODES))
             t1 = time.perf_counter()
-            nodes = lab.running_nodes()
+            nodes = running_nodes(lab)
             t2 = wait_until(functools.partial(all_healthy, nodes), HEALTHY_TIMEOUT_S, "all nodes healthy")
             t3 = time.perf_counter()
             lab.run("down")
@@ -271,12 +194,12 @@ def bringup(runs: int = BRINGUP_RUNS) -> None:
 # --- restart -------------------------------------------------------------------------------------------
 
 
-def restart(lab: Lab, runs: int = RESTART_RUNS) -> None:
+def restart(lab: LabCli, runs: int = RESTART_RUNS) -> None:
     command = Series(f"`devnet node restart {RESTART_NODE}` (command wall time)")
     after = Series("command returned (new sidecar spawned) -> healthy")
     total = Series("restart issued -> healthy")
     for _ in range(runs):
-        wait_until(lambda: all_healthy(lab.running_nodes()), HEALTHY_TIMEOUT_S, "all nodes healthy")
+        wait_until(lambda: all_healthy(running_nodes(lab)), HEALTHY_TIMEOUT_S, "all nodes healthy")
         time.sleep(1.0)
         before = lab.state().node(RESTART_NODE).processes["sidecar"]
         t0 = time.perf_counter()
@@ -301,26 +224,16 @@ ROLL_RUNS = 3
 NODE_SH = REPO / "deploy" / "node.sh"
 
 
-def _routine(lab: Lab, logs: Path, node: str, verb: str) -> subprocess.Popen[bytes]:
-    env = lab.env
-    env.update(
-        PATH=f"{Path(sys.executable).parent}:{REPO / 'tools' / 'node_modules' / '.bin'}:{env['PATH']}",
-        DEPLOY_LOG_DIR=str(logs / "logs"),
-        DEPLOY_STATE_DIR=str(logs / "state"),
-        MESH_VERIFY_INTERVAL="0.2",
-    )
-    return subprocess.Popen(
-        [str(NODE_SH), node, verb], env=env, cwd=REPO, stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+def _routine(lab: LabCli, logs: Path, node: str, verb: str) -> subprocess.Popen[str]:
+    return RoutineRunner(lab, logs, NODE_SH, {"MESH_VERIFY_INTERVAL": "0.2"}).start(node, verb)
 
 
-def _finish(proc: subprocess.Popen[bytes], what: str) -> None:
+def _finish(proc: subprocess.Popen[str], what: str) -> None:
     if proc.wait(timeout=CLI_TIMEOUT_S) != 0:
         raise BenchError(f"{what} exited {proc.returncode}")
 
 
-def roll(lab: Lab, runs: int = ROLL_RUNS) -> None:
+def roll(lab: LabCli, runs: int = ROLL_RUNS) -> None:
     names = [n.name for n in lab.state().nodes]
     at_once = Series(f"all {len(names)} restarted at once -> all healthy")
     rolling = Series(f"rolling restart of {len(names)} (restart + mesh-verify each)")
@@ -329,7 +242,7 @@ def roll(lab: Lab, runs: int = ROLL_RUNS) -> None:
     with tempfile.TemporaryDirectory(prefix="ambn-deploy-") as tmp:
         logs = Path(tmp)
         for _ in range(runs):
-            wait_until(lambda: all_healthy(lab.running_nodes()), HEALTHY_TIMEOUT_S, "all nodes healthy")
+            wait_until(lambda: all_healthy(running_nodes(lab)), HEALTHY_TIMEOUT_S, "all nodes healthy")
             time.sleep(SETTLE_S)
             t0 = time.perf_counter()
             started = [_routine(lab, logs, name, "restart") for name in names]
@@ -339,7 +252,7 @@ def roll(lab: Lab, runs: int = ROLL_RUNS) -> None:
             t1 = wait_until(functools.partial(all_healthy, nodes), HEALTHY_TIMEOUT_S, "all healthy again")
             at_once.add(t1 - t0)
         for _ in range(runs):
-            wait_until(lambda: all_healthy(lab.running_nodes()), HEALTHY_TIMEOUT_S, "all nodes healthy")
+            wait_until(lambda: all_healthy(running_nodes(lab)), HEALTHY_TIMEOUT_S, "all nodes healthy")
             time.sleep(SETTLE_S)
             low = len(names)
             t0 = time.perf_counter()
@@ -388,61 +301,73 @@ def _has_peer(socket: Path, key: str) -> bool:
         return False
 
 
-async def _watch(
-    lab: Lab, args: Sequence[str], members: Sequence[NodeState], *, joining: bool, log: Path
+def _watch(
+    lab: LabCli, args: Sequence[str], members: Sequence[NodeState], *, joining: bool, log: Path
 ) -> Propagation:
     """Run ``attestmesh devnet <args>`` and time the membership change it causes: on chain, then on the
     devices of ``members``."""
-    state = lab.state()
-    async with await connect(state.rpc_url, expected_chain_id=state.chain_id) as conn:
-        cluster = ClusterClient(conn, Address.from_hex(state.cluster))
-        before = {m.member_id: m for m in await cluster.members()}
-        t0 = time.perf_counter()
-        proc = lab.spawn(*args, log=log)
-        exited_at: float | None = None
+    return as_owner(
+        lab_state(lab),
+        lambda _, cluster: _timed_change(cluster, lab, args, members, joining=joining, log=log),
+    )
 
-        def check_exit() -> None:  # called every poll, so the command's exit is timed to ~10 ms
-            nonlocal exited_at
-            if exited_at is None and (returncode := proc.poll()) is not None:
-                if returncode != 0:
-                    raise BenchError(f"`attestmesh devnet {' '.join(args)}` exited {returncode}; see {log}")
-                exited_at = time.perf_counter()
 
-        try:
-            deadline = t0 + CLI_TIMEOUT_S
-            while (count := await cluster.member_count()) == len(before):
-                check_exit()
-                if time.perf_counter() > deadline:
-                    raise BenchError(f"no membership change on chain after `{' '.join(args)}`")
-                await asyncio.sleep(CHAIN_POLL_S)
-            chain_at = time.perf_counter()
-            after = {m.member_id: m for m in await cluster.members()}
-            changed: set[MemberId] = set(after) ^ set(before)
-            if len(changed) != 1 or (count > len(before)) != joining:
-                raise BenchError(f"unexpected membership change: {len(before)} -> {count} members")
-            record = (after if joining else before)[changed.pop()]
-            key = record.wg_pub.hex
-            device_at: dict[str, float] = {}
-            pending = {m.name: Path(m.wg_socket) for m in members}
-            while pending:
-                check_exit()
-                for name, socket in list(pending.items()):
-                    if _has_peer(socket, key) == joining:
-                        device_at[name] = time.perf_counter()
-                        del pending[name]
-                if time.perf_counter() - chain_at > PROPAGATION_TIMEOUT_S:
-                    raise BenchError(f"peer change not on the devices of {sorted(pending)}")
-                await asyncio.sleep(DEVICE_POLL_S)
-            while exited_at is None:
-                check_exit()
-                if time.perf_counter() > deadline:
-                    raise BenchError(f"`attestmesh devnet {' '.join(args)}` did not finish")
-                await asyncio.sleep(CHAIN_POLL_S)
-            return Propagation(chain_at, device_at, exited_at - t0, key, record.member_id)
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(timeout=10)
+async def _timed_change(
+    cluster: ClusterClient,
+    lab: LabCli,
+    args: Sequence[str],
+    members: Sequence[NodeState],
+    *,
+    joining: bool,
+    log: Path,
+) -> Propagation:
+    before = {m.member_id: m for m in await cluster.members()}
+    t0 = time.perf_counter()
+    proc = lab.spawn(*args, log=log)
+    exited_at: float | None = None
+
+    def check_exit() -> None:  # called every poll, so the command's exit is timed to ~10 ms
+        nonlocal exited_at
+        if exited_at is None and (returncode := proc.poll()) is not None:
+            if returncode != 0:
+                raise BenchError(f"`attestmesh devnet {' '.join(args)}` exited {returncode}; see {log}")
+            exited_at = time.perf_counter()
+
+    try:
+        deadline = t0 + CLI_TIMEOUT_S
+        while (count := await cluster.member_count()) == len(before):
+            check_exit()
+            if time.perf_counter() > deadline:
+                raise BenchError(f"no membership change on chain after `{' '.join(args)}`")
+            await asyncio.sleep(CHAIN_POLL_S)
+        chain_at = time.perf_counter()
+        after = {m.member_id: m for m in await cluster.members()}
+        changed: set[MemberId] = set(after) ^ set(before)
+        if len(changed) != 1 or (count > len(before)) != joining:
+            raise BenchError(f"unexpected membership change: {len(before)} -> {count} members")
+        record = (after if joining else before)[changed.pop()]
+        key = record.wg_pub.hex
+        device_at: dict[str, float] = {}
+        pending = {m.name: Path(m.wg_socket) for m in members}
+        while pending:
+            check_exit()
+            for name, socket in list(pending.items()):
+                if _has_peer(socket, key) == joining:
+                    device_at[name] = time.perf_counter()
+                    del pending[name]
+            if time.perf_counter() - chain_at > PROPAGATION_TIMEOUT_S:
+                raise BenchError(f"peer change not on the devices of {sorted(pending)}")
+            await asyncio.sleep(DEVICE_POLL_S)
+        while exited_at is None:
+            check_exit()
+            if time.perf_counter() > deadline:
+                raise BenchError(f"`attestmesh devnet {' '.join(args)}` did not finish")
+            await asyncio.sleep(CHAIN_POLL_S)
+        return Propagation(chain_at, device_at, exited_at - t0, key, record.member_id)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=10)
 
 
 async def _registration_log(conn: ChainConnection, cluster: Address, member: MemberId) -> tuple[int, int]:
@@ -453,28 +378,14 @@ async def _registration_log(conn: ChainConnection, cluster: Address, member: Mem
     raise BenchError(f"no MemberRegistered log of {member} on chain")
 
 
-def _handled_by(lab: Lab, members: Sequence[NodeState], member: MemberId) -> dict[str, int]:
+def _handled_by(lab: LabCli, members: Sequence[NodeState], member: MemberId) -> dict[str, int]:
     """How the members first handled ``member``'s registration log: ``{"push": n, "poll": m}``, read from
     their sidecars' ``events.handled`` log lines (each log position is handled at most once per node)."""
-    state = lab.state()
-
-    async def find() -> tuple[int, int]:
-        async with await connect(state.rpc_url, expected_chain_id=state.chain_id) as conn:
-            return await _registration_log(conn, Address.from_hex(state.cluster), member)
-
-    block, log_index = asyncio.run(find())
+    at = as_owner(lab_state(lab), lambda conn, cluster: _registration_log(conn, cluster.address, member))
     sources: dict[str, int] = {}
     for node in members:
-        for line in (lab.root / "logs" / f"{node.name}-sidecar.log").read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if (
-                isinstance(entry, dict)
-                and entry.get("event") == "events.handled"
-                and (entry.get("block"), entry.get("log_index")) == (block, log_index)
-            ):
+        for entry in sidecar_log(lab, node.name, "events.handled"):
+            if (entry.get("block"), entry.get("log_index")) == at:
                 sources[str(entry["source"])] = sources.get(str(entry["source"]), 0) + 1
     return sources
 
@@ -494,7 +405,7 @@ class JoinFigures:
     handled_by: dict[str, int]
 
 
-def join(lab: Lab, runs: int = JOIN_RUNS, *, mode: str = "push") -> JoinFigures:
+def join(lab: LabCli, runs: int = JOIN_RUNS, *, mode: str = "push") -> JoinFigures:
     add_cmd = Series("`devnet node add` (command wall time)")
     registered = Series("`node add` issued -> registration mined")
     slowest = Series("registration mined -> on every member's device")
@@ -503,15 +414,13 @@ def join(lab: Lab, runs: int = JOIN_RUNS, *, mode: str = "push") -> JoinFigures:
     evicted = Series("eviction mined -> off every member's device")
     handled_by: dict[str, int] = {}
     for run in range(runs):
-        members = lab.running_nodes()
+        members = running_nodes(lab)
         wait_until(functools.partial(all_healthy, members), HEALTHY_TIMEOUT_S, "all nodes healthy")
         wait_until(functools.partial(in_mode, mode, members), HEALTHY_TIMEOUT_S, f"every node in {mode} mode")
         time.sleep(1.0)
         name = f"join-{run + 1}"
         t0 = time.perf_counter()
-        came = asyncio.run(
-            _watch(lab, ("node", "add", name), members, joining=True, log=lab.root / f"{name}.log")
-        )
+        came = _watch(lab, ("node", "add", name), members, joining=True, log=lab.root / f"{name}.log")
         node = lab.state().node(name)
         t_healthy = wait_until(functools.partial(healthy, node), HEALTHY_TIMEOUT_S, f"{name} healthy")
         add_cmd.add(came.command_s)
@@ -521,9 +430,7 @@ def join(lab: Lab, runs: int = JOIN_RUNS, *, mode: str = "push") -> JoinFigures:
         newcomer.add(t_healthy - t0)
         for source, count in _handled_by(lab, members, came.member_id).items():
             handled_by[source] = handled_by.get(source, 0) + count
-        went = asyncio.run(
-            _watch(lab, ("node", "remove", name), members, joining=False, log=lab.root / f"{name}-rm.log")
-        )
+        went = _watch(lab, ("node", "remove", name), members, joining=False, log=lab.root / f"{name}-rm.log")
         evicted.add(went.slowest)
         lab.run("node", "stop", name)
     _print_table(
@@ -589,8 +496,8 @@ def _passes(sample: dict[str, float]) -> float:
     return sum(v for k, v in sample.items() if k.startswith("attestmesh_reconcile_passes_total"))
 
 
-def steady(lab: Lab, window: float = IDLE_WINDOW_S) -> None:
-    nodes = lab.running_nodes()
+def steady(lab: LabCli, window: float = IDLE_WINDOW_S) -> None:
+    nodes = running_nodes(lab)
     wait_until(functools.partial(all_healthy, nodes), HEALTHY_TIMEOUT_S, "all nodes healthy")
     time.sleep(SETTLE_S)
     pids = {}
