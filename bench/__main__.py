@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from types import FrameType
 
-from bench import devnet, fanout, gas, reconcile
+from bench import devnet, fanout, gas, labkit, reconcile
 
 BENCHMARKS: dict[str, Callable[[], None]] = {
     "gas": lambda: asyncio.run(gas.main()),
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(flush=True)
     lab = [name for name in selected if name in devnet.LAB_BENCHMARKS]
     if lab:
-        print(f"== {', '.join(lab)} (devnet lab {devnet.LAB})", flush=True)
+        print(f"== {', '.join(lab)} (devnet lab {labkit.LAB})", flush=True)
         devnet.main(lab)
     print(f"done in {time.perf_counter() - started:.0f} s; {_load()}")
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Self
@@ -22,6 +23,19 @@ BOOT_ALLOWED = "allowed"
 def boot_denied(reason: str) -> str:
     """The ``boot`` field of a node the KMS gate refused (reason as the contract gave it)."""
     return f"denied: {reason or 'no reason given'}"
+
+
+def _records_to_json(records: dict[str, ProcRecord]) -> dict[str, Any]:
+    return {k: v.to_json() for k, v in records.items()}
+
+
+def _records_from_json(data: dict[str, Any]) -> dict[str, ProcRecord]:
+    return {k: ProcRecord.from_json(v) for k, v in data.get("processes", {}).items()}
+
+
+def _known_fields(fields: Mapping[str, object], data: dict[str, Any]) -> dict[str, Any]:
+    """The values of ``data`` the record has a field for (an older or newer state file may differ)."""
+    return {k: v for k, v in data.items() if k in fields and k != "processes"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,15 +63,11 @@ class NodeState:
         return self.boot == BOOT_ALLOWED
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["processes"] = {k: v.to_json() for k, v in self.processes.items()}
-        return data
+        return {**asdict(self), "processes": _records_to_json(self.processes)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Self:
-        procs = {k: ProcRecord.from_json(v) for k, v in data.get("processes", {}).items()}
-        known = {f for f in cls.__dataclass_fields__ if f != "processes"}
-        return cls(**{k: v for k, v in data.items() if k in known}, processes=procs)
+        return cls(**_known_fields(cls.__dataclass_fields__, data), processes=_records_from_json(data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,15 +94,11 @@ class IndexerState:
     processes: dict[str, ProcRecord] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["processes"] = {k: v.to_json() for k, v in self.processes.items()}
-        return data
+        return {**asdict(self), "processes": _records_to_json(self.processes)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Self:
-        procs = {k: ProcRecord.from_json(v) for k, v in data.get("processes", {}).items()}
-        known = {f for f in cls.__dataclass_fields__ if f != "processes"}
-        return cls(**{k: v for k, v in data.items() if k in known}, processes=procs)
+        return cls(**_known_fields(cls.__dataclass_fields__, data), processes=_records_from_json(data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,8 +136,7 @@ class DevnetState:
         return replace(self, nodes=tuple(sorted((*others, node), key=lambda n: n.index)))
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["processes"] = {k: v.to_json() for k, v in self.processes.items()}
+        data = {**asdict(self), "processes": _records_to_json(self.processes)}
         data["nodes"] = [n.to_json() for n in self.nodes]
         data["indexer"] = None if self.indexer is None else self.indexer.to_json()
         return data
@@ -140,7 +145,7 @@ class DevnetState:
     def from_json(cls, data: dict[str, Any]) -> Self:
         if data.get("version") != STATE_VERSION:
             raise ValueError(f"unsupported devnet state version {data.get('version')!r}")
-        procs = {k: ProcRecord.from_json(v) for k, v in data.get("processes", {}).items()}
+        procs = _records_from_json(data)
         nodes = tuple(NodeState.from_json(n) for n in data.get("nodes", []))
         indexer = IndexerState.from_json(data["indexer"]) if data.get("indexer") else None
         known = {f for f in cls.__dataclass_fields__ if f not in ("processes", "nodes", "indexer")}

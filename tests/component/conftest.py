@@ -1,23 +1,37 @@
 """Component fixtures: a real anvil on 127.0.0.1 (one per test module, free port) and a freshly deployed
-contract stack per test (cheap with automine: a few transactions), all through our own chain adapter.
+contract stack per test (cheap with automine: a few transactions), all through our own chain adapter; the
+chain helper (``tests.component.toolkit.Chain``); a guest-agent simulator for the indexer and in-process
+indexers (``make_indexer``), with an HTTP client for them.
 
 Every process started here is stopped here, on success and on failure; nothing but loopback is used.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
+import aiohttp
 import pytest
 
 from devnet.anvil import DEVNET_DEPLOYER_KEY, DEVNET_DEV_KEYS, AnvilProcess
 from devnet.deployment import Deployment, deploy_stack
-from devnet.kms import DevnetKms
+from devnet.kms import DevnetKms, get_key
+from devnet.simulator import SimulatorConfig, serve_unix
+from indexer.service import KEY_PATH, IndexerService
+from indexer.settings import load_settings
 from sidecar.chain.contracts import ClusterClient
 from sidecar.chain.rpc import ChainConnection, connect
 from sidecar.chain.tx import LocalSigner, TxSubmitter
 from sidecar.core.ids import Bytes32
+from sidecar.core.keys import ed25519_public_key
+from sidecar.dstack import GuestAgent
+from sidecar.settings import HostPort
+from tests.component.toolkit import INDEXER_APP, Chain, Factory
 
 CHAIN_ID = 31337
 COMPOSE_HASH = Bytes32(b"\xc0" * 32)
@@ -81,3 +95,68 @@ async def stack(
 def cluster(conn: ChainConnection, stack: Deployment, deployer: TxSubmitter) -> ClusterClient:
     """The stack's cluster, writing as its owner."""
     return ClusterClient(conn, stack.cluster, deployer)
+
+
+# --- members and the in-process indexer ----------------------------------------------------------------
+
+
+@pytest.fixture
+def chain(conn: ChainConnection, deployer: TxSubmitter, stack: Deployment, kms: DevnetKms) -> Chain:
+    return Chain(conn, deployer, stack, kms)
+
+
+@pytest.fixture
+async def agent_socket(kms: DevnetKms) -> AsyncIterator[str]:
+    root = Path(tempfile.mkdtemp(prefix="am-ix-", dir="/tmp"))  # sun_path is short
+    compose = root / "app-compose.json"
+    compose.write_bytes(b'{"name": "attestmesh-indexer"}\n')
+    config = SimulatorConfig(app_id=INDEXER_APP, instance_id=bytes(19) + b"\x01", app_compose_path=compose)
+    running = await serve_unix(root / "agent.sock", config, kms=kms)
+    try:
+        yield str(root / "agent.sock")
+    finally:
+        await running.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def indexer_pub(kms: DevnetKms) -> Bytes32:
+    seed, _ = get_key(kms, INDEXER_APP, KEY_PATH, "")
+    return Bytes32(ed25519_public_key(seed))
+
+
+@pytest.fixture
+async def make_indexer(anvil: AnvilProcess, stack: Deployment, agent_socket: str) -> AsyncIterator[Factory]:
+    services: list[IndexerService] = []
+
+    async def make(**overrides: str) -> IndexerService:
+        env = {
+            "RPC_URL": anvil.rpc_url,
+            "CHAIN_ID": "31337",
+            "CLUSTER_FACTORY": str(stack.cluster_factory),
+            "START_BLOCK": str(stack.factory_block),
+            "REGISTRY": str(stack.indexer_registry),
+            "LISTEN_ADDR": "127.0.0.1:8080",  # replaced by port 0 below
+            "POLL_INTERVAL": "0.1",
+            "CONFIRMATIONS": "0",
+            "MAX_LOG_RANGE": "500",
+            "ACK_TIMEOUT": "5",
+            "SHUTDOWN_TIMEOUT": "4",
+            **overrides,
+        }
+        settings = load_settings({f"ATTESTMESH_INDEXER_{k}": v for k, v in env.items()})
+        settings = dataclasses.replace(settings, listen_addr=HostPort("127.0.0.1", 0))
+        service = IndexerService(settings, agent=GuestAgent(agent_socket))
+        await service.start()
+        services.append(service)
+        return service
+
+    yield make
+    for service in services:
+        await service.shutdown()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session

@@ -8,31 +8,21 @@ The service runs in-process on 127.0.0.1 (a free port); the simulator is served 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import aiohttp
 import pytest
 
-from devnet.anvil import AnvilProcess
-from devnet.deployment import Deployment, deploy_member_app
-from devnet.kms import DevnetKms, get_key
-from devnet.simulator import SimulatorConfig, serve_unix
+from devnet.deployment import Deployment
 from indexer.follower import MEMBER_REGISTERED, MEMBER_REMOVED
-from indexer.service import KEY_PATH, IndexerService
-from indexer.settings import load_settings
-from sidecar.chain.contracts import ClusterClient, ClusterFactoryClient, IndexerRegistryClient
+from indexer.service import IndexerService
+from sidecar.chain.contracts import ClusterClient, IndexerRegistryClient
 from sidecar.chain.rpc import ChainConnection
-from sidecar.chain.tx import LocalSigner, TxSubmitter
+from sidecar.chain.tx import TxSubmitter
 from sidecar.core.cursor import Cursor
-from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
+from sidecar.core.ids import Bytes32, MemberId, SecretBytes
 from sidecar.core.indexerwire import (
     Checkpoint,
     Close,
@@ -45,159 +35,23 @@ from sidecar.core.indexerwire import (
     encode,
     sign_hello,
 )
-from sidecar.core.keys import KeyPath, ed25519_public_key
-from sidecar.core.model import ClusterConfig, MemberKeys, MeshCidr
-from sidecar.core.sigchain import build_proof
-from sidecar.dstack import GuestAgent
-from sidecar.settings import HostPort
+from tests.component import conftest as fixtures
+from tests.component.toolkit import (  # noqa: F401 - INDEXER_APP: still importable here (test_operator*.py)
+    DEADLINE,
+    INDEXER_APP,
+    Chain,
+    Factory,
+    Member,
+    get_json,
+    wait_healthy,
+)
 
 pytestmark = [pytest.mark.component, pytest.mark.timeout(120)]
 
-INDEXER_APP = Address.from_hex("0x1de7e40000000000000000000000000000000001")
-FUNDING_WEI = 10**18
-DEADLINE = 20.0
-
-
-# --- fixtures ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Member:
-    cluster: Address
-    member_id: MemberId
-    identity: SecretBytes
-    block: int
-
-
-class Chain:
-    """Members, clusters and raw anvil controls, all through our own adapter."""
-
-    def __init__(self, conn: ChainConnection, deployer: TxSubmitter, stack: Deployment, kms: DevnetKms):
-        self.conn, self.deployer, self.stack, self.kms = conn, deployer, stack, kms
-        self.count = 0
-
-    async def rpc(self, method: str, *params: Any) -> Any:
-        response = await self.conn.w3.provider.make_request(method, list(params))
-        assert "error" not in response, response
-        return response["result"]
-
-    async def mine(self, blocks: int) -> None:
-        await self.rpc("anvil_mine", hex(blocks))
-
-    async def cluster(self) -> Address:
-        config = ClusterConfig(
-            owner=self.deployer.address,
-            mesh_cidr=MeshCidr.parse("10.77.0.0/24"),
-            kms_roots=(self.kms.root_address,),
-            allow_any_device=True,
-        )
-        factory = ClusterFactoryClient(self.conn, self.stack.cluster_factory, self.deployer)
-        address, _ = await factory.deploy_cluster(config, Bytes32(os.urandom(32)))
-        return address
-
-    async def member(self, cluster: Address | None = None) -> Member:
-        cluster = cluster or self.stack.cluster
-        self.count += 1
-        name = f"node-{self.count}-{os.urandom(4).hex()}"
-        app_id = await deploy_member_app(
-            self.conn, self.deployer, self.stack.member_app_factory, cluster, name
-        )
-        await ClusterClient(self.conn, cluster, self.deployer).add_allowed_app_id(app_id)
-        key, chain = get_key(self.kms, app_id, KeyPath.SIGNER.path, KeyPath.SIGNER.purpose)
-        proof = build_proof(app_id, key, chain)
-        submitter = TxSubmitter(self.conn, LocalSigner(key), receipt_timeout=20.0, poll_interval=0.05)
-        await self.deployer.send(proof.signer, b"", value=FUNDING_WEI)
-        identity, _ = get_key(self.kms, app_id, KeyPath.IDENTITY.path, KeyPath.IDENTITY.purpose)
-        n = self.count % 250
-        keys = MemberKeys(
-            seal_pub=Bytes32(bytes([0x5E, n]) * 16),
-            wg_pub=Bytes32(bytes([0x36, n]) * 16),
-            identity_pub=Bytes32(ed25519_public_key(identity)),
-        )
-        receipt, member_id = await ClusterClient(self.conn, cluster, submitter).register(
-            proof, keys, f"127.0.0.1:{52000 + n}"
-        )
-        return Member(cluster, member_id, identity, receipt.block_number)
-
-
-@pytest.fixture
-def chain(conn: ChainConnection, deployer: TxSubmitter, stack: Deployment, kms: DevnetKms) -> Chain:
-    return Chain(conn, deployer, stack, kms)
-
-
-@pytest.fixture
-async def agent_socket(kms: DevnetKms) -> AsyncIterator[str]:
-    root = Path(tempfile.mkdtemp(prefix="am-ix-", dir="/tmp"))  # sun_path is short
-    compose = root / "app-compose.json"
-    compose.write_bytes(b'{"name": "attestmesh-indexer"}\n')
-    config = SimulatorConfig(app_id=INDEXER_APP, instance_id=bytes(19) + b"\x01", app_compose_path=compose)
-    running = await serve_unix(root / "agent.sock", config, kms=kms)
-    try:
-        yield str(root / "agent.sock")
-    finally:
-        await running.close()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture
-def indexer_pub(kms: DevnetKms) -> Bytes32:
-    seed, _ = get_key(kms, INDEXER_APP, KEY_PATH, "")
-    return Bytes32(ed25519_public_key(seed))
-
-
-Factory = Callable[..., Awaitable[IndexerService]]
-
-
-@pytest.fixture
-async def make_indexer(anvil: AnvilProcess, stack: Deployment, agent_socket: str) -> AsyncIterator[Factory]:
-    services: list[IndexerService] = []
-
-    async def make(**overrides: str) -> IndexerService:
-        env = {
-            "RPC_URL": anvil.rpc_url,
-            "CHAIN_ID": "31337",
-            "CLUSTER_FACTORY": str(stack.cluster_factory),
-            "START_BLOCK": str(stack.factory_block),
-            "REGISTRY": str(stack.indexer_registry),
-            "LISTEN_ADDR": "127.0.0.1:8080",  # replaced by port 0 below
-            "POLL_INTERVAL": "0.1",
-            "CONFIRMATIONS": "0",
-            "MAX_LOG_RANGE": "500",
-            "ACK_TIMEOUT": "5",
-            "SHUTDOWN_TIMEOUT": "4",
-            **overrides,
-        }
-        settings = load_settings({f"ATTESTMESH_INDEXER_{k}": v for k, v in env.items()})
-        settings = dataclasses.replace(settings, listen_addr=HostPort("127.0.0.1", 0))
-        service = IndexerService(settings, agent=GuestAgent(agent_socket))
-        await service.start()
-        services.append(service)
-        return service
-
-    yield make
-    for service in services:
-        await service.shutdown()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def get_json(http: aiohttp.ClientSession, service: IndexerService, path: str) -> tuple[int, Any]:
-    async with http.get(f"http://127.0.0.1:{service.port}{path}") as response:
-        return response.status, await response.json()
-
-
-async def wait_healthy(http: aiohttp.ClientSession, service: IndexerService) -> dict[str, Any]:
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        status, body = await get_json(http, service, "/healthz")
-        if status == 200:
-            return dict(body)
-        assert time.monotonic() < deadline, body
-        await asyncio.sleep(0.05)
+# The shared fixtures live in conftest.py; until test_operator.py and test_operator_cli.py import the toolkit
+# and rely on conftest, they are still importable from here.
+agent_socket, chain, http = fixtures.agent_socket, fixtures.chain, fixtures.http
+indexer_pub, make_indexer = fixtures.indexer_pub, fixtures.make_indexer
 
 
 # --- the client ----------------------------------------------------------------------------------------

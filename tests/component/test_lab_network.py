@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from devnet import procs
+from devnet.lab import Devnet
 from devnet.netns import LabError, LabNetwork, NodeNet, leftovers, list_netns
 from devnet.topology import BLACKHOLE_METRIC, LabPlan
 from devnet.wireguard import start_wireguard_go, uapi_get, uapi_set, uapi_socket
@@ -265,3 +267,26 @@ def test_bridge_mac_does_not_change_when_nodes_join(lab: LabNetwork) -> None:
     for index in (1, 2, 3):
         lab.add_node(f"n{index}", index)
         assert bridge_mac() == lab.plan.bridge_mac
+
+
+def test_each_lab_starts_fresh_logs_and_keeps_the_previous_runs(lab: LabNetwork) -> None:
+    """``up``, ``down``, ``up``: the new logs hold none of the first run's lines; those are in ``logs.1``."""
+    root = Path(tempfile.mkdtemp(prefix="amtc-", dir="/tmp"))  # unix socket paths must stay short
+    devnet = Devnet(root, PLAN)
+    try:
+        devnet.up(1, sidecars=False, indexer=False)
+        names = sorted(p.name for p in devnet.logs.iterdir())
+        assert "anvil.log" in names and "node-1-simulator.log" in names
+        marker = f"first run {os.urandom(8).hex()}\n"
+        for name in names:  # a line only the first run wrote, in every one of its logs
+            with (devnet.logs / name).open("a") as fh:
+                fh.write(marker)
+        first = {name: (devnet.logs / name).read_text() for name in names}
+        assert devnet.down() == []
+        devnet.up(1, sidecars=False, indexer=False)
+        for name in names:
+            assert marker not in (devnet.logs / name).read_text(), name
+            assert (root / "logs.1" / name).read_text().startswith(first[name])  # then its shutdown lines
+    finally:
+        devnet.down()
+        shutil.rmtree(root, ignore_errors=True)

@@ -43,7 +43,7 @@ from sidecar.drivers.store import StateStore
 from sidecar.dstack import GuestAgent
 from sidecar.observability import Metrics
 from sidecar.settings import HostPort
-from tests.component.test_indexer import INDEXER_APP, Chain, Member
+from tests.component.toolkit import INDEXER_APP, Chain, Member
 from tests.rogue import RogueIndexer, Script, fake_member, forge_next_event, other_cluster, replayed, tampered
 
 pytestmark = [pytest.mark.component, pytest.mark.timeout(180)]
@@ -55,11 +55,6 @@ WAKE_REASONS = {"chain events", "pushed event", "poll failed", "reorg"}
 
 
 # --- fixtures ----------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def chain(conn: ChainConnection, deployer: TxSubmitter, stack: Deployment, kms: DevnetKms) -> Chain:
-    return Chain(conn, deployer, stack, kms)
 
 
 async def bounded(closing: Awaitable[None], what: str) -> None:

@@ -1,7 +1,9 @@
-"""Helpers of the mesh e2e tests: what an operator and an application see of a running devnet cluster.
+"""The e2e toolkit's view of a running devnet cluster: what an operator and an application see of its nodes.
 
-Reads go through the same surfaces users have: ``/healthz`` (via the lab), the app API (its unix socket),
-the WireGuard device (UAPI), chain reads (the chain adapter) and the probe inside a node namespace.
+Reads go through the same surfaces users have: ``/healthz`` (via the lab), ``/metrics``, the app API (its
+unix socket), the WireGuard device (UAPI), the probe inside a node namespace, the indexer's ``/status``;
+and the checks built on them (healthy, push or poll mode). Must not import pytest or another test module,
+nor change anything in the lab.
 """
 
 from __future__ import annotations
@@ -10,37 +12,23 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 
-from devnet.anvil import DEVNET_DEPLOYER_KEY
+from devnet.kms import DevnetKms, get_key
 from devnet.lab import fetch_healthz
 from devnet.wireguard import uapi_get
-from sidecar.chain.contracts import ClusterClient
-from sidecar.chain.rpc import ChainConnection, connect
-from sidecar.chain.tx import LocalSigner, TxSubmitter
-from sidecar.core.ids import Address
-from tests.e2e.conftest import REPO, LabCli
+from sidecar.core.ids import Address, MemberId, SecretBytes
+from sidecar.core.keys import KeyPath
+from tests.e2e.lab import REPO, LabCli, lab_state, log_entries, wait_until
 
-T = TypeVar("T")
-
-
-def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
-    """Poll ``predicate`` until truthy (returned) or fail at the deadline with what was awaited."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
+#: How long a push-mode change may take to show: generous and bounded (two CPUs, shared with other runs).
+DEADLINE = 45.0
 
 
 @dataclass
@@ -140,35 +128,63 @@ def _reason(node: Node) -> str:
     return "no answer" if body is None else f"{body.get('phase')}: {body.get('reason')}"
 
 
-def lab_state(lab: LabCli) -> dict[str, Any]:
-    """The lab's state file as it is now (cheaper than ``status``: no process runs)."""
-    data: dict[str, Any] = json.loads(lab.state_file.read_text())
-    return data
+def identity_key(node: Node) -> SecretBytes:
+    """The devnet KMS seed is public, so a test can derive any node's identity key (as an attacker could
+    on a devnet, never on dstack)."""
+    app = Address.from_hex(node.data["app_id"])
+    return get_key(DevnetKms(), app, KeyPath.IDENTITY.path, KeyPath.IDENTITY.purpose)[0]
 
 
-def chain(lab: LabCli, action: Callable[[ChainConnection, ClusterClient], Awaitable[T]]) -> T:
-    """Run ``action`` against the lab's chain with a cluster client owned by the cluster owner."""
-    state = lab_state(lab)
-
-    async def run() -> T:
-        async with await connect(state["rpc_url"], expected_chain_id=state["chain_id"]) as conn:
-            owner = TxSubmitter(conn, LocalSigner(DEVNET_DEPLOYER_KEY))
-            return await action(conn, ClusterClient(conn, Address.from_hex(state["cluster"]), owner))
-
-    return asyncio.run(run())
+def member_id(node: Node) -> MemberId:
+    return MemberId.from_hex(node.healthz()["node"]["member_id"])
 
 
-def log_entries(lab: LabCli, name: str, event: str | None = None) -> list[dict[str, Any]]:
-    """The JSON lines of ``<lab>/logs/<name>.log`` (optionally only those of one ``event``), in order.
+def sidecar_pid(node: Node) -> int:
+    return int(node.data["processes"]["sidecar"]["pid"])
 
-    Lines that are not JSON objects (a line still being written) are skipped.
-    """
-    entries = []
-    for line in (lab.root / "logs" / f"{name}.log").read_text().splitlines():
+
+def device_key(node: Node) -> str | None:
+    """The public key of the node's WireGuard device (None while it has no device or no key)."""
+    try:
+        key = node.device()["public_key"]
+    except OSError:
+        return None
+    return str(key) if key else None
+
+
+# --- event source: push or poll ---------------------------------------------------------------------------
+
+
+def in_push_mode(node: Node) -> bool:
+    events = node.healthz()["events"]
+    return events["mode"] == "push" and events["indexer_connected"] is True
+
+
+def in_poll_mode(node: Node) -> bool:
+    events = node.healthz()["events"]
+    return events["mode"] == "poll" and events["indexer_connected"] is False
+
+
+def wait_for_every(lab: LabCli, found: Iterable[Node], check: Callable[[Node], object], what: str) -> None:
+    """Each node in turn satisfies ``check``; on a timeout the message shows what the node's event source
+    logged last (so a failure says why, not only that)."""
+    for node in found:
         try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and (event is None or entry.get("event") == event):
-            entries.append(entry)
-    return entries
+            wait_until(lambda n=node: check(n), DEADLINE, f"{node.name}: {what}")
+        except AssertionError as exc:
+            recent = [
+                e
+                for e in log_entries(lab, f"{node.name}-sidecar")
+                if str(e.get("event")).startswith("events.")
+            ]
+            raise AssertionError(f"{exc}; its last event-source log lines: {recent[-12:]}") from None
+
+
+def indexer_status(lab: LabCli) -> dict[str, Any]:
+    body = fetch_healthz(lab_state(lab)["indexer"]["status_url"], timeout=3.0)
+    return body or {}
+
+
+def subscribers(lab: LabCli) -> int | None:
+    count = indexer_status(lab).get("subscribers")
+    return None if count is None else int(count)

@@ -16,7 +16,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,14 +29,15 @@ from sidecar.chain.rpc import ChainConnection, checksum
 from sidecar.chain.tx import LocalSigner
 from sidecar.core.ids import Address
 from sidecar.core.model import IndexerRecord
-from tests.e2e.conftest import REPO, LabCli
-from tests.e2e.mesh import Node, chain, lab_state, wait_all_healthy, wait_until
-from tests.e2e.test_indexer_push import (
+from tests.e2e.lab import REPO, LabCli, RoutineRunner, chain, lab_state, wait_until
+from tests.e2e.mesh import (
     DEADLINE,
+    Node,
     in_push_mode,
     indexer_status,
     sidecar_pid,
     subscribers,
+    wait_all_healthy,
     wait_for_every,
 )
 
@@ -65,28 +65,13 @@ class Routine:
     def text(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
 
-    def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in self.lab.env.items() if k not in ("ATTESTMESH_OWNER_KEY", "ENV_FILE")}
-        env.update(
-            PATH=f"{Path(sys.executable).parent}:{env['PATH']}",  # `attestmesh` of this venv
-            DEPLOY_LOG_DIR=str(self.tmp / "logs"),
-            DEPLOY_STATE_DIR=str(self.tmp / "state"),
-            TMPDIR=str(self.tmp),  # a killed run leaves its scratch directory here
-            VERIFY_TIMEOUT="60",
-            VERIFY_INTERVAL="0.5",
-            STATUS_TIMEOUT="60",
-        )
-        env.update(extra)
-        return env
-
-    def argv(self, verb: str) -> list[str]:
-        return ["bash", str(ROUTINE), NAME, verb]
+    def __post_init__(self) -> None:
+        defaults = {"VERIFY_TIMEOUT": "60", "VERIFY_INTERVAL": "0.5", "STATUS_TIMEOUT": "60"}
+        # TMPDIR: a killed run leaves its scratch directory here
+        self.runner = RoutineRunner(self.lab, self.tmp, ROUTINE, {"TMPDIR": str(self.tmp), **defaults})
 
     def run(self, verb: str, **extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            self.argv(verb), env=self.env(**extra), cwd=REPO, capture_output=True, text=True,
-            timeout=300, check=False,
-        )  # fmt: skip
+        return self.runner.run(NAME, verb, **extra)
 
     def ok(self, verb: str, **extra: str) -> list[str]:
         """Run VERB; it must succeed. Return the routine-level lines of this run's log (not step output)."""
@@ -101,10 +86,7 @@ class Routine:
         (or, when it is a function, returns true)."""
         start = len(self.text())
         seen = marker if callable(marker) else lambda: marker in self.text()[start:]
-        proc = subprocess.Popen(
-            self.argv(verb), env=self.env(**extra), cwd=REPO, start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        proc = self.runner.start(NAME, verb, **extra)
         try:
             wait_until(
                 lambda: seen() or proc.poll() is not None,

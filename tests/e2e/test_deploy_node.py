@@ -34,8 +34,8 @@ from devnet.netns import netns_pids
 from sidecar.chain.rpc import checksum
 from sidecar.chain.tx import LocalSigner
 from sidecar.core.ids import Address
-from tests.e2e.conftest import REPO, LabCli
-from tests.e2e.mesh import chain, lab_state, log_entries, wait_all_healthy, wait_until
+from tests.e2e.lab import REPO, LabCli, RoutineRunner, chain, lab_state, log_entries, wait_until
+from tests.e2e.mesh import wait_all_healthy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -55,35 +55,22 @@ class Routine:
     root: Path
     outputs: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        defaults = {
+            "MESH_VERIFY_TIMEOUT": "120",
+            "MESH_VERIFY_INTERVAL": "0.5",
+            "ATTESTMESH_OWNER_KEY": OWNER_KEY,  # the devnet provider's default; set so redaction is tested
+        }
+        self.runner = RoutineRunner(self.lab, self.root, NODE_SH, defaults)
+
     @property
     def log_dir(self) -> Path:
-        return self.root / "logs"
-
-    def env(self, **extra: str) -> dict[str, str]:
-        env = self.lab.env
-        env.update(
-            PATH=f"{REPO / '.venv' / 'bin'}:{REPO / 'tools' / 'node_modules' / '.bin'}:{env['PATH']}",
-            DEPLOY_LOG_DIR=str(self.log_dir),
-            DEPLOY_STATE_DIR=str(self.root / "state"),
-            MESH_VERIFY_TIMEOUT="120",
-            MESH_VERIFY_INTERVAL="0.5",
-            ATTESTMESH_OWNER_KEY=OWNER_KEY,  # the devnet provider's default; set so redaction is tested
-        )
-        env.update(extra)
-        return env
+        return self.runner.log_dir
 
     def run(
         self, node: str, verb: str, *, check: bool = True, **extra: str
     ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [str(NODE_SH), node, verb],
-            env=self.env(**extra),
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=400,
-            check=False,
-        )
+        proc = self.runner.run(node, verb, timeout=400, **extra)
         self.outputs += [proc.stdout, proc.stderr]
         if check and proc.returncode != 0:
             pytest.fail(f"node.sh {node} {verb} exited {proc.returncode}:\n{proc.stderr[-6000:]}")
@@ -91,15 +78,7 @@ class Routine:
 
     def start(self, node: str, verb: str, **extra: str) -> subprocess.Popen[str]:
         """Start the routine in its own process group (so the test can kill it and everything it runs)."""
-        return subprocess.Popen(
-            [str(NODE_SH), node, verb],
-            env=self.env(**extra),
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
+        return self.runner.start(node, verb, output=subprocess.PIPE, **extra)
 
     def log(self, node: str) -> str:
         return (self.log_dir / f"node-{node}.log").read_text()

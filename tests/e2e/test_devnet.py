@@ -14,7 +14,6 @@ import pytest
 from dstack_sdk import AsyncDstackClient
 
 from devnet import procs
-from devnet.anvil import DEVNET_DEPLOYER_KEY
 from devnet.compose import encode_app_compose, node_app_compose
 from devnet.kms import DevnetKms
 from devnet.lab import fetch_healthz
@@ -28,8 +27,7 @@ from sidecar.core.keys import KeyPath, ed25519_public_key, secp256k1_address, x2
 from sidecar.core.model import MemberKeys
 from sidecar.core.sigchain import build_proof, verify_proof
 from sidecar.dstack.agent import GuestAgent
-from tests.e2e.conftest import MESH, PLAN, LabCli
-from tests.e2e.mesh import wait_until
+from tests.e2e.lab import MESH, PLAN, LabCli, as_owner, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -168,13 +166,7 @@ def test_denied_node_does_not_start_until_allowlisted(lab: LabCli, tmp_path: Pat
     assert not Path(node["dstack_socket"]).exists()
     assert node["running"]["simulator"] is False
 
-    async def allowlist() -> None:
-        async with await connect(status["rpc_url"], expected_chain_id=status["chain_id"]) as conn:
-            owner = TxSubmitter(conn, LocalSigner(DEVNET_DEPLOYER_KEY))
-            cluster = ClusterClient(conn, Address.from_hex(status["cluster"]), owner)
-            await cluster.add_compose_hash(Bytes32.from_hex(node["compose_hash"]))
-
-    asyncio.run(allowlist())
+    as_owner(status, lambda _, cluster: cluster.add_compose_hash(Bytes32.from_hex(node["compose_hash"])))
     assert "boot allowed" in lab.run("node", "start", "node-2").stdout
     after = next(n for n in lab.status()["nodes"] if n["name"] == "node-2")
     assert after["boot"] == "allowed"

@@ -18,7 +18,6 @@ import json
 import os
 import socket
 import struct
-import subprocess
 import threading
 import time
 import urllib.request
@@ -31,14 +30,12 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from devnet.anvil import DEVNET_DEPLOYER_KEY
+from devnet.boot import PUSH_CROSSCHECK_ENV
 from devnet.kms import DevnetKms, derive_key
-from devnet.lab import PUSH_CROSSCHECK_ENV
 from indexer.follower import MEMBER_REGISTERED
 from indexer.service import key_path as indexer_key_path
 from sidecar.chain.contracts import ClusterClient, ClusterFactoryClient, IndexerRegistryClient
-from sidecar.chain.rpc import ChainConnection, connect
-from sidecar.chain.tx import LocalSigner, TxSubmitter
+from sidecar.chain.rpc import ChainConnection
 from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
 from sidecar.core.indexerwire import (
     MAX_FRAME_BYTES,
@@ -56,9 +53,8 @@ from sidecar.core.indexerwire import (
 )
 from sidecar.core.keys import ed25519_public_key
 from sidecar.core.model import ClusterConfig, MemberRecord, MeshCidr
-from tests.e2e.conftest import PLAN, REPO, LabCli
-from tests.e2e.mesh import Node, nodes, wait_all_healthy, wait_until
-from tests.e2e.test_mesh import identity_key, member_id
+from tests.e2e.lab import PLAN, LabCli, as_owner, sidecar_log, wait_until
+from tests.e2e.mesh import Node, identity_key, in_push_mode, member_id, nodes, wait_all_healthy
 from tests.rogue import RogueIndexer, Script, forge_next_event, other_cluster, replayed, tampered
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -80,29 +76,15 @@ class LabChain:
     status: dict[str, Any]
 
     def __call__(self, action: Callable[[ChainConnection, ClusterClient], Awaitable[T]]) -> T:
-        async def run() -> T:
-            async with await connect(
-                self.status["rpc_url"], expected_chain_id=self.status["chain_id"]
-            ) as conn:
-                owner = TxSubmitter(conn, LocalSigner(DEVNET_DEPLOYER_KEY))
-                return await action(
-                    conn, ClusterClient(conn, Address.from_hex(self.status["cluster"]), owner)
-                )
-
-        return asyncio.run(run())
+        return as_owner(self.status, action)
 
 
 # --- sidecars ------------------------------------------------------------------------------------------
 
 
-def push_ok(node: Node) -> bool:
-    events = node.healthz()["events"]
-    return events["mode"] == "push" and events["indexer_connected"] is True
-
-
 def wait_push(found: dict[str, Node], timeout: float = DEADLINE) -> None:
     for node in found.values():
-        wait_until(lambda n=node: push_ok(n), timeout, f"{node.name} in push mode")
+        wait_until(lambda n=node: in_push_mode(n), timeout, f"{node.name} in push mode")
 
 
 def rejected(node: Node, reason: str) -> int:
@@ -121,21 +103,6 @@ def passes(node: Node) -> float:
     )
 
 
-def sidecar_log(lab: LabCli, name: str, event: str) -> list[dict[str, Any]]:
-    """The node's sidecar log lines (JSON) of one event."""
-    found = []
-    for line in (lab.root / "logs" / f"{name}-sidecar.log").read_text().splitlines():
-        if f'"{event}"' not in line:
-            continue
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if entry.get("event") == event:
-            found.append(entry)
-    return found
-
-
 def handled(lab: LabCli, name: str, source: str) -> set[tuple[int, int]]:
     """Positions (block, log index) the node's shared cursor handled first from ``source`` (push or poll)."""
     return {
@@ -147,16 +114,7 @@ def handled(lab: LabCli, name: str, source: str) -> set[tuple[int, int]]:
 
 def restart_sidecar_with_crosscheck(lab: LabCli, name: str) -> None:
     """Restart the node's sidecar with ATTESTMESH_PUSH_CROSSCHECK=1 (every pushed event checked on chain)."""
-    proc = subprocess.run(
-        lab.argv("node", "restart", name),
-        env={**lab.env, PUSH_CROSSCHECK_ENV: "1"},
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    lab.run("node", "restart", name, env={PUSH_CROSSCHECK_ENV: "1"})
 
 
 def canonical_peers(members: list[MemberRecord], me: MemberId) -> set[str]:
@@ -817,7 +775,7 @@ def test_malformed_frames_and_hellos_are_closed_with_a_reason_and_others_keep_be
     assert delta(hellos_before, indexer.counters("attestmesh_indexer_hellos_total")) == hellos
     wait_until(lambda: indexer.status()["subscribers"] == 3, DEADLINE, "three subscribers again")
     for node in found.values():
-        assert push_ok(node), node.name
+        assert in_push_mode(node), node.name
         assert node.healthz()["events"]["rejected_pushes"] == 0
 
     # The indexer keeps serving: a newcomer's registration reaches every node by push.
@@ -842,5 +800,5 @@ def test_malformed_frames_and_hellos_are_closed_with_a_reason_and_others_keep_be
         # node-4's allowlisting and registration are seconds apart while the safety poll runs every 10 s,
         # so at least one of them is handled from the push stream on every node
         assert node.counter(PUSHED) > pushed[name], f"{name} took nothing from the push stream"
-        assert push_ok(node), name
+        assert in_push_mode(node), name
     assert position in set().union(*(handled(lab, name, "push") for name in found))

@@ -28,8 +28,8 @@ from typing import Any, TypeVar
 
 import pytest
 
+from devnet.boot import SIDECAR_PUSH_BACKOFF_MAX
 from devnet.kms import DevnetKms, derive_key
-from devnet.lab import SIDECAR_PUSH_BACKOFF_MAX, fetch_healthz
 from indexer.follower import MEMBER_REGISTERED
 from indexer.service import key_path
 from sidecar.chain.contracts import ClusterClient, IndexerRegistryClient
@@ -38,8 +38,19 @@ from sidecar.core.cursor import Cursor
 from sidecar.core.ids import Address, Bytes32, SecretBytes
 from sidecar.core.keys import ed25519_public_key
 from sidecar.drivers.events import CURSOR_FILE
-from tests.e2e.conftest import PLAN, LabCli
-from tests.e2e.mesh import Node, chain, lab_state, log_entries, nodes, wait_all_healthy, wait_until
+from tests.e2e.lab import PLAN, LabCli, chain, lab_state, log_entries, sidecar_log, wait_until
+from tests.e2e.mesh import (
+    DEADLINE,
+    Node,
+    device_key,
+    in_poll_mode,
+    in_push_mode,
+    nodes,
+    sidecar_pid,
+    subscribers,
+    wait_all_healthy,
+    wait_for_every,
+)
 from tests.rogue import RogueIndexer, forge_next_event
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -47,7 +58,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 T = TypeVar("T")
 Position = tuple[int, int]  # (block, log index) of a chain log
 
-DEADLINE = 45.0  # generous and bounded: two CPUs, shared with other test runs
 #: The outage lasts at least this long: several reconnect attempts at the devnet's capped backoff (0.5-4 s),
 #: so "logged once" is about a repeated failure, not a single one.
 OUTAGE_MIN = 3 * SIDECAR_PUSH_BACKOFF_MAX
@@ -55,35 +65,6 @@ OUTAGE_EVENTS = ("phase.changed", "events.push_unavailable", "events.push_recove
 
 
 # --- what a node shows ----------------------------------------------------------------------------------
-
-
-def in_push_mode(node: Node) -> bool:
-    events = node.healthz()["events"]
-    return events["mode"] == "push" and events["indexer_connected"] is True
-
-
-def in_poll_mode(node: Node) -> bool:
-    events = node.healthz()["events"]
-    return events["mode"] == "poll" and events["indexer_connected"] is False
-
-
-def wait_for_every(lab: LabCli, found: Iterable[Node], check: Callable[[Node], object], what: str) -> None:
-    """Each node in turn satisfies ``check``; on a timeout the message shows what the node's event source
-    logged last (so a failure says why, not only that)."""
-    for node in found:
-        try:
-            wait_until(lambda n=node: check(n), DEADLINE, f"{node.name}: {what}")
-        except AssertionError as exc:
-            recent = [
-                e
-                for e in log_entries(lab, f"{node.name}-sidecar")
-                if str(e.get("event")).startswith("events.")
-            ]
-            raise AssertionError(f"{exc}; its last event-source log lines: {recent[-12:]}") from None
-
-
-def sidecar_log(lab: LabCli, name: str, event: str) -> list[dict[str, Any]]:
-    return log_entries(lab, f"{name}-sidecar", event)
 
 
 def handled(lab: LabCli, name: str) -> list[tuple[str, Position]]:
@@ -112,18 +93,6 @@ def cursor(node: Node) -> Position:
     """The node's persisted shared cursor (``cursor.json`` in its state directory)."""
     saved = Cursor.from_json(Path(node.data["state_dir"], CURSOR_FILE).read_bytes())
     return saved.block, saved.log_index
-
-
-def sidecar_pid(node: Node) -> int:
-    return int(node.data["processes"]["sidecar"]["pid"])
-
-
-def device_key(node: Node) -> str | None:
-    try:
-        key = node.device()["public_key"]
-    except OSError:
-        return None
-    return str(key) if key else None
 
 
 def always() -> bool:
@@ -168,16 +137,6 @@ def emit_cluster_log(lab: LabCli) -> Position:
         return entry.block_number, entry.log_index
 
     return chain(lab, allow)
-
-
-def indexer_status(lab: LabCli) -> dict[str, Any]:
-    body = fetch_healthz(lab_state(lab)["indexer"]["status_url"], timeout=3.0)
-    return body or {}
-
-
-def subscribers(lab: LabCli) -> int | None:
-    count = indexer_status(lab).get("subscribers")
-    return None if count is None else int(count)
 
 
 def indexer_seed(lab: LabCli, version: int) -> SecretBytes:

@@ -4,27 +4,24 @@ allowlist changes, refused input and a chain outage — asserted through /health
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 from eth_utils.crypto import keccak
 
-from devnet.anvil import DEVNET_DEPLOYER_KEY
 from devnet.compose import encode_app_compose, node_app_compose
 from devnet.deployment import deploy_member_app
 from devnet.kms import DevnetKms, get_key
 from devnet.procs import ProcRecord
 from sidecar.chain.contracts import ClusterClient
-from sidecar.chain.rpc import ChainConnection, connect
+from sidecar.chain.rpc import ChainConnection
 from sidecar.chain.tx import LocalSigner, TxSubmitter
 from sidecar.core import csk as cskcore
 from sidecar.core.heartbeat import Heartbeat, encode
@@ -32,8 +29,8 @@ from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
 from sidecar.core.keys import KeyPath, ed25519_public_key, x25519_public_key
 from sidecar.core.model import MemberKeys
 from sidecar.core.sigchain import build_proof
-from tests.e2e.conftest import REPO, LabCli
-from tests.e2e.mesh import Node, nodes, wait_all_healthy, wait_until
+from tests.e2e.lab import REPO, LabCli, chain, wait_until
+from tests.e2e.mesh import Node, device_key, identity_key, member_id, nodes, wait_all_healthy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -41,29 +38,6 @@ T = TypeVar("T")
 POLL_INTERVAL = 1.0  # the devnet's ATTESTMESH_POLL_INTERVAL
 HEARTBEAT_PORT = 51821
 PEER_API_PORT = 51822
-
-
-def chain(lab: LabCli, action: Callable[[ChainConnection, ClusterClient], Awaitable[T]]) -> T:
-    """Run ``action`` against the lab's chain with a cluster client owned by the cluster owner."""
-    status = lab.status()
-
-    async def run() -> T:
-        async with await connect(status["rpc_url"], expected_chain_id=status["chain_id"]) as conn:
-            owner = TxSubmitter(conn, LocalSigner(DEVNET_DEPLOYER_KEY))
-            return await action(conn, ClusterClient(conn, Address.from_hex(status["cluster"]), owner))
-
-    return asyncio.run(run())
-
-
-def identity_key(node: Node) -> SecretBytes:
-    """The devnet KMS seed is public, so a test can derive any node's identity key (as an attacker could
-    on a devnet, never on dstack)."""
-    app = Address.from_hex(node.data["app_id"])
-    return get_key(DevnetKms(), app, KeyPath.IDENTITY.path, KeyPath.IDENTITY.purpose)[0]
-
-
-def member_id(node: Node) -> MemberId:
-    return MemberId.from_hex(node.healthz()["node"]["member_id"])
 
 
 def csk_request(cluster: str, requester: MemberId, responder: MemberId, key: SecretBytes, ts: int) -> str:
@@ -136,7 +110,7 @@ def test_fourth_node_is_configured_within_one_poll_and_becomes_healthy(lab: LabC
     assert before == {"node-1": 2, "node-2": 2, "node-3": 2}
     lab.run("node", "add", "node-4")
     newcomer = nodes(lab)["node-4"]
-    new_key = wait_until(lambda: _device_key(newcomer), 30, "node-4's device")
+    new_key = wait_until(lambda: device_key(newcomer), 30, "node-4's device")
     registered = wait_until(
         lambda: chain(lab, lambda conn, cluster: cluster.member_count()) == 4 and time.monotonic(),
         30,
@@ -151,14 +125,6 @@ def test_fourth_node_is_configured_within_one_poll_and_becomes_healthy(lab: LabC
     assert newcomer.healthz()["csk"]["source"] == "peer"
     served = sum(node.counter("attestmesh_csk_requests_served_total") for node in found.values())
     assert served >= 1
-
-
-def _device_key(node: Node) -> str | None:
-    try:
-        key = node.device()["public_key"]
-    except OSError:
-        return None
-    return str(key) if key else None
 
 
 # --- 3. restarts ----------------------------------------------------------------------------------------

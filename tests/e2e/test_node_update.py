@@ -22,8 +22,8 @@ from devnet.compose import DEFAULT_COMPOSE_BYTES, compose_hash, encode_app_compo
 from devnet.lab import fetch_healthz
 from sidecar.chain.rpc import checksum
 from sidecar.core.ids import Address, Bytes32
-from tests.e2e.conftest import REPO, LabCli
-from tests.e2e.mesh import chain, lab_state, log_entries, wait_all_healthy, wait_until
+from tests.e2e.lab import REPO, LabCli, chain, lab_state, log_entries, wait_until
+from tests.e2e.mesh import wait_all_healthy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

@@ -1,0 +1,214 @@
+"""A devnet node's power: the KMS boot gate, then its guest agent, wireguard-go and workload; and power off.
+
+Owns what a CVM's boot does on the devnet (ask the gate; when allowed start the guest-agent simulator,
+wireguard-go, fund the node's signer from the cluster owner and start the sidecar with the environment its
+sealed env and compose file would give it), the process journal that records each process as soon as it
+runs, and power-off. Must not decide which node boots or when (``devnet.nodes`` does), nor touch the
+network or any process it did not start.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import structlog
+
+from devnet import procs
+from devnet.anvil import DEVNET_DEPLOYER_KEY
+from devnet.kmsgate import boot_info_for, evaluate
+from devnet.labdir import DevnetError, LabDir, run_async
+from devnet.simulator.config import SimulatorConfig
+from devnet.state import BOOT_ALLOWED, DevnetState, NodeState, boot_denied
+from devnet.wireguard import start_wireguard_go
+from sidecar.chain.rpc import connect
+from sidecar.chain.tx import LocalSigner, TxSubmitter
+from sidecar.core.ids import Address
+from sidecar.core.keys import KeyPath
+from sidecar.dstack.agent import GuestAgent
+
+log = structlog.get_logger("devnet.boot")
+
+START_TIMEOUT = 20.0
+SIGNER_FUNDING_WEI = 10 * 10**18
+WG_IFNAME = "attestmesh0"
+WG_PORT = 51820
+HEALTH_PORT = 9090
+SIDECAR_POLL_INTERVAL = 1.0
+SIDECAR_RESYNC_INTERVAL = 15.0
+#: Push-mode knobs of the devnet's sidecars: short enough that tests and demos see a rotated key, an indexer
+#: outage and its return within seconds (the production defaults are 60 s, 1-60 s and 30 s).
+SIDECAR_REGISTRY_REFRESH = 5.0
+SIDECAR_PUSH_BACKOFF_MIN = 0.5
+SIDECAR_PUSH_BACKOFF_MAX = 4.0
+SIDECAR_POLL_INTERVAL_PUSHED = 10.0
+#: Read from the environment of the `attestmesh devnet` command that starts a sidecar (`up`, `node add`,
+#: `node start`, `node restart`) and passed on as its ATTESTMESH_PUSH_CROSSCHECK (a rate in [0, 1]; "1"
+#: checks every pushed event against eth_getLogs). Unset: the sidecar's default, 0 (no cross-check).
+PUSH_CROSSCHECK_ENV = "ATTESTMESH_DEVNET_PUSH_CROSSCHECK"
+
+
+def lab_free_env() -> dict[str, str]:
+    """This process's environment without the lab-owned ``ATTESTMESH_*`` / ``DSTACK_*`` names."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("ATTESTMESH_", "DSTACK_"))}
+
+
+def sidecar_env(state: DevnetState, node: NodeState) -> dict[str, str]:
+    """The node workload's environment: what a CVM's sealed env and compose file would give it."""
+    env = lab_free_env()
+    env.update(
+        ATTESTMESH_RPC_URL=state.rpc_url,
+        ATTESTMESH_CHAIN_ID=str(state.chain_id),
+        ATTESTMESH_CLUSTER=state.cluster,
+        ATTESTMESH_INDEXER_REGISTRY=state.indexer_registry,
+        ATTESTMESH_ENDPOINT=f"{node.underlay_ip}:{WG_PORT}",
+        ATTESTMESH_WG_BACKEND="userspace",
+        ATTESTMESH_WG_UAPI_DIR=node.wg_uapi_dir,
+        ATTESTMESH_WG_LISTEN_PORT=str(WG_PORT),
+        ATTESTMESH_HEALTH_ADDR=f"0.0.0.0:{HEALTH_PORT}",
+        ATTESTMESH_APP_SOCKET=node.app_socket,
+        ATTESTMESH_STATE_DIR=node.state_dir,
+        ATTESTMESH_POLL_INTERVAL=str(SIDECAR_POLL_INTERVAL),
+        ATTESTMESH_RESYNC_INTERVAL=str(SIDECAR_RESYNC_INTERVAL),
+        ATTESTMESH_REGISTRY_REFRESH=str(SIDECAR_REGISTRY_REFRESH),
+        ATTESTMESH_PUSH_BACKOFF_MIN=str(SIDECAR_PUSH_BACKOFF_MIN),
+        ATTESTMESH_PUSH_BACKOFF_MAX=str(SIDECAR_PUSH_BACKOFF_MAX),
+        ATTESTMESH_POLL_INTERVAL_PUSHED=str(SIDECAR_POLL_INTERVAL_PUSHED),
+        DSTACK_SIMULATOR_ENDPOINT=node.dstack_socket,
+    )
+    crosscheck = os.environ.get(PUSH_CROSSCHECK_ENV, "").strip()
+    if crosscheck:
+        env["ATTESTMESH_PUSH_CROSSCHECK"] = crosscheck
+    return env
+
+
+def alive(node: NodeState, key: str) -> bool:
+    """Whether the node's process ``key`` (``simulator``, ``wireguard``, ``sidecar``) runs."""
+    rec = node.processes.get(key)
+    return rec is not None and procs.is_alive(rec)
+
+
+def node_running(node: NodeState) -> bool:
+    """Powered on: it has processes and every one of them runs."""
+    return bool(node.processes) and all(procs.is_alive(p) for p in node.processes.values())
+
+
+def socket_ready(socket: Path, rec: procs.ProcRecord) -> bool:
+    """The simulator's socket is there; ``DevnetError`` when the simulator died first."""
+    if not procs.is_alive(rec):
+        raise DevnetError(f"{rec.name} exited during start-up")
+    return socket.is_socket()
+
+
+def start_simulator(config: Path, socket: Path, *, name: str, netns: str, log_path: Path) -> procs.ProcRecord:
+    """Start a guest-agent simulator on ``socket`` (a stale socket file is removed first)."""
+    socket.unlink(missing_ok=True)
+    return procs.spawn(
+        [sys.executable, "-m", "devnet.simulator", "--config", str(config), "--socket", str(socket)],
+        name=name,
+        netns=netns,
+        log_path=log_path,
+    )
+
+
+class NodePower:
+    """Boots and powers off the nodes of the lab in ``files``."""
+
+    def __init__(self, files: LabDir) -> None:
+        self.files = files
+
+    def boot(self, state: DevnetState, node: NodeState) -> NodeState:
+        """The KMS gate, then (when allowed) the guest agent, wireguard-go and the signer's funding."""
+        config = SimulatorConfig.load(self.files.node_dir(node.name) / "simulator.json")
+        boot_info = boot_info_for(config)
+
+        async def gate() -> tuple[bool, str]:
+            async with await connect(state.rpc_url, expected_chain_id=state.chain_id) as conn:
+                verdict = await evaluate(conn, boot_info)
+                return verdict.allowed, verdict.reason
+
+        allowed, reason = run_async(gate)
+        node = replace(node, compose_hash=str(boot_info.compose_hash))
+        procs.terminate_all(node.processes.values())
+        if not allowed:
+            log.warning("devnet.boot_denied", node=node.name, reason=reason)
+            return replace(node, boot=boot_denied(reason), processes={})
+        log.info("devnet.boot_allowed", node=node.name, compose_hash=str(boot_info.compose_hash))
+        socket = Path(node.dstack_socket)
+        simulator = start_simulator(
+            self.files.node_dir(node.name) / "simulator.json",
+            socket,
+            name=f"simulator@{node.name}",
+            netns=node.netns,
+            log_path=self.files.logs / f"{node.name}-simulator.log",
+        )
+        self._journal(state, node, {"simulator": simulator})
+        try:
+            procs.wait_for(
+                lambda: socket_ready(socket, simulator),
+                START_TIMEOUT,
+                what=f"simulator socket of {node.name}",
+            )
+            wireguard = start_wireguard_go(
+                node.netns,
+                Path(node.wg_uapi_dir),
+                ifname=WG_IFNAME,
+                log_path=self.files.logs / f"{node.name}-wg.log",
+            )
+        except BaseException:
+            procs.terminate(simulator)
+            raise
+        processes = {"simulator": simulator, "wireguard": wireguard}
+        self._journal(state, node, processes)
+        signer = run_async(lambda: self._fund_signer(state, socket))
+        if state.sidecars:
+            processes["sidecar"] = self.start_sidecar(state, node)
+            self._journal(state, node, processes)
+        return replace(node, boot=BOOT_ALLOWED, signer=str(signer), processes=processes)
+
+    def _journal(self, state: DevnetState, node: NodeState, processes: dict[str, procs.ProcRecord]) -> None:
+        """Record processes as soon as they run: a command killed mid-boot leaves them known, so the next
+        power-off stops them instead of a second wireguard-go fighting the first for the interface."""
+        self.files.save(state.with_node(replace(node, processes=dict(processes))))
+
+    def start_sidecar(self, state: DevnetState, node: NodeState) -> procs.ProcRecord:
+        return procs.spawn(
+            [sys.executable, "-m", "sidecar"],
+            name=f"sidecar@{node.name}",
+            netns=node.netns,
+            log_path=self.files.logs / f"{node.name}-sidecar.log",
+            env=sidecar_env(state, node),
+        )
+
+    async def _fund_signer(self, state: DevnetState, socket: Path) -> Address:
+        """Learn the node's signer address from its guest agent (GetKey) and fund it from the owner."""
+        agent = GuestAgent(str(socket))
+        try:
+            key = await agent.get_key(KeyPath.SIGNER.path, KeyPath.SIGNER.purpose)
+        finally:
+            await agent.close()
+        signer = LocalSigner(key.key).address
+        async with await connect(state.rpc_url, expected_chain_id=state.chain_id) as conn:
+            if await conn.get_balance(signer) < SIGNER_FUNDING_WEI // 2:
+                await TxSubmitter(conn, LocalSigner(DEVNET_DEPLOYER_KEY)).send(
+                    signer, b"", value=SIGNER_FUNDING_WEI
+                )
+        log.info("devnet.signer_funded", signer=str(signer))
+        return signer
+
+    def power_off(self, state: DevnetState, node: NodeState) -> NodeState:
+        """Stop every process of the node and record it as off (its files and state directory stay)."""
+        procs.terminate_all(node.processes.values())
+        node = replace(node, processes={})
+        self.files.save(state.with_node(node))
+        return node
+
+    def power_cycle(self, state: DevnetState, node: NodeState) -> NodeState:
+        """Power the node off, then boot it through the KMS gate; the new state is saved either way."""
+        node = self.power_off(state, node)
+        state = state.with_node(node)
+        node = self.boot(state, node)
+        self.files.save(state.with_node(node))
+        return node

@@ -1,0 +1,277 @@
+"""The devnet's indexer: its namespace, guest agent and process, its registration, and its verbs.
+
+Owns creating the lab's indexer (a stock dstack app of its own, not a cluster member: a fixed app id per
+lab), its environment (what its CVM's sealed env and compose file would give it), (re)starting it until
+``/status`` shows the expected signing key, registering it in the IndexerRegistry as the registry owner,
+and the ``indexer start|update|stop|rotate-key`` verbs. Must not take the lab lock or check that the lab
+runs (the ``Devnet`` facade does), nor touch the nodes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import structlog
+
+from devnet import procs
+from devnet.anvil import DEVNET_DEPLOYER_KEY
+from devnet.boot import START_TIMEOUT, lab_free_env, socket_ready, start_simulator
+from devnet.compose import INDEXER_COMPOSE_BYTES, compose_hash
+from devnet.kms import DevnetKms, derive_key
+from devnet.labdir import DevnetError, LabDir, run_async
+from devnet.netns import LabNetwork
+from devnet.nodes import write_simulator_config
+from devnet.operator import OperatorError, RegistryUpdate, ensure_indexer_registered, fetch_indexer_identity
+from devnet.sealedenv import plan_indexer_env
+from devnet.state import DevnetState, IndexerState
+from indexer.service import key_path as indexer_key_path
+from sidecar.chain.rpc import connect
+from sidecar.chain.tx import LocalSigner, TxSubmitter
+from sidecar.core.ids import Address, Bytes32
+from sidecar.core.keys import ed25519_public_key
+
+log = structlog.get_logger("devnet.indexer")
+
+INDEXER_PORT = 8080
+INDEXER_POLL_INTERVAL = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class IndexerChange:
+    """The outcome of ``indexer start`` / ``indexer update``: the indexer afterwards, and whether it was
+    (re)started."""
+
+    indexer: IndexerState
+    changed: bool  # False: it already ran with this key version and these values; nothing was touched
+
+
+def require_indexer(state: DevnetState) -> IndexerState:
+    if state.indexer is None:
+        raise DevnetError(f"lab {state.lab!r} runs without an indexer (it was made with --no-indexer)")
+    return state.indexer
+
+
+def indexer_running(idx: IndexerState) -> bool:
+    return bool(idx.processes) and all(procs.is_alive(p) for p in idx.processes.values())
+
+
+def indexer_current(idx: IndexerState) -> bool:
+    """Running, with the key version and sealed-env values it is meant to run with."""
+    return (
+        indexer_running(idx)
+        and idx.running_key_version == idx.key_version
+        and idx.running_env == idx.sealed_env
+    )
+
+
+def indexer_env(state: DevnetState, idx: IndexerState) -> dict[str, str]:
+    """The indexer's environment: what its CVM's sealed env and compose file would give it."""
+    env = lab_free_env()
+    prefix = "ATTESTMESH_INDEXER_"
+    env.update(
+        {
+            f"{prefix}RPC_URL": state.rpc_url,
+            f"{prefix}CHAIN_ID": str(state.chain_id),
+            f"{prefix}CLUSTER_FACTORY": state.cluster_factory,
+            f"{prefix}START_BLOCK": str(state.factory_block),
+            f"{prefix}REGISTRY": state.indexer_registry,
+            f"{prefix}PUBLIC_URL": idx.url,
+            f"{prefix}CODE_ID": idx.code_id,
+            f"{prefix}KEY_VERSION": str(idx.key_version),
+            f"{prefix}LISTEN_ADDR": f"0.0.0.0:{INDEXER_PORT}",
+            f"{prefix}POLL_INTERVAL": str(INDEXER_POLL_INTERVAL),
+            f"{prefix}CONFIRMATIONS": "0",
+            f"{prefix}REGISTRY_CHECK_INTERVAL": "2",
+            **idx.sealed_env,  # never a lab-owned name or KEY_VERSION (devnet.sealedenv)
+            "DSTACK_SIMULATOR_ENDPOINT": idx.dstack_socket,
+        }
+    )
+    return env
+
+
+def indexer_public_key(idx: IndexerState, version: int) -> Bytes32:
+    """The Ed25519 public key of key ``version``: what the indexer's guest agent derives (devnet KMS)."""
+    kms = DevnetKms()
+    seed = derive_key(kms.app_key(Address.from_hex(idx.app_id)), indexer_key_path(version))
+    return Bytes32(ed25519_public_key(seed))
+
+
+class LabIndexer:
+    """The indexer of one lab; every method takes the running lab's state and saves what it changes."""
+
+    def __init__(self, files: LabDir, network: LabNetwork) -> None:
+        self.files = files
+        self.network = network
+
+    def _save(self, state: DevnetState, idx: IndexerState) -> DevnetState:
+        return self.files.save(replace(state, indexer=idx))
+
+    def create(self, state: DevnetState) -> DevnetState:
+        """The indexer's namespace, its own guest agent and app id, the process, and its registration."""
+        net = self.network.add_indexer()
+        directory = self.files.indexer_dir
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "app-compose.json").write_bytes(INDEXER_COMPOSE_BYTES)
+        # Code id = app id left-aligned in 32 bytes (the registry's convention).
+        lab = self.network.plan.name
+        app_id = Address(hashlib.sha256(f"attestmesh-devnet-indexer-app:{lab}".encode()).digest()[:20])
+        instance_id = hashlib.sha256(f"attestmesh-devnet-indexer-instance:{lab}".encode()).digest()[:20]
+        write_simulator_config(directory, app_id, instance_id, "attestmesh-indexer")
+        base = f"{net.ip}:{INDEXER_PORT}"
+        idx = IndexerState(
+            netns=net.ns,
+            ip=str(net.ip),
+            app_id=str(app_id),
+            instance_id=instance_id.hex(),
+            code_id=str(Bytes32(app_id.raw + bytes(12))),
+            compose_hash=str(compose_hash(INDEXER_COMPOSE_BYTES)),
+            dstack_socket=str(directory / "dstack.sock"),
+            url=f"ws://{base}/v1/subscribe",
+            health_url=f"http://{base}/healthz",
+            status_url=f"http://{base}/status",
+        )
+        state = self._save(state, idx)
+        idx = self.restart(state, idx)
+        state = self._save(state, idx)
+        idx = self.register(state, idx)
+        log.info("devnet.indexer_created", netns=net.ns, url=idx.url, app_id=str(app_id))
+        return self._save(state, idx)
+
+    def restart(self, state: DevnetState, idx: IndexerState) -> IndexerState:
+        """(Re)start the indexer's guest agent and process; return once ``/status`` shows its key.
+
+        Each process is written to the state file as soon as it runs: a command killed meanwhile leaves it
+        known, so the next start stops it instead of a second indexer failing to bind the port."""
+        procs.terminate_all(idx.processes.values())
+        idx = replace(idx, processes={}, running_key_version=0, running_env={})
+        self._save(state, idx)
+        socket = Path(idx.dstack_socket)
+        simulator = start_simulator(
+            self.files.indexer_dir / "simulator.json",
+            socket,
+            name="simulator@indexer",
+            netns=idx.netns,
+            log_path=self.files.logs / "indexer-simulator.log",
+        )
+        self._save(state, replace(idx, processes={"simulator": simulator}))
+        try:
+            procs.wait_for(lambda: socket_ready(socket, simulator), START_TIMEOUT, what="indexer simulator")
+            indexer = procs.spawn(
+                [sys.executable, "-m", "indexer"],
+                name="indexer",
+                netns=idx.netns,
+                log_path=self.files.logs / "indexer.log",
+                env=indexer_env(state, idx),
+            )
+        except BaseException:
+            procs.terminate(simulator)
+            raise
+        idx = replace(
+            idx,
+            processes={"simulator": simulator, "indexer": indexer},
+            running_key_version=idx.key_version,
+            running_env=dict(idx.sealed_env),
+        )
+        self._save(state, idx)
+        try:
+            self._wait_for_key(idx, indexer)
+        except BaseException:
+            procs.terminate_all((indexer, simulator))
+            raise
+        log.info("devnet.indexer_started", pid=indexer.pid, key_version=idx.key_version, url=idx.url)
+        return idx
+
+    def _wait_for_key(self, idx: IndexerState, indexer: procs.ProcRecord) -> None:
+        expected = indexer_public_key(idx, idx.key_version)
+
+        def key_shown() -> bool:
+            if not procs.is_alive(indexer):
+                raise DevnetError(
+                    f"the indexer exited during start-up; see {self.files.logs / 'indexer.log'}"
+                )
+            try:
+                return fetch_indexer_identity(idx.status_url, timeout=1.0).public_key == expected
+            except OperatorError:
+                return False
+
+        procs.wait_for(key_shown, START_TIMEOUT, interval=0.1, what="the indexer's signing key on /status")
+
+    def register(self, state: DevnetState, idx: IndexerState) -> IndexerState:
+        """Write the running indexer's endpoint, code id and key (read from its /status) to the registry."""
+        identity = fetch_indexer_identity(idx.status_url)
+        run_async(lambda: self._ensure_registered(state, idx, identity.public_key))
+        return replace(idx, public_key=str(identity.public_key))
+
+    async def _ensure_registered(
+        self, state: DevnetState, idx: IndexerState, public_key: Bytes32
+    ) -> RegistryUpdate:
+        async with await connect(state.rpc_url, expected_chain_id=state.chain_id) as conn:
+            return await ensure_indexer_registered(
+                conn,
+                TxSubmitter(conn, LocalSigner(DEVNET_DEPLOYER_KEY)),
+                Address.from_hex(state.indexer_registry),
+                endpoint=idx.url,
+                code_id=Bytes32.from_hex(idx.code_id),
+                public_key=public_key,
+            )
+
+    # --- verbs -------------------------------------------------------------------------------------
+
+    def start(self, state: DevnetState, *, register: bool = True) -> IndexerChange:
+        """Start the indexer (a no-op when it runs with the current key and values) and, unless ``register``
+        is False, make the registry name it."""
+        idx = require_indexer(state)
+        started = not indexer_current(idx)
+        if started:
+            idx = self.restart(state, idx)
+            state = self._save(state, idx)
+        else:
+            log.info("devnet.indexer_start_skipped", reason="already running")
+        if register:
+            idx = self.register(state, idx)
+            self._save(state, idx)
+        return IndexerChange(idx, changed=started)
+
+    def update(self, state: DevnetState, values: Mapping[str, str]) -> IndexerChange:
+        """Apply a sealed env file's values and restart the indexer with them, without registering it; a
+        no-op when it already runs with them. ``EnvFileError`` (nothing changed) when they cannot apply."""
+        idx = require_indexer(state)
+        plan = plan_indexer_env(values, indexer_env(state, replace(idx, sealed_env={})))
+        public_key = indexer_public_key(idx, plan.key_version)
+        idx = replace(idx, key_version=plan.key_version, sealed_env=plan.values, public_key=str(public_key))
+        state = self._save(state, idx)
+        if indexer_current(idx):
+            log.info("devnet.indexer_update_skipped", reason="already running with these values")
+            return IndexerChange(idx, changed=False)
+        idx = self.restart(state, idx)
+        self._save(state, idx)
+        log.info("devnet.indexer_updated", key_version=idx.key_version, values=sorted(idx.sealed_env))
+        return IndexerChange(idx, changed=True)
+
+    def stop(self, state: DevnetState) -> IndexerState:
+        """Stop the indexer process and its guest agent; the registry keeps naming it (an outage)."""
+        idx = require_indexer(state)
+        procs.terminate_all(idx.processes.values())
+        idx = replace(idx, processes={}, running_key_version=0)
+        self._save(state, idx)
+        log.info("devnet.indexer_stopped")
+        return idx
+
+    def rotate_key(self, state: DevnetState, *, restart: bool = True) -> IndexerState:
+        """Register the indexer's next signing key on chain, then (unless ``restart`` is False) restart it."""
+        idx = require_indexer(state)
+        version = idx.key_version + 1
+        public_key = indexer_public_key(idx, version)
+        update = run_async(lambda: self._ensure_registered(state, idx, public_key))
+        idx = replace(idx, key_version=version, public_key=str(public_key))
+        state = self._save(state, idx)
+        log.info("devnet.indexer_key_rotated", key_version=version, public_key=str(public_key),
+                 tx=str(update.tx_hash))  # fmt: skip
+        if restart:
+            idx = self.restart(state, idx)
+            self._save(state, idx)
+        return idx
