@@ -6,10 +6,7 @@ Must not change anything: no process is started or stopped, no transaction is se
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +18,7 @@ from devnet import procs
 from devnet.boot import alive, node_running
 from devnet.labdir import DevnetError, run_async
 from devnet.state import DevnetState, IndexerState, NodeState
+from ops.jsonget import Unreachable, get_json
 from sidecar.chain.contracts import ClusterClient, IndexerRegistryClient
 from sidecar.chain.rpc import connect
 from sidecar.core.ids import Address
@@ -62,17 +60,10 @@ class LabStatus:
 
 
 def fetch_healthz(url: str, timeout: float = 1.0) -> dict[str, Any] | None:
-    """GET a node's /healthz through the lab (200 and 503 both carry the JSON body)."""
+    """GET a node's /healthz through the lab (200 and 503 both carry the JSON body); None when silent."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - lab http only
-            body = response.read()
-    except urllib.error.HTTPError as exc:
-        body = exc.read()
-    except (urllib.error.URLError, OSError):
-        return None
-    try:
-        data = json.loads(body)
-    except ValueError:
+        data = get_json(url, timeout).data
+    except Unreachable:
         return None
     return data if isinstance(data, dict) else None
 

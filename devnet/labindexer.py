@@ -25,10 +25,11 @@ from devnet.kms import DevnetKms, derive_key
 from devnet.labdir import DevnetError, LabDir, run_async
 from devnet.netns import LabNetwork
 from devnet.nodes import write_simulator_config
-from devnet.operator import OperatorError, RegistryUpdate, ensure_indexer_registered, fetch_indexer_identity
 from devnet.sealedenv import plan_indexer_env
 from devnet.state import DevnetState, IndexerState
 from indexer.service import key_path as indexer_key_path
+from ops.errors import OperatorError
+from ops.indexers import RegistryUpdate, ensure_indexer_registered, fetch_indexer_identity
 from sidecar.chain.rpc import connect
 from sidecar.chain.tx import LocalSigner, TxSubmitter
 from sidecar.core.ids import Address, Bytes32

@@ -25,9 +25,9 @@ from devnet.boot import HEALTH_PORT, WG_IFNAME, NodePower, node_running
 from devnet.compose import compose_hash
 from devnet.labdir import DevnetError, LabDir, run_async
 from devnet.netns import LabNetwork
-from devnet.operator import ensure_member_app
 from devnet.state import DevnetState, NodeState
 from devnet.wireguard import uapi_socket
+from ops.owner import ensure_member_app
 from sidecar.chain.contracts import ClusterClient
 from sidecar.chain.rpc import connect
 from sidecar.chain.tx import LocalSigner, TxSubmitter

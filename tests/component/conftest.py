@@ -31,10 +31,7 @@ from sidecar.core.ids import Bytes32
 from sidecar.core.keys import ed25519_public_key
 from sidecar.dstack import GuestAgent
 from sidecar.settings import HostPort
-from tests.component.toolkit import INDEXER_APP, Chain, Factory
-
-CHAIN_ID = 31337
-COMPOSE_HASH = Bytes32(b"\xc0" * 32)
+from tests.component.toolkit import CHAIN_ID, COMPOSE_HASH, INDEXER_APP, Chain, Factory
 
 
 @pytest.fixture(scope="module")

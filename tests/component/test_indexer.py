@@ -35,10 +35,8 @@ from sidecar.core.indexerwire import (
     encode,
     sign_hello,
 )
-from tests.component import conftest as fixtures
-from tests.component.toolkit import (  # noqa: F401 - INDEXER_APP: still importable here (test_operator*.py)
+from tests.component.toolkit import (
     DEADLINE,
-    INDEXER_APP,
     Chain,
     Factory,
     Member,
@@ -47,11 +45,6 @@ from tests.component.toolkit import (  # noqa: F401 - INDEXER_APP: still importa
 )
 
 pytestmark = [pytest.mark.component, pytest.mark.timeout(120)]
-
-# The shared fixtures live in conftest.py; until test_operator.py and test_operator_cli.py import the toolkit
-# and rely on conftest, they are still importable from here.
-agent_socket, chain, http = fixtures.agent_socket, fixtures.chain, fixtures.http
-indexer_pub, make_indexer = fixtures.indexer_pub, fixtures.make_indexer
 
 
 # --- the client ----------------------------------------------------------------------------------------

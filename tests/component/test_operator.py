@@ -19,14 +19,7 @@ from devnet.deployment import Deployment
 from sidecar.chain.contracts import IndexerRegistryClient
 from sidecar.chain.rpc import ChainConnection
 from sidecar.core.ids import Bytes32
-from tests.component.test_indexer import (  # noqa: F401 - fixtures
-    Factory,
-    agent_socket,
-    http,
-    indexer_pub,
-    make_indexer,
-    wait_healthy,
-)
+from tests.component.toolkit import Factory, wait_healthy
 
 pytestmark = [pytest.mark.component, pytest.mark.timeout(120)]
 
@@ -55,9 +48,9 @@ async def test_register_reads_the_key_from_status_writes_once_and_never_echoes_t
     anvil: AnvilProcess,
     conn: ChainConnection,
     stack: Deployment,
-    make_indexer: Factory,  # noqa: F811
-    http: aiohttp.ClientSession,  # noqa: F811
-    indexer_pub: Bytes32,  # noqa: F811
+    make_indexer: Factory,
+    http: aiohttp.ClientSession,
+    indexer_pub: Bytes32,
 ) -> None:
     service = await make_indexer(
         PUBLIC_URL=ENDPOINT, CODE_ID=str(CODE_ID), REGISTRY=str(stack.indexer_registry)
@@ -93,8 +86,8 @@ async def test_register_refuses_without_an_owner_key_or_with_bad_input(
     anvil: AnvilProcess,
     conn: ChainConnection,
     stack: Deployment,
-    make_indexer: Factory,  # noqa: F811
-    http: aiohttp.ClientSession,  # noqa: F811
+    make_indexer: Factory,
+    http: aiohttp.ClientSession,
 ) -> None:
     service = await make_indexer(PUBLIC_URL=ENDPOINT, CODE_ID=str(CODE_ID))
     await wait_healthy(http, service)

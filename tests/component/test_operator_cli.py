@@ -9,12 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp import web
@@ -23,7 +18,6 @@ from prometheus_client import CollectorRegistry
 from devnet.anvil import AnvilProcess
 from devnet.deployment import Deployment
 from devnet.kms import DevnetKms, get_key
-from ops import cli
 from ops.chainstatus import member_json
 from sidecar.chain.contracts import ClusterClient, IndexerRegistryClient
 from sidecar.chain.rpc import ChainConnection
@@ -36,12 +30,10 @@ from sidecar.http import Runner, start_tcp
 from sidecar.http.health import health_app
 from sidecar.observability import Metrics
 from tests.component.conftest import CHAIN_ID, COMPOSE_HASH
-from tests.component.test_indexer import Chain, chain  # noqa: F401 - fixture
+from tests.component.toolkit import HOST, Chain, bad_checksum, chain_args, closed_port, run_cli, usage_error
 
 pytestmark = [pytest.mark.component, pytest.mark.timeout(120)]
 
-REPO = Path(__file__).resolve().parents[2]
-HOST = "127.0.0.1"
 CODE_ID = Bytes32(b"\xc1" * 32)
 INDEXER_KEY = Bytes32(b"\x1e" * 32)
 INDEXER_ENDPOINT = "ws://10.99.0.5:8080/v1/subscribe"  # written on chain; nothing connects to it
@@ -49,51 +41,6 @@ OTHER_COMPOSE = Bytes32(b"\xc2" * 32)
 COMMITMENT = Bytes32(b"\xcc" * 32)
 
 Serve = Callable[[web.Application], Awaitable[Runner]]
-
-
-async def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("ATTESTMESH_")}
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "ops", *args],
-        env={**clean, **(env or {})},
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def closed_port() -> int:
-    """A loopback port that nothing listens on (bound once, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((HOST, 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
-def usage_error(capsys: pytest.CaptureFixture[str], argv: Sequence[str]) -> str:
-    """Run the CLI's entry point in process on malformed arguments; return its message (exit status 2)."""
-    capsys.readouterr()
-    with pytest.MonkeyPatch.context() as env, pytest.raises(SystemExit) as exited:
-        for name in [n for n in os.environ if n.startswith("ATTESTMESH_")]:
-            env.delenv(name)
-        cli.main(argv)
-    assert exited.value.code == 2
-    out, err = capsys.readouterr()
-    assert out == "" and "Traceback" not in err and "secret" not in err
-    return err
-
-
-def bad_checksum(address: str) -> str:
-    """``address`` (EIP-55) with the case of one letter flipped: a typo the checksum catches."""
-    i = next(i for i, c in enumerate(address) if i > 1 and c.isalpha())
-    return address[:i] + address[i].swapcase() + address[i + 1 :]
-
-
-def chain_args(anvil: AnvilProcess, stack: Deployment) -> tuple[str, ...]:
-    return ("--rpc-url", anvil.rpc_url, "--chain-id", str(CHAIN_ID), "--cluster", str(stack.cluster))
 
 
 async def commit_csk(conn: ChainConnection, kms: DevnetKms, cluster: ClusterClient) -> None:
@@ -113,7 +60,7 @@ async def test_chain_status_shows_members_commitment_registry_and_allowlist(
     deployer: TxSubmitter,
     stack: Deployment,
     kms: DevnetKms,
-    chain: Chain,  # noqa: F811
+    chain: Chain,
 ) -> None:
     for _ in range(3):
         await chain.member()

@@ -20,7 +20,7 @@ from sidecar.chain.rpc import ChainConnection, checksum
 from sidecar.chain.tx import LocalSigner
 from sidecar.core.ids import Address, Bytes32, SecretBytes
 from tests.component.conftest import CHAIN_ID, COMPOSE_HASH
-from tests.component.test_operator_cli import bad_checksum, chain_args, closed_port, run_cli, usage_error
+from tests.component.toolkit import bad_checksum, chain_args, closed_port, run_cli, usage_error
 
 pytestmark = [pytest.mark.component, pytest.mark.timeout(120)]
 

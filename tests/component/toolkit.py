@@ -1,24 +1,32 @@
 """The component toolkit: what several component tests share beyond the conftest fixtures.
 
 Holds the chain helper that makes clusters and registered members through our own adapter (``Chain``,
-``Member``), the indexer app id of the in-process indexer and the JSON reads of its HTTP surface. Must not
-import another test module, start anything it does not stop, or use anything but loopback.
+``Member``), the indexer app id of the in-process indexer and the JSON reads of its HTTP surface, and the
+operator CLI's runners (``run_cli`` as a subprocess, ``usage_error`` in process) with their argument helpers.
+Must not: import another test module, start anything it does not stop, or use anything but loopback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import subprocess
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
+from devnet.anvil import AnvilProcess
 from devnet.deployment import Deployment, deploy_member_app
 from devnet.kms import DevnetKms, get_key
 from indexer.service import IndexerService
+from ops import cli
 from sidecar.chain.contracts import ClusterClient, ClusterFactoryClient
 from sidecar.chain.rpc import ChainConnection
 from sidecar.chain.tx import LocalSigner, TxSubmitter
@@ -27,6 +35,10 @@ from sidecar.core.keys import KeyPath, ed25519_public_key
 from sidecar.core.model import ClusterConfig, MemberKeys, MeshCidr
 from sidecar.core.sigchain import build_proof
 
+REPO = Path(__file__).resolve().parents[2]
+CHAIN_ID = 31337  # the component anvil's
+COMPOSE_HASH = Bytes32(b"\xc0" * 32)  # the compose hash every test stack allowlists
+HOST = "127.0.0.1"
 INDEXER_APP = Address.from_hex("0x1de7e40000000000000000000000000000000001")
 FUNDING_WEI = 10**18
 DEADLINE = 20.0
@@ -107,3 +119,51 @@ async def wait_healthy(http: aiohttp.ClientSession, service: IndexerService) -> 
             return dict(body)
         assert time.monotonic() < deadline, body
         await asyncio.sleep(0.05)
+
+
+# --- the operator CLI ---------------------------------------------------------------------------------
+
+
+async def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ATTESTMESH_")}
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "ops", *args],
+        env={**clean, **(env or {})},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def closed_port() -> int:
+    """A loopback port that nothing listens on (bound once, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((HOST, 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def usage_error(capsys: pytest.CaptureFixture[str], argv: Sequence[str]) -> str:
+    """Run the CLI's entry point in process on malformed arguments; return its message (exit status 2)."""
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as env, pytest.raises(SystemExit) as exited:
+        for name in [n for n in os.environ if n.startswith("ATTESTMESH_")]:
+            env.delenv(name)
+        cli.main(argv)
+    assert exited.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "Traceback" not in err and "secret" not in err
+    return err
+
+
+def bad_checksum(address: str) -> str:
+    """``address`` (EIP-55) with the case of one letter flipped: a typo the checksum catches."""
+    i = next(i for i, c in enumerate(address) if i > 1 and c.isalpha())
+    return address[:i] + address[i].swapcase() + address[i + 1 :]
+
+
+def chain_args(anvil: AnvilProcess, stack: Deployment) -> tuple[str, ...]:
+    return ("--rpc-url", anvil.rpc_url, "--chain-id", str(CHAIN_ID), "--cluster", str(stack.cluster))

@@ -11,12 +11,11 @@
 from __future__ import annotations
 
 import shlex
-import time
 
 import pytest
 
 from sidecar.settings import SettingsError, load_settings
-from tests.e2e.conftest import LabCli  # the e2e toolkit's lab wrapper (moves with it)
+from tests.e2e.lab import LabCli, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -45,13 +44,11 @@ def test_env_sidecar_is_a_sidecar_environment_and_node_exec_sees_the_node_device
         for name in ("node-1", "node-2")
     }
     assert all(keys.values()) and keys["node-1"] != keys["node-2"]
-    deadline = time.monotonic() + 60
-    while True:
-        peers = lab.run("node", "exec", "node-1", "--", "wg", "show", IFNAME, "peers").stdout.split()
-        if peers == [keys["node-2"]] or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)  # polling the condition, bounded by the deadline
-    assert peers == [keys["node-2"]]
+
+    def peers() -> list[str]:
+        return lab.run("node", "exec", "node-1", "--", "wg", "show", IFNAME, "peers").stdout.split()
+
+    wait_until(lambda: peers() == [keys["node-2"]], 60, "node-1's device to list node-2 as its one peer")
 
     failed = lab.run("node", "exec", "node-1", "--", "sh", "-c", "exit 7", check=False)
     assert failed.returncode == 7

@@ -1,13 +1,13 @@
 """The rules behind ``deploy/indexer.sh`` and its devnet verbs, without I/O: what a sealed env file may change
 about the lab's indexer (``devnet.sealedenv``), and what ``indexer verify`` names as a mismatch between the
-registry record and the indexer's ``/status`` (``devnet.operator.registration_problems``)."""
+registry record and the indexer's ``/status`` (``ops.indexers.registration_problems``)."""
 
 from __future__ import annotations
 
 import pytest
 
-from devnet.operator import IndexerIdentity, registration_problems
 from devnet.sealedenv import EnvFileError, parse_env_file, plan_indexer_env
+from ops.indexers import IndexerIdentity, registration_problems
 from sidecar.core.ids import Bytes32
 from sidecar.core.model import IndexerRecord
 
