@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from devnet.boot import WG_PORT
 from devnet.cli.lab_verbs import sidecar_env_lines
-from devnet.lab import WG_PORT, Devnet
+from devnet.lab import Devnet
 from devnet.nodeexec import NodeExecError, node_exec_argv, run_in_node
 from devnet.state import DevnetState, NodeState
 from devnet.topology import LabPlan
