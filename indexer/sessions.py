@@ -105,6 +105,7 @@ class Hub:
         hello_freshness_ms: int,
         head: Callable[[], int | None],
         now_ms: Callable[[], int] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.index = index
         self.metrics = metrics
@@ -113,6 +114,7 @@ class Hub:
         self.hello_freshness_ms = hello_freshness_ms
         self.head = head
         self.now_ms = now_ms or (lambda: int(time.time() * 1000))
+        self.monotonic = monotonic
         self.key: SecretBytes | None = None
         self.public_key: Bytes32 | None = None
         self.conn: ChainConnection | None = None
@@ -128,7 +130,7 @@ class Hub:
     # --- follower listener ------------------------------------------------------------------------------
 
     def advanced(self) -> None:
-        self.indexed_at.append((self.index.through, time.monotonic()))
+        self.indexed_at.append((self.index.through, self.monotonic()))
         for session in self.sessions:
             session.wake()
 
@@ -196,7 +198,7 @@ class Session:
         self.signer: PushSigner | None = None
         self.acked_seq = 0
         self.acked_cursor: Cursor | None = None
-        self.started = time.monotonic()
+        self.started = hub.monotonic()
         self._wake = asyncio.Event()
         self._acked = asyncio.Event()
         self._ended = asyncio.Event()
@@ -390,7 +392,7 @@ class Session:
                     metrics.events_sent.inc()
                     seen = self.hub.seen_at(message.log.block_number)
                     if seen is not None and seen >= self.started:  # live delivery, not a replay
-                        metrics.push_delay.observe(time.monotonic() - seen)
+                        metrics.push_delay.observe(self.hub.monotonic() - seen)
                 else:
                     metrics.checkpoints_sent.inc()
         except TimeoutError:

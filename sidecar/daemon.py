@@ -142,10 +142,15 @@ class Daemon:
             crosscheck=ev.push_crosscheck,
             ready_interval=chain.poll_interval,
             now_ms=lambda: wall_ms(self.clock),
+            monotonic=self.clock.monotonic,
+            on_change=self._push_changed,
         )
 
     def _wake(self, reason: str = "") -> None:
         self.node.controller.wake(reason)
+
+    def _push_changed(self) -> None:
+        self.events.push_changed()
 
     def _events_changed(self) -> None:
         self.node.controller.refresh_events()

@@ -306,9 +306,8 @@ class ChainLogPoller:
 
 
 class PushSource(Protocol):
-    """What the router needs of the push subscriber (``sidecar.drivers.push.PushSubscriber``)."""
-
-    on_change: Callable[[], None]
+    """What the router needs of the push subscriber (``sidecar.drivers.push.PushSubscriber``), which calls
+    the router's ``push_changed`` (wired at its construction) whenever its health or connection flips."""
 
     @property
     def healthy(self) -> bool: ...
@@ -355,8 +354,6 @@ class EventRouter:
         self.on_change = on_change
         self._mode: EventMode = "poll"
         self._changed = asyncio.Event()
-        if push is not None:
-            push.on_change = self.push_changed
 
     @property
     def shared(self) -> SharedCursor:

@@ -105,6 +105,8 @@ class PushSubscriber:
         ready_interval: float = 2.0,
         rng: random.Random | None = None,
         now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        monotonic: Callable[[], float] = time.monotonic,
+        on_change: Callable[[], None] = lambda: None,
         nonce: Callable[[], bytes] = lambda: os.urandom(NONCE_BYTES),
     ) -> None:
         self.connection = connection
@@ -121,8 +123,9 @@ class PushSubscriber:
         self.retry = Backoff(backoff_min, backoff_max, random=self.rng.random)
         self.now_ms = now_ms
         self.nonce = nonce
+        self.monotonic = monotonic
         #: Called whenever ``connected`` flips (the router re-evaluates its mode).
-        self.on_change: Callable[[], None] = lambda: None
+        self.on_change = on_change
         self.connected = False
         self.head: int | None = None
         self.record: IndexerRecord | None = None
@@ -349,7 +352,7 @@ class PushSubscriber:
     def _rejected(self, reason: PushRejection) -> SessionEnd:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
         self.metrics.push_rejection(reason)
-        now = time.monotonic()
+        now = self.monotonic()
         last = self._rejection_logged.get(reason)
         if last is None or now - last >= REJECTION_LOG_INTERVAL:
             self._rejection_logged[reason] = now
@@ -372,7 +375,7 @@ class PushSubscriber:
                 log.info(
                     "events.push_recovered",
                     endpoint=endpoint,
-                    down_seconds=round(time.monotonic() - self._outage_since, 1),
+                    down_seconds=round(self.monotonic() - self._outage_since, 1),
                 )
                 self._outage = None
             elif self.sessions == 1:
@@ -382,7 +385,7 @@ class PushSubscriber:
     def _outage_started(self, end: SessionEnd) -> None:
         if self._outage is None:
             self._outage = end.reason
-            self._outage_since = time.monotonic()
+            self._outage_since = self.monotonic()
             log.warning("events.push_unavailable", reason=end.reason)
         else:
             log.debug("events.push_retry_failed", reason=end.reason)

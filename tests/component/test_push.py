@@ -211,6 +211,7 @@ def make_node(
         backoff_max=0.3,
         crosscheck=crosscheck,
         ready_interval=0.1,
+        on_change=lambda: router.push_changed(),  # noqa: PLW0108 - the router is built next
     )
     router = EventRouter(poller=poller, push=push, poll_interval=0.2, safety_interval=60.0, metrics=metrics)
     return Node(router, push, shared, state, wakes, handled)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import get_args
 
@@ -68,8 +69,10 @@ def test_every_verifier_rejection_has_a_metric_label() -> None:
 
 
 class _Push:
-    def __init__(self) -> None:
-        self.on_change = lambda: None
+    """The subscriber's side of the router: ``on_change`` is wired at construction, as the daemon does."""
+
+    def __init__(self, on_change: Callable[[], None]) -> None:
+        self.on_change = on_change
         self.healthy = self.connected = False
         self.head: int | None = None
         self.rejected_total = 0
@@ -91,7 +94,7 @@ def test_the_router_follows_push_health_and_reports_it(tmp_path: Path) -> None:
         confirmations=0,
         max_range=10,
     )
-    push = _Push()
+    push = _Push(on_change=lambda: router.push_changed())  # noqa: PLW0108 - the router is built next
     changes: list[str] = []
     router = EventRouter(
         poller=poller,
@@ -163,7 +166,7 @@ class _Poller:
 
 
 async def test_the_safety_poll_scans_only_what_the_previous_poll_saw(tmp_path: Path) -> None:
-    push = _Push()
+    push = _Push(on_change=lambda: router.push_changed())  # noqa: PLW0108 - the router is built next
     poller = _Poller(tmp_path, push)
     router = EventRouter(
         poller=poller,  # type: ignore[arg-type]
