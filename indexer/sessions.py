@@ -20,7 +20,8 @@ A session whose member is removed is served up to and including the ``MemberRemo
 
 Must not: serve a hello whose member is not a current member of its cluster on chain (``unauthorized``),
 send a log of one cluster on another cluster's session, implement any of the wire format (that is
-``sidecar.core.indexerwire``: ``decode``/``encode``, ``verify_hello``, ``PushSigner``), or let one bad
+``sidecar.core.indexerwire``: ``decode``/``encode``, ``verify_hello``, ``PushSigner``; reading a frame is
+``indexer.frames``), or let one bad
 subscriber affect another (each session's failures end that session only).
 """
 
@@ -35,10 +36,21 @@ from collections.abc import Callable
 from typing import Final
 
 import structlog
-from aiohttp import WebSocketError, WSMsgType, web
+from aiohttp import web
 
 from indexer.chainindex import ChainIndex
 from indexer.follower import MEMBER_REGISTERED, MEMBER_REMOVED
+from indexer.frames import (
+    CLOSE_CODES,
+    CLOSE_SEND_TIMEOUT,
+    HELLO_TIMEOUT,
+    MAX_WS_MESSAGE,
+    WS_CLOSE_TIMEOUT,
+    WS_HEARTBEAT,
+    Gone,
+    Refused,
+    read_frame,
+)
 from indexer.metrics import IndexerMetrics
 from sidecar.chain.contracts import ClusterClient
 from sidecar.chain.errors import ChainError
@@ -47,7 +59,6 @@ from sidecar.core.cursor import Cursor
 from sidecar.core.ids import Address, Bytes32, SecretBytes
 from sidecar.core.indexerwire import (
     MAX_DETAIL_CHARS,
-    MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     SESSION_BYTES,
     Ack,
@@ -56,40 +67,17 @@ from sidecar.core.indexerwire import (
     CloseReason,
     Event,
     Hello,
+    Message,
     PushSigner,
     Welcome,
     WireError,
-    decode,
     encode,
     verify_hello,
 )
 
 log = structlog.get_logger("indexer.sessions")
 
-HELLO_TIMEOUT: Final = 10.0
-CLOSE_SEND_TIMEOUT: Final = 2.0
-WS_CLOSE_TIMEOUT: Final = 2.0
-WS_HEARTBEAT: Final = 20.0
-MAX_WS_MESSAGE: Final = 4 * MAX_FRAME_BYTES
-CLOSE_CODES: Final[dict[str, int]] = {
-    "shutdown": 1000,
-    "unauthorized": 1008,
-    "protocol": 1008,
-    "malformed": 1008,
-    "unavailable": 1011,
-    "overflow": 4000,
-    "reorg": 4000,
-}
-
-
 INDEXED_AT_KEPT: Final = 256
-
-
-class _Refused(Exception):
-    def __init__(self, reason: CloseReason, detail: str) -> None:
-        super().__init__(detail)
-        self.reason: CloseReason = reason
-        self.detail = detail
 
 
 class Hub:
@@ -216,7 +204,7 @@ class Session:
     async def run(self) -> None:
         try:
             await self._handshake()
-        except _Refused as refused:
+        except Refused as refused:
             self.end(refused.reason, refused.detail)
         if not self._ended.is_set():
             tasks = [asyncio.create_task(self._pump()), asyncio.create_task(self._read())]
@@ -242,38 +230,38 @@ class Session:
             receive.cancel()
             if self._ended.is_set():
                 return
-            raise _Refused("protocol", "no hello within the time limit")
+            raise Refused("protocol", "no hello within the time limit")
         hello = self._decode(receive.result())
         if hello is None:
             return
         if not isinstance(hello, Hello):
-            raise _Refused("protocol", "the first frame must be a hello")
+            raise Refused("protocol", "the first frame must be a hello")
         self.hello = hello
         conn, key, public = hub.conn, hub.key, hub.public_key
         if conn is None or key is None or public is None:
             hub.metrics.hello("unavailable")
-            raise _Refused("unavailable", "the indexer is starting")
+            raise Refused("unavailable", "the indexer is starting")
         if not hub.index.follows(hello.cluster):
             hub.metrics.hello("not_followed")
-            raise _Refused("unavailable", "cluster not followed")
+            raise Refused("unavailable", "cluster not followed")
         try:
             record = await hub.cluster_client(conn, hello.cluster).member_by_id(hello.member_id)
         except ChainError:
             hub.metrics.hello("unavailable")
-            raise _Refused("unavailable", "chain read failed") from None
+            raise Refused("unavailable", "chain read failed") from None
         if record is None:
             hub.metrics.hello("not_member")
-            raise _Refused("unauthorized", "not a member of the cluster")
+            raise Refused("unauthorized", "not a member of the cluster")
         refusal = verify_hello(
             hello, record.identity_pub, hub.now_ms(), hub.hello_freshness_ms, indexer_pub=public
         )
         if refusal is not None:
             hub.metrics.hello(refusal)
-            raise _Refused("unauthorized", refusal)
+            raise Refused("unauthorized", refusal)
         start = await self._start(conn, hello)
         if not hub.index.servable(hello.cluster, start):
             hub.metrics.hello("unavailable")
-            raise _Refused("unavailable", "the cursor lies before what this indexer retains")
+            raise Refused("unavailable", "the cursor lies before what this indexer retains")
         session_id = os.urandom(SESSION_BYTES)
         self.signer = PushSigner(hello.cluster, session_id, start, key)
         hub.metrics.hello("accepted")
@@ -292,7 +280,7 @@ class Session:
             block = index.registration_block(hello.cluster, hello.member_id, MEMBER_REGISTERED)
             if block is None:
                 self.hub.metrics.hello("unavailable")
-                raise _Refused("unavailable", "the member's registration is not indexed yet")
+                raise Refused("unavailable", "the member's registration is not indexed yet")
             return Cursor.start(block)
         cursor = hello.cursor
         if cursor.block_hash.is_zero:
@@ -302,36 +290,23 @@ class Session:
             head = self.hub.head()
             if head is not None and cursor.block > head:  # newer than what we have seen, or forged
                 self.hub.metrics.hello("unavailable")
-                raise _Refused("unavailable", "the cursor lies beyond this indexer's head")
+                raise Refused("unavailable", "the cursor lies beyond this indexer's head")
             try:
                 canonical = (await conn.block_header(cursor.block)).hash
             except ChainError:
                 self.hub.metrics.hello("unavailable")
-                raise _Refused("unavailable", "chain read failed") from None
+                raise Refused("unavailable", "chain read failed") from None
         if canonical != cursor.block_hash:
-            raise _Refused("reorg", "the cursor's block hash is not on the canonical chain")
+            raise Refused("reorg", "the cursor's block hash is not on the canonical chain")
         return cursor
 
-    def _decode(self, msg: object) -> object | None:
-        """Decode a text frame; end the session (and return None) for anything else."""
-        kind = getattr(msg, "type", None)
-        data = getattr(msg, "data", None)
-        if kind in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
-            self.end(None)
+    def _decode(self, msg: object) -> Message | None:
+        """Decode a text frame; end the session (and return None) when the peer is gone."""
+        frame = read_frame(msg)
+        if isinstance(frame, Gone):
+            self.end(None, frame.detail)
             return None
-        if kind == WSMsgType.ERROR:
-            if isinstance(data, WebSocketError):  # a frame aiohttp refused; it already closed with the code
-                raise _Refused("malformed", "frame refused by the WebSocket layer")
-            self.end(None, "socket error")
-            return None
-        if kind != WSMsgType.TEXT or not isinstance(data, str):
-            raise _Refused("malformed", "frames must be text")
-        if len(data) > MAX_FRAME_BYTES or len(data.encode("utf-8", "surrogatepass")) > MAX_FRAME_BYTES:
-            raise _Refused("malformed", "frame exceeds the size limit")
-        try:
-            return decode(data)
-        except WireError as exc:
-            raise _Refused("malformed", str(exc)) from None
+        return frame
 
     # --- after the welcome -------------------------------------------------------------------------------
 
@@ -342,14 +317,14 @@ class Session:
                 if message is None:
                     return
                 if not isinstance(message, Ack):
-                    raise _Refused("protocol", "only acks may follow the hello")
+                    raise Refused("protocol", "only acks may follow the hello")
                 assert self.signer is not None
                 if message.seq > self.signer.seq:
-                    raise _Refused("protocol", "ack ahead of what was sent")
+                    raise Refused("protocol", "ack ahead of what was sent")
                 if message.seq > self.acked_seq:
                     self.acked_seq, self.acked_cursor = message.seq, message.cursor
                     self._acked.set()
-        except _Refused as refused:
+        except Refused as refused:
             self.end(refused.reason, refused.detail)
 
     def _next(self) -> Event | Checkpoint | None:

@@ -30,10 +30,11 @@ from sidecar.core.status import NodeStatus, PeerView, SelfView
 from sidecar.drivers.chainlink import ChainLink
 from sidecar.drivers.clock import SystemClock, wall_ms
 from sidecar.drivers.control import Controller
-from sidecar.drivers.events import ChainLogPoller, EventRouter, SharedCursor
+from sidecar.drivers.events import ChainLogPoller, SharedCursor
 from sidecar.drivers.heartbeats import HeartbeatService
 from sidecar.drivers.node import build_node
 from sidecar.drivers.push import Credentials, PushSubscriber
+from sidecar.drivers.router import EventRouter
 from sidecar.drivers.store import StateStore
 from sidecar.drivers.supervisor import StopSignal, Supervisor
 from sidecar.dstack.agent import GuestAgent

@@ -37,8 +37,9 @@ from sidecar.core.cursor import Cursor
 from sidecar.core.ids import Address, Bytes32, SecretBytes
 from sidecar.core.keys import ed25519_public_key
 from sidecar.core.model import ChainLog
-from sidecar.drivers.events import CURSOR_FILE, ChainLogPoller, EventRouter, HandledLog, SharedCursor
+from sidecar.drivers.events import CURSOR_FILE, ChainLogPoller, HandledLog, SharedCursor
 from sidecar.drivers.push import Credentials, PushSubscriber
+from sidecar.drivers.router import EventRouter
 from sidecar.drivers.store import StateStore
 from sidecar.dstack import GuestAgent
 from sidecar.observability import Metrics

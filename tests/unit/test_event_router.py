@@ -17,8 +17,9 @@ from sidecar.core.cursor import Cursor
 from sidecar.core.ids import Address, Bytes32
 from sidecar.core.indexerwire import RejectReason
 from sidecar.daemon import Daemon
-from sidecar.drivers.events import CURSOR_FILE, ChainLogPoller, EventRouter, HandledLog, SharedCursor
+from sidecar.drivers.events import CURSOR_FILE, ChainLogPoller, HandledLog, SharedCursor
 from sidecar.drivers.push import PushSubscriber
+from sidecar.drivers.router import EventRouter
 from sidecar.drivers.store import StateStore
 from sidecar.observability import PUSH_REJECTIONS, Metrics
 from sidecar.settings import load_settings
