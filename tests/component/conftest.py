@@ -17,6 +17,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from devnet.anvil import DEVNET_DEPLOYER_KEY, DEVNET_DEV_KEYS, AnvilProcess
 from devnet.deployment import Deployment, deploy_stack
@@ -30,8 +31,9 @@ from sidecar.chain.tx import LocalSigner, TxSubmitter
 from sidecar.core.ids import Bytes32
 from sidecar.core.keys import ed25519_public_key
 from sidecar.dstack import GuestAgent
+from sidecar.http import Runner, start_tcp
 from sidecar.settings import HostPort
-from tests.component.toolkit import CHAIN_ID, COMPOSE_HASH, INDEXER_APP, Chain, Factory
+from tests.component.toolkit import CHAIN_ID, COMPOSE_HASH, HOST, INDEXER_APP, Chain, Factory, Serve
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +159,18 @@ async def make_indexer(anvil: AnvilProcess, stack: Deployment, agent_socket: str
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    """Start applications on 127.0.0.1 (free port); all are closed at the end of the test."""
+    runners: list[Runner] = []
+
+    async def start(app: web.Application) -> Runner:
+        runner = await start_tcp(app, HOST, 0, close_timeout=2.0)
+        runners.append(runner)
+        return runner
+
+    yield start
+    for runner in runners:
+        await runner.close()

@@ -13,7 +13,7 @@ import socket
 import stat
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -31,11 +31,10 @@ from sidecar.http.appapi import app_api
 from sidecar.http.health import health_app
 from sidecar.http.peerapi import CskAnswer, CskFetchError, fetch_csk, peer_api
 from sidecar.observability import Metrics
+from tests.component.toolkit import HOST, Serve
 
 pytestmark = [pytest.mark.component, pytest.mark.timeout(60)]
 
-HOST = "127.0.0.1"
-Serve = Callable[[web.Application], Awaitable[Runner]]
 CSK = bytes(range(32))
 COMMITMENT = "0x" + "c0" * 32
 SEALED = bytes(range(80))
@@ -115,21 +114,6 @@ def short_dir() -> Iterator[Path]:
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as client:
         yield client
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
-    """Start applications on 127.0.0.1 (free port); all are closed at the end of the test."""
-    runners: list[Runner] = []
-
-    async def start(app: web.Application) -> Runner:
-        runner = await start_tcp(app, HOST, 0, close_timeout=2.0)
-        runners.append(runner)
-        return runner
-
-    yield start
-    for runner in runners:
-        await runner.close()
 
 
 def rejected(metrics: Metrics, surface: str) -> float:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp import web
@@ -26,11 +25,19 @@ from sidecar.core.ids import Bytes32
 from sidecar.core.keys import KeyPath
 from sidecar.core.model import MemberRecord
 from sidecar.core.status import NodeStatus, healthz_body
-from sidecar.http import Runner, start_tcp
 from sidecar.http.health import health_app
 from sidecar.observability import Metrics
 from tests.component.conftest import CHAIN_ID, COMPOSE_HASH
-from tests.component.toolkit import HOST, Chain, bad_checksum, chain_args, closed_port, run_cli, usage_error
+from tests.component.toolkit import (
+    HOST,
+    Chain,
+    Serve,
+    bad_checksum,
+    chain_args,
+    closed_port,
+    run_cli,
+    usage_error,
+)
 
 pytestmark = [pytest.mark.component, pytest.mark.timeout(120)]
 
@@ -39,8 +46,6 @@ INDEXER_KEY = Bytes32(b"\x1e" * 32)
 INDEXER_ENDPOINT = "ws://10.99.0.5:8080/v1/subscribe"  # written on chain; nothing connects to it
 OTHER_COMPOSE = Bytes32(b"\xc2" * 32)
 COMMITMENT = Bytes32(b"\xcc" * 32)
-
-Serve = Callable[[web.Application], Awaitable[Runner]]
 
 
 async def commit_csk(conn: ChainConnection, kms: DevnetKms, cluster: ClusterClient) -> None:
@@ -233,21 +238,6 @@ UNHEALTHY = NodeStatus(
     chain_reachable=False,
     chain_error="RPC endpoint unreachable",
 )
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
-    """Start applications on 127.0.0.1 (free port); all are closed at the end of the test."""
-    runners: list[Runner] = []
-
-    async def start(app: web.Application) -> Runner:
-        runner = await start_tcp(app, HOST, 0, close_timeout=2.0)
-        runners.append(runner)
-        return runner
-
-    yield start
-    for runner in runners:
-        await runner.close()
 
 
 async def test_health_prints_a_healthy_node_readably_and_exits_0(serve: Serve) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from devnet.anvil import AnvilProcess
 from devnet.deployment import Deployment, deploy_member_app
@@ -34,6 +35,7 @@ from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
 from sidecar.core.keys import KeyPath, ed25519_public_key
 from sidecar.core.model import ClusterConfig, MemberKeys, MeshCidr
 from sidecar.core.sigchain import build_proof
+from sidecar.http import Runner
 
 REPO = Path(__file__).resolve().parents[2]
 CHAIN_ID = 31337  # the component anvil's
@@ -42,6 +44,9 @@ HOST = "127.0.0.1"
 INDEXER_APP = Address.from_hex("0x1de7e40000000000000000000000000000000001")
 FUNDING_WEI = 10**18
 DEADLINE = 20.0
+
+#: ``serve``: start an aiohttp application on 127.0.0.1 (a free port); the fixture closes it after the test.
+Serve = Callable[[web.Application], Awaitable[Runner]]
 
 #: ``make_indexer``: start an in-process indexer with these ``ATTESTMESH_INDEXER_*`` overrides.
 Factory = Callable[..., Awaitable[IndexerService]]
