@@ -119,6 +119,8 @@ def configure_logging(level: str, *, stream: TextIO | None = None) -> None:
 PeerState = Literal["desired", "configured", "live"]
 PeerChange = Literal["added", "removed", "updated"]
 ReconcileResult = Literal["changed", "unchanged", "error"]
+ReconcileStep = Literal["identity", "chain", "membership", "endpoint", "mesh", "csk"]
+StepFailure = Literal["transient", "terminal"]
 HeartbeatRejection = Literal[
     "malformed", "unknown_sender", "bad_signature", "wrong_source", "stale", "future", "replayed"
 ]
@@ -155,6 +157,8 @@ EventMode = Literal["push", "poll"]
 PEER_STATES: Final[tuple[str, ...]] = get_args(PeerState)
 PEER_CHANGES: Final[tuple[str, ...]] = get_args(PeerChange)
 RECONCILE_RESULTS: Final[tuple[str, ...]] = get_args(ReconcileResult)
+RECONCILE_STEPS: Final[tuple[str, ...]] = get_args(ReconcileStep)
+STEP_FAILURES: Final[tuple[str, ...]] = get_args(StepFailure)
 HEARTBEAT_REJECTIONS: Final[tuple[str, ...]] = get_args(HeartbeatRejection)
 LIVENESS_DIRECTIONS: Final[tuple[str, ...]] = get_args(LivenessDirection)
 CSK_REFUSALS: Final[tuple[str, ...]] = get_args(CskRefusal)
@@ -213,6 +217,12 @@ class Metrics:
         )
         self.reconcile_passes = Counter(
             "attestmesh_reconcile_passes_total", "Reconcile passes by result.", ["result"], registry=r
+        )
+        self.step_failures = Counter(
+            "attestmesh_reconcile_step_failures_total",
+            "Reconcile steps that failed, by step and class (transient: retried; terminal: reported).",
+            ["step", "failure"],
+            registry=r,
         )
         self.heartbeats_sent = Counter("attestmesh_heartbeats_sent_total", "Heartbeats sent.", registry=r)
         self.heartbeats_received = Counter(
@@ -281,6 +291,9 @@ class Metrics:
 
         for name in PHASES:
             self.phase.labels(phase=name).set(0)
+        for step in RECONCILE_STEPS:
+            for failure in STEP_FAILURES:
+                self.step_failures.labels(step=step, failure=failure)
         self.set_event_mode("poll")
         for labelled, values in (
             (self.peers, PEER_STATES),
@@ -327,6 +340,9 @@ class Metrics:
 
     def reconcile_pass(self, result: ReconcileResult) -> None:
         self.reconcile_passes.labels(_known(result, RECONCILE_RESULTS, "result")).inc()
+
+    def step_failed(self, step: ReconcileStep, failure: StepFailure) -> None:
+        self.step_failures.labels(step=step, failure=failure).inc()
 
     # heartbeats and liveness
     def heartbeat_sent(self, count: int = 1) -> None:

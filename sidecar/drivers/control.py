@@ -38,7 +38,7 @@ from sidecar.drivers.events import EventSource
 from sidecar.drivers.mesh import MeshStep
 from sidecar.drivers.nodestate import NodeState
 from sidecar.drivers.steps import ChainStep, EndpointStep, IdentityStep, MembershipStep
-from sidecar.observability import Metrics
+from sidecar.observability import Metrics, ReconcileStep
 
 log = structlog.get_logger("sidecar.control")
 
@@ -150,9 +150,12 @@ class Controller:
         self._apply(self._standing_facts())
         self._update_status()
 
-    def _apply(self, part: FactsPart | Outcome) -> bool:
-        """Fold an outcome (or a bare facts part) into the facts; return whether the pass goes on."""
+    def _apply(self, part: FactsPart | Outcome, step: ReconcileStep | None = None) -> bool:
+        """Fold an outcome (or a bare facts part) into the facts, count a failed step by its class; return
+        whether the pass goes on."""
         outcome = part if isinstance(part, Outcome) else Outcome(part)
+        if step is not None and outcome.failure is not None:
+            self.metrics.step_failed(step, outcome.failure)
         self.state.facts = fold(self.state.facts, outcome.facts)
         if outcome.requeue is not None:
             self._requeue = outcome.requeue if self._requeue is None else min(self._requeue, outcome.requeue)
@@ -161,22 +164,22 @@ class Controller:
     async def _run_steps(self) -> None:
         st, steps = self.state, self.steps
         outcome, identity = await steps.identity.run(st.identity)
-        if not self._apply(outcome) or identity is None:
+        if not self._apply(outcome, "identity") or identity is None:
             return
         st.identity = identity
         outcome, read = await steps.chain.run(identity)
-        if not self._apply(outcome) or read is None:
+        if not self._apply(outcome, "chain") or read is None:
             return
         st.head, st.snapshot = read
         snap = st.snapshot
         outcome, mine = await steps.membership.run(identity, snap)
         st.member_id = mine.member_id if mine is not None else None
-        if not self._apply(outcome) or mine is None:
+        if not self._apply(outcome, "membership") or mine is None:
             return
-        self._apply(await steps.endpoint.run(identity, mine, self.clock.monotonic()))
-        if not self._apply(await steps.mesh.run(identity, snap, mine)):
+        self._apply(await steps.endpoint.run(identity, mine, self.clock.monotonic()), "endpoint")
+        if not self._apply(await steps.mesh.run(identity, snap, mine), "mesh"):
             return
-        self._apply(await steps.csk.run(identity, snap, mine))
+        self._apply(await steps.csk.run(identity, snap, mine), "csk")
 
     def _standing_facts(self) -> FactsPart:
         """Facts re-read after every pass, whichever step it ended at: peers, and the key against the

@@ -304,3 +304,32 @@ def test_the_fakes_implement_the_ports_the_steps_depend_on(fake: type, port: typ
             continue
         assert inspect.iscoroutinefunction(ours) == inspect.iscoroutinefunction(member), name
         assert list(inspect.signature(ours).parameters) == list(inspect.signature(member).parameters), name
+
+
+def step_failures(w: World) -> dict[tuple[str, str], float]:
+    """The non-zero ``attestmesh_reconcile_step_failures_total`` series: (step, failure) -> count."""
+    found: dict[tuple[str, str], float] = {}
+    for metric in w.metrics.registry.collect():
+        for sample in metric.samples:
+            if sample.name == "attestmesh_reconcile_step_failures_total" and sample.value:
+                found[(sample.labels["step"], sample.labels["failure"])] = sample.value
+    return found
+
+
+async def test_each_failed_step_is_counted_by_its_class(tmp_path: Path) -> None:
+    """The outcome's failure class reaches the metrics: transient and terminal, named by step."""
+    w = world(tmp_path, FakeChain(fail=ChainUnavailable("RPC endpoint unreachable: refused")))
+    await w.pass_once()
+    await w.pass_once()
+    assert step_failures(w) == {("chain", "transient"): 2}
+
+    w = world(tmp_path, FakeChain(fail=ChainIdMismatch(1, 31337)))
+    await w.pass_once()
+    assert step_failures(w) == {("chain", "terminal"): 1}
+
+    w = world(tmp_path, FakeChain(register_fail=InsufficientFunds("insufficient funds for gas")))
+    await w.pass_once()
+    assert step_failures(w) == {("membership", "terminal"): 1}
+
+    w, _ = await healthy(tmp_path)
+    assert step_failures(w) == {}  # a healthy path has no failed step
