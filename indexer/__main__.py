@@ -12,7 +12,7 @@ import sys
 
 from indexer.service import IndexerService
 from indexer.settings import EXIT_BAD_CONFIGURATION, SettingsError, load_settings
-from sidecar.observability import configure_logging
+from sidecar.logs import configure_logging
 
 
 def main() -> int:

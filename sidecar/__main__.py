@@ -14,7 +14,7 @@ import os
 import sys
 
 from sidecar.daemon import Daemon
-from sidecar.observability import configure_logging
+from sidecar.logs import configure_logging
 from sidecar.settings import SettingsError, load_settings
 
 EXIT_CONFIG = 2

@@ -10,6 +10,7 @@ import pytest
 import structlog
 from prometheus_client import CollectorRegistry, generate_latest
 
+from sidecar.logs import configure_logging, drop_secret_keys
 from sidecar.observability import (
     CHAIN_ERROR_KINDS,
     CSK_PULL_RESULTS,
@@ -25,8 +26,6 @@ from sidecar.observability import (
     RECONCILE_RESULTS,
     REGISTRATION_RESULTS,
     Metrics,
-    configure_logging,
-    drop_secret_keys,
 )
 
 LABELLED = [
