@@ -161,15 +161,16 @@ def test_restarts_keep_identity_and_recover(lab: LabCli) -> None:
     assert stopped and stopped[0]["interface_left_up"] is True  # the SIGTERM of `node restart` was graceful
 
     # A stopped node goes down on its peers (liveness goes down as well as up), then everything recovers.
+    def node3_live_on_node1() -> bool:
+        return bool(
+            next(p for p in found["node-1"].app("/v1/peers")[1]["peers"] if p["mesh_ip"] == mesh3)["live"]
+        )
+
+    # node-1 is healthy with one live peer: hear node-3 first, or its stop would be no transition at all.
+    wait_until(node3_live_on_node1, 15, "node-1 hears node-3 after its restart")
     downs = found["node-1"].counter("attestmesh_peer_liveness_transitions_total", direction="down")
     lab.run("node", "stop", "node-3")
-    wait_until(
-        lambda: (
-            not next(p for p in found["node-1"].app("/v1/peers")[1]["peers"] if p["mesh_ip"] == mesh3)["live"]
-        ),
-        15,
-        "node-1 sees node-3 down",
-    )
+    wait_until(lambda: not node3_live_on_node1(), 15, "node-1 sees node-3 down")
     wait_until(
         lambda: (
             found["node-1"].counter("attestmesh_peer_liveness_transitions_total", direction="down") > downs
