@@ -145,7 +145,7 @@ def _ignore_missing(exc: IpCommandError) -> None:
         raise exc
 
 
-def _kill_namespace_processes(namespaces: Sequence[str]) -> list[procs.ProcRecord]:
+def kill_namespace_processes(namespaces: Sequence[str]) -> list[procs.ProcRecord]:
     """Stop every process in ``namespaces``; return those that survived SIGKILL.
 
     A few rounds, so a process forked while the first round was stopping its parent goes too.
@@ -236,7 +236,7 @@ class LabNetwork:
         ns = self.plan.node_ns(name)
         if not netns_exists(ns):
             return
-        survivors = _kill_namespace_processes([ns])
+        survivors = kill_namespace_processes([ns])
         if NODE_IFACE in link_names(ns):
             # Deleting our end takes the hub port with it now, not when the kernel frees the namespace.
             try:
@@ -251,7 +251,7 @@ class LabNetwork:
         """Sweep everything carrying the lab's prefix; works on partial state, no-op when nothing is left."""
         plan = self.plan
         namespaces = [ns for ns in list_netns() if ns.startswith(plan.sweep_prefix)]
-        survivors = _kill_namespace_processes(namespaces)
+        survivors = kill_namespace_processes(namespaces)
         # Root-side links first, synchronously: their peers may otherwise outlive `ip netns del` briefly.
         for link in link_names():
             if link.startswith(plan.sweep_prefix):

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from devnet import procs
 from devnet.lab import Devnet
-from devnet.netns import LabError, LabNetwork, NodeNet, leftovers, list_netns
+from devnet.netns import LabError, LabNetwork, NodeNet, leftovers, list_netns, netns_pids
 from devnet.topology import BLACKHOLE_METRIC, LabPlan
 from devnet.wireguard import start_wireguard_go, uapi_get, uapi_set, uapi_socket
 from tests.conftest import require
@@ -287,6 +287,27 @@ def test_each_lab_starts_fresh_logs_and_keeps_the_previous_runs(lab: LabNetwork)
         for name in names:
             assert marker not in (devnet.logs / name).read_text(), name
             assert (root / "logs.1" / name).read_text().startswith(first[name])  # then its shutdown lines
+    finally:
+        devnet.down()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_boot_ends_a_process_no_record_names_in_the_node(lab: LabNetwork, tmp_path: Path) -> None:
+    """A command killed between spawning a process and journalling it leaves one the lab does not know:
+    power-off and boot end everything in the node's namespace, as a CVM's power-off does, so a reboot never
+    runs beside it (the routines' kill-at-each-step test hits that window now and then)."""
+    root = Path(tempfile.mkdtemp(prefix="amtc-", dir="/tmp"))
+    devnet = Devnet(root, PLAN)
+    try:
+        devnet.up(1, sidecars=False, indexer=False)
+        node = devnet.running_state().node("node-1")
+        stray = procs.spawn(["sleep", "60"], name="stray", netns=node.netns, log_path=tmp_path / "stray.log")
+        devnet.stop_node("node-1")
+        assert not procs.is_alive(stray) and netns_pids(node.netns) == []
+        stray = procs.spawn(["sleep", "60"], name="stray", netns=node.netns, log_path=tmp_path / "stray.log")
+        booted = devnet.start_node("node-1")
+        assert not procs.is_alive(stray)
+        assert set(netns_pids(node.netns)) == {rec.pid for rec in booted.processes.values()}
     finally:
         devnet.down()
         shutil.rmtree(root, ignore_errors=True)
