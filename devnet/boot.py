@@ -216,8 +216,9 @@ class NodePower:
 
 
 def _power_down(node: NodeState) -> None:
-    """End what runs in the node, as a CVM's power-off does: its recorded processes, then anything else in
+    """End what the lab runs in the node: its recorded processes, then any other process the lab spawned in
     its network namespace. A command killed between spawning a process and journalling it (the routines'
-    kill tests do that on purpose) leaves one that no record names; the next boot must not run beside it."""
+    kill tests do that on purpose) leaves one that no record names; the next boot must not run beside it.
+    What others run there (an operator's ``node exec``, a test's ping) is theirs and stays."""
     procs.terminate_all(node.processes.values())
-    kill_namespace_processes([node.netns])
+    kill_namespace_processes([node.netns], spawned_only=True)

@@ -145,8 +145,11 @@ def _ignore_missing(exc: IpCommandError) -> None:
         raise exc
 
 
-def kill_namespace_processes(namespaces: Sequence[str]) -> list[procs.ProcRecord]:
-    """Stop every process in ``namespaces``; return those that survived SIGKILL.
+def kill_namespace_processes(
+    namespaces: Sequence[str], *, spawned_only: bool = False
+) -> list[procs.ProcRecord]:
+    """Stop every process in ``namespaces`` (with ``spawned_only``, only those ``procs.spawn`` started);
+    return those that survived SIGKILL.
 
     A few rounds, so a process forked while the first round was stopping its parent goes too.
     """
@@ -155,7 +158,8 @@ def kill_namespace_processes(namespaces: Sequence[str]) -> list[procs.ProcRecord
             rec
             for ns in namespaces
             for pid in netns_pids(ns)
-            if (rec := procs.record_for(pid, f"{ns}:{pid}")) is not None
+            if (not spawned_only or procs.spawned_here(pid))
+            and (rec := procs.record_for(pid, f"{ns}:{pid}")) is not None
         ]
         if not records:
             return []

@@ -114,6 +114,21 @@ def is_alive(rec: ProcRecord) -> bool:
     return _matches(rec)
 
 
+#: Set in the environment of every process ``spawn`` starts, so a process the lab started can be told from
+#: one somebody else runs in the same namespace (an operator's shell, a test's ping) even when no record
+#: names it (``spawned_here``). Not an ATTESTMESH_* name: the sidecar refuses variables it does not know.
+SPAWN_MARKER = "AMLAB_SPAWNED"
+
+
+def spawned_here(pid: int) -> bool:
+    """Tell whether ``pid`` was started by ``spawn`` (its environment carries ``SPAWN_MARKER``)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    return any(entry.startswith(SPAWN_MARKER.encode() + b"=") for entry in environ.split(b"\0"))
+
+
 def spawn(
     argv: Sequence[str],
     *,
@@ -125,7 +140,8 @@ def spawn(
 ) -> ProcRecord:
     """Start ``argv`` in its own session (inside ``netns`` if given), output appended to ``log_path``.
 
-    ``env`` replaces the environment, as in ``subprocess`` (None inherits ours).
+    ``env`` replaces the environment, as in ``subprocess`` (None inherits ours); either way the child
+    also gets ``SPAWN_MARKER``.
     """
     if not argv:
         raise ProcError(f"{name}: empty argv")
@@ -139,7 +155,7 @@ def spawn(
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env=None if env is None else dict(env),
+                env={**(os.environ if env is None else env), SPAWN_MARKER: name},
                 cwd=cwd,
             )
     except OSError as exc:
