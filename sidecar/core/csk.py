@@ -51,14 +51,14 @@ from typing import Literal
 import nacl.bindings
 import nacl.exceptions
 import nacl.utils
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from eth_utils.crypto import keccak
 from nacl.public import PrivateKey, PublicKey, SealedBox
 
 from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
+from sidecar.core.keys import ed25519_verifies
 
 CSK_BYTES = 32
 REQUEST_DOMAIN = b"attestmesh/csk-request/v1\x00"
@@ -186,11 +186,7 @@ def parse_request(obj: object) -> tuple[CskRequest, bytes]:
 
 def verify_request(req: CskRequest, signature: bytes, identity_pub: Bytes32) -> bool:
     """Tell whether the signature over the request verifies against the Ed25519 public key."""
-    try:
-        Ed25519PublicKey.from_public_bytes(identity_pub.raw).verify(signature, request_message(req))
-    except (InvalidSignature, ValueError):
-        return False
-    return True
+    return ed25519_verifies(identity_pub, signature, request_message(req))
 
 
 @dataclass(frozen=True, slots=True)

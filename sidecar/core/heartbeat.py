@@ -40,10 +40,10 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Literal
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sidecar.core.ids import Bytes32, MemberId, SecretBytes
+from sidecar.core.keys import ed25519_verifies
 
 MAGIC = b"AMHB"
 VERSION = 1
@@ -144,11 +144,7 @@ def decode(data: bytes) -> SignedHeartbeat:
 
 def verify_signature(signed: SignedHeartbeat, identity_pub: Bytes32) -> bool:
     """Tell whether the heartbeat's signature verifies against the Ed25519 public key."""
-    try:
-        Ed25519PublicKey.from_public_bytes(identity_pub.raw).verify(signed.signature, DOMAIN + signed.signed)
-    except (InvalidSignature, ValueError):
-        return False
-    return True
+    return ed25519_verifies(identity_pub, signed.signature, DOMAIN + signed.signed)
 
 
 @dataclass(slots=True)

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import enum
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from eth_keys.datatypes import PrivateKey
 from eth_utils.crypto import keccak
 
-from sidecar.core.ids import Address, SecretBytes
+from sidecar.core.ids import Address, Bytes32, SecretBytes
 
 # secp256k1 field prime and group order (SEC 2).
 SECP256K1_P = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEFFFFFC2F
@@ -100,6 +101,16 @@ def ed25519_public_key(seed: SecretBytes) -> bytes:
     """Return the 32-byte Ed25519 public key for a 32-byte seed (RFC 8032)."""
     private = Ed25519PrivateKey.from_private_bytes(_scalar(seed, "Ed25519 seed"))
     return private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def ed25519_verifies(public_key: Bytes32, signature: bytes, message: bytes) -> bool:
+    """Tell whether ``signature`` over ``message`` verifies against the Ed25519 ``public_key`` (a malformed
+    key or signature does not verify)."""
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key.raw).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 def x25519_public_key(scalar: SecretBytes) -> bytes:

@@ -46,10 +46,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal, cast, get_args
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
+from sidecar.core.keys import ed25519_verifies
 
 VERSION: Final = 1
 DOMAIN_HELLO: Final = b"attestmesh/transport-hello/v1\x00"
@@ -226,13 +226,7 @@ def decode_hello(frame: Frame) -> SignedHello:
 
 def verify_hello_signature(signed: SignedHello, identity_pub: Bytes32) -> bool:
     """Tell whether the hello's signature verifies against the Ed25519 public key."""
-    try:
-        Ed25519PublicKey.from_public_bytes(identity_pub.raw).verify(
-            signed.signature, DOMAIN_HELLO + signed.signed
-        )
-    except (InvalidSignature, ValueError):
-        return False
-    return True
+    return ed25519_verifies(identity_pub, signed.signature, DOMAIN_HELLO + signed.signed)
 
 
 @dataclass(slots=True)

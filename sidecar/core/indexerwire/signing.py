@@ -14,8 +14,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sidecar.core.cursor import WHOLE_BLOCK, Cursor, is_after
 from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
@@ -29,6 +28,7 @@ from sidecar.core.indexerwire.messages import (
     check_bytes,
     check_cursor,
 )
+from sidecar.core.keys import ed25519_verifies
 from sidecar.core.model import ChainLog
 
 DOMAIN_HELLO = b"attestmesh/indexer-hello/v1\x00"
@@ -93,11 +93,7 @@ def _private(seed: SecretBytes, what: str) -> Ed25519PrivateKey:
 
 def verify_signature(msg: Hello | Event | Checkpoint, public_key: Bytes32) -> bool:
     """Tell whether the message's signature verifies against the Ed25519 public key."""
-    try:
-        Ed25519PublicKey.from_public_bytes(public_key.raw).verify(msg.signature, signed_bytes(msg))
-    except (InvalidSignature, ValueError):
-        return False
-    return True
+    return ed25519_verifies(public_key, msg.signature, signed_bytes(msg))
 
 
 _NO_SIGNATURE = bytes(SIGNATURE_BYTES)
