@@ -5,7 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(wireguard-go wireguard-tools iproute2 iputils-ping shellcheck procps psmisc nodejs npm)
+# The devnet's gateway mode: dnsmasq-base (the binary, without the dnsmasq package's system service that would
+# take port 53 in the root namespace), nftables (the nodes' firewalls), iperf3 (the transport benchmark).
+APT_PACKAGES=(wireguard-go wireguard-tools iproute2 iputils-ping shellcheck procps psmisc nodejs npm
+  dnsmasq-base nftables iperf3)
 PYTHON=${PYTHON:-python3}
 stamp_dir=.venv/.stamps
 
@@ -27,6 +30,8 @@ if ! "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null; then
 fi
 if ((${#missing_apt[@]})); then
   log "apt: installing ${missing_apt[*]}"
+  # iperf3 asks whether to run a system-wide server: never (the benchmark starts its own, in a lab namespace).
+  echo 'iperf3 iperf3/start_daemon boolean false' | debconf-set-selections
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing_apt[@]}" >/dev/null
 else
