@@ -1,6 +1,8 @@
 """The devnet lab's network: namespaces, bridge, veths, addresses and the root namespace's routes.
 
-Owns: applying a ``LabPlan`` with iproute2 (``LabNetwork.create``/``add_node``/``remove_node``), the sweep
+Owns: applying a ``LabPlan`` with iproute2 (``LabNetwork.create``/``add_node``/``add_indexer``/
+``add_gateway``/``remove_node``), a namespace's resolver (``set_resolver``: ``/etc/netns/<ns>/resolv.conf``,
+which ``ip netns exec`` bind-mounts over ``/etc/resolv.conf`` for everything the lab runs there), the sweep
 that removes everything carrying the lab's prefix after a clean stop or a crash (``destroy``), and
 ``leftovers`` which tests use to prove nothing is left behind.
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -25,6 +28,8 @@ from devnet import procs
 from devnet.topology import BLACKHOLE_METRIC, NODE_IFACE, Attachment, LabPlan
 
 NETNS_DIR = Path("/run/netns")
+#: Per-namespace files ``ip netns exec NS`` bind-mounts over their ``/etc`` namesakes.
+NETNS_ETC = Path("/etc/netns")
 _KILL_TIMEOUT = 5.0
 _KILL_ROUNDS = 3
 _VANISH_TIMEOUT = 5.0
@@ -91,6 +96,30 @@ def list_netns() -> list[str]:
 
 def netns_exists(ns: str) -> bool:
     return (NETNS_DIR / ns).exists()
+
+
+def netns_etc_dirs(prefix: str) -> list[Path]:
+    """The ``/etc/netns`` directories of the namespaces whose names start with ``prefix``."""
+    try:
+        return sorted(Path(entry.path) for entry in os.scandir(NETNS_ETC) if entry.name.startswith(prefix))
+    except FileNotFoundError:
+        return []
+
+
+def set_resolver(ns: str, nameserver: IPv4Address) -> Path:
+    """Make ``nameserver`` the only resolver of what runs in ``ns`` (through ``ip netns exec``)."""
+    directory = NETNS_ETC / ns
+    directory.mkdir(parents=True, exist_ok=True)
+    # Written in place, before anything runs in the namespace: every file in this directory is bind-mounted
+    # over its namesake in /etc, so a temporary file beside it would be too.
+    path = directory / "resolv.conf"
+    path.write_text(f"# the AttestMesh devnet's lab DNS, removed with the lab\nnameserver {nameserver}\n")
+    return path
+
+
+def remove_netns_etc(ns: str) -> None:
+    """Remove ``/etc/netns/<ns>`` (no-op when absent)."""
+    shutil.rmtree(NETNS_ETC / ns, ignore_errors=True)
 
 
 def link_names(ns: str | None = None) -> list[str]:
@@ -235,6 +264,10 @@ class LabNetwork:
         """Create (or complete) the indexer's namespace ``<lab>-idx`` and its port on the bridge."""
         return self._attach(self.plan.indexer)
 
+    def add_gateway(self) -> NodeNet:
+        """Create (or complete) the gateway's namespace ``<lab>-gw`` and its port on the bridge."""
+        return self._attach(self.plan.gateway)
+
     def remove_node(self, name: str) -> None:
         """Stop every process in node ``name``'s namespace and delete the namespace (no-op if absent)."""
         ns = self.plan.node_ns(name)
@@ -248,6 +281,7 @@ class LabNetwork:
             except IpCommandError as exc:
                 _ignore_missing(exc)
         self._delete_netns(ns)
+        remove_netns_etc(ns)
         if survivors:
             raise LabError(f"processes survived SIGKILL in {ns}: {[r.pid for r in survivors]}")
 
@@ -266,6 +300,8 @@ class LabNetwork:
         # Reverse order of creation: nodes, then the hub.
         for ns in sorted(namespaces, key=lambda n: n == plan.hub_ns):
             self._delete_netns(ns)
+        for directory in netns_etc_dirs(plan.sweep_prefix):
+            shutil.rmtree(directory, ignore_errors=True)
         # Blackholes last: they stay until nothing of the lab can emit a packet.
         for route in _root_routes():
             if _is_our_blackhole(route, plan):
@@ -369,13 +405,15 @@ class LabNetwork:
 
 
 def leftovers(plan: LabPlan) -> list[str]:
-    """Describe anything of ``plan``'s lab still present: namespaces, mounts, links, routes, processes."""
+    """Describe anything of ``plan``'s lab still present: namespaces, mounts, links, routes, processes and
+    ``/etc/netns`` directories."""
     found: list[str] = []
     prefix = plan.sweep_prefix
     for ns in list_netns():
         if ns.startswith(prefix):
             found.append(f"netns file {NETNS_DIR / ns}")
             found.extend(f"process {pid} in {ns}" for pid in netns_pids(ns))
+    found.extend(f"netns config {directory}" for directory in netns_etc_dirs(prefix))
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         mount_point = line.split()[4]
         if mount_point.startswith(f"{NETNS_DIR}/{prefix}"):

@@ -1,8 +1,9 @@
 """The devnet lab's address and name plan: every namespace, link, address and route the lab may create.
 
 Owns: ``LabPlan`` (a frozen value built from a lab name, an underlay /24 and the mesh CIDR), the name
-rules for labs and nodes, and every derived name and address (hub, root veth, node namespaces and ports,
-the indexer slot, blackhole prefixes, the sweep prefix). Pure: must not do I/O, run commands or read the
+rules for labs and nodes, the lab's transports (``gateway``, the default, or ``direct``), and every derived
+name and address (hub, root veth, node namespaces and ports, the indexer slot, the gateway slot and its
+domain, blackhole prefixes, the sweep prefix). Pure: must not do I/O, run commands or read the
 system; ``devnet.netns`` applies the plan. Every name the lab creates starts with ``<lab>-`` (or lives
 inside a namespace that does), so a sweep by that prefix finds all of it and nothing else: lab names
 contain no ``-``, so one lab's prefix is never a prefix of another's.
@@ -36,11 +37,24 @@ MAX_NODE_INDEX = 200
 
 ROOT_HOST = 1
 HUB_HOST = 2
+GATEWAY_HOST = 3
 INDEXER_HOST = 5
 NODE_HOST_BASE = 10
 
 INDEXER_NAME = "idx"
-_RESERVED_NODE_NAMES = frozenset({"hub", "root", INDEXER_NAME})
+GATEWAY_NAME = "gw"
+_RESERVED_NODE_NAMES = frozenset({"hub", "root", INDEXER_NAME, GATEWAY_NAME})
+
+#: How the nodes reach each other and how everything reaches a node. ``gateway`` is a CVM's production
+#: network (inbound only through the gateway stand-in, nodes' firewalls drop the rest); ``direct`` is plain
+#: WireGuard UDP between the nodes' underlay addresses.
+TRANSPORT_GATEWAY = "gateway"
+TRANSPORT_DIRECT = "direct"
+TRANSPORTS = (TRANSPORT_GATEWAY, TRANSPORT_DIRECT)
+DEFAULT_TRANSPORT = TRANSPORT_GATEWAY
+#: The parent of every lab's gateway domain: ``.test`` is reserved (RFC 2606), so no name under it can be
+#: anybody else's, and nothing outside the lab ever answers for it.
+GATEWAY_PARENT_DOMAIN = "gw.test"
 
 _LAB_NAME = re.compile(rf"[a-z0-9]{{1,{MAX_LAB_NAME}}}")
 _NODE_NAME = re.compile(rf"[a-z0-9](?:[a-z0-9-]{{0,{MAX_NODE_NAME - 2}}}[a-z0-9])?")
@@ -66,6 +80,13 @@ def validate_node_name(name: str) -> str:
     if name in _RESERVED_NODE_NAMES:
         raise TopologyError(f"node name {name!r} is reserved")
     return name
+
+
+def validate_transport(transport: str) -> str:
+    """Return ``transport`` if it is one the lab knows (``gateway`` or ``direct``), else raise."""
+    if transport not in TRANSPORTS:
+        raise TopologyError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+    return transport
 
 
 def validate_node_index(index: int) -> int:
@@ -191,6 +212,24 @@ class LabPlan:
             hub_port=f"v{INDEXER_NAME}",
             veth_temp=f"{self.name}-v{INDEXER_NAME}",
         )
+
+    @property
+    def gateway(self) -> Attachment:
+        """The gateway stand-in's slot (namespace ``<lab>-gw``, host .3): the gateway and the lab's DNS."""
+        return Attachment(
+            name=GATEWAY_NAME,
+            ns=f"{self.name}-{GATEWAY_NAME}",
+            ip=self._host(GATEWAY_HOST),
+            prefixlen=self.prefixlen,
+            iface=NODE_IFACE,
+            hub_port=f"v{GATEWAY_NAME}",
+            veth_temp=f"{self.name}-v{GATEWAY_NAME}",
+        )
+
+    @property
+    def gateway_domain(self) -> str:
+        """The lab's gateway domain (``<lab>.gw.test``): the gateway's wildcard certificate and DNS zone."""
+        return f"{self.name}.{GATEWAY_PARENT_DOMAIN}"
 
     def _host(self, host: int) -> IPv4Address:
         return self.underlay.network_address + host

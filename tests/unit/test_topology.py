@@ -11,11 +11,13 @@ from hypothesis import strategies as st
 
 from devnet.topology import (
     BLACKHOLE_METRIC,
+    DEFAULT_TRANSPORT,
     LabPlan,
     TopologyError,
     validate_lab_name,
     validate_node_index,
     validate_node_name,
+    validate_transport,
 )
 
 IFNAMSIZ = 15
@@ -60,6 +62,30 @@ def test_indexer_slot() -> None:
     )
 
 
+def test_gateway_slot_and_domain() -> None:
+    plan = LabPlan(name="amtg", underlay=IPv4Network("10.219.0.0/24"), mesh=IPv4Network("10.19.0.0/16"))
+    gw = plan.gateway
+    assert (gw.name, gw.ns, gw.ip, gw.iface, gw.hub_port, gw.veth_temp) == (
+        "gw",
+        "amtg-gw",
+        IPv4Address("10.219.0.3"),
+        "eth0",
+        "vgw",
+        "amtg-vgw",
+    )
+    assert gw.ns.startswith(plan.sweep_prefix)
+    assert plan.gateway_domain == "amtg.gw.test"
+    assert LabPlan().gateway_domain == "amlab.gw.test"
+
+
+def test_transports() -> None:
+    assert DEFAULT_TRANSPORT == "gateway"
+    assert validate_transport("gateway") == "gateway" and validate_transport("direct") == "direct"
+    for bad in ("udp", "", "Gateway"):
+        with pytest.raises(TopologyError, match="transport"):
+            validate_transport(bad)
+
+
 @pytest.mark.parametrize("index", [0, 201, -1, True])
 def test_node_index_out_of_range(index: int) -> None:
     with pytest.raises(TopologyError):
@@ -95,6 +121,7 @@ def test_valid_lab_names_fit_interface_names(name: str) -> None:
     assert len(plan.root_veth) <= IFNAMSIZ
     assert len(plan.node("n", 200).veth_temp) <= IFNAMSIZ
     assert len(plan.indexer.veth_temp) <= IFNAMSIZ
+    assert len(plan.gateway.veth_temp) <= IFNAMSIZ
     assert "-" not in name  # so no lab's sweep prefix is a prefix of another lab's
 
 
@@ -114,7 +141,7 @@ def test_node_name_rule(name: str) -> None:
         re.fullmatch(r"[a-z0-9][a-z0-9-]*", name) is not None
         and len(name) <= 24
         and not name.endswith("-")
-        and name not in {"hub", "idx", "root"}
+        and name not in {"hub", "idx", "root", "gw"}
     )
     if valid:
         assert validate_node_name(name) == name
@@ -124,7 +151,9 @@ def test_node_name_rule(name: str) -> None:
             validate_node_name(name)
 
 
-@pytest.mark.parametrize("name", ["hub", "idx", "root", "-node", "node-", "Node-1", "node_1", "", "a" * 25])
+@pytest.mark.parametrize(
+    "name", ["hub", "idx", "root", "gw", "-node", "node-", "Node-1", "node_1", "", "a" * 25]
+)
 def test_rejected_node_names(name: str) -> None:
     with pytest.raises(TopologyError):
         LabPlan().node(name, 1)
@@ -135,7 +164,13 @@ def test_node_ips_are_distinct_hosts_in_the_underlay(index: int) -> None:
     plan = LabPlan()
     ip = plan.node_ip(index)
     assert ip in plan.underlay
-    assert ip not in {plan.root_ip, plan.hub_ip, plan.indexer.ip, plan.underlay.broadcast_address}
+    assert ip not in {
+        plan.root_ip,
+        plan.hub_ip,
+        plan.gateway.ip,
+        plan.indexer.ip,
+        plan.underlay.broadcast_address,
+    }
     assert validate_node_index(index) == index
 
 
