@@ -2,9 +2,11 @@
 
 Owns what a CVM's boot does on the devnet (ask the gate; when allowed start the guest-agent simulator,
 wireguard-go, fund the node's signer from the cluster owner and start the sidecar with the environment its
-sealed env and compose file would give it), the process journal that records each process as soon as it
-runs, and power-off. Must not decide which node boots or when (``devnet.nodes`` does), nor touch the
-network or any process it did not start.
+sealed env and compose file would give it), the process journal that records each process as soon as it runs,
+and power-off; in gateway mode also the CVM's registration with the gateway as a CVM's boot makes it (its
+route with an unknown port policy once it is allowed to boot, the ports its compose publishes once its
+workload starts, no route while it is off). Must not decide which node boots or when (``devnet.nodes`` does),
+nor touch the network or any process it did not start.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from devnet import procs
 from devnet.anvil import DEVNET_DEPLOYER_KEY
 from devnet.kmsgate import boot_info_for, evaluate
 from devnet.labdir import DevnetError, LabDir, run_async
+from devnet.labgateway import routes_of
+from devnet.labroutes import route
 from devnet.netns import kill_namespace_processes
 from devnet.simulator.config import SimulatorConfig
 from devnet.state import BOOT_ALLOWED, DevnetState, NodeState, boot_denied
@@ -37,6 +41,11 @@ SIGNER_FUNDING_WEI = 10 * 10**18
 WG_IFNAME = "attestmesh0"
 WG_PORT = 51820
 HEALTH_PORT = 9090
+#: The sidecar's TLS ingress for the gateway transport (ATTESTMESH_GATEWAY_PORT): what peers' streams reach
+#: through the gateway's passthrough route ``<app_id>-51900s.<domain>``.
+GATEWAY_INGRESS_PORT = 51900
+#: The ports a node's compose publishes, i.e. the gateway's port policy for it once its workload runs.
+NODE_PUBLISHED_PORTS = (GATEWAY_INGRESS_PORT, HEALTH_PORT)
 SIDECAR_POLL_INTERVAL = 1.0
 SIDECAR_RESYNC_INTERVAL = 15.0
 #: Push-mode knobs of the devnet's sidecars: short enough that tests and demos see a rotated key, an indexer
@@ -57,14 +66,28 @@ def lab_free_env() -> dict[str, str]:
 
 
 def sidecar_env(state: DevnetState, node: NodeState) -> dict[str, str]:
-    """The node workload's environment: what a CVM's sealed env and compose file would give it."""
+    """The node workload's environment: what a CVM's sealed env and compose file would give it.
+
+    Direct mode: the node advertises its underlay address (``ATTESTMESH_ENDPOINT``). Gateway mode: no
+    endpoint; the sidecar derives its gateway route from its app id and ``ATTESTMESH_GATEWAY_DOMAIN``,
+    listens for peers' streams on ``ATTESTMESH_GATEWAY_PORT`` and verifies the gateway's certificate (the
+    indexer's ``wss://``) with the lab CA (``ATTESTMESH_CA_FILE``)."""
     env = lab_free_env()
+    if state.gateway_mode:
+        if state.gateway is None:
+            raise DevnetError(f"lab {state.lab!r} runs in gateway mode but has no gateway")
+        env.update(
+            ATTESTMESH_GATEWAY_DOMAIN=state.gateway.domain,
+            ATTESTMESH_GATEWAY_PORT=str(GATEWAY_INGRESS_PORT),
+            ATTESTMESH_CA_FILE=state.gateway.ca_file,
+        )
+    else:
+        env["ATTESTMESH_ENDPOINT"] = f"{node.underlay_ip}:{WG_PORT}"
     env.update(
         ATTESTMESH_RPC_URL=state.rpc_url,
         ATTESTMESH_CHAIN_ID=str(state.chain_id),
         ATTESTMESH_CLUSTER=state.cluster,
         ATTESTMESH_INDEXER_REGISTRY=state.indexer_registry,
-        ATTESTMESH_ENDPOINT=f"{node.underlay_ip}:{WG_PORT}",
         ATTESTMESH_WG_BACKEND="userspace",
         ATTESTMESH_WG_UAPI_DIR=node.wg_uapi_dir,
         ATTESTMESH_WG_LISTEN_PORT=str(WG_PORT),
@@ -133,10 +156,12 @@ class NodePower:
         allowed, reason = run_async(gate)
         node = replace(node, compose_hash=str(boot_info.compose_hash))
         _power_down(node)
+        withdraw_route(state, node)
         if not allowed:
             log.warning("devnet.boot_denied", node=node.name, reason=reason)
             return replace(node, boot=boot_denied(reason), processes={})
         log.info("devnet.boot_allowed", node=node.name, compose_hash=str(boot_info.compose_hash))
+        announce_route(state, node, None)  # booting: the gateway knows the CVM, not yet its port policy
         socket = Path(node.dstack_socket)
         simulator = start_simulator(
             self.files.node_dir(node.name) / "simulator.json",
@@ -175,13 +200,16 @@ class NodePower:
         self.files.save(state.with_node(replace(node, processes=dict(processes))))
 
     def start_sidecar(self, state: DevnetState, node: NodeState) -> procs.ProcRecord:
-        return procs.spawn(
+        """Start the node's workload; in gateway mode its compose's ports become the gateway's port policy."""
+        sidecar = procs.spawn(
             [sys.executable, "-m", "sidecar"],
             name=f"sidecar@{node.name}",
             netns=node.netns,
             log_path=self.files.logs / f"{node.name}-sidecar.log",
             env=sidecar_env(state, node),
         )
+        announce_route(state, node, NODE_PUBLISHED_PORTS)
+        return sidecar
 
     async def _fund_signer(self, state: DevnetState, socket: Path) -> Address:
         """Learn the node's signer address from its guest agent (GetKey) and fund it from the owner."""
@@ -202,6 +230,7 @@ class NodePower:
     def power_off(self, state: DevnetState, node: NodeState) -> NodeState:
         """Stop every process of the node and record it as off (its files and state directory stay)."""
         _power_down(node)
+        withdraw_route(state, node)
         node = replace(node, processes={})
         self.files.save(state.with_node(node))
         return node
@@ -213,6 +242,20 @@ class NodePower:
         node = self.boot(state, node)
         self.files.save(state.with_node(node))
         return node
+
+
+def announce_route(state: DevnetState, node: NodeState, ports: tuple[int, ...] | None) -> None:
+    """Gateway mode: the node's route in the gateway's table (``ports`` None: port policy not known yet)."""
+    routes = routes_of(state)
+    if routes is not None:
+        routes.announce(node.instance_id, route(node.app_id, node.underlay_ip, ports))
+
+
+def withdraw_route(state: DevnetState, node: NodeState) -> None:
+    """Gateway mode: the node is off, so the gateway has no route to it."""
+    routes = routes_of(state)
+    if routes is not None:
+        routes.withdraw(node.instance_id)
 
 
 def _power_down(node: NodeState) -> None:

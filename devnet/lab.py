@@ -3,8 +3,9 @@
 Owns the order in which a lab is built and torn down, and the facade every lab command goes through: each
 verb takes the lab lock, checks the lab runs, and hands over to the module that owns it —
 ``devnet.nodes`` (a CVM's life cycle) with ``devnet.boot`` (the KMS gate and a node's processes),
-``devnet.labindexer`` (the lab's indexer), ``devnet.labhealth`` (status) and ``devnet.labdir`` (files,
-lock, state and logs). Below those: ``devnet.netns`` (namespaces, bridge, routes), ``devnet.procs`` and
+``devnet.labindexer`` (the lab's indexer), ``devnet.labgateway`` (gateway mode: the gateway stand-in, the lab
+DNS and the CVMs' firewalls), ``devnet.labhealth`` (status) and ``devnet.labdir`` (files, lock, state and
+logs). Below those: ``devnet.netns`` (namespaces, bridge, routes), ``devnet.procs`` and
 ``devnet.wireguard`` (processes), ``devnet.anvil`` (chain), ``devnet.deployment`` (contracts).
 
 Rules: state is written after every step, so a killed ``up`` leaves a file (``complete: false``) and a
@@ -33,6 +34,7 @@ from devnet.compose import DEFAULT_COMPOSE_BYTES, compose_hash
 from devnet.deployment import deploy_stack
 from devnet.kms import DevnetKms
 from devnet.labdir import DevnetError, LabDir, run_async
+from devnet.labgateway import GatewayLimits, LabGateway
 from devnet.labhealth import (
     IndexerHealth,
     LabStatus,
@@ -46,7 +48,7 @@ from devnet.labindexer import IndexerChange, LabIndexer, indexer_env
 from devnet.netns import LabNetwork
 from devnet.nodes import ComposePlan, Nodes, NodeUpdate, read_compose
 from devnet.state import DevnetState, IndexerState, NodeState, load_state
-from devnet.topology import LabPlan, validate_node_name
+from devnet.topology import DEFAULT_TRANSPORT, LabPlan, validate_node_name, validate_transport
 from sidecar.chain.rpc import connect
 from sidecar.chain.tx import LocalSigner, TxSubmitter
 
@@ -54,6 +56,7 @@ __all__ = [  # what the CLI and the tests import from here (the facade, its resu
     "ComposePlan",
     "Devnet",
     "DevnetError",
+    "GatewayLimits",
     "IndexerChange",
     "IndexerHealth",
     "LabStatus",
@@ -86,6 +89,7 @@ class Devnet:
         self.network = LabNetwork(plan)
         self.nodes = Nodes(self.files, self.network)
         self.indexer = LabIndexer(self.files, self.network)
+        self.gateway = LabGateway(self.files, self.network)
 
     # --- paths, locking and state ------------------------------------------------------------------
 
@@ -137,11 +141,19 @@ class Devnet:
     # --- up ----------------------------------------------------------------------------------------
 
     def up(
-        self, nodes: int, block_time: float | None = None, *, sidecars: bool = True, indexer: bool = True
+        self,
+        nodes: int,
+        block_time: float | None = None,
+        *,
+        sidecars: bool = True,
+        indexer: bool = True,
+        transport: str = DEFAULT_TRANSPORT,
     ) -> UpResult:
-        """Build the lab with ``nodes`` nodes; a running lab is left as it is."""
+        """Build the lab with ``nodes`` nodes on ``transport`` (``gateway``: a CVM's network, the default;
+        ``direct``: plain UDP between the nodes); a running lab is left as it is."""
         if nodes < 1:
             raise DevnetError("--nodes must be at least 1")
+        validate_transport(transport)
         with self.locked():
             existing = self.load()
             if existing is not None and self._is_running(existing):
@@ -150,10 +162,12 @@ class Devnet:
             if existing is not None or self.network.leftovers():
                 log.info("devnet.leftovers_swept", lab=self.plan.name)
                 self._teardown()
-            state = self._build(nodes, block_time, sidecars, indexer)
+            state = self._build(nodes, block_time, sidecars, indexer, transport)
             return UpResult(state, created=True)
 
-    def _build(self, nodes: int, block_time: float | None, sidecars: bool, indexer: bool) -> DevnetState:
+    def _build(
+        self, nodes: int, block_time: float | None, sidecars: bool, indexer: bool, transport: str
+    ) -> DevnetState:
         self.root.mkdir(parents=True, exist_ok=True)
         self.files.fresh_logs()
         state = self.files.save(
@@ -162,6 +176,7 @@ class Devnet:
                 underlay=str(self.plan.underlay),
                 mesh_cidr=str(self.plan.mesh),
                 sidecars=sidecars,
+                transport=transport,
             )
         )
         self.network.create()
@@ -189,6 +204,8 @@ class Devnet:
         log.info("devnet.chain_started", rpc_url=self.rpc_url, pid=anvil.pid)
         state = self.files.save(run_async(lambda: self._deploy(state)))
         log.info("devnet.contracts_deployed", cluster=state.cluster, registry=state.indexer_registry)
+        if state.gateway_mode:  # before any CVM: they resolve through its DNS and announce their routes
+            state = self.gateway.create(state)
         if indexer:  # before the nodes, so that they start in push mode
             state = self.indexer.create(state)
         for index in range(1, nodes + 1):
@@ -335,6 +352,28 @@ class Devnet:
         with self._running() as state:
             return self.indexer.rotate_key(state, restart=restart)
 
+    # --- gateway -----------------------------------------------------------------------------------
+
+    def gateway_start(
+        self, limits: Mapping[str, str] | None = None, *, defaults: bool = False
+    ) -> GatewayLimits:
+        """(Re)start the gateway stand-in with the limits it ran with (``defaults``: dstack's defaults), with
+        ``limits`` (name -> number as text) set on top; they stay for every later start. The limits now."""
+        with self._running() as state:
+            base = GatewayLimits() if defaults else self.gateway.limits(state)
+            chosen = base.with_overrides(limits or {})
+            self.gateway.start(state, chosen)
+            return chosen
+
+    def gateway_stop(self) -> None:
+        """Stop the gateway stand-in: every route through it is down (DNS, routes and the nodes stay)."""
+        with self._running() as state:
+            self.gateway.stop(state)
+
+    def gateway_limits(self) -> GatewayLimits:
+        """The limits the gateway stand-in runs with (from its config file)."""
+        return self.gateway.limits(self._require_running())
+
     # --- status ------------------------------------------------------------------------------------
 
     def status(self) -> LabStatus | None:
@@ -342,9 +381,10 @@ class Devnet:
         state = self.load()
         return lab_status(state) if state is not None else None
 
-    def node_health(self, node: NodeState) -> NodeHealth:
-        """What of one node is running now, and its /healthz (when its workload runs)."""
-        return node_health(node)
+    def node_health(self, node: NodeState, state: DevnetState | None = None) -> NodeHealth:
+        """What of one node is running now, and its /healthz (when its workload runs; through the gateway in
+        gateway mode)."""
+        return node_health(node, state if state is not None else self.load())
 
     def wait_healthy(self, timeout: float) -> LabStatus:
         """Poll every running node's /healthz until all are healthy; raise DevnetError at the deadline."""

@@ -1,9 +1,9 @@
 """The lab directory (default ``./.devnet``): its layout, its lock, its state file and its logs.
 
-Owns where every file of a lab lives (``state.json``, ``logs/``, ``nodes/NAME/``, ``indexer/``), the file
-lock that serialises commands on one lab, the state writes, the rotation that starts each lab's logs fresh
-(the previous runs' logs kept as ``logs.1/``, ``logs.2/`` …), and the error every lab command raises. Must
-not start, stop or inspect processes or the network; the lab modules do that.
+Owns where every file of a lab lives (``state.json``, ``logs/``, ``nodes/NAME/``, ``indexer/``,
+``gateway/``), the file lock that serialises commands on one lab, the state writes, the rotation that starts
+each lab's logs fresh (the previous runs' logs kept as ``logs.1/``, ``logs.2/`` …), and the error every lab
+command raises. Must not start, stop or inspect processes or the network; the lab modules do that.
 """
 
 from __future__ import annotations
@@ -58,6 +58,10 @@ class LabDir:
     def indexer_dir(self) -> Path:
         return self.root / "indexer"
 
+    @property
+    def gateway_dir(self) -> Path:
+        return self.root / "gateway"
+
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -90,8 +94,9 @@ class LabDir:
         return self.root / f"logs.{n}"
 
     def remove_lab_files(self) -> None:
-        """Remove the nodes', the indexer's and the state file (the logs stay for reading after ``down``)."""
-        for path in (self.root / "nodes", self.indexer_dir, self.state_file):
+        """Remove the nodes', the indexer's, the gateway's and the state file (the logs stay for reading after
+        ``down``)."""
+        for path in (self.root / "nodes", self.indexer_dir, self.gateway_dir, self.state_file):
             if path.is_dir():
                 shutil.rmtree(path)
             else:

@@ -1,7 +1,9 @@
 """What of a devnet lab runs now: processes, sockets, the chain head and member count, each /healthz.
 
 Owns the read-only status of a lab (``devnet status``) and the wait for every running node to say healthy.
-Must not change anything: no process is started or stopped, no transaction is sent, no file is written.
+Every ``/healthz`` and ``/status`` is read the way the lab's transport allows (``devnet.labreach``): in
+gateway mode through the gateway with the lab CA, as an operator reads a CVM. Must not change anything: no
+process is started or stopped, no transaction is sent, no file is written.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ import structlog
 from devnet import procs
 from devnet.boot import alive, node_running
 from devnet.labdir import DevnetError, run_async
-from devnet.state import DevnetState, IndexerState, NodeState
-from ops.jsonget import Unreachable, get_json
+from devnet.labindexer import status_url
+from devnet.labreach import LabReach
+from devnet.labroutes import RoutesFile
+from devnet.state import DevnetState, GatewayState, IndexerState, NodeState
+from ops.jsonget import Unreachable
 from sidecar.chain.contracts import ClusterClient, IndexerRegistryClient
 from sidecar.chain.rpc import connect
 from sidecar.core.ids import Address
@@ -49,6 +54,16 @@ class IndexerHealth:
 
 
 @dataclass(frozen=True, slots=True)
+class GatewayHealth:
+    """The gateway stand-in and the lab DNS (gateway mode): running or not, and the routes announced."""
+
+    gateway: bool
+    dns: bool
+    routes: int  # instances in the routes table
+    routes_with_ports: int  # of which the port policy is known (their workload runs)
+
+
+@dataclass(frozen=True, slots=True)
 class LabStatus:
     state: DevnetState
     anvil: bool
@@ -57,19 +72,32 @@ class LabStatus:
     member_count: int | None
     nodes: tuple[NodeHealth, ...]
     indexer: IndexerHealth | None = None
+    gateway: GatewayHealth | None = None
 
 
-def fetch_healthz(url: str, timeout: float = 1.0) -> dict[str, Any] | None:
-    """GET a node's /healthz through the lab (200 and 503 both carry the JSON body); None when silent."""
+def fetch_healthz(url: str, timeout: float = 1.0, reach: LabReach | None = None) -> dict[str, Any] | None:
+    """GET a /healthz (or /status) through the lab (200 and 503 both carry the JSON body); None when silent.
+
+    ``reach`` (``LabReach.of(state)``) is needed for a URL behind the lab's gateway; without it the URL is
+    read directly."""
     try:
-        data = get_json(url, timeout).data
+        data = (reach or LabReach()).get_json(url, timeout).data
     except Unreachable:
         return None
     return data if isinstance(data, dict) else None
 
 
-def node_health(node: NodeState) -> NodeHealth:
-    """What of one node is running now, and its /healthz (when its workload runs)."""
+def health_url(state: DevnetState, node: NodeState) -> str:
+    """Where the lab reads node ``node``'s /healthz: through the gateway in gateway mode."""
+    return node.gateway_health_url if state.gateway_mode else node.health_url
+
+
+def node_health(node: NodeState, state: DevnetState | None = None) -> NodeHealth:
+    """What of one node is running now, and its /healthz (when its workload runs), read the way the lab
+    ``state`` allows (None: directly)."""
+    url, reach = (
+        (health_url(state, node), LabReach.of(state)) if state is not None else (node.health_url, None)
+    )
     return NodeHealth(
         name=node.name,
         boot=node.boot,
@@ -78,7 +106,7 @@ def node_health(node: NodeState) -> NodeHealth:
         sidecar=alive(node, "sidecar"),
         dstack_socket=Path(node.dstack_socket).is_socket(),
         wg_socket=Path(node.wg_socket).is_socket(),
-        healthz=fetch_healthz(node.health_url) if alive(node, "sidecar") else None,
+        healthz=fetch_healthz(url, reach=reach) if alive(node, "sidecar") else None,
         running=node.allowed and node_running(node),
     )
 
@@ -100,14 +128,30 @@ def _chain_readout(state: DevnetState) -> tuple[int, int | None, str | None]:
     return run_async(read)
 
 
-def _indexer_health(idx: IndexerState, registered: str | None) -> IndexerHealth:
+def _indexer_health(state: DevnetState, idx: IndexerState, registered: str | None) -> IndexerHealth:
     running = {k: rec is not None and procs.is_alive(rec) for k, rec in idx.processes.items()}
+    reach = LabReach.of(state)
+    health = idx.gateway_health_url if state.gateway_mode else idx.health_url
     return IndexerHealth(
         simulator=running.get("simulator", False),
         indexer=running.get("indexer", False),
-        healthz=fetch_healthz(idx.health_url) if running.get("indexer") else None,
-        status=fetch_healthz(idx.status_url) if running.get("indexer") else None,
+        healthz=fetch_healthz(health, reach=reach) if running.get("indexer") else None,
+        status=fetch_healthz(status_url(state, idx), reach=reach) if running.get("indexer") else None,
         registered_key=registered,
+    )
+
+
+def _gateway_health(state: DevnetState, gateway: GatewayState) -> GatewayHealth:
+    running = {k: procs.is_alive(rec) for k, rec in state.processes.items()}
+    try:
+        routes = RoutesFile(Path(gateway.routes_file)).read()
+    except ValueError:
+        routes = {}
+    return GatewayHealth(
+        gateway=running.get("gateway", False),
+        dns=running.get("dns", False),
+        routes=len(routes),
+        routes_with_ports=sum(1 for r in routes.values() if r.ports is not None),
     )
 
 
@@ -123,9 +167,10 @@ def lab_status(state: DevnetState) -> LabStatus:
             head, count, registered = _chain_readout(state)
         except Exception as exc:
             log.warning("devnet.chain_unreachable", error=str(exc))
-    nodes = tuple(node_health(n) for n in state.nodes)
-    indexer = _indexer_health(state.indexer, registered) if state.indexer is not None else None
-    return LabStatus(state, anvil_alive, head is not None, head, count, nodes, indexer)
+    nodes = tuple(node_health(n, state) for n in state.nodes)
+    indexer = _indexer_health(state, state.indexer, registered) if state.indexer is not None else None
+    gateway = _gateway_health(state, state.gateway) if state.gateway is not None else None
+    return LabStatus(state, anvil_alive, head is not None, head, count, nodes, indexer, gateway)
 
 
 def wait_healthy(read: Callable[[], LabStatus | None], lab: str, timeout: float) -> LabStatus:

@@ -1,10 +1,13 @@
 """The devnet's indexer: its namespace, guest agent and process, its registration, and its verbs.
 
-Owns creating the lab's indexer (a stock dstack app of its own, not a cluster member: a fixed app id per
-lab), its environment (what its CVM's sealed env and compose file would give it), (re)starting it until
-``/status`` shows the expected signing key, registering it in the IndexerRegistry as the registry owner,
-and the ``indexer start|update|stop|rotate-key`` verbs. Must not take the lab lock or check that the lab
-runs (the ``Devnet`` facade does), nor touch the nodes.
+Owns creating the lab's indexer (a stock dstack app of its own, not a cluster member: a fixed app id per lab),
+its environment (what its CVM's sealed env and compose file would give it), (re)starting it until ``/status``
+shows the expected signing key, registering it in the IndexerRegistry as the registry owner, and the ``indexer
+start|update|stop|rotate-key`` verbs. In gateway mode the indexer is a CVM behind the gateway like the nodes:
+its namespace admits the gateway only, its registered endpoint is
+``wss://<app_id>-8080.<domain>/v1/subscribe``, the lab reads its ``/status`` through the gateway, and its
+route is announced as it starts (port policy unknown, then port 8080) and withdrawn when it stops. Must not
+take the lab lock or check that the lab runs (the ``Devnet`` facade does), nor touch the nodes.
 """
 
 from __future__ import annotations
@@ -23,13 +26,17 @@ from devnet.boot import START_TIMEOUT, lab_free_env, socket_ready, start_simulat
 from devnet.compose import INDEXER_COMPOSE_BYTES, compose_hash
 from devnet.kms import DevnetKms, derive_key
 from devnet.labdir import DevnetError, LabDir, run_async
+from devnet.labgateway import enclose, routes_of, service_url
+from devnet.labreach import LabReach
+from devnet.labroutes import route
 from devnet.netns import LabNetwork
 from devnet.nodes import write_simulator_config
 from devnet.sealedenv import plan_indexer_env
 from devnet.state import DevnetState, IndexerState
 from indexer.service import key_path as indexer_key_path
 from ops.errors import OperatorError
-from ops.indexers import RegistryUpdate, ensure_indexer_registered, fetch_indexer_identity
+from ops.indexers import RegistryUpdate, ensure_indexer_registered
+from ops.jsonget import Unreachable
 from sidecar.chain.rpc import connect
 from sidecar.chain.tx import LocalSigner, TxSubmitter
 from sidecar.core.ids import Address, Bytes32
@@ -38,6 +45,8 @@ from sidecar.core.keys import ed25519_public_key
 log = structlog.get_logger("devnet.indexer")
 
 INDEXER_PORT = 8080
+#: The ports the indexer's compose publishes (WebSocket, /healthz and /status share one): its port policy.
+INDEXER_PUBLISHED_PORTS = (INDEXER_PORT,)
 INDEXER_POLL_INTERVAL = 0.5
 
 
@@ -94,6 +103,39 @@ def indexer_env(state: DevnetState, idx: IndexerState) -> dict[str, str]:
     return env
 
 
+def status_url(state: DevnetState, idx: IndexerState) -> str:
+    """Where the lab reads the indexer's ``/status``: through the gateway in gateway mode."""
+    return idx.gateway_status_url if state.gateway_mode else idx.status_url
+
+
+def read_public_key(state: DevnetState, idx: IndexerState, timeout: float = 3.0) -> Bytes32:
+    """The signing key the running indexer shows on ``/status``; ``OperatorError`` when it shows none."""
+    url = status_url(state, idx)
+    try:
+        answer = LabReach.of(state).get_json(url, timeout)
+    except Unreachable as exc:
+        raise OperatorError(f"{url} did not answer: {exc}") from None
+    key = answer.data.get("public_key") if answer.ok and isinstance(answer.data, dict) else None
+    if not isinstance(key, str):
+        raise OperatorError(f"{url} answered {answer.status} without a public key (still starting?)")
+    try:
+        return Bytes32.from_hex(key)
+    except ValueError:
+        raise OperatorError(f"{url}: the public key is not 32 bytes of hex") from None
+
+
+def _announce(state: DevnetState, idx: IndexerState, ports: tuple[int, ...] | None) -> None:
+    routes = routes_of(state)
+    if routes is not None:
+        routes.announce(idx.instance_id, route(idx.app_id, idx.ip, ports))
+
+
+def _withdraw(state: DevnetState, idx: IndexerState) -> None:
+    routes = routes_of(state)
+    if routes is not None:
+        routes.withdraw(idx.instance_id)
+
+
 def indexer_public_key(idx: IndexerState, version: int) -> Bytes32:
     """The Ed25519 public key of key ``version``: what the indexer's guest agent derives (devnet KMS)."""
     kms = DevnetKms()
@@ -114,6 +156,7 @@ class LabIndexer:
     def create(self, state: DevnetState) -> DevnetState:
         """The indexer's namespace, its own guest agent and app id, the process, and its registration."""
         net = self.network.add_indexer()
+        enclose(state, net.ns)
         directory = self.files.indexer_dir
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "app-compose.json").write_bytes(INDEXER_COMPOSE_BYTES)
@@ -123,6 +166,7 @@ class LabIndexer:
         instance_id = hashlib.sha256(f"attestmesh-devnet-indexer-instance:{lab}".encode()).digest()[:20]
         write_simulator_config(directory, app_id, instance_id, "attestmesh-indexer")
         base = f"{net.ip}:{INDEXER_PORT}"
+        via = state.gateway.domain if state.gateway_mode and state.gateway is not None else None
         idx = IndexerState(
             netns=net.ns,
             ip=str(net.ip),
@@ -131,9 +175,16 @@ class LabIndexer:
             code_id=str(Bytes32(app_id.raw + bytes(12))),
             compose_hash=str(compose_hash(INDEXER_COMPOSE_BYTES)),
             dstack_socket=str(directory / "dstack.sock"),
-            url=f"ws://{base}/v1/subscribe",
+            # A terminated route: the gateway holds the TLS, the indexer serves plain WebSocket on 8080.
+            url=(
+                service_url("wss", app_id.hex, INDEXER_PORT, via, "/v1/subscribe")
+                if via
+                else f"ws://{base}/v1/subscribe"
+            ),
             health_url=f"http://{base}/healthz",
             status_url=f"http://{base}/status",
+            gateway_health_url=service_url("https", app_id.hex, INDEXER_PORT, via, "/healthz") if via else "",
+            gateway_status_url=service_url("https", app_id.hex, INDEXER_PORT, via, "/status") if via else "",
         )
         state = self._save(state, idx)
         idx = self.restart(state, idx)
@@ -148,8 +199,10 @@ class LabIndexer:
         Each process is written to the state file as soon as it runs: a command killed meanwhile leaves it
         known, so the next start stops it instead of a second indexer failing to bind the port."""
         procs.terminate_all(idx.processes.values())
+        _withdraw(state, idx)
         idx = replace(idx, processes={}, running_key_version=0, running_env={})
         self._save(state, idx)
+        _announce(state, idx, None)  # its CVM boots: known to the gateway, its port policy not yet
         socket = Path(idx.dstack_socket)
         simulator = start_simulator(
             self.files.indexer_dir / "simulator.json",
@@ -171,6 +224,7 @@ class LabIndexer:
         except BaseException:
             procs.terminate(simulator)
             raise
+        _announce(state, idx, INDEXER_PUBLISHED_PORTS)
         idx = replace(
             idx,
             processes={"simulator": simulator, "indexer": indexer},
@@ -179,14 +233,14 @@ class LabIndexer:
         )
         self._save(state, idx)
         try:
-            self._wait_for_key(idx, indexer)
+            self._wait_for_key(state, idx, indexer)
         except BaseException:
             procs.terminate_all((indexer, simulator))
             raise
         log.info("devnet.indexer_started", pid=indexer.pid, key_version=idx.key_version, url=idx.url)
         return idx
 
-    def _wait_for_key(self, idx: IndexerState, indexer: procs.ProcRecord) -> None:
+    def _wait_for_key(self, state: DevnetState, idx: IndexerState, indexer: procs.ProcRecord) -> None:
         expected = indexer_public_key(idx, idx.key_version)
 
         def key_shown() -> bool:
@@ -195,7 +249,7 @@ class LabIndexer:
                     f"the indexer exited during start-up; see {self.files.logs / 'indexer.log'}"
                 )
             try:
-                return fetch_indexer_identity(idx.status_url, timeout=1.0).public_key == expected
+                return read_public_key(state, idx, timeout=1.0) == expected
             except OperatorError:
                 return False
 
@@ -203,9 +257,9 @@ class LabIndexer:
 
     def register(self, state: DevnetState, idx: IndexerState) -> IndexerState:
         """Write the running indexer's endpoint, code id and key (read from its /status) to the registry."""
-        identity = fetch_indexer_identity(idx.status_url)
-        run_async(lambda: self._ensure_registered(state, idx, identity.public_key))
-        return replace(idx, public_key=str(identity.public_key))
+        public_key = read_public_key(state, idx)
+        run_async(lambda: self._ensure_registered(state, idx, public_key))
+        return replace(idx, public_key=str(public_key))
 
     async def _ensure_registered(
         self, state: DevnetState, idx: IndexerState, public_key: Bytes32
@@ -257,6 +311,7 @@ class LabIndexer:
         """Stop the indexer process and its guest agent; the registry keeps naming it (an outage)."""
         idx = require_indexer(state)
         procs.terminate_all(idx.processes.values())
+        _withdraw(state, idx)
         idx = replace(idx, processes={}, running_key_version=0)
         self._save(state, idx)
         log.info("devnet.indexer_stopped")

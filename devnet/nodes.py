@@ -24,6 +24,7 @@ from devnet.anvil import DEVNET_DEPLOYER_KEY
 from devnet.boot import HEALTH_PORT, WG_IFNAME, NodePower, node_running
 from devnet.compose import compose_hash
 from devnet.labdir import DevnetError, LabDir, run_async
+from devnet.labgateway import enclose, service_url
 from devnet.netns import LabNetwork
 from devnet.state import DevnetState, NodeState
 from devnet.wireguard import uapi_socket
@@ -71,8 +72,12 @@ class Nodes:
         self.power = NodePower(files)
 
     def add(self, state: DevnetState, name: str, index: int, compose: bytes) -> DevnetState:
-        """Create the node (namespace, files, app contract, approved app id) and boot it through the gate."""
+        """Create the node (namespace, files, app contract, approved app id) and boot it through the gate.
+
+        In gateway mode its namespace is a CVM's: the lab DNS resolves for it and only the gateway reaches it.
+        """
         net = self.network.add_node(name, index)
+        enclose(state, net.ns)
         node_dir = self.files.node_dir(name)
         node_dir.mkdir(parents=True, exist_ok=True)
         compose_path = node_dir / "app-compose.json"
@@ -109,6 +114,11 @@ class Nodes:
             wg_uapi_dir=str(wg_dir),
             wg_socket=str(uapi_socket(wg_dir, WG_IFNAME)),
             health_url=f"http://{net.ip}:{HEALTH_PORT}/healthz",
+            gateway_health_url=(
+                service_url("https", str(app_id), HEALTH_PORT, state.gateway.domain, "/healthz")
+                if state.gateway_mode and state.gateway is not None
+                else ""
+            ),
             app_socket=str(node_dir / "agent.sock"),
             state_dir=str(node_dir / "state"),
         )

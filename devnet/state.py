@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from devnet.procs import ProcRecord
+from devnet.topology import TRANSPORT_DIRECT, TRANSPORT_GATEWAY
 
 STATE_VERSION = 1
 BOOT_ALLOWED = "allowed"
@@ -51,7 +52,10 @@ class NodeState:
     dstack_socket: str
     wg_uapi_dir: str
     wg_socket: str
-    health_url: str = ""
+    health_url: str = ""  # on the underlay: reachable in direct mode only
+    #: ``https://<app_id hex>-9090.<gateway domain>/healthz`` (gateway mode; "" in direct mode): how an
+    #: operator reads a CVM's health, through the gateway, verified with the lab CA.
+    gateway_health_url: str = ""
     app_socket: str = ""
     state_dir: str = ""
     boot: str = ""
@@ -81,8 +85,8 @@ class IndexerState:
     code_id: str  # the app id left-aligned in 32 bytes, as registered on chain
     compose_hash: str
     dstack_socket: str
-    url: str  # the WebSocket endpoint written to IndexerRegistry
-    health_url: str
+    url: str  # the WebSocket endpoint written to IndexerRegistry (wss:// through the gateway in gateway mode)
+    health_url: str  # on the underlay: reachable in direct mode only
     status_url: str
     key_version: int = 1  # the key version to run (registered on chain unless `indexer update` skipped that)
     running_key_version: int = 0  # the key version of the running process (0: not running)
@@ -91,6 +95,9 @@ class IndexerState:
     #: later start; and those the running process was started with.
     sealed_env: dict[str, str] = field(default_factory=dict)
     running_env: dict[str, str] = field(default_factory=dict)
+    #: Its ``/healthz`` and ``/status`` through the gateway (gateway mode; "" in direct mode).
+    gateway_health_url: str = ""
+    gateway_status_url: str = ""
     processes: dict[str, ProcRecord] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -99,6 +106,26 @@ class IndexerState:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Self:
         return cls(**_known_fields(cls.__dataclass_fields__, data), processes=_records_from_json(data))
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayState:
+    """The lab's gateway stand-in (gateway mode): its domain and address, the lab CA that signed its
+    wildcard certificate, its metrics URL, and the files it runs from."""
+
+    domain: str  # ``<lab>.gw.test``: the gateway's wildcard certificate and the lab DNS zone
+    address: str  # the gateway's underlay address: the only one a node accepts inbound traffic from
+    ca_file: str  # the lab CA (PEM): what verifies every ``https://``/``wss://`` URL under ``domain``
+    health_url: str  # the gateway's own metrics, on its metrics listener
+    routes_file: str = ""  # instance id -> app id, underlay address, published ports (the lab writes it)
+    config_file: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        return cls(**_known_fields(cls.__dataclass_fields__, data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,11 +145,19 @@ class DevnetState:
     owner: str = ""
     initial_compose_hash: str = ""
     sidecars: bool = True  # false: the lab runs no node workload (`up --no-sidecar`)
+    #: ``gateway`` (a CVM's network: inbound only through the gateway) or ``direct`` (plain UDP between the
+    #: nodes). A state file from before transports existed describes a direct lab.
+    transport: str = TRANSPORT_DIRECT
+    gateway: GatewayState | None = None  # set in gateway mode once the gateway's files exist
     indexer: IndexerState | None = None  # None: the lab runs without an indexer (`up --no-indexer`)
     processes: dict[str, ProcRecord] = field(default_factory=dict)
     nodes: tuple[NodeState, ...] = ()
     complete: bool = False  # false while `up` is still building the lab (a killed `up` leaves it false)
     version: int = STATE_VERSION
+
+    @property
+    def gateway_mode(self) -> bool:
+        return self.transport == TRANSPORT_GATEWAY
 
     def node(self, name: str) -> NodeState:
         for node in self.nodes:
@@ -139,6 +174,7 @@ class DevnetState:
         data = {**asdict(self), "processes": _records_to_json(self.processes)}
         data["nodes"] = [n.to_json() for n in self.nodes]
         data["indexer"] = None if self.indexer is None else self.indexer.to_json()
+        data["gateway"] = None if self.gateway is None else self.gateway.to_json()
         return data
 
     @classmethod
@@ -148,9 +184,14 @@ class DevnetState:
         procs = _records_from_json(data)
         nodes = tuple(NodeState.from_json(n) for n in data.get("nodes", []))
         indexer = IndexerState.from_json(data["indexer"]) if data.get("indexer") else None
-        known = {f for f in cls.__dataclass_fields__ if f not in ("processes", "nodes", "indexer")}
+        gateway = GatewayState.from_json(data["gateway"]) if data.get("gateway") else None
+        known = {f for f in cls.__dataclass_fields__ if f not in ("processes", "nodes", "indexer", "gateway")}
         return cls(
-            **{k: v for k, v in data.items() if k in known}, processes=procs, nodes=nodes, indexer=indexer
+            **{k: v for k, v in data.items() if k in known},
+            processes=procs,
+            nodes=nodes,
+            indexer=indexer,
+            gateway=gateway,
         )
 
 

@@ -1,12 +1,11 @@
 """``attestmesh devnet …``: the development lab's verbs, registered into the operator CLI (``ops.cli``).
 
-Owns the two things ``ops.cli`` asks of an installed devnet: ``add_parser(top)`` (the ``devnet`` command
-and its verbs, ``devnet.cli.parser``) and ``run(args)`` (the verb, with the lab's errors mapped to exit
-codes: 2 bad usage, 1 failed). The verbs live by subject: ``lab_verbs`` (up, status, env, down),
-``node_verbs`` (node …, node exec), ``indexer_verbs`` (indexer …). ``python -m devnet.cli`` runs the whole
-``attestmesh`` command line.
-Must not: import the lab at module level (``attestmesh --help`` imports this package), or hold logic of its
-own (``devnet.lab`` does the work).
+Owns the two things ``ops.cli`` asks of an installed devnet: ``add_parser(top)`` (the ``devnet`` command and
+its verbs, ``devnet.cli.parser``) and ``run(args)`` (the verb, with the lab's errors mapped to exit codes: 2
+bad usage, 1 failed). The verbs live by subject: ``lab_verbs`` (up, status, env, down), ``node_verbs`` (node
+…, node exec), ``indexer_verbs`` (indexer …), ``gateway_verbs`` (gateway …). ``python -m devnet.cli`` runs the
+whole ``attestmesh`` command line. Must not: import the lab at module level (``attestmesh --help`` imports
+this package), or hold logic of its own (``devnet.lab`` does the work).
 """
 
 from __future__ import annotations

@@ -27,6 +27,14 @@ def _status_json(status: LabStatus) -> dict[str, Any]:
         "head_block": status.head_block,
         "member_count": status.member_count,
     }
+    if status.gateway is not None and data.get("gateway") is not None:
+        g = status.gateway
+        data["gateway"]["running"] = {
+            "gateway": g.gateway,
+            "dns": g.dns,
+            "routes": g.routes,
+            "routes_with_ports": g.routes_with_ports,
+        }
     health = {h.name: h for h in status.nodes}
     for node in data["nodes"]:
         h = health[node["name"]]
@@ -56,7 +64,15 @@ def _print_status(status: LabStatus) -> None:
     chain = f"head block {status.head_block}" if status.chain_reachable else "UNREACHABLE"
     anvil = "up" if status.anvil else "down"
     print(f"lab {s.lab}  rpc {s.rpc_url}  chain {s.chain_id}  ({chain}; anvil {anvil})")
-    print(f"cluster {s.cluster}  members {status.member_count}  mesh {s.mesh_cidr}")
+    print(f"cluster {s.cluster}  members {status.member_count}  mesh {s.mesh_cidr}  transport {s.transport}")
+    if s.gateway is not None:
+        g = status.gateway
+        state = (
+            "-" if g is None else f"gateway {'up' if g.gateway else 'DOWN'}, dns {'up' if g.dns else 'DOWN'}"
+        )
+        routes = "" if g is None else f", {g.routes_with_ports}/{g.routes} routes with ports"
+        where = f"{s.gateway.address}:443  *.{s.gateway.domain}"
+        print(f"gateway {where}  ({state}{routes})  ca {s.gateway.ca_file}")
     print(f"indexer registry {s.indexer_registry}  cluster factory {s.cluster_factory}")
     print(f"member app factory {s.member_app_factory}  kms root {s.kms_root}")
     if s.indexer is None:
@@ -98,12 +114,21 @@ def _print_status(status: LabStatus) -> None:
 def _print_node_health(s: DevnetState, status: LabStatus) -> None:
     health = {h.name: h for h in status.nodes}
     health_rows = [
-        ("node", "phase", "mesh ip", "live peers", "csk commitment", "membership digest", "reason")
+        (
+            "node",
+            "phase",
+            "mesh ip",
+            "live peers",
+            "transport",
+            "csk commitment",
+            "membership digest",
+            "reason",
+        )
     ]
     for n in s.nodes:
         hz = health[n.name].healthz
         if hz is None:
-            health_rows.append((n.name, "-", "-", "-", "-", "-", "no answer"))
+            health_rows.append((n.name, "-", "-", "-", s.transport, "-", "-", "no answer"))
             continue
         peers, csk = hz.get("peers") or {}, hz.get("csk") or {}
         health_rows.append(
@@ -112,6 +137,7 @@ def _print_node_health(s: DevnetState, status: LabStatus) -> None:
                 str(hz.get("phase")),
                 str((hz.get("node") or {}).get("mesh_ip") or "-"),
                 f"{peers.get('live', 0)}/{peers.get('desired', 0)}",
+                _transport_cell(peers.get("transport"), s.transport),
                 short(str(csk.get("commitment") or "-")),
                 short(str(hz.get("membership_digest") or "-")),
                 str(hz.get("reason") or ""),
@@ -120,10 +146,31 @@ def _print_node_health(s: DevnetState, status: LabStatus) -> None:
     print_table(health_rows)
 
 
+def _transport_cell(counts: object, lab_transport: str) -> str:
+    """The node's own account of its peers' transports (``peers.transport`` of its /healthz: counts by
+    transport and state, e.g. ``gateway up=2``), or the lab's transport when the node gives none."""
+    if not isinstance(counts, dict) or not counts:
+        return lab_transport
+    cells = []
+    for transport, by_state in sorted(counts.items()):
+        if isinstance(by_state, dict):
+            cells.append(f"{transport} " + ",".join(f"{k}={v}" for k, v in sorted(by_state.items())))
+        else:
+            cells.append(f"{transport}={by_state}")
+    return "; ".join(cells)
+
+
 def run_up(lab: Devnet, args: argparse.Namespace) -> int:
-    result = lab.up(args.nodes, args.block_time, sidecars=not args.no_sidecar, indexer=not args.no_indexer)
+    result = lab.up(
+        args.nodes,
+        args.block_time,
+        sidecars=not args.no_sidecar,
+        indexer=not args.no_indexer,
+        transport=args.transport,
+    )
     verb = "created" if result.created else "already running; nothing changed"
-    print(f"lab {lab.plan.name}: {verb} ({len(result.state.nodes)} nodes, state {lab.state_file})")
+    nodes, transport = len(result.state.nodes), result.state.transport
+    print(f"lab {lab.plan.name}: {verb} ({nodes} nodes, transport {transport}, state {lab.state_file})")
     return EXIT_OK
 
 
@@ -165,21 +212,29 @@ def run_env(lab: Devnet, args: argparse.Namespace) -> int:
             return EXIT_USAGE
         print(sidecar_env_lines(lab, state, state.node(args.name)))
         return EXIT_OK
+    idx, gw = state.indexer, state.gateway_mode
     pairs: list[tuple[str, object]] = [
         ("ATTESTMESH_RPC_URL", state.rpc_url),
         ("ATTESTMESH_CHAIN_ID", state.chain_id),
         ("ATTESTMESH_CLUSTER", state.cluster),
         ("ATTESTMESH_INDEXER_REGISTRY", state.indexer_registry),
         ("ATTESTMESH_MEMBER_APP_FACTORY", state.member_app_factory),
-        # The lab's indexer (empty when it runs none), for deploy/indexer.sh.
-        ("INDEXER_URL", state.indexer and state.indexer.url),
-        ("INDEXER_STATUS_URL", state.indexer and state.indexer.status_url),
-        ("INDEXER_HEALTH_URL", state.indexer and state.indexer.health_url),
-        ("INDEXER_KEY_VERSION", state.indexer and state.indexer.key_version),
+        # The lab's indexer (empty when it runs none), for deploy/indexer.sh: in gateway mode the URLs
+        # through the gateway (the underlay ones are firewalled, as a CVM's are).
+        ("INDEXER_URL", idx and idx.url),
+        ("INDEXER_STATUS_URL", idx and (idx.gateway_status_url if gw else idx.status_url)),
+        ("INDEXER_HEALTH_URL", idx and (idx.gateway_health_url if gw else idx.health_url)),
+        ("INDEXER_KEY_VERSION", idx and idx.key_version),
+        # How the lab is reached: its transport and, in gateway mode, the gateway (its domain, its address
+        # for a client with no resolver for the domain, and the CA that verifies its certificate).
+        ("LAB_TRANSPORT", state.transport),
+        ("GATEWAY_DOMAIN", state.gateway and state.gateway.domain),
+        ("GATEWAY_ADDRESS", state.gateway and state.gateway.address),
+        ("GATEWAY_CA_FILE", state.gateway and state.gateway.ca_file),
     ]
     if args.name is not None:
         node = next((n for n in state.nodes if n.name == args.name), None)
-        health = lab.node_health(node) if node is not None else None
+        health = lab.node_health(node, state) if node is not None else None
         body = (health.healthz if health is not None else None) or {}
         me = section(body, "node")
         pairs += [
@@ -190,7 +245,8 @@ def run_env(lab: Devnet, args: argparse.Namespace) -> int:
             ("NODE_BOOT", node and node.boot),
             ("NODE_RUNNING", health is not None and health.running),
             ("NODE_SIGNER", node and node.signer),
-            ("NODE_HEALTH_URL", node and node.health_url),
+            # An operator's URL: through the gateway in gateway mode.
+            ("NODE_HEALTH_URL", node and (node.gateway_health_url if gw else node.health_url)),
             ("NODE_HEALTHY", body.get("healthy") is True),
             ("NODE_PHASE", body.get("phase")),
             ("NODE_MEMBER_ID", me.get("member_id")),

@@ -1,8 +1,8 @@
 """The ``attestmesh devnet …`` verbs' arguments and help.
 
-Owns the argparse definitions of the lab options and of ``up``, ``status``, ``env``, ``down``, ``node …``
-and ``indexer …``. Must not: import the lab (``devnet.lab``: web3 and the rest load only when a verb runs),
-or run anything.
+Owns the argparse definitions of the lab options and of ``up``, ``status``, ``env``, ``down``, ``node …``,
+``indexer …`` and ``gateway …``. Must not: import the lab (``devnet.lab``: web3 and the rest load only when a
+verb runs), or run anything.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import argparse
 import os
 from pathlib import Path
 
-from devnet.topology import DEFAULT_LAB, DEFAULT_MESH, DEFAULT_UNDERLAY
+from devnet.topology import DEFAULT_LAB, DEFAULT_MESH, DEFAULT_TRANSPORT, DEFAULT_UNDERLAY, TRANSPORTS
 from ops.args import Subcommands, file_arg
 
 
@@ -45,6 +45,14 @@ def add_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
     up.add_argument("--block-time", type=float, default=None, help="seconds per block (default: automine)")
     up.add_argument("--no-sidecar", action="store_true", help="boot the nodes without their workload")
     up.add_argument("--no-indexer", action="store_true", help="run no indexer (sidecars poll chain logs)")
+    up.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        default=os.environ.get("ATTESTMESH_LAB_TRANSPORT", DEFAULT_TRANSPORT),
+        help="gateway: a CVM's network (every node and the indexer accept inbound traffic only from the "
+        "lab's gateway stand-in, names resolve through the lab DNS; the default); direct: plain WireGuard "
+        "UDP between the nodes' underlay addresses (env ATTESTMESH_LAB_TRANSPORT)",
+    )
     status = verbs.add_parser("status", help="what the lab is made of and what is running")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument(
@@ -71,6 +79,31 @@ def add_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
     verbs.add_parser("down", help="remove every namespace, process, mount, route and socket of the lab")
     _add_node_parser(verbs)
     _add_indexer_parser(verbs)
+    _add_gateway_parser(verbs)
+
+
+def _add_gateway_parser(verbs: Subcommands[argparse.ArgumentParser]) -> None:
+    gw = verbs.add_parser("gateway", help="the lab's gateway stand-in (gateway mode)")
+    gw_verbs = gw.add_subparsers(dest="gateway_verb", required=True)
+    start = gw_verbs.add_parser(
+        "start",
+        help="(re)start the gateway stand-in, optionally with other limits (they stay for later starts)",
+        description="Restart the gateway stand-in with the limits it ran with, or dstack's defaults with "
+        "--defaults, and the --set values on top. Limits: connect_timeout, handshake_timeout, idle_timeout, "
+        "lifetime (seconds), idle_checks_per_window, max_connections_per_app (0: unlimited), "
+        "route_poll_interval. Example: gateway start --set lifetime=20 (every connection closed after 20 s).",
+    )
+    start.add_argument(
+        "--set",
+        dest="limits",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a limit for this start and later ones (repeatable)",
+    )
+    start.add_argument("--defaults", action="store_true", help="start from dstack's defaults")
+    gw_verbs.add_parser("stop", help="stop the gateway stand-in (every route through it is down)")
+    gw_verbs.add_parser("limits", help="the limits the gateway stand-in runs with (JSON)")
 
 
 def _add_indexer_parser(verbs: Subcommands[argparse.ArgumentParser]) -> None:

@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from devnet.cli.gateway_verbs import run_gateway
 from devnet.cli.indexer_verbs import run_indexer
 from devnet.cli.lab_verbs import run_down, run_env, run_status, run_up
 from devnet.cli.node_verbs import run_node
@@ -30,6 +31,7 @@ _VERBS: dict[str, Callable[[Devnet, argparse.Namespace], int]] = {
     "down": run_down,
     "node": run_node,
     "indexer": run_indexer,
+    "gateway": run_gateway,
 }
 
 

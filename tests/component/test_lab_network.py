@@ -274,7 +274,7 @@ def test_each_lab_starts_fresh_logs_and_keeps_the_previous_runs(lab: LabNetwork)
     root = Path(tempfile.mkdtemp(prefix="amtc-", dir="/tmp"))  # unix socket paths must stay short
     devnet = Devnet(root, PLAN)
     try:
-        devnet.up(1, sidecars=False, indexer=False)
+        devnet.up(1, sidecars=False, indexer=False, transport="direct")
         names = sorted(p.name for p in devnet.logs.iterdir())
         assert "anvil.log" in names and "node-1-simulator.log" in names
         marker = f"first run {os.urandom(8).hex()}\n"
@@ -283,7 +283,7 @@ def test_each_lab_starts_fresh_logs_and_keeps_the_previous_runs(lab: LabNetwork)
                 fh.write(marker)
         first = {name: (devnet.logs / name).read_text() for name in names}
         assert devnet.down() == []
-        devnet.up(1, sidecars=False, indexer=False)
+        devnet.up(1, sidecars=False, indexer=False, transport="direct")
         for name in names:
             assert marker not in (devnet.logs / name).read_text(), name
             assert (root / "logs.1" / name).read_text().startswith(first[name])  # then its shutdown lines
@@ -300,7 +300,7 @@ def test_a_boot_ends_a_process_no_record_names_in_the_node(lab: LabNetwork, tmp_
     root = Path(tempfile.mkdtemp(prefix="amtc-", dir="/tmp"))
     devnet = Devnet(root, PLAN)
     try:
-        devnet.up(1, sidecars=False, indexer=False)
+        devnet.up(1, sidecars=False, indexer=False, transport="direct")
         node = devnet.running_state().node("node-1")
         stray = procs.spawn(["sleep", "60"], name="stray", netns=node.netns, log_path=tmp_path / "stray.log")
         devnet.stop_node("node-1")

@@ -53,6 +53,9 @@ LAB = os.environ.get("ATTESTMESH_E2E_LAB", "amte") + (str(WORKER) if WORKER else
 UNDERLAY = _shifted(os.environ.get("ATTESTMESH_E2E_UNDERLAY", "10.215.0.0/24"))
 MESH = _shifted(os.environ.get("ATTESTMESH_E2E_MESH", "10.15.0.0/16"))
 PLAN = LabPlan(LAB, IPv4Network(UNDERLAY), IPv4Network(MESH))
+#: The transport of the labs the e2e tests build (``devnet up --transport``). ``direct`` until the gateway
+#: stand-in and the sidecar's gateway transport are both on main; then the suite runs in ``gateway`` mode.
+TRANSPORT = os.environ.get("ATTESTMESH_E2E_TRANSPORT", "direct")
 
 
 class LabCommandError(AssertionError):
@@ -86,6 +89,7 @@ class LabCli:
             ATTESTMESH_LAB=self.plan.name,
             ATTESTMESH_LAB_UNDERLAY=str(self.plan.underlay),
             ATTESTMESH_LAB_MESH=str(self.plan.mesh),
+            ATTESTMESH_LAB_TRANSPORT=TRANSPORT,
         )
         return env
 
