@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 import json
-import socket
+import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
@@ -31,6 +31,7 @@ from devnet.labdir import DevnetError, LabDir
 from devnet.labroutes import RoutesFile, bare_hex
 from devnet.netns import LabNetwork, set_resolver
 from devnet.state import DevnetState, GatewayState
+from ops.jsonget import Unreachable, get_json
 
 log = structlog.get_logger("devnet.gateway")
 
@@ -72,7 +73,7 @@ class GatewayLimits:
 
 
 class LabCaFiles(Protocol):
-    """What ``devnet.gateway.labca.ensure_lab_ca`` returns: the CA and the ``*.<domain>`` certificate."""
+    """The lab CA and the gateway's ``*.<domain>`` certificate and key (paths only)."""
 
     @property
     def ca_file(self) -> Path: ...
@@ -84,6 +85,21 @@ class LabCaFiles(Protocol):
     def key_file(self) -> Path: ...
 
 
+@dataclass(frozen=True, slots=True)
+class LabCaPaths:
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+def _path(result: object, *names: str) -> Path:
+    for name in names:
+        value = getattr(result, name, None)
+        if isinstance(value, str | Path):
+            return Path(value)
+    raise DevnetError(f"devnet.gateway.labca.ensure_lab_ca gave no {names[0]}")
+
+
 def ensure_ca(directory: Path, domain: str) -> LabCaFiles:
     """The lab CA and the gateway's wildcard certificate for ``domain`` in ``directory`` (kept if present)."""
     # Imported by name: the stand-in (devnet.gateway) is built beside the lab and may be absent on a branch.
@@ -91,8 +107,13 @@ def ensure_ca(directory: Path, domain: str) -> LabCaFiles:
         labca = importlib.import_module("devnet.gateway.labca")
     except ImportError as exc:
         raise DevnetError(f"the gateway stand-in is not installed (devnet.gateway.labca: {exc})") from None
-    files: LabCaFiles = labca.ensure_lab_ca(directory, domain)
-    return files
+    result = labca.ensure_lab_ca(directory, domain)
+    # The agreed field names first; the stand-in's own (``ca_cert``, ``cert``, ``key``) until they agree.
+    return LabCaPaths(
+        ca_file=_path(result, "ca_file", "ca_cert"),
+        cert_file=_path(result, "cert_file", "cert"),
+        key_file=_path(result, "key_file", "key"),
+    )
 
 
 def gateway_config(
@@ -132,11 +153,20 @@ def routes_of(state: DevnetState) -> RoutesFile | None:
     return RoutesFile(Path(state.gateway.routes_file)) if state.gateway is not None else None
 
 
-def _accepts(address: str, port: int) -> bool:
+def _listening(ns: str, address: str, port: int) -> bool:
+    """Whether a TCP socket listens on ``address:port`` in ``ns``. Asked of the kernel (``ss``), not by
+    connecting: a probe connection would count as a failed client in the gateway's own metrics."""
+    done = subprocess.run(
+        ["ip", "netns", "exec", ns, "ss", "-H", "-ltn", f"src {address}:{port}"],
+        capture_output=True, text=True, check=False, timeout=5,
+    )  # fmt: skip
+    return done.returncode == 0 and bool(done.stdout.strip())
+
+
+def _answers(url: str) -> bool:
     try:
-        with socket.create_connection((address, port), timeout=0.5):
-            return True
-    except OSError:
+        return get_json(url, timeout=0.5).ok
+    except Unreachable:
         return False
 
 
@@ -211,19 +241,21 @@ class LabGateway:
         )
         state = self.files.save(replace(state, processes={**state.processes, "gateway": proc}))
 
-        def listening() -> bool:
+        def ready() -> bool:
             if not procs.is_alive(proc):
                 raise DevnetError(
                     f"the gateway exited during start-up; see {self.files.logs / 'gateway.log'}"
                 )
-            return _accepts(gateway.address, GATEWAY_PORT)
+            ns = self.network.plan.gateway.ns
+            return _listening(ns, gateway.address, GATEWAY_PORT) and _answers(gateway.health_url)
 
-        procs.wait_for(listening, START_TIMEOUT, interval=0.05, what=f"the gateway on {gateway.address}:443")
+        procs.wait_for(ready, START_TIMEOUT, interval=0.05, what=f"the gateway on {gateway.address}:443")
         log.info("devnet.gateway_started", pid=proc.pid, limits=asdict(limits))
         return state
 
     def stop(self, state: DevnetState) -> DevnetState:
         """Stop the gateway stand-in (routes, DNS and the nodes stay: every route through it is down)."""
+        _require(state)
         proc = state.processes.get("gateway")
         if proc is None:
             return state
