@@ -55,7 +55,7 @@ class _AppView:
         self.controller = controller
 
     def status(self) -> NodeStatus:
-        return self.controller.status
+        return self.controller.current_status()
 
     def self_view(self) -> SelfView | None:
         return self.controller.self_view()
@@ -204,7 +204,7 @@ class Daemon:
     async def run(self) -> int:
         s = self.settings
         self.stop_signal.install()
-        health = health_app(lambda: self.controller.status, self.metrics)
+        health = health_app(self.controller.current_status, self.metrics)
         addr = f"{s.http.health_addr.host}:{s.http.health_addr.port}"
         try:
             self._runners.append(await start_tcp(health, s.http.health_addr.host, s.http.health_addr.port))
