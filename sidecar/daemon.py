@@ -44,6 +44,7 @@ from sidecar.http.peerapi import peer_api
 from sidecar.http.server import Runner
 from sidecar.observability import Metrics
 from sidecar.settings import Settings
+from sidecar.transport.tlsconf import verifying_context
 from sidecar.wg.select import resolve_backend
 from sidecar.wg.userspace import WireGuardGo, should_start
 
@@ -145,6 +146,7 @@ class Daemon:
             now_ms=lambda: wall_ms(self.clock),
             monotonic=self.clock.monotonic,
             on_change=self._push_changed,
+            tls=verifying_context(ev.ca_file),
         )
 
     def _wake(self, reason: str = "") -> None:

@@ -7,8 +7,11 @@ listener presents a fresh self-signed certificate and the dialer accepts any; TL
 gateway's SNI routing needs, plus confidentiality of the (already encrypted) WireGuard datagrams' framing.
 
 Owns ``server_context`` (an EC P-256 self-signed certificate; its private key is loaded from an anonymous
-memory file, so it never touches a disk) and ``client_context``. Must not: write a key to the file system,
-log or repr key material.
+memory file, so it never touches a disk) and ``client_context``; and, for what the node reaches through
+the gateway's terminated routes (the indexer's ``wss://``), ``verifying_context``: the system roots plus
+``ATTESTMESH_CA_FILE`` when set (the devnet's lab CA), hostname checked.
+
+Must not: write a key to the file system, log or repr key material.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import datetime
 import os
 import ssl
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -66,4 +70,12 @@ def client_context() -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def verifying_context(ca_file: Path | None) -> ssl.SSLContext:
+    """A client context that verifies the server: the system roots, plus the CAs in ``ca_file``."""
+    context = ssl.create_default_context()
+    if ca_file is not None:
+        context.load_verify_locations(cafile=str(ca_file))
     return context
