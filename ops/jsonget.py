@@ -2,7 +2,9 @@
 and the lab's health probes.
 
 Owns ``get_json``: GET a URL, return its status, text and decoded JSON (2xx or not: a 503 carries a health
-document), and ``Unreachable``, the one error raised when nothing answers.
+document), and ``Unreachable``, the one error raised when nothing answers. An ``https://`` URL (a node or
+an indexer through the dstack gateway) is verified against the system roots plus the CA file given, or
+else ``ATTESTMESH_CA_FILE`` when set (the devnet's lab CA).
 Must not: retry, log, interpret the document (its callers do), or import anything heavier than urllib.
 """
 
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -39,22 +43,36 @@ class JsonAnswer:
         return 200 <= self.status < 300
 
 
-def _get(url: str, timeout: float, limit: int) -> tuple[int, bytes]:
+CA_FILE_VARIABLE: Final = "ATTESTMESH_CA_FILE"
+
+
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """Verify servers against the system roots, plus the CAs in ``ca_file`` when given."""
+    context = ssl.create_default_context()
+    if ca_file:
+        context.load_verify_locations(cafile=ca_file)
+    return context
+
+
+def _get(url: str, timeout: float, limit: int, ca_file: str | None) -> tuple[int, bytes]:
+    context = tls_context(ca_file) if url.startswith("https:") else None
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - operator URL
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as response:  # noqa: S310
             return int(response.status), response.read(limit)
     except urllib.error.HTTPError as exc:
         with exc:
             return exc.code, exc.read(limit)
 
 
-def get_json(url: str, timeout: float, limit: int = MAX_BODY) -> JsonAnswer:
+def get_json(url: str, timeout: float, limit: int = MAX_BODY, ca_file: str | None = None) -> JsonAnswer:
     """GET ``url``: status, text and decoded JSON of (at most ``limit`` bytes of) the body, 2xx or not.
+    ``ca_file`` (default: ``ATTESTMESH_CA_FILE``) adds trusted CAs for an ``https://`` URL.
 
-    Raises ``Unreachable`` when nothing answers.
+    Raises ``Unreachable`` when nothing answers (a certificate that does not verify included).
     """
+    ca_file = ca_file or os.environ.get(CA_FILE_VARIABLE) or None
     try:
-        status, raw = _get(url, timeout, limit)
+        status, raw = _get(url, timeout, limit, ca_file)
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         raise Unreachable(str(exc), str(reason)) from None

@@ -164,6 +164,12 @@ def _add_health_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
     health.add_argument("url", type=url_arg, help="the node's /healthz URL")
     health.add_argument("--json", action="store_true", help="print the body exactly as the node sent it")
     health.add_argument(
+        "--ca-file",
+        metavar="PEM",
+        help="trust these CAs too for an https:// URL (default: $ATTESTMESH_CA_FILE; the devnet's lab CA "
+        "is in state.json gateway.ca_file)",
+    )
+    health.add_argument(
         "--timeout",
         type=seconds_arg,
         default=HEALTH_TIMEOUT,

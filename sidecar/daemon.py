@@ -44,6 +44,7 @@ from sidecar.http.peerapi import peer_api
 from sidecar.http.server import Runner
 from sidecar.observability import Metrics
 from sidecar.settings import Settings
+from sidecar.transport.tlsconf import verifying_context
 from sidecar.wg.select import resolve_backend
 from sidecar.wg.userspace import WireGuardGo, should_start
 
@@ -55,7 +56,7 @@ class _AppView:
         self.controller = controller
 
     def status(self) -> NodeStatus:
-        return self.controller.status
+        return self.controller.current_status()
 
     def self_view(self) -> SelfView | None:
         return self.controller.self_view()
@@ -145,6 +146,7 @@ class Daemon:
             now_ms=lambda: wall_ms(self.clock),
             monotonic=self.clock.monotonic,
             on_change=self._push_changed,
+            tls=verifying_context(ev.ca_file),
         )
 
     def _wake(self, reason: str = "") -> None:
@@ -204,7 +206,7 @@ class Daemon:
     async def run(self) -> int:
         s = self.settings
         self.stop_signal.install()
-        health = health_app(lambda: self.controller.status, self.metrics)
+        health = health_app(self.controller.current_status, self.metrics)
         addr = f"{s.http.health_addr.host}:{s.http.health_addr.port}"
         try:
             self._runners.append(await start_tcp(health, s.http.health_addr.host, s.http.health_addr.port))

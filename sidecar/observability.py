@@ -4,12 +4,17 @@ Owns ``Metrics``: every Prometheus metric the sidecar exports, registered in one
 every known label set created at zero so dashboards and alerts see a series before the first event, and
 the label vocabularies (``PHASES``, ``CSK_REFUSALS``, …).
 
-Must not: put a key, an address, a member id or a block number into a metric label.
+Must not: put a key, an address, a member id or a block number into a metric label. One deliberate
+exception, which the issue asks for and ``_mesh_ip`` enforces: the per-peer transport series
+(``attestmesh_transport_*`` with a ``peer`` label) name the peer by its mesh IP, public and bounded by the
+cluster's size; a peer's series are removed when it leaves the cluster.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+from ipaddress import IPv4Address
 from typing import Final, Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
@@ -53,6 +58,13 @@ PushRejection = Literal[
     "crosscheck",
 ]
 EventMode = Literal["push", "poll"]
+TransportDirection = Literal["sent", "received"]
+TransportDrop = Literal["no_stream", "backpressure", "foreign_source", "oversized"]
+StreamRefusal = Literal[
+    "wrong_cluster", "wrong_acceptor", "not_member", "wrong_direction", "bad_signature", "stale", "future",
+    "replayed", "no_hello", "protocol", "tls_failed", "overloaded",
+]  # fmt: skip
+StreamEnd = Literal["eof", "peer_closed", "idle", "protocol", "error", "replaced", "removed", "shutdown"]
 
 PEER_STATES: Final[tuple[str, ...]] = get_args(PeerState)
 PEER_CHANGES: Final[tuple[str, ...]] = get_args(PeerChange)
@@ -68,10 +80,19 @@ CHAIN_ERROR_KINDS: Final[tuple[str, ...]] = get_args(ChainErrorKind)
 REGISTRATION_RESULTS: Final[tuple[str, ...]] = get_args(RegistrationResult)
 PUSH_REJECTIONS: Final[tuple[str, ...]] = get_args(PushRejection)
 EVENT_MODES: Final[tuple[str, ...]] = get_args(EventMode)
+TRANSPORT_DIRECTIONS: Final[tuple[str, ...]] = get_args(TransportDirection)
+TRANSPORT_DROPS: Final[tuple[str, ...]] = get_args(TransportDrop)
+STREAM_REFUSALS: Final[tuple[str, ...]] = get_args(StreamRefusal)
+STREAM_ENDS: Final[tuple[str, ...]] = get_args(StreamEnd)
 
 PHASES: Final[tuple[str, ...]] = tuple(p.value for p in ORDER)
 
 _RPC_METHOD = re.compile(r"[a-z][A-Za-z0-9_]{0,63}", re.ASCII)
+
+
+def _mesh_ip(label: str) -> str:
+    """A peer label of the transport series: a mesh IP, and nothing else (never a key or a member id)."""
+    return str(IPv4Address(label))
 
 
 def _known(value: str, allowed: tuple[str, ...], what: str) -> str:
@@ -189,6 +210,8 @@ class Metrics:
             "attestmesh_rpc_calls_total", "JSON-RPC calls by method.", ["method"], registry=r
         )
 
+        self._transport_metrics(r)
+
         for name in PHASES:
             self.phase.labels(phase=name).set(0)
         for step in RECONCILE_STEPS:
@@ -208,6 +231,8 @@ class Metrics:
             (self.chain_errors, CHAIN_ERROR_KINDS),
             (self.registration_attempts, REGISTRATION_RESULTS),
             (self.push_rejected, PUSH_REJECTIONS),
+            (self.transport_streams_refused, STREAM_REFUSALS),
+            (self.transport_streams_closed, STREAM_ENDS),
         ):
             for value in values:
                 labelled.labels(value)  # creates the series at zero
@@ -302,3 +327,86 @@ class Metrics:
     def rpc_call(self, method: str) -> None:
         """Count a JSON-RPC call; anything not shaped like a method name is counted as ``other``."""
         self.rpc_calls.labels(method if _RPC_METHOD.fullmatch(method) else "other").inc()
+
+    # the transport (sidecar.transport)
+    def _transport_metrics(self, r: CollectorRegistry) -> None:
+        self.transport_peers = Gauge(
+            "attestmesh_transport_peers", "Peers by transport (direct, gateway) and state (up, down).",
+            ["transport", "state"], registry=r,
+        )  # fmt: skip
+        self.transport_up = Gauge(
+            "attestmesh_transport_up", "1 while the peer's gateway stream is up.", ["peer"], registry=r
+        )
+        self.transport_reconnects = Counter(
+            "attestmesh_transport_reconnects_total", "Gateway streams established after the first, per peer.",
+            ["peer"], registry=r,
+        )  # fmt: skip
+        self.transport_bytes = Counter(
+            "attestmesh_transport_bytes_total", "WireGuard datagram bytes carried by the gateway transport.",
+            ["peer", "direction"], registry=r,
+        )  # fmt: skip
+        self.transport_datagrams = Counter(
+            "attestmesh_transport_datagrams_total", "WireGuard datagrams carried by the gateway transport.",
+            ["peer", "direction"], registry=r,
+        )  # fmt: skip
+        self.transport_drops = Counter(
+            "attestmesh_transport_drops_total", "Datagrams the gateway transport dropped, by reason.",
+            ["peer", "reason"], registry=r,
+        )  # fmt: skip
+        self.transport_stream_age = Gauge(
+            "attestmesh_transport_stream_age_seconds", "Age of the peer's current gateway stream (0: none).",
+            ["peer"], registry=r,
+        )  # fmt: skip
+        self.transport_streams_refused = Counter(
+            "attestmesh_transport_streams_refused_total",
+            "Inbound gateway streams closed before they were bound to a peer, by reason.",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.transport_streams_closed = Counter(
+            "attestmesh_transport_streams_closed_total", "Gateway streams that ended, by why.", ["reason"],
+            registry=r,
+        )  # fmt: skip
+        self.transport_dial_failed = Counter(
+            "attestmesh_transport_dial_failures_total", "Dials to a peer's gateway route that failed.",
+            registry=r,
+        )  # fmt: skip
+
+    def transport_peer_added(self, peer: str) -> None:
+        label = _mesh_ip(peer)
+        self.transport_up.labels(peer=label).set(0)
+        self.transport_reconnects.labels(peer=label)
+        self.transport_stream_age.labels(peer=label).set(0)
+        for direction in TRANSPORT_DIRECTIONS:
+            self.transport_bytes.labels(peer=label, direction=direction)
+            self.transport_datagrams.labels(peer=label, direction=direction)
+        for reason in TRANSPORT_DROPS:
+            self.transport_drops.labels(peer=label, reason=reason)
+
+    def transport_peer_removed(self, peer: str) -> None:
+        label = _mesh_ip(peer)
+        for metric in (self.transport_up, self.transport_reconnects, self.transport_stream_age):
+            with contextlib.suppress(KeyError):
+                metric.remove(label)
+        for direction in TRANSPORT_DIRECTIONS:
+            for traffic in (self.transport_bytes, self.transport_datagrams):
+                with contextlib.suppress(KeyError):
+                    traffic.remove(label, direction)
+        for reason in TRANSPORT_DROPS:
+            with contextlib.suppress(KeyError):
+                self.transport_drops.remove(label, reason)
+
+    def transport_traffic(self, peer: str, direction: TransportDirection, nbytes: int) -> None:
+        self.transport_bytes.labels(peer=peer, direction=direction).inc(nbytes)
+        self.transport_datagrams.labels(peer=peer, direction=direction).inc()
+
+    def transport_dropped(self, peer: str, reason: str) -> None:
+        self.transport_drops.labels(peer=peer, reason=_known(reason, TRANSPORT_DROPS, "drop")).inc()
+
+    def transport_reconnected(self, peer: str) -> None:
+        self.transport_reconnects.labels(peer=peer).inc()
+
+    def transport_refused(self, reason: str) -> None:
+        self.transport_streams_refused.labels(_known(reason, STREAM_REFUSALS, "refusal")).inc()
+
+    def transport_stream_closed(self, reason: str) -> None:
+        self.transport_streams_closed.labels(_known(reason, STREAM_ENDS, "stream end")).inc()

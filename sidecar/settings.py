@@ -98,7 +98,8 @@ def _fields(key: str, values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _defaults(key: str) -> dict[str, Any]:
-    return _fields(key, {v.name: v.parse(v.default) for v in _BY_KEY[key].variables if v.parse and v.default})
+    variables = _BY_KEY[key].variables
+    return _fields(key, {v.name: v.parse(v.default) if v.parse and v.default else None for v in variables})
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +134,7 @@ class EventSettings:
     push_crosscheck: float  # probability in [0, 1] of checking a pushed log against eth_getLogs
     push_backoff_min: float
     push_backoff_max: float
+    ca_file: Path | None = None  # extra trusted CA (PEM) for TLS to the indexer; None: the system roots
 
 
 DEFAULT_EVENT_SETTINGS = EventSettings(**_defaults("events"))
@@ -144,7 +146,9 @@ class MeshSettings:
     backend: WgBackend
     uapi_dir: Path
     listen_port: int
-    endpoint: str  # validated "host:port" ("[v6]:port"), exactly as advertised on chain
+    endpoint: str | None  # direct transport: validated "host:port" ("[v6]:port"), as advertised on chain
+    gateway_domain: str | None  # gateway transport: the dstack gateway's wildcard domain
+    gateway_port: int  # gateway transport: the TLS listener the gateway's passthrough route reaches
     heartbeat_port: int
     peer_api_port: int
     heartbeat_interval: float
@@ -176,12 +180,24 @@ def _check_together(r: EnvReader, values: Mapping[str, Any]) -> None:
         low, high = values[PREFIX + shorter], values[PREFIX + longer]
         if low is not None and high is not None and high < low:
             r.problem(f"{PREFIX}{longer} must not be shorter than {PREFIX}{shorter}")
+    endpoint, domain = values[PREFIX + "ENDPOINT"], values[PREFIX + "GATEWAY_DOMAIN"]
+    if endpoint is not None and domain is not None:
+        r.problem(
+            f"{PREFIX}ENDPOINT and {PREFIX}GATEWAY_DOMAIN are both set; set one: ENDPOINT for the direct "
+            "transport (peers send WireGuard UDP to it), GATEWAY_DOMAIN for the gateway transport"
+        )
+    elif not (r.raw("ENDPOINT") or r.raw("GATEWAY_DOMAIN")):
+        r.problem(
+            f"{PREFIX}ENDPOINT or {PREFIX}GATEWAY_DOMAIN must be set: ENDPOINT=ip:port for the direct "
+            "transport, GATEWAY_DOMAIN=<the dstack gateway's domain> for the gateway transport (a CVM)"
+        )
     health: HostPort | None = values[PREFIX + "HEALTH_ADDR"]
     seen: dict[int, str] = {}
     for name, port in (
         (PREFIX + "WG_LISTEN_PORT", values[PREFIX + "WG_LISTEN_PORT"]),
         (PREFIX + "HEARTBEAT_PORT", values[PREFIX + "HEARTBEAT_PORT"]),
         (PREFIX + "PEER_API_PORT", values[PREFIX + "PEER_API_PORT"]),
+        (PREFIX + "GATEWAY_PORT", values[PREFIX + "GATEWAY_PORT"]),
         (PREFIX + "HEALTH_ADDR", None if health is None else health.port),
     ):
         if port is None:

@@ -14,10 +14,13 @@ read ``os.environ``, or declare a variable of another service (the indexer has i
 from __future__ import annotations
 
 import enum
+import os
 import re
 from dataclasses import dataclass
 from ipaddress import ip_address
+from pathlib import Path
 
+from sidecar.core.endpoint import parse_gateway_domain
 from sidecar.core.ids import Address
 from sidecar.envkit import (
     AT_LEAST_ONE,
@@ -74,6 +77,14 @@ def parse_endpoint(text: str) -> str:
     return str(HostPort(host, parse_port(port_text)))
 
 
+def parse_readable_file(text: str) -> Path:
+    """An absolute path to a file this process can read (a CA bundle, PEM)."""
+    path = parse_absolute_path(text)
+    if not path.is_file() or not os.access(path, os.R_OK):
+        raise ValueError("is not a readable file")
+    return path
+
+
 def parse_interface(text: str) -> str:
     """Parse a network interface name (1..15 characters from a safe set)."""
     if len(text) > MAX_INTERFACE_NAME or not _INTERFACE.fullmatch(text) or text in (".", ".."):
@@ -122,7 +133,9 @@ GROUPS: tuple[Group, ...] = (
             _v("WG_BACKEND", "backend", "auto", enum_parser(WgBackend)),
             _v("WG_UAPI_DIR", "uapi_dir", "/run/wireguard", parse_absolute_path),
             _v("WG_LISTEN_PORT", "listen_port", "51820", parse_port),
-            _v("ENDPOINT", "endpoint", None, parse_endpoint),
+            _v("ENDPOINT", "endpoint", "", parse_endpoint),
+            _v("GATEWAY_DOMAIN", "gateway_domain", "", parse_gateway_domain),
+            _v("GATEWAY_PORT", "gateway_port", "51900", parse_port),
             _v("HEARTBEAT_PORT", "heartbeat_port", "51821", parse_port),
             _v("PEER_API_PORT", "peer_api_port", "51822", parse_port),
             _v("HEARTBEAT_INTERVAL", "heartbeat_interval", "2.0", parse_seconds, POSITIVE),
@@ -140,6 +153,7 @@ GROUPS: tuple[Group, ...] = (
             _v("PUSH_CROSSCHECK", "push_crosscheck", "0", parse_rate),
             _v("PUSH_BACKOFF_MIN", "push_backoff_min", "1.0", parse_seconds, POSITIVE),
             _v("PUSH_BACKOFF_MAX", "push_backoff_max", "60.0", parse_seconds, POSITIVE),
+            _v("CA_FILE", "ca_file", "", parse_readable_file),
         ),
     ),
     Group(

@@ -117,11 +117,17 @@ def parse_endpoint(text: str) -> Endpoint:
     raise EndpointError("the scheme must be udp:// (direct) or tls:// (through the gateway)")
 
 
-def gateway_endpoint(app_id: Address, domain: str, port: int) -> GatewayEndpoint:
-    """The endpoint a node registers for the gateway transport: its app's passthrough route to ``port``."""
-    domain = domain.lower().removesuffix(".")
+def parse_gateway_domain(text: str) -> str:
+    """The dstack gateway's wildcard domain (``dstack-prod5.phala.network``), lower-cased, no root dot."""
+    domain = text.lower().removesuffix(".")
     if not _is_dns_name(domain):
         raise EndpointError("the gateway domain must be a DNS name such as dstack-prod5.phala.network")
+    return domain
+
+
+def gateway_endpoint(app_id: Address, domain: str, port: int) -> GatewayEndpoint:
+    """The endpoint a node registers for the gateway transport: its app's passthrough route to ``port``."""
+    domain = parse_gateway_domain(domain)
     if not 1 <= port <= 65535:
         raise EndpointError("the gateway port must be from 1 to 65535")
     return GatewayEndpoint(f"{app_id.hex}-{port}s.{domain}")

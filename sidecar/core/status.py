@@ -13,7 +13,8 @@ Must not: do I/O, or hold private material — every field here is public.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from sidecar.core.phases import ORDER, Phase
@@ -46,6 +47,7 @@ class NodeStatus:
     peers_desired: int = 0
     peers_configured: int = 0
     peers_live: int = 0
+    peers_transport: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # transport → state → n
     # csk (``csk_source``: for example ``derived``, ``cache`` or ``peer``)
     csk_held: bool = False
     csk_commitment: str | None = None
@@ -94,6 +96,7 @@ def healthz_body(status: NodeStatus) -> dict[str, object]:
             "desired": status.peers_desired,
             "configured": status.peers_configured,
             "live": status.peers_live,
+            "transport": {kind: dict(states) for kind, states in sorted(status.peers_transport.items())},
         },
         "csk": {"held": status.csk_held, "commitment": status.csk_commitment, "source": status.csk_source},
         "events": {
@@ -120,6 +123,7 @@ class PeerView:
     configured: bool
     live: bool
     last_heard_ms_ago: int | None
+    transport: Mapping[str, object] | None = None  # {"kind", "up", …}; None when no carrier is chosen
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -129,6 +133,7 @@ class PeerView:
             "configured": self.configured,
             "live": self.live,
             "last_heard_ms_ago": self.last_heard_ms_ago,
+            "transport": None if self.transport is None else dict(self.transport),
         }
 
 

@@ -228,6 +228,7 @@ class Controller:
             peers_desired=facts.other_members,
             peers_configured=configured,
             peers_live=facts.live_peers,
+            peers_transport=self.steps.mesh.transport.summary(),
             csk_held=facts.csk_held,
             csk_commitment=str(snap.commitment) if snap and snap.commitment else None,
             csk_source=held.source or None,
@@ -251,6 +252,10 @@ class Controller:
             "rejected_pushes": source.rejected_pushes,
             "rejected_by_reason": tuple(sorted(source.rejected_by_reason.items())),
         }
+
+    def current_status(self) -> NodeStatus:
+        """The status with the transport's state as of now (streams go up and down between passes)."""
+        return dataclasses.replace(self.status, peers_transport=self.steps.mesh.transport.summary())
 
     def refresh_events(self) -> None:
         """Re-read the event source into the status now (its mode flips between passes)."""
@@ -279,8 +284,10 @@ class Controller:
         if snap is None:
             return []
         now = self.clock.monotonic()
+        transports = self.steps.mesh.transport.views()
         views = []
         for m in snap.others(self.state.member_id):
+            carrier = transports.get(m.member_id)
             heard = self.liveness.last_heard(m.member_id)
             views.append(
                 PeerView(
@@ -290,6 +297,7 @@ class Controller:
                     configured=m.member_id in self.steps.mesh.configured,
                     live=self.liveness.is_live(m.member_id, now),
                     last_heard_ms_ago=None if heard is None else int((now - heard) * 1000),
+                    transport=None if carrier is None else carrier.to_json(),
                 )
             )
         return views

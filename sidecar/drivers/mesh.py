@@ -1,10 +1,13 @@
 """The mesh step: bring the WireGuard device up with this node's address and apply the peer delta.
 
-Owns the device (opened on first use from an injected factory, so a unit test passes a fake), the desired
-state of the previous pass (the endpoint-roaming rule needs it), which members are configured, and
-telling the caller when the mesh IP first comes up or changes (``on_mesh_up``) and when members left the
-cluster (``on_member_removed``). A WireGuard failure sets the device not up — whatever was up before — so
-the phase reads "mesh device not up: …" until a pass succeeds again; the warning is rate-limited.
+Owns the device (opened on first use from an injected factory, so a unit test passes a fake), asking the
+transport (``sidecar.transport.seam.Transport``) which endpoint the device gets for each peer (the peer's
+``ip:port``, or a loopback bridge of the gateway transport), the desired state of the previous pass (the
+endpoint-roaming rule needs it), which members are configured, and telling the caller when the mesh IP
+first comes up or changes (``on_mesh_up``) and when members left the cluster (``on_member_removed``).
+A WireGuard failure (or the gateway listener failing to bind) sets the device not up — whatever was up
+before — so the phase reads "mesh device not up: …" until a pass succeeds again; the warning is
+rate-limited.
 Must not: read the chain or the agent, or tear the interface down (it outlives the sidecar).
 """
 
@@ -15,7 +18,7 @@ from ipaddress import IPv4Address, IPv4Interface
 
 import structlog
 
-from sidecar.core.ids import MemberId
+from sidecar.core.ids import Address, MemberId
 from sidecar.core.model import MemberRecord
 from sidecar.core.outcome import FactsPart, Outcome, stop
 from sidecar.core.peerplan import DesiredPeer, PeerPlan, WgKey, plan_peers
@@ -26,6 +29,8 @@ from sidecar.drivers.identity import NodeIdentity
 from sidecar.drivers.steps import warn_limited
 from sidecar.observability import Metrics
 from sidecar.settings import MeshSettings
+from sidecar.transport.gateway import LocalMember
+from sidecar.transport.seam import Transport
 from sidecar.wg.device import InterfaceConfig, WgDevice, WgError
 
 log = structlog.get_logger("sidecar.control")
@@ -42,6 +47,8 @@ class MeshStep:
         clock: Clock,
         repeats: Repeats,
         *,
+        cluster: Address,
+        transport: Transport,
         on_mesh_up: Callable[[IPv4Address], None] = lambda ip: None,
         on_member_removed: Callable[[MemberId], None] = lambda member: None,
     ) -> None:
@@ -50,6 +57,8 @@ class MeshStep:
         self.metrics = metrics
         self.clock = clock
         self.repeats = repeats
+        self.cluster = cluster
+        self.transport = transport
         self.on_mesh_up = on_mesh_up
         self.on_member_removed = on_member_removed
         self.device: WgDevice | None = None
@@ -62,14 +71,14 @@ class MeshStep:
     async def run(self, ident: NodeIdentity, snap: Snapshot, mine: MemberRecord) -> Outcome:
         try:
             await self._ensure_up(ident, snap, mine)
-            in_sync = await self._reconcile(snap, mine)
-        except WgError as exc:
+            in_sync = await self._reconcile(ident, snap, mine)
+        except (WgError, OSError) as exc:
+            transient = exc.transient if isinstance(exc, WgError) else True
+            error = str(exc) if isinstance(exc, WgError) else f"gateway transport: {exc}"
             self._up = False
-            warn_limited(
-                self.repeats, "mesh.failed", str(exc), self.clock.monotonic(), transient=exc.transient
-            )
-            facts: FactsPart = {"device_up": False, "device_in_sync": False, "mesh_error": str(exc)}
-            return stop(facts, "transient" if exc.transient else "terminal")
+            warn_limited(self.repeats, "mesh.failed", error, self.clock.monotonic(), transient=transient)
+            facts: FactsPart = {"device_up": False, "device_in_sync": False, "mesh_error": error}
+            return stop(facts, "transient" if transient else "terminal")
         self.repeats.succeeded("mesh.failed")
         current = {m.member_id for m in snap.members}
         for gone in self._known - current:
@@ -95,10 +104,14 @@ class MeshStep:
             self._announced = mine.mesh_ip
             self.on_mesh_up(mine.mesh_ip)
 
-    async def _reconcile(self, snap: Snapshot, mine: MemberRecord) -> bool:
+    async def _reconcile(self, ident: NodeIdentity, snap: Snapshot, mine: MemberRecord) -> bool:
         """Apply the peer delta; return whether the device now equals the snapshot."""
         assert self.device is not None
-        desired = desired_peers(snap, mine.member_id)
+        records = snap.by_id()
+        me = LocalMember(mine.member_id, self.cluster, ident.identity_key)
+        desired = await self.transport.route(
+            me, [(p, records[p.member_id]) for p in desired_peers(snap, mine.member_id)]
+        )
         actual = await self.device.read_peers()
         plan = plan_peers(desired, actual, self._previous, self.clock.wall())
         if plan.empty:
@@ -111,6 +124,7 @@ class MeshStep:
         self._previous = {p.public_key: p for p in desired}
         after = await self.device.read_peers()
         keys = {p.public_key for p in after}
+        self.transport.observe(after, {p.public_key.raw: p.member_id for p in desired})
         self.configured = frozenset(p.member_id for p in desired if p.public_key in keys)
         return plan_peers(desired, after, self._previous, self.clock.wall()).empty
 
@@ -126,5 +140,6 @@ class MeshStep:
             self.metrics.peer_changes.labels(change="updated").inc()
 
     async def close(self) -> None:
+        await self.transport.close()
         if self.device is not None:
             await self.device.close()

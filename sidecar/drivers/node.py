@@ -19,17 +19,19 @@ from sidecar.core.ids import MemberId
 from sidecar.core.liveness import Liveness
 from sidecar.core.repeats import Repeats
 from sidecar.drivers.chainlink import ChainLink, ClusterChain
-from sidecar.drivers.clock import Clock, SystemClock
+from sidecar.drivers.clock import Clock, SystemClock, wall_ms
 from sidecar.drivers.control import Controller, Steps
 from sidecar.drivers.csk import CskFetcher, CskKeeper, PeerApiFetcher
 from sidecar.drivers.events import EventSource
 from sidecar.drivers.identity import KeySource
 from sidecar.drivers.mesh import MeshStep
 from sidecar.drivers.nodestate import NodeState
-from sidecar.drivers.steps import ChainStep, EndpointStep, IdentityStep, MembershipStep
+from sidecar.drivers.steps import ChainStep, EndpointStep, IdentityStep, MembershipStep, own_endpoint
 from sidecar.drivers.store import StateStore
 from sidecar.observability import Metrics
 from sidecar.settings import MeshSettings, Settings
+from sidecar.transport.gateway import GatewayCarrier, GatewayOptions
+from sidecar.transport.seam import Transport
 from sidecar.wg.device import WgDevice
 from sidecar.wg.select import open_device
 
@@ -61,6 +63,7 @@ def build_node(
     store: StateStore | None = None,
     fetcher: CskFetcher | None = None,
     device: Callable[[], WgDevice] | None = None,
+    transport: Transport | None = None,
     events: EventSource | None = None,
     on_mesh_up: Callable[[IPv4Address], None] = lambda ip: None,
     on_member_removed: Callable[[MemberId], None] | None = None,
@@ -89,13 +92,20 @@ def build_node(
         (on_member_removed or liveness.forget)(member)
 
     mesh = _mesh_step(
-        settings.mesh, metrics, clock, repeats, device=device, on_mesh_up=on_mesh_up, on_member_removed=forget
+        settings,
+        metrics,
+        clock,
+        repeats,
+        device=device,
+        transport=transport or _transport(settings.mesh, metrics, clock),
+        on_mesh_up=on_mesh_up,
+        on_member_removed=forget,
     )
     steps = Steps(
         identity=IdentityStep(agent),
         chain=ChainStep(chain, metrics),
-        membership=MembershipStep(chain, metrics, settings.mesh.endpoint),
-        endpoint=EndpointStep(chain, settings.mesh.endpoint, repeats),
+        membership=MembershipStep(chain, metrics, own_endpoint(settings.mesh)),
+        endpoint=EndpointStep(chain, own_endpoint(settings.mesh), repeats),
         mesh=mesh,
         csk=csk,
     )
@@ -126,16 +136,32 @@ def _real_ports(
     return chain, fetcher, closers
 
 
+def _transport(settings: MeshSettings, metrics: Metrics, clock: Clock) -> Transport:
+    """The node's carriers: the gateway carrier when a gateway domain is configured, direct always."""
+    gateway = None
+    if settings.gateway_domain is not None:
+        gateway = GatewayCarrier(
+            GatewayOptions(port=settings.gateway_port, wg_port=settings.listen_port),
+            metrics,
+            wall_ms=lambda: wall_ms(clock),
+            monotonic=clock.monotonic,
+        )
+    return Transport(metrics, gateway=gateway, wall=clock.wall)
+
+
 def _mesh_step(
-    settings: MeshSettings,
+    all_settings: Settings,
     metrics: Metrics,
     clock: Clock,
     repeats: Repeats,
     *,
     device: Callable[[], WgDevice] | None,
+    transport: Transport,
     on_mesh_up: Callable[[IPv4Address], None],
     on_member_removed: Callable[[MemberId], None],
 ) -> MeshStep:
+    settings = all_settings.mesh
+
     def real_device() -> WgDevice:
         return open_device(settings.backend, ifname=settings.interface, uapi_dir=settings.uapi_dir)
 
@@ -145,6 +171,8 @@ def _mesh_step(
         metrics,
         clock,
         repeats,
+        cluster=all_settings.chain.cluster,
+        transport=transport,
         on_mesh_up=on_mesh_up,
         on_member_removed=on_member_removed,
     )

@@ -22,6 +22,7 @@ import asyncio
 import dataclasses
 import os
 import random
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -108,8 +109,11 @@ class PushSubscriber:
         monotonic: Callable[[], float] = time.monotonic,
         on_change: Callable[[], None] = lambda: None,
         nonce: Callable[[], bytes] = lambda: os.urandom(NONCE_BYTES),
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.connection = connection
+        #: How a ``wss://`` endpoint is verified (None: the system roots).
+        self.tls = tls
         self.registry = registry
         self.cluster = cluster
         self.credentials = credentials
@@ -196,6 +200,7 @@ class PushSubscriber:
                 max_msg_size=4 * MAX_FRAME_BYTES,
                 heartbeat=WS_HEARTBEAT,
                 autoping=True,
+                ssl=self.tls if self.tls is not None else True,
             ) as ws:
                 return await self._session(ws, conn, creds, record, cursor)
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:

@@ -15,11 +15,13 @@ Must not: log or expose private keys; catch anything broader than the adapters' 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 
 from sidecar.chain.errors import ChainError, ChainIdMismatch, UnexpectedChainError
+from sidecar.core.endpoint import gateway_endpoint, parse_endpoint, same_endpoint
 from sidecar.core.model import MemberRecord
 from sidecar.core.outcome import FactsPart, Failure, Outcome, stop
 from sidecar.core.repeats import Repeats
@@ -28,6 +30,7 @@ from sidecar.drivers.chainlink import ClusterChain
 from sidecar.drivers.identity import KeySource, NodeIdentity, derive
 from sidecar.dstack.agent import GuestAgentError
 from sidecar.observability import Metrics
+from sidecar.settings import MeshSettings
 
 log = structlog.get_logger("sidecar.control")
 
@@ -134,10 +137,23 @@ class ChainStep:
         return ""
 
 
+def own_endpoint(mesh: MeshSettings) -> Callable[[NodeIdentity], str]:
+    """This node's endpoint as it registers it: the configured ``ip:port`` (direct transport), or its app's
+    passthrough route on the dstack gateway (``tls://<app id>-<port>s.<domain>:443``, gateway transport)."""
+    domain, direct = mesh.gateway_domain, mesh.endpoint
+    if domain is not None:
+        return lambda ident: str(gateway_endpoint(ident.app_id, domain, mesh.gateway_port))
+    if direct is None:
+        raise ValueError("the settings name no endpoint and no gateway domain")
+    return lambda ident: direct
+
+
 class MembershipStep:
     """Find this node in the snapshot: lost state (terminal), boot policy, registration when absent."""
 
-    def __init__(self, chain: ClusterChain, metrics: Metrics, endpoint: str) -> None:
+    def __init__(
+        self, chain: ClusterChain, metrics: Metrics, endpoint: Callable[[NodeIdentity], str]
+    ) -> None:
         self.chain = chain
         self.metrics = metrics
         self.endpoint = endpoint
@@ -175,10 +191,10 @@ class MembershipStep:
             "registration.attempted",
             app_id=str(ident.app_id),
             signer=str(ident.signer),
-            endpoint=self.endpoint,
+            endpoint=self.endpoint(ident),
         )
         try:
-            done = await self.chain.register(ident, self.endpoint)
+            done = await self.chain.register(ident, self.endpoint(ident))
         except ChainError as exc:
             reason = explain_register_error(exc)
             self.metrics.registration_attempts.labels(result="failed").inc()
@@ -196,23 +212,27 @@ class MembershipStep:
 
 
 class EndpointStep:
-    """Publish the configured endpoint when the chain holds another one (failures rate-limited)."""
+    """Publish this node's endpoint when the chain holds another one (failures rate-limited). A record that
+    says the same endpoint in another form (a bare ``ip:port`` for ``udp://ip:port``) is left alone."""
 
-    def __init__(self, chain: ClusterChain, endpoint: str, repeats: Repeats) -> None:
+    def __init__(
+        self, chain: ClusterChain, endpoint: Callable[[NodeIdentity], str], repeats: Repeats
+    ) -> None:
         self.chain = chain
         self.endpoint = endpoint
         self.repeats = repeats
 
     async def run(self, ident: NodeIdentity, mine: MemberRecord, now: float) -> Outcome:
-        if mine.endpoint == self.endpoint:
+        wanted = self.endpoint(ident)
+        if mine.endpoint == wanted or same_endpoint(mine.endpoint, parse_endpoint(wanted)):
             return Outcome()
         try:
-            await self.chain.set_endpoint(ident, self.endpoint)
+            await self.chain.set_endpoint(ident, wanted)
         except ChainError as exc:  # not fatal for the pass: the mesh works on the old endpoint meanwhile
             warn_limited(self.repeats, "endpoint.update_failed", str(exc), now)
             return Outcome(failure="transient" if exc.transient else "terminal")
         self.repeats.succeeded("endpoint.update_failed")
-        log.info("endpoint.updated", old=mine.endpoint, new=self.endpoint)
+        log.info("endpoint.updated", old=mine.endpoint, new=wanted)
         return Outcome()
 
 

@@ -8,10 +8,19 @@ Every server started here is stopped here; nothing but loopback is used.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
+import os
+import ssl
+from ipaddress import ip_address
+from pathlib import Path
 
 import pytest
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry
 
 from devnet.anvil import AnvilProcess
@@ -311,3 +320,58 @@ async def test_health_fails_on_a_non_health_answer_or_nothing_listening(
         assert len(failed.stderr.splitlines()) == 1 and "Traceback" not in failed.stderr
     assert "must be an http:// or https:// URL" in usage_error(capsys, ("health", "not a url"))
     assert "greater than 0" in usage_error(capsys, ("health", f"{base}/healthz", "--timeout", "0"))
+
+
+async def test_health_over_https_trusts_the_given_ca_and_nothing_else(tmp_path: Path) -> None:
+    """``attestmesh health https://…`` (a node through the gateway) verifies the server: with the lab CA
+    (``--ca-file`` or ``ATTESTMESH_CA_FILE``) it reads the document, without it it refuses to."""
+    ca_file, server_tls = _test_ca(tmp_path)
+    runner = web.AppRunner(health_app(lambda: HEALTHY, Metrics(CollectorRegistry())))
+    await runner.setup()
+    site = web.TCPSite(runner, HOST, 0, ssl_context=server_tls)
+    await site.start()
+    try:
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        url = f"https://{HOST}:{port}/healthz"
+        flag, env, untrusted = await asyncio.gather(
+            run_cli("health", url, "--ca-file", str(ca_file)),
+            run_cli("health", url, env={**os.environ, "ATTESTMESH_CA_FILE": str(ca_file)}),
+            run_cli("health", url),
+        )
+    finally:
+        await runner.cleanup()
+    assert flag.returncode == 0 and flag.stdout.startswith(f"{url}: HEALTHY (HTTP 200)"), flag.stderr
+    assert env.returncode == 0, env.stderr
+    assert untrusted.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
+
+
+def _test_ca(directory: Path) -> tuple[Path, ssl.SSLContext]:
+    """A throwaway CA (its certificate written to a file) and a server context for 127.0.0.1 it signed."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    leaf = (
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)]))
+        .issuer_name(ca_name).public_key(leaf_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ip_address(HOST))]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    ca_file, chain = directory / "ca.pem", directory / "server.pem"
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    chain.write_bytes(
+        leaf.public_bytes(serialization.Encoding.PEM)
+        + leaf_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )  # a throwaway test key in the test's own temporary directory
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(chain)
+    return ca_file, context

@@ -138,11 +138,41 @@ def test_blank_values_count_as_unset() -> None:
 def test_missing_required_all_reported() -> None:
     with pytest.raises(SettingsError) as info:
         load_settings({})
-    assert sorted(info.value.problems) == sorted(
-        f"ATTESTMESH_{name} is required but not set"
-        for name in ("RPC_URL", "CHAIN_ID", "CLUSTER", "ENDPOINT")
+    found = info.value.problems
+    assert sorted(found[:3]) == sorted(
+        f"ATTESTMESH_{name} is required but not set" for name in ("RPC_URL", "CHAIN_ID", "CLUSTER")
     )
+    assert len(found) == 4
+    assert found[3].startswith("ATTESTMESH_ENDPOINT or ATTESTMESH_GATEWAY_DOMAIN must be set")
     assert "ATTESTMESH_RPC_URL" in str(info.value)
+
+
+def test_gateway_transport_instead_of_an_endpoint() -> None:
+    env = {k: v for k, v in REQUIRED.items() if k != "ATTESTMESH_ENDPOINT"}
+    s = load_settings({**env, "ATTESTMESH_GATEWAY_DOMAIN": "Dstack-Prod5.Phala.Network."})
+    assert (s.mesh.endpoint, s.mesh.gateway_domain, s.mesh.gateway_port) == (
+        None, "dstack-prod5.phala.network", 51900,
+    )  # fmt: skip
+    assert load(ENDPOINT="", GATEWAY_DOMAIN="gw.test", GATEWAY_PORT="443").mesh.gateway_port == 443
+
+
+def test_gateway_transport_problems_are_all_reported() -> None:
+    both = problems(GATEWAY_DOMAIN="gw.test")
+    assert len(both) == 1 and "ATTESTMESH_ENDPOINT and ATTESTMESH_GATEWAY_DOMAIN are both set" in both[0]
+    found = problems(ENDPOINT="", GATEWAY_DOMAIN="not a domain", GATEWAY_PORT="51821", CA_FILE="relative.pem")
+    assert any(p.startswith("ATTESTMESH_GATEWAY_DOMAIN='not a domain' the gateway domain") for p in found)
+    assert any("ATTESTMESH_GATEWAY_PORT uses port 51821" in p for p in found)
+    assert any(p.startswith("ATTESTMESH_CA_FILE='relative.pem' must be an absolute path") for p in found)
+    assert not any("must be set" in p for p in found)  # a domain was given, it just does not parse
+
+
+def test_ca_file_must_be_readable(tmp_path: Path) -> None:
+    missing = tmp_path / "none.pem"
+    (found,) = problems(CA_FILE=str(missing))
+    assert found.startswith("ATTESTMESH_CA_FILE=") and found.endswith(" is not a readable file")
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert load(CA_FILE=str(ca)).events.ca_file == ca
 
 
 def test_all_problems_at_once() -> None:
@@ -256,7 +286,13 @@ def test_lowercase_and_uppercase_addresses_need_no_checksum() -> None:
 
 
 @pytest.mark.parametrize(
-    "clash", [{"HEARTBEAT_PORT": "51820"}, {"PEER_API_PORT": "51821"}, {"HEALTH_ADDR": "0.0.0.0:51822"}]
+    "clash",
+    [
+        {"HEARTBEAT_PORT": "51820"},
+        {"PEER_API_PORT": "51821"},
+        {"HEALTH_ADDR": "0.0.0.0:51822"},
+        {"GATEWAY_PORT": "9090"},
+    ],
 )
 def test_ports_must_differ(clash: dict[str, str]) -> None:
     found = problems(**clash)
@@ -268,7 +304,7 @@ def test_port_clash_reported_alongside_other_problems() -> None:
     found = problems(HEARTBEAT_PORT="51820", ENDPOINT="")
     assert len(found) == 2
     assert any("ports must differ" in p for p in found)
-    assert "ATTESTMESH_ENDPOINT is required but not set" in found
+    assert any(p.startswith("ATTESTMESH_ENDPOINT or ATTESTMESH_GATEWAY_DOMAIN must be set") for p in found)
 
 
 def test_unknown_prefixed_variables_are_problems_with_a_hint() -> None:
@@ -308,7 +344,7 @@ def test_non_secret_values_are_echoed_truncated() -> None:
 
 
 def test_variable_table_matches_known_names_and_docs() -> None:
-    assert len(KNOWN_NAMES) == len(VARIABLES) == 31
+    assert len(KNOWN_NAMES) == len(VARIABLES) == 34
     docs = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
     for variable in VARIABLES:
         assert f"`{variable.name}`" in docs, variable.name

@@ -30,7 +30,7 @@ def test_initial_body_is_exactly_the_design_shape_with_nulls() -> None:
             "mesh_ip": None,
             "signer": None,
         },
-        "peers": {"desired": 0, "configured": 0, "live": 0},
+        "peers": {"desired": 0, "configured": 0, "live": 0, "transport": {}},
         "csk": {"held": False, "commitment": None, "source": None},
         "events": {
             "mode": "poll",
@@ -74,6 +74,7 @@ def test_registered_healthy_body_carries_every_value() -> None:
         peers_desired=2,
         peers_configured=2,
         peers_live=1,
+        peers_transport={"gateway": {"up": 1, "down": 1}},
         csk_held=True,
         csk_commitment="0x" + "55" * 32,
         csk_source="peer",
@@ -96,7 +97,9 @@ def test_registered_healthy_body_carries_every_value() -> None:
         "mesh_ip": "10.88.0.2",
         "signer": "0x" + "44" * 20,
     }
-    assert body["peers"] == {"desired": 2, "configured": 2, "live": 1}
+    assert body["peers"] == {
+        "desired": 2, "configured": 2, "live": 1, "transport": {"gateway": {"up": 1, "down": 1}},
+    }  # fmt: skip
     assert body["csk"] == {"held": True, "commitment": "0x" + "55" * 32, "source": "peer"}
     assert body["events"] == {
         "mode": "push",
@@ -147,6 +150,7 @@ def test_peer_view_json_and_sorting() -> None:
         configured=True,
         live=True,
         last_heard_ms_ago=1500,
+        transport={"kind": "gateway", "up": True, "reconnects": 2},
     )
     assert a.to_json() == {
         "member_id": "0x" + "02" * 32,
@@ -155,7 +159,9 @@ def test_peer_view_json_and_sorting() -> None:
         "configured": False,
         "live": False,
         "last_heard_ms_ago": None,
+        "transport": None,
     }
+    assert b.to_json()["transport"] == {"kind": "gateway", "up": True, "reconnects": 2}
     assert peers_body([a, b]) == {"peers": [b.to_json(), a.to_json()]}
     assert peers_body([]) == {"peers": []}
 
