@@ -19,8 +19,10 @@ from devnet.labgateway import GatewayLimits, gateway_config, service_url
 from devnet.labreach import LabReach
 from devnet.labroutes import Route, RoutesFile, bare_hex, decode, encode, route
 from devnet.state import DevnetState, GatewayState, NodeState
+from sidecar.settings import load_settings
 
 APP = "0x" + "Ab" * 20
+ADDRESS = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 INSTANCE = "cd" * 20
 GATEWAY = GatewayState(
     domain="amtg.gw.test",
@@ -201,3 +203,19 @@ def test_sidecar_env_by_transport() -> None:
     assert env["ATTESTMESH_CA_FILE"] == GATEWAY.ca_file
     with pytest.raises(DevnetError, match="no gateway"):
         sidecar_env(replace(gateway, gateway=None), node)
+
+
+def test_a_gateway_mode_sidecar_env_is_one_the_sidecar_accepts(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text(
+        "-----BEGIN CERTIFICATE-----\n"
+    )  # the sidecar checks the file is readable, not its contents
+    state = DevnetState(
+        lab="amtg", underlay="10.219.0.0/24", mesh_cidr="10.19.0.0/16", rpc_url="http://10.219.0.2:8545",
+        chain_id=31337, cluster=ADDRESS, indexer_registry=ADDRESS, transport="gateway",
+        gateway=replace(GATEWAY, ca_file=str(ca)),
+    )  # fmt: skip
+    env = {k: v for k, v in sidecar_env(state, _node()).items() if k.startswith(("ATTESTMESH_", "DSTACK_"))}
+    settings = load_settings(env)
+    assert settings.mesh.gateway_domain == "amtg.gw.test" and settings.mesh.endpoint is None
+    assert settings.mesh.gateway_port == 51900 and settings.events.ca_file == ca
