@@ -1,15 +1,16 @@
-"""The devnet lab in gateway mode, end to end without node workloads (``--no-sidecar``): the gateway stand-in
-and the lab DNS in ``<lab>-gw``, the CVMs' routes as they boot and stop, the firewalls, the lab's own reads
-through the gateway (the indexer's /status and /healthz with the lab CA), the gateway's verbs, and a
-teardown that leaves nothing; and a direct-mode lab that has none of it.
+"""The devnet lab in gateway mode: the gateway stand-in and the lab DNS in ``<lab>-gw``, the CVMs' routes as
+they boot and stop, the firewalls, the lab's own reads through the gateway (the indexer's /status and
+/healthz with the lab CA), the gateway's verbs and a teardown that leaves nothing (without node workloads);
+a 3-node mesh that can only form through the gateway; and a direct-mode lab that has none of it.
 
-Needs the gateway stand-in (``devnet.gateway``). The mesh through the gateway needs the sidecar's gateway
-transport too and is tested by the mesh suite in gateway mode (``ATTESTMESH_E2E_TRANSPORT=gateway``).
+Needs the gateway stand-in (``devnet.gateway``, a prerequisite that fails the test when missing).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,9 +24,18 @@ from devnet.labreach import LabReach
 from devnet.netns import NETNS_ETC, LabNetwork, list_netns
 from devnet.procs import ProcRecord
 from devnet.state import DevnetState
+from ops.jsonget import get_json
+from tests.conftest import require
 from tests.e2e.lab import PLAN, LabCli, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+
+@pytest.fixture
+def gateway_lab(lab: LabCli) -> LabCli:
+    """A lab directory for a gateway-mode lab: fails (never skips) when the gateway stand-in is missing."""
+    require(importlib.util.find_spec("devnet.gateway") is not None, "the gateway stand-in (devnet.gateway)")
+    return lab
 
 
 def _routes(state: dict[str, Any]) -> dict[str, Any]:
@@ -45,7 +55,8 @@ def _send_udp(ns: str, ip: str, port: int) -> None:
     assert _in_ns(ns, sys.executable, "-c", code).returncode == 0
 
 
-def test_gateway_lab_routes_dns_firewall_and_reads_through_the_gateway(lab: LabCli) -> None:
+def test_gateway_lab_routes_dns_firewall_and_reads_through_the_gateway(gateway_lab: LabCli) -> None:
+    lab = gateway_lab
     out = lab.run("up", "--nodes", "2", "--no-sidecar", "--transport", "gateway").stdout
     assert "transport gateway" in out
     status = lab.status()
@@ -118,6 +129,41 @@ def test_gateway_lab_routes_dns_firewall_and_reads_through_the_gateway(lab: LabC
     assert not [r for r in records if procs.is_alive(r)]
     assert list(NETNS_ETC.glob(f"{PLAN.sweep_prefix}*")) == []
     assert not (lab.root / "gateway").exists()
+
+
+def _active_passthrough(metrics_url: str) -> int:
+    """Streams the gateway relays now on passthrough routes (the mesh's), summed over the apps."""
+    text = get_json(metrics_url, 2.0).text
+    pattern = r'^attestmesh_gateway_active_connections\{[^}]*kind="passthrough"[^}]*\} ([0-9.e+]+)$'
+    return int(sum(float(v) for v in re.findall(pattern, text, re.MULTILINE)))
+
+
+def test_three_node_mesh_forms_through_the_gateway_only(gateway_lab: LabCli) -> None:
+    lab = gateway_lab
+    lab.run("up", "--nodes", "3", "--transport", "gateway")
+    lab.run("status", "--wait-healthy", "120")
+    status = lab.status()
+    nodes = status["nodes"]
+    for node in nodes:  # each node's own account: its two peers are carried by the gateway, and up
+        assert node["healthz"]["peers"]["transport"] == {"gateway": {"up": 2, "down": 0}}, node["healthz"]
+    mesh_ips = {n["name"]: n["healthz"]["node"]["mesh_ip"] for n in nodes}
+    for src in nodes:
+        endpoints = lab.run(
+            "node", "exec", src["name"], "--", "wg", "show", "attestmesh0", "endpoints"
+        ).stdout
+        hosts = [line.split()[1].rsplit(":", 1)[0] for line in endpoints.splitlines()]
+        assert hosts == ["127.0.0.1", "127.0.0.1"], endpoints  # every peer behind a loopback bridge
+        for dst, ip in mesh_ips.items():
+            if dst != src["name"]:
+                done = _in_ns(src["netns"], "ping", "-c", "1", "-W", "2", ip)
+                assert done.returncode == 0, f"{src['name']} -> {dst}: {done.stdout}"
+    # One passthrough stream per pair, and no direct path: a direct datagram is dropped and counted.
+    wait_until(lambda: _active_passthrough(status["gateway"]["health_url"]) == 3, 30, "one stream per pair")
+    one, two = nodes[0], nodes[1]
+    before = firewall.dropped(two["netns"])["udp"]
+    _send_udp(one["netns"], two["underlay_ip"], 51820)
+    wait_until(lambda: firewall.dropped(two["netns"])["udp"] > before, 5, "node-2's firewall to drop it")
+    assert lab.status()["indexer"]["status"]["subscribers"] == 3  # the sidecars reached it by wss://
 
 
 def test_direct_lab_has_no_gateway_dns_or_firewall(lab: LabCli) -> None:
