@@ -1,8 +1,9 @@
 """The e2e toolkit's view of a running devnet cluster: what an operator and an application see of its nodes.
 
-Reads go through the same surfaces users have: ``/healthz`` (via the lab), ``/metrics``, the app API (its
-unix socket), the WireGuard device (UAPI), the probe inside a node namespace, the indexer's ``/status``;
-and the checks built on them (healthy, push or poll mode). Must not import pytest or another test module,
+Reads go through the same surfaces users have: ``/healthz`` (via the lab: through the gateway, with the lab
+CA, when the lab runs in gateway mode), ``/metrics``, the app API (its unix socket), the WireGuard device
+(UAPI), the probe inside a node namespace, the indexer's ``/status``; and the checks built on them (healthy,
+push or poll mode). Must not import pytest or another test module,
 nor change anything in the lab.
 """
 
@@ -12,9 +13,8 @@ import asyncio
 import json
 import subprocess
 import sys
-import urllib.request
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,8 @@ import aiohttp
 
 from devnet.kms import DevnetKms, get_key
 from devnet.lab import fetch_healthz
+from devnet.labreach import LabReach
+from devnet.state import GatewayState
 from devnet.wireguard import uapi_get
 from sidecar.core.ids import Address, MemberId, SecretBytes
 from sidecar.core.keys import KeyPath
@@ -31,11 +33,20 @@ from tests.e2e.lab import REPO, LabCli, lab_state, log_entries, wait_until
 DEADLINE = 45.0
 
 
+def lab_reach(state: Mapping[str, Any]) -> LabReach:
+    """How the lab ``state`` (its state file or ``status --json``) is read: via its gateway or directly."""
+    gateway = state.get("gateway")
+    if state.get("transport") == "gateway" and isinstance(gateway, dict):
+        return LabReach(GatewayState.from_json(gateway))
+    return LabReach()
+
+
 @dataclass
 class Node:
-    """One devnet node as the state file describes it."""
+    """One devnet node as the state file describes it, read the way its lab allows."""
 
     data: dict[str, Any]
+    reach: LabReach = field(default_factory=LabReach)
 
     @property
     def name(self) -> str:
@@ -45,19 +56,25 @@ class Node:
     def netns(self) -> str:
         return str(self.data["netns"])
 
+    @property
+    def health_url(self) -> str:
+        """An operator's /healthz URL: through the gateway in gateway mode, else on the underlay."""
+        through = self.data.get("gateway_health_url") if self.reach.gateway is not None else None
+        return str(through or self.data["health_url"])
+
     def healthz(self) -> dict[str, Any]:
-        body = fetch_healthz(self.data["health_url"], timeout=3.0)
+        body = fetch_healthz(self.health_url, timeout=3.0, reach=self.reach)
         assert body is not None, f"{self.name}: /healthz does not answer"
         return body
 
     def healthy(self) -> bool:
-        body = fetch_healthz(self.data["health_url"], timeout=3.0)
+        body = fetch_healthz(self.health_url, timeout=3.0, reach=self.reach)
         return bool(body and body.get("healthy"))
 
     def metrics(self) -> str:
-        url = self.data["health_url"].replace("/healthz", "/metrics")
-        with urllib.request.urlopen(url, timeout=3) as response:
-            return str(response.read().decode())
+        answer = self.reach.get_json(self.health_url.replace("/healthz", "/metrics"), 3.0)
+        assert answer.ok, f"{self.name}: /metrics answered {answer.status}"
+        return answer.text
 
     def counter(self, name: str, **labels: str) -> float:
         want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
@@ -112,7 +129,9 @@ def _normalise(metric: str) -> str:
 
 
 def nodes(lab: LabCli) -> dict[str, Node]:
-    return {n["name"]: Node(n) for n in lab.status()["nodes"]}
+    status = lab.status()
+    reach = lab_reach(status)
+    return {n["name"]: Node(n, reach) for n in status["nodes"]}
 
 
 def wait_all_healthy(lab: LabCli, timeout: float = 60.0) -> dict[str, Node]:
@@ -124,7 +143,7 @@ def wait_all_healthy(lab: LabCli, timeout: float = 60.0) -> dict[str, Node]:
 
 
 def _reason(node: Node) -> str:
-    body = fetch_healthz(node.data["health_url"], timeout=2.0)
+    body = fetch_healthz(node.health_url, timeout=2.0, reach=node.reach)
     return "no answer" if body is None else f"{body.get('phase')}: {body.get('reason')}"
 
 
@@ -181,7 +200,11 @@ def wait_for_every(lab: LabCli, found: Iterable[Node], check: Callable[[Node], o
 
 
 def indexer_status(lab: LabCli) -> dict[str, Any]:
-    body = fetch_healthz(lab_state(lab)["indexer"]["status_url"], timeout=3.0)
+    state = lab_state(lab)
+    reach = lab_reach(state)
+    idx = state["indexer"]
+    url = idx.get("gateway_status_url") if reach.gateway is not None else None
+    body = fetch_healthz(url or idx["status_url"], timeout=3.0, reach=reach)
     return body or {}
 
 
