@@ -187,7 +187,9 @@ class GatewayProxy:
             if not self._stopping:
                 raise
         except Exception:  # the one broad catch of a connection: it must never take the listener down
-            log.exception("gateway.connection_failed", peer=conn.peer, server_name=conn.server_name)
+            log.exception(
+                "gateway.connection_failed", peer=conn.peer, kind=conn.kind, server_name=conn.server_name
+            )
             writer.transport.abort()
         finally:
             self._tasks.discard(task)

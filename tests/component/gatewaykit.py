@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -425,8 +425,3 @@ async def origins(ca: LabCa) -> AsyncIterator[tuple[Origin, Origin]]:
     finally:
         await plain.close()
         await tls.close()
-
-
-async def with_timeout(awaitable: Awaitable[Any], seconds: float) -> Any:
-    async with asyncio.timeout(seconds):
-        return await awaitable
