@@ -14,7 +14,6 @@ anything but the gateway's lab address.
 
 from __future__ import annotations
 
-import importlib
 import json
 import subprocess
 import sys
@@ -22,11 +21,12 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import structlog
 
 from devnet import firewall, labdns, procs
+from devnet.gateway.labca import LabCa, ensure_lab_ca
 from devnet.labdir import DevnetError, LabDir
 from devnet.labroutes import RoutesFile, bare_hex
 from devnet.netns import LabNetwork, set_resolver
@@ -72,59 +72,15 @@ class GatewayLimits:
         return replace(self, **parsed)
 
 
-class LabCaFiles(Protocol):
-    """The lab CA and the gateway's ``*.<domain>`` certificate and key (paths only)."""
-
-    @property
-    def ca_file(self) -> Path: ...
-
-    @property
-    def cert_file(self) -> Path: ...
-
-    @property
-    def key_file(self) -> Path: ...
-
-
-@dataclass(frozen=True, slots=True)
-class LabCaPaths:
-    ca_file: Path
-    cert_file: Path
-    key_file: Path
-
-
-def _path(result: object, *names: str) -> Path:
-    for name in names:
-        value = getattr(result, name, None)
-        if isinstance(value, str | Path):
-            return Path(value)
-    raise DevnetError(f"devnet.gateway.labca.ensure_lab_ca gave no {names[0]}")
-
-
-def ensure_ca(directory: Path, domain: str) -> LabCaFiles:
-    """The lab CA and the gateway's wildcard certificate for ``domain`` in ``directory`` (kept if present)."""
-    # Imported by name: the stand-in (devnet.gateway) is built beside the lab and may be absent on a branch.
-    try:
-        labca = importlib.import_module("devnet.gateway.labca")
-    except ImportError as exc:
-        raise DevnetError(f"the gateway stand-in is not installed (devnet.gateway.labca: {exc})") from None
-    result = labca.ensure_lab_ca(directory, domain)
-    # The agreed field names first; the stand-in's own (``ca_cert``, ``cert``, ``key``) until they agree.
-    return LabCaPaths(
-        ca_file=_path(result, "ca_file", "ca_cert"),
-        cert_file=_path(result, "cert_file", "cert"),
-        key_file=_path(result, "key_file", "key"),
-    )
-
-
 def gateway_config(
-    *, address: IPv4Address, domain: str, ca: LabCaFiles, routes_file: Path, limits: GatewayLimits
+    *, address: IPv4Address, domain: str, ca: LabCa, routes_file: Path, limits: GatewayLimits
 ) -> dict[str, object]:
     """The stand-in's ``--config`` document."""
     return {
         "listen": f"{address}:{GATEWAY_PORT}",
         "domain": domain,
-        "cert_file": str(ca.cert_file),
-        "key_file": str(ca.key_file),
+        "cert_file": str(ca.cert),
+        "key_file": str(ca.key),
         "routes_file": str(routes_file),
         "metrics_listen": f"{address}:{METRICS_PORT}",
         **asdict(limits),
@@ -186,13 +142,13 @@ class LabGateway:
         net = self.network.add_gateway()
         plan = self.network.plan
         self.directory.mkdir(parents=True, exist_ok=True)
-        ca = ensure_ca(self.directory / "ca", plan.gateway_domain)
+        ca = ensure_lab_ca(self.directory / "ca", plan.gateway_domain)
         routes = RoutesFile(self.directory / "routes.json")
         routes.write({})
         gateway = GatewayState(
             domain=plan.gateway_domain,
             address=str(net.ip),
-            ca_file=str(ca.ca_file),
+            ca_file=str(ca.ca_cert),
             health_url=f"http://{net.ip}:{METRICS_PORT}/metrics",
             routes_file=str(routes.path),
             config_file=str(self.directory / "config.json"),
@@ -224,7 +180,7 @@ class LabGateway:
         if limits is None:
             limits = self.limits(state)
         self.stop(state)
-        ca = ensure_ca(self.directory / "ca", gateway.domain)
+        ca = ensure_lab_ca(self.directory / "ca", gateway.domain)
         config = gateway_config(
             address=IPv4Address(gateway.address),
             domain=gateway.domain,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from devnet.boot import GATEWAY_INGRESS_PORT, NODE_PUBLISHED_PORTS, sidecar_env
+from devnet.gateway.labca import LabCa
 from devnet.labdir import DevnetError
 from devnet.labgateway import GatewayLimits, gateway_config, service_url
 from devnet.labreach import LabReach
@@ -107,16 +108,17 @@ def test_every_write_is_seen_by_an_mtime_poller(
 
 
 def test_gateway_config_and_limits() -> None:
-    @dataclass
-    class Ca:
-        ca_file: Path = Path("/ca.pem")
-        cert_file: Path = Path("/cert.pem")
-        key_file: Path = Path("/key.pem")
-
+    ca = LabCa(
+        ca_cert=Path("/ca.pem"),
+        ca_key=Path("/ca.key"),
+        cert=Path("/cert.pem"),
+        key=Path("/key.pem"),
+        domain="amtg.gw.test",
+    )
     config = gateway_config(
         address=IPv4Address("10.219.0.3"),
         domain="amtg.gw.test",
-        ca=Ca(),
+        ca=ca,
         routes_file=Path("/routes.json"),
         limits=GatewayLimits().with_overrides({"lifetime": "20", "max_connections_per_app": "3"}),
     )
