@@ -2,13 +2,10 @@
 they boot and stop, the firewalls, the lab's own reads through the gateway (the indexer's /status and
 /healthz with the lab CA), the gateway's verbs and a teardown that leaves nothing (without node workloads);
 a 3-node mesh that can only form through the gateway; and a direct-mode lab that has none of it.
-
-Needs the gateway stand-in (``devnet.gateway``, a prerequisite that fails the test when missing).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -25,17 +22,9 @@ from devnet.netns import NETNS_ETC, LabNetwork, list_netns
 from devnet.procs import ProcRecord
 from devnet.state import DevnetState
 from ops.jsonget import get_json
-from tests.conftest import require
 from tests.e2e.lab import PLAN, LabCli, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
-
-
-@pytest.fixture
-def gateway_lab(lab: LabCli) -> LabCli:
-    """A lab directory for a gateway-mode lab: fails (never skips) when the gateway stand-in is missing."""
-    require(importlib.util.find_spec("devnet.gateway") is not None, "the gateway stand-in (devnet.gateway)")
-    return lab
 
 
 def _routes(state: dict[str, Any]) -> dict[str, Any]:
@@ -55,8 +44,7 @@ def _send_udp(ns: str, ip: str, port: int) -> None:
     assert _in_ns(ns, sys.executable, "-c", code).returncode == 0
 
 
-def test_gateway_lab_routes_dns_firewall_and_reads_through_the_gateway(gateway_lab: LabCli) -> None:
-    lab = gateway_lab
+def test_gateway_lab_routes_dns_firewall_and_reads_through_the_gateway(lab: LabCli) -> None:
     out = lab.run("up", "--nodes", "2", "--no-sidecar", "--transport", "gateway").stdout
     assert "transport gateway" in out
     status = lab.status()
@@ -138,8 +126,7 @@ def _active_passthrough(metrics_url: str) -> int:
     return int(sum(float(v) for v in re.findall(pattern, text, re.MULTILINE)))
 
 
-def test_three_node_mesh_forms_through_the_gateway_only(gateway_lab: LabCli) -> None:
-    lab = gateway_lab
+def test_three_node_mesh_forms_through_the_gateway_only(lab: LabCli) -> None:
     lab.run("up", "--nodes", "3", "--transport", "gateway")
     lab.run("status", "--wait-healthy", "120")
     status = lab.status()
