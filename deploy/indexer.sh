@@ -118,6 +118,7 @@ load_chain() {
   if [[ $PROVIDER == devnet ]]; then
     local facts
     facts=$("$ATTESTMESH" devnet env) || deploy_fail "the devnet lab is not running (attestmesh devnet up)"
+    deploy_devnet_gateway "$facts"
     export ATTESTMESH_RPC_URL ATTESTMESH_CHAIN_ID ATTESTMESH_INDEXER_REGISTRY
     ATTESTMESH_RPC_URL=$(deploy_shell_value "$facts" ATTESTMESH_RPC_URL)
     ATTESTMESH_CHAIN_ID=$(deploy_shell_value "$facts" ATTESTMESH_CHAIN_ID)
@@ -149,25 +150,15 @@ indexer_url() {
 }
 
 # status_shows_key URL FILE [VERSION]: the indexer's /status into FILE (empty when it does not answer);
-# 0 iff it shows a public key (of key version VERSION when given). Plain python3: a poll costs milliseconds.
+# 0 iff it shows a public key (of key version VERSION when given). Read with the operator CLI, so a lab in
+# gateway mode is read through its gateway (ATTESTMESH_CA_FILE, ATTESTMESH_CONNECT_TO), as on Phala.
 status_shows_key() {
-  python3 - "$1" "$2" "${3:-}" <<'EOF'
-import json, sys, urllib.error, urllib.request
-url, path, version = sys.argv[1], sys.argv[2], sys.argv[3]
-body = b""
-try:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        body = response.read(1 << 20)
-except (OSError, ValueError):
-    pass
-open(path, "wb").write(body)
-try:
-    data = json.loads(body)
-except ValueError:
-    sys.exit(1)
-if not isinstance(data, dict) or not isinstance(data.get("public_key"), str):
-    sys.exit(1)
-sys.exit(0 if not version or str(data.get("key_version")) == version else 1)
+  "$ATTESTMESH" indexer status "$1" >"$2" 2>/dev/null || return 1
+  [[ -z ${3:-} ]] && return 0
+  python3 - "$2" "$3" <<'EOF'
+import json, sys
+path, version = sys.argv[1], sys.argv[2]
+sys.exit(0 if str(json.load(open(path)).get("key_version")) == version else 1)
 EOF
 }
 

@@ -203,6 +203,16 @@ deploy_tools() {
   PHALA=${PHALA_CLI:-phala}
 }
 
+# deploy_devnet_gateway FACTS: in a gateway-mode lab, read nodes and the indexer the way an operator reads
+# CVMs, through the lab's gateway: trust the lab CA, and connect to the gateway's address (the root namespace
+# has no resolver for the lab's domain). The operator CLI reads both variables; set ones are kept.
+deploy_devnet_gateway() {
+  [[ $(deploy_shell_value "$1" LAB_TRANSPORT) == gateway ]] || return 0
+  export ATTESTMESH_CA_FILE ATTESTMESH_CONNECT_TO
+  ATTESTMESH_CA_FILE=${ATTESTMESH_CA_FILE:-$(deploy_shell_value "$1" GATEWAY_CA_FILE)}
+  ATTESTMESH_CONNECT_TO=${ATTESTMESH_CONNECT_TO:-$(deploy_shell_value "$1" GATEWAY_ADDRESS)}
+}
+
 # deploy_usage: the routine's own header comment (from its second line to "# Exit codes") on stderr; exit 2.
 deploy_usage() {
   sed -n '2,/^# Exit codes/p' "$0" | sed 's/^# \{0,1\}//' >&2

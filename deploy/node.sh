@@ -65,6 +65,7 @@ load_chain() {
     # The lab's chain and the node's facts as the run starts (one CLI call; steps re-read what they change).
     facts=$("$ATTESTMESH" devnet env "$NODE") || deploy_fail "the devnet lab is not running (attestmesh devnet up)"
     printf '%s\n' "$facts" >"$DEPLOY_RUN_DIR/facts"
+    deploy_devnet_gateway "$facts"
     url=$(deploy_shell_value "$facts" NODE_HEALTH_URL) # empty while the node does not exist yet
     if [[ -n $url ]]; then printf '%s\n' "$url" >"$DEPLOY_RUN_DIR/health_url"; fi
     export ATTESTMESH_RPC_URL ATTESTMESH_CHAIN_ID ATTESTMESH_CLUSTER ATTESTMESH_MEMBER_APP_FACTORY
@@ -103,29 +104,13 @@ health_url() {
 }
 
 # fetch_health FILE: the node's /healthz body into FILE (empty when it does not answer); returns 0 iff the
-# node is healthy (HTTP 200 and "healthy": true). Plain python3, so a poll costs milliseconds.
+# node is healthy (HTTP 200 and "healthy": true). The operator CLI reads it as an operator would: through
+# the gateway on the devnet's gateway mode (ATTESTMESH_CA_FILE, ATTESTMESH_CONNECT_TO) and on Phala.
 fetch_health() {
   local url
   url=$(health_url)
   [[ -n $url ]] || return 1
-  python3 - "$url" "$1" <<'EOF'
-import json, sys, urllib.error, urllib.request
-url, path = sys.argv[1], sys.argv[2]
-body, status = b"", 0
-try:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        body, status = response.read(1 << 20), response.status
-except urllib.error.HTTPError as exc:
-    body, status = exc.read(1 << 20), exc.code
-except (OSError, ValueError):
-    pass
-open(path, "wb").write(body)
-try:
-    healthy = status == 200 and json.loads(body).get("healthy") is True
-except (ValueError, AttributeError):
-    healthy = False
-sys.exit(0 if healthy else 1)
-EOF
+  "$ATTESTMESH" health "$url" --json --timeout 5 >"$1" 2>/dev/null
 }
 
 compose_file() {

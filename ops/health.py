@@ -44,14 +44,16 @@ def _is_health_document(data: object) -> bool:
     )
 
 
-def fetch_health(url: str, timeout: float = HEALTH_TIMEOUT, ca_file: str | None = None) -> HealthReport:
+def fetch_health(
+    url: str, timeout: float = HEALTH_TIMEOUT, ca_file: str | None = None, connect_to: str | None = None
+) -> HealthReport:
     """GET ``url`` (a node's ``/healthz``) and return its health document, healthy (200) or not (503).
 
     Raises ``OperatorError`` when nothing answers, or the answer is not a health document.
     """
     shown = display_url(url) + urlsplit(url).path  # no user info, no query
     try:
-        answer = get_json(url, timeout, ca_file=ca_file)
+        answer = get_json(url, timeout, ca_file=ca_file, connect_to=connect_to)
     except Unreachable as exc:
         why = scrub(exc.reason, url, path_is_secret=False)
         raise OperatorError(f"{shown} did not answer: {why}") from None

@@ -60,7 +60,7 @@ def print_health(report: HealthReport) -> None:
 
 def run_health(args: argparse.Namespace) -> int:
     try:
-        report = fetch_health(args.url, args.timeout, args.ca_file)
+        report = fetch_health(args.url, args.timeout, args.ca_file, args.connect_to)
     except OperatorError as exc:
         print(f"attestmesh: {exc}", file=sys.stderr)
         return EXIT_FAILED

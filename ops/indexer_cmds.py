@@ -1,4 +1,5 @@
-"""``attestmesh indexer register|verify``: a shared indexer's registration on a chain.
+"""``attestmesh indexer register|verify|status``: a shared indexer's registration on a chain, and its
+``/status`` as it answers.
 
 Owns running the two verbs and rendering their results. Must not: hold logic of its own (``ops.indexers``
 does the work), or show an RPC URL beyond its scheme, host and port.
@@ -15,11 +16,13 @@ import time
 from ops.connection import on_chain
 from ops.errors import OperatorError
 from ops.indexers import (
+    STATUS_TIMEOUT,
     IndexerCheck,
     check_indexer,
     ensure_indexer_registered,
     fetch_indexer_identity,
 )
+from ops.jsonget import Unreachable, get_json
 from ops.owner import owner_signer
 from ops.redact import scrub
 from sidecar.chain.errors import ChainError
@@ -94,7 +97,21 @@ def _verify_indexer(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _status(url: str) -> int:
+    """Print the indexer's ``/status`` body; 0 iff it is a status document with a public key."""
+    try:
+        fetch_indexer_identity(url)  # raises unless the document shows a public key
+        answer = get_json(url, STATUS_TIMEOUT)
+    except (OperatorError, Unreachable) as exc:
+        print(f"attestmesh: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(answer.text.rstrip("\n"))
+    return EXIT_OK
+
+
 def run_indexer(args: argparse.Namespace) -> int:
+    if args.verb == "status":
+        return _status(args.url)
     try:
         if args.verb == "verify":
             return _verify_indexer(args)

@@ -49,6 +49,13 @@ def _add_indexer_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
         "--endpoint", default=None, help="ws(s):// endpoint to register (default: its public_url)"
     )
     reg.add_argument("--code-id", default=None, help="32-byte hex code id (default: the one on its /status)")
+    status = op_verbs.add_parser(
+        "status",
+        help="print the indexer's /status document as it answers (JSON); exit 0 iff it shows a public key. "
+        "An https:// URL is verified with $ATTESTMESH_CA_FILE too and sent to $ATTESTMESH_CONNECT_TO when "
+        "set (see `attestmesh health --help`)",
+    )
+    status.add_argument("url", type=url_arg, help="the indexer's /status URL")
     ver = op_verbs.add_parser(
         "verify",
         help="the indexer's /healthz is healthy and IndexerRegistry.current() names what its /status says "
@@ -168,6 +175,13 @@ def _add_health_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
         metavar="PEM",
         help="trust these CAs too for an https:// URL (default: $ATTESTMESH_CA_FILE; the devnet's lab CA "
         "is in state.json gateway.ca_file)",
+    )
+    health.add_argument(
+        "--connect-to",
+        metavar="ADDRESS",
+        help="connect to ADDRESS instead of resolving the URL's host, which still names the server (SNI, "
+        "certificate, Host), like curl --connect-to (default: $ATTESTMESH_CONNECT_TO; the devnet's "
+        "gateway address is state.json gateway.address)",
     )
     health.add_argument(
         "--timeout",

@@ -18,9 +18,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from devnet.labreach import LabReach, get_json_pinned
+from devnet.labreach import LabReach
 from devnet.state import GatewayState
-from ops.jsonget import Unreachable
+from ops.jsonget import Unreachable, get_json
 
 pytestmark = [pytest.mark.component, pytest.mark.timeout(30)]
 
@@ -106,19 +106,17 @@ def server(tmp_path: Path) -> Iterator[tuple[int, Path, Path]]:
 def test_a_name_under_the_domain_is_pinned_and_verified(server: tuple[int, Path, Path]) -> None:
     port, ca, other_ca = server
     url = f"https://{NAME}:{port}/healthz"
-    answer = get_json_pinned(url, address="127.0.0.1", ca_file=str(ca), timeout=3.0)
+    answer = get_json(url, 3.0, ca_file=str(ca), connect_to="127.0.0.1")
     assert answer.ok and answer.data == {"host": f"{NAME}:{port}", "path": "/healthz", "healthy": True}
-    unhealthy = get_json_pinned(
-        f"https://{NAME}:{port}/unhealthy", address="127.0.0.1", ca_file=str(ca), timeout=3.0
-    )
+    unhealthy = get_json(f"https://{NAME}:{port}/unhealthy", 3.0, ca_file=str(ca), connect_to="127.0.0.1")
     assert unhealthy.status == 503 and unhealthy.data["healthy"] is False  # a 503 still carries its document
 
     gateway = GatewayState(domain=DOMAIN, address="127.0.0.1", ca_file=str(ca), health_url="")
     assert LabReach(gateway).get_json(url, 3.0).data["path"] == "/healthz"
 
     with pytest.raises(Unreachable):  # another CA: the certificate does not verify
-        get_json_pinned(url, address="127.0.0.1", ca_file=str(other_ca), timeout=3.0)
+        get_json(url, 3.0, ca_file=str(other_ca), connect_to="127.0.0.1")
     with pytest.raises(Unreachable):  # two labels below the domain: the wildcard does not cover it
-        get_json_pinned(f"https://a.{NAME}:{port}/healthz", address="127.0.0.1", ca_file=str(ca), timeout=3.0)
+        get_json(f"https://a.{NAME}:{port}/healthz", 3.0, ca_file=str(ca), connect_to="127.0.0.1")
     with pytest.raises(Unreachable):
-        get_json_pinned(f"http://{NAME}:{port}/healthz", address="127.0.0.1", ca_file=str(ca), timeout=3.0)
+        get_json(f"http://{NAME}:{port}/healthz", 3.0, ca_file=str(ca), connect_to="127.0.0.1")
