@@ -53,9 +53,9 @@ LAB = os.environ.get("ATTESTMESH_E2E_LAB", "amte") + (str(WORKER) if WORKER else
 UNDERLAY = _shifted(os.environ.get("ATTESTMESH_E2E_UNDERLAY", "10.215.0.0/24"))
 MESH = _shifted(os.environ.get("ATTESTMESH_E2E_MESH", "10.15.0.0/16"))
 PLAN = LabPlan(LAB, IPv4Network(UNDERLAY), IPv4Network(MESH))
-#: The transport of the labs the e2e tests build (``devnet up --transport``). ``direct`` until the gateway
-#: stand-in and the sidecar's gateway transport are both on main; then the suite runs in ``gateway`` mode.
-TRANSPORT = os.environ.get("ATTESTMESH_E2E_TRANSPORT", "direct")
+#: The transport of the labs the e2e tests build (``devnet up --transport``): ``gateway``, like a CVM, unless
+#: ``ATTESTMESH_E2E_TRANSPORT=direct``; tests of a transport-specific fact pass ``--transport`` themselves.
+TRANSPORT = os.environ.get("ATTESTMESH_E2E_TRANSPORT", "gateway")
 
 
 class LabCommandError(AssertionError):

@@ -35,7 +35,7 @@ from sidecar.chain.rpc import checksum
 from sidecar.chain.tx import LocalSigner
 from sidecar.core.ids import Address
 from tests.e2e.lab import REPO, LabCli, RoutineRunner, chain, lab_state, log_entries, wait_until
-from tests.e2e.mesh import wait_all_healthy
+from tests.e2e.mesh import Node, wait_all_healthy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -232,7 +232,8 @@ def test_update_allowlists_first_and_keeps_identity_while_an_unallowlisted_apply
     assert "denied at the KMS boot gate (compose hash not allowed)" in denied.stderr
     record = node_record(lab, "node-2")
     assert record["boot"] == "denied: compose hash not allowed" and record["processes"] == {}
-    assert fetch_healthz(found["node-2"].data["health_url"], timeout=1.0) is None
+    n2 = found["node-2"]
+    assert fetch_healthz(n2.health_url, timeout=1.0, reach=n2.reach) is None
     for name in ("node-1", "node-3"):
         wait_until(found[name].healthy, 30, f"{name} healthy while node-2 is denied")
     # The routine finishes the job the allowlist-first way; the node comes back as the same member.
@@ -249,9 +250,10 @@ def test_update_allowlists_first_and_keeps_identity_while_an_unallowlisted_apply
 
 @dataclass
 class Sampler:
-    """Samples every node's /healthz from the root namespace every ``interval`` seconds, in a thread."""
+    """Samples every node's /healthz from the root namespace every ``interval`` seconds, in a thread (the
+    way the lab allows: through the gateway in gateway mode)."""
 
-    urls: dict[str, str]
+    nodes: dict[str, Node]
     interval: float = 0.2
     samples: list[tuple[float, dict[str, bool]]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -260,8 +262,8 @@ class Sampler:
         while not self._stop.is_set():
             at = time.time()
             healthy = {}
-            for name, url in self.urls.items():
-                body = fetch_healthz(url, timeout=1.0)
+            for name, node in self.nodes.items():
+                body = fetch_healthz(node.health_url, timeout=1.0, reach=node.reach)
                 healthy[name] = bool(body and body.get("healthy"))
             self.samples.append((at, healthy))
             self._stop.wait(self.interval)
@@ -348,7 +350,7 @@ def test_rolling_restart_keeps_n_minus_1_healthy_and_traffic_flowing_and_a_full_
     pings = Pings(lab, found, tmp_path)
     try:
         wait_until(lambda: all(pings.replies(p) for p in pings.outputs), 15, "every pair answers pings")
-        with Sampler({n: found[n].data["health_url"] for n in names}) as sampler:
+        with Sampler({n: found[n] for n in names}) as sampler:
             for name in names:  # one node at a time, mesh-verify before the next
                 routine.run(name, "restart")
                 routine.run(name, "mesh-verify")

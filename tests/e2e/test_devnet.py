@@ -28,6 +28,7 @@ from sidecar.core.model import MemberKeys
 from sidecar.core.sigchain import build_proof, verify_proof
 from sidecar.dstack.agent import GuestAgent
 from tests.e2e.lab import MESH, PLAN, LabCli, as_owner, wait_until
+from tests.e2e.mesh import lab_reach
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -110,7 +111,11 @@ def test_up_status_down(lab: LabCli) -> None:
     # the shared indexer: its own namespace and guest agent, healthy, and named by the registry
     indexer = status["indexer"]
     assert indexer["netns"] == f"{PLAN.name}-idx" and IPv4Address(indexer["ip"]) in PLAN.underlay
-    assert indexer["url"] == f"ws://{indexer['ip']}:8080/v1/subscribe"
+    if status["transport"] == "gateway":  # the registered endpoint is the gateway's terminated route
+        domain = status["gateway"]["domain"]
+        assert indexer["url"] == f"wss://{indexer['app_id'][2:].lower()}-8080.{domain}/v1/subscribe"
+    else:
+        assert indexer["url"] == f"ws://{indexer['ip']}:8080/v1/subscribe"
     assert indexer["running"]["simulator"] and indexer["running"]["indexer"]
     assert indexer["running"]["registered_key"] == indexer["public_key"] != ""
     assert indexer["status"]["public_key"] == indexer["public_key"]
@@ -119,8 +124,10 @@ def test_up_status_down(lab: LabCli) -> None:
         "0" * 24
     )
     assert indexer["app_id"] not in {n["app_id"] for n in nodes}  # not a member: an app of its own
+    reach = lab_reach(status)  # in gateway mode the indexer, a CVM too, is read through the gateway
+    indexer_health = indexer.get("gateway_health_url") if reach.gateway is not None else indexer["health_url"]
     healthz = wait_until(
-        lambda: (body := fetch_healthz(indexer["health_url"])) is not None and body["healthy"] and body,
+        lambda: (body := fetch_healthz(indexer_health, reach=reach)) is not None and body["healthy"] and body,
         30,
         "the indexer to be healthy",
     )

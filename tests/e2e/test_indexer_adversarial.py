@@ -20,9 +20,8 @@ import socket
 import struct
 import threading
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -32,6 +31,7 @@ import pytest
 
 from devnet.boot import PUSH_CROSSCHECK_ENV
 from devnet.kms import DevnetKms, derive_key
+from devnet.labreach import LabReach
 from indexer.follower import MEMBER_REGISTERED
 from indexer.service import key_path as indexer_key_path
 from sidecar.chain.contracts import ClusterClient, ClusterFactoryClient, IndexerRegistryClient
@@ -54,7 +54,7 @@ from sidecar.core.indexerwire import (
 from sidecar.core.keys import ed25519_public_key
 from sidecar.core.model import ClusterConfig, MemberRecord, MeshCidr
 from tests.e2e.lab import PLAN, LabCli, as_owner, sidecar_log, wait_until
-from tests.e2e.mesh import Node, identity_key, in_push_mode, member_id, nodes, wait_all_healthy
+from tests.e2e.mesh import Node, identity_key, in_push_mode, lab_reach, member_id, nodes, wait_all_healthy
 from tests.rogue import RogueIndexer, Script, forge_next_event, other_cluster, replayed, tampered
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -127,9 +127,11 @@ def canonical_peers(members: list[MemberRecord], me: MemberId) -> set[str]:
 
 @dataclass
 class Indexer:
-    """The lab's indexer as the state file describes it."""
+    """The lab's indexer as the state file describes it, read the way its lab allows (through the gateway
+    in gateway mode)."""
 
     data: dict[str, Any]
+    reach: LabReach = field(default_factory=LabReach)
 
     @property
     def url(self) -> str:
@@ -139,15 +141,19 @@ class Indexer:
     def public_key(self) -> Bytes32:
         return Bytes32.from_hex(self.data["public_key"])
 
+    def _url(self, key: str) -> str:
+        through = self.data.get(f"gateway_{key}") if self.reach.gateway is not None else None
+        return str(through or self.data[key])
+
     def status(self) -> dict[str, Any]:
-        with urllib.request.urlopen(self.data["status_url"], timeout=3) as response:
-            body: dict[str, Any] = json.loads(response.read())
-        return body
+        answer = self.reach.get_json(self._url("status_url"), 3.0)
+        assert answer.ok and isinstance(answer.data, dict), f"indexer /status answered {answer.status}"
+        return answer.data
 
     def metrics(self) -> list[str]:
-        url = self.data["health_url"].replace("/healthz", "/metrics")
-        with urllib.request.urlopen(url, timeout=3) as response:
-            return str(response.read().decode()).splitlines()
+        answer = self.reach.get_json(self._url("health_url").replace("/healthz", "/metrics"), 3.0)
+        assert answer.ok, f"indexer /metrics answered {answer.status}"
+        return answer.text.splitlines()
 
     def counters(self, name: str) -> dict[str, float]:
         """Every sample of the counter ``name``, by its one label value."""
@@ -286,7 +292,7 @@ def test_rogue_indexer_pushes_are_rejected_counted_and_never_change_a_peer(lab: 
     # The rogue signs with the GENUINE indexer key (derived from the public devnet KMS): a stolen key or a
     # malicious indexer operator, the strongest rogue. Only the registry decides which key a sidecar trusts.
     real_seed = seed_of(status["indexer"])
-    real_key = Indexer(status["indexer"]).public_key
+    real_key = Indexer(status["indexer"], lab_reach(status)).public_key
     assert Bytes32(ed25519_public_key(real_seed)) == real_key
     code_id = Bytes32.from_hex(status["indexer"]["code_id"])
     ids = {name: member_id(node) for name, node in found.items()}
@@ -382,7 +388,7 @@ def test_rogue_indexer_pushes_are_rejected_counted_and_never_change_a_peer(lab: 
 
         # The genuine indexer is registered again (it re-registers itself); everyone returns to it.
         lab.run("indexer", "start")
-        indexer = Indexer(status["indexer"])
+        indexer = Indexer(status["indexer"], lab_reach(status))
         wait_until(
             lambda: (s := indexer.status())["subscribers"] == 3 and s["registry"]["matches"] is True,
             60,
@@ -418,7 +424,9 @@ def anvil_reorg(on: LabChain, depth: int) -> None:
 
 
 def test_reorg_across_a_registration_leaves_no_ghost_peer(lab: LabCli) -> None:
-    lab.run("up", "--nodes", "3")
+    # The test subscribes to the indexer itself from the root namespace (a replay from a registration block);
+    # what is tested is the indexer's and the sidecars' handling of a reorg, not the transport: a direct lab.
+    lab.run("up", "--nodes", "3", "--transport", "direct")
     found = wait_all_healthy(lab)
     wait_push(found)
     status = lab.status()
@@ -480,7 +488,7 @@ def test_reorg_across_a_registration_leaves_no_ghost_peer(lab: LabCli) -> None:
 
     # The indexer: it saw the reorg, its index matches the canonical chain, and a fresh subscriber's replay
     # carries no trace of the dropped registration.
-    indexer = Indexer(status["indexer"])
+    indexer = Indexer(status["indexer"], lab_reach(status))
     wait_until(
         lambda: indexer.counter("attestmesh_indexer_reorgs_total") >= 1, DEADLINE, "the indexer's reorg"
     )
@@ -714,12 +722,15 @@ def close_frame_code(data: bytes) -> int:
 def test_malformed_frames_and_hellos_are_closed_with_a_reason_and_others_keep_being_served(
     lab: LabCli,
 ) -> None:
-    lab.run("up", "--nodes", "3")
+    # Raw WebSocket frames from the root namespace to the indexer's own port: what is tested is the
+    # indexer's input checking, which the gateway's terminated route relays untouched (byte-exact relay:
+    # tests/component/test_gateway_standin.py), so this lab is a direct one.
+    lab.run("up", "--nodes", "3", "--transport", "direct")
     found = wait_all_healthy(lab)
     wait_push(found)
     status = lab.status()
     on = LabChain(status)
-    indexer = Indexer(status["indexer"])
+    indexer = Indexer(status["indexer"], lab_reach(status))
     wait_until(lambda: indexer.status()["subscribers"] == 3, DEADLINE, "three subscribers")
     hellos_before = indexer.counters("attestmesh_indexer_hellos_total")
     closed_before = indexer.counters("attestmesh_indexer_sessions_closed_total")

@@ -73,9 +73,15 @@ def test_make_demo_three_nodes_reach_healthy_with_one_csk(lab: LabCli) -> None:
         peers = node.device_peers()
         others = [o for o in found.values() if o.name != node.name]
         assert set(peers) == {wg_keys[o.name] for o in others}
+        gateway = lab.state().transport == "gateway"  # `make demo` builds the default lab: gateway mode
+        if gateway:  # every peer reached through the gateway, over its stream
+            assert bodies[node.name]["peers"]["transport"] == {"gateway": {"up": 2, "down": 0}}
         for other in others:
             peer = peers[wg_keys[other.name]]
-            assert peer["endpoint"] == f"{other.data['underlay_ip']}:51820"
+            if gateway:  # the peer's loopback bridge: the device never sees the gateway
+                assert str(peer["endpoint"]).startswith("127.0.0.1:")
+            else:
+                assert peer["endpoint"] == f"{other.data['underlay_ip']}:51820"
             assert peer["allowed_ips"] == [f"{mesh_ips[other.name]}/32"]
             assert peer["persistent_keepalive_interval"] == 25
             assert node.pings(mesh_ips[other.name]), f"{node.name} -> {other.name}"
@@ -211,7 +217,8 @@ def test_removed_member_leaves_every_device_within_one_poll(lab: LabCli) -> None
 
 
 def test_changed_endpoint_is_applied_by_every_peer(lab: LabCli) -> None:
-    lab.run("up", "--nodes", "3")
+    """The direct transport: the device holds the peer's registered ip:port, and follows a change."""
+    lab.run("up", "--nodes", "3", "--transport", "direct")
     found = wait_all_healthy(lab)
     n1, n3 = found["node-1"], found["node-3"]
     key3 = n3.device()["public_key"]
@@ -307,10 +314,13 @@ def test_bad_requests_and_heartbeats_are_refused_and_counted(lab: LabCli) -> Non
         ("POST", f"http://{mesh2}:{PEER_API_PORT}/v1/csk", b"{not json".hex()),
         ("POST", f"http://{mesh2}:{PEER_API_PORT}/v1/csk", (b"[" * 5000).hex()),
         ("GET", f"http://{mesh2}:{PEER_API_PORT}/v1/csk"),
-        ("POST", f"http://{n2.data['underlay_ip']}:9090/healthz", b"{}".hex()),
-        ("GET", f"http://{n2.data['underlay_ip']}:9090/nope"),
     ):
         assert 400 <= n3.probe("http", *args)["status"] < 500, args
+    for args in (  # the health port, from inside node-2 (in gateway mode nothing else reaches it directly)
+        ("POST", "http://127.0.0.1:9090/healthz", b"{}".hex()),
+        ("GET", "http://127.0.0.1:9090/nope"),
+    ):
+        assert 400 <= n2.probe("http", *args)["status"] < 500, args
 
     # Forged and replayed heartbeats, sent from node-3's mesh IP as if by node-3.
     mesh3 = n3.healthz()["node"]["mesh_ip"]
@@ -332,9 +342,13 @@ def test_bad_requests_and_heartbeats_are_refused_and_counted(lab: LabCli) -> Non
     )
     assert n2.healthy() and n1.healthy() and n3.healthy()
     assert keccak(hexstr=n2.app("/v1/csk")[1]["csk"]) == csk_before
-    assert n2.healthz()["peers"] == {  # the silent member never handshakes: its direct transport is down
-        "desired": 3, "configured": 3, "live": 2, "transport": {"direct": {"up": 2, "down": 1}},
-    }  # fmt: skip
+    # The silent member (a direct ip:port, no node behind it) never handshakes: its transport is down.
+    transports = (
+        {"gateway": {"up": 2, "down": 0}, "direct": {"up": 0, "down": 1}}
+        if lab.state().transport == "gateway"
+        else {"direct": {"up": 2, "down": 1}}
+    )
+    assert n2.healthz()["peers"] == {"desired": 3, "configured": 3, "live": 2, "transport": transports}
 
 
 def _register_silent_member(lab: LabCli) -> tuple[MemberId, SecretBytes]:
