@@ -22,7 +22,7 @@ from devnet.netns import NETNS_ETC, LabNetwork, list_netns
 from devnet.procs import ProcRecord
 from devnet.state import DevnetState
 from ops.jsonget import get_json
-from tests.e2e.lab import PLAN, LabCli, wait_until
+from tests.e2e.lab import PLAN, REPO, LabCli, RoutineRunner, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -126,7 +126,7 @@ def _active_passthrough(metrics_url: str) -> int:
     return int(sum(float(v) for v in re.findall(pattern, text, re.MULTILINE)))
 
 
-def test_three_node_mesh_forms_through_the_gateway_only(lab: LabCli) -> None:
+def test_three_node_mesh_forms_through_the_gateway_only(lab: LabCli, tmp_path: Path) -> None:
     lab.run("up", "--nodes", "3", "--transport", "gateway")
     lab.run("status", "--wait-healthy", "120")
     status = lab.status()
@@ -151,6 +151,29 @@ def test_three_node_mesh_forms_through_the_gateway_only(lab: LabCli) -> None:
     _send_udp(one["netns"], two["underlay_ip"], 51820)
     wait_until(lambda: firewall.dropped(two["netns"])["udp"] > before, 5, "node-2's firewall to drop it")
     assert lab.status()["indexer"]["status"]["subscribers"] == 3  # the sidecars reached it by wss://
+    _operator_reads_through_the_gateway(lab, status, tmp_path)
+
+
+def _operator_reads_through_the_gateway(lab: LabCli, status: dict[str, Any], tmp_path: Path) -> None:
+    """An operator's surfaces work through the gateway only: `attestmesh health` on the node's gateway URL
+    with the lab CA (and the gateway's address: the root namespace has no resolver for the lab's domain),
+    and `deploy/node.sh NODE mesh-verify`; the node's own underlay address answers nothing."""
+    node, gateway = status["nodes"][0], status["gateway"]
+    url = node["gateway_health_url"]
+    assert url == f"https://{node['app_id'][2:].lower()}-9090.{gateway['domain']}/healthz"
+    cli = [sys.executable, "-m", "ops", "health"]
+    pinned = ["--ca-file", gateway["ca_file"], "--connect-to", gateway["address"], "--timeout", "5"]
+    read = subprocess.run([*cli, url, *pinned], capture_output=True, text=True, timeout=30, check=False)
+    assert read.returncode == 0 and read.stdout.startswith(f"{url}: HEALTHY (HTTP 200)"), read.stderr
+    untrusted = [*cli, url, "--connect-to", gateway["address"], "--timeout", "5"]
+    refused = subprocess.run(untrusted, capture_output=True, text=True, timeout=30, check=False)
+    assert refused.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in refused.stderr  # no lab CA, no trust
+    direct = [*cli, f"http://{node['underlay_ip']}:9090/healthz", "--timeout", "2"]
+    dropped = subprocess.run(direct, capture_output=True, text=True, timeout=30, check=False)
+    assert dropped.returncode == 1 and "did not answer" in dropped.stderr  # the firewall drops it
+    routine = RoutineRunner(lab, tmp_path, REPO / "deploy" / "node.sh", {"MESH_VERIFY_TIMEOUT": "60"})
+    verified = routine.run(node["name"], "mesh-verify", PROVIDER="devnet")
+    assert verified.returncode == 0, verified.stdout[-2000:] + verified.stderr[-2000:]
 
 
 def test_direct_lab_has_no_gateway_dns_or_firewall(lab: LabCli) -> None:
