@@ -26,7 +26,7 @@ from devnet import procs
 from tests.e2e.lab import LabCli, lab_dir
 
 TRANSPORTS = ("direct", "gateway")
-IPERF_RUNS = 3
+IPERF_RUNS = 5
 IPERF_SECONDS = 5
 IPERF_PORT = 5201
 PING_COUNT = 200
@@ -99,7 +99,7 @@ def _iperf(client_ns: str, server_ns: str, server_ip: str) -> float:
                 capture_output=True, text=True, timeout=IPERF_SECONDS + 30, check=False,
             )  # fmt: skip
             report = json.loads(result.stdout or "{}")
-            if result.returncode == 0 and "end" in report:
+            if result.returncode == 0 and "sum_received" in report.get("end", {}):
                 return float(report["end"]["sum_received"]["bits_per_second"]) / 1e6
             if time.monotonic() > deadline:
                 raise BenchError(f"iperf3 failed: {report.get('error', result.stderr)[-300:]}")

@@ -148,22 +148,28 @@ class FrameReader:
 
     def feed(self, data: bytes) -> list[Frame]:
         """Add received bytes; return every complete frame; raise ``FrameError`` on a protocol error."""
-        self._buffer += data
+        buffer = bytes(self._buffer) + data if self._buffer else data
         frames: list[Frame] = []
-        while len(self._buffer) >= FRAME_HEADER_BYTES:
-            kind, length = _FRAME_HEADER.unpack_from(self._buffer)
-            limit = _MAX_PAYLOAD.get(kind)
-            if limit is None:
-                raise FrameError("unknown_type", f"unknown frame type {kind}")
-            if length > limit:
-                raise FrameError("oversized", f"a frame of {length} bytes over the type's limit of {limit}")
-            end = FRAME_HEADER_BYTES + length
-            if len(self._buffer) < end:
-                break
-            payload = bytes(self._buffer[FRAME_HEADER_BYTES:end])
-            del self._buffer[:end]
-            _check_payload(kind, payload)
-            frames.append(Frame(cast(FrameType, kind), payload))
+        start, size = 0, len(buffer)
+        try:
+            while size - start >= FRAME_HEADER_BYTES:
+                kind, length = _FRAME_HEADER.unpack_from(buffer, start)
+                limit = _MAX_PAYLOAD.get(kind)
+                if limit is None:
+                    raise FrameError("unknown_type", f"unknown frame type {kind}")
+                if length > limit:
+                    raise FrameError(
+                        "oversized", f"a frame of {length} bytes over the type's limit of {limit}"
+                    )
+                end = start + FRAME_HEADER_BYTES + length
+                if size < end:
+                    break
+                payload = bytes(buffer[start + FRAME_HEADER_BYTES : end])
+                _check_payload(kind, payload)
+                frames.append(Frame(cast(FrameType, kind), payload))
+                start = end
+        finally:
+            self._buffer = bytearray(buffer[start:])  # the partial frame left, copied once per feed
         return frames
 
     @property

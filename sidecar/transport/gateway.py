@@ -131,15 +131,16 @@ class PeerTally:
         self.bytes_sent = self.bytes_received = self.datagrams_sent = self.datagrams_received = 0
         self.drops: dict[str, int] = {}
 
-    def sent(self, nbytes: int) -> None:
+    def sent(self, nbytes: int) -> None:  # per datagram: plain integers, read by the metrics at scrape time
         self.bytes_sent += nbytes
         self.datagrams_sent += 1
-        self.metrics.transport_traffic(self.label, "sent", nbytes)
 
     def received(self, nbytes: int) -> None:
         self.bytes_received += nbytes
         self.datagrams_received += 1
-        self.metrics.transport_traffic(self.label, "received", nbytes)
+
+    def traffic(self) -> tuple[str, int, int, int, int]:
+        return self.label, self.bytes_sent, self.bytes_received, self.datagrams_sent, self.datagrams_received
 
     def dropped(self, reason: str) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + 1
@@ -262,6 +263,7 @@ class GatewayCarrier:
         self._server_tls: ssl.SSLContext | None = None
         self._client_tls = client_context()
         self._pending: set[asyncio.Task[None]] = set()
+        metrics.transport_traffic.add_source(lambda: [link.tally.traffic() for link in self.links.values()])
 
     # --- lifecycle -------------------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from sidecar.core.streamwire import (
 from sidecar.observability import StreamEnd
 
 DEFAULT_MAX_BUFFER: Final = 256 * 1024
-_READ_CHUNK: Final = 64 * 1024
+_READ_CHUNK: Final = 256 * 1024
 _CLOSE_GRACE: Final = 1.0
 
 
@@ -74,6 +74,8 @@ class Stream:
         if confirmed:
             writer.write(keepalive_frame())  # the acceptor's answer to an admitted hello
         self._frames = FrameReader()
+        self._queue: list[bytes] = []
+        self._queued = 0
         self._end: StreamEnd | None = None
         self._closed = asyncio.Event()
 
@@ -90,11 +92,22 @@ class Stream:
         if self._end is not None or self.writer.is_closing():
             self.tally.dropped("no_stream")
             return
-        if self.writer.transport.get_write_buffer_size() > self.max_buffer:
+        if self._queued + self.writer.transport.get_write_buffer_size() > self.max_buffer:
             self.tally.dropped("backpressure")
             return
-        self.writer.write(data_frame(datagram))
+        frame = data_frame(datagram)
+        self._queue.append(frame)
+        self._queued += len(frame)
+        if len(self._queue) == 1:  # the first of this loop iteration: write them all at its end
+            asyncio.get_running_loop().call_soon(self._flush)
         self.tally.sent(len(datagram))
+
+    def _flush(self) -> None:
+        """Write the frames queued in this loop iteration as one buffer: TLS then seals them in one record
+        (up to 16 KiB) instead of one record per datagram, which is most of the transport's CPU cost."""
+        queue, self._queue, self._queued = self._queue, [], 0
+        if queue and not self.writer.is_closing():
+            self.writer.write(b"".join(queue))
 
     def close(self, reason: StreamEnd) -> None:
         """End the stream from outside (replaced, peer removed, shutdown); ``run`` then returns ``reason``."""
