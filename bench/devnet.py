@@ -31,7 +31,6 @@ import statistics
 import subprocess
 import tempfile
 import time
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,6 +44,7 @@ from bench.labkit import (
     IDLE_WINDOW_S,
     NODES,
     PLAN,
+    READS,
     RESTART_NODE,
     RESTART_RUNS,
     RPC_METRIC,
@@ -53,6 +53,7 @@ from bench.labkit import (
     BenchError,
     Series,
     all_healthy,
+    health_url,
     healthy,
     print_table,
     running_lab,
@@ -192,9 +193,10 @@ def _status_kb(pid: int, key: str) -> int:
 
 def _metrics(node: NodeState) -> dict[str, float]:
     """Counter samples of the node's /metrics, keyed ``name`` or ``name{labels}``."""
-    url = node.health_url.replace("/healthz", "/metrics")
-    with urllib.request.urlopen(url, timeout=3) as response:  # lab http only
-        text = response.read().decode()
+    answer = READS.reach.get_json(health_url(node).replace("/healthz", "/metrics"), 3.0)
+    if not answer.ok:
+        raise BenchError(f"{node.name}: /metrics answered {answer.status}")
+    text = answer.text
     out: dict[str, float] = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
@@ -288,3 +290,13 @@ def main(selected: Sequence[str] = LAB_BENCHMARKS) -> None:
             print()
         compare_joins(joins["push"], joins["poll"])
         print()
+    gateway = [name for name in ("restart", "join") if name in selected]
+    if gateway:  # the same figures with the mesh carried through the gateway stand-in (a CVM's network)
+        print("-- the same on the gateway transport (devnet up --transport gateway) --")
+        with running_lab(transport="gateway") as lab:
+            for name in gateway:
+                if name == "join":
+                    join(lab, mode="push")
+                else:
+                    restart(lab)
+                print()

@@ -18,6 +18,7 @@ from ipaddress import IPv4Network
 
 from devnet import procs
 from devnet.lab import fetch_healthz
+from devnet.labreach import LabReach
 from devnet.state import NodeState
 from devnet.topology import LabPlan
 from tests.e2e.lab import LabCli, lab_dir
@@ -60,13 +61,35 @@ def running_nodes(lab: LabCli) -> list[NodeState]:
     return [n for n in lab.state().nodes if sidecar_of(n) is not None]
 
 
+@dataclass
+class Reads:
+    """How the benchmarks read the lab that runs now: directly, or through its gateway (gateway mode: the
+    nodes accept nothing else). ``running_lab`` sets it for the lab's lifetime."""
+
+    reach: LabReach = field(default_factory=LabReach)
+
+
+READS = Reads()
+
+
 @contextlib.contextmanager
-def running_lab(*, indexer: bool = True) -> Iterator[LabCli]:
-    """A fresh 3-node lab, up and healthy (with the lab's indexer unless ``indexer`` is False)."""
+def running_lab(*, indexer: bool = True, transport: str = "direct") -> Iterator[LabCli]:
+    """A fresh 3-node lab on ``transport``, up and healthy (with the lab's indexer unless ``indexer`` is
+    False)."""
     with lab_dir(PLAN) as lab:
-        lab.run("up", "--nodes", str(NODES), *(() if indexer else ("--no-indexer",)), timeout=CLI_TIMEOUT_S)
-        wait_until(lambda: all_healthy(running_nodes(lab)), HEALTHY_TIMEOUT_S, "all nodes healthy")
-        yield lab
+        no_indexer = () if indexer else ("--no-indexer",)
+        lab.run("up", "--nodes", str(NODES), "--transport", transport, *no_indexer, timeout=CLI_TIMEOUT_S)
+        READS.reach = LabReach.of(lab.state())
+        try:
+            wait_until(lambda: all_healthy(running_nodes(lab)), HEALTHY_TIMEOUT_S, "all nodes healthy")
+            yield lab
+        finally:
+            READS.reach = LabReach()
+
+
+def health_url(node: NodeState) -> str:
+    """The node's /healthz as the running lab allows: its gateway URL in gateway mode."""
+    return node.gateway_health_url if READS.reach.gateway is not None else node.health_url
 
 
 def sidecar_of(node: NodeState) -> procs.ProcRecord | None:
@@ -75,14 +98,14 @@ def sidecar_of(node: NodeState) -> procs.ProcRecord | None:
 
 
 def healthy(node: NodeState) -> bool:
-    body = fetch_healthz(node.health_url, timeout=1.0)
+    body = fetch_healthz(health_url(node), timeout=1.0, reach=READS.reach)
     return bool(body and body.get("healthy"))
 
 
 def in_mode(mode: str, nodes: Sequence[NodeState]) -> bool:
     """Every node's event source is in ``mode`` (``push``: subscribed to the indexer; ``poll``)."""
     for node in nodes:
-        body = fetch_healthz(node.health_url, timeout=1.0)
+        body = fetch_healthz(health_url(node), timeout=1.0, reach=READS.reach)
         if not body or body.get("events", {}).get("mode") != mode:
             return False
     return bool(nodes)
