@@ -99,7 +99,9 @@ async def relay(
                     return RelayResult("error", f"{type(error).__name__}: {error}"[:200])
         return RelayResult("eof")
     finally:
-        remaining = [t for t in (*pumps, watchdog) if not t.done()]
+        # Every task, finished ones included: a direction that failed in the same round as the one reported
+        # must have its exception retrieved too, or asyncio logs it as never retrieved.
+        remaining = [*pumps, watchdog]
         for task in remaining:
             task.cancel()
         await asyncio.gather(*remaining, return_exceptions=True)

@@ -408,7 +408,7 @@ class GatewayCarrier:
         assert self._server_tls is not None
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
-        protocol = asyncio.StreamReaderProtocol(reader)
+        protocol = _TlsStreamProtocol(reader)
         writer: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout(self.options.hello_timeout):
@@ -422,6 +422,7 @@ class GatewayCarrier:
                     self.metrics.transport_refused("tls_failed")
                     return
                 assert tls is not None
+                protocol.connection_made(tls)  # start_tls does not: the reader gets its transport
                 writer = asyncio.StreamWriter(tls, protocol, reader, loop)
                 link = await self._admit(reader, writer)
         except TimeoutError:
@@ -471,6 +472,21 @@ class GatewayCarrier:
                 writer.write(close_frame("refused"))
             writer.close()
         return None  # "no link": the callers answer with it
+
+
+class _TlsStreamProtocol(asyncio.StreamReaderProtocol):
+    """The acceptor's stream protocol, always wrapped in TLS by ``start_tls``.
+
+    ``start_tls`` never calls ``connection_made`` on the protocol it wraps, so the stream protocol would
+    believe it runs over plain TCP: its end of file would ask to keep a half-open connection, which TLS
+    cannot, and asyncio would log a warning on every peer's close_notify (one line per connection, which
+    anyone can cause). A close_notify can arrive with the handshake, before ``start_tls`` returns and
+    ``connection_made`` can be called, so the answer is fixed here: never keep the connection half open.
+    """
+
+    def eof_received(self) -> bool:
+        super().eof_received()
+        return False
 
 
 class _Arrival(asyncio.Protocol):

@@ -10,6 +10,7 @@ Only 127.0.0.1 is used.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -202,3 +203,29 @@ async def test_a_higher_member_dialling_is_refused_as_the_wrong_direction(pair: 
     await until(
         lambda: low.count("attestmesh_transport_streams_refused_total", reason="wrong_direction") == 1
     )
+
+
+async def test_a_client_closing_its_tls_stream_logs_no_asyncio_warning(
+    pair: RelayedPair, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A TLS client that closes (close_notify) before or after its hello is an ordinary event at the
+    acceptor: refused and counted, or an ended stream, and quiet. The acceptor's stream protocol must know
+    it runs over TLS, else asyncio warns "returning true from eof_received() has no effect when using
+    ssl" on every such close: a log line per connection that any stranger can cause."""
+    caplog.set_level(logging.WARNING, logger="asyncio")
+    await pair.connect()
+    high, low = pair.high, pair.low
+    _, silent = await _tls(high)  # closes before any hello
+    silent.close()
+    await silent.wait_closed()
+    await until(
+        lambda: high.count("attestmesh_transport_streams_refused_total", reason="protocol") == 1,
+        what="the silent client refused as it closed",
+    )
+    reader, member = await _tls(high)  # a member's admitted stream, then closed by the member
+    member.write(_hello(high, dialer=low.member, key=low.seed))
+    assert await reader.readexactly(3) == keepalive_frame()
+    member.close()
+    await member.wait_closed()
+    await until(pair.links_up, what="the real pair to be up again")
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []

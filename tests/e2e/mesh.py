@@ -10,6 +10,7 @@ nor change anything in the lab.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import subprocess
 import sys
@@ -189,7 +190,7 @@ def wait_for_every(lab: LabCli, found: Iterable[Node], check: Callable[[Node], o
     logged last (so a failure says why, not only that)."""
     for node in found:
         try:
-            wait_until(lambda n=node: check(n), DEADLINE, f"{node.name}: {what}")
+            wait_until(functools.partial(check, node), DEADLINE, f"{node.name}: {what}")
         except AssertionError as exc:
             recent = [
                 e
