@@ -21,6 +21,7 @@ from aiohttp import web
 
 from devnet.anvil import DEVNET_DEPLOYER_KEY, DEVNET_DEV_KEYS, AnvilProcess
 from devnet.deployment import Deployment, deploy_stack
+from devnet.gateway.labca import LabCa, ensure_lab_ca
 from devnet.kms import DevnetKms, get_key
 from devnet.simulator import SimulatorConfig, serve_unix
 from indexer.service import KEY_PATH, IndexerService
@@ -33,6 +34,8 @@ from sidecar.core.keys import ed25519_public_key
 from sidecar.dstack import GuestAgent
 from sidecar.http import Runner, start_tcp
 from sidecar.settings import HostPort
+from tests.component.gatewaykit import DOMAIN as GATEWAY_DOMAIN
+from tests.component.gatewaykit import Origin, origins
 from tests.component.toolkit import CHAIN_ID, COMPOSE_HASH, HOST, INDEXER_APP, Chain, Factory, Serve
 
 
@@ -174,3 +177,19 @@ async def serve() -> AsyncIterator[Serve]:
     yield start
     for runner in runners:
         await runner.close()
+
+
+# --- the gateway stand-in (tests/component/gatewaykit.py) ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> LabCa:
+    """A lab CA and its wildcard certificate for the stand-in's domain, one per test module."""
+    return ensure_lab_ca(tmp_path_factory.mktemp("labca"), GATEWAY_DOMAIN)
+
+
+@pytest.fixture
+async def backends(ca: LabCa) -> AsyncIterator[tuple[Origin, Origin]]:
+    """A plain origin (behind terminated routes) and a TLS origin (behind passthrough routes)."""
+    async with origins(ca) as pair:
+        yield pair

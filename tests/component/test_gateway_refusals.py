@@ -15,13 +15,12 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from devnet.gateway.labca import LabCa, ensure_lab_ca
+from devnet.gateway.labca import LabCa
 from tests.component.gatewaykit import (
     DOMAIN,
     HOST,
@@ -31,7 +30,6 @@ from tests.component.gatewaykit import (
     client_context,
     eventually,
     first_flight,
-    origins,
     payload,
     recv_exactly,
     recv_to_end,
@@ -44,17 +42,6 @@ pytestmark = [pytest.mark.component, pytest.mark.timeout(30)]
 
 APP, OTHER_APP = "5a" * 20, "6b" * 20
 I1, I2, I3, I4 = ("1c" * 20, "2d" * 20, "3e" * 20, "4f" * 20)
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> LabCa:
-    return ensure_lab_ca(tmp_path_factory.mktemp("labca"), DOMAIN)
-
-
-@pytest.fixture
-async def backends(ca: LabCa) -> AsyncIterator[tuple[Origin, Origin]]:
-    async with origins(ca) as pair:
-        yield pair
 
 
 def closed_port() -> int:

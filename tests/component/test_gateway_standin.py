@@ -27,7 +27,6 @@ from tests.component.gatewaykit import (
     TlsStream,
     digest,
     eventually,
-    origins,
     payload,
     recv_exactly,
     recv_to_end,
@@ -41,17 +40,6 @@ APP = "5a" * 20
 INSTANCE = "1c" * 20
 MIB = 1024 * 1024
 CHUNK_BYTES = 65536
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> LabCa:
-    return ensure_lab_ca(tmp_path_factory.mktemp("labca"), DOMAIN)
-
-
-@pytest.fixture
-async def backends(ca: LabCa) -> AsyncIterator[tuple[Origin, Origin]]:
-    async with origins(ca) as pair:
-        yield pair
 
 
 @pytest.fixture

@@ -14,14 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from devnet.gateway.labca import LabCa, ensure_lab_ca
-from tests.component.gatewaykit import DOMAIN, GatewayLab, route, running_gateway, write_routes
+from devnet.gateway.labca import LabCa
+from tests.component.gatewaykit import GatewayLab, route, running_gateway, write_routes
 from tests.component.transportkit import Node, Pair, make_node, until
-
-
-@pytest.fixture
-def ca(tmp_path: Path) -> LabCa:
-    return ensure_lab_ca(tmp_path / "ca", DOMAIN)
 
 
 async def _pair(gateway: GatewayLab) -> Pair:
