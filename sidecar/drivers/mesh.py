@@ -29,7 +29,7 @@ from sidecar.drivers.identity import NodeIdentity
 from sidecar.drivers.steps import warn_limited
 from sidecar.observability import Metrics
 from sidecar.settings import MeshSettings
-from sidecar.transport.gateway import LocalMember
+from sidecar.transport.link import LocalMember
 from sidecar.transport.seam import Transport
 from sidecar.wg.device import InterfaceConfig, WgDevice, WgError
 

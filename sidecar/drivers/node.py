@@ -30,7 +30,8 @@ from sidecar.drivers.steps import ChainStep, EndpointStep, IdentityStep, Members
 from sidecar.drivers.store import StateStore
 from sidecar.observability import Metrics
 from sidecar.settings import MeshSettings, Settings
-from sidecar.transport.gateway import GatewayCarrier, GatewayOptions
+from sidecar.transport.gateway import GatewayCarrier
+from sidecar.transport.link import GatewayOptions
 from sidecar.transport.seam import Transport
 from sidecar.wg.device import WgDevice
 from sidecar.wg.select import open_device

@@ -27,7 +27,8 @@ from sidecar.core.ids import MemberId
 from sidecar.core.model import MemberRecord
 from sidecar.core.peerplan import RECENT_HANDSHAKE_SECONDS, ActualPeer, DesiredPeer
 from sidecar.observability import Metrics
-from sidecar.transport.gateway import GatewayCarrier, GatewayPeer, LocalMember, PeerTransport
+from sidecar.transport.gateway import GatewayCarrier
+from sidecar.transport.link import GatewayPeer, LocalMember, PeerTransport
 
 log = structlog.get_logger("sidecar.transport")
 

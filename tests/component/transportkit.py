@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sidecar.core.endpoint import GatewayEndpoint, gateway_endpoint
 from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
 from sidecar.observability import Metrics
-from sidecar.transport.gateway import GatewayCarrier, GatewayOptions, GatewayPeer, LocalMember
+from sidecar.transport.gateway import GatewayCarrier
+from sidecar.transport.link import GatewayOptions, GatewayPeer, LocalMember
 
 CLUSTER = Address(b"\xc1" * 20)
 DOMAIN = "amlab.gw.test"  # the gateway stand-in's domain in tests/component/gatewaykit.py

@@ -17,7 +17,7 @@ from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
 from sidecar.core.model import MemberRecord
 from sidecar.core.peerplan import ActualPeer, DesiredPeer, WgKey
 from sidecar.observability import Metrics
-from sidecar.transport.gateway import LocalMember
+from sidecar.transport.link import LocalMember
 from sidecar.transport.seam import Transport
 
 NOW = 1_800_000_000.0
