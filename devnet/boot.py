@@ -22,8 +22,7 @@ from devnet import procs
 from devnet.anvil import DEVNET_DEPLOYER_KEY
 from devnet.kmsgate import boot_info_for, evaluate
 from devnet.labdir import DevnetError, LabDir, run_async
-from devnet.labgateway import routes_of
-from devnet.labroutes import route
+from devnet.labgateway import announce_route, withdraw_route
 from devnet.netns import kill_namespace_processes
 from devnet.simulator.config import SimulatorConfig
 from devnet.state import BOOT_ALLOWED, DevnetState, NodeState, boot_denied
@@ -156,12 +155,13 @@ class NodePower:
         allowed, reason = run_async(gate)
         node = replace(node, compose_hash=str(boot_info.compose_hash))
         _power_down(node)
-        withdraw_route(state, node)
+        withdraw_route(state, node.instance_id)
         if not allowed:
             log.warning("devnet.boot_denied", node=node.name, reason=reason)
             return replace(node, boot=boot_denied(reason), processes={})
         log.info("devnet.boot_allowed", node=node.name, compose_hash=str(boot_info.compose_hash))
-        announce_route(state, node, None)  # booting: the gateway knows the CVM, not yet its port policy
+        # booting: the gateway knows the CVM, not yet its port policy
+        announce_route(state, node.instance_id, node.app_id, node.underlay_ip, None)
         socket = Path(node.dstack_socket)
         simulator = start_simulator(
             self.files.node_dir(node.name) / "simulator.json",
@@ -208,7 +208,7 @@ class NodePower:
             log_path=self.files.logs / f"{node.name}-sidecar.log",
             env=sidecar_env(state, node),
         )
-        announce_route(state, node, NODE_PUBLISHED_PORTS)
+        announce_route(state, node.instance_id, node.app_id, node.underlay_ip, NODE_PUBLISHED_PORTS)
         return sidecar
 
     async def _fund_signer(self, state: DevnetState, socket: Path) -> Address:
@@ -230,7 +230,7 @@ class NodePower:
     def power_off(self, state: DevnetState, node: NodeState) -> NodeState:
         """Stop every process of the node and record it as off (its files and state directory stay)."""
         _power_down(node)
-        withdraw_route(state, node)
+        withdraw_route(state, node.instance_id)
         node = replace(node, processes={})
         self.files.save(state.with_node(node))
         return node
@@ -242,20 +242,6 @@ class NodePower:
         node = self.boot(state, node)
         self.files.save(state.with_node(node))
         return node
-
-
-def announce_route(state: DevnetState, node: NodeState, ports: tuple[int, ...] | None) -> None:
-    """Gateway mode: the node's route in the gateway's table (``ports`` None: port policy not known yet)."""
-    routes = routes_of(state)
-    if routes is not None:
-        routes.announce(node.instance_id, route(node.app_id, node.underlay_ip, ports))
-
-
-def withdraw_route(state: DevnetState, node: NodeState) -> None:
-    """Gateway mode: the node is off, so the gateway has no route to it."""
-    routes = routes_of(state)
-    if routes is not None:
-        routes.withdraw(node.instance_id)
 
 
 def _power_down(node: NodeState) -> None:

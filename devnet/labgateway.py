@@ -28,7 +28,7 @@ import structlog
 from devnet import firewall, labdns, procs
 from devnet.gateway.labca import LabCa, ensure_lab_ca
 from devnet.labdir import DevnetError, LabDir
-from devnet.labroutes import RoutesFile, bare_hex
+from devnet.labroutes import RoutesFile, bare_hex, route
 from devnet.netns import LabNetwork, set_resolver
 from devnet.state import DevnetState, GatewayState
 from ops.jsonget import Unreachable, get_json
@@ -107,6 +107,23 @@ def enclose(state: DevnetState, ns: str) -> None:
 def routes_of(state: DevnetState) -> RoutesFile | None:
     """The routes file the lab's CVMs announce themselves in (None in direct mode)."""
     return RoutesFile(Path(state.gateway.routes_file)) if state.gateway is not None else None
+
+
+def announce_route(
+    state: DevnetState, instance_id: str, app_id: str, address: str, ports: tuple[int, ...] | None
+) -> None:
+    """Gateway mode: a CVM's route in the gateway's table (``ports`` None: its port policy not known yet),
+    as the real gateway learns it from the CVM's registration. A no-op in direct mode."""
+    routes = routes_of(state)
+    if routes is not None:
+        routes.announce(instance_id, route(app_id, address, ports))
+
+
+def withdraw_route(state: DevnetState, instance_id: str) -> None:
+    """Gateway mode: the CVM is off, so the gateway has no route to it. A no-op in direct mode."""
+    routes = routes_of(state)
+    if routes is not None:
+        routes.withdraw(instance_id)
 
 
 def _listening(ns: str, address: str, port: int) -> bool:

@@ -26,9 +26,8 @@ from devnet.boot import START_TIMEOUT, lab_free_env, socket_ready, start_simulat
 from devnet.compose import INDEXER_COMPOSE_BYTES, compose_hash
 from devnet.kms import DevnetKms, derive_key
 from devnet.labdir import DevnetError, LabDir, run_async
-from devnet.labgateway import enclose, routes_of, service_url
+from devnet.labgateway import announce_route, enclose, service_url, withdraw_route
 from devnet.labreach import LabReach
-from devnet.labroutes import route
 from devnet.netns import LabNetwork
 from devnet.nodes import write_simulator_config
 from devnet.sealedenv import plan_indexer_env
@@ -124,18 +123,6 @@ def read_public_key(state: DevnetState, idx: IndexerState, timeout: float = 3.0)
         raise OperatorError(f"{url}: the public key is not 32 bytes of hex") from None
 
 
-def _announce(state: DevnetState, idx: IndexerState, ports: tuple[int, ...] | None) -> None:
-    routes = routes_of(state)
-    if routes is not None:
-        routes.announce(idx.instance_id, route(idx.app_id, idx.ip, ports))
-
-
-def _withdraw(state: DevnetState, idx: IndexerState) -> None:
-    routes = routes_of(state)
-    if routes is not None:
-        routes.withdraw(idx.instance_id)
-
-
 def indexer_public_key(idx: IndexerState, version: int) -> Bytes32:
     """The Ed25519 public key of key ``version``: what the indexer's guest agent derives (devnet KMS)."""
     kms = DevnetKms()
@@ -199,10 +186,11 @@ class LabIndexer:
         Each process is written to the state file as soon as it runs: a command killed meanwhile leaves it
         known, so the next start stops it instead of a second indexer failing to bind the port."""
         procs.terminate_all(idx.processes.values())
-        _withdraw(state, idx)
+        withdraw_route(state, idx.instance_id)
         idx = replace(idx, processes={}, running_key_version=0, running_env={})
         self._save(state, idx)
-        _announce(state, idx, None)  # its CVM boots: known to the gateway, its port policy not yet
+        # its CVM boots: known to the gateway, its port policy not yet
+        announce_route(state, idx.instance_id, idx.app_id, idx.ip, None)
         socket = Path(idx.dstack_socket)
         simulator = start_simulator(
             self.files.indexer_dir / "simulator.json",
@@ -224,7 +212,7 @@ class LabIndexer:
         except BaseException:
             procs.terminate(simulator)
             raise
-        _announce(state, idx, INDEXER_PUBLISHED_PORTS)
+        announce_route(state, idx.instance_id, idx.app_id, idx.ip, INDEXER_PUBLISHED_PORTS)
         idx = replace(
             idx,
             processes={"simulator": simulator, "indexer": indexer},
@@ -311,7 +299,7 @@ class LabIndexer:
         """Stop the indexer process and its guest agent; the registry keeps naming it (an outage)."""
         idx = require_indexer(state)
         procs.terminate_all(idx.processes.values())
-        _withdraw(state, idx)
+        withdraw_route(state, idx.instance_id)
         idx = replace(idx, processes={}, running_key_version=0)
         self._save(state, idx)
         log.info("devnet.indexer_stopped")

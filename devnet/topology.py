@@ -200,31 +200,27 @@ class LabPlan:
             veth_temp=f"{self.name}-v{index}",
         )
 
+    def _service(self, name: str, host: int) -> Attachment:
+        """A lab service's slot: namespace ``<lab>-<name>``, host ``host`` of the underlay."""
+        return Attachment(
+            name=name,
+            ns=f"{self.name}-{name}",
+            ip=self._host(host),
+            prefixlen=self.prefixlen,
+            iface=NODE_IFACE,
+            hub_port=f"v{name}",
+            veth_temp=f"{self.name}-v{name}",
+        )
+
     @property
     def indexer(self) -> Attachment:
         """The indexer service's slot (namespace ``<lab>-idx``, host .5)."""
-        return Attachment(
-            name=INDEXER_NAME,
-            ns=f"{self.name}-{INDEXER_NAME}",
-            ip=self._host(INDEXER_HOST),
-            prefixlen=self.prefixlen,
-            iface=NODE_IFACE,
-            hub_port=f"v{INDEXER_NAME}",
-            veth_temp=f"{self.name}-v{INDEXER_NAME}",
-        )
+        return self._service(INDEXER_NAME, INDEXER_HOST)
 
     @property
     def gateway(self) -> Attachment:
         """The gateway stand-in's slot (namespace ``<lab>-gw``, host .3): the gateway and the lab's DNS."""
-        return Attachment(
-            name=GATEWAY_NAME,
-            ns=f"{self.name}-{GATEWAY_NAME}",
-            ip=self._host(GATEWAY_HOST),
-            prefixlen=self.prefixlen,
-            iface=NODE_IFACE,
-            hub_port=f"v{GATEWAY_NAME}",
-            veth_temp=f"{self.name}-v{GATEWAY_NAME}",
-        )
+        return self._service(GATEWAY_NAME, GATEWAY_HOST)
 
     @property
     def gateway_domain(self) -> str:
