@@ -93,9 +93,15 @@ async def _closed(reader: asyncio.StreamReader, started: float) -> tuple[bytes, 
     return received, loop.time() - started
 
 
-def _close(writer: asyncio.StreamWriter) -> None:
+async def _close(writer: asyncio.StreamWriter) -> None:
+    """Close our end and wait for it (bounded), aborting a TLS shutdown the far end never answers: a
+    transport left closing when the test's event loop ends is an unclosed-socket warning."""
     with contextlib.suppress(ConnectionError, OSError, RuntimeError):
         writer.close()
+    try:
+        await asyncio.wait_for(writer.wait_closed(), 2.0)
+    except (ConnectionError, OSError, RuntimeError, ssl.SSLError, TimeoutError):
+        writer.transport.abort()
 
 
 async def _sends(route: Route, payload: bytes | None) -> tuple[bytes, float]:
@@ -108,7 +114,7 @@ async def _sends(route: Route, payload: bytes | None) -> tuple[bytes, float]:
                 await asyncio.wait_for(writer.drain(), CLOSED_WITHIN_S)
         return await _closed(reader, asyncio.get_running_loop().time())
     finally:
-        _close(writer)
+        await _close(writer)
 
 
 async def _tls_garbage(route: Route) -> tuple[bytes, float]:
@@ -127,7 +133,7 @@ async def _tls_garbage(route: Route) -> tuple[bytes, float]:
         received, seconds = await _closed(reader, asyncio.get_running_loop().time())
         return answer + received, seconds
     finally:
-        _close(writer)
+        await _close(writer)
 
 
 async def _replay(route: Route, hello: bytes) -> tuple[bytes, float]:
@@ -141,7 +147,7 @@ async def _replay(route: Route, hello: bytes) -> tuple[bytes, float]:
         assert confirmation == keepalive_frame(), f"the first use was not admitted: {confirmation!r}"
         await _closed(reader, asyncio.get_running_loop().time())  # replaced by the member's own stream
     finally:
-        _close(writer)
+        await _close(writer)
     return await _sends(route, hello)
 
 
@@ -162,8 +168,7 @@ async def _idle_crowd(route: Route, count: int) -> float:
         assert all(received == REFUSED for received, _ in closes), {r for r, _ in closes}
         return max(seconds for _, seconds in closes)
     finally:
-        for _, writer in crowd:
-            _close(writer)
+        await asyncio.gather(*(_close(writer) for _, writer in crowd))
 
 
 def _hello(cluster: Address, dialer: MemberId, acceptor: MemberId, key: SecretBytes) -> bytes:
