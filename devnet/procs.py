@@ -1,10 +1,11 @@
 """Processes the devnet starts: spawning, identity records, liveness, bounded termination, polling.
 
 Owns: ``spawn`` (optionally inside a network namespace via ``ip netns exec``, which execs so the PID is the
-program's), ``ProcRecord`` (name, PID and the kernel start time from ``/proc/PID/stat`` field 22, so a
-recycled PID is never mistaken for ours; JSON round trip for the state file), ``is_alive``, ``terminate``
-and ``terminate_all`` (SIGTERM, bounded wait, SIGKILL, through a pidfd so the signal can only reach the
-recorded process), and ``wait_for`` (poll a condition against a deadline).
+program's; it returns once the child is inside the namespace), ``ProcRecord`` (name, PID and the kernel
+start time from ``/proc/PID/stat`` field 22, so a recycled PID is never mistaken for ours; JSON round trip
+for the state file), ``is_alive``, ``terminate`` and ``terminate_all`` (SIGTERM, bounded wait, SIGKILL,
+through a pidfd so the signal can only reach the recorded process), and ``wait_for`` (poll a condition
+against a deadline).
 Must not: signal a process whose start time differs from the record, signal process groups or anything
 found by name, or stand in for synchronisation with bare sleeps.
 """
@@ -29,6 +30,7 @@ _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 _STAT_STATE = 0  # index of field 3 (state) after the ")" closing field 2 (comm)
 _STAT_STARTTIME = 19  # index of field 22 (starttime, clock ticks since boot) after the ")"
 _GONE_STATES = frozenset({"Z", "X", "x"})
+_NETNS_ENTRY_TIMEOUT = 5.0  # seconds for `ip netns exec` to enter the namespace before it execs
 
 
 class ProcError(RuntimeError):
@@ -165,7 +167,32 @@ def spawn(
     start_time = read_start_time(child.pid)
     if start_time is None:
         raise ProcError(f"{name}: pid {child.pid} vanished before it could be recorded")
+    if netns is not None:
+        _await_netns(child, netns, name)
     return ProcRecord(name=name, pid=child.pid, start_time=start_time)
+
+
+def _await_netns(child: subprocess.Popen[bytes], netns: str, name: str) -> None:
+    """Return once ``child`` lives in ``netns`` (or has exited), so a sweep of the namespace finds it.
+
+    ``ip netns exec`` enters the namespace a moment after the fork; until then the child is in ours and a
+    namespace sweep (``ip netns pids``) would miss it.
+    """
+    try:
+        target = os.stat(f"/run/netns/{netns}")
+    except OSError as exc:
+        raise ProcError(f"{name}: namespace {netns!r} is not there: {exc}") from exc
+    deadline = time.monotonic() + _NETNS_ENTRY_TIMEOUT
+    while child.poll() is None:
+        try:
+            here = os.stat(f"/proc/{child.pid}/ns/net")
+        except OSError:
+            return  # exited between the poll and the stat
+        if (here.st_dev, here.st_ino) == (target.st_dev, target.st_ino):
+            return
+        if time.monotonic() > deadline:
+            raise ProcError(f"{name}: pid {child.pid} did not enter namespace {netns!r}")
+        time.sleep(0.001)  # polling the child's namespace link, bounded by the deadline
 
 
 def _open_verified(rec: ProcRecord) -> int | None:

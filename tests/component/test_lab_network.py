@@ -174,6 +174,7 @@ def test_remove_node_and_readd(lab: LabNetwork, tmp_path: Path) -> None:
     lab.create()
     node = lab.add_node("node-1", 1)
     sleeper = procs.spawn(["sleep", "30"], name="sleeper", netns=node.ns, log_path=tmp_path / "s.log")
+    assert sleeper.pid in netns_pids(node.ns)  # spawn returns once the child is inside the namespace
     lab.remove_node("node-1")
     assert not procs.is_alive(sleeper)
     assert node.ns not in list_netns()
