@@ -114,6 +114,8 @@ class ChainSettings:
     max_log_range: int
     rpc_timeout: float
     receipt_timeout: float
+    member_app_factory: Address | None = None  # the ClusterMemberAppFactory whose CREATE2 apps are members
+    kms_roots: tuple[Address, ...] | None = None  # the dstack KMS roots whose signature chains are trusted
 
     def __repr__(self) -> str:  # the URL may carry an API key
         return (
@@ -121,7 +123,8 @@ class ChainSettings:
             f"indexer_registry={self.indexer_registry}, confirmations={self.confirmations}, "
             f"poll_interval={self.poll_interval}, resync_interval={self.resync_interval}, "
             f"max_log_range={self.max_log_range}, rpc_timeout={self.rpc_timeout}, "
-            f"receipt_timeout={self.receipt_timeout})"
+            f"receipt_timeout={self.receipt_timeout}, member_app_factory={self.member_app_factory}, "
+            f"kms_roots={self.kms_roots})"
         )
 
 

@@ -96,6 +96,22 @@ def _nonzero(address: Address) -> bool:
     return not address.is_zero
 
 
+def parse_address_list(text: str) -> tuple[Address, ...]:
+    """A comma-separated list of distinct non-zero addresses (e.g. the KMS roots a node trusts)."""
+    addresses: list[Address] = []
+    for number, item in enumerate(text.split(","), start=1):
+        try:
+            address = parse_address(item.strip())
+        except ValueError as exc:
+            raise ValueError(f"item {number} {exc}") from None
+        if address.is_zero:
+            raise ValueError(f"item {number} is the zero address")
+        if address in addresses:
+            raise ValueError(f"item {number} repeats {address}")
+        addresses.append(address)
+    return tuple(addresses)
+
+
 _v = Declare(PREFIX)
 
 
@@ -117,6 +133,8 @@ GROUPS: tuple[Group, ...] = (
             _v("CHAIN_ID", "chain_id", None, parse_int, (at_least_one, "a chain id of at least 1")),
             _v("CLUSTER", "cluster", None, parse_address, (_nonzero, "a non-zero address")),
             _v("INDEXER_REGISTRY", "indexer_registry", "", parse_address, (_nonzero, "non-zero")),
+            _v("MEMBER_APP_FACTORY", "member_app_factory", "", parse_address, (_nonzero, "non-zero")),
+            _v("KMS_ROOTS", "kms_roots", "", parse_address_list),
             _v("CONFIRMATIONS", "confirmations", "0", parse_int),
             _v("POLL_INTERVAL", "poll_interval", "2.0", parse_seconds, POSITIVE),
             _v("RESYNC_INTERVAL", "resync_interval", "30.0", parse_seconds, POSITIVE),

@@ -10,6 +10,8 @@ import {IClusterMemberAppFactory} from "./interfaces/IClusterMemberApp.sol";
 ///      before anything is deployed, and make a retried deployment converge on the same app.
 contract ClusterMemberAppFactory is IClusterMemberAppFactory {
     mapping(address app => bool) private _ours;
+    /// @inheritdoc IClusterMemberAppFactory
+    mapping(address app => bytes32) public saltOf;
 
     /// @inheritdoc IClusterMemberAppFactory
     /// @dev Idempotent so that a deploy script can be re-run after a partial failure.
@@ -19,6 +21,7 @@ contract ClusterMemberAppFactory is IClusterMemberAppFactory {
         ClusterMemberApp created = new ClusterMemberApp{salt: _salt(cluster, name)}(cluster);
         app = address(created);
         _ours[app] = true;
+        saltOf[app] = _salt(cluster, name);
         emit MemberAppDeployed(app, cluster, name);
     }
 

@@ -333,6 +333,10 @@ class MemberAppFactoryClient(ContractClient):
     async def is_our_app(self, app: Address, *, block: BlockRef = None) -> bool:
         return bool(await self._call("isOurApp", app.checksum, block=block))
 
+    async def salt_of(self, app: Address, *, block: BlockRef = None) -> Bytes32:
+        """The CREATE2 salt ``app`` was deployed with (zero when this factory did not deploy it)."""
+        return Bytes32(bytes(await self._call("saltOf", app.checksum, block=block)))
+
     async def deploy(self, cluster: Address, name: str) -> Address:
         """Deploy (or find, if already deployed) the member app of ``(cluster, name)``; return its address."""
         return (await self.ensure_deployed(cluster, name))[0]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from eth_abi import encode
 from eth_keys.datatypes import PrivateKey
 from eth_utils.crypto import keccak
 from hexbytes import HexBytes
@@ -285,9 +286,13 @@ async def test_member_app_factory_is_deterministic(
     apps = MemberAppFactoryClient(conn, stack.member_app_factory, deployer)
     predicted = await apps.predict(stack.cluster, "node-x")
     assert not await apps.is_our_app(predicted)
+    assert (await apps.salt_of(predicted)).is_zero
     deployed = await apps.deploy(stack.cluster, "node-x")
     assert deployed == predicted
     assert await apps.is_our_app(deployed)
+    assert await apps.salt_of(deployed) == Bytes32(
+        keccak(encode(["address", "string"], [stack.cluster.checksum, "node-x"]))
+    )
     assert await apps.deploy(stack.cluster, "node-x") == deployed  # idempotent
     assert await apps.predict(stack.cluster, "node-y") != deployed
     assert await MemberAppClient(conn, deployed).cluster() == stack.cluster

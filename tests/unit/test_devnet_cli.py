@@ -65,17 +65,17 @@ def lab_and_node(root: Path) -> tuple[Devnet, DevnetState, NodeState]:
 def test_env_sidecar_lines_are_exactly_what_a_sidecar_accepts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("ATTESTMESH_MEMBER_APP_FACTORY", ADDRESS)  # the caller's own environment stays out
+    monkeypatch.setenv("ATTESTMESH_GATEWAY_CA_FILE", "/x/ca.pem")  # the caller's own environment stays out
     lab, state, node = lab_and_node(tmp_path)
     env = parse_lines(sidecar_env_lines(lab, state, node))
     assert all(key.startswith(("ATTESTMESH_", "DSTACK_")) for key in env)
     assert env["ATTESTMESH_ENDPOINT"] == f"10.216.0.10:{WG_PORT}"
     assert env["ATTESTMESH_WG_UAPI_DIR"] == node.wg_uapi_dir
-    assert "ATTESTMESH_MEMBER_APP_FACTORY" not in env
+    assert "ATTESTMESH_GATEWAY_CA_FILE" not in env
     load_settings(env)  # raises SettingsError listing every problem
     # What `devnet env NODE` prints for a shell is not a sidecar's environment (the defect):
     with pytest.raises(SettingsError):
-        load_settings({**env, "ATTESTMESH_MEMBER_APP_FACTORY": state.member_app_factory})
+        load_settings({**env, "ATTESTMESH_GATEWAY_CA_FILE": "/x/ca.pem"})
 
 
 def test_env_takes_sidecar_and_node_exec_takes_a_command_after_double_dash() -> None:

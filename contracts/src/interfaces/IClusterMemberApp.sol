@@ -18,4 +18,8 @@ interface IClusterMemberAppFactory {
     function deploy(address cluster, string calldata name) external returns (address app);
     function predict(address cluster, string calldata name) external view returns (address app);
     function isOurApp(address app) external view returns (bool);
+    /// @notice The CREATE2 salt an app was deployed with (zero if not ours): with this factory's address and
+    ///         the app's init code (which embeds its cluster) it recomputes the app id, so a node can prove
+    ///         "my app id is this cluster's member app" to a peer that reads nothing from the chain.
+    function saltOf(address app) external view returns (bytes32);
 }
