@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from ipaddress import IPv4Address
 from typing import Final, Literal, get_args
 
@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollecto
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from sidecar.core.peerscreen import EXCLUSION_REASONS
 from sidecar.core.phases import ORDER
 
 PeerState = Literal["desired", "configured", "live"]
@@ -171,6 +172,12 @@ class Metrics:
             ["state"],
             registry=r,
         )
+        self.peers_excluded = Gauge(
+            "attestmesh_peers_excluded",
+            "Member records kept off the WireGuard device because they cannot be used, by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.peer_changes = Counter(
             "attestmesh_peer_changes_total", "WireGuard peer changes applied.", ["change"], registry=r
         )
@@ -259,6 +266,7 @@ class Metrics:
         for labelled, values in (
             (self.peers, PEER_STATES),
             (self.peer_changes, PEER_CHANGES),
+            (self.peers_excluded, EXCLUSION_REASONS),
             (self.reconcile_passes, RECONCILE_RESULTS),
             (self.heartbeats_rejected, HEARTBEAT_REJECTIONS),
             (self.peer_liveness_transitions, LIVENESS_DIRECTIONS),
@@ -297,6 +305,11 @@ class Metrics:
         self.peers.labels(state="desired").set(desired)
         self.peers.labels(state="configured").set(configured)
         self.peers.labels(state="live").set(live)
+
+    def set_peers_excluded(self, counts: Mapping[str, int]) -> None:
+        """Set ``attestmesh_peers_excluded{reason}`` for every reason (a reason not in ``counts`` is 0)."""
+        for reason in EXCLUSION_REASONS:
+            self.peers_excluded.labels(reason=reason).set(counts.get(reason, 0))
 
     def peer_changed(self, change: PeerChange, count: int = 1) -> None:
         self.peer_changes.labels(_known(change, PEER_CHANGES, "change")).inc(count)
