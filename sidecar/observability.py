@@ -48,6 +48,7 @@ CskRefusal = Literal[
 ]
 CskPullResult = Literal["ok", "refused", "unreachable", "invalid"]
 HttpSurface = Literal["health", "app", "peer"]
+ConnectionDrop = Literal["over_limit", "header_timeout"]
 ChainErrorKind = Literal["transient", "terminal"]
 RegistrationResult = Literal["ok", "failed"]
 PushRejection = Literal[
@@ -80,6 +81,7 @@ LIVENESS_DIRECTIONS: Final[tuple[str, ...]] = get_args(LivenessDirection)
 CSK_REFUSALS: Final[tuple[str, ...]] = get_args(CskRefusal)
 CSK_PULL_RESULTS: Final[tuple[str, ...]] = get_args(CskPullResult)
 HTTP_SURFACES: Final[tuple[str, ...]] = get_args(HttpSurface)
+CONNECTION_DROPS: Final[tuple[str, ...]] = get_args(ConnectionDrop)
 CHAIN_ERROR_KINDS: Final[tuple[str, ...]] = get_args(ChainErrorKind)
 REGISTRATION_RESULTS: Final[tuple[str, ...]] = get_args(RegistrationResult)
 PUSH_REJECTIONS: Final[tuple[str, ...]] = get_args(PushRejection)
@@ -221,6 +223,13 @@ class Metrics:
             "attestmesh_http_client_gone_total", "Clients that hung up mid-request, by surface.", ["surface"],
             registry=r,
         )  # fmt: skip
+        self.http_connections_dropped = Counter(
+            "attestmesh_http_connections_dropped_total",
+            "Connections closed by the server's limits, by surface and reason (over_limit: refused over the "
+            "connection cap; header_timeout: no complete request head in time).",
+            ["surface", "reason"],
+            registry=r,
+        )
         self.chain_errors = Counter(
             "attestmesh_chain_errors_total", "Chain errors by class.", ["kind"], registry=r
         )
@@ -259,6 +268,9 @@ class Metrics:
 
         for name in PHASES:
             self.phase.labels(phase=name).set(0)
+        for surface in HTTP_SURFACES:
+            for drop in CONNECTION_DROPS:
+                self.http_connections_dropped.labels(surface=surface, reason=drop)
         for step in RECONCILE_STEPS:
             for failure in STEP_FAILURES:
                 self.step_failures.labels(step=step, failure=failure)
@@ -349,6 +361,11 @@ class Metrics:
 
     def http_client_gone(self, surface: HttpSurface) -> None:
         self.http_clients_gone.labels(_known(surface, HTTP_SURFACES, "surface")).inc()
+
+    def http_dropped(self, surface: HttpSurface, reason: ConnectionDrop) -> None:
+        self.http_connections_dropped.labels(
+            surface=surface, reason=_known(reason, CONNECTION_DROPS, "drop")
+        ).inc()
 
     def chain_error(self, kind: ChainErrorKind) -> None:
         self.chain_errors.labels(_known(kind, CHAIN_ERROR_KINDS, "kind")).inc()
