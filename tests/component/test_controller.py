@@ -596,7 +596,9 @@ async def test_unreachable_chain_keeps_the_node_at_boot_gate_with_a_complete_sta
     assert body["node"]["app_id"] == str(app_id)  # the guest agent answered: identity is known
     assert body["node"]["signer"] is not None and body["node"]["compose_hash"] == str(COMPOSE_HASH)
     assert body["node"]["member_id"] is None and body["node"]["mesh_ip"] is None
-    assert body["peers"] == {"desired": 0, "configured": 0, "live": 0, "transport": {}}
+    assert body["peers"] == {
+        "desired": 0, "configured": 0, "live": 0, "transport": {}, "excluded": [], "excluded_count": 0,
+    }  # fmt: skip
     assert body["csk"] == {"held": False, "commitment": None, "source": None}
     assert set(body["events"]) == {
         "mode",

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import pytest
 from eth_utils.crypto import keccak
 
+from devnet.chainpoke import poke_member_endpoint
 from devnet.compose import encode_app_compose, node_app_compose
 from devnet.deployment import deploy_member_app
 from devnet.kms import DevnetKms, get_key
@@ -29,7 +30,7 @@ from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
 from sidecar.core.keys import KeyPath, ed25519_public_key, x25519_public_key
 from sidecar.core.model import MemberKeys
 from sidecar.core.sigchain import build_proof
-from tests.e2e.lab import REPO, LabCli, chain, wait_until
+from tests.e2e.lab import REPO, LabCli, chain, sidecar_log, wait_until
 from tests.e2e.mesh import Node, device_key, identity_key, member_id, nodes, wait_all_healthy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -244,6 +245,45 @@ def test_changed_endpoint_is_applied_by_every_peer(lab: LabCli) -> None:
     lab.run("node", "start", "node-3")
     wait_until(lambda: endpoint_on_node1() == original, 30, "node-3 restores its endpoint")
     wait_all_healthy(lab)
+
+
+def test_a_member_with_an_unusable_endpoint_never_takes_the_others_down(lab: LabCli) -> None:
+    """Issue 12, acceptance 4: a record the device cannot take (planted straight into the contract's storage,
+    since the contract may refuse it) is excluded and listed; every other node stays healthy. Before, the
+    zone-id endpoint made every pass's device apply fail: 503 on every node."""
+    lab.run("up", "--nodes", "3", "--transport", "direct")
+    found = wait_all_healthy(lab)
+    n3 = found["node-3"]
+    member3 = MemberId.from_hex(n3.healthz()["node"]["member_id"])
+    key3 = n3.device()["public_key"]
+    # node-3 is powered off, so its own sidecar does not restore its endpoint while we watch the others.
+    lab.run("node", "stop", "node-3")
+
+    async def plant(conn: ChainConnection, cluster: ClusterClient) -> None:
+        await poke_member_endpoint(conn, cluster.address, member3, "udp://[fe80::1%eth0]:51820")
+        assert (await cluster.member_by_id(member3)).endpoint == "udp://[fe80::1%eth0]:51820"  # type: ignore[union-attr]
+
+    chain(lab, plant)
+    listed = [{"member_id": str(member3), "reason": "bad_endpoint"}]
+    for name in ("node-1", "node-2"):
+        node = found[name]
+        # no event announces a storage write: the next periodic resync (15 s on the devnet) picks it up
+        wait_until(
+            lambda n=node: n.healthz()["peers"]["excluded"] == listed, 45, f"{name} lists node-3 as excluded"
+        )
+    for name in ("node-1", "node-2"):
+        body = found[name].healthz()
+        assert body["healthy"], f"{name}: {body['reason']}"
+        assert body["peers"]["excluded_count"] == 1 and body["peers"]["desired"] == 1
+        assert key3 not in found[name].device_peers()
+        assert found[name].counter("attestmesh_peers_excluded", reason="bad_endpoint") == 1
+        assert [e["member_id"] for e in sidecar_log(lab, name, "peer.excluded")] == [str(member3)]
+    # node-3 comes back and publishes its endpoint again: it is let back in everywhere.
+    lab.run("node", "start", "node-3")
+    wait_all_healthy(lab, timeout=60)
+    for name in ("node-1", "node-2"):
+        wait_until(lambda n=found[name]: n.healthz()["peers"]["excluded_count"] == 0, 30, f"{name} readmits")
+        wait_until(lambda n=found[name]: key3 in n.device_peers(), 10, f"{name} configures node-3 again")
 
 
 # --- 5. compose hash removed after registration ---------------------------------------------------------

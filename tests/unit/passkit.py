@@ -20,6 +20,7 @@ from devnet.kms import DevnetKms, get_key
 from sidecar.chain.errors import ChainError
 from sidecar.core import csk as cskcore
 from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
+from sidecar.core.keys import x25519_public_key
 from sidecar.core.liveness import Liveness
 from sidecar.core.model import BootVerdict, MemberRecord, MeshCidr, member_id_for
 from sidecar.core.peerplan import ActualPeer, PeerPlan, WgKey
@@ -32,7 +33,7 @@ from sidecar.dstack.agent import DerivedKey, GuestAgentUnavailable, NodeInfo
 from sidecar.http.peerapi import CskFetchError
 from sidecar.observability import Metrics
 from sidecar.settings import load_settings
-from sidecar.wg.device import InterfaceConfig, WgError
+from sidecar.wg.device import InterfaceConfig, WgError, checked_plan, raise_problems
 
 CLUSTER = Address(b"\xcd" * 20)
 APP_ID = Address(b"\xa1" * 20)
@@ -180,14 +181,20 @@ class FakeDevice:
         return sorted(self.peers.values(), key=lambda p: p.public_key.raw)
 
     async def apply(self, plan: PeerPlan) -> None:
+        """Like the real backends: the part ``checked_plan`` passes is applied, the rest raised; a peer with
+        the device's own key is ignored silently, as Linux and wireguard-go do."""
+        valid, problems = checked_plan(plan)
         if not self.sticky:
             return
-        for key in plan.remove:
+        own = None if self.config is None else WgKey(x25519_public_key(self.config.private_key))
+        for key in valid.remove:
             self.peers.pop(key, None)
-        for peer in (*plan.add, *plan.update):
-            self.peers[peer.public_key] = ActualPeer(
-                peer.public_key, peer.endpoint, peer.allowed_ips, peer.keepalive
-            )
+        for peer in (*valid.add, *valid.update):
+            if peer.public_key != own:
+                self.peers[peer.public_key] = ActualPeer(
+                    peer.public_key, peer.endpoint, peer.allowed_ips, peer.keepalive
+                )
+        raise_problems(problems)
 
     async def public_key(self) -> WgKey | None:
         return None
