@@ -52,6 +52,7 @@ class NodeStatus:
     csk_held: bool = False
     csk_commitment: str | None = None
     csk_source: str | None = None
+    csk_peering_error: str | None = None  # why the key can be neither served to nor taken from peers
     # events
     events_mode: EventMode = "poll"
     indexer_connected: bool = False
@@ -98,7 +99,12 @@ def healthz_body(status: NodeStatus) -> dict[str, object]:
             "live": status.peers_live,
             "transport": {kind: dict(states) for kind, states in sorted(status.peers_transport.items())},
         },
-        "csk": {"held": status.csk_held, "commitment": status.csk_commitment, "source": status.csk_source},
+        "csk": {
+            "held": status.csk_held,
+            "commitment": status.csk_commitment,
+            "source": status.csk_source,
+            "peering_error": status.csk_peering_error,
+        },
         "events": {
             "mode": status.events_mode,
             "indexer_connected": status.indexer_connected,
