@@ -15,7 +15,7 @@ A proof is:
 - ``identity_pub`` (Ed25519) and ``seal_pub`` (X25519), the keys a peer will trust;
 - ``binding_signature``: the signer key's recoverable secp256k1 signature (65 B ``r ‖ s ‖ v``, v 0/1,
   low s) over ``keccak256(BINDING_DOMAIN ‖ chain id (u256 BE) ‖ cluster (20) ‖ app id (20) ‖
-  identity_pub (32) ‖ seal_pub (32))`` (138 bytes before hashing).
+  identity_pub (32) ‖ seal_pub (32))`` (163 bytes before hashing).
 
 ``verify_member_proof`` checks, in order: every link of the signature chain (``bad_proof``); the KMS root
 is one of the measured roots (``untrusted_root``); the app id is

@@ -267,7 +267,8 @@ class World:
         self.liveness.heard(member.member_id, self.clock.monotonic())
 
 
-def world(state_dir: Path, chain: FakeChain | None = None) -> World:
+def world(state_dir: Path, chain: FakeChain | None = None, *, unset: tuple[str, ...] = ()) -> World:
+    """One node with its fakes; ``unset`` names environment variables left out (e.g. the anchors)."""
     env = {
         "ATTESTMESH_RPC_URL": "http://127.0.0.1:8545",
         "ATTESTMESH_CHAIN_ID": str(CHAIN_ID),
@@ -277,6 +278,7 @@ def world(state_dir: Path, chain: FakeChain | None = None) -> World:
         "ATTESTMESH_ENDPOINT": ENDPOINT,
         "ATTESTMESH_STATE_DIR": str(state_dir),
     }
+    env = {k: v for k, v in env.items() if k not in unset}
     chain = chain or FakeChain()
     agent, device, clock = FakeAgent(), FakeDevice(), FakeClock()
     peers = FakePeers(chain)

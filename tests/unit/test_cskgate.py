@@ -5,15 +5,17 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable
+from typing import get_args
 
 import pytest
 
 from sidecar.core.csk import CskRequest, SignedRequest, parse_request, sign_request
-from sidecar.core.cskgate import MAX_PROVEN, MAX_REQUESTS_PER_WINDOW, CskGate, Refusal
+from sidecar.core.cskgate import MAX_PROVEN, MAX_REQUESTS_PER_WINDOW, CskGate, Refusal, RefusalReason
 from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
 from sidecar.core.keys import ed25519_public_key, x25519_public_key
 from sidecar.core.memberproof import MemberProof, ProvenMember, proof_json
 from sidecar.core.model import member_id_for
+from sidecar.observability import CSK_REFUSALS
 from tests.unit.proofkit import ANCHORS, CLUSTER, ROGUE_KMS, member_app, member_id, prove
 
 ME = member_id("responder")
@@ -56,6 +58,10 @@ def check(
 
 def reason(result: Refusal | ProvenMember) -> str:
     return result.reason if isinstance(result, Refusal) else "served"
+
+
+def test_every_refusal_reason_is_a_metric_label() -> None:
+    assert set(get_args(RefusalReason)) <= set(CSK_REFUSALS)
 
 
 def test_gate_serves_a_proven_member_and_names_its_proven_keys() -> None:

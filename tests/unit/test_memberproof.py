@@ -258,7 +258,7 @@ def render_csk_vectors() -> str:
             "- " + _node_line("Requester", REQUESTER),
             "- " + _node_line("Responder", RESPONDER),
             "",
-            "#### the requester's binding message (138 bytes; its signer key signs the keccak256)",
+            "#### the requester's binding message (163 bytes; its signer key signs the keccak256)",
             "",
             "```text",
             *_wrap(binding.hex(), 0),
