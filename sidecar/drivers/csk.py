@@ -135,7 +135,6 @@ class CskKeeper:
 
     async def run(self, ident: NodeIdentity, snap: Snapshot, mine: MemberRecord) -> Outcome:
         """Acquire the key for the snapshot's commitment; report whether it is held and, if not, why."""
-        await self.make_proof(ident)
         await self.acquire(ident, snap, mine)
         held = self.holds(snap.commitment)
         if held:
@@ -177,6 +176,7 @@ class CskKeeper:
         return self.held.value is not None and commitment is not None and self.held.commitment == commitment
 
     async def acquire(self, ident: NodeIdentity, snap: Snapshot, mine: MemberRecord) -> None:
+        await self.make_proof(ident)  # once: needed to serve the key as much as to pull it
         commitment = snap.commitment
         is_originator = snap.originator == mine.member_id
         if self.holds(commitment):
@@ -261,6 +261,7 @@ class CskKeeper:
         self, ident: NodeIdentity, snap: Snapshot, mine: MemberRecord, commitment: Bytes32
     ) -> None:
         """Ask live peers (the originator first), ``parallelism`` at a time; hold the first valid key."""
+        await self.make_proof(ident)
         if self.anchors is None or self.proof is None:
             self.held.error = f"cannot take the cluster shared key from peers: {self._proof_error}"
             return
