@@ -45,8 +45,14 @@ CskRefusal = Literal[
     "not_live",
     "not_held",
     "rate_limited",
+    "no_proof",
+    "bad_proof",
+    "foreign_app",
+    "untrusted_root",
+    "anchors_missing",
+    "no_own_proof",
 ]
-CskPullResult = Literal["ok", "refused", "unreachable", "invalid"]
+CskPullResult = Literal["ok", "refused", "unreachable", "invalid", "unproven"]
 HttpSurface = Literal["health", "app", "peer"]
 ConnectionDrop = Literal["over_limit", "header_timeout"]
 ChainErrorKind = Literal["transient", "terminal"]

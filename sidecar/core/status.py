@@ -58,6 +58,7 @@ class NodeStatus:
     csk_held: bool = False
     csk_commitment: str | None = None
     csk_source: str | None = None
+    csk_peering_error: str | None = None  # why the key can be neither served to nor taken from peers
     # events
     events_mode: EventMode = "poll"
     indexer_connected: bool = False
@@ -109,7 +110,12 @@ def healthz_body(status: NodeStatus) -> dict[str, object]:
             ],
             "excluded_count": len(status.peers_excluded),
         },
-        "csk": {"held": status.csk_held, "commitment": status.csk_commitment, "source": status.csk_source},
+        "csk": {
+            "held": status.csk_held,
+            "commitment": status.csk_commitment,
+            "source": status.csk_source,
+            "peering_error": status.csk_peering_error,
+        },
         "events": {
             "mode": status.events_mode,
             "indexer_connected": status.indexer_connected,

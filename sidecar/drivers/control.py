@@ -235,6 +235,7 @@ class Controller:
             csk_held=facts.csk_held,
             csk_commitment=str(snap.commitment) if snap and snap.commitment else None,
             csk_source=held.source or None,
+            csk_peering_error=self.steps.csk.peering_error or None,
             **self._events_fields(),
             membership_digest=str(membership_digest(m.member_id for m in snap.members)) if snap else None,
             version=__version__,

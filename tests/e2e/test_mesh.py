@@ -21,13 +21,14 @@ from devnet.compose import encode_app_compose, node_app_compose
 from devnet.deployment import deploy_member_app
 from devnet.kms import DevnetKms, get_key
 from devnet.procs import ProcRecord
-from sidecar.chain.contracts import ClusterClient
+from sidecar.chain.contracts import ClusterClient, MemberAppFactoryClient
 from sidecar.chain.rpc import ChainConnection
 from sidecar.chain.tx import LocalSigner, TxSubmitter
 from sidecar.core import csk as cskcore
 from sidecar.core.heartbeat import Heartbeat, encode
 from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
 from sidecar.core.keys import KeyPath, ed25519_public_key, x25519_public_key
+from sidecar.core.memberproof import MemberProof, make_member_proof
 from sidecar.core.model import MemberKeys
 from sidecar.core.sigchain import build_proof
 from tests.e2e.lab import REPO, LabCli, chain, sidecar_log, wait_until
@@ -41,9 +42,34 @@ HEARTBEAT_PORT = 51821
 PEER_API_PORT = 51822
 
 
-def csk_request(cluster: str, requester: MemberId, responder: MemberId, key: SecretBytes, ts: int) -> str:
-    body = cskcore.sign_request(cskcore.CskRequest(Address.from_hex(cluster), requester, responder, ts), key)
-    return json.dumps(body).encode().hex()
+def csk_request(
+    cluster: str,
+    requester: MemberId,
+    responder: MemberId,
+    key: SecretBytes,
+    ts: int,
+    proof: MemberProof | None,
+) -> str:
+    request = cskcore.CskRequest(Address.from_hex(cluster), requester, responder, ts)
+    return json.dumps(cskcore.sign_request(request, key, proof)).encode().hex()
+
+
+def member_proof(lab: LabCli, app: Address) -> MemberProof:
+    """The member proof of ``app``'s node: the devnet KMS seed is public, so a test can make any node's
+    proof (as an attacker could on a devnet, never on dstack)."""
+    status, kms = lab.status(), DevnetKms()
+
+    async def salt(conn: ChainConnection, _cluster: ClusterClient) -> Bytes32:
+        return await MemberAppFactoryClient(conn, Address.from_hex(status["member_app_factory"])).salt_of(app)
+
+    signer, sigchain = get_key(kms, app, KeyPath.SIGNER.path, KeyPath.SIGNER.purpose)
+    identity = get_key(kms, app, KeyPath.IDENTITY.path, KeyPath.IDENTITY.purpose)[0]
+    seal = get_key(kms, app, KeyPath.SEAL.path, KeyPath.SEAL.purpose)[0]
+    return make_member_proof(
+        build_proof(app, signer, sigchain), signer, salt=chain(lab, salt), chain_id=lab.state().chain_id,
+        cluster=Address.from_hex(status["cluster"]), identity_pub=Bytes32(ed25519_public_key(identity)),
+        seal_pub=Bytes32(x25519_public_key(seal)),
+    )  # fmt: skip
 
 
 def ask_csk(sender: Node, responder: Node, body_hex: str) -> dict[str, Any]:
@@ -319,15 +345,19 @@ def test_bad_requests_and_heartbeats_are_refused_and_counted(lab: LabCli) -> Non
     cluster = lab.status()["cluster"]
     id2, id3 = member_id(n2), member_id(n3)
     key3 = identity_key(n3)
+    proof3 = member_proof(lab, Address.from_hex(n3.data["app_id"]))
     csk_before = keccak(hexstr=n2.app("/v1/csk")[1]["csk"])  # a digest: never print the key
 
     def refused(reason: str) -> float:
         return n2.counter("attestmesh_csk_requests_refused_total", reason=reason)
 
-    now = int(time.time() * 1000)
+    now, stranger = int(time.time() * 1000), SecretBytes(os.urandom(32))
     cases = {
-        "not_member": csk_request(cluster, MemberId(os.urandom(32)), id2, SecretBytes(os.urandom(32)), now),
-        "bad_signature": csk_request(cluster, id3, id2, SecretBytes(os.urandom(32)), now),
+        "not_member": csk_request(
+            cluster, MemberId(os.urandom(32)), id2, SecretBytes(os.urandom(32)), now, None
+        ),
+        "no_proof": csk_request(cluster, id3, id2, key3, now, None),
+        "bad_signature": csk_request(cluster, id3, id2, stranger, now, proof3),
     }
     for reason, body in cases.items():
         before = refused(reason)
@@ -335,7 +365,7 @@ def test_bad_requests_and_heartbeats_are_refused_and_counted(lab: LabCli) -> Non
         assert answer["status"] == 403, answer
         assert refused(reason) == before + 1
 
-    replay = csk_request(cluster, id3, id2, key3, int(time.time() * 1000))
+    replay = csk_request(cluster, id3, id2, key3, int(time.time() * 1000), proof3)
     assert ask_csk(n3, n2, replay)["status"] == 200
     before = refused("replayed")
     assert ask_csk(n3, n2, replay)["status"] == 403
@@ -345,7 +375,8 @@ def test_bad_requests_and_heartbeats_are_refused_and_counted(lab: LabCli) -> Non
     silent = _register_silent_member(lab)
     wait_until(lambda: n2.healthz()["peers"]["desired"] == 3, 10, "node-2 sees the silent member")
     before = refused("not_live")
-    answer = ask_csk(n3, n2, csk_request(cluster, silent[0], id2, silent[1], int(time.time() * 1000)))
+    silent_request = csk_request(cluster, silent[0], id2, silent[1], int(time.time() * 1000), silent[2])
+    answer = ask_csk(n3, n2, silent_request)
     assert answer["status"] == 403 and refused("not_live") == before + 1
 
     # Malformed bodies to every HTTP surface: 4xx, counted, nothing changes.
@@ -391,11 +422,13 @@ def test_bad_requests_and_heartbeats_are_refused_and_counted(lab: LabCli) -> Non
     assert n2.healthz()["peers"] == {"desired": 3, "configured": 3, "live": 2, "transport": transports}
 
 
-def _register_silent_member(lab: LabCli) -> tuple[MemberId, SecretBytes]:
+def _register_silent_member(lab: LabCli) -> tuple[MemberId, SecretBytes, MemberProof]:
     status = lab.status()
     kms = DevnetKms()
 
-    async def register(conn: ChainConnection, cluster: ClusterClient) -> tuple[MemberId, SecretBytes]:
+    async def register(
+        conn: ChainConnection, cluster: ClusterClient
+    ) -> tuple[MemberId, SecretBytes, Address]:
         assert cluster.submitter is not None
         app = await deploy_member_app(
             conn, cluster.submitter, Address.from_hex(status["member_app_factory"]), cluster.address, "silent"
@@ -412,9 +445,10 @@ def _register_silent_member(lab: LabCli) -> tuple[MemberId, SecretBytes]:
         )
         member = ClusterClient(conn, cluster.address, TxSubmitter(conn, LocalSigner(key)))
         _, mid = await member.register(proof, keys, "10.213.0.99:51820")
-        return mid, identity
+        return mid, identity, app
 
-    return chain(lab, register)
+    mid, identity, app = chain(lab, register)
+    return mid, identity, member_proof(lab, app)
 
 
 # --- 7. chain outage ------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from sidecar.drivers.clock import Clock
 from sidecar.drivers.csk import CskFetcher
 from sidecar.drivers.identity import KeySource
 from sidecar.drivers.nodestate import NodeState
+from sidecar.observability import Metrics
 from sidecar.wg.device import WgDevice, WgError
 from tests.unit.passkit import (
     ENDPOINT,
@@ -40,8 +41,15 @@ from tests.unit.passkit import (
     other_member,
     world,
 )
+from tests.unit.proofkit import CLUSTER, ROGUE_KMS, derived_member
 
 CSK = SecretBytes(b"\x42" * 32)
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    assert value is not None, f"metric {name}{labels} is not exported"
+    return value
 
 
 def with_peer(chain: FakeChain, *, committed: bool = True) -> MemberRecord:
@@ -210,6 +218,55 @@ async def test_csk_step_no_peer_serves_the_key(tmp_path: Path) -> None:
     assert reason.startswith(
         "waiting for the cluster shared key: no peer served a valid cluster shared key ("
     )
+
+
+async def test_a_key_from_a_peer_that_cannot_prove_itself_is_never_adopted(tmp_path: Path) -> None:
+    chain = FakeChain()
+    peer = with_peer(chain)
+    w = world(tmp_path, chain)
+    w.peers.key = CSK  # the right key, matching the commitment the chain shows
+    rogue, _, _ = derived_member(peer.app_id, ROGUE_KMS)  # ... from a peer whose root nobody measured
+    w.peers.proof_of[peer.member_id] = rogue
+    w.hear(peer)
+    await w.pass_once()
+    with capture_logs() as logs:
+        phase, reason = await w.pass_once()
+    assert phase == "csk_acquire" and reason.endswith(f"({str(peer.member_id)[:10]}: unproven)")
+    assert w.node.csk.held.value is None and w.node.controller.csk_value() is None
+    assert sample(w.metrics, "attestmesh_csk_pull_attempts_total", result="unproven") == 1
+    (rejected,) = [e for e in logs if e["event"] == "csk.pull_rejected"]
+    assert rejected["result"] == "unproven" and "untrusted_root" in rejected["reason"]
+    w.peers.proof_of.clear()  # the peer proves itself: the key is adopted
+    w.clock.advance(1.0)
+    w.hear(peer)
+    assert await w.pass_once() == ("healthy", "")
+
+
+@pytest.mark.parametrize("unset", ["ATTESTMESH_MEMBER_APP_FACTORY", "ATTESTMESH_KMS_ROOTS"])
+async def test_without_the_anchors_the_key_is_neither_taken_nor_served(tmp_path: Path, unset: str) -> None:
+    chain = FakeChain()
+    peer = with_peer(chain)
+    w = world(tmp_path, chain, unset=(unset,))
+    w.peers.key = CSK
+    w.hear(peer)
+    await w.pass_once()
+    phase, reason = await w.pass_once()  # no crash: a named reason
+    assert phase == "csk_acquire"
+    assert reason == (
+        "waiting for the cluster shared key: cannot take the cluster shared key from peers: "
+        f"{unset} not set: member proofs cannot be checked"
+    )
+    assert w.peers.requests == []  # never asked a peer
+    status = w.node.controller.status
+    assert status.csk_peering_error == f"{unset} not set: member proofs cannot be checked"
+    answer = w.node.csk.respond({}, IPv4Address("10.77.0.9"))
+    assert answer.status == 400  # malformed still comes first
+    request = cskcore.sign_request(
+        cskcore.CskRequest(CLUSTER, peer.member_id, peer.member_id, 0), SecretBytes(b"\x01" * 32), None
+    )
+    answer = w.node.csk.respond(request, IPv4Address("10.77.0.9"))
+    assert (answer.status, answer.body["reason"]) == (503, "anchors_missing")
+    assert sample(w.metrics, "attestmesh_csk_requests_refused_total", reason="anchors_missing") == 1
 
 
 async def test_peers_no_live_peer(tmp_path: Path) -> None:

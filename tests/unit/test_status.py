@@ -46,7 +46,7 @@ def test_initial_body_is_exactly_the_design_shape_with_nulls() -> None:
             "excluded": [],
             "excluded_count": 0,
         },
-        "csk": {"held": False, "commitment": None, "source": None},
+        "csk": {"held": False, "commitment": None, "source": None, "peering_error": None},
         "events": {
             "mode": "poll",
             "indexer_connected": False,
@@ -117,7 +117,14 @@ def test_registered_healthy_body_carries_every_value() -> None:
         "desired": 2, "configured": 2, "live": 1, "transport": {"gateway": {"up": 1, "down": 1}},
         "excluded": [{"member_id": MEMBER, "reason": "bad_endpoint"}], "excluded_count": 1,
     }  # fmt: skip
-    assert body["csk"] == {"held": True, "commitment": "0x" + "55" * 32, "source": "peer"}
+    assert body["csk"] == {
+        "held": True,
+        "commitment": "0x" + "55" * 32,
+        "source": "peer",
+        "peering_error": None,
+    }
+    peering = healthz_body(dataclasses.replace(status, csk_peering_error="ATTESTMESH_KMS_ROOTS not set"))
+    assert peering["csk"]["peering_error"] == "ATTESTMESH_KMS_ROOTS not set"  # type: ignore[index]
     assert body["events"] == {
         "mode": "push",
         "indexer_connected": True,
