@@ -19,8 +19,8 @@ from pathlib import Path
 import structlog
 
 from devnet import procs
-from devnet.compose import NodeAnchors
 from devnet.anvil import DEVNET_DEPLOYER_KEY
+from devnet.compose import NodeAnchors
 from devnet.kmsgate import boot_info_for, evaluate
 from devnet.labdir import DevnetError, LabDir, run_async
 from devnet.labgateway import announce_route, withdraw_route

@@ -100,9 +100,7 @@ def node_app_compose(
 ) -> dict[str, Any]:
     """The app-compose document of a node of ``anchors``' cluster (identical for every node of one image);
     ``extra_envs`` are more sealed names (a different compose hash)."""
-    return _app_compose(
-        name, node_docker_compose(anchors), sorted({*NODE_SEALED_ENVS, *extra_envs})
-    )
+    return _app_compose(name, node_docker_compose(anchors), sorted({*NODE_SEALED_ENVS, *extra_envs}))
 
 
 def node_compose_bytes(anchors: NodeAnchors) -> bytes:

@@ -47,9 +47,9 @@ from devnet.labhealth import (
 from devnet.labindexer import IndexerChange, LabIndexer, indexer_env
 from devnet.netns import LabNetwork
 from devnet.nodes import ComposePlan, Nodes, NodeUpdate, read_compose
-from ops.owner import ensure_compose_hash_allowed
 from devnet.state import DevnetState, IndexerState, NodeState, load_state
 from devnet.topology import DEFAULT_TRANSPORT, LabPlan, validate_node_name, validate_transport
+from ops.owner import ensure_compose_hash_allowed
 from sidecar.chain.rpc import connect
 from sidecar.chain.tx import LocalSigner, TxSubmitter
 

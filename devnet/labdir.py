@@ -1,9 +1,10 @@
 """The lab directory (default ``./.devnet``): its layout, its lock, its state file and its logs.
 
 Owns where every file of a lab lives (``state.json``, ``logs/``, ``nodes/NAME/``, ``indexer/``,
-``gateway/``, ``node-app-compose.json``), the file lock that serialises commands on one lab, the state writes, the rotation that starts
-each lab's logs fresh (the previous runs' logs kept as ``logs.1/``, ``logs.2/`` …), and the error every lab
-command raises. Must not start, stop or inspect processes or the network; the lab modules do that.
+``gateway/``, ``node-app-compose.json``), the file lock that serialises commands on one lab, the state
+writes, the rotation that starts each lab's logs fresh (the previous runs' logs kept as ``logs.1/``,
+``logs.2/`` …), and the error every lab command raises. Must not start, stop or inspect processes or the
+network; the lab modules do that.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 Exit codes: 0 after a clean shutdown, 1 when a surface cannot bind (the health port or the app API socket
 is another process's: ``sidecar.start_failed`` says which), 2 for invalid configuration (every problem
 listed on stderr: the variables, and once the guest agent answers, an environment that overrides a measured
-trust anchor of the compose, ``sidecar.core.measured``) or for any command-line argument: the sidecar takes none. It is the image's entrypoint,
-so a compose ``command:`` would arrive here as arguments (``command: [attestmesh-indexer]`` runs the
-sidecar, not the indexer); that must fail loudly instead of silently starting the wrong service.
+trust anchor of the compose, ``sidecar.core.measured``) or for any command-line argument: the sidecar takes
+none. It is the image's entrypoint, so a compose ``command:`` would arrive here as arguments (``command:
+[attestmesh-indexer]`` runs the sidecar, not the indexer); that must fail loudly instead of silently
+starting the wrong service.
 """
 
 from __future__ import annotations

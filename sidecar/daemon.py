@@ -79,9 +79,7 @@ class Daemon:
     """The composition root: builds the store, the chain connection, the event source and the node, and
     hands each the parts it needs."""
 
-    def __init__(
-        self, settings: Settings, *, env: Mapping[str, str], metrics: Metrics | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, *, env: Mapping[str, str], metrics: Metrics | None = None) -> None:
         """``env`` is the process environment ``settings`` came from: its measured values are checked
         against the compose the guest agent reports."""
         self.settings = settings

@@ -3,8 +3,8 @@
 Owns: the table of DESIGN §4 "Identity" (one ``KeyPath`` per derived key, with its purpose), the rule that
 binds every path to its cluster (``attestmesh/<key>/v1/<chain id>/<cluster>``; the CSK's
 ``attestmesh/csk/v1/<chain id>/<cluster>/<epoch>``, ``csk_path``), so a node pointed at another cluster
-derives unrelated keys, and small pure helpers that turn a 32-byte derived secret into the public value a peer or the
-chain sees (secp256k1 address and public keys, Ed25519 public key, X25519 public key).
+derives unrelated keys, and small pure helpers that turn a 32-byte derived secret into the public value
+a peer or the chain sees (secp256k1 address and public keys, Ed25519 public key, X25519 public key).
 
 Must not: do I/O, talk to the guest agent, or let private material escape. Secrets arrive and leave as
 ``SecretBytes``; helpers return public values only, and no error message ever contains key bytes.

@@ -179,35 +179,40 @@ def _allowed_envs_problems(document: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def _variable_problem(name: str, literal: str | None, present: bool, raw: str) -> str | None:
-    """The one problem of variable ``name`` (None: it is measured and the environment agrees)."""
-    parse = _PARSERS[name]
-    if not present or literal == "":
-        if name not in OPTIONAL:
-            how = "is empty" if present else "is not defined"
-            return f"{name} {how} in the compose: a trust anchor must be a literal value there"
-        if raw:
-            return f"{name}={_shown(raw)} is not measured: the compose names no indexer registry"
-        return None
+def _absent_problem(name: str, present: bool, raw: str) -> str | None:
+    """The problem of a variable the compose leaves out or empty (None: an optional one, unset here too)."""
+    if name not in OPTIONAL:
+        how = "is empty" if present else "is not defined"
+        return f"{name} {how} in the compose: a trust anchor must be a literal value there"
+    if raw:
+        return f"{name}={_shown(raw)} is not measured: the compose names no indexer registry"
+    return None
+
+
+def _literal_problem(name: str, literal: str | None, raw: str) -> str | None:
+    """The problem of a variable the compose defines (None: a literal the environment agrees with)."""
     if literal is None or "$" in literal:
         written = f"'{_shown(literal)}'" if literal is not None else "passed through from the host"
         return (
             f"{name} is not a literal in the compose ({written}): a trust anchor must be written into the "
             "compose, not taken from the sealed env"
         )
+    parse, literal = _PARSERS[name], literal.strip()
     try:
-        measured = parse(literal.strip())
+        measured = parse(literal)
     except ValueError as exc:
         return f"{name}='{_shown(literal)}' in the compose is not {exc}"
+    problem = None
     if not raw:
-        return f"{name} is not set, but the compose measures {_shown(literal.strip())}"
-    try:
-        actual = parse(raw)
-    except ValueError as exc:
-        return f"{name}='{_shown(raw)}' is not {exc}"
-    if actual != measured:
-        return f"{name}={_shown(raw)} overrides the measured value {_shown(literal.strip())} in the compose"
-    return None
+        problem = f"{name} is not set, but the compose measures {_shown(literal)}"
+    else:
+        try:
+            if parse(raw) != measured:
+                value = _shown(literal)
+                problem = f"{name}={_shown(raw)} overrides the measured value {value} in the compose"
+        except ValueError as exc:
+            problem = f"{name}='{_shown(raw)}' is not {exc}"
+    return problem
 
 
 def measured_problems(app_compose: str, compose_hash: Bytes32, env: Mapping[str, str]) -> list[str]:
@@ -225,7 +230,11 @@ def measured_problems(app_compose: str, compose_hash: Bytes32, env: Mapping[str,
     _, environment = found
     for name in MEASURED:
         raw = env.get(name, "").strip()
-        problem = _variable_problem(name, environment.get(name), name in environment, raw)
+        literal, present = environment.get(name), name in environment
+        if present and literal != "":
+            problem = _literal_problem(name, literal, raw)
+        else:
+            problem = _absent_problem(name, present, raw)
         if problem is not None:
             problems.append(problem)
     return problems

@@ -22,11 +22,11 @@ import structlog
 
 from sidecar.chain.errors import ChainError, ChainIdMismatch, UnexpectedChainError
 from sidecar.core.endpoint import gateway_endpoint, parse_endpoint, same_endpoint
+from sidecar.core.keys import KeyScope
 from sidecar.core.model import MemberRecord
 from sidecar.core.outcome import FactsPart, Failure, Outcome, stop
 from sidecar.core.repeats import Repeats
 from sidecar.core.snapshot import Snapshot
-from sidecar.core.keys import KeyScope
 from sidecar.drivers.anchors import AnchorGate
 from sidecar.drivers.chainlink import ClusterChain
 from sidecar.drivers.identity import KeySource, NodeIdentity, derive_keys
