@@ -242,6 +242,8 @@ def world(state_dir: Path, chain: FakeChain | None = None) -> World:
         "ATTESTMESH_RPC_URL": "http://127.0.0.1:8545",
         "ATTESTMESH_CHAIN_ID": "31337",
         "ATTESTMESH_CLUSTER": str(CLUSTER),
+        "ATTESTMESH_MEMBER_APP_FACTORY": "0x" + "fa" * 20,
+        "ATTESTMESH_KMS_ROOTS": "0x" + "12" * 20,
         "ATTESTMESH_ENDPOINT": ENDPOINT,
         "ATTESTMESH_STATE_DIR": str(state_dir),
     }

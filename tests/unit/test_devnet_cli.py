@@ -55,6 +55,7 @@ def lab_and_node(root: Path) -> tuple[Devnet, DevnetState, NodeState]:
         cluster=ADDRESS,
         indexer_registry=ADDRESS,
         member_app_factory=ADDRESS,
+        kms_root=ADDRESS,
         nodes=(node,),
         complete=True,
     )
