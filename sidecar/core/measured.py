@@ -42,7 +42,7 @@ MEASURED: Final = (CHAIN_ID, CLUSTER, MEMBER_APP_FACTORY, KMS_ROOTS, INDEXER_REG
 #: Measured, but may be absent (in the compose and the environment alike): no indexer registry.
 OPTIONAL: Final = frozenset({INDEXER_REGISTRY})
 SIDECAR_SERVICE: Final = "sidecar"
-_ECHO = 80
+_ECHO = 240  # a few KMS roots fit
 
 
 def _shown(text: str) -> str:
