@@ -1,8 +1,8 @@
 """The operator verbs of ``attestmesh``: their arguments and help.
 
 Owns the argparse definitions of ``indexer register|verify``, ``chain status|allow-compose|member-app|fund``,
-``compose node`` and ``health``. Must not: import web3, eth_utils or structlog (``ops.args`` parses values lazily), or run
-anything.
+``compose node`` and ``health``. Must not: import web3, eth_utils or structlog (``ops.args`` parses values
+lazily), or run anything.
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ def _add_compose_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
     )  # fmt: skip
     node.add_argument(
         "--indexer-registry", type=address_arg, default=env_default("ATTESTMESH_INDEXER_REGISTRY"),
-        help="IndexerRegistry address; omitted: no registry, events by polling (env ATTESTMESH_INDEXER_REGISTRY)",
+        help="IndexerRegistry address; omitted: no registry, events by polling "
+        "(env ATTESTMESH_INDEXER_REGISTRY)",
     )  # fmt: skip
     node.add_argument("--image", help="the sidecar image, pinned by digest for a real cluster")
     node.add_argument(
