@@ -64,7 +64,10 @@ from sidecar.core.indexerwire import (
     encode,
     sign_hello,
 )
-from sidecar.core.keys import KeyPath, ed25519_public_key
+from sidecar.core.keys import KeyPath, KeyScope, ed25519_public_key
+
+#: The chain and cluster the bench's members derive their keys for (any one does: no node predicts them).
+BENCH_KEYS = KeyScope(31337, Address(bytes(20)))
 
 SUBSCRIBERS = 200
 ROUNDS = 15
@@ -313,7 +316,7 @@ async def _members(lab: Lab, kms: DevnetKms, pool: ProcessPoolExecutor) -> list[
     by_identity = {m.identity_pub: m.member_id for m in await lab.admin.members()}
     clients = []
     for i in range(SUBSCRIBERS):
-        identity = derive_key(kms.app_key(app_address(i)), KeyPath.IDENTITY.path)
+        identity = derive_key(kms.app_key(app_address(i)), BENCH_KEYS.path(KeyPath.IDENTITY))
         clients.append(Client(by_identity[Bytes32(ed25519_public_key(identity))], identity))
     return clients
 

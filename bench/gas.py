@@ -20,10 +20,13 @@ from devnet.kms import DevnetKms, get_key
 from sidecar.chain.contracts import ClusterClient
 from sidecar.chain.rpc import connect
 from sidecar.chain.tx import LocalSigner, TxSubmitter
-from sidecar.core.ids import Bytes32
-from sidecar.core.keys import KeyPath, ed25519_public_key, x25519_public_key
+from sidecar.core.ids import Address, Bytes32
+from sidecar.core.keys import KeyPath, KeyScope, ed25519_public_key, x25519_public_key
 from sidecar.core.model import MemberKeys
 from sidecar.core.sigchain import build_proof
+
+#: The chain and cluster the bench's members derive their keys for (any one does: no node predicts them).
+BENCH_KEYS = KeyScope(31337, Address(bytes(20)))
 
 RUNS = 5
 MEMBERS = 3
@@ -48,13 +51,17 @@ async def one_run(rpc_url: str, salt: int) -> dict[str, list[tuple[int, float]]]
                 conn, owner, deployment.member_app_factory, deployment.cluster, f"n{i}"
             )
             await admin.add_allowed_app_id(app)
-            key, chain = get_key(kms, app, KeyPath.SIGNER.path, KeyPath.SIGNER.purpose)
+            key, chain = get_key(kms, app, BENCH_KEYS.path(KeyPath.SIGNER), KeyPath.SIGNER.purpose)
             proof = build_proof(app, key, chain)
             await owner.send(proof.signer, b"", value=10**18)
             keys = MemberKeys(
-                seal_pub=Bytes32(x25519_public_key(get_key(kms, app, KeyPath.SEAL.path, "")[0])),
-                wg_pub=Bytes32(x25519_public_key(get_key(kms, app, KeyPath.WIREGUARD.path, "")[0])),
-                identity_pub=Bytes32(ed25519_public_key(get_key(kms, app, KeyPath.IDENTITY.path, "")[0])),
+                seal_pub=Bytes32(x25519_public_key(get_key(kms, app, BENCH_KEYS.path(KeyPath.SEAL), "")[0])),
+                wg_pub=Bytes32(
+                    x25519_public_key(get_key(kms, app, BENCH_KEYS.path(KeyPath.WIREGUARD), "")[0])
+                ),
+                identity_pub=Bytes32(
+                    ed25519_public_key(get_key(kms, app, BENCH_KEYS.path(KeyPath.IDENTITY), "")[0])
+                ),
             )
             member = ClusterClient(conn, deployment.cluster, TxSubmitter(conn, LocalSigner(key)))
             t0 = time.perf_counter()

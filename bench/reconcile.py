@@ -38,10 +38,13 @@ from sidecar.chain.contracts import ClusterClient
 from sidecar.chain.rpc import connect
 from sidecar.chain.tx import LocalSigner, TxSubmitter
 from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
-from sidecar.core.keys import KeyPath, ed25519_public_key, x25519_public_key
+from sidecar.core.keys import KeyPath, KeyScope, ed25519_public_key, x25519_public_key
 from sidecar.core.model import MemberKeys
 from sidecar.core.peerplan import ActualPeer, DesiredPeer, PeerPlan, WgKey, plan_peers
 from sidecar.core.sigchain import SigChainProof, build_proof
+
+#: The chain and cluster the bench's members derive their keys for (any one does: no node predicts them).
+BENCH_KEYS = KeyScope(31337, Address(bytes(20)))
 
 PLAN_SIZES = (10, 100, 1000)
 CHAIN_SIZES = (100, 1000)
@@ -179,14 +182,14 @@ def app_address(i: int) -> Address:
 
 def _material(i: int) -> Material:
     kms, app = worker_kms(), app_address(i)
-    key, chain = get_key(kms, app, KeyPath.SIGNER.path, KeyPath.SIGNER.purpose)
+    key, chain = get_key(kms, app, BENCH_KEYS.path(KeyPath.SIGNER), KeyPath.SIGNER.purpose)
     proof = build_proof(app, key, chain)
     # The other keys need no signature chain: the same derivation GetKey does, without the app signature.
     app_key = kms.app_key(app)
     keys = MemberKeys(
-        seal_pub=Bytes32(x25519_public_key(derive_key(app_key, KeyPath.SEAL.path))),
-        wg_pub=Bytes32(x25519_public_key(derive_key(app_key, KeyPath.WIREGUARD.path))),
-        identity_pub=Bytes32(ed25519_public_key(derive_key(app_key, KeyPath.IDENTITY.path))),
+        seal_pub=Bytes32(x25519_public_key(derive_key(app_key, BENCH_KEYS.path(KeyPath.SEAL)))),
+        wg_pub=Bytes32(x25519_public_key(derive_key(app_key, BENCH_KEYS.path(KeyPath.WIREGUARD)))),
+        identity_pub=Bytes32(ed25519_public_key(derive_key(app_key, BENCH_KEYS.path(KeyPath.IDENTITY)))),
     )
     return key.reveal(), proof, keys
 

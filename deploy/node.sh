@@ -24,15 +24,20 @@
 #   ATTESTMESH_OWNER_KEY      cluster owner key (devnet: the lab's well-known anvil key 0 when unset)
 #   ATTESTMESH_FUNDER_KEY     pays the signer's gas (default: the owner key)
 #   ATTESTMESH_RPC_URL ATTESTMESH_CHAIN_ID ATTESTMESH_CLUSTER ATTESTMESH_MEMBER_APP_FACTORY
-#                             the chain (devnet: read from the lab)
+#   ATTESTMESH_KMS_ROOTS [ATTESTMESH_INDEXER_REGISTRY]
+#                             the chain and the cluster's trust anchors (devnet: read from the lab)
 #   FUND_MIN_BALANCE FUND_AMOUNT  top the signer up to AMOUNT ETH when below MIN (default 0.05 / 0.5)
 #   MESH_VERIFY_TIMEOUT MESH_VERIFY_INTERVAL  seconds (default 300 / 2)
 #   HEALTH_URL                the node's /healthz (default: devnet from the lab; phala
 #                             https://<app id>-9090.<PHALA_GATEWAY_DOMAIN>/healthz)
-#   devnet:  COMPOSE_FILE     the node's app-compose.json (default compose/devnet-node.app-compose.json)
-#   phala:   COMPOSE (default compose/node.yaml), ENV_FILE (the sealed env, required), PHALA_CLOUD_API_KEY,
+#   devnet:  COMPOSE_FILE     the node's app-compose.json (default: the lab's, its anchors as literals)
+#   phala:   COMPOSE (the template, default compose/node.yaml: rendered with the trust anchors above by
+#            `attestmesh compose node`, SIDECAR_IMAGE pins the image), ENV_FILE (the sealed env, required;
+#            it must not name a trust anchor), PHALA_CLOUD_API_KEY,
 #            PHALA_KMS (default base), PHALA_KMS_CONTRACT, PHALA_NODE_ID, PHALA_INSTANCE_TYPE,
 #            PHALA_GATEWAY_DOMAIN, PHALA_CLI (default phala)
+# Bring-up order of a cluster: deploy the cluster, render the compose with its address (this routine does,
+# from the trust anchors), allowlist its hash (the allowlist step), then the nodes.
 # Exit codes: 0 done, 1 a step failed (the log says which and why), 2 bad usage.
 
 set -euo pipefail
@@ -75,9 +80,28 @@ load_chain() {
     ATTESTMESH_MEMBER_APP_FACTORY=$(deploy_shell_value "$facts" ATTESTMESH_MEMBER_APP_FACTORY)
     export ATTESTMESH_OWNER_KEY=${ATTESTMESH_OWNER_KEY:-$DEPLOY_DEVNET_OWNER_KEY}
   else
-    deploy_require ATTESTMESH_RPC_URL ATTESTMESH_CHAIN_ID ATTESTMESH_CLUSTER
-    export ATTESTMESH_RPC_URL ATTESTMESH_CHAIN_ID ATTESTMESH_CLUSTER
+    deploy_require ATTESTMESH_RPC_URL ATTESTMESH_CHAIN_ID ATTESTMESH_CLUSTER ATTESTMESH_MEMBER_APP_FACTORY \
+      ATTESTMESH_KMS_ROOTS
+    export ATTESTMESH_RPC_URL ATTESTMESH_CHAIN_ID ATTESTMESH_CLUSTER ATTESTMESH_MEMBER_APP_FACTORY \
+      ATTESTMESH_KMS_ROOTS
+    check_sealed_env
+    render_compose
   fi
+}
+
+# The trust anchors: literals of the rendered compose (measured), never names of the sealed env.
+MEASURED_VARS="ATTESTMESH_CHAIN_ID ATTESTMESH_CLUSTER ATTESTMESH_MEMBER_APP_FACTORY ATTESTMESH_KMS_ROOTS"
+MEASURED_VARS+=" ATTESTMESH_INDEXER_REGISTRY"
+
+# check_sealed_env: ENV_FILE (its names become allowed_envs) names no trust anchor.
+check_sealed_env() {
+  [[ -n ${ENV_FILE:-} && -f $ENV_FILE ]] || return 0
+  local name found=()
+  for name in $MEASURED_VARS; do
+    if grep -Eq "^[[:space:]]*(export[[:space:]]+)?${name}[[:space:]]*=" "$ENV_FILE"; then found+=("$name"); fi
+  done
+  ((${#found[@]} == 0)) ||
+    deploy_fail "ENV_FILE names trust anchors (${found[*]}): they are literals of the compose, not sealed"
 }
 
 # devnet_fact KEY: one of the node's facts from `attestmesh devnet env NODE`.
@@ -113,12 +137,29 @@ fetch_health() {
   "$ATTESTMESH" health "$url" --json --timeout 5 >"$1" 2>/dev/null
 }
 
+# compose_file: the compose this node boots with. Devnet: COMPOSE_FILE, or the lab's app-compose.json (its
+# cluster's anchors as literals). Phala: the template COMPOSE rendered with the cluster's trust anchors
+# (`attestmesh compose node`) into the node's state directory.
 compose_file() {
   if [[ $PROVIDER == devnet ]]; then
-    printf '%s\n' "${COMPOSE_FILE:-$REPO_ROOT/compose/devnet-node.app-compose.json}"
+    if [[ -n ${COMPOSE_FILE:-} ]]; then
+      printf '%s\n' "$COMPOSE_FILE"
+    else
+      deploy_shell_value "$(cat "$DEPLOY_RUN_DIR/facts")" LAB_COMPOSE_FILE
+    fi
   else
-    printf '%s\n' "${COMPOSE:-$REPO_ROOT/compose/node.yaml}"
+    printf '%s\n' "$(deploy_state_dir)/node.yaml"
   fi
+}
+
+# render_compose (phala): the template with the cluster's trust anchors as literals (the environment's
+# ATTESTMESH_* values), where compose_file finds it; the same anchors give the same bytes on every run.
+render_compose() {
+  local extra=()
+  [[ -n ${SIDECAR_IMAGE:-} ]] && extra+=(--image "$SIDECAR_IMAGE")
+  "$ATTESTMESH" compose node --template "${COMPOSE:-$REPO_ROOT/compose/node.yaml}" \
+    --output "$(deploy_state_dir)/node.yaml" "${extra[@]}" ||
+    deploy_fail "cannot render the compose with the cluster's trust anchors"
 }
 
 phala_cli() {

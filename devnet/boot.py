@@ -20,6 +20,7 @@ import structlog
 
 from devnet import procs
 from devnet.anvil import DEVNET_DEPLOYER_KEY
+from devnet.compose import NodeAnchors
 from devnet.kmsgate import boot_info_for, evaluate
 from devnet.labdir import DevnetError, LabDir, run_async
 from devnet.labgateway import announce_route, withdraw_route
@@ -30,7 +31,7 @@ from devnet.wireguard import start_wireguard_go
 from sidecar.chain.rpc import connect
 from sidecar.chain.tx import LocalSigner, TxSubmitter
 from sidecar.core.ids import Address
-from sidecar.core.keys import KeyPath
+from sidecar.core.keys import KeyPath, KeyScope
 from sidecar.dstack.agent import GuestAgent
 
 log = structlog.get_logger("devnet.boot")
@@ -70,7 +71,8 @@ def sidecar_env(state: DevnetState, node: NodeState) -> dict[str, str]:
     Direct mode: the node advertises its underlay address (``ATTESTMESH_ENDPOINT``). Gateway mode: no
     endpoint; the sidecar derives its gateway route from its app id and ``ATTESTMESH_GATEWAY_DOMAIN``,
     listens for peers' streams on ``ATTESTMESH_GATEWAY_PORT`` and verifies the gateway's certificate (the
-    indexer's ``wss://``) with the lab CA (``ATTESTMESH_CA_FILE``)."""
+    indexer's ``wss://``) with the lab CA (``ATTESTMESH_CA_FILE``). The trust anchors are exactly the
+    literals of the lab's node compose (``NodeAnchors``), which the sidecar checks against its ``Info``."""
     env = lab_free_env()
     if state.gateway_mode:
         if state.gateway is None:
@@ -82,13 +84,9 @@ def sidecar_env(state: DevnetState, node: NodeState) -> dict[str, str]:
         )
     else:
         env["ATTESTMESH_ENDPOINT"] = f"{node.underlay_ip}:{WG_PORT}"
+    env.update(NodeAnchors.of_lab(state).literals())
     env.update(
         ATTESTMESH_RPC_URL=state.rpc_url,
-        ATTESTMESH_CHAIN_ID=str(state.chain_id),
-        ATTESTMESH_CLUSTER=state.cluster,
-        ATTESTMESH_INDEXER_REGISTRY=state.indexer_registry,
-        ATTESTMESH_MEMBER_APP_FACTORY=state.member_app_factory,
-        ATTESTMESH_KMS_ROOTS=state.kms_root,
         ATTESTMESH_WG_BACKEND="userspace",
         ATTESTMESH_WG_UAPI_DIR=node.wg_uapi_dir,
         ATTESTMESH_WG_LISTEN_PORT=str(WG_PORT),
@@ -214,10 +212,12 @@ class NodePower:
         return sidecar
 
     async def _fund_signer(self, state: DevnetState, socket: Path) -> Address:
-        """Learn the node's signer address from its guest agent (GetKey) and fund it from the owner."""
+        """Learn the node's signer address from its guest agent (GetKey of the cluster-bound signer path,
+        as the sidecar derives it) and fund it from the owner."""
         agent = GuestAgent(str(socket))
+        scope = KeyScope(state.chain_id, Address.from_hex(state.cluster))
         try:
-            key = await agent.get_key(KeyPath.SIGNER.path, KeyPath.SIGNER.purpose)
+            key = await agent.get_key(scope.path(KeyPath.SIGNER), KeyPath.SIGNER.purpose)
         finally:
             await agent.close()
         signer = LocalSigner(key.key).address

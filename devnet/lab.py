@@ -30,7 +30,7 @@ import structlog
 from devnet import procs
 from devnet.anvil import DEVNET_DEPLOYER_KEY, AnvilProcess
 from devnet.boot import START_TIMEOUT, sidecar_env
-from devnet.compose import DEFAULT_COMPOSE_BYTES, compose_hash
+from devnet.compose import NodeAnchors, compose_hash, node_compose_bytes
 from devnet.deployment import deploy_stack
 from devnet.kms import DevnetKms
 from devnet.labdir import DevnetError, LabDir, run_async
@@ -49,6 +49,7 @@ from devnet.netns import LabNetwork
 from devnet.nodes import ComposePlan, Nodes, NodeUpdate, read_compose
 from devnet.state import DevnetState, IndexerState, NodeState, load_state
 from devnet.topology import DEFAULT_TRANSPORT, LabPlan, validate_node_name, validate_transport
+from ops.owner import ensure_compose_hash_allowed
 from sidecar.chain.rpc import connect
 from sidecar.chain.tx import LocalSigner, TxSubmitter
 
@@ -208,33 +209,39 @@ class Devnet:
             state = self.gateway.create(state)
         if indexer:  # before the nodes, so that they start in push mode
             state = self.indexer.create(state)
+        compose = node_compose_bytes(NodeAnchors.of_lab(state))
+        self.files.node_compose_file.write_bytes(compose)
         for index in range(1, nodes + 1):
-            state = self.nodes.add(state, f"node-{index}", index, DEFAULT_COMPOSE_BYTES)
+            state = self.nodes.add(state, f"node-{index}", index, compose)
         return self.files.save(replace(state, complete=True))
 
     async def _deploy(self, state: DevnetState) -> DevnetState:
-        """Deploy the contract stack as the cluster owner; the state with its addresses."""
+        """Deploy the contract stack as the cluster owner, then (the bring-up order) render the nodes'
+        compose with the cluster's addresses and allowlist its hash; the state with its addresses."""
         kms = DevnetKms()
         owner = LocalSigner(DEVNET_DEPLOYER_KEY)
         async with await connect(self.rpc_url, expected_chain_id=CHAIN_ID) as conn:
+            submitter = TxSubmitter(conn, owner)
             deployment = await deploy_stack(
                 conn,
-                TxSubmitter(conn, owner),
+                submitter,
                 kms_roots=(kms.root_address,),
-                compose_hashes=(compose_hash(DEFAULT_COMPOSE_BYTES),),
+                compose_hashes=(),
                 mesh_cidr=str(self.plan.mesh),
             )
-        return replace(
-            state,
-            cluster=str(deployment.cluster),
-            indexer_registry=str(deployment.indexer_registry),
-            cluster_factory=str(deployment.cluster_factory),
-            member_app_factory=str(deployment.member_app_factory),
-            factory_block=deployment.factory_block,
-            kms_root=str(kms.root_address),
-            owner=str(owner.address),
-            initial_compose_hash=str(compose_hash(DEFAULT_COMPOSE_BYTES)),
-        )
+            state = replace(
+                state,
+                cluster=str(deployment.cluster),
+                indexer_registry=str(deployment.indexer_registry),
+                cluster_factory=str(deployment.cluster_factory),
+                member_app_factory=str(deployment.member_app_factory),
+                factory_block=deployment.factory_block,
+                kms_root=str(kms.root_address),
+                owner=str(owner.address),
+            )
+            digest = compose_hash(node_compose_bytes(NodeAnchors.of_lab(state)))
+            await ensure_compose_hash_allowed(conn, submitter, deployment.cluster, digest)
+        return replace(state, initial_compose_hash=str(digest))
 
     def _wait_for_chain(self, anvil: procs.ProcRecord) -> None:
         async def answers() -> bool:
@@ -260,7 +267,11 @@ class Devnet:
             if any(n.name == name for n in state.nodes):
                 raise DevnetError(f"node {name!r} already exists")
             index = max((n.index for n in state.nodes), default=0) + 1
-            compose = compose_file.read_bytes() if compose_file is not None else DEFAULT_COMPOSE_BYTES
+            compose = (
+                compose_file.read_bytes()
+                if compose_file is not None
+                else node_compose_bytes(NodeAnchors.of_lab(state))
+            )
             return self.files.save(self.nodes.add(state, name, index, compose)).node(name)
 
     def start_node(self, name: str) -> NodeState:
@@ -311,6 +322,15 @@ class Devnet:
         """Evict the node's member on chain (cluster owner); the node keeps running and should say why."""
         with self._running() as state:
             return self.nodes.remove(state, name)
+
+    def compose_file(self, state: DevnetState) -> Path:
+        """The lab's node app-compose.json: the cluster's trust anchors as literals, its hash allowlisted
+        at ``up`` (written again if it went missing)."""
+        path = self.files.node_compose_file
+        compose = node_compose_bytes(NodeAnchors.of_lab(state))
+        if not path.is_file() or path.read_bytes() != compose:
+            path.write_bytes(compose)
+        return path
 
     def sidecar_env(self, state: DevnetState, node: NodeState) -> dict[str, str]:
         """The node workload's environment: what a CVM's sealed env and compose file would give it."""

@@ -1,9 +1,10 @@
 """The lab directory (default ``./.devnet``): its layout, its lock, its state file and its logs.
 
 Owns where every file of a lab lives (``state.json``, ``logs/``, ``nodes/NAME/``, ``indexer/``,
-``gateway/``), the file lock that serialises commands on one lab, the state writes, the rotation that starts
-each lab's logs fresh (the previous runs' logs kept as ``logs.1/``, ``logs.2/`` …), and the error every lab
-command raises. Must not start, stop or inspect processes or the network; the lab modules do that.
+``gateway/``, ``node-app-compose.json``), the file lock that serialises commands on one lab, the state
+writes, the rotation that starts each lab's logs fresh (the previous runs' logs kept as ``logs.1/``,
+``logs.2/`` …), and the error every lab command raises. Must not start, stop or inspect processes or the
+network; the lab modules do that.
 """
 
 from __future__ import annotations
@@ -59,6 +60,11 @@ class LabDir:
         return self.root / "indexer"
 
     @property
+    def node_compose_file(self) -> Path:
+        """The lab's node app-compose.json (its cluster's trust anchors as literals)."""
+        return self.root / "node-app-compose.json"
+
+    @property
     def gateway_dir(self) -> Path:
         return self.root / "gateway"
 
@@ -96,7 +102,8 @@ class LabDir:
     def remove_lab_files(self) -> None:
         """Remove the nodes', the indexer's, the gateway's and the state file (the logs stay for reading after
         ``down``)."""
-        for path in (self.root / "nodes", self.indexer_dir, self.gateway_dir, self.state_file):
+        lab_files = (self.root / "nodes", self.indexer_dir, self.gateway_dir, self.node_compose_file)
+        for path in (*lab_files, self.state_file):
             if path.is_dir():
                 shutil.rmtree(path)
             else:

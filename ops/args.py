@@ -64,6 +64,17 @@ def address_arg(text: str) -> Address:
     return address
 
 
+def address_list_arg(text: str) -> tuple[Address, ...]:
+    """Comma-separated distinct non-zero addresses (the KMS roots)."""
+    addresses: list[Address] = []
+    for item in text.split(","):
+        address = _address(item.strip())
+        if address.is_zero or address in addresses:
+            raise argparse.ArgumentTypeError(f"{item.strip()!r} is the zero address or named twice")
+        addresses.append(address)
+    return tuple(addresses)
+
+
 def account_arg(text: str) -> Address:
     address = _address(text)
     if address.is_zero:

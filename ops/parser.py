@@ -1,8 +1,8 @@
 """The operator verbs of ``attestmesh``: their arguments and help.
 
-Owns the argparse definitions of ``indexer register|verify``, ``chain status|allow-compose|member-app|fund``
-and ``health``. Must not: import web3, eth_utils or structlog (``ops.args`` parses values lazily), or run
-anything.
+Owns the argparse definitions of ``indexer register|verify``, ``chain status|allow-compose|member-app|fund``,
+``compose node`` and ``health``. Must not: import web3, eth_utils or structlog (``ops.args`` parses values
+lazily), or run anything.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from ops.args import (
     Subcommands,
     account_arg,
     address_arg,
+    address_list_arg,
     bytes32_arg,
+    chain_id_arg,
     chain_options,
     env_default,
     eth_arg,
@@ -27,12 +29,53 @@ from ops.args import (
 )
 from ops.health import HEALTH_TIMEOUT
 
+COMPOSE_TEMPLATE = "compose/node.yaml"
+
 
 def add_operator_parsers(top: Subcommands[argparse.ArgumentParser]) -> None:
-    """Add the ``indexer``, ``chain`` and ``health`` commands to ``top``."""
+    """Add the ``indexer``, ``chain``, ``compose`` and ``health`` commands to ``top``."""
     _add_indexer_parser(top)
     _add_chain_parser(top)
+    _add_compose_parser(top)
     _add_health_parser(top)
+
+
+def _add_compose_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
+    compose = top.add_parser("compose", help="render a node's compose file with its cluster's trust anchors")
+    verbs = compose.add_subparsers(dest="verb", required=True)
+    node = verbs.add_parser(
+        "node",
+        help="compose/node.yaml with the cluster's measured values as literals (print it, or --output)",
+        description="Render the node compose template: the trust anchors (chain id, cluster, member-app "
+        "factory, KMS roots, indexer registry) become literal values, so the compose hash covers them and "
+        "the sealed env cannot change them; every other ${VAR} stays for the sealed env. Bring-up order: "
+        "deploy the cluster, render this with its address, allowlist the hash, deploy the nodes. Each "
+        "option defaults to the sidecar variable named in its help.",
+    )
+    node.add_argument(
+        "--chain-id", type=chain_id_arg, help="env ATTESTMESH_CHAIN_ID", **from_env("ATTESTMESH_CHAIN_ID")
+    )
+    node.add_argument(
+        "--cluster", type=address_arg, help="env ATTESTMESH_CLUSTER", **from_env("ATTESTMESH_CLUSTER")
+    )
+    node.add_argument(
+        "--member-app-factory", type=address_arg, help="env ATTESTMESH_MEMBER_APP_FACTORY",
+        **from_env("ATTESTMESH_MEMBER_APP_FACTORY"),
+    )  # fmt: skip
+    node.add_argument(
+        "--kms-roots", type=address_list_arg, metavar="0xROOT[,0xROOT…]",
+        help="the KMS root(s) the nodes trust (env ATTESTMESH_KMS_ROOTS)", **from_env("ATTESTMESH_KMS_ROOTS"),
+    )  # fmt: skip
+    node.add_argument(
+        "--indexer-registry", type=address_arg, default=env_default("ATTESTMESH_INDEXER_REGISTRY"),
+        help="IndexerRegistry address; omitted: no registry, events by polling "
+        "(env ATTESTMESH_INDEXER_REGISTRY)",
+    )  # fmt: skip
+    node.add_argument("--image", help="the sidecar image, pinned by digest for a real cluster")
+    node.add_argument(
+        "--template", default=None, help=f"the template (default: {COMPOSE_TEMPLATE} of this checkout)"
+    )
+    node.add_argument("--output", "-o", default=None, help="write here instead of standard output")
 
 
 def _add_indexer_parser(top: Subcommands[argparse.ArgumentParser]) -> None:

@@ -2,9 +2,11 @@
 
 Exit codes: 0 after a clean shutdown, 1 when a surface cannot bind (the health port or the app API socket
 is another process's: ``sidecar.start_failed`` says which), 2 for invalid configuration (every problem
-listed on stderr) or for any command-line argument: the sidecar takes none. It is the image's entrypoint,
-so a compose ``command:`` would arrive here as arguments (``command: [attestmesh-indexer]`` runs the
-sidecar, not the indexer); that must fail loudly instead of silently starting the wrong service.
+listed on stderr: the variables, and once the guest agent answers, an environment that overrides a measured
+trust anchor of the compose, ``sidecar.core.measured``) or for any command-line argument: the sidecar takes
+none. It is the image's entrypoint, so a compose ``command:`` would arrive here as arguments (``command:
+[attestmesh-indexer]`` runs the sidecar, not the indexer); that must fail loudly instead of silently
+starting the wrong service.
 """
 
 from __future__ import annotations
@@ -35,7 +37,11 @@ def main() -> int:
         print(f"attestmesh-sidecar: {exc}", file=sys.stderr)  # noqa: T201 - "invalid configuration:" and every problem
         return EXIT_CONFIG
     configure_logging(settings.log_level.value)
-    return asyncio.run(Daemon(settings).run())
+    daemon = Daemon(settings, env=os.environ)
+    code = asyncio.run(daemon.run())
+    if daemon.refused:  # the measured anchors: also logged (config.measured_refused), one line each
+        print(f"attestmesh-sidecar: {SettingsError(daemon.refused)}", file=sys.stderr)  # noqa: T201
+    return code
 
 
 if __name__ == "__main__":

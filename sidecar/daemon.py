@@ -9,7 +9,9 @@ interface is left up (it outlives a sidecar restart).
 
 It is the composition root: ``Daemon`` builds the clock, the state store, the chain connection, the event
 source and (through ``sidecar.drivers.node.build_node``) the steps and the controller once, and hands each
-component the parts and the narrow settings group it needs; nothing is patched after construction.
+component the parts and the narrow settings group it needs; nothing is patched after construction. The
+measured trust anchors are checked where the guest agent first answers (``sidecar.drivers.anchors``): a
+problem stops the daemon, which then returns ``EXIT_BAD_CONFIGURATION`` with the problems in ``refused``.
 Must not: hold protocol rules (those are in ``sidecar.core``) or talk to web3/WireGuard directly (the
 adapters do).
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Mapping
 from ipaddress import IPv4Address
 
 import structlog
@@ -27,6 +30,7 @@ from sidecar import __version__
 from sidecar.core.ids import MemberId, SecretBytes
 from sidecar.core.liveness import Liveness, Transition
 from sidecar.core.status import NodeStatus, PeerView, SelfView
+from sidecar.drivers.anchors import AnchorGate
 from sidecar.drivers.chainlink import ChainLink
 from sidecar.drivers.clock import SystemClock, wall_ms
 from sidecar.drivers.control import Controller
@@ -43,7 +47,7 @@ from sidecar.http.health import health_app, start_health, start_tcp
 from sidecar.http.peerapi import peer_api
 from sidecar.http.server import Runner
 from sidecar.observability import Metrics
-from sidecar.settings import Settings
+from sidecar.settings import EXIT_BAD_CONFIGURATION, Settings
 from sidecar.transport.tlsconf import verifying_context
 from sidecar.wg.select import resolve_backend
 from sidecar.wg.userspace import WireGuardGo, should_start
@@ -75,8 +79,11 @@ class Daemon:
     """The composition root: builds the store, the chain connection, the event source and the node, and
     hands each the parts it needs."""
 
-    def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
+    def __init__(self, settings: Settings, *, env: Mapping[str, str], metrics: Metrics | None = None) -> None:
+        """``env`` is the process environment ``settings`` came from: its measured values are checked
+        against the compose the guest agent reports."""
         self.settings = settings
+        self.refused: list[str] = []  # the measured-anchor problems that stopped the daemon
         self.metrics = metrics or Metrics()
         self.clock = SystemClock()
         mesh = settings.mesh
@@ -116,6 +123,7 @@ class Daemon:
             events=self.events,
             on_mesh_up=self._mesh_up,
             on_member_removed=self._member_removed,
+            anchors=AnchorGate(dict(env), settings.chain.kms_roots, self._refuse),
         )
         self.controller = self.node.controller
         self.state = self.node.state
@@ -148,6 +156,11 @@ class Daemon:
             on_change=self._push_changed,
             tls=verifying_context(ev.ca_file),
         )
+
+    def _refuse(self, problems: list[str]) -> None:
+        """The environment overrides a measured value: stop, and exit with a configuration error."""
+        self.refused = list(problems)
+        self.stop_signal.request()
 
     def _wake(self, reason: str = "") -> None:
         self.node.controller.wake(reason)
@@ -229,7 +242,7 @@ class Daemon:
         self.supervisor.start("events", self.events.run)
         await self.stop_signal.wait()
         await self.shutdown()
-        return 0
+        return EXIT_BAD_CONFIGURATION if self.refused else 0
 
     async def _start_wireguard_go(self) -> None:
         """The userspace backend on wireguard-go's own socket directory (a kernel without WireGuard, in the

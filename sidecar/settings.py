@@ -108,14 +108,14 @@ class ChainSettings:
     chain_id: int
     cluster: Address
     indexer_registry: Address | None
+    member_app_factory: Address  # the ClusterMemberAppFactory whose CREATE2 apps are members (measured)
+    kms_roots: tuple[Address, ...]  # the dstack KMS roots whose signature chains are trusted (measured)
     confirmations: int
     poll_interval: float
     resync_interval: float
     max_log_range: int
     rpc_timeout: float
     receipt_timeout: float
-    member_app_factory: Address | None = None  # the ClusterMemberAppFactory whose CREATE2 apps are members
-    kms_roots: tuple[Address, ...] | None = None  # the dstack KMS roots whose signature chains are trusted
 
     def __repr__(self) -> str:  # the URL may carry an API key
         return (

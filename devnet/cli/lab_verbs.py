@@ -219,6 +219,9 @@ def run_env(lab: Devnet, args: argparse.Namespace) -> int:
         ("ATTESTMESH_CLUSTER", state.cluster),
         ("ATTESTMESH_INDEXER_REGISTRY", state.indexer_registry),
         ("ATTESTMESH_MEMBER_APP_FACTORY", state.member_app_factory),
+        ("ATTESTMESH_KMS_ROOTS", state.kms_root),
+        # The lab's node app-compose.json: its trust anchors as literals (what `node add` boots by default).
+        ("LAB_COMPOSE_FILE", lab.compose_file(state)),
         # The lab's indexer (empty when it runs none), for deploy/indexer.sh: in gateway mode the URLs
         # through the gateway (the underlay ones are firewalled, as a CVM's are).
         ("INDEXER_URL", idx and idx.url),

@@ -1,8 +1,10 @@
 """The node's GetKey paths and the pure public-key computations over the keys they yield.
 
-Owns: the table of DESIGN §4 "Identity" (one ``KeyPath`` per derived key, with its GetKey path and
-purpose) and small pure helpers that turn a 32-byte derived secret into the public value a peer or the
-chain sees (secp256k1 address and public keys, Ed25519 public key, X25519 public key).
+Owns: the table of DESIGN §4 "Identity" (one ``KeyPath`` per derived key, with its purpose), the rule that
+binds every path to its cluster (``attestmesh/<key>/v1/<chain id>/<cluster>``; the CSK's
+``attestmesh/csk/v1/<chain id>/<cluster>/<epoch>``, ``csk_path``), so a node pointed at another cluster
+derives unrelated keys, and small pure helpers that turn a 32-byte derived secret into the public value
+a peer or the chain sees (secp256k1 address and public keys, Ed25519 public key, X25519 public key).
 
 Must not: do I/O, talk to the guest agent, or let private material escape. Secrets arrive and leave as
 ``SecretBytes``; helpers return public values only, and no error message ever contains key bytes.
@@ -11,6 +13,7 @@ Must not: do I/O, talk to the guest agent, or let private material escape. Secre
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -28,23 +31,63 @@ SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 ETHEREUM_PURPOSE = "ethereum"
 
 
-class KeyPath(enum.Enum):
-    """A GetKey request of DESIGN §4: ``.path`` and ``.purpose`` are what the sidecar sends."""
+#: The first CSK epoch (a cluster's key before any rotation).
+FIRST_CSK_EPOCH = 1
+CSK_PURPOSE = ""
 
-    SIGNER = ("attestmesh/signer/v1", ETHEREUM_PURPOSE)
-    IDENTITY = ("attestmesh/identity/v1", "")
-    SEAL = ("attestmesh/seal/v1", "")
-    WIREGUARD = ("attestmesh/wireguard/v1", "")
-    CSK = ("attestmesh/csk/v1", "")
-    STATE = ("attestmesh/state/v1", "")
+
+class KeyPath(enum.Enum):
+    """A per-node GetKey request of DESIGN §4: its path segment and the ``.purpose`` the sidecar sends. The
+    path itself is bound to a chain and a cluster: ``key_path`` (the CSK has its own, ``csk_path``)."""
+
+    SIGNER = ("signer", ETHEREUM_PURPOSE)
+    IDENTITY = ("identity", "")
+    SEAL = ("seal", "")
+    WIREGUARD = ("wireguard", "")
+    STATE = ("state", "")
 
     @property
-    def path(self) -> str:
+    def segment(self) -> str:
         return self.value[0]
 
     @property
     def purpose(self) -> str:
         return self.value[1]
+
+
+def _scope(chain_id: int, cluster: Address) -> str:
+    if chain_id < 1:
+        raise ValueError(f"chain id must be at least 1, got {chain_id}")
+    return f"{chain_id}/0x{cluster.hex}"
+
+
+def key_path(key: KeyPath, chain_id: int, cluster: Address) -> str:
+    """The GetKey path of ``key`` for a node of ``cluster`` on ``chain_id``:
+    ``attestmesh/<key>/v1/<chain id decimal>/<cluster 0x-lowercase hex>``."""
+    return f"attestmesh/{key.segment}/v1/{_scope(chain_id, cluster)}"
+
+
+def csk_path(chain_id: int, cluster: Address, epoch: int) -> str:
+    """The originator's GetKey path of the cluster shared key of ``epoch`` (≥ 1):
+    ``attestmesh/csk/v1/<chain id>/<cluster>/<epoch decimal>``."""
+    if epoch < FIRST_CSK_EPOCH:
+        raise ValueError(f"CSK epoch must be at least {FIRST_CSK_EPOCH}, got {epoch}")
+    return f"attestmesh/csk/v1/{_scope(chain_id, cluster)}/{epoch}"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyScope:
+    """The chain and cluster a node's keys are bound to (the measured ``ATTESTMESH_CHAIN_ID`` and
+    ``ATTESTMESH_CLUSTER``)."""
+
+    chain_id: int
+    cluster: Address
+
+    def path(self, key: KeyPath) -> str:
+        return key_path(key, self.chain_id, self.cluster)
+
+    def csk_path(self, epoch: int = FIRST_CSK_EPOCH) -> str:
+        return csk_path(self.chain_id, self.cluster, epoch)
 
 
 def _scalar(key: SecretBytes, what: str) -> bytes:

@@ -189,7 +189,7 @@ class CskKeeper:
             return
         if is_originator:
             # The originator's key is deterministic: re-derive and verify rather than trust a cache.
-            key = cskcore.csk_from_key(await derive_csk_key(self.agent))
+            key = cskcore.csk_from_key(await derive_csk_key(self.agent, ident.scope))
             if cskcore.commitment(key) == commitment:
                 log.info("csk.rederived", commitment=str(commitment))
                 self.hold(ident, mine.member_id, key, commitment, "derived")
@@ -207,7 +207,7 @@ class CskKeeper:
         await self.pull(ident, snap, mine, commitment)
 
     async def _commit(self, ident: NodeIdentity, mine: MemberRecord) -> None:
-        key = cskcore.csk_from_key(await derive_csk_key(self.agent))
+        key = cskcore.csk_from_key(await derive_csk_key(self.agent, ident.scope))
         digest = cskcore.commitment(key)
         try:
             await self.chain.commit_csk(ident, digest)

@@ -1,8 +1,9 @@
 """The node's identity: every key the sidecar uses, derived from the dstack guest agent at start-up.
 
 Owns ``KeySource`` (the port to the guest agent), ``NodeIdentity`` (the ``Info`` facts plus the derived
-keys of DESIGN §4 "Identity") and ``derive``, which asks the guest agent for each GetKey path. ``GetKey``
-is deterministic per app id and path, so a restarted or updated node derives the same identity. Must not
+keys of DESIGN §4 "Identity") and ``derive``, which asks the guest agent for each GetKey path of the node's
+``KeyScope`` (its chain and cluster). ``GetKey`` is deterministic per app id and path, so a restarted or
+updated node derives the same identity, and one pointed at another cluster an unrelated one. Must not
 log, repr or persist any private key: keys stay in ``SecretBytes`` and only public values leave this
 module.
 """
@@ -14,7 +15,15 @@ from typing import Protocol
 
 from sidecar.chain.tx import LocalSigner
 from sidecar.core.ids import Address, Bytes32, SecretBytes
-from sidecar.core.keys import KeyPath, ed25519_public_key, secp256k1_address, x25519_public_key
+from sidecar.core.keys import (
+    CSK_PURPOSE,
+    FIRST_CSK_EPOCH,
+    KeyPath,
+    KeyScope,
+    ed25519_public_key,
+    secp256k1_address,
+    x25519_public_key,
+)
 from sidecar.core.model import BootInfo, MemberKeys, MemberRecord
 from sidecar.core.sigchain import SigChainProof, build_proof
 from sidecar.dstack.agent import DerivedKey, NodeInfo
@@ -35,6 +44,7 @@ class KeySource(Protocol):
 @dataclass(frozen=True, slots=True)
 class NodeIdentity:
     info: NodeInfo
+    scope: KeyScope  # the chain and cluster every key below is bound to
     proof: SigChainProof
     signer_key: SecretBytes = field(repr=False)
     identity_key: SecretBytes = field(repr=False)  # Ed25519 seed
@@ -81,14 +91,18 @@ class NodeIdentity:
         return diffs
 
 
-async def derive(agent: KeySource) -> NodeIdentity:
+async def derive(agent: KeySource, scope: KeyScope) -> NodeIdentity:
     """Read ``Info`` and derive every key (raises the agent's errors; the caller retries transient ones)."""
-    info = await agent.info()
-    signer = await agent.get_key(KeyPath.SIGNER.path, KeyPath.SIGNER.purpose)
-    identity = await agent.get_key(KeyPath.IDENTITY.path, KeyPath.IDENTITY.purpose)
-    seal = await agent.get_key(KeyPath.SEAL.path, KeyPath.SEAL.purpose)
-    wg = await agent.get_key(KeyPath.WIREGUARD.path, KeyPath.WIREGUARD.purpose)
-    state = await agent.get_key(KeyPath.STATE.path, KeyPath.STATE.purpose)
+    return await derive_keys(agent, await agent.info(), scope)
+
+
+async def derive_keys(agent: KeySource, info: NodeInfo, scope: KeyScope) -> NodeIdentity:
+    """Derive every key of ``scope`` for the CVM ``info`` describes."""
+    signer = await agent.get_key(scope.path(KeyPath.SIGNER), KeyPath.SIGNER.purpose)
+    identity = await agent.get_key(scope.path(KeyPath.IDENTITY), KeyPath.IDENTITY.purpose)
+    seal = await agent.get_key(scope.path(KeyPath.SEAL), KeyPath.SEAL.purpose)
+    wg = await agent.get_key(scope.path(KeyPath.WIREGUARD), KeyPath.WIREGUARD.purpose)
+    state = await agent.get_key(scope.path(KeyPath.STATE), KeyPath.STATE.purpose)
     proof = build_proof(info.app_id, signer.key, signer.signature_chain)
     assert proof.signer == secp256k1_address(signer.key)
     keys = MemberKeys(
@@ -98,6 +112,7 @@ async def derive(agent: KeySource) -> NodeIdentity:
     )
     return NodeIdentity(
         info=info,
+        scope=scope,
         proof=proof,
         signer_key=signer.key,
         identity_key=identity.key,
@@ -108,6 +123,7 @@ async def derive(agent: KeySource) -> NodeIdentity:
     )
 
 
-async def derive_csk_key(agent: KeySource) -> SecretBytes:
-    """The originator's CSK: GetKey(attestmesh/csk/v1), deterministic, so re-derivable after restarts."""
-    return (await agent.get_key(KeyPath.CSK.path, KeyPath.CSK.purpose)).key
+async def derive_csk_key(agent: KeySource, scope: KeyScope, epoch: int = FIRST_CSK_EPOCH) -> SecretBytes:
+    """The originator's CSK of ``epoch``: GetKey(attestmesh/csk/v1/<chain id>/<cluster>/<epoch>),
+    deterministic, so re-derivable after restarts, and unrelated to any other cluster's."""
+    return (await agent.get_key(scope.csk_path(epoch), CSK_PURPOSE)).key

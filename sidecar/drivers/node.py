@@ -17,9 +17,11 @@ from ipaddress import IPv4Address
 
 from sidecar.chain.artifacts import ArtifactError, load_artifact
 from sidecar.core.ids import MemberId
+from sidecar.core.keys import KeyScope
 from sidecar.core.liveness import Liveness
 from sidecar.core.memberproof import ProofAnchors, member_app_code_hash
 from sidecar.core.repeats import Repeats
+from sidecar.drivers.anchors import AnchorGate
 from sidecar.drivers.chainlink import ChainLink, ClusterChain
 from sidecar.drivers.clock import Clock, SystemClock, wall_ms
 from sidecar.drivers.control import Controller, Steps
@@ -70,9 +72,11 @@ def build_node(
     events: EventSource | None = None,
     on_mesh_up: Callable[[IPv4Address], None] = lambda ip: None,
     on_member_removed: Callable[[MemberId], None] | None = None,
+    anchors: AnchorGate | None = None,
 ) -> Node:
     """Wire the steps and the controller of one node; each part gets the narrow settings group it needs.
-    Parts not given are the real ones (a unit test passes fakes for chain, fetcher, device and clock)."""
+    Parts not given are the real ones (a unit test passes fakes for chain, fetcher, device and clock);
+    ``anchors`` checks the measured trust anchors when the identity is first derived (the daemon's)."""
     clock = clock or SystemClock()
     chain, fetcher, closers = _real_ports(settings, metrics, chain, fetcher)
     state, repeats = NodeState(), Repeats()
@@ -107,7 +111,7 @@ def build_node(
         on_member_removed=forget,
     )
     steps = Steps(
-        identity=IdentityStep(agent),
+        identity=IdentityStep(agent, KeyScope(settings.chain.chain_id, settings.chain.cluster), anchors),
         chain=ChainStep(chain, metrics),
         membership=MembershipStep(chain, metrics, own_endpoint(settings.mesh)),
         endpoint=EndpointStep(chain, own_endpoint(settings.mesh), repeats),

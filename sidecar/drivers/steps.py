@@ -22,12 +22,14 @@ import structlog
 
 from sidecar.chain.errors import ChainError, ChainIdMismatch, UnexpectedChainError
 from sidecar.core.endpoint import gateway_endpoint, parse_endpoint, same_endpoint
+from sidecar.core.keys import KeyScope
 from sidecar.core.model import MemberRecord
 from sidecar.core.outcome import FactsPart, Failure, Outcome, stop
 from sidecar.core.repeats import Repeats
 from sidecar.core.snapshot import Snapshot
+from sidecar.drivers.anchors import AnchorGate
 from sidecar.drivers.chainlink import ClusterChain
-from sidecar.drivers.identity import KeySource, NodeIdentity, derive
+from sidecar.drivers.identity import KeySource, NodeIdentity, derive_keys
 from sidecar.dstack.agent import GuestAgentError
 from sidecar.observability import Metrics
 from sidecar.settings import MeshSettings
@@ -44,23 +46,34 @@ def warn_limited(repeats: Repeats, event: str, error: str, now: float, **fields:
 
 
 class IdentityStep:
-    """Derive the node's identity from the guest agent once; until then the agent is unreachable."""
+    """Derive the node's identity from the guest agent once; until then the agent is unreachable. With an
+    ``AnchorGate``, the measured anchors are checked first (against ``Info``, before any key is derived)
+    and the signer proof's KMS root after: a problem is terminal (the daemon exits 2)."""
 
-    def __init__(self, agent: KeySource) -> None:
+    def __init__(self, agent: KeySource, scope: KeyScope, anchors: AnchorGate | None = None) -> None:
         self.agent = agent
+        self.scope = scope
+        self.anchors = anchors
         self._error = ""
 
     async def run(self, known: NodeIdentity | None) -> tuple[Outcome, NodeIdentity | None]:
         if known is not None:
             return Outcome({"agent_ok": True, "agent_error": ""}), known
         try:
-            ident = await derive(self.agent)
+            info = await self.agent.info()
+            problems = self.anchors.check_info(info) if self.anchors is not None else []
+            ident = None if problems else await derive_keys(self.agent, info, self.scope)
         except GuestAgentError as exc:
             if str(exc) != self._error:  # log an outage once, not on every retry
                 log.warning("identity.unavailable", error=str(exc), transient=exc.transient)
             self._error = str(exc)
             failure: Failure = "transient" if exc.transient else "terminal"
             return stop({"agent_ok": False, "agent_error": str(exc)}, failure), None
+        if ident is not None and self.anchors is not None:
+            problems = self.anchors.check_proof(ident.proof)
+        if problems or ident is None:
+            error = "measured configuration refused: " + "; ".join(problems)
+            return stop({"agent_ok": False, "agent_error": error}, "terminal"), None
         self._error = ""
         log.info(
             "identity.derived",

@@ -56,7 +56,7 @@ from sidecar.chain.errors import (
 from sidecar.chain.rpc import ChainConnection, connect
 from sidecar.chain.tx import LocalSigner, TxSubmitter
 from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
-from sidecar.core.keys import KeyPath, compress_secp256k1
+from sidecar.core.keys import KeyPath, compress_secp256k1, key_path
 from sidecar.core.model import BootInfo, MemberKeys, MemberRecord, TxReceipt, member_id_for
 from sidecar.core.sigchain import SigChainProof, build_proof, derived_key_message
 
@@ -106,7 +106,9 @@ class NodeFactory:
         app_id = await self.app(name)
         if approve:
             await ClusterClient(self.conn, self.stack.cluster, self.deployer).add_allowed_app_id(app_id)
-        key, chain = get_key(kms or self.kms, app_id, KeyPath.SIGNER.path, KeyPath.SIGNER.purpose)
+        key, chain = get_key(
+            kms or self.kms, app_id, key_path(KeyPath.SIGNER, CHAIN_ID, self.stack.cluster), "ethereum"
+        )
         proof = build_proof(app_id, key, chain)
         submitter = TxSubmitter(self.conn, LocalSigner(key), receipt_timeout=20.0, poll_interval=0.05)
         assert submitter.address == proof.signer

@@ -66,6 +66,8 @@ async def node_for(
         "ATTESTMESH_RPC_URL": anvil.rpc_url,
         "ATTESTMESH_CHAIN_ID": str(chain_id),
         "ATTESTMESH_CLUSTER": str(cluster),
+        "ATTESTMESH_MEMBER_APP_FACTORY": "0x" + "fa" * 20,
+        "ATTESTMESH_KMS_ROOTS": "0x" + "12" * 20,
         "ATTESTMESH_ENDPOINT": "127.0.0.1:51820",
         "ATTESTMESH_STATE_DIR": str(root / "state"),
         "ATTESTMESH_RPC_TIMEOUT": "2",

@@ -37,16 +37,17 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from devnet.anvil import AnvilProcess
+from devnet.compose import NodeAnchors, node_compose_bytes
 from devnet.deployment import Deployment, deploy_member_app, deploy_stack
 from devnet.kms import DevnetKms, get_key
 from devnet.simulator import SimulatorConfig, serve_unix
 from sidecar.chain.artifacts import load_artifact
-from sidecar.chain.contracts import ClusterClient, MemberAppFactoryClient
+from sidecar.chain.contracts import ClusterClient, ClusterFactoryClient, MemberAppFactoryClient
 from sidecar.chain.rpc import ChainConnection, checksum
 from sidecar.chain.tx import LocalSigner, TxSubmitter
 from sidecar.core import csk as cskcore
 from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
-from sidecar.core.keys import KeyPath, ed25519_public_key, secp256k1_address, x25519_public_key
+from sidecar.core.keys import KeyPath, KeyScope, ed25519_public_key, secp256k1_address, x25519_public_key
 from sidecar.core.liveness import Liveness
 from sidecar.core.memberproof import (
     MemberProof,
@@ -57,13 +58,13 @@ from sidecar.core.memberproof import (
     parse_proof,
     verify_member_proof,
 )
-from sidecar.core.model import MemberKeys, MemberRecord, member_id_for
+from sidecar.core.model import ClusterConfig, MemberKeys, MemberRecord, MeshCidr, member_id_for
 from sidecar.core.phases import Facts
 from sidecar.core.sigchain import build_proof
 from sidecar.core.snapshot import Snapshot
 from sidecar.core.status import NodeStatus, healthz_body
 from sidecar.drivers.csk import CSK_CACHE_FILE, CskHeld
-from sidecar.drivers.identity import NodeIdentity, derive
+from sidecar.drivers.identity import NodeIdentity, derive, derive_csk_key
 from sidecar.drivers.node import Node, build_node
 from sidecar.dstack.agent import GuestAgent, GuestAgentUnavailable
 from sidecar.http.peerapi import CskAnswer, peer_api
@@ -79,6 +80,8 @@ MESH_CIDR = "127.0.0.0/8"
 COMPOSE = b'{"name": "attestmesh-node", "runner": "docker-compose"}\n'
 COMPOSE_HASH = Bytes32(hashlib.sha256(COMPOSE).digest())
 OTHER_KMS_SEED = b"a second devnet KMS seed -- PUBLIC, controller tests only"
+DEVNET_ROOT = DevnetKms().root_address
+FACTORY = Address(b"\xfa" * 20)  # the member-app factory the subprocess tests' composes measure
 FUNDING_WEI = 10**18
 READY_DEADLINE = 15.0
 SUBPROCESS_START_DEADLINE = 30.0
@@ -122,10 +125,15 @@ def closed_port() -> Iterator[int]:
         yield int(held.getsockname()[1])
 
 
-def write_node_config(directory: Path, app_id: Address, instance: int) -> Path:
+def measured_compose(cluster: Address) -> bytes:
+    """A node app-compose.json measuring ``cluster`` (and ``node_env``'s other anchors) as literals."""
+    return node_compose_bytes(NodeAnchors(CHAIN_ID, cluster, FACTORY, (DEVNET_ROOT,)))
+
+
+def write_node_config(directory: Path, app_id: Address, instance: int, compose: bytes = COMPOSE) -> Path:
     """A simulator config for ``app_id`` (compose file next to it) and return the config's path."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "app-compose.json").write_bytes(COMPOSE)
+    (directory / "app-compose.json").write_bytes(compose)
     config = directory / "node.json"
     config.write_text(
         json.dumps(
@@ -145,6 +153,8 @@ def node_env(*, rpc_url: str, cluster: Address, root: Path, **overrides: str) ->
         "ATTESTMESH_RPC_URL": rpc_url,
         "ATTESTMESH_CHAIN_ID": str(CHAIN_ID),
         "ATTESTMESH_CLUSTER": str(cluster),
+        "ATTESTMESH_MEMBER_APP_FACTORY": str(FACTORY),
+        "ATTESTMESH_KMS_ROOTS": str(DEVNET_ROOT),
         "ATTESTMESH_ENDPOINT": "127.0.0.1:51820",
         "ATTESTMESH_WG_BACKEND": "userspace",
         "ATTESTMESH_WG_UAPI_DIR": str(root / "wg"),  # empty: no device, the mesh step fails cleanly
@@ -303,6 +313,7 @@ class Lab:
         self.root = root
         self.exits = exits
         self.owner = ClusterClient(conn, stack.cluster, deployer)
+        self.scope = KeyScope(CHAIN_ID, stack.cluster)
         self._count = 0
 
     async def app(self, name: str, *, approve: bool = True) -> Address:
@@ -314,7 +325,7 @@ class Lab:
         return app_id
 
     def signer_of(self, app_id: Address, kms: DevnetKms | None = None) -> Address:
-        key, _ = get_key(kms or self.kms, app_id, KeyPath.SIGNER.path, KeyPath.SIGNER.purpose)
+        key, _ = get_key(kms or self.kms, app_id, self.scope.path(KeyPath.SIGNER), KeyPath.SIGNER.purpose)
         return secp256k1_address(key)
 
     async def set_balance(self, address: Address, wei: int) -> None:
@@ -326,7 +337,7 @@ class Lab:
     async def member(self, name: str) -> Peer:
         """Deploy, approve, fund and register a member with real Ed25519/X25519 keys we hold."""
         app_id = await self.app(name)
-        key, chain = get_key(self.kms, app_id, KeyPath.SIGNER.path, KeyPath.SIGNER.purpose)
+        key, chain = get_key(self.kms, app_id, self.scope.path(KeyPath.SIGNER), KeyPath.SIGNER.purpose)
         proof = build_proof(app_id, key, chain)
         submitter = TxSubmitter(self.conn, LocalSigner(key), receipt_timeout=20.0, poll_interval=0.05)
         await self.set_balance(proof.signer, FUNDING_WEI)
@@ -438,7 +449,7 @@ async def test_lost_state_is_terminal_and_never_registers_twice(
     first_sock = await lab.simulator("first", app_a)
     first_agent = GuestAgent(str(first_sock))
     try:
-        original = await derive(first_agent)
+        original = await derive(first_agent, lab.scope)
     finally:
         await first_agent.close()
     await lab.set_balance(original.signer, FUNDING_WEI)
@@ -631,12 +642,7 @@ async def test_unreachable_chain_keeps_the_node_at_boot_gate_with_a_complete_sta
     assert body["peers"] == {
         "desired": 0, "configured": 0, "live": 0, "transport": {}, "excluded": [], "excluded_count": 0,
     }  # fmt: skip
-    assert body["csk"] == {
-        "held": False, "commitment": None, "source": None,
-        # this node's environment has no anchors: it says so, and would neither serve nor take the key
-        "peering_error": "ATTESTMESH_MEMBER_APP_FACTORY and ATTESTMESH_KMS_ROOTS not set: member proofs "
-        "cannot be checked",
-    }  # fmt: skip
+    assert body["csk"] == {"held": False, "commitment": None, "source": None, "peering_error": None}
     assert set(body["events"]) == {
         "mode",
         "indexer_connected",
@@ -825,6 +831,51 @@ async def test_a_member_moved_up_to_originator_by_an_eviction_reads_its_cache(la
 # --- 6. the CSK responder over HTTP ---------------------------------------------------------------------
 
 
+async def test_a_repointed_originator_commits_an_unrelated_key_in_another_cluster(lab: Lab) -> None:
+    """Acceptance 2, second half: cluster B allows cluster A's originator app id (and its compose and KMS
+    root). The same CVM (one simulator: same app id, same KMS) booted for B derives B's keys: the CSK it
+    commits to B is not A's (the commitments, i.e. keccak of the keys, differ), through the real GetKey."""
+    app_id = await lab.app("origin")
+    factory = ClusterFactoryClient(lab.conn, lab.stack.cluster_factory, lab.deployer)
+    config = ClusterConfig(
+        owner=lab.deployer.address, mesh_cidr=MeshCidr.parse(MESH_CIDR), kms_roots=(lab.kms.root_address,),
+        compose_hashes=(COMPOSE_HASH,), allowed_app_ids=(app_id,), allow_any_device=True,
+    )  # fmt: skip
+    cluster_b, _ = await factory.deploy_cluster(config, Bytes32(os.urandom(32)))
+    sock = await lab.simulator("origin", app_id)
+
+    async def originate(cluster: Address) -> tuple[NodeUnderTest, Bytes32]:
+        agent = GuestAgent(str(sock))
+        ctl = await lab.controller(f"o-{cluster.hex[:6]}", app_id, agent=agent, CLUSTER=str(cluster))
+        signer = await derive(agent, KeyScope(CHAIN_ID, cluster))
+        await lab.set_balance(signer.signer, FUNDING_WEI)
+        await ctl.pass_once()  # registers in this cluster
+        await ctl.pass_once()  # sees itself; stops at the mesh step (no device in this test)
+        snapshot = ctl.snapshot
+        assert snapshot is not None and ctl.member_id is not None and snapshot.originator == ctl.member_id
+        mine = snapshot.member(ctl.member_id)
+        assert mine is not None
+        await ctl.acquire_csk(snapshot, mine)  # the originator derives and commits
+        commitment = await ClusterClient(lab.conn, cluster).csk_commitment()
+        assert commitment is not None and ctl.csk.commitment == commitment
+        return ctl, commitment
+
+    in_a, commitment_a = await originate(lab.stack.cluster)
+    in_b, commitment_b = await originate(cluster_b)
+    assert in_a.identity is not None and in_b.identity is not None
+    assert in_a.identity.app_id == in_b.identity.app_id == app_id  # the same app id in both clusters
+    assert in_a.identity.signer != in_b.identity.signer  # and every key bound to its cluster
+    assert commitment_a != commitment_b  # B never receives A's CSK: its own is unrelated
+    agent = GuestAgent(str(sock))
+    try:
+        key_a = await derive_csk_key(agent, KeyScope(CHAIN_ID, lab.stack.cluster))
+        key_b = await derive_csk_key(agent, KeyScope(CHAIN_ID, cluster_b))
+    finally:
+        await agent.close()
+    assert cskcore.commitment(cskcore.csk_from_key(key_a)) == commitment_a
+    assert cskcore.commitment(cskcore.csk_from_key(key_b)) == commitment_b
+
+
 async def test_csk_service_serves_live_members_and_refuses_the_rest(lab: Lab) -> None:
     app_id = await lab.app("responder")
     controller = await lab.controller("responder", app_id)
@@ -949,6 +1000,8 @@ async def test_invalid_environment_exits_2_listing_every_problem() -> None:
     expected = [
         "ATTESTMESH_FOO is not a known AttestMesh variable",
         "ATTESTMESH_RPC_URL is required but not set",
+        "ATTESTMESH_MEMBER_APP_FACTORY is required but not set",
+        "ATTESTMESH_KMS_ROOTS is required but not set",
         "ATTESTMESH_CHAIN_ID='thirty-one' must be a whole number",
         "ATTESTMESH_ENDPOINT='localhost:51820' must be an IP address",
         "ATTESTMESH_CSK_PARALLELISM='0' must be at least 1",
@@ -962,7 +1015,7 @@ async def test_invalid_environment_exits_2_listing_every_problem() -> None:
 async def test_sigterm_stops_the_sidecar_within_the_shutdown_timeout(short_root: Path) -> None:
     app_id = Address(b"\xa8" * 20)
     node = short_root / "node"
-    config = SimulatorConfig.load(write_node_config(node, app_id, 8))
+    config = SimulatorConfig.load(write_node_config(node, app_id, 8, measured_compose(Address(b"\xc8" * 20))))
     running = await serve_unix(node / "agent.sock", config)
     health_port = free_tcp_port()
     log = short_root / "sidecar.log"
@@ -1006,6 +1059,50 @@ async def test_sigterm_stops_the_sidecar_within_the_shutdown_timeout(short_root:
     assert "sidecar.stopping" in names and "sidecar.stopped" in names
     assert names.index("health.listening") < names.index("sidecar.started")
     assert not (node / "app.sock").exists()  # the app API socket is removed on the way out
+
+
+async def test_a_node_booted_with_another_cluster_than_its_compose_measures_exits_2_naming_it(
+    short_root: Path,
+) -> None:
+    """Acceptance 2, first half: the compose (measured by the simulator's Info, its hash the compose hash)
+    says cluster A; the environment says B. The sidecar refuses at start-up: exit 2, the variable named."""
+    cluster_a, cluster_b = Address(b"\xca" * 20), Address(b"\xcb" * 20)
+    node = short_root / "node"
+    config = SimulatorConfig.load(
+        write_node_config(node, Address(b"\xa7" * 20), 7, measured_compose(cluster_a))
+    )
+    running = await serve_unix(node / "agent.sock", config)
+    log = short_root / "sidecar.log"
+    try:
+        with closed_port() as rpc_port:
+            env = {
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "DSTACK_SIMULATOR_ENDPOINT": str(running.socket_path),
+                **node_env(
+                    rpc_url=f"http://127.0.0.1:{rpc_port}", cluster=cluster_b, root=node,
+                    HEALTH_ADDR=f"127.0.0.1:{free_tcp_port()}",
+                ),
+            }  # fmt: skip
+            proc = await run_sidecar(env, log)
+            try:
+                code = await asyncio.wait_for(proc.wait(), timeout=SUBPROCESS_START_DEADLINE)
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+    finally:
+        await running.close()
+    text = read_log(log)
+    assert code == 2, text
+    assert (
+        f"  - ATTESTMESH_CLUSTER={cluster_b} overrides the measured value {cluster_a} in the compose" in text
+    )
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    (refused,) = [e for e in lines if e.get("event") == "config.measured_refused"]
+    assert refused["problem"].startswith("ATTESTMESH_CLUSTER=") and refused["level"] == "error"
+    events_seen = [e.get("event") for e in lines]
+    assert "identity.derived" not in events_seen and "registration.attempted" not in events_seen
+    assert "Traceback" not in text
 
 
 async def test_a_taken_health_port_exits_1_with_one_clear_line(short_root: Path) -> None:

@@ -25,7 +25,7 @@ from devnet.deployment import deploy_member_app
 from devnet.kms import DevnetKms, get_key
 from sidecar.core import csk as cskcore
 from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
-from sidecar.core.keys import KeyPath, ed25519_public_key, x25519_public_key
+from sidecar.core.keys import KeyPath, ed25519_public_key, key_path, x25519_public_key
 from sidecar.core.memberproof import MemberProof, create2_address, make_member_proof, proof_json
 from sidecar.core.model import MemberRecord, member_id_for
 from sidecar.core.sigchain import build_proof
@@ -39,7 +39,6 @@ from tests.component.test_controller import (
     OTHER_KMS_SEED,
     Lab,
     NodeUnderTest,
-    Peer,
     SealingPeer,
     events,
     sample,
@@ -66,7 +65,8 @@ async def impostor(lab: Lab, app_id: Address, *, kms: DevnetKms, salt: Bytes32, 
     """A member record for ``app_id`` (as a lying RPC would list it) and a proof from ``kms``'s keys."""
     identity_key, seal_key = SecretBytes(os.urandom(32)), SecretBytes(os.urandom(32))
     identity_pub, seal_pub = Bytes32(ed25519_public_key(identity_key)), Bytes32(x25519_public_key(seal_key))
-    signer, chain = get_key(kms, app_id, KeyPath.SIGNER.path, KeyPath.SIGNER.purpose)
+    path = key_path(KeyPath.SIGNER, CHAIN_ID, lab.stack.cluster)
+    signer, chain = get_key(kms, app_id, path, KeyPath.SIGNER.purpose)
     sig_proof = build_proof(app_id, signer, chain)
     proof = make_member_proof(
         sig_proof, signer, salt=salt, chain_id=CHAIN_ID, cluster=lab.stack.cluster,
@@ -252,30 +252,3 @@ async def test_a_key_is_adopted_only_from_a_responder_that_proves_itself(lab: La
     assert sample(node.metrics, "attestmesh_csk_pull_attempts_total", result="unproven") == 2
     assert sample(node.metrics, "attestmesh_csk_pull_attempts_total", result="ok") == 1
     assert liar.served == 2
-
-
-async def test_a_node_without_the_anchors_neither_serves_nor_takes_the_key(lab: Lab) -> None:
-    member: Peer = await lab.member("member")
-    app_id = await lab.app("unanchored")
-    node = await lab.controller("unanchored", app_id, KMS_ROOTS="")
-    await lab.set_balance(lab.signer_of(app_id), FUNDING_WEI)
-    await node.pass_once()
-    await node.pass_once()
-    snapshot = node.snapshot
-    assert snapshot is not None and node.member_id is not None
-    mine = snapshot.member(node.member_id)
-    assert mine is not None
-    node.liveness.heard(member.member_id, node.clock())
-    await member.client.set_csk_commitment(cskcore.commitment(SecretBytes(os.urandom(32))))
-    await node.pass_once()
-    snapshot = node.snapshot
-    assert snapshot is not None and snapshot.commitment is not None
-    await node.pull_csk(snapshot, mine, snapshot.commitment)
-    reason = "ATTESTMESH_KMS_ROOTS not set: member proofs cannot be checked"
-    assert node.csk.error == f"cannot take the cluster shared key from peers: {reason}"
-    assert node.status.csk_peering_error == reason
-    request = cskcore.CskRequest(lab.stack.cluster, member.member_id, mine.member_id, int(time.time() * 1000))
-    answer = node.node.csk.respond(
-        cskcore.sign_request(request, member.identity_key, member.proof), IPv4Address("127.0.0.1")
-    )
-    assert (answer.status, answer.body["reason"]) == (503, "anchors_missing")

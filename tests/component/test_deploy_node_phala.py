@@ -35,6 +35,7 @@ from sidecar.chain.contracts import ClusterClient, MemberAppFactoryClient
 from sidecar.chain.rpc import ChainConnection, checksum
 from sidecar.chain.tx import LocalSigner
 from sidecar.core.ids import Address, Bytes32, SecretBytes
+from sidecar.core.measured import measured_literals
 from sidecar.http import Runner, start_tcp
 from tests.component.conftest import CHAIN_ID
 
@@ -50,6 +51,7 @@ OWNER_KEY = "0x" + DEVNET_DEPLOYER_KEY.reveal().hex()
 OWNER = LocalSigner(DEVNET_DEPLOYER_KEY).address
 API_KEY = "phala-api-key-made-up-for-the-test"
 KMS_CONTRACT = "0x" + "4b" * 20
+KMS_ROOT = "0x" + "4c" * 20
 MEMBER_ID = "0x" + "a1" * 32
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ")
 ETH = 10**18
@@ -97,6 +99,11 @@ class Phala:
     def standin(self) -> Path:
         return self.tmp / "phala"
 
+    @property
+    def rendered(self) -> Path:
+        """Where the routine renders compose/node.yaml with the cluster's trust anchors."""
+        return self.tmp / "state" / f"node-{NODE}" / "node.yaml"
+
     def env(self, env_file: Path) -> dict[str, str]:
         return {
             "PATH": f"{STANDINS}:{REPO / '.venv' / 'bin'}:{os.environ['PATH']}",
@@ -111,6 +118,7 @@ class Phala:
             "ATTESTMESH_CHAIN_ID": str(CHAIN_ID),
             "ATTESTMESH_CLUSTER": str(self.stack.cluster),
             "ATTESTMESH_MEMBER_APP_FACTORY": str(self.stack.member_app_factory),
+            "ATTESTMESH_KMS_ROOTS": KMS_ROOT,
             "ATTESTMESH_OWNER_KEY": OWNER_KEY,
             "HEALTH_URL": self.health_url,
             "FUND_MIN_BALANCE": "1",
@@ -165,7 +173,7 @@ async def test_phala_all_update_restart_send_exactly_the_expected_commands_and_t
 ) -> None:
     url, fake = node_url
     phala = Phala(tmp_path, anvil, stack, url)
-    env1 = sealed_env(tmp_path, "ATTESTMESH_RPC_URL", "ATTESTMESH_CLUSTER")
+    env1 = sealed_env(tmp_path, "ATTESTMESH_RPC_URL", "ATTESTMESH_GATEWAY_DOMAIN")
     cluster = ClusterClient(conn, stack.cluster)
     app = await MemberAppFactoryClient(conn, stack.member_app_factory).predict(stack.cluster, NODE)
     outputs = []
@@ -180,12 +188,20 @@ async def test_phala_all_update_restart_send_exactly_the_expected_commands_and_t
     cvm_id, compose_hash = cvm["vm_uuid"], Bytes32.from_hex(cvm["compose_hash"])
     assert phala.calls() == [
         ["cvms", "list", "--json"],
-        ["deploy", "--name", NODE, "--compose", str(COMPOSE), "-e", str(env1), "--kms", "base",
+        ["deploy", "--name", NODE, "--compose", str(phala.rendered), "-e", str(env1), "--kms", "base",
          "--kms-contract", KMS_CONTRACT, "--custom-app-id", str(app), "--json"],
         ["cvms", "get", cvm_id, "--json"],
         ["cvms", "restart", cvm_id],
     ]  # fmt: skip
     assert cvm["app_id"] == app.hex.removeprefix("0x").lower()
+    # The CVM got the template rendered with the cluster's trust anchors as literals (measured).
+    assert measured_literals(phala.rendered.read_text()) == {
+        "ATTESTMESH_CHAIN_ID": str(CHAIN_ID),
+        "ATTESTMESH_CLUSTER": str(stack.cluster),
+        "ATTESTMESH_MEMBER_APP_FACTORY": str(stack.member_app_factory),
+        "ATTESTMESH_KMS_ROOTS": str(Address.from_hex(KMS_ROOT)),  # rendered in checksum form
+        "ATTESTMESH_INDEXER_REGISTRY": "",
+    }
     assert await cluster.allowed_app_id(app) and await cluster.allowed_compose_hash(compose_hash)
     assert await conn.get_balance(fake.signer) == 2 * ETH
     # member app deploy, its approval, the compose hash, the top-up
@@ -212,7 +228,7 @@ async def test_phala_all_update_restart_send_exactly_the_expected_commands_and_t
     assert len(json.loads((phala.standin / "cvms.json").read_text())) == 1
 
     # update with a new sealed-env name: prepare only -> allowlist on the cluster -> commit -> verify.
-    env2 = sealed_env(tmp_path, "ATTESTMESH_RPC_URL", "ATTESTMESH_CLUSTER", "ATTESTMESH_LOG_LEVEL")
+    env2 = sealed_env(tmp_path, "ATTESTMESH_RPC_URL", "ATTESTMESH_GATEWAY_DOMAIN", "ATTESTMESH_LOG_LEVEL")
     count, before = len(phala.calls()), await nonce(conn)
     rc, output = await phala.run("update", env2)
     outputs.append(output)
@@ -222,7 +238,7 @@ async def test_phala_all_update_restart_send_exactly_the_expected_commands_and_t
     commit = next(c for c in phala.calls()[count:] if "--token" in c)
     token = commit[commit.index("--token") + 1]
     assert phala.calls()[count:] == [
-        ["deploy", "--cvm-id", cvm_id, "--compose", str(COMPOSE), "-e", str(env2), "--prepare-only",
+        ["deploy", "--cvm-id", cvm_id, "--compose", str(phala.rendered), "-e", str(env2), "--prepare-only",
          "--json"],
         ["cvms", "get", cvm_id, "--json"],
         ["deploy", "--cvm-id", cvm_id, "--commit", "--token", token, "--compose-hash", str(new_hash),
@@ -268,17 +284,29 @@ async def test_phala_settings_are_checked_before_anything_is_sent(
     url, _ = node_url
     phala = Phala(tmp_path, anvil, stack, url)
     env = phala.env(sealed_env(tmp_path, "ATTESTMESH_RPC_URL"))
-    del env["ATTESTMESH_CLUSTER"], env["ATTESTMESH_CHAIN_ID"]
+    del env["ATTESTMESH_CLUSTER"], env["ATTESTMESH_CHAIN_ID"], env["ATTESTMESH_KMS_ROOTS"]
     proc = await asyncio.create_subprocess_exec(
         str(ROUTINE), NODE, "all", env=env, cwd=REPO,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     output, _ = await proc.communicate()
     assert await proc.wait() == 1
-    assert "not set: ATTESTMESH_CHAIN_ID ATTESTMESH_CLUSTER" in output.decode()
+    assert "not set: ATTESTMESH_CHAIN_ID ATTESTMESH_CLUSTER ATTESTMESH_KMS_ROOTS" in output.decode()
     assert phala.calls() == []
     usage = await asyncio.create_subprocess_exec(
         str(ROUTINE), NODE, "bogus", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
     text, _ = await usage.communicate()
     assert await usage.wait() == 2 and "Verbs:" in text.decode()
+
+
+async def test_phala_refuses_a_sealed_env_that_names_a_trust_anchor(
+    anvil: AnvilProcess, stack: Deployment, tmp_path: Path, node_url: tuple[str, FakeNode]
+) -> None:
+    url, _ = node_url
+    phala = Phala(tmp_path, anvil, stack, url)
+    env_file = sealed_env(tmp_path, "ATTESTMESH_RPC_URL", "ATTESTMESH_CLUSTER", "ATTESTMESH_KMS_ROOTS")
+    rc, output = await phala.run("all", env_file)
+    assert rc == 1, output
+    assert "ENV_FILE names trust anchors (ATTESTMESH_CLUSTER ATTESTMESH_KMS_ROOTS)" in output
+    assert phala.calls() == []  # nothing was asked of Phala, nothing sent

@@ -31,7 +31,7 @@ from sidecar.chain.contracts import ClusterClient, IndexerRegistryClient
 from sidecar.chain.rpc import ChainConnection
 from sidecar.chain.tx import LocalSigner, TxSubmitter
 from sidecar.core.ids import Bytes32
-from sidecar.core.keys import KeyPath
+from sidecar.core.keys import KeyPath, key_path
 from sidecar.core.model import MemberRecord
 from sidecar.core.status import NodeStatus, healthz_body
 from sidecar.http.health import health_app
@@ -60,7 +60,7 @@ COMMITMENT = Bytes32(b"\xcc" * 32)
 async def commit_csk(conn: ChainConnection, kms: DevnetKms, cluster: ClusterClient) -> None:
     """The originator (member 0, whose signer key the devnet KMS re-derives) commits the CSK."""
     originator = (await cluster.members())[0]
-    key, _ = get_key(kms, originator.app_id, KeyPath.SIGNER.path, KeyPath.SIGNER.purpose)
+    key, _ = get_key(kms, originator.app_id, key_path(KeyPath.SIGNER, CHAIN_ID, cluster.address), "ethereum")
     submitter = TxSubmitter(conn, LocalSigner(key), receipt_timeout=20.0, poll_interval=0.05)
     await cluster.with_submitter(submitter).set_csk_commitment(COMMITMENT)
 

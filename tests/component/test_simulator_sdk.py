@@ -35,7 +35,7 @@ from devnet.simulator import SimulatorConfig, parse_dev_quote, serve_unix
 from devnet.simulator.quote import EventLogEntry, replay_event_log, runtime_event_digest
 from devnet.simulator.server import RunningSimulator
 from sidecar.core.ids import Address
-from sidecar.core.keys import KeyPath, secp256k1_address
+from sidecar.core.keys import KeyPath, key_path, secp256k1_address
 from sidecar.core.sigchain import build_proof, verify_proof
 from sidecar.dstack import (
     GuestAgent,
@@ -47,6 +47,7 @@ from sidecar.dstack import (
 pytestmark = [pytest.mark.component, pytest.mark.timeout(60)]
 
 REPO = Path(__file__).resolve().parents[2]
+SIGNER_PATH = key_path(KeyPath.SIGNER, 31337, Address(b"\xc1" * 20))  # any cluster's
 APP_ID = Address.from_hex("0x7e57a99000000000000000000000000000000001")
 INSTANCE_ID = bytes.fromhex("00000000000000000000000000000000000000b2")
 # Exact bytes matter: non-ASCII text, odd spacing and a trailing newline must survive untouched.
@@ -169,12 +170,12 @@ async def test_subprocess_simulator_through_env_endpoint(node: Node, monkeypatch
             await wait_until_ready(agent, proc, log)
             info = await agent.info()
             assert info.compose_hash.raw == hashlib.sha256(COMPOSE).digest()
-            derived = await agent.get_key(KeyPath.SIGNER.path, KeyPath.SIGNER.purpose)
+            derived = await agent.get_key(SIGNER_PATH, KeyPath.SIGNER.purpose)
         finally:
             await agent.close()
 
         async with AsyncDstackClient() as client:  # also the SDK with no endpoint argument
-            resp = await client.get_key(KeyPath.SIGNER.path, KeyPath.SIGNER.purpose)
+            resp = await client.get_key(SIGNER_PATH, KeyPath.SIGNER.purpose)
         assert resp.decode_key() == derived.key.reveal()
         proof = build_proof(APP_ID, derived.key, derived.signature_chain)
         verify_proof(proof, {DevnetKms().root_address})
@@ -227,12 +228,12 @@ async def test_subprocess_refuses_a_bad_seed_without_echoing_it(node: Node) -> N
 async def test_get_key_chain_verifies_against_the_devnet_kms(
     sdk: AsyncDstackClient, agent: GuestAgent
 ) -> None:
-    resp = await sdk.get_key(KeyPath.SIGNER.path, KeyPath.SIGNER.purpose)
+    resp = await sdk.get_key(SIGNER_PATH, KeyPath.SIGNER.purpose)
     key = resp.decode_key()
     chain = resp.decode_signature_chain()
     assert len(key) == 32 and [len(s) for s in chain] == [65, 65]
 
-    derived = await agent.get_key(KeyPath.SIGNER.path, KeyPath.SIGNER.purpose)
+    derived = await agent.get_key(SIGNER_PATH, KeyPath.SIGNER.purpose)
     assert derived.key.reveal() == key and derived.signature_chain == tuple(chain)
     assert key.hex() not in repr(derived)
 

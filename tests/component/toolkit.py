@@ -32,7 +32,7 @@ from sidecar.chain.contracts import ClusterClient, ClusterFactoryClient
 from sidecar.chain.rpc import ChainConnection
 from sidecar.chain.tx import LocalSigner, TxSubmitter
 from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
-from sidecar.core.keys import KeyPath, ed25519_public_key
+from sidecar.core.keys import KeyPath, ed25519_public_key, key_path
 from sidecar.core.model import ClusterConfig, MemberKeys, MeshCidr
 from sidecar.core.sigchain import build_proof
 from sidecar.http import Runner
@@ -94,11 +94,13 @@ class Chain:
             self.conn, self.deployer, self.stack.member_app_factory, cluster, name
         )
         await ClusterClient(self.conn, cluster, self.deployer).add_allowed_app_id(app_id)
-        key, chain = get_key(self.kms, app_id, KeyPath.SIGNER.path, KeyPath.SIGNER.purpose)
+        key, chain = get_key(
+            self.kms, app_id, key_path(KeyPath.SIGNER, CHAIN_ID, cluster), KeyPath.SIGNER.purpose
+        )
         proof = build_proof(app_id, key, chain)
         submitter = TxSubmitter(self.conn, LocalSigner(key), receipt_timeout=20.0, poll_interval=0.05)
         await self.deployer.send(proof.signer, b"", value=FUNDING_WEI)
-        identity, _ = get_key(self.kms, app_id, KeyPath.IDENTITY.path, KeyPath.IDENTITY.purpose)
+        identity, _ = get_key(self.kms, app_id, key_path(KeyPath.IDENTITY, CHAIN_ID, cluster), "")
         n = self.count % 250
         keys = MemberKeys(
             seal_pub=Bytes32(bytes([0x5E, n]) * 16),

@@ -27,7 +27,7 @@ from devnet.labreach import LabReach
 from devnet.state import GatewayState
 from devnet.wireguard import uapi_get
 from sidecar.core.ids import Address, MemberId, SecretBytes
-from sidecar.core.keys import KeyPath
+from sidecar.core.keys import KeyPath, KeyScope
 from tests.e2e.lab import REPO, LabCli, lab_state, log_entries, wait_until
 
 #: How long a push-mode change may take to show: generous and bounded (two CPUs, shared with other runs).
@@ -48,6 +48,7 @@ class Node:
 
     data: dict[str, Any]
     reach: LabReach = field(default_factory=LabReach)
+    scope: KeyScope | None = None  # the lab's chain and cluster, which the node's keys are bound to
 
     @property
     def name(self) -> str:
@@ -132,7 +133,8 @@ def _normalise(metric: str) -> str:
 def nodes(lab: LabCli) -> dict[str, Node]:
     status = lab.status()
     reach = lab_reach(status)
-    return {n["name"]: Node(n, reach) for n in status["nodes"]}
+    scope = KeyScope(int(status["chain_id"]), Address.from_hex(status["cluster"]))
+    return {n["name"]: Node(n, reach, scope) for n in status["nodes"]}
 
 
 def wait_all_healthy(lab: LabCli, timeout: float = 60.0) -> dict[str, Node]:
@@ -152,7 +154,8 @@ def identity_key(node: Node) -> SecretBytes:
     """The devnet KMS seed is public, so a test can derive any node's identity key (as an attacker could
     on a devnet, never on dstack)."""
     app = Address.from_hex(node.data["app_id"])
-    return get_key(DevnetKms(), app, KeyPath.IDENTITY.path, KeyPath.IDENTITY.purpose)[0]
+    assert node.scope is not None
+    return get_key(DevnetKms(), app, node.scope.path(KeyPath.IDENTITY), KeyPath.IDENTITY.purpose)[0]
 
 
 def member_id(node: Node) -> MemberId:

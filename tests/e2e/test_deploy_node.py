@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from devnet.anvil import DEVNET_DEPLOYER_KEY
-from devnet.compose import compose_hash, encode_app_compose, node_app_compose
+from devnet.compose import NodeAnchors, compose_hash, encode_app_compose, node_app_compose
 from devnet.lab import fetch_healthz
 from devnet.netns import netns_pids
 from sidecar.chain.rpc import checksum
@@ -113,9 +113,9 @@ def owner_nonce(lab: LabCli) -> int:
     return int(chain(lab, lambda conn, c: conn.w3.eth.get_transaction_count(checksum(OWNER))))
 
 
-def changed_compose(tmp_path: Path, *extra_envs: str) -> tuple[Path, str]:
+def changed_compose(lab: LabCli, tmp_path: Path, *extra_envs: str) -> tuple[Path, str]:
     """An app-compose.json that differs from the lab's by extra sealed-env variable names (a new hash)."""
-    data = encode_app_compose(node_app_compose(extra_envs=extra_envs))
+    data = encode_app_compose(node_app_compose(NodeAnchors.of_lab(lab.state()), extra_envs=extra_envs))
     path = tmp_path / f"compose-{'-'.join(extra_envs).lower()}.json"
     path.write_bytes(data)
     return path, str(compose_hash(data))
@@ -194,7 +194,7 @@ def test_update_allowlists_first_and_keeps_identity_while_an_unallowlisted_apply
     member2 = found["node-2"].healthz()["node"]["member_id"]
 
     # The routine: prepare -> new compose hash -> allowlist transaction -> apply -> healthy, same member.
-    compose, new_hash = changed_compose(tmp_path, "ATTESTMESH_LOG_LEVEL")
+    compose, new_hash = changed_compose(lab, tmp_path, "ATTESTMESH_LOG_LEVEL")
     nonce = owner_nonce(lab)
     routine.run("node-3", "update", COMPOSE_FILE=str(compose))
     run = routine.last_run("node-3")
@@ -226,7 +226,7 @@ def test_update_allowlists_first_and_keeps_identity_while_an_unallowlisted_apply
     assert owner_nonce(lab) == nonce and processes(lab, "node-3") == before
 
     # The golden rule: the apply step alone with a compose nobody allowlisted leaves the node off.
-    unlisted, unlisted_hash = changed_compose(tmp_path, "ATTESTMESH_EXAMPLE_FLAG")
+    unlisted, unlisted_hash = changed_compose(lab, tmp_path, "ATTESTMESH_EXAMPLE_FLAG")
     denied = lab.run("node", "update", "node-2", "--compose-file", str(unlisted), check=False)
     assert denied.returncode == 1, denied.stderr
     assert "denied at the KMS boot gate (compose hash not allowed)" in denied.stderr

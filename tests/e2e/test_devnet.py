@@ -14,7 +14,7 @@ import pytest
 from dstack_sdk import AsyncDstackClient
 
 from devnet import procs
-from devnet.compose import encode_app_compose, node_app_compose
+from devnet.compose import NodeAnchors, encode_app_compose, node_app_compose
 from devnet.kms import DevnetKms
 from devnet.lab import fetch_healthz
 from devnet.netns import LabNetwork
@@ -23,7 +23,7 @@ from sidecar.chain.contracts import ClusterClient, IndexerRegistryClient, Member
 from sidecar.chain.rpc import connect
 from sidecar.chain.tx import LocalSigner, TxSubmitter
 from sidecar.core.ids import Address, Bytes32, SecretBytes
-from sidecar.core.keys import KeyPath, ed25519_public_key, secp256k1_address, x25519_public_key
+from sidecar.core.keys import KeyPath, KeyScope, ed25519_public_key, secp256k1_address, x25519_public_key
 from sidecar.core.model import MemberKeys
 from sidecar.core.sigchain import build_proof, verify_proof
 from sidecar.dstack.agent import GuestAgent
@@ -103,7 +103,8 @@ def test_up_status_down(lab: LabCli) -> None:
                     info = await client.info()
                     assert info.app_id == app_id.hex
                     assert "0x" + info.compose_hash == node["compose_hash"]
-                    resp = await client.get_key(KeyPath.SIGNER.path, KeyPath.SIGNER.purpose)
+                    scope = KeyScope(status["chain_id"], cluster.address)  # keys bound to the cluster
+                    resp = await client.get_key(scope.path(KeyPath.SIGNER), KeyPath.SIGNER.purpose)
                     assert str(secp256k1_address(SecretBytes(resp.decode_key()))) == node["signer"]
 
     asyncio.run(check_chain())
@@ -161,7 +162,11 @@ def test_up_status_down(lab: LabCli) -> None:
 def test_denied_node_does_not_start_until_allowlisted(lab: LabCli, tmp_path: Path) -> None:
     lab.run("up", "--nodes", "1", "--no-sidecar")
     changed = tmp_path / "app-compose.json"
-    changed.write_bytes(encode_app_compose(node_app_compose(extra_envs=("APP_FEATURE_FLAG",))))
+    changed.write_bytes(
+        encode_app_compose(
+            node_app_compose(NodeAnchors.of_lab(lab.state()), extra_envs=("APP_FEATURE_FLAG",))
+        )
+    )
     denied = lab.run("node", "add", "node-2", "--compose-file", str(changed), check=False)
     assert denied.returncode == 1, denied.stderr  # like `node update` and `node reboot`: denied is a failure
     assert "denied: compose hash not allowed" in denied.stdout
@@ -221,8 +226,9 @@ def test_three_members_register_with_keys_from_three_simulators(lab: LabCli) -> 
                 agent = GuestAgent(node["dstack_socket"])
                 try:
                     info = await agent.info()
-                    signer_key = await agent.get_key(KeyPath.SIGNER.path, KeyPath.SIGNER.purpose)
-                    keys = await _member_keys(agent)
+                    scope = KeyScope(status["chain_id"], cluster_address)
+                    signer_key = await agent.get_key(scope.path(KeyPath.SIGNER), KeyPath.SIGNER.purpose)
+                    keys = await _member_keys(agent, scope)
                 finally:
                     await agent.close()
                 proof = build_proof(info.app_id, signer_key.key, signer_key.signature_chain)
@@ -244,10 +250,12 @@ def test_three_members_register_with_keys_from_three_simulators(lab: LabCli) -> 
     asyncio.run(register_all())
 
 
-async def _member_keys(agent: GuestAgent) -> MemberKeys:
-    seal = await agent.get_key(KeyPath.SEAL.path, KeyPath.SEAL.purpose)
-    wg = await agent.get_key(KeyPath.WIREGUARD.path, KeyPath.WIREGUARD.purpose)
-    identity = await agent.get_key(KeyPath.IDENTITY.path, KeyPath.IDENTITY.purpose, algorithm="ed25519")
+async def _member_keys(agent: GuestAgent, scope: KeyScope) -> MemberKeys:
+    seal = await agent.get_key(scope.path(KeyPath.SEAL), KeyPath.SEAL.purpose)
+    wg = await agent.get_key(scope.path(KeyPath.WIREGUARD), KeyPath.WIREGUARD.purpose)
+    identity = await agent.get_key(
+        scope.path(KeyPath.IDENTITY), KeyPath.IDENTITY.purpose, algorithm="ed25519"
+    )
     return MemberKeys(
         seal_pub=Bytes32(x25519_public_key(seal.key)),
         wg_pub=Bytes32(x25519_public_key(wg.key)),

@@ -1,8 +1,8 @@
 """Two operator verbs of the devnet against a running lab (issue 10, item 8):
 
 - ``attestmesh devnet env NODE --sidecar`` prints exactly the node's sidecar environment: parsed, it passes
-  ``sidecar.settings.load_settings`` (the plain ``env NODE`` output carries ATTESTMESH_MEMBER_APP_FACTORY,
-  which a sidecar rejects);
+  ``sidecar.settings.load_settings`` (the plain ``env NODE`` output is the lab's facts for a shell, not a
+  sidecar's environment: it lacks the node's endpoint, state and sockets);
 - ``attestmesh devnet node exec NAME -- CMD`` runs CMD in the node's network namespace with the node's
   WireGuard socket directory at /run/wireguard: ``wg show`` lists the node's peers (a bare ``ip netns exec
   NS wg show`` sees nothing), and the command's exit status passes through.

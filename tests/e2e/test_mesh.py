@@ -17,7 +17,7 @@ import pytest
 from eth_utils.crypto import keccak
 
 from devnet.chainpoke import poke_member_endpoint
-from devnet.compose import encode_app_compose, node_app_compose
+from devnet.compose import NodeAnchors, encode_app_compose, node_app_compose
 from devnet.deployment import deploy_member_app
 from devnet.kms import DevnetKms, get_key
 from devnet.procs import ProcRecord
@@ -27,7 +27,7 @@ from sidecar.chain.tx import LocalSigner, TxSubmitter
 from sidecar.core import csk as cskcore
 from sidecar.core.heartbeat import Heartbeat, encode
 from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
-from sidecar.core.keys import KeyPath, ed25519_public_key, x25519_public_key
+from sidecar.core.keys import KeyPath, ed25519_public_key, key_path, x25519_public_key
 from sidecar.core.memberproof import MemberProof, make_member_proof
 from sidecar.core.model import MemberKeys
 from sidecar.core.sigchain import build_proof
@@ -257,7 +257,8 @@ def test_changed_endpoint_is_applied_by_every_peer(lab: LabCli) -> None:
 
     assert endpoint_on_node1() == original
     app3 = Address.from_hex(n3.data["app_id"])
-    signer_key = get_key(DevnetKms(), app3, KeyPath.SIGNER.path, KeyPath.SIGNER.purpose)[0]
+    assert n3.scope is not None
+    signer_key = get_key(DevnetKms(), app3, n3.scope.path(KeyPath.SIGNER), KeyPath.SIGNER.purpose)[0]
 
     async def move(conn: ChainConnection, cluster: ClusterClient) -> object:
         member = ClusterClient(conn, cluster.address, TxSubmitter(conn, LocalSigner(signer_key)))
@@ -319,7 +320,9 @@ def test_compose_hash_removed_after_registration_sends_node_to_boot_gate(lab: La
     lab.run("up", "--nodes", "2")
     wait_all_healthy(lab)
     compose = tmp_path / "app-compose.json"
-    compose.write_bytes(encode_app_compose(node_app_compose(extra_envs=("APP_MODE",))))
+    compose.write_bytes(
+        encode_app_compose(node_app_compose(NodeAnchors.of_lab(lab.state()), extra_envs=("APP_MODE",)))
+    )
     digest = Bytes32(hashlib.sha256(compose.read_bytes()).digest())
     chain(lab, lambda conn, c: c.add_compose_hash(digest))
     lab.run("node", "add", "node-3", "--compose-file", str(compose))
@@ -434,13 +437,17 @@ def _register_silent_member(lab: LabCli) -> tuple[MemberId, SecretBytes, MemberP
             conn, cluster.submitter, Address.from_hex(status["member_app_factory"]), cluster.address, "silent"
         )
         await cluster.add_allowed_app_id(app)
-        key, sigchain = get_key(kms, app, KeyPath.SIGNER.path, KeyPath.SIGNER.purpose)
+
+        def path(kp: KeyPath) -> str:
+            return key_path(kp, int(status["chain_id"]), cluster.address)
+
+        key, sigchain = get_key(kms, app, path(KeyPath.SIGNER), KeyPath.SIGNER.purpose)
         proof = build_proof(app, key, sigchain)
         await cluster.submitter.send(proof.signer, b"", value=10**18)
-        identity = get_key(kms, app, KeyPath.IDENTITY.path, "")[0]
+        identity = get_key(kms, app, path(KeyPath.IDENTITY), "")[0]
         keys = MemberKeys(
-            seal_pub=Bytes32(x25519_public_key(get_key(kms, app, KeyPath.SEAL.path, "")[0])),
-            wg_pub=Bytes32(x25519_public_key(get_key(kms, app, KeyPath.WIREGUARD.path, "")[0])),
+            seal_pub=Bytes32(x25519_public_key(get_key(kms, app, path(KeyPath.SEAL), "")[0])),
+            wg_pub=Bytes32(x25519_public_key(get_key(kms, app, path(KeyPath.WIREGUARD), "")[0])),
             identity_pub=Bytes32(ed25519_public_key(identity)),
         )
         member = ClusterClient(conn, cluster.address, TxSubmitter(conn, LocalSigner(key)))

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from devnet.anvil import DEVNET_DEPLOYER_KEY
-from devnet.compose import DEFAULT_COMPOSE_BYTES, compose_hash, encode_app_compose, node_app_compose
+from devnet.compose import NodeAnchors, compose_hash, encode_app_compose, node_app_compose, node_compose_bytes
 from devnet.lab import fetch_healthz
 from sidecar.chain.rpc import checksum
 from sidecar.core.ids import Address, Bytes32
@@ -79,7 +79,11 @@ def test_update_is_denied_until_allowlisted_then_keeps_identity_and_reboot_recov
     assert registrations(lab, "node-2") == 1
     old_hash = node2.data["compose_hash"]
     compose = tmp_path / "app-compose.json"
-    compose.write_bytes(encode_app_compose(node_app_compose(extra_envs=("ATTESTMESH_EXTRA_SETTING",))))
+    compose.write_bytes(
+        encode_app_compose(
+            node_app_compose(NodeAnchors.of_lab(lab.state()), extra_envs=("ATTESTMESH_EXTRA_SETTING",))
+        )
+    )
     new_hash = str(compose_hash(compose.read_bytes()))
     assert new_hash != old_hash
     running2 = processes(lab, "node-2")
@@ -96,7 +100,9 @@ def test_update_is_denied_until_allowlisted_then_keeps_identity_and_reboot_recov
     }
     human = lab.run(*prepare).stdout
     assert f"compose {new_hash} NOT allowlisted" in human and f"it now has {old_hash}" in human
-    assert (lab.root / "nodes" / "node-2" / "app-compose.json").read_bytes() == DEFAULT_COMPOSE_BYTES
+    assert (lab.root / "nodes" / "node-2" / "app-compose.json").read_bytes() == node_compose_bytes(
+        NodeAnchors.of_lab(lab.state())
+    )
     assert processes(lab, "node-2") == running2 and node2.healthy()
 
     # 2. update without allowlisting: the gate denies the new compose hash; node-2 stays off, the rest run.

@@ -10,6 +10,7 @@ proof) and ``Clock`` (set by hand). Every app id is a real CREATE2 member app ad
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -274,8 +275,12 @@ class World:
         self.liveness.heard(member.member_id, self.clock.monotonic())
 
 
+_ANCHOR_FIELDS = {"ATTESTMESH_MEMBER_APP_FACTORY": "member_app_factory", "ATTESTMESH_KMS_ROOTS": "kms_roots"}
+
+
 def world(state_dir: Path, chain: FakeChain | None = None, *, unset: tuple[str, ...] = ()) -> World:
-    """One node with its fakes; ``unset`` names environment variables left out (e.g. the anchors)."""
+    """One node with its fakes; ``unset`` names trust anchors left out of its settings (the environment
+    requires them, so they are cleared after parsing: a node built from settings made in code)."""
     env = {
         "ATTESTMESH_RPC_URL": "http://127.0.0.1:8545",
         "ATTESTMESH_CHAIN_ID": str(CHAIN_ID),
@@ -285,13 +290,16 @@ def world(state_dir: Path, chain: FakeChain | None = None, *, unset: tuple[str, 
         "ATTESTMESH_ENDPOINT": ENDPOINT,
         "ATTESTMESH_STATE_DIR": str(state_dir),
     }
-    env = {k: v for k, v in env.items() if k not in unset}
+    settings = load_settings(env)
+    if unset:
+        cleared = {_ANCHOR_FIELDS[name]: None for name in unset}
+        settings = dataclasses.replace(settings, chain=dataclasses.replace(settings.chain, **cleared))
     chain = chain or FakeChain()
     agent, device, clock = FakeAgent(), FakeDevice(), FakeClock()
     peers = FakePeers(chain)
     liveness, metrics = Liveness(window=30.0), Metrics(CollectorRegistry())
     node = build_node(
-        load_settings(env),
+        settings,
         agent=agent,
         metrics=metrics,
         liveness=liveness,

@@ -9,7 +9,7 @@ from eth_utils.crypto import keccak
 from devnet.kms import DevnetKms, get_key
 from sidecar.chain.artifacts import load_artifact
 from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
-from sidecar.core.keys import KeyPath, ed25519_public_key, x25519_public_key
+from sidecar.core.keys import KeyPath, ed25519_public_key, key_path, x25519_public_key
 from sidecar.core.memberproof import (
     MemberProof,
     ProofAnchors,
@@ -60,7 +60,7 @@ def prove(
     cluster: Address = CLUSTER,
 ) -> MemberProof:
     """The member proof a TEE running ``app_id`` makes for these keys (each part can be made wrong)."""
-    signer, chain = get_key(kms, app_id, KeyPath.SIGNER.path, KeyPath.SIGNER.purpose)
+    signer, chain = get_key(kms, app_id, key_path(KeyPath.SIGNER, chain_id, cluster), KeyPath.SIGNER.purpose)
     return make_member_proof(
         build_proof(app_id, signer, chain), signer, salt=salt_of(app_id) if salt is None else salt,
         chain_id=chain_id, cluster=cluster, identity_pub=identity_pub, seal_pub=seal_pub,
@@ -69,7 +69,11 @@ def prove(
 
 def derived_member(app_id: Address, kms: DevnetKms = KMS) -> tuple[MemberProof, SecretBytes, SecretBytes]:
     """A member whose keys its TEE derived: its proof, Ed25519 identity seed and X25519 seal key."""
-    identity, _ = get_key(kms, app_id, KeyPath.IDENTITY.path, KeyPath.IDENTITY.purpose)
-    seal, _ = get_key(kms, app_id, KeyPath.SEAL.path, KeyPath.SEAL.purpose)
+    identity_path, seal_path = (
+        key_path(KeyPath.IDENTITY, CHAIN_ID, CLUSTER),
+        key_path(KeyPath.SEAL, CHAIN_ID, CLUSTER),
+    )
+    identity, _ = get_key(kms, app_id, identity_path, KeyPath.IDENTITY.purpose)
+    seal, _ = get_key(kms, app_id, seal_path, KeyPath.SEAL.purpose)
     proof = prove(app_id, Bytes32(ed25519_public_key(identity)), Bytes32(x25519_public_key(seal)), kms=kms)
     return proof, identity, seal

@@ -1,7 +1,8 @@
 """The devnet's verbs on the command line, without a lab: ``devnet env NODE --sidecar`` prints exactly what a
-sidecar accepts (issue 10: the plain ``env`` output carries ATTESTMESH_MEMBER_APP_FACTORY, which the sidecar
-rejects), and ``devnet node exec NAME -- CMD`` runs CMD in the node's namespace with its WireGuard
-directory. The verbs against a running lab are in tests/e2e/test_devnet_verbs.py."""
+sidecar accepts (issue 10: the plain ``env`` output is the lab's facts for a shell, not a sidecar's
+environment), with the trust anchors of the lab's node compose, and ``devnet node exec NAME -- CMD`` runs
+CMD in the node's namespace with its WireGuard directory. The verbs against a running lab
+are in tests/e2e/test_devnet_verbs.py."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ import pytest
 
 from devnet.boot import WG_PORT
 from devnet.cli.lab_verbs import sidecar_env_lines
+from devnet.compose import compose_hash
 from devnet.lab import Devnet
 from devnet.nodeexec import NodeExecError, node_exec_argv, run_in_node
 from devnet.state import DevnetState, NodeState
 from devnet.topology import LabPlan
 from ops.cli import build_parser, devnet_verbs
+from sidecar.core.measured import measured_problems
 from sidecar.settings import SettingsError, load_settings
 
 ADDRESS = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
@@ -55,6 +58,7 @@ def lab_and_node(root: Path) -> tuple[Devnet, DevnetState, NodeState]:
         cluster=ADDRESS,
         indexer_registry=ADDRESS,
         member_app_factory=ADDRESS,
+        kms_root=ADDRESS,
         nodes=(node,),
         complete=True,
     )
@@ -73,6 +77,10 @@ def test_env_sidecar_lines_are_exactly_what_a_sidecar_accepts(
     assert env["ATTESTMESH_WG_UAPI_DIR"] == node.wg_uapi_dir
     assert "ATTESTMESH_GATEWAY_CA_FILE" not in env
     load_settings(env)  # raises SettingsError listing every problem
+    # The lab's node compose measures exactly the anchors the lab starts the sidecar with.
+    compose = lab.compose_file(state).read_bytes()
+    assert measured_problems(compose.decode(), compose_hash(compose), env) == []
+    assert env["ATTESTMESH_KMS_ROOTS"] == ADDRESS and env["ATTESTMESH_MEMBER_APP_FACTORY"] == ADDRESS
     # What `devnet env NODE` prints for a shell is not a sidecar's environment (the defect):
     with pytest.raises(SettingsError):
         load_settings({**env, "ATTESTMESH_GATEWAY_CA_FILE": "/x/ca.pem"})

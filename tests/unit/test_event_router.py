@@ -132,11 +132,13 @@ def test_the_daemon_runs_the_router_and_subscribes_only_with_a_registry(
         "ATTESTMESH_RPC_URL": "http://127.0.0.1:8545",
         "ATTESTMESH_CHAIN_ID": "31337",
         "ATTESTMESH_CLUSTER": "0x" + "cd" * 20,
+        "ATTESTMESH_MEMBER_APP_FACTORY": "0x" + "fa" * 20,
+        "ATTESTMESH_KMS_ROOTS": "0x" + "12" * 20,
         "ATTESTMESH_ENDPOINT": "10.88.0.2:51820",
         "ATTESTMESH_STATE_DIR": str(tmp_path),
         "ATTESTMESH_INDEXER_REGISTRY": registry,
     }
-    daemon = Daemon(load_settings(env))
+    daemon = Daemon(load_settings(env), env=env)
     assert daemon.controller.events is daemon.events
     assert (daemon.push is not None) == bool(registry)
     assert daemon.events.push is daemon.push and daemon.events.poller is daemon.poller

@@ -1,8 +1,9 @@
 """The publishing workflow and the dstack compose files say what the image and the services need.
 
-Parses .github/workflows/image.yml, compose/node.yaml and compose/indexer.yaml and checks them against the
-code they configure: the sidecar's and the indexer's variable tables, the Dockerfile's entrypoint and health
-probe, the console scripts. Running the image's commands is tests/component/test_image.py's job.
+Parses .github/workflows/image.yml, compose/node.yaml (a template: rendered by ``attestmesh compose node``)
+and compose/indexer.yaml and checks them against the code they configure: the sidecar's and the indexer's
+variable tables, the measured trust anchors, the Dockerfile's entrypoint and health probe, the console
+scripts. Running the image's commands is tests/component/test_image.py's job.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -18,7 +20,9 @@ import yaml
 
 import indexer.settings
 import sidecar.settings
-from devnet.compose import DEFAULT_COMPOSE_BYTES
+from ops.compose_cmd import render_node_compose
+from ops.errors import OperatorError
+from sidecar.core.measured import MEASURED, measured_literals
 from tests import dockerfile
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,6 +32,13 @@ INDEXER_COMPOSE = REPO / "compose" / "indexer.yaml"
 IMAGE_DOC = REPO / "docs" / "image.md"
 DSTACK_SOCKET = "/var/run/dstack.sock"
 SEALED_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+ANCHORS = {
+    "ATTESTMESH_CHAIN_ID": "8453",
+    "ATTESTMESH_CLUSTER": "0x" + "ab" * 20,
+    "ATTESTMESH_MEMBER_APP_FACTORY": "0x" + "cd" * 20,
+    "ATTESTMESH_KMS_ROOTS": "0x" + "12" * 20 + ",0x" + "34" * 20,
+    "ATTESTMESH_INDEXER_REGISTRY": "0x" + "ef" * 20,
+}
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -207,10 +218,13 @@ def _check_sealed_environment(
     known: frozenset[str],
     variables: tuple[sidecar.settings.Variable, ...],
     prefix: str,
+    measured: Mapping[str, str] | None = None,
 ) -> None:
     environment = _environment(service)
+    measured = measured or {}
     for name, value in environment.items():
-        assert value == f"${{{name}}}", f"{name} must come from the sealed env as ${{{name}}}, not {value!r}"
+        expected = measured.get(name, f"${{{name}}}")
+        assert value == expected, f"{name} must be {expected!r}, not {value!r}"
         assert name.startswith(prefix), name
         assert name in known, f"{name} is not a variable the service knows"
     required = {v.name for v in variables if v.default is None}
@@ -218,7 +232,10 @@ def _check_sealed_environment(
     assert "DSTACK_SIMULATOR_ENDPOINT" not in environment
 
 
-def test_node_environment_is_sealed_references_to_known_sidecar_variables(node: dict[str, Any]) -> None:
+def test_node_template_takes_every_trust_anchor_and_the_rest_from_the_sealed_env(
+    node: dict[str, Any],
+) -> None:
+    # Unrendered, every variable is a ${VAR}: the sidecar would refuse to start with it (not measured).
     _check_sealed_environment(
         node["services"]["sidecar"], sidecar.settings.KNOWN_NAMES, sidecar.settings.VARIABLES, "ATTESTMESH_"
     )
@@ -226,6 +243,52 @@ def test_node_environment_is_sealed_references_to_known_sidecar_variables(node: 
         text = yaml.safe_dump(service)
         for name in SEALED_REFERENCE.findall(text):
             assert name in _environment(node["services"]["sidecar"]), name
+    assert set(MEASURED) <= set(_environment(node["services"]["sidecar"]))
+
+
+def test_rendered_node_compose_has_the_anchors_as_literals_and_only_sealed_references_else() -> None:
+    template = NODE_COMPOSE.read_text(encoding="utf-8")
+    image = "ghcr.io/attestmesh/attestmesh-sidecar@sha256:" + "e" * 64
+    rendered = render_node_compose(template, ANCHORS, image)
+    document = yaml.safe_load(rendered)
+    sidecar_service = document["services"]["sidecar"]
+    _check_sealed_environment(
+        sidecar_service, sidecar.settings.KNOWN_NAMES, sidecar.settings.VARIABLES, "ATTESTMESH_", ANCHORS
+    )
+    assert sidecar_service["image"] == image
+    assert measured_literals(rendered) == ANCHORS
+    # Only the measured names were substituted: the rest of the text is the template's, byte for byte.
+    rest = [
+        line for line in rendered.splitlines() if not line.strip().startswith(("- ATTESTMESH_", "image:"))
+    ]
+    assert rest == [
+        line for line in template.splitlines() if not line.strip().startswith(("- ATTESTMESH_", "image:"))
+    ]
+    # No indexer registry: an empty literal (measured "none"), never a ${VAR} left for the sealed env.
+    without = render_node_compose(template, {k: v for k, v in ANCHORS.items() if "INDEXER" not in k})
+    assert "- ATTESTMESH_INDEXER_REGISTRY=\n" in without
+    assert "${ATTESTMESH_INDEXER_REGISTRY}" not in without
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"ATTESTMESH_CLUSTER": ""}, "ATTESTMESH_CLUSTER needs a value"),
+        ({"ATTESTMESH_CLUSTER": "${ATTESTMESH_CLUSTER}"}, "must be a plain value"),
+        ({"ATTESTMESH_RPC_URL": "http://x"}, "not measured variables: ATTESTMESH_RPC_URL"),
+    ],
+)
+def test_render_refuses_a_missing_or_unmeasured_value(change: dict[str, str], message: str) -> None:
+    with pytest.raises(OperatorError, match=re.escape(message)):
+        render_node_compose(NODE_COMPOSE.read_text(encoding="utf-8"), {**ANCHORS, **change})
+
+
+def test_render_refuses_a_template_without_an_anchor() -> None:
+    template = NODE_COMPOSE.read_text(encoding="utf-8").replace(
+        "ATTESTMESH_KMS_ROOTS=${ATTESTMESH_KMS_ROOTS}", "ATTESTMESH_KMS_ROOTS=0x" + "12" * 20
+    )
+    with pytest.raises(OperatorError, match=re.escape("does not take ${ATTESTMESH_KMS_ROOTS}")):
+        render_node_compose(template, ANCHORS)
 
 
 # --- the indexer's compose file -------------------------------------------------------------------------
@@ -284,12 +347,3 @@ def test_image_doc_lists_every_variable_name_of_both_compose_files(
     }
     missing = sorted(name for name in names if f"`{name}`" not in text)
     assert not missing, f"docs/image.md does not list {missing}"
-
-
-# --- the devnet node's app-compose.json (deploy/node.sh's default on the devnet) -------------------------
-
-
-def test_the_devnet_app_compose_file_is_byte_identical_to_what_the_devnet_boots_its_nodes_with() -> None:
-    # deploy/node.sh measures this file; a node added by the routine must boot with the same compose hash
-    # as the nodes `attestmesh devnet up` made, so the two must never drift apart.
-    assert (REPO / "compose" / "devnet-node.app-compose.json").read_bytes() == DEFAULT_COMPOSE_BYTES

@@ -19,9 +19,12 @@ from sidecar.core.ids import Address, SecretBytes
 from sidecar.core.keys import (
     SECP256K1_N,
     KeyPath,
+    KeyScope,
     compress_secp256k1,
+    csk_path,
     ed25519_public_key,
     is_on_secp256k1,
+    key_path,
     secp256k1_address,
     secp256k1_public_key,
     x25519_public_key,
@@ -30,7 +33,8 @@ from sidecar.core.sigchain import SigChainError, SigChainProof, build_proof, ver
 
 APP_A = Address(bytes.fromhex("5bb4ff9a3837357f19dc176407a5709c62eb6c56"))
 APP_B = Address(bytes(19) + b"\x01")
-SIGNER = KeyPath.SIGNER
+SCOPE = KeyScope(31337, Address.from_hex("0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed"))
+SIGNER_PATH, SIGNER_PURPOSE = SCOPE.path(KeyPath.SIGNER), KeyPath.SIGNER.purpose
 
 
 def rfc5869_hkdf_sha256(salt: bytes, ikm: bytes, info: bytes, length: int = 32) -> bytes:
@@ -51,7 +55,7 @@ def kms() -> DevnetKms:
 
 @pytest.fixture(scope="module")
 def signer_proof(kms: DevnetKms) -> SigChainProof:
-    key, chain = get_key(kms, APP_A, SIGNER.path, SIGNER.purpose)
+    key, chain = get_key(kms, APP_A, SIGNER_PATH, SIGNER_PURPOSE)
     return build_proof(APP_A, key, chain)
 
 
@@ -63,8 +67,8 @@ def test_devnet_kms_known_answers(kms: DevnetKms) -> None:
     assert str(kms.root_address) == "0x1C23F2100cfB02bdb4F16E5327c79037143525C1"
     assert kms.root_public_key.hex() == "03eb0aa34910087e57ac26db6d5e06a7609b277f88dfa4159d573b58c044acc521"
     assert str(secp256k1_address(kms.app_key(APP_A))) == "0x855Bc20ce454f5a389D5987c1d23bA2e52F22EF4"
-    key, _ = get_key(kms, APP_A, SIGNER.path, SIGNER.purpose)
-    assert str(secp256k1_address(key)) == "0x83F315965dE878c84B04e33171ca97fe6D4Ee077"
+    key, _ = get_key(kms, APP_A, SIGNER_PATH, SIGNER_PURPOSE)
+    assert str(secp256k1_address(key)) == "0xe23514b12B84A07B5f7E08EcfAAaf4856eb25dAe"
 
 
 def test_kms_is_deterministic_from_its_seed(kms: DevnetKms) -> None:
@@ -96,14 +100,29 @@ def test_app_key_follows_the_documented_hkdf(kms: DevnetKms) -> None:
 
 def test_app_ids_differ_so_keys_differ(kms: DevnetKms) -> None:
     assert kms.app_key(APP_A).reveal() != kms.app_key(APP_B).reveal()
-    key_a, _ = get_key(kms, APP_A, SIGNER.path, SIGNER.purpose)
-    key_b, _ = get_key(kms, APP_B, SIGNER.path, SIGNER.purpose)
+    key_a, _ = get_key(kms, APP_A, SIGNER_PATH, SIGNER_PURPOSE)
+    key_b, _ = get_key(kms, APP_B, SIGNER_PATH, SIGNER_PURPOSE)
     assert key_a.reveal() != key_b.reveal()
 
 
 def test_paths_differ_so_keys_differ(kms: DevnetKms) -> None:
-    keys = {get_key(kms, APP_A, kp.path, kp.purpose)[0].reveal() for kp in KeyPath}
-    assert len(keys) == len(KeyPath)
+    paths = [SCOPE.path(kp) for kp in KeyPath] + [SCOPE.csk_path(1), SCOPE.csk_path(2)]
+    keys = {get_key(kms, APP_A, path, "")[0].reveal() for path in paths}
+    assert len(keys) == len(KeyPath) + 2
+
+
+def test_another_cluster_or_chain_derives_unrelated_keys(kms: DevnetKms) -> None:
+    other_cluster = KeyScope(SCOPE.chain_id, Address(bytes(19) + b"\x02"))
+    other_chain = KeyScope(SCOPE.chain_id + 1, SCOPE.cluster)
+
+    def key(path: str) -> bytes:
+        return get_key(kms, APP_A, path, "")[0].reveal()
+
+    for scope in (other_cluster, other_chain):
+        for kp in KeyPath:
+            assert key(scope.path(kp)) != key(SCOPE.path(kp))
+        assert key(scope.csk_path(1)) != key(SCOPE.csk_path(1))
+    assert key(SCOPE.csk_path(1)) == key(SCOPE.csk_path(1))  # deterministic
 
 
 def test_purpose_and_algorithm_do_not_change_the_key_bytes(kms: DevnetKms) -> None:
@@ -158,7 +177,7 @@ def test_kms_repr_hides_the_root_key(kms: DevnetKms) -> None:
 
 
 def test_proof_round_trip(kms: DevnetKms, signer_proof: SigChainProof) -> None:
-    key, _ = get_key(kms, APP_A, SIGNER.path, SIGNER.purpose)
+    key, _ = get_key(kms, APP_A, SIGNER_PATH, SIGNER_PURPOSE)
     assert signer_proof.kms_root == kms.root_address
     assert signer_proof.signer == secp256k1_address(key)
     assert signer_proof.app_address == secp256k1_address(kms.app_key(APP_A))
@@ -175,7 +194,7 @@ def test_proof_with_a_custom_purpose(kms: DevnetKms) -> None:
 
 
 def test_proof_repr_holds_public_values_only(kms: DevnetKms, signer_proof: SigChainProof) -> None:
-    key, _ = get_key(kms, APP_A, SIGNER.path, SIGNER.purpose)
+    key, _ = get_key(kms, APP_A, SIGNER_PATH, SIGNER_PURPOSE)
     assert key.reveal().hex() not in repr(signer_proof)
     assert kms.app_key(APP_A).reveal().hex() not in repr(signer_proof)
 
@@ -195,7 +214,7 @@ def test_proof_for_the_wrong_app_id_fails(kms: DevnetKms, signer_proof: SigChain
 
 
 def test_build_proof_for_the_wrong_app_id_names_an_untrusted_root(kms: DevnetKms) -> None:
-    key, chain = get_key(kms, APP_A, SIGNER.path, SIGNER.purpose)
+    key, chain = get_key(kms, APP_A, SIGNER_PATH, SIGNER_PURPOSE)
     proof = build_proof(APP_B, key, chain)
     assert proof.kms_root != kms.root_address
     with pytest.raises(SigChainError, match="not trusted"):
@@ -224,8 +243,8 @@ def test_wrong_kms_root_field_fails(kms: DevnetKms, signer_proof: SigChainProof)
 
 
 def test_key_from_another_app_under_the_same_kms_fails(kms: DevnetKms) -> None:
-    key_b, chain_b = get_key(kms, APP_B, SIGNER.path, SIGNER.purpose)
-    _, chain_a = get_key(kms, APP_A, SIGNER.path, SIGNER.purpose)
+    key_b, chain_b = get_key(kms, APP_B, SIGNER_PATH, SIGNER_PURPOSE)
+    _, chain_a = get_key(kms, APP_A, SIGNER_PATH, SIGNER_PURPOSE)
     # B's derived key with A's chain: the app signature recovers to some unrelated key.
     proof = build_proof(APP_A, key_b, chain_a)
     with pytest.raises(SigChainError):
@@ -274,7 +293,7 @@ def test_high_s_is_rejected(kms: DevnetKms, signer_proof: SigChainProof) -> None
     ids=["short", "long", "bad-v", "zero-r", "r-equals-n"],
 )
 def test_malformed_signatures_are_named(kms: DevnetKms, sig: bytes, match: str) -> None:
-    key, (app_sig, kms_sig) = get_key(kms, APP_A, SIGNER.path, SIGNER.purpose)
+    key, (app_sig, kms_sig) = get_key(kms, APP_A, SIGNER_PATH, SIGNER_PURPOSE)
     with pytest.raises(SigChainError, match=f"app signature.*{match}|app signature has {match}"):
         build_proof(APP_A, key, [sig, kms_sig])
     with pytest.raises(SigChainError, match="KMS signature"):
@@ -282,7 +301,7 @@ def test_malformed_signatures_are_named(kms: DevnetKms, sig: bytes, match: str) 
 
 
 def test_unrecoverable_signature_is_an_error(kms: DevnetKms) -> None:
-    key, (_, kms_sig) = get_key(kms, APP_A, SIGNER.path, SIGNER.purpose)
+    key, (_, kms_sig) = get_key(kms, APP_A, SIGNER_PATH, SIGNER_PURPOSE)
     # r = p-range x with no point on the curve: no public key recovers.
     no_point = (5).to_bytes(32, "big") + (1).to_bytes(32, "big") + b"\x00"
     with pytest.raises(SigChainError, match="app signature"):
@@ -291,7 +310,7 @@ def test_unrecoverable_signature_is_an_error(kms: DevnetKms) -> None:
 
 @pytest.mark.parametrize("count", [0, 1, 3])
 def test_chain_length_must_be_two(kms: DevnetKms, count: int) -> None:
-    key, chain = get_key(kms, APP_A, SIGNER.path, SIGNER.purpose)
+    key, chain = get_key(kms, APP_A, SIGNER_PATH, SIGNER_PURPOSE)
     with pytest.raises(SigChainError, match="2 signatures"):
         build_proof(APP_A, key, [chain[0]] * count)
 
@@ -300,7 +319,7 @@ def test_chain_length_must_be_two(kms: DevnetKms, count: int) -> None:
     "raw", [b"\x01" * 31, bytes(32), SECP256K1_N.to_bytes(32, "big")], ids=["short", "zero", "order"]
 )
 def test_bad_derived_key_is_an_error_without_the_key(kms: DevnetKms, raw: bytes) -> None:
-    _, chain = get_key(kms, APP_A, SIGNER.path, SIGNER.purpose)
+    _, chain = get_key(kms, APP_A, SIGNER_PATH, SIGNER_PURPOSE)
     with pytest.raises(SigChainError, match="derived key") as info:
         build_proof(APP_A, SecretBytes(raw), chain)
     assert raw.hex() not in str(info.value)
@@ -326,14 +345,20 @@ def test_any_app_path_purpose_verifies(app: bytes, path: str, purpose: str) -> N
 
 
 def test_key_paths_follow_the_design() -> None:
-    assert [(k.path, k.purpose) for k in KeyPath] == [
-        ("attestmesh/signer/v1", "ethereum"),
-        ("attestmesh/identity/v1", ""),
-        ("attestmesh/seal/v1", ""),
-        ("attestmesh/wireguard/v1", ""),
-        ("attestmesh/csk/v1", ""),
-        ("attestmesh/state/v1", ""),
+    cluster = "0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed"  # lowercase in the path, whatever the input
+    assert [(SCOPE.path(k), k.purpose) for k in KeyPath] == [
+        (f"attestmesh/signer/v1/31337/{cluster}", "ethereum"),
+        (f"attestmesh/identity/v1/31337/{cluster}", ""),
+        (f"attestmesh/seal/v1/31337/{cluster}", ""),
+        (f"attestmesh/wireguard/v1/31337/{cluster}", ""),
+        (f"attestmesh/state/v1/31337/{cluster}", ""),
     ]
+    assert csk_path(31337, SCOPE.cluster, 1) == SCOPE.csk_path() == f"attestmesh/csk/v1/31337/{cluster}/1"
+    assert csk_path(1, SCOPE.cluster, 12) == f"attestmesh/csk/v1/1/{cluster}/12"
+    assert key_path(KeyPath.SEAL, 8453, SCOPE.cluster) == f"attestmesh/seal/v1/8453/{cluster}"
+    for bad in (lambda: csk_path(1, SCOPE.cluster, 0), lambda: key_path(KeyPath.SEAL, 0, SCOPE.cluster)):
+        with pytest.raises(ValueError):
+            bad()
 
 
 def test_curve_constants_match_eth_keys() -> None:

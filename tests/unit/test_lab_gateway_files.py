@@ -193,7 +193,10 @@ def test_state_round_trip_and_an_old_state_file_is_a_direct_lab() -> None:
 
 def test_sidecar_env_by_transport() -> None:
     node = _node()
-    direct = DevnetState(lab="amtg", underlay="10.219.0.0/24", mesh_cidr="10.19.0.0/16", transport="direct")
+    direct = DevnetState(
+        lab="amtg", underlay="10.219.0.0/24", mesh_cidr="10.19.0.0/16", transport="direct", chain_id=31337,
+        cluster=ADDRESS, member_app_factory=ADDRESS, kms_root=ADDRESS,
+    )  # fmt: skip
     env = sidecar_env(direct, node)
     assert env["ATTESTMESH_ENDPOINT"] == "10.219.0.11:51820"
     assert not {"ATTESTMESH_GATEWAY_DOMAIN", "ATTESTMESH_GATEWAY_PORT", "ATTESTMESH_CA_FILE"} & set(env)
@@ -214,8 +217,8 @@ def test_a_gateway_mode_sidecar_env_is_one_the_sidecar_accepts(tmp_path: Path) -
     )  # the sidecar checks the file is readable, not its contents
     state = DevnetState(
         lab="amtg", underlay="10.219.0.0/24", mesh_cidr="10.19.0.0/16", rpc_url="http://10.219.0.2:8545",
-        chain_id=31337, cluster=ADDRESS, indexer_registry=ADDRESS, transport="gateway",
-        gateway=replace(GATEWAY, ca_file=str(ca)),
+        chain_id=31337, cluster=ADDRESS, indexer_registry=ADDRESS, member_app_factory=ADDRESS,
+        kms_root=ADDRESS, transport="gateway", gateway=replace(GATEWAY, ca_file=str(ca)),
     )  # fmt: skip
     env = {k: v for k, v in sidecar_env(state, _node()).items() if k.startswith(("ATTESTMESH_", "DSTACK_"))}
     settings = load_settings(env)

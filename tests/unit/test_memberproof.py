@@ -27,7 +27,7 @@ from sidecar.core.csk import (
     verify_request,
 )
 from sidecar.core.ids import Address, Bytes32, SecretBytes
-from sidecar.core.keys import KeyPath, ed25519_public_key, x25519_public_key
+from sidecar.core.keys import KeyPath, ed25519_public_key, key_path, x25519_public_key
 from sidecar.core.memberproof import (
     BINDING_DOMAIN,
     PROOF_FIELDS,
@@ -200,7 +200,8 @@ class VectorNode:
 
     def proof(self) -> MemberProof:
         app = create2_address(VECTOR_FACTORY, self.salt, VECTOR_CODE_HASH)
-        signer, chain = get_key(KMS, app, KeyPath.SIGNER.path, KeyPath.SIGNER.purpose)
+        path = key_path(KeyPath.SIGNER, VECTOR_CHAIN_ID, VECTOR_CLUSTER)
+        signer, chain = get_key(KMS, app, path, KeyPath.SIGNER.purpose)
         return make_member_proof(
             build_proof(app, signer, chain), signer, salt=self.salt, chain_id=VECTOR_CHAIN_ID,
             cluster=VECTOR_CLUSTER, identity_pub=Bytes32(ed25519_public_key(self.identity)),

@@ -30,6 +30,8 @@ REQUIRED = {
     "ATTESTMESH_RPC_URL": "http://127.0.0.1:8545",
     "ATTESTMESH_CHAIN_ID": "31337",
     "ATTESTMESH_CLUSTER": CLUSTER_HEX,
+    "ATTESTMESH_MEMBER_APP_FACTORY": "0x" + "fa" * 20,
+    "ATTESTMESH_KMS_ROOTS": "0x" + "12" * 20,
     "ATTESTMESH_ENDPOINT": "10.88.0.2:51820",
 }
 
@@ -139,11 +141,10 @@ def test_missing_required_all_reported() -> None:
     with pytest.raises(SettingsError) as info:
         load_settings({})
     found = info.value.problems
-    assert sorted(found[:3]) == sorted(
-        f"ATTESTMESH_{name} is required but not set" for name in ("RPC_URL", "CHAIN_ID", "CLUSTER")
-    )
-    assert len(found) == 4
-    assert found[3].startswith("ATTESTMESH_ENDPOINT or ATTESTMESH_GATEWAY_DOMAIN must be set")
+    required = ("RPC_URL", "CHAIN_ID", "CLUSTER", "MEMBER_APP_FACTORY", "KMS_ROOTS")
+    assert sorted(found[:5]) == sorted(f"ATTESTMESH_{name} is required but not set" for name in required)
+    assert len(found) == 6
+    assert found[5].startswith("ATTESTMESH_ENDPOINT or ATTESTMESH_GATEWAY_DOMAIN must be set")
     assert "ATTESTMESH_RPC_URL" in str(info.value)
 
 
