@@ -106,7 +106,7 @@ def build_node(
         identity=IdentityStep(agent),
         chain=ChainStep(chain, metrics),
         membership=MembershipStep(chain, metrics, own_endpoint(settings.mesh)),
-        endpoint=EndpointStep(chain, own_endpoint(settings.mesh), repeats),
+        endpoint=EndpointStep(chain, own_endpoint(settings.mesh), repeats, metrics),
         mesh=mesh,
         csk=csk,
     )
