@@ -277,6 +277,8 @@ def explain_register_error(exc: ChainError) -> str:
     name = type(exc).__name__
     if name == "InsufficientFunds":
         return f"no gas: the signer has no funds to register ({exc})"
+    if name == "FeeAboveCap":
+        return f"registration held: {exc}"
     if exc.transient:
         return f"chain unreachable while registering: {exc}"
     return f"registration reverted: {exc}"

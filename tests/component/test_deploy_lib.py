@@ -71,9 +71,11 @@ def test_every_step_is_logged_with_a_utc_timestamp_and_no_secret_reaches_log_or_
     assert stat.S_IMODE((tmp_path / "logs").stat().st_mode) == 0o700
 
 
-def test_redaction_ignores_letter_case_and_covers_the_sealed_env_file_and_added_names(tmp_path: Path) -> None:
+def test_redaction_ignores_letter_case_and_covers_the_sealed_env_file_and_added_names(
+    tmp_path: Path,
+) -> None:
     """Issue 12: exact-string matching let an upper-cased key, a value only in ENV_FILE, and (with
-    DEPLOY_SECRET_VARS set) every default name through; now all are redacted, and short flags stay readable."""
+    DEPLOY_SECRET_VARS set) every default name through; now all are redacted, short flags stay readable."""
     env_file = tmp_path / "sealed.env"
     env_file.write_text(
         "# the node's sealed env\n"
@@ -97,7 +99,8 @@ def test_redaction_ignores_letter_case_and_covers_the_sealed_env_file_and_added_
     assert done.returncode == 0, done.stderr
     for output in (log_text(tmp_path), done.stderr):
         lowered = output.lower()
-        for secret in (OWNER_KEY[2:], API_KEY, "sealed-key-two", "quoted-sealed-token-42", "extra-secret-value"):
+        sealed = ("sealed-key-two", "quoted-sealed-token-42", "extra-secret-value")
+        for secret in (OWNER_KEY[2:], API_KEY, *sealed):
             assert secret not in lowered, secret
         assert output.count("<redacted>") == 5  # upper owner key, upper api key, url, token, extra
         assert "allow true" in output  # a short flag of the sealed env is not a secret worth blanking
