@@ -46,6 +46,7 @@ SETTINGS: dict[str, Any] = {
                 "evm.bytecode.linkReferences",
                 "evm.deployedBytecode.object",
                 "metadata",
+                "storageLayout",
             ],
             "": ["ast"],
         }
@@ -188,6 +189,9 @@ def build_artifacts(src: Path = DEFAULT_SRC) -> dict[str, str]:
             "bytecode": "0x" + contract["evm"]["bytecode"]["object"],
             "deployedBytecode": "0x" + contract["evm"]["deployedBytecode"]["object"],
             "compiler": metadata["compiler"]["version"],
+            # Where each state variable lives (slot, offset, type); test tooling writes storage by it
+            # (devnet/chainpoke.py), so it follows a reordered contract instead of hard-coded slots.
+            "storageLayout": contract["storageLayout"],
             # Exactly the sources this contract's bytecode depends on (its metadata's source list).
             "sourceHash": source_hash(list(metadata["sources"]), sources),
         }

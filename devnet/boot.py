@@ -87,6 +87,8 @@ def sidecar_env(state: DevnetState, node: NodeState) -> dict[str, str]:
         ATTESTMESH_CHAIN_ID=str(state.chain_id),
         ATTESTMESH_CLUSTER=state.cluster,
         ATTESTMESH_INDEXER_REGISTRY=state.indexer_registry,
+        ATTESTMESH_MEMBER_APP_FACTORY=state.member_app_factory,
+        ATTESTMESH_KMS_ROOTS=state.kms_root,
         ATTESTMESH_WG_BACKEND="userspace",
         ATTESTMESH_WG_UAPI_DIR=node.wg_uapi_dir,
         ATTESTMESH_WG_LISTEN_PORT=str(WG_PORT),

@@ -39,7 +39,7 @@ from sidecar.drivers.store import StateStore
 from sidecar.drivers.supervisor import StopSignal, Supervisor
 from sidecar.dstack.agent import GuestAgent
 from sidecar.http.appapi import app_api, start_unix
-from sidecar.http.health import health_app, start_tcp
+from sidecar.http.health import health_app, start_health, start_tcp
 from sidecar.http.peerapi import peer_api
 from sidecar.http.server import Runner
 from sidecar.observability import Metrics
@@ -209,7 +209,9 @@ class Daemon:
         health = health_app(self.controller.current_status, self.metrics)
         addr = f"{s.http.health_addr.host}:{s.http.health_addr.port}"
         try:
-            self._runners.append(await start_tcp(health, s.http.health_addr.host, s.http.health_addr.port))
+            self._runners.append(
+                await start_health(health, s.http.health_addr.host, s.http.health_addr.port, self.metrics)
+            )
             log.info("health.listening", addr=addr)
             self._runners.append(
                 await start_unix(app_api(_AppView(self.controller), self.metrics), str(s.http.app_socket))

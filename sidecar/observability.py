@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from ipaddress import IPv4Address
 from typing import Final, Literal, get_args
 
@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollecto
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from sidecar.core.peerscreen import EXCLUSION_REASONS
 from sidecar.core.phases import ORDER
 
 PeerState = Literal["desired", "configured", "live"]
@@ -44,9 +45,16 @@ CskRefusal = Literal[
     "not_live",
     "not_held",
     "rate_limited",
+    "no_proof",
+    "bad_proof",
+    "foreign_app",
+    "untrusted_root",
+    "anchors_missing",
+    "no_own_proof",
 ]
-CskPullResult = Literal["ok", "refused", "unreachable", "invalid"]
+CskPullResult = Literal["ok", "refused", "unreachable", "invalid", "unproven"]
 HttpSurface = Literal["health", "app", "peer"]
+ConnectionDrop = Literal["over_limit", "header_timeout"]
 ChainErrorKind = Literal["transient", "terminal"]
 RegistrationResult = Literal["ok", "failed"]
 EndpointUpdate = Literal["sent", "failed", "deferred"]
@@ -80,6 +88,7 @@ LIVENESS_DIRECTIONS: Final[tuple[str, ...]] = get_args(LivenessDirection)
 CSK_REFUSALS: Final[tuple[str, ...]] = get_args(CskRefusal)
 CSK_PULL_RESULTS: Final[tuple[str, ...]] = get_args(CskPullResult)
 HTTP_SURFACES: Final[tuple[str, ...]] = get_args(HttpSurface)
+CONNECTION_DROPS: Final[tuple[str, ...]] = get_args(ConnectionDrop)
 CHAIN_ERROR_KINDS: Final[tuple[str, ...]] = get_args(ChainErrorKind)
 REGISTRATION_RESULTS: Final[tuple[str, ...]] = get_args(RegistrationResult)
 ENDPOINT_UPDATES: Final[tuple[str, ...]] = get_args(EndpointUpdate)
@@ -173,6 +182,12 @@ class Metrics:
             ["state"],
             registry=r,
         )
+        self.peers_excluded = Gauge(
+            "attestmesh_peers_excluded",
+            "Member records kept off the WireGuard device because they cannot be used, by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.peer_changes = Counter(
             "attestmesh_peer_changes_total", "WireGuard peer changes applied.", ["change"], registry=r
         )
@@ -216,6 +231,13 @@ class Metrics:
             "attestmesh_http_client_gone_total", "Clients that hung up mid-request, by surface.", ["surface"],
             registry=r,
         )  # fmt: skip
+        self.http_connections_dropped = Counter(
+            "attestmesh_http_connections_dropped_total",
+            "Connections closed by the server's limits, by surface and reason (over_limit: refused over the "
+            "connection cap; header_timeout: no complete request head in time).",
+            ["surface", "reason"],
+            registry=r,
+        )
         self.chain_errors = Counter(
             "attestmesh_chain_errors_total", "Chain errors by class.", ["kind"], registry=r
         )
@@ -260,6 +282,9 @@ class Metrics:
 
         for name in PHASES:
             self.phase.labels(phase=name).set(0)
+        for surface in HTTP_SURFACES:
+            for drop in CONNECTION_DROPS:
+                self.http_connections_dropped.labels(surface=surface, reason=drop)
         for step in RECONCILE_STEPS:
             for failure in STEP_FAILURES:
                 self.step_failures.labels(step=step, failure=failure)
@@ -267,6 +292,7 @@ class Metrics:
         for labelled, values in (
             (self.peers, PEER_STATES),
             (self.peer_changes, PEER_CHANGES),
+            (self.peers_excluded, EXCLUSION_REASONS),
             (self.reconcile_passes, RECONCILE_RESULTS),
             (self.heartbeats_rejected, HEARTBEAT_REJECTIONS),
             (self.peer_liveness_transitions, LIVENESS_DIRECTIONS),
@@ -307,6 +333,11 @@ class Metrics:
         self.peers.labels(state="configured").set(configured)
         self.peers.labels(state="live").set(live)
 
+    def set_peers_excluded(self, counts: Mapping[str, int]) -> None:
+        """Set ``attestmesh_peers_excluded{reason}`` for every reason (a reason not in ``counts`` is 0)."""
+        for reason in EXCLUSION_REASONS:
+            self.peers_excluded.labels(reason=reason).set(counts.get(reason, 0))
+
     def peer_changed(self, change: PeerChange, count: int = 1) -> None:
         self.peer_changes.labels(_known(change, PEER_CHANGES, "change")).inc(count)
 
@@ -345,6 +376,11 @@ class Metrics:
 
     def http_client_gone(self, surface: HttpSurface) -> None:
         self.http_clients_gone.labels(_known(surface, HTTP_SURFACES, "surface")).inc()
+
+    def http_dropped(self, surface: HttpSurface, reason: ConnectionDrop) -> None:
+        self.http_connections_dropped.labels(
+            surface=surface, reason=_known(reason, CONNECTION_DROPS, "drop")
+        ).inc()
 
     def chain_error(self, kind: ChainErrorKind) -> None:
         self.chain_errors.labels(_known(kind, CHAIN_ERROR_KINDS, "kind")).inc()

@@ -45,6 +45,9 @@ class Artifact:
     deployed_bytecode: bytes = field(repr=False)
     compiler: str = ""
     source_hash: str = ""
+    #: solc's ``storageLayout`` (``{"storage": [...], "types": {...}}``; empty when the artifact has none).
+    #: Only test and devnet tooling reads it (``devnet/chainpoke.py``); the sidecar never writes storage.
+    storage_layout: dict[str, Any] = field(default_factory=dict, repr=False, hash=False, compare=False)
 
     def abi_list(self) -> list[dict[str, Any]]:
         """Return a fresh list copy of the ABI (web3 wants a list)."""
@@ -102,6 +105,7 @@ def _load(directory: Path, name: str) -> Artifact:
         deployed_bytecode=_hex_bytes(raw.get("deployedBytecode", ""), f"{name}.deployedBytecode"),
         compiler=str(raw.get("compiler", "")),
         source_hash=str(raw.get("sourceHash", "")),
+        storage_layout=dict(raw.get("storageLayout") or {}),
     )
 
 

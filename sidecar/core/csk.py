@@ -1,8 +1,8 @@
 """The cluster shared key's cryptography: commitment, signed requests, sealed delivery and the local cache.
 
 Owns everything about the CSK that is pure computation: ``commitment``; the CSK request (``CskRequest``,
-``sign_request``, ``parse_request``) and the responder's admission gate (``CskGate``); delivery sealed to
-the requester's X25519 seal key (``seal`` / ``open_sealed``); the originator's derivation
+``sign_request``, ``parse_request``) and response (``sign_response``, ``check_response``); delivery sealed
+to the requester's proven X25519 seal key (``seal`` / ``open_sealed``); the originator's derivation
 (``csk_from_key``); and the encrypted cache (``seal_cache`` / ``open_cache``). Must not do I/O, read a
 clock, or let key material into an exception message or a repr (secrets travel as ``SecretBytes``).
 
@@ -10,26 +10,29 @@ CSK: 32 bytes. ``commitment(csk) = keccak256(csk)``, set on chain once by the or
 CSK is its GetKey output for ``attestmesh/csk/v1`` used as-is (``csk_from_key`` only checks the length),
 so it re-derives the same key after any restart.
 
-Request (JSON object, the body of the peer API call)::
+Request, version 2 (JSON object, the body of the peer API call; docs/protocol.md §11)::
 
-    {"cluster": "0x<20 bytes hex>", "requester": "0x<32 bytes hex>", "responder": "0x<32 bytes hex>",
-     "timestamp_ms": <integer, unix ms, 0 <= t < 2**64>, "signature": "0x<64 bytes hex>"}
+    {"version": 2, "cluster": "0x<20 bytes hex>", "requester": "0x<32 bytes hex>",
+     "responder": "0x<32 bytes hex>", "timestamp_ms": <integer, unix ms, 0 <= t < 2**64>,
+     "signature": "0x<64 bytes hex>", "proof": {<member proof, sidecar.core.memberproof>}}
 
-Exactly these keys; hex is 0x-prefixed (either case). The signature is Ed25519 by the requester's
-identity key over ``b"attestmesh/csk-request/v1\\x00" ‖ cluster(20) ‖ requester(32) ‖ responder(32) ‖
-timestamp_ms (u64 big-endian)``. Naming the responder stops a request to one peer being replayed to
-another; the timestamp and the gate's memory stop replays to the same peer.
+Exactly these keys (``proof`` may be absent: refused ``no_proof``; a version-1 request, the same keys
+without ``version`` and ``proof``, parses and is refused ``no_proof``); hex is 0x-prefixed (either case).
+The signature is Ed25519 by the requester's identity key over ``b"attestmesh/csk-request/v2\\x00" ‖
+cluster(20) ‖ requester(32) ‖ responder(32) ‖ timestamp_ms (u64 big-endian)``. Naming the responder
+stops a request to one peer being replayed to another; the timestamp and the gate's memory stop replays to
+the same peer.
 
-Gate (``CskGate.check``), in order: ``wrong_cluster``, ``wrong_responder`` (not addressed to me),
-``not_member``, ``bad_signature`` (against the requester's on-chain identity key), ``stale`` (timestamp
-more than ``freshness_ms`` from now either way, or older than the freshest accepted request allows),
-``replayed`` (same requester and timestamp accepted within the window), ``rate_limited`` (more than
-``MAX_REQUESTS_PER_WINDOW`` accepted from one requester within the window), ``not_live`` (its heartbeats
-were not verified recently). State changes only on acceptance; memory is bounded by members times
-the per-window limit, and entries leave once outside the window.
+Gate: ``sidecar.core.cskgate`` judges a parsed ``SignedRequest`` (membership, member proof, signature,
+freshness, replay, rate, liveness).
 
-Sealed delivery: a libsodium sealed box (``crypto_box_seal``) of the 32-byte CSK to the requester's
-on-chain X25519 seal key; the requester opens it with its seal key and checks it against the commitment.
+Sealed delivery: a libsodium sealed box (``crypto_box_seal``) of the 32-byte CSK to the PROVEN X25519 seal
+key. The response (version 2) is ``{"version": 2, "sealed": hex, "proof": {...}, "signature": hex}``: the
+responder's own member proof and its Ed25519 signature (proven identity key) over
+``b"attestmesh/csk-response/v2\\x00" ‖ cluster ‖ requester ‖ responder ‖ timestamp_ms ‖ sealed (80)``, so
+a non-TEE cannot pass off a key by replaying a member's (public) proof. ``check_response``: the proof
+verifies and proves the responder asked, the signature verifies; then the requester opens the box with
+its seal key and checks it against the commitment.
 
 Cache (version 1, 77 bytes)::
 
@@ -44,9 +47,7 @@ member, commitment or key fails) and finally keccak256(csk) == commitment.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 import nacl.bindings
 import nacl.exceptions
@@ -59,9 +60,19 @@ from nacl.public import PrivateKey, PublicKey, SealedBox
 
 from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
 from sidecar.core.keys import ed25519_verifies
+from sidecar.core.memberproof import (
+    MemberProof,
+    ProofAnchors,
+    ProofRejected,
+    parse_proof,
+    proof_json,
+    verify_member_proof,
+)
 
 CSK_BYTES = 32
-REQUEST_DOMAIN = b"attestmesh/csk-request/v1\x00"
+REQUEST_VERSION = 2
+REQUEST_DOMAIN = b"attestmesh/csk-request/v2\x00"
+RESPONSE_DOMAIN = b"attestmesh/csk-response/v2\x00"
 CACHE_DOMAIN = b"attestmesh/csk-cache/v1\x00"
 CACHE_KDF_INFO = b"attestmesh/csk-cache/v1"
 CACHE_MAGIC = b"AMCK"
@@ -70,22 +81,11 @@ _NONCE_BYTES = 24
 _TAG_BYTES = 16
 CACHE_BYTES = len(CACHE_MAGIC) + 1 + _NONCE_BYTES + CSK_BYTES + _TAG_BYTES
 SEALED_BYTES = 48 + CSK_BYTES  # ephemeral public key (32) + MAC (16) + the CSK
-DEFAULT_FRESHNESS_MS = 30_000
-MAX_REQUESTS_PER_WINDOW = 32
-MAX_REQUEST_JSON_BYTES = 1024  # a hint for the HTTP layer: a valid request body is about 400 bytes
+MAX_REQUEST_JSON_BYTES = 2048  # a hint for the HTTP layer: a valid request body is about 1 600 bytes
 _U64 = 2**64
-_REQUEST_KEYS = frozenset({"cluster", "requester", "responder", "timestamp_ms", "signature"})
-
-RefusalReason = Literal[
-    "wrong_cluster",
-    "wrong_responder",
-    "not_member",
-    "bad_signature",
-    "stale",
-    "replayed",
-    "rate_limited",
-    "not_live",
-]
+_V1_KEYS = frozenset({"cluster", "requester", "responder", "timestamp_ms", "signature"})
+_REQUEST_KEYS = _V1_KEYS | {"version", "proof"}
+_RESPONSE_KEYS = frozenset({"version", "sealed", "proof", "signature"})
 
 
 class CskError(Exception):
@@ -141,19 +141,38 @@ def request_message(req: CskRequest) -> bytes:
     )
 
 
-def sign_request(req: CskRequest, identity_key: SecretBytes) -> dict[str, str | int]:
-    """Sign a request with the requester's Ed25519 identity seed; return its JSON object."""
-    seed = identity_key.reveal()
-    if len(seed) != 32:
-        raise CskError("identity key must be a 32-byte Ed25519 seed")
-    signature = Ed25519PrivateKey.from_private_bytes(seed).sign(request_message(req))
-    return {
+@dataclass(frozen=True, slots=True)
+class SignedRequest:
+    """A parsed request: its fields, the Ed25519 signature and the member proof's JSON value (None: none
+    sent), judged by ``sidecar.core.cskgate.CskGate``."""
+
+    request: CskRequest
+    signature: bytes
+    proof: object = None
+
+
+def sign_request(req: CskRequest, identity_key: SecretBytes, proof: MemberProof | None) -> dict[str, object]:
+    """Sign a request with the requester's Ed25519 identity seed; return its JSON object (with ``proof``
+    unless None, which only a test of the ``no_proof`` refusal wants)."""
+    signature = _ed25519(identity_key).sign(request_message(req))
+    obj: dict[str, object] = {
+        "version": REQUEST_VERSION,
         "cluster": "0x" + req.cluster.hex,
         "requester": str(req.requester),
         "responder": str(req.responder),
         "timestamp_ms": req.timestamp_ms,
         "signature": "0x" + signature.hex(),
     }
+    if proof is not None:
+        obj["proof"] = proof_json(proof)
+    return obj
+
+
+def _ed25519(identity_key: SecretBytes) -> Ed25519PrivateKey:
+    seed = identity_key.reveal()
+    if len(seed) != 32:
+        raise CskError("identity key must be a 32-byte Ed25519 seed")
+    return Ed25519PrivateKey.from_private_bytes(seed)
 
 
 def _hex_field(obj: dict[object, object], key: str, length: int) -> bytes:
@@ -166,12 +185,21 @@ def _hex_field(obj: dict[object, object], key: str, length: int) -> bytes:
     return bytes.fromhex(body)
 
 
-def parse_request(obj: object) -> tuple[CskRequest, bytes]:
-    """Validate an untrusted JSON value; return the request and its signature or raise CskWireError."""
+def _version(obj: dict[object, object]) -> None:
+    version = obj["version"]
+    if isinstance(version, bool) or version != REQUEST_VERSION:
+        raise CskWireError(f"unsupported version (this node speaks {REQUEST_VERSION})")
+
+
+def parse_request(obj: object) -> SignedRequest:
+    """Validate an untrusted JSON value's form; return the signed request or raise CskWireError."""
     if not isinstance(obj, dict):
         raise CskWireError("request must be a JSON object")
-    if set(obj) != _REQUEST_KEYS:
-        raise CskWireError("request must have exactly: " + ", ".join(sorted(_REQUEST_KEYS)))
+    keys = set(obj)
+    if keys != _V1_KEYS:  # version 1 had no version and no proof: it parses, and is refused no_proof
+        if not _V1_KEYS | {"version"} <= keys <= _REQUEST_KEYS:
+            raise CskWireError("request must have exactly: " + ", ".join(sorted(_REQUEST_KEYS)))
+        _version(obj)
     timestamp = obj["timestamp_ms"]
     if isinstance(timestamp, bool) or not isinstance(timestamp, int) or not 0 <= timestamp < _U64:
         raise CskWireError("timestamp_ms must be an integer in [0, 2**64)")
@@ -181,7 +209,7 @@ def parse_request(obj: object) -> tuple[CskRequest, bytes]:
         responder=MemberId(_hex_field(obj, "responder", 32)),
         timestamp_ms=timestamp,
     )
-    return req, _hex_field(obj, "signature", 64)
+    return SignedRequest(req, _hex_field(obj, "signature", 64), obj.get("proof"))
 
 
 def verify_request(req: CskRequest, signature: bytes, identity_pub: Bytes32) -> bool:
@@ -189,100 +217,47 @@ def verify_request(req: CskRequest, signature: bytes, identity_pub: Bytes32) -> 
     return ed25519_verifies(identity_pub, signature, request_message(req))
 
 
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """Why a CSK request is not served."""
-
-    reason: RefusalReason
+# --- responses -------------------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class CskGate:
-    """Decides whether to serve a CSK request; remembers accepted (requester, timestamp) pairs."""
+def response_message(req: CskRequest, sealed: bytes) -> bytes:
+    """Return the exact bytes the responder's signature covers: the request it answers and the box."""
+    if len(sealed) != SEALED_BYTES:
+        raise CskWireError(f"sealed box must be {SEALED_BYTES} bytes")
+    return RESPONSE_DOMAIN + request_message(req)[len(REQUEST_DOMAIN) :] + sealed
 
-    freshness_ms: int = DEFAULT_FRESHNESS_MS
-    _seen: dict[MemberId, dict[int, None]] = field(default_factory=dict, repr=False)
-    _high_water_ms: int | None = field(default=None, repr=False)
 
-    def check(
-        self,
-        req: CskRequest,
-        signature: bytes,
-        *,
-        me: MemberId,
-        cluster: Address,
-        members: Mapping[MemberId, tuple[Bytes32, Bytes32]],
-        verified_recently: Callable[[MemberId], bool],
-        now_ms: int,
-    ) -> Refusal | None:
-        """Judge a request; ``members`` maps member id to (identity public key, seal public key)."""
-        newest = now_ms if self._high_water_ms is None else max(now_ms, self._high_water_ms)
-        seen = self._seen.get(req.requester, {})
-        recent = [t for t in seen if newest - t <= self.freshness_ms]
-        problems = self._problems(
-            req,
-            signature,
-            me=me,
-            cluster=cluster,
-            members=members,
-            verified_recently=verified_recently,
-            now_ms=now_ms,
-            newest=newest,
-            recent=recent,
-        )
-        reason = next(problems, None)
-        if reason is not None:
-            return Refusal(reason)
-        self._high_water_ms = newest
-        self._seen[req.requester] = dict.fromkeys([*recent, req.timestamp_ms])
-        self._prune(newest)
-        return None
+def sign_response(
+    req: CskRequest, sealed: bytes, identity_key: SecretBytes, proof: MemberProof
+) -> dict[str, object]:
+    """The responder's answer: the box, its own member proof and its identity key's signature."""
+    signature = _ed25519(identity_key).sign(response_message(req, sealed))
+    return {
+        "version": REQUEST_VERSION,
+        "sealed": "0x" + sealed.hex(),
+        "proof": proof_json(proof),
+        "signature": "0x" + signature.hex(),
+    }
 
-    def _problems(
-        self,
-        req: CskRequest,
-        signature: bytes,
-        *,
-        me: MemberId,
-        cluster: Address,
-        members: Mapping[MemberId, tuple[Bytes32, Bytes32]],
-        verified_recently: Callable[[MemberId], bool],
-        now_ms: int,
-        newest: int,
-        recent: list[int],
-    ) -> Iterator[RefusalReason]:
-        """Yield the refusal reasons in order, lazily (the signature is checked only when needed)."""
-        if req.cluster != cluster:
-            yield "wrong_cluster"
-        if req.responder != me:
-            yield "wrong_responder"
-        keys = members.get(req.requester)
-        if keys is None:
-            yield "not_member"
-            return
-        if not verify_request(req, signature, keys[0]):
-            yield "bad_signature"
-        ts = req.timestamp_ms
-        if abs(now_ms - ts) > self.freshness_ms or newest - ts > self.freshness_ms:
-            yield "stale"
-        if ts in recent:
-            yield "replayed"
-        if len(recent) >= MAX_REQUESTS_PER_WINDOW:
-            yield "rate_limited"
-        if not verified_recently(req.requester):
-            yield "not_live"
 
-    def _prune(self, newest: int) -> None:
-        for member in list(self._seen):
-            kept = {t: None for t in self._seen[member] if newest - t <= self.freshness_ms}
-            if kept:
-                self._seen[member] = kept
-            else:
-                del self._seen[member]
-
-    def forget(self, member: MemberId) -> None:
-        """Drop a removed member's replay memory."""
-        self._seen.pop(member, None)
+def check_response(req: CskRequest, obj: object, anchors: ProofAnchors) -> bytes:
+    """Check an untrusted response to ``req``: its form (``CskWireError``), that its proof proves a TEE of
+    this cluster that is the responder asked (``ProofRejected``) and that the proven identity key signed
+    it (``ProofRejected``, ``bad_proof``). Return the sealed box, still to be opened and checked against
+    the commitment."""
+    if not isinstance(obj, dict):
+        raise CskWireError("response must be a JSON object")
+    if set(obj) != _RESPONSE_KEYS:
+        raise CskWireError("response must have exactly: " + ", ".join(sorted(_RESPONSE_KEYS)))
+    _version(obj)
+    sealed = _hex_field(obj, "sealed", SEALED_BYTES)
+    signature = _hex_field(obj, "signature", 64)
+    proven = verify_member_proof(parse_proof(obj["proof"]), anchors)
+    if proven.member_id != req.responder:
+        raise ProofRejected("bad_proof", "the proof is another member's than the responder asked")
+    if not ed25519_verifies(proven.identity_pub, signature, response_message(req, sealed)):
+        raise ProofRejected("bad_proof", "the response is not signed by the proven identity key")
+    return sealed
 
 
 # --- sealed delivery -------------------------------------------------------------------------------------

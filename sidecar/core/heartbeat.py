@@ -1,7 +1,8 @@
 """Signed, replay-protected heartbeats bound to the sender's mesh IP: wire format v1 and the receive gate.
 
 Owns the ``Heartbeat`` value, its binary encoding (``encode`` / ``decode``), ``HeartbeatGate`` (which
-heartbeats count as proof of liveness) and ``next_seq``. Must not do I/O, read a clock or decide
+heartbeats count as proof of liveness), ``next_seq`` and ``live_page`` (which live ids one heartbeat
+carries). Must not do I/O, read a clock or decide
 liveness: the driver sends and receives the datagrams, passes ``now_ms`` in, and feeds accepted
 heartbeats to ``liveness.Liveness``.
 
@@ -14,13 +15,20 @@ Wire format v1 (all integers big-endian, no padding)::
     37      8         timestamp_ms (u64, unix milliseconds)
     45      8         seq (u64)
     53      2         count (u16, <= 256)
-    55      32*count  live member ids, in the sender's order (self included)
+    55      32*count  live member ids: the sender first, then a page of the others (see "Live list")
     55+32n  64        Ed25519 signature
 
 The signature is made with the sender's identity key over ``b"attestmesh/heartbeat/v1\\x00"`` followed by
 every byte before the signature (offsets 0 .. 55+32n). A datagram is 119 bytes (no ids) to 8311 bytes (256
 ids), so receive buffers must hold ``MAX_HEARTBEAT_BYTES``. Anything else — short, long, wrong magic or
 version, count over the limit, a length that disagrees with count — is rejected by ``decode``.
+
+Live list (``live_page``): at most ``MAX_LIVE_IDS`` (256) ids, so a datagram stays within 8311 bytes
+whatever the cluster's size. The sender is always first; the others it sees live follow, sorted by id, 255
+at a time: with more than 255 of them, heartbeat ``k`` carries page ``k mod pages``, so successive
+heartbeats cycle through every live member. The list is therefore PARTIAL by design: a receiver may read it
+only as "at least these were live at the sender", never as "the others were not". Receivers today use only
+the sender (its liveness); the list is advisory, which is why paging needs no new wire version.
 
 Acceptance (``HeartbeatGate.check``), checked in this order: the sender is a current member
 (``unknown_sender``); the datagram came from the sender's on-chain mesh IP (``wrong_source``); the
@@ -35,7 +43,7 @@ seq + 1, but never less than the current wall-clock milliseconds.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Literal
@@ -97,6 +105,20 @@ ACCEPTED = Verdict(True)
 def next_seq(previous: int, now_ms: int) -> int:
     """Return the next sequence number: above ``previous`` and never below the wall clock (restart-safe)."""
     return max(previous + 1, now_ms)
+
+
+def live_page(
+    live: Iterable[MemberId], me: MemberId, page: int, size: int = MAX_LIVE_IDS
+) -> tuple[MemberId, ...]:
+    """The live ids heartbeat number ``page`` carries: ``me`` first, then page ``page mod pages`` of the
+    other live members sorted by id, ``size - 1`` per page (the last page may be shorter)."""
+    if size < 2:
+        raise ValueError("a page must hold the sender and at least one other id")
+    others = sorted({m for m in live if m != me}, key=lambda m: m.raw)
+    per = size - 1
+    pages = max(1, -(-len(others) // per))
+    start = (page % pages) * per
+    return (me, *others[start : start + per])
 
 
 def _body(hb: Heartbeat) -> bytes:

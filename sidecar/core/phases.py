@@ -19,13 +19,15 @@ boot policy checked                             boot_gate     "boot policy not c
 boot policy allows                              boot_gate     "boot policy denies: …"
 registered                                      register      "not registered: …"
 mesh device up                                  mesh          "mesh device not up…"
-device peers equal the chain snapshot           mesh          "device out of sync with chain…"
+device peers equal the usable records           mesh          "device out of sync with chain…"
 CSK held and verified against the commitment    csk_acquire   "waiting for the cluster shared key: …"
-a live peer, when there are other members       mesh          "no live peer"
+a live peer, when there are usable peers        mesh          "no live peer"
 (all met)                                       healthy       ""
 ==============================================  ============  =====================================
 
 Lost state is checked before the boot policy because it is terminal and the operator must see it first.
+"Usable" is ``sidecar.core.peerscreen``'s verdict: an excluded member record is neither planned nor needed
+live (``other_members`` and ``live_peers`` count usable peers only).
 
 Degraded rule (an unreachable source of truth never tears down the data plane): when the chain cannot be
 read but the node is known to be registered and its mesh device is up, the remaining preconditions are

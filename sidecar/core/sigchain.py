@@ -78,6 +78,12 @@ def _recover(sig: bytes, message: bytes, what: str) -> bytes:
     return bytes(public.to_bytes())
 
 
+def recover_address(sig: bytes, message: bytes, what: str) -> Address:
+    """The address whose key made ``sig`` (65 B, low s) over keccak256(``message``); ``SigChainError``
+    names ``what`` when it is malformed or recovers to nothing."""
+    return address_of_public_key(_recover(sig, message, what))
+
+
 @dataclass(frozen=True, slots=True)
 class SigChainProof:
     """Public evidence that the holder of ``derived_pubkey`` got its key from ``kms_root`` for ``app_id``."""

@@ -1,13 +1,15 @@
 """The chain's desired state at one block, and what it asks of the WireGuard device.
 
 Owns ``Snapshot`` (boot verdict, members, CSK commitment and mesh CIDR read at one confirmed block, with
-look-ups by member id and by app id) and ``desired_peers``, the chain-to-device mapping: every other
-member becomes a peer with its on-chain WireGuard key, endpoint and /32 mesh IP. Must not do I/O or know
+look-ups by member id and by app id) and ``desired_peers``, the chain-to-device mapping: every usable
+other member (``sidecar.core.peerscreen``) becomes a peer with its on-chain WireGuard key, endpoint and /32
+mesh IP. Must not do I/O or know
 any driver type: members are looked up by value (``MemberId``, ``Address``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 
@@ -47,8 +49,9 @@ class Snapshot:
         return {m.member_id: m for m in self.members}
 
 
-def desired_peers(snapshot: Snapshot, me: MemberId) -> list[DesiredPeer]:
-    """Map the snapshot to the peers the device should hold: every other member, by its on-chain keys."""
+def desired_peers(records: Iterable[MemberRecord]) -> list[DesiredPeer]:
+    """Map member records to the peers the device should hold, by their on-chain keys (the caller passes
+    the usable records of ``sidecar.core.peerscreen.screen_peers``, never an excluded one)."""
     return [
         DesiredPeer(
             member_id=m.member_id,
@@ -56,5 +59,5 @@ def desired_peers(snapshot: Snapshot, me: MemberId) -> list[DesiredPeer]:
             endpoint=m.endpoint or None,
             allowed_ips=(IPv4Network(f"{m.mesh_ip}/32"),),
         )
-        for m in snapshot.others(me)
+        for m in records
     ]

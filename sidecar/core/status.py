@@ -2,8 +2,9 @@
 
 Owns: ``NodeStatus`` (one immutable snapshot, replaced as a whole by the drivers), the public views
 ``PeerView`` and ``SelfView``, and their JSON forms — ``healthz_body`` is exactly the ``/healthz`` shape
-of DESIGN §4 plus ``chain`` (so an unreachable chain is named). A value not known yet is JSON ``null``,
-never a placeholder such as a zero address.
+of DESIGN §4 plus ``chain`` (so an unreachable chain is named) and ``peers.excluded`` (the member records
+kept off the device, with reasons; at most ``MAX_EXCLUDED_LISTED``, ``peers.excluded_count`` all). A
+value not known yet is JSON ``null``, never a placeholder such as a zero address.
 
 Values arrive already rendered as strings by the drivers (``str(Address)`` is EIP-55, ``str(Bytes32)`` is
 ``0x`` hex, ``str(IPv4Address)`` is dotted), so this module stays a plain mapping to JSON.
@@ -23,6 +24,10 @@ PHASES: Final[tuple[str, ...]] = tuple(p.value for p in ORDER)
 """The phase names in forward order (``sidecar.core.phases`` owns them)."""
 
 HEALTHY_PHASE: Final = Phase.HEALTHY.value
+
+MAX_EXCLUDED_LISTED: Final = 32
+"""``/healthz`` lists at most this many excluded records (``peers.excluded``); ``peers.excluded_count``
+says how many there are."""
 
 EventMode = Literal["push", "poll"]
 
@@ -48,10 +53,12 @@ class NodeStatus:
     peers_configured: int = 0
     peers_live: int = 0
     peers_transport: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # transport → state → n
+    peers_excluded: tuple[tuple[str, str], ...] = ()  # (member id, reason) of the records kept off the device
     # csk (``csk_source``: for example ``derived``, ``cache`` or ``peer``)
     csk_held: bool = False
     csk_commitment: str | None = None
     csk_source: str | None = None
+    csk_peering_error: str | None = None  # why the key can be neither served to nor taken from peers
     # events
     events_mode: EventMode = "poll"
     indexer_connected: bool = False
@@ -98,8 +105,18 @@ def healthz_body(status: NodeStatus) -> dict[str, object]:
             "configured": status.peers_configured,
             "live": status.peers_live,
             "transport": {kind: dict(states) for kind, states in sorted(status.peers_transport.items())},
+            "excluded": [
+                {"member_id": member, "reason": reason}
+                for member, reason in status.peers_excluded[:MAX_EXCLUDED_LISTED]
+            ],
+            "excluded_count": len(status.peers_excluded),
         },
-        "csk": {"held": status.csk_held, "commitment": status.csk_commitment, "source": status.csk_source},
+        "csk": {
+            "held": status.csk_held,
+            "commitment": status.csk_commitment,
+            "source": status.csk_source,
+            "peering_error": status.csk_peering_error,
+        },
         "events": {
             "mode": status.events_mode,
             "indexer_connected": status.indexer_connected,

@@ -3,11 +3,11 @@
 Owns ``ClusterChain`` (the port the chain and registration steps depend on, so a unit test can pass a
 small fake) and ``ChainLink``, its web3 implementation: one lazily opened ``ChainConnection`` (shared
 with the log poller and the push subscriber through ``connection()``), the snapshot read at one
-confirmed block, and the signed writes (register, endpoint, CSK commitment), priced within the configured
-fee cap: a write the cap refuses is not sent, logged when the hold starts (``chain.fee_capped``) and ends
-(``chain.fee_cap_cleared``), and named in ``write_held`` (``/healthz`` ``chain.write_held``) until a
-write goes through. Must not: decide what a failure means for the node (the steps do), or log private keys
-(the signer key stays in the identity).
+confirmed block, the member app's CREATE2 salt (for the member proof), and the signed writes (register,
+endpoint, CSK commitment), priced within the configured fee cap: a write the cap refuses is not sent, logged
+when the hold starts (``chain.fee_capped``) and ends (``chain.fee_cap_cleared``), and named in
+``write_held`` (``/healthz`` ``chain.write_held``) until a write goes through. Must not: decide what a
+failure means for the node (the steps do), or log private keys (the signer key stays in the identity).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Protocol, TypeVar
 
 import structlog
 
-from sidecar.chain.contracts import ClusterClient
-from sidecar.chain.errors import FeeAboveCap
+from sidecar.chain.contracts import ClusterClient, MemberAppFactoryClient
+from sidecar.chain.errors import FeeAboveCap, UnexpectedChainError
 from sidecar.chain.failures import gwei
 from sidecar.chain.rpc import ChainConnection, connect
 from sidecar.chain.tx import FeeCap, TxSubmitter
@@ -62,6 +62,8 @@ class ClusterChain(Protocol):
     async def set_endpoint(self, identity: NodeIdentity, endpoint: str) -> None: ...
 
     async def commit_csk(self, identity: NodeIdentity, commitment: Bytes32) -> None: ...
+
+    async def member_app_salt(self, app_id: Address) -> Bytes32: ...
 
     async def reset(self) -> None: ...
 
@@ -155,6 +157,14 @@ class ChainLink:
 
     async def commit_csk(self, identity: NodeIdentity, commitment: Bytes32) -> None:
         await self._write("setCskCommitment", (await self._cluster(identity)).set_csk_commitment(commitment))
+
+    async def member_app_salt(self, app_id: Address) -> Bytes32:
+        """The CREATE2 salt of ``app_id`` at the configured member-app factory (read once, for the member
+        proof: a wrong value only makes this node's own proof fail, at home and at every peer)."""
+        factory = self.settings.member_app_factory
+        if factory is None:
+            raise UnexpectedChainError("no member-app factory is configured")
+        return await MemberAppFactoryClient(await self._connection(), factory).salt_of(app_id)
 
     async def reset(self) -> None:
         """Drop the connection (after a terminal error the next pass reconnects)."""

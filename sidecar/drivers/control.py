@@ -182,10 +182,12 @@ class Controller:
         self._apply(await steps.csk.run(identity, snap, mine), "csk")
 
     def _standing_facts(self) -> FactsPart:
-        """Facts re-read after every pass, whichever step it ended at: peers, and the key against the
+        """Facts re-read after every pass, whichever step it ended at: the usable peers (the mesh step's
+        last screen; an excluded record is neither desired nor needed live), and the key against the
         snapshot's commitment (a key committed or pulled between passes counts at once)."""
         snap = self.state.snapshot
-        others = snap.others(self.state.member_id) if snap else []
+        usable = {m.member_id for m in self.steps.mesh.screen.usable}  # excluded records never count
+        others = [m for m in snap.others(self.state.member_id) if m.member_id in usable] if snap else []
         live = self.liveness.live(self.clock.monotonic())
         return {
             "other_members": len(others),
@@ -229,9 +231,11 @@ class Controller:
             peers_configured=configured,
             peers_live=facts.live_peers,
             peers_transport=self.steps.mesh.transport.summary(),
+            peers_excluded=tuple((str(e.member_id), e.reason) for e in self.steps.mesh.screen.excluded),
             csk_held=facts.csk_held,
             csk_commitment=str(snap.commitment) if snap and snap.commitment else None,
             csk_source=held.source or None,
+            csk_peering_error=self.steps.csk.peering_error or None,
             **self._events_fields(),
             membership_digest=str(membership_digest(m.member_id for m in snap.members)) if snap else None,
             version=__version__,

@@ -1,13 +1,17 @@
 """The cluster shared key as one feature: hold, cache, pull and serve (rules: ``sidecar.core.csk``).
 
-Owns the key this node holds (``CskHeld``: value, commitment, source, the last reason it is not held), the
-acquire step of a reconcile pass (the originator derives and commits, or re-derives and verifies; every
-other member reads its sealed cache or pulls the key from a live peer, several at a time), the sealed
-cache in the state directory, and the answer to a peer's request (``respond``, behind the peer API's HTTP
-adapter). Facts about the node (identity, member id, snapshot) come from the shared ``NodeState``; the
-time from the injected clock. Repeated warnings are rate-limited.
-Must not: log, repr or return the key except sealed to a member's on-chain seal key; serve a key that is
-not verified against the current on-chain commitment.
+Owns the key this node holds (``CskHeld``: value, commitment, source, the last reason it is not held), this
+node's member proof (made once from its derived keys and the member app's CREATE2 salt, read once from the
+chain; ``sidecar.core.memberproof``), the acquire step of a reconcile pass (the originator derives and
+commits, or re-derives and verifies; every other member reads its sealed cache or pulls the key from a
+live peer, several at a time, adopting it only from a peer whose proof verifies against the measured
+anchors), the sealed cache in the state directory, and the answer to a peer's request (``respond``,
+behind the peer API's HTTP adapter: served only to a proven TEE of this cluster, sealed to its proven seal
+key). Without the measured anchors (member-app factory, KMS roots) the node neither serves nor accepts a
+key from peers and says why (``peering_error``). Facts about the node (identity, member id, snapshot)
+come from the shared ``NodeState``; the time from the injected clock. Repeated warnings are rate-limited.
+Must not: log, repr or return the key except sealed to a proven member's seal key; serve a key that is
+not verified against the current on-chain commitment; adopt a key from a peer whose proof fails.
 """
 
 from __future__ import annotations
@@ -23,8 +27,16 @@ import structlog
 
 from sidecar.chain.errors import ChainError
 from sidecar.core import csk as cskcore
+from sidecar.core.cskgate import DEFAULT_FRESHNESS_MS, CskGate, Refusal
 from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
 from sidecar.core.liveness import Liveness
+from sidecar.core.memberproof import (
+    MemberProof,
+    ProofAnchors,
+    ProofRejected,
+    make_member_proof,
+    verify_member_proof,
+)
 from sidecar.core.model import MemberRecord
 from sidecar.core.outcome import Outcome, stop
 from sidecar.core.repeats import Repeats
@@ -36,7 +48,7 @@ from sidecar.drivers.nodestate import NodeState
 from sidecar.drivers.steps import warn_limited
 from sidecar.drivers.store import StateStore, StoreError
 from sidecar.http.peerapi import CskAnswer, CskFetchError, fetch_csk
-from sidecar.observability import CskRefusal, Metrics
+from sidecar.observability import CskPullResult, CskRefusal, Metrics
 from sidecar.settings import MeshSettings
 
 log = structlog.get_logger("sidecar.csk")
@@ -55,9 +67,9 @@ class CskHeld:
 
 
 class CskFetcher(Protocol):
-    """Asks one peer for the CSK: returns the sealed box or raises ``CskFetchError``."""
+    """Asks one peer for the CSK: returns its JSON answer (not yet checked) or raises ``CskFetchError``."""
 
-    async def fetch(self, host: str, request: Mapping[str, object]) -> bytes: ...
+    async def fetch(self, host: str, request: Mapping[str, object]) -> dict[str, object]: ...
 
 
 class PeerApiFetcher:
@@ -68,7 +80,7 @@ class PeerApiFetcher:
         self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None
 
-    async def fetch(self, host: str, request: Mapping[str, object]) -> bytes:
+    async def fetch(self, host: str, request: Mapping[str, object]) -> dict[str, object]:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         return await fetch_csk(self._session, host, self.port, request, self.timeout)
@@ -85,6 +97,8 @@ class CskKeeper:
         self,
         *,
         cluster: Address,
+        chain_id: int,
+        anchors: ProofAnchors | str,
         mesh: MeshSettings,
         state: NodeState,
         agent: KeySource,
@@ -95,9 +109,14 @@ class CskKeeper:
         metrics: Metrics,
         clock: Clock,
         repeats: Repeats,
-        freshness_ms: int = cskcore.DEFAULT_FRESHNESS_MS,
+        freshness_ms: int = DEFAULT_FRESHNESS_MS,
     ) -> None:
         self.cluster = cluster
+        self.chain_id = chain_id
+        # The measured anchors proofs are checked against, or why there are none.
+        self.anchors = anchors if isinstance(anchors, ProofAnchors) else None
+        self.proof: MemberProof | None = None  # this node's own member proof, made once
+        self._proof_error = "" if self.anchors else str(anchors)
         self.parallelism = mesh.csk_parallelism
         self.state = state
         self.agent = agent
@@ -108,7 +127,7 @@ class CskKeeper:
         self.metrics = metrics
         self.clock = clock
         self.repeats = repeats
-        self.gate = cskcore.CskGate(freshness_ms=freshness_ms)
+        self.gate = CskGate(freshness_ms=freshness_ms)
         self.held = CskHeld()
         self._rederive_mismatch_logged: Bytes32 | None = None  # log that once per commitment
 
@@ -122,11 +141,42 @@ class CskKeeper:
             return Outcome({"csk_held": True, "csk_error": self.held.error})
         return stop({"csk_held": False, "csk_error": self.held.error})
 
+    @property
+    def peering_error(self) -> str:
+        """Why this node can neither serve the key to peers nor accept it from them ("" when it can)."""
+        return self._proof_error
+
+    async def make_proof(self, ident: NodeIdentity) -> None:
+        """Make this node's member proof once: read its member app's salt, bind its keys, check it."""
+        if self.proof is not None or self.anchors is None:
+            return
+        now = self.clock.monotonic()
+        try:
+            salt = await self.chain.member_app_salt(ident.app_id)
+        except ChainError as exc:
+            self._proof_error = f"reading the member app's salt failed: {exc}"
+            warn_limited(self.repeats, "csk.proof_failed", self._proof_error, now)
+            return
+        proof = make_member_proof(
+            ident.proof, ident.signer_key, salt=salt, chain_id=self.chain_id, cluster=self.cluster,
+            identity_pub=ident.keys.identity_pub, seal_pub=ident.keys.seal_pub,
+        )  # fmt: skip
+        try:  # what a peer will check: a node whose own proof fails is told so here, not by every peer
+            verify_member_proof(proof, self.anchors)
+        except ProofRejected as exc:
+            self._proof_error = f"this node's member proof does not verify: {exc}"
+            warn_limited(self.repeats, "csk.proof_failed", self._proof_error, now)
+            return
+        self.repeats.succeeded("csk.proof_failed")
+        self.proof, self._proof_error = proof, ""
+        log.info("csk.proof_made", app_id=str(ident.app_id), kms_root=str(ident.proof.kms_root))
+
     def holds(self, commitment: Bytes32 | None) -> bool:
         """Tell whether the held key is verified against ``commitment``."""
         return self.held.value is not None and commitment is not None and self.held.commitment == commitment
 
     async def acquire(self, ident: NodeIdentity, snap: Snapshot, mine: MemberRecord) -> None:
+        await self.make_proof(ident)  # once: needed to serve the key as much as to pull it
         commitment = snap.commitment
         is_originator = snap.originator == mine.member_id
         if self.holds(commitment):
@@ -211,6 +261,10 @@ class CskKeeper:
         self, ident: NodeIdentity, snap: Snapshot, mine: MemberRecord, commitment: Bytes32
     ) -> None:
         """Ask live peers (the originator first), ``parallelism`` at a time; hold the first valid key."""
+        await self.make_proof(ident)
+        if self.anchors is None or self.proof is None:
+            self.held.error = f"cannot take the cluster shared key from peers: {self._proof_error}"
+            return
         now = self.clock.monotonic()
         candidates = [m for m in snap.others(mine.member_id) if self.liveness.is_live(m.member_id, now)]
         candidates.sort(key=lambda m: (m.member_id != snap.originator, m.member_id.raw))
@@ -240,29 +294,33 @@ class CskKeeper:
     async def _pull_one(
         self, ident: NodeIdentity, me: MemberId, peer: MemberRecord, commitment: Bytes32, errors: list[str]
     ) -> SecretBytes | None:
+        assert self.anchors is not None and self.proof is not None  # pull() checked
         request = cskcore.CskRequest(self.cluster, me, peer.member_id, wall_ms(self.clock))
-        body = cskcore.sign_request(request, ident.identity_key)
+        body = cskcore.sign_request(request, ident.identity_key, self.proof)
         short = str(peer.member_id)[:10]
         try:
-            sealed = await self.fetcher.fetch(str(peer.mesh_ip), body)
+            answer = await self.fetcher.fetch(str(peer.mesh_ip), body)
         except CskFetchError as exc:
-            self.metrics.csk_pull_attempts.labels(result=exc.kind).inc()
+            self.metrics.csk_pull_attempt(exc.kind)
             errors.append(f"{short}: {exc.kind}")
             return None
         try:
+            sealed = cskcore.check_response(request, answer, self.anchors)
             key = cskcore.open_sealed(sealed, ident.seal_key, commitment)
-        except cskcore.CskError as exc:
-            self.metrics.csk_pull_attempts.labels(result="invalid").inc()
+        except (ProofRejected, cskcore.CskError) as exc:
+            result: CskPullResult = "unproven" if isinstance(exc, ProofRejected) else "invalid"
+            self.metrics.csk_pull_attempt(result)
             report = self.repeats.failed(
                 f"csk.pull_rejected:{peer.member_id}", str(exc), self.clock.monotonic()
             )
             if report is not None:
                 log.warning(
-                    "csk.pull_rejected", peer=str(peer.member_id), reason=str(exc), **_repeats(report.repeats)
-                )
-            errors.append(f"{short}: invalid")
+                    "csk.pull_rejected", peer=str(peer.member_id), result=result, reason=str(exc),
+                    **_repeats(report.repeats),
+                )  # fmt: skip
+            errors.append(f"{short}: {result}")
             return None
-        self.metrics.csk_pull_attempts.labels(result="ok").inc()
+        self.metrics.csk_pull_attempt("ok")
         log.info("csk.pulled", peer=str(peer.member_id), commitment=str(commitment))
         return key
 
@@ -276,35 +334,37 @@ class CskKeeper:
     def respond(self, body: object, remote_ip: IPv4Address) -> CskAnswer:
         """Answer a peer's CSK request (``CskResponder`` for the peer API)."""
         try:
-            request, signature = cskcore.parse_request(body)
+            signed = cskcore.parse_request(body)
         except cskcore.CskWireError as exc:
             return self._refuse(400, "malformed", str(exc))
-        csk, me = self.value(), self.state.member_id
-        if csk is None or me is None or self.state.identity is None:
+        csk, me, ident = self.value(), self.state.member_id, self.state.identity
+        if self.anchors is None:
+            return self._refuse(503, "anchors_missing", self._proof_error)
+        if csk is None or me is None or ident is None:
             return self._refuse(503, "not_held", "cluster shared key not held yet")
-        members = self.state.members_by_id()
-        table = {m: (r.identity_pub, r.seal_pub) for m, r in members.items()}
+        if self.proof is None:
+            return self._refuse(503, "no_own_proof", "this node has no member proof yet")
         now = self.clock.monotonic()
-        refusal = self.gate.check(
-            request,
-            signature,
+        verdict = self.gate.check(
+            signed,
             me=me,
             cluster=self.cluster,
-            members=table,
+            members=self.state.members_by_id().keys(),
+            anchors=self.anchors,
             verified_recently=lambda m: self.liveness.is_live(m, now),
             now_ms=wall_ms(self.clock),
         )
-        if refusal is not None:
-            return self._refuse(403, refusal.reason, refusal.reason.replace("_", " "))
-        sealed = cskcore.seal(csk, members[request.requester].seal_pub)
-        self.metrics.csk_requests_served.inc()
-        log.info("csk.served", requester=str(request.requester), remote=str(remote_ip))
-        return CskAnswer(200, {"sealed": sealed.hex()})
+        if isinstance(verdict, Refusal):
+            return self._refuse(403, verdict.reason, verdict.reason.replace("_", " "), verdict.detail)
+        sealed = cskcore.seal(csk, verdict.seal_pub)  # the PROVEN seal key, whatever the chain shows
+        self.metrics.csk_served()
+        log.info("csk.served", requester=str(signed.request.requester), remote=str(remote_ip))
+        return CskAnswer(200, cskcore.sign_response(signed.request, sealed, ident.identity_key, self.proof))
 
-    def _refuse(self, status: int, reason: CskRefusal, detail: str) -> CskAnswer:
-        self.metrics.csk_requests_refused.labels(reason=reason).inc()
-        log.info("csk.request_refused", reason=reason)
-        return CskAnswer(status, {"error": detail, "reason": reason})
+    def _refuse(self, status: int, reason: CskRefusal, message: str, detail: str = "") -> CskAnswer:
+        self.metrics.csk_refused(reason)
+        log.info("csk.request_refused", reason=reason, **({"detail": detail} if detail else {}))
+        return CskAnswer(status, {"error": message, "reason": reason})
 
     def forget(self, member: MemberId) -> None:
         """A member left the cluster: drop its replay memory."""

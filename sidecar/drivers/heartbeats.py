@@ -1,6 +1,7 @@
 """Heartbeats over the mesh: one UDP socket bound to our own mesh IP, a sender loop and a receiver.
 
-Owns the socket, the send schedule (every interval, to each peer's mesh IP) and feeding received datagrams
+Owns the socket, the send schedule (every interval, to each peer's mesh IP, each heartbeat carrying the next
+page of the live list, so any cluster size encodes) and feeding received datagrams
 through the pure ``HeartbeatGate`` (signature, source = the sender's mesh IP, freshness, sequence) into
 ``Liveness``. Up and down transitions are logged once each and wake the control loop. Malformed or
 refused datagrams are dropped and counted; nothing a peer sends can crash the receiver.
@@ -16,7 +17,15 @@ from ipaddress import IPv4Address
 
 import structlog
 
-from sidecar.core.heartbeat import Heartbeat, HeartbeatError, HeartbeatGate, decode, encode, next_seq
+from sidecar.core.heartbeat import (
+    Heartbeat,
+    HeartbeatError,
+    HeartbeatGate,
+    decode,
+    encode,
+    live_page,
+    next_seq,
+)
 from sidecar.core.ids import Bytes32, MemberId, SecretBytes
 from sidecar.core.liveness import Liveness, Transition
 from sidecar.observability import Metrics
@@ -67,6 +76,7 @@ class HeartbeatService:
         self.wall_ms = wall_ms
         self.gate = HeartbeatGate()
         self._seq = 0
+        self._page = 0  # which page of the live list the next heartbeat carries (``live_page``)
         self._transport: asyncio.DatagramTransport | None = None
         self.bound_ip: IPv4Address | None = None
 
@@ -103,7 +113,8 @@ class HeartbeatService:
             return
         now_ms = self.wall_ms()
         self._seq = next_seq(self._seq, now_ms)
-        live = tuple(sorted(self.liveness.live(now) | {self.me}, key=lambda m: m.raw))
+        live = live_page(self.liveness.live(now), self.me, self._page)
+        self._page += 1
         data = encode(Heartbeat(self.me, now_ms, self._seq, live), self._key)
         for member, (_, mesh_ip) in members.items():
             if member != self.me:

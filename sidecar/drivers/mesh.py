@@ -1,6 +1,9 @@
 """The mesh step: bring the WireGuard device up with this node's address and apply the peer delta.
 
-Owns the device (opened on first use from an injected factory, so a unit test passes a fake), asking the
+Owns the device (opened on first use from an injected factory, so a unit test passes a fake), the peer
+screen of each pass (``sidecar.core.peerscreen``: the unusable records are excluded from the plan, logged
+once as ``peer.excluded`` when they become so and ``peer.readmitted`` when fixed, counted per reason, and
+the device is "in sync" with the plan it can apply — one bad record never holds back the mesh), asking the
 transport (``sidecar.transport.seam.Transport``) which endpoint the device gets for each peer (the peer's
 ``ip:port``, or a loopback bridge of the gateway transport), the desired state of the previous pass (the
 endpoint-roaming rule needs it), which members are configured, and telling the caller when the mesh IP
@@ -22,6 +25,7 @@ from sidecar.core.ids import Address, MemberId
 from sidecar.core.model import MemberRecord
 from sidecar.core.outcome import FactsPart, Outcome, stop
 from sidecar.core.peerplan import DesiredPeer, PeerPlan, WgKey, plan_peers
+from sidecar.core.peerscreen import Excluded, PeerScreen, screen_peers
 from sidecar.core.repeats import Repeats
 from sidecar.core.snapshot import Snapshot, desired_peers
 from sidecar.drivers.clock import Clock
@@ -31,7 +35,7 @@ from sidecar.observability import Metrics
 from sidecar.settings import MeshSettings
 from sidecar.transport.link import LocalMember
 from sidecar.transport.seam import Transport
-from sidecar.wg.device import InterfaceConfig, WgDevice, WgError
+from sidecar.wg.device import InterfaceConfig, WgDevice, WgError, peer_problem
 
 log = structlog.get_logger("sidecar.control")
 
@@ -63,6 +67,7 @@ class MeshStep:
         self.on_member_removed = on_member_removed
         self.device: WgDevice | None = None
         self.configured: frozenset[MemberId] = frozenset()
+        self.screen = PeerScreen()  # the last pass's usable and excluded records
         self._up = False
         self._previous: dict[WgKey, DesiredPeer] = {}
         self._announced: IPv4Address | None = None
@@ -105,13 +110,22 @@ class MeshStep:
             self.on_mesh_up(mine.mesh_ip)
 
     async def _reconcile(self, ident: NodeIdentity, snap: Snapshot, mine: MemberRecord) -> bool:
-        """Apply the peer delta; return whether the device now equals the snapshot."""
+        """Apply the peer delta for the usable records; return whether the device now equals that plan."""
         assert self.device is not None
+        screen = screen_peers(snap.members, mine, snap.mesh)
         records = snap.by_id()
         me = LocalMember(mine.member_id, self.cluster, ident.identity_key)
-        desired = await self.transport.route(
-            me, [(p, records[p.member_id]) for p in desired_peers(snap, mine.member_id)]
+        routed = await self.transport.route(
+            me, [(p, records[p.member_id]) for p in desired_peers(screen.usable)]
         )
+        refused = [
+            Excluded(p.member_id, "device_refused", f"the WireGuard device would refuse it: {problem}")
+            for p in routed
+            if (problem := peer_problem(p)) is not None
+        ]
+        self._screened(screen.with_excluded(refused))
+        gone = {e.member_id for e in refused}
+        desired = [p for p in routed if p.member_id not in gone]
         actual = await self.device.read_peers()
         plan = plan_peers(desired, actual, self._previous, self.clock.wall())
         if plan.empty:
@@ -127,6 +141,21 @@ class MeshStep:
         self.transport.observe(after, {p.public_key.raw: p.member_id for p in desired})
         self.configured = frozenset(p.member_id for p in desired if p.public_key in keys)
         return plan_peers(desired, after, self._previous, self.clock.wall()).empty
+
+    def _screened(self, screen: PeerScreen) -> None:
+        """Keep the pass's screen; log each record that becomes excluded (or changes reason) or is let back
+        in, once, and export the counts per reason."""
+        before = {e.member_id: e for e in self.screen.excluded}
+        now = {e.member_id: e for e in screen.excluded}
+        members = {m.member_id for m in screen.usable}
+        for member, entry in now.items():
+            if before.get(member) != entry:
+                log.warning("peer.excluded", member_id=str(member), reason=entry.reason, detail=entry.detail)
+        for member in before.keys() - now.keys():
+            if member in members:
+                log.info("peer.readmitted", member_id=str(member))
+        self.screen = screen
+        self.metrics.set_peers_excluded(screen.counts())
 
     def _log_plan(self, plan: PeerPlan) -> None:
         for peer in plan.add:

@@ -15,8 +15,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
+from sidecar.chain.artifacts import ArtifactError, load_artifact
 from sidecar.core.ids import MemberId
 from sidecar.core.liveness import Liveness
+from sidecar.core.memberproof import ProofAnchors, member_app_code_hash
 from sidecar.core.repeats import Repeats
 from sidecar.drivers.chainlink import ChainLink, ClusterChain
 from sidecar.drivers.clock import Clock, SystemClock, wall_ms
@@ -29,7 +31,7 @@ from sidecar.drivers.nodestate import NodeState
 from sidecar.drivers.steps import ChainStep, EndpointStep, IdentityStep, MembershipStep, own_endpoint
 from sidecar.drivers.store import StateStore
 from sidecar.observability import Metrics
-from sidecar.settings import MeshSettings, Settings
+from sidecar.settings import ChainSettings, MeshSettings, Settings
 from sidecar.transport.gateway import GatewayCarrier
 from sidecar.transport.link import GatewayOptions
 from sidecar.transport.seam import Transport
@@ -76,6 +78,8 @@ def build_node(
     state, repeats = NodeState(), Repeats()
     csk = CskKeeper(
         cluster=settings.chain.cluster,
+        chain_id=settings.chain.chain_id,
+        anchors=proof_anchors(settings.chain),
         mesh=settings.mesh,
         state=state,
         agent=agent,
@@ -121,6 +125,34 @@ def build_node(
         events=events,
     )
     return Node(state, mesh, csk, controller, [*closers, mesh.close])
+
+
+def proof_anchors(chain: ChainSettings) -> ProofAnchors | str:
+    """The measured anchors member proofs are checked against, or why there are none (the node then
+    neither serves nor accepts the CSK from peers). The member app's init code hash comes from the
+    compiled ``ClusterMemberApp`` artifact the image carries."""
+    missing = [
+        name
+        for name, value in (
+            ("ATTESTMESH_MEMBER_APP_FACTORY", chain.member_app_factory),
+            ("ATTESTMESH_KMS_ROOTS", chain.kms_roots),
+        )
+        if not value
+    ]
+    if missing:
+        return " and ".join(missing) + " not set: member proofs cannot be checked"
+    assert chain.member_app_factory is not None and chain.kms_roots is not None
+    try:
+        code_hash = member_app_code_hash(load_artifact("ClusterMemberApp").bytecode, chain.cluster)
+    except (ArtifactError, ValueError) as exc:
+        return f"the ClusterMemberApp artifact is unusable: {exc}"
+    return ProofAnchors(
+        chain_id=chain.chain_id,
+        cluster=chain.cluster,
+        member_app_factory=chain.member_app_factory,
+        member_app_code_hash=code_hash,
+        kms_roots=frozenset(chain.kms_roots),
+    )
 
 
 def _real_ports(

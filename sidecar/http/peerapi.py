@@ -7,7 +7,8 @@ layer cannot decode never reach the responder and are counted here as refused (`
 responder decides, it counts itself.
 
 Must not: bind itself (the caller binds it to the mesh IP only), or put anything but a sealed box (useless
-to anyone but the requester) into a response.
+to anyone but the requester) and public values (the responder's member proof and signature) into a
+response.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ log = structlog.get_logger("sidecar.http.peer")
 
 MAX_REQUEST_BYTES: Final = 4096
 MAX_RESPONSE_BYTES: Final = 16384
-MAX_SEALED_BYTES: Final = 4096
 MAX_DETAIL_CHARS: Final = 200
 CSK_PATH: Final = "/v1/csk"
 
@@ -91,7 +91,7 @@ def peer_api(responder: CskResponder, metrics: Metrics) -> web.Application:
 
 class CskFetchError(Exception):
     """A CSK pull from one peer failed: ``refused`` (the peer answered no), ``unreachable`` (no answer in
-    time), or ``invalid`` (the answer was not a sealed box)."""
+    time), or ``invalid`` (the answer was not a JSON object)."""
 
     def __init__(self, kind: CskFetchErrorKind, detail: str) -> None:
         super().__init__(f"{kind}: {detail}")
@@ -114,24 +114,14 @@ def _peer_error(raw: bytes) -> str:
     return "no error message"
 
 
-def _sealed_from(raw: bytes) -> bytes:
+def _answer_from(raw: bytes) -> dict[str, object]:
     try:
         decoded = _decode_json(raw)
     except (ValueError, RecursionError):
         raise CskFetchError("invalid", "response is not JSON") from None
-    sealed = decoded.get("sealed") if isinstance(decoded, dict) else None
-    if not isinstance(sealed, str):
-        raise CskFetchError("invalid", 'response has no "sealed" string')
-    text = sealed[2:] if sealed[:2] in ("0x", "0X") else sealed
-    if len(text) > 2 * MAX_SEALED_BYTES:
-        raise CskFetchError("invalid", "sealed box is too long")
-    try:
-        data = bytes.fromhex(text)
-    except ValueError:
-        raise CskFetchError("invalid", "sealed box is not hexadecimal") from None
-    if not data or not text.isascii() or len(text) != 2 * len(data):
-        raise CskFetchError("invalid", "sealed box is empty or not plain hexadecimal")
-    return data
+    if not isinstance(decoded, dict):
+        raise CskFetchError("invalid", "response is not a JSON object")
+    return decoded
 
 
 async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
@@ -157,8 +147,9 @@ async def fetch_csk(
     port: int,
     request: Mapping[str, object],
     timeout: float,  # noqa: ASYNC109  (the bound is the aiohttp client timeout, applied per call)
-) -> bytes:
-    """POST ``request`` to a peer's ``/v1/csk`` and return the sealed box; raise ``CskFetchError``.
+) -> dict[str, object]:
+    """POST ``request`` to a peer's ``/v1/csk`` and return its JSON answer (a 200's object, for the caller
+    to check: ``sidecar.core.csk.check_response``); raise ``CskFetchError``.
 
     The whole exchange (connect, send, read) is bounded by ``timeout`` seconds.
     """
@@ -186,7 +177,7 @@ async def fetch_csk(
         raise CskFetchError("unreachable", type(exc).__name__) from None
 
     if status == 200:
-        return _sealed_from(raw)
+        return _answer_from(raw)
     if 400 <= status < 600:
         return_detail = f"HTTP {status}: {_peer_error(raw)}"
         raise CskFetchError("refused", return_detail)

@@ -28,7 +28,8 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
 
-from sidecar.observability import HttpSurface, Metrics
+from sidecar.http.limits import ConnectionLimits, GuardedTCPSite
+from sidecar.observability import ConnectionDrop, HttpSurface, Metrics
 
 log = structlog.get_logger("sidecar.http")
 
@@ -154,12 +155,14 @@ class _ServerLog(logging.LoggerAdapter[logging.Logger]):
         super().exception(msg, *args, **kwargs)
 
 
-def _runner(app: web.Application, close_timeout: float) -> web.AppRunner:
+def _runner(
+    app: web.Application, close_timeout: float, keepalive: float = KEEPALIVE_TIMEOUT
+) -> web.AppRunner:
     return web.AppRunner(
         app,
         access_log=None,  # steady-state requests are not logged; rejections are counted instead
         logger=_ServerLog(logging.getLogger("aiohttp.server")),
-        keepalive_timeout=KEEPALIVE_TIMEOUT,
+        keepalive_timeout=keepalive,
         shutdown_timeout=close_timeout,
     )
 
@@ -171,12 +174,21 @@ async def start_tcp(
     *,
     name: str = "http",
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+    limits: ConnectionLimits | None = None,
+    on_drop: Callable[[ConnectionDrop], None] = lambda reason: None,
 ) -> Runner:
-    """Bind ``app`` to ``host:port`` (port 0 picks a free port) and start serving."""
-    runner = _runner(app, close_timeout)
+    """Bind ``app`` to ``host:port`` (port 0 picks a free port) and start serving; with ``limits``, behind
+    a connection cap and a request-head deadline (``sidecar.http.limits``; each drop reported to
+    ``on_drop``)."""
+    # behind limits, an idle keep-alive connection holds a slot no longer than a late head would
+    runner = _runner(app, close_timeout, KEEPALIVE_TIMEOUT if limits is None else limits.header_timeout)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        site = (
+            web.TCPSite(runner, host, port, reuse_address=True)
+            if limits is None
+            else GuardedTCPSite(runner, host, port, limits=limits, on_drop=on_drop)
+        )
         await site.start()
     except BaseException:
         await runner.cleanup()

@@ -3,8 +3,8 @@
 Owns ``InterfaceConfig`` (the interface's own settings), ``DeviceState`` (what a backend reads back),
 ``WgError`` (the only exception a backend raises, transient or not), the ``WgDevice`` protocol both
 backends implement, ``parse_endpoint`` (endpoints are ``ip:port`` literals; anything else is refused
-before it reaches a device) and ``checked_plan`` (the part of a plan a device can take, and why the rest
-cannot be applied).
+before it reaches a device), ``peer_problem`` (why a device would refuse one peer) and ``checked_plan``
+(the part of a plan a device can take, and why the rest cannot be applied).
 
 Contract of every backend: ``ensure_up`` is idempotent and changes only what differs; it never touches
 peers and never removes the interface, so the mesh outlives a sidecar restart. ``apply`` changes only the
@@ -157,7 +157,8 @@ def canonical_endpoint(endpoint: str) -> str:
     return format_endpoint(*parse_endpoint(endpoint))
 
 
-def _peer_problem(peer: DesiredPeer) -> str | None:
+def peer_problem(peer: DesiredPeer) -> str | None:
+    """Why a device would refuse this peer (None when it takes it): endpoint, keepalive, allowed IPs."""
     if peer.endpoint is not None:
         try:
             parse_endpoint(peer.endpoint)
@@ -185,7 +186,7 @@ def checked_plan(plan: PeerPlan) -> tuple[PeerPlan, tuple[str, ...]]:
     def keep(peers: tuple[DesiredPeer, ...]) -> tuple[DesiredPeer, ...]:
         kept = []
         for peer in peers:
-            problem = _peer_problem(peer)
+            problem = peer_problem(peer)
             if problem is None:
                 kept.append(peer)
             else:

@@ -68,8 +68,10 @@ def test_artifacts_are_complete_and_deployable() -> None:
             "contractName",
             "deployedBytecode",
             "sourceHash",
+            "storageLayout",
         }
         assert artifact["contractName"] == name
+        assert {"storage", "types"} <= set(artifact["storageLayout"])  # devnet/chainpoke.py addresses by it
         assert artifact["compiler"].startswith("0.8.37+commit.")
         assert len(artifact["sourceHash"]) == 64
         for key in ("bytecode", "deployedBytecode"):

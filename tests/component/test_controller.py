@@ -40,13 +40,23 @@ from devnet.anvil import AnvilProcess
 from devnet.deployment import Deployment, deploy_member_app, deploy_stack
 from devnet.kms import DevnetKms, get_key
 from devnet.simulator import SimulatorConfig, serve_unix
-from sidecar.chain.contracts import ClusterClient
+from sidecar.chain.artifacts import load_artifact
+from sidecar.chain.contracts import ClusterClient, MemberAppFactoryClient
 from sidecar.chain.rpc import ChainConnection, checksum
 from sidecar.chain.tx import LocalSigner, TxSubmitter
 from sidecar.core import csk as cskcore
 from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
 from sidecar.core.keys import KeyPath, ed25519_public_key, secp256k1_address, x25519_public_key
 from sidecar.core.liveness import Liveness
+from sidecar.core.memberproof import (
+    MemberProof,
+    ProofAnchors,
+    ProofRejected,
+    make_member_proof,
+    member_app_code_hash,
+    parse_proof,
+    verify_member_proof,
+)
 from sidecar.core.model import MemberKeys, MemberRecord, member_id_for
 from sidecar.core.phases import Facts
 from sidecar.core.sigchain import build_proof
@@ -210,6 +220,7 @@ class Peer:
     identity_key: SecretBytes = field(repr=False)
     seal_key: SecretBytes = field(repr=False)
     keys: MemberKeys
+    proof: MemberProof  # its member proof, as its sidecar would make it
 
 
 class NodeUnderTest:
@@ -327,7 +338,23 @@ class Lab:
         )
         client = self.owner.with_submitter(submitter)
         _, member_id = await client.register(proof, keys, "127.0.0.1:51820")
-        return Peer(app_id, member_id, client, identity_key, seal_key, keys)
+        salt = await self.factory.salt_of(app_id)
+        member_proof = make_member_proof(
+            proof, key, salt=salt, chain_id=CHAIN_ID, cluster=self.stack.cluster,
+            identity_pub=keys.identity_pub, seal_pub=keys.seal_pub,
+        )  # fmt: skip
+        return Peer(app_id, member_id, client, identity_key, seal_key, keys, member_proof)
+
+    @property
+    def factory(self) -> MemberAppFactoryClient:
+        return MemberAppFactoryClient(self.conn, self.stack.member_app_factory, self.deployer)
+
+    @property
+    def anchors(self) -> ProofAnchors:
+        """What this cluster's nodes check member proofs against (measured: never read from the chain)."""
+        code_hash = member_app_code_hash(load_artifact("ClusterMemberApp").bytecode, self.stack.cluster)
+        roots = frozenset({self.kms.root_address})
+        return ProofAnchors(CHAIN_ID, self.stack.cluster, self.stack.member_app_factory, code_hash, roots)
 
     def node_dir(self, name: str) -> Path:
         path = self.root / name
@@ -344,10 +371,15 @@ class Lab:
         return running.socket_path
 
     def settings(self, name: str, **overrides: str) -> Settings:
+        anchors = {
+            "MEMBER_APP_FACTORY": str(self.stack.member_app_factory),
+            "KMS_ROOTS": str(self.kms.root_address),
+        }
         env = node_env(
-            rpc_url=self.anvil.rpc_url, cluster=self.stack.cluster, root=self.node_dir(name), **overrides
-        )
-        return load_settings(env)
+            rpc_url=self.anvil.rpc_url, cluster=self.stack.cluster, root=self.node_dir(name),
+            **{**anchors, **overrides},
+        )  # fmt: skip
+        return load_settings({k: v for k, v in env.items() if v})  # an override "" leaves a variable unset
 
     async def controller(
         self,
@@ -634,8 +666,15 @@ async def test_unreachable_chain_keeps_the_node_at_boot_gate_with_a_complete_sta
     assert body["node"]["app_id"] == str(app_id)  # the guest agent answered: identity is known
     assert body["node"]["signer"] is not None and body["node"]["compose_hash"] == str(COMPOSE_HASH)
     assert body["node"]["member_id"] is None and body["node"]["mesh_ip"] is None
-    assert body["peers"] == {"desired": 0, "configured": 0, "live": 0, "transport": {}}
-    assert body["csk"] == {"held": False, "commitment": None, "source": None}
+    assert body["peers"] == {
+        "desired": 0, "configured": 0, "live": 0, "transport": {}, "excluded": [], "excluded_count": 0,
+    }  # fmt: skip
+    assert body["csk"] == {
+        "held": False, "commitment": None, "source": None,
+        # this node's environment has no anchors: it says so, and would neither serve nor take the key
+        "peering_error": "ATTESTMESH_MEMBER_APP_FACTORY and ATTESTMESH_KMS_ROOTS not set: member proofs "
+        "cannot be checked",
+    }  # fmt: skip
     assert set(body["events"]) == {
         "mode",
         "indexer_connected",
@@ -653,28 +692,46 @@ async def test_unreachable_chain_keeps_the_node_at_boot_gate_with_a_complete_sta
 
 
 class SealingPeer:
-    """A ``CskResponder`` as an honest peer would be, except for the key it seals: it checks the request
-    (well-formed, addressed to it, signed by the requester's on-chain identity key) and then seals ``key``
-    to the requester's on-chain seal key. Given a wrong key, it is a peer serving a wrong CSK."""
+    """A ``CskResponder`` as an honest peer would be, except for the key it seals and the proof it shows: it
+    checks the request (well-formed, addressed to it, from a member, the requester's member proof, the
+    signature against the proven identity key) and then seals ``key`` to the proven seal key, answering
+    with ``proof`` (its own unless given). Given a wrong key, it is a peer serving a wrong CSK; given a
+    proof that is not its own, a peer that cannot prove itself."""
 
-    def __init__(self, me: MemberId, key: SecretBytes, directory: Mapping[MemberId, MemberRecord]) -> None:
-        self.me = me
+    def __init__(
+        self,
+        peer: Peer,
+        key: SecretBytes,
+        directory: Mapping[MemberId, MemberRecord],
+        anchors: ProofAnchors,
+        proof: MemberProof | None = None,
+    ) -> None:
+        self.peer = peer
         self.key = key
         self.directory = directory  # filled once the requester is on chain
+        self.anchors = anchors
+        self.proof = proof or peer.proof
         self.served = 0
 
     def respond(self, body: object, remote_ip: IPv4Address) -> CskAnswer:
         try:
-            request, signature = cskcore.parse_request(body)
+            signed = cskcore.parse_request(body)
         except cskcore.CskWireError as exc:
             return CskAnswer(400, {"error": str(exc)})
-        record = self.directory.get(request.requester)
-        if request.responder != self.me or record is None:
+        request = signed.request
+        if request.responder != self.peer.member_id or request.requester not in self.directory:
             return CskAnswer(403, {"error": "not for me or not a member"})
-        if not cskcore.verify_request(request, signature, record.identity_pub):
+        try:
+            proven = verify_member_proof(parse_proof(signed.proof), self.anchors)
+        except ProofRejected as exc:
+            return CskAnswer(403, {"error": str(exc)})
+        if proven.member_id != request.requester:
+            return CskAnswer(403, {"error": "another member's proof"})
+        if not cskcore.verify_request(request, signed.signature, proven.identity_pub):
             return CskAnswer(403, {"error": "bad signature"})
         self.served += 1
-        return CskAnswer(200, {"sealed": cskcore.seal(self.key, record.seal_pub).hex()})
+        sealed = cskcore.seal(self.key, proven.seal_pub)
+        return CskAnswer(200, cskcore.sign_response(request, sealed, self.peer.identity_key, self.proof))
 
 
 async def serve_on_same_port(
@@ -710,8 +767,8 @@ async def test_wrong_csk_from_a_peer_is_rejected_and_the_next_peer_tried(lab: La
     assert (bad_ip, good_ip) == (IPv4Address("127.0.0.1"), IPv4Address("127.0.0.2"))
 
     directory: dict[MemberId, MemberRecord] = {}
-    wrong = SealingPeer(bad_peer.member_id, SecretBytes(os.urandom(32)), directory)
-    right = SealingPeer(good_peer.member_id, csk, directory)
+    wrong = SealingPeer(bad_peer, SecretBytes(os.urandom(32)), directory, lab.anchors)
+    right = SealingPeer(good_peer, csk, directory, lab.anchors)
     server_metrics = Metrics(CollectorRegistry())
     port = await serve_on_same_port([(str(bad_ip), wrong), (str(good_ip), right)], server_metrics, lab.exits)
 
@@ -841,7 +898,7 @@ async def test_csk_service_serves_live_members_and_refuses_the_rest(lab: Lab) ->
 
         # Not held yet: 503.
         status, answer = await post(
-            cskcore.sign_request(request(requester.member_id), requester.identity_key)
+            cskcore.sign_request(request(requester.member_id), requester.identity_key, requester.proof)
         )
         assert (status, answer["reason"]) == (503, "not_held")
 
@@ -854,26 +911,31 @@ async def test_csk_service_serves_live_members_and_refuses_the_rest(lab: Lab) ->
         commitment = cskcore.commitment(key)
 
         controller.liveness.heard(requester.member_id, controller.clock())
-        good = cskcore.sign_request(request(requester.member_id), requester.identity_key)
+        first = request(requester.member_id)
+        good = cskcore.sign_request(first, requester.identity_key, requester.proof)
         status, answer = await post(good)
         assert status == 200, answer
-        opened = cskcore.open_sealed(bytes.fromhex(answer["sealed"]), requester.seal_key, commitment)
+        # The answer proves the responder (the real node's proof, made from its simulator's keys).
+        sealed = cskcore.check_response(first, answer, lab.anchors)
+        opened = cskcore.open_sealed(sealed, requester.seal_key, commitment)
         assert opened.reveal() == key.reveal()
 
         stranger_key = SecretBytes(os.urandom(32))
+        proof = requester.proof
         refusals = {
             "replayed": good,
-            "not_member": cskcore.sign_request(request(MemberId(os.urandom(32))), stranger_key),
-            "bad_signature": cskcore.sign_request(request(requester.member_id), stranger_key),
-            "not_live": cskcore.sign_request(request(silent.member_id), silent.identity_key),
+            "not_member": cskcore.sign_request(request(MemberId(os.urandom(32))), stranger_key, None),
+            "no_proof": cskcore.sign_request(request(requester.member_id), requester.identity_key, None),
+            "bad_signature": cskcore.sign_request(request(requester.member_id), stranger_key, proof),
+            "not_live": cskcore.sign_request(request(silent.member_id), silent.identity_key, silent.proof),
             "wrong_cluster": cskcore.sign_request(
-                request(requester.member_id, cluster=Address(os.urandom(20))), requester.identity_key
+                request(requester.member_id, cluster=Address(os.urandom(20))), requester.identity_key, proof
             ),
             "wrong_responder": cskcore.sign_request(
-                request(requester.member_id, responder=silent.member_id), requester.identity_key
+                request(requester.member_id, responder=silent.member_id), requester.identity_key, proof
             ),
             "stale": cskcore.sign_request(
-                request(requester.member_id, age_ms=600_000), requester.identity_key
+                request(requester.member_id, age_ms=600_000), requester.identity_key, proof
             ),
         }
         for reason, body in refusals.items():

@@ -16,20 +16,22 @@ from typing import Any, TypeVar
 import pytest
 from eth_utils.crypto import keccak
 
+from devnet.chainpoke import poke_member_endpoint
 from devnet.compose import encode_app_compose, node_app_compose
 from devnet.deployment import deploy_member_app
 from devnet.kms import DevnetKms, get_key
 from devnet.procs import ProcRecord
-from sidecar.chain.contracts import ClusterClient
+from sidecar.chain.contracts import ClusterClient, MemberAppFactoryClient
 from sidecar.chain.rpc import ChainConnection
 from sidecar.chain.tx import LocalSigner, TxSubmitter
 from sidecar.core import csk as cskcore
 from sidecar.core.heartbeat import Heartbeat, encode
 from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
 from sidecar.core.keys import KeyPath, ed25519_public_key, x25519_public_key
+from sidecar.core.memberproof import MemberProof, make_member_proof
 from sidecar.core.model import MemberKeys
 from sidecar.core.sigchain import build_proof
-from tests.e2e.lab import REPO, LabCli, chain, wait_until
+from tests.e2e.lab import REPO, LabCli, chain, sidecar_log, wait_until
 from tests.e2e.mesh import Node, device_key, identity_key, member_id, nodes, wait_all_healthy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -40,9 +42,34 @@ HEARTBEAT_PORT = 51821
 PEER_API_PORT = 51822
 
 
-def csk_request(cluster: str, requester: MemberId, responder: MemberId, key: SecretBytes, ts: int) -> str:
-    body = cskcore.sign_request(cskcore.CskRequest(Address.from_hex(cluster), requester, responder, ts), key)
-    return json.dumps(body).encode().hex()
+def csk_request(
+    cluster: str,
+    requester: MemberId,
+    responder: MemberId,
+    key: SecretBytes,
+    ts: int,
+    proof: MemberProof | None,
+) -> str:
+    request = cskcore.CskRequest(Address.from_hex(cluster), requester, responder, ts)
+    return json.dumps(cskcore.sign_request(request, key, proof)).encode().hex()
+
+
+def member_proof(lab: LabCli, app: Address) -> MemberProof:
+    """The member proof of ``app``'s node: the devnet KMS seed is public, so a test can make any node's
+    proof (as an attacker could on a devnet, never on dstack)."""
+    status, kms = lab.status(), DevnetKms()
+
+    async def salt(conn: ChainConnection, _cluster: ClusterClient) -> Bytes32:
+        return await MemberAppFactoryClient(conn, Address.from_hex(status["member_app_factory"])).salt_of(app)
+
+    signer, sigchain = get_key(kms, app, KeyPath.SIGNER.path, KeyPath.SIGNER.purpose)
+    identity = get_key(kms, app, KeyPath.IDENTITY.path, KeyPath.IDENTITY.purpose)[0]
+    seal = get_key(kms, app, KeyPath.SEAL.path, KeyPath.SEAL.purpose)[0]
+    return make_member_proof(
+        build_proof(app, signer, sigchain), signer, salt=chain(lab, salt), chain_id=lab.state().chain_id,
+        cluster=Address.from_hex(status["cluster"]), identity_pub=Bytes32(ed25519_public_key(identity)),
+        seal_pub=Bytes32(x25519_public_key(seal)),
+    )  # fmt: skip
 
 
 def ask_csk(sender: Node, responder: Node, body_hex: str) -> dict[str, Any]:
@@ -246,6 +273,45 @@ def test_changed_endpoint_is_applied_by_every_peer(lab: LabCli) -> None:
     wait_all_healthy(lab)
 
 
+def test_a_member_with_an_unusable_endpoint_never_takes_the_others_down(lab: LabCli) -> None:
+    """Issue 12, acceptance 4: a record the device cannot take (planted straight into the contract's storage,
+    since the contract may refuse it) is excluded and listed; every other node stays healthy. Before, the
+    zone-id endpoint made every pass's device apply fail: 503 on every node."""
+    lab.run("up", "--nodes", "3", "--transport", "direct")
+    found = wait_all_healthy(lab)
+    n3 = found["node-3"]
+    member3 = MemberId.from_hex(n3.healthz()["node"]["member_id"])
+    key3 = n3.device()["public_key"]
+    # node-3 is powered off, so its own sidecar does not restore its endpoint while we watch the others.
+    lab.run("node", "stop", "node-3")
+
+    async def plant(conn: ChainConnection, cluster: ClusterClient) -> None:
+        await poke_member_endpoint(conn, cluster.address, member3, "udp://[fe80::1%eth0]:51820")
+        assert (await cluster.member_by_id(member3)).endpoint == "udp://[fe80::1%eth0]:51820"  # type: ignore[union-attr]
+
+    chain(lab, plant)
+    listed = [{"member_id": str(member3), "reason": "bad_endpoint"}]
+    for name in ("node-1", "node-2"):
+        node = found[name]
+        # no event announces a storage write: the next periodic resync (15 s on the devnet) picks it up
+        wait_until(
+            lambda n=node: n.healthz()["peers"]["excluded"] == listed, 45, f"{name} lists node-3 as excluded"
+        )
+    for name in ("node-1", "node-2"):
+        body = found[name].healthz()
+        assert body["healthy"], f"{name}: {body['reason']}"
+        assert body["peers"]["excluded_count"] == 1 and body["peers"]["desired"] == 1
+        assert key3 not in found[name].device_peers()
+        assert found[name].counter("attestmesh_peers_excluded", reason="bad_endpoint") == 1
+        assert [e["member_id"] for e in sidecar_log(lab, name, "peer.excluded")] == [str(member3)]
+    # node-3 comes back and publishes its endpoint again: it is let back in everywhere.
+    lab.run("node", "start", "node-3")
+    wait_all_healthy(lab, timeout=60)
+    for name in ("node-1", "node-2"):
+        wait_until(lambda n=found[name]: n.healthz()["peers"]["excluded_count"] == 0, 30, f"{name} readmits")
+        wait_until(lambda n=found[name]: key3 in n.device_peers(), 10, f"{name} configures node-3 again")
+
+
 # --- 5. compose hash removed after registration ---------------------------------------------------------
 
 
@@ -279,15 +345,19 @@ def test_bad_requests_and_heartbeats_are_refused_and_counted(lab: LabCli) -> Non
     cluster = lab.status()["cluster"]
     id2, id3 = member_id(n2), member_id(n3)
     key3 = identity_key(n3)
+    proof3 = member_proof(lab, Address.from_hex(n3.data["app_id"]))
     csk_before = keccak(hexstr=n2.app("/v1/csk")[1]["csk"])  # a digest: never print the key
 
     def refused(reason: str) -> float:
         return n2.counter("attestmesh_csk_requests_refused_total", reason=reason)
 
-    now = int(time.time() * 1000)
+    now, stranger = int(time.time() * 1000), SecretBytes(os.urandom(32))
     cases = {
-        "not_member": csk_request(cluster, MemberId(os.urandom(32)), id2, SecretBytes(os.urandom(32)), now),
-        "bad_signature": csk_request(cluster, id3, id2, SecretBytes(os.urandom(32)), now),
+        "not_member": csk_request(
+            cluster, MemberId(os.urandom(32)), id2, SecretBytes(os.urandom(32)), now, None
+        ),
+        "no_proof": csk_request(cluster, id3, id2, key3, now, None),
+        "bad_signature": csk_request(cluster, id3, id2, stranger, now, proof3),
     }
     for reason, body in cases.items():
         before = refused(reason)
@@ -295,7 +365,7 @@ def test_bad_requests_and_heartbeats_are_refused_and_counted(lab: LabCli) -> Non
         assert answer["status"] == 403, answer
         assert refused(reason) == before + 1
 
-    replay = csk_request(cluster, id3, id2, key3, int(time.time() * 1000))
+    replay = csk_request(cluster, id3, id2, key3, int(time.time() * 1000), proof3)
     assert ask_csk(n3, n2, replay)["status"] == 200
     before = refused("replayed")
     assert ask_csk(n3, n2, replay)["status"] == 403
@@ -305,7 +375,8 @@ def test_bad_requests_and_heartbeats_are_refused_and_counted(lab: LabCli) -> Non
     silent = _register_silent_member(lab)
     wait_until(lambda: n2.healthz()["peers"]["desired"] == 3, 10, "node-2 sees the silent member")
     before = refused("not_live")
-    answer = ask_csk(n3, n2, csk_request(cluster, silent[0], id2, silent[1], int(time.time() * 1000)))
+    silent_request = csk_request(cluster, silent[0], id2, silent[1], int(time.time() * 1000), silent[2])
+    answer = ask_csk(n3, n2, silent_request)
     assert answer["status"] == 403 and refused("not_live") == before + 1
 
     # Malformed bodies to every HTTP surface: 4xx, counted, nothing changes.
@@ -351,11 +422,13 @@ def test_bad_requests_and_heartbeats_are_refused_and_counted(lab: LabCli) -> Non
     assert n2.healthz()["peers"] == {"desired": 3, "configured": 3, "live": 2, "transport": transports}
 
 
-def _register_silent_member(lab: LabCli) -> tuple[MemberId, SecretBytes]:
+def _register_silent_member(lab: LabCli) -> tuple[MemberId, SecretBytes, MemberProof]:
     status = lab.status()
     kms = DevnetKms()
 
-    async def register(conn: ChainConnection, cluster: ClusterClient) -> tuple[MemberId, SecretBytes]:
+    async def register(
+        conn: ChainConnection, cluster: ClusterClient
+    ) -> tuple[MemberId, SecretBytes, Address]:
         assert cluster.submitter is not None
         app = await deploy_member_app(
             conn, cluster.submitter, Address.from_hex(status["member_app_factory"]), cluster.address, "silent"
@@ -372,9 +445,10 @@ def _register_silent_member(lab: LabCli) -> tuple[MemberId, SecretBytes]:
         )
         member = ClusterClient(conn, cluster.address, TxSubmitter(conn, LocalSigner(key)))
         _, mid = await member.register(proof, keys, "10.213.0.99:51820")
-        return mid, identity
+        return mid, identity, app
 
-    return chain(lab, register)
+    mid, identity, app = chain(lab, register)
+    return mid, identity, member_proof(lab, app)
 
 
 # --- 7. chain outage ------------------------------------------------------------------------------------

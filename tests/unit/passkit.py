@@ -3,7 +3,9 @@
 Each fake implements the Protocol the steps depend on: ``KeySource`` (the guest agent, keys issued by the
 pure devnet KMS so the signature chain is real), ``ClusterChain`` (members, verdict, commitment in memory;
 a registration lands in the next block), ``WgDevice`` (peers in a dict), ``CskFetcher`` (peers that check
-the request and seal the key to the requester's on-chain seal key) and ``Clock`` (set by hand).
+the request's member proof and seal the key to the requester's proven seal key, answering with their own
+proof) and ``Clock`` (set by hand). Every app id is a real CREATE2 member app address of ``FACTORY`` and
+``CLUSTER`` (with the compiled ``ClusterMemberApp``), so member proofs verify as on a real cluster.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from devnet.kms import DevnetKms, get_key
 from sidecar.chain.errors import ChainError
 from sidecar.core import csk as cskcore
 from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
+from sidecar.core.keys import x25519_public_key
 from sidecar.core.liveness import Liveness
+from sidecar.core.memberproof import MemberProof, ProofRejected, parse_proof, verify_member_proof
 from sidecar.core.model import BootVerdict, MemberRecord, MeshCidr, member_id_for
 from sidecar.core.peerplan import ActualPeer, PeerPlan, WgKey
 from sidecar.core.snapshot import Snapshot
@@ -32,10 +36,19 @@ from sidecar.dstack.agent import DerivedKey, GuestAgentUnavailable, NodeInfo
 from sidecar.http.peerapi import CskFetchError
 from sidecar.observability import Metrics
 from sidecar.settings import load_settings
-from sidecar.wg.device import InterfaceConfig, WgError
+from sidecar.wg.device import InterfaceConfig, WgError, checked_plan, raise_problems
+from tests.unit.proofkit import (
+    ANCHORS,
+    CHAIN_ID,
+    CLUSTER,
+    FACTORY,
+    KMS_ROOT,
+    derived_member,
+    member_app,
+    salt_of,
+)
 
-CLUSTER = Address(b"\xcd" * 20)
-APP_ID = Address(b"\xa1" * 20)
+APP_ID = member_app("node")
 ENDPOINT = "10.88.0.2:51820"
 ZERO32 = Bytes32(bytes(32))
 
@@ -86,12 +99,12 @@ class FakeAgent:
 
 
 def other_member(index: int, mesh: MeshCidr) -> MemberRecord:
-    app_id = Address(bytes([0xB0 + index]) * 20)
+    app_id = member_app(f"peer-{index}")
     return MemberRecord(
         member_id=member_id_for(CLUSTER, app_id),
         app_id=app_id,
         signer=Address(os.urandom(20)),
-        seal_pub=Bytes32(os.urandom(32)),
+        seal_pub=Bytes32(os.urandom(32)),  # the chain's keys: never what a peer seals to or trusts
         wg_pub=Bytes32(os.urandom(32)),
         identity_pub=Bytes32(os.urandom(32)),
         endpoint=f"10.88.0.{10 + index}:51820",
@@ -160,6 +173,11 @@ class FakeChain:
     async def commit_csk(self, identity: NodeIdentity, commitment: Bytes32) -> None:
         self.commitment = commitment
 
+    async def member_app_salt(self, app_id: Address) -> Bytes32:
+        if self.fail is not None:
+            raise self.fail
+        return salt_of(app_id)
+
     async def reset(self) -> None:
         pass
 
@@ -185,14 +203,20 @@ class FakeDevice:
         return sorted(self.peers.values(), key=lambda p: p.public_key.raw)
 
     async def apply(self, plan: PeerPlan) -> None:
+        """Like the real backends: the part ``checked_plan`` passes is applied, the rest raised; a peer with
+        the device's own key is ignored silently, as Linux and wireguard-go do."""
+        valid, problems = checked_plan(plan)
         if not self.sticky:
             return
-        for key in plan.remove:
+        own = None if self.config is None else WgKey(x25519_public_key(self.config.private_key))
+        for key in valid.remove:
             self.peers.pop(key, None)
-        for peer in (*plan.add, *plan.update):
-            self.peers[peer.public_key] = ActualPeer(
-                peer.public_key, peer.endpoint, peer.allowed_ips, peer.keepalive
-            )
+        for peer in (*valid.add, *valid.update):
+            if peer.public_key != own:
+                self.peers[peer.public_key] = ActualPeer(
+                    peer.public_key, peer.endpoint, peer.allowed_ips, peer.keepalive
+                )
+        raise_problems(problems)
 
     async def public_key(self) -> WgKey | None:
         return None
@@ -203,21 +227,34 @@ class FakeDevice:
 
 @dataclass
 class FakePeers:
-    """``CskFetcher``: every peer checks the request against the chain and seals ``key`` to the requester."""
+    """``CskFetcher``: every peer checks the request (a member per the chain, its member proof, its
+    signature against the proven identity key) and seals ``key`` to the proven seal key, answering with its
+    own proof (``proof_of`` overrides a peer's: a peer that cannot prove itself)."""
 
     chain: FakeChain
     key: SecretBytes | None = None
     requests: list[cskcore.CskRequest] = field(default_factory=list)
+    proof_of: dict[MemberId, MemberProof] = field(default_factory=dict)
 
-    async def fetch(self, host: str, request: Mapping[str, object]) -> bytes:
-        parsed, signature = cskcore.parse_request(dict(request))
+    async def fetch(self, host: str, request: Mapping[str, object]) -> dict[str, object]:
+        signed = cskcore.parse_request(dict(request))
+        parsed = signed.request
         self.requests.append(parsed)
-        record = self.chain.record(parsed.requester)
-        if self.key is None or record is None:
+        responder = self.chain.record(parsed.responder)
+        if self.key is None or responder is None or self.chain.record(parsed.requester) is None:
             raise CskFetchError("refused", "HTTP 503: not held")
-        if not cskcore.verify_request(parsed, signature, record.identity_pub):
+        try:
+            proven = verify_member_proof(parse_proof(signed.proof), ANCHORS)
+        except ProofRejected as exc:
+            raise CskFetchError("refused", f"HTTP 403: {exc.reason}") from None
+        if proven.member_id != parsed.requester:
+            raise CskFetchError("refused", "HTTP 403: bad_proof")
+        if not cskcore.verify_request(parsed, signed.signature, proven.identity_pub):
             raise CskFetchError("refused", "HTTP 403: bad signature")
-        return cskcore.seal(self.key, record.seal_pub)
+        proof, identity, _ = derived_member(responder.app_id)
+        proof = self.proof_of.get(parsed.responder, proof)
+        sealed = cskcore.seal(self.key, proven.seal_pub)
+        return cskcore.sign_response(parsed, sealed, identity, proof)
 
 
 @dataclass
@@ -242,14 +279,18 @@ class World:
         self.liveness.heard(member.member_id, self.clock.monotonic())
 
 
-def world(state_dir: Path, chain: FakeChain | None = None) -> World:
+def world(state_dir: Path, chain: FakeChain | None = None, *, unset: tuple[str, ...] = ()) -> World:
+    """One node with its fakes; ``unset`` names environment variables left out (e.g. the anchors)."""
     env = {
         "ATTESTMESH_RPC_URL": "http://127.0.0.1:8545",
-        "ATTESTMESH_CHAIN_ID": "31337",
+        "ATTESTMESH_CHAIN_ID": str(CHAIN_ID),
         "ATTESTMESH_CLUSTER": str(CLUSTER),
+        "ATTESTMESH_MEMBER_APP_FACTORY": str(FACTORY),
+        "ATTESTMESH_KMS_ROOTS": str(KMS_ROOT),
         "ATTESTMESH_ENDPOINT": ENDPOINT,
         "ATTESTMESH_STATE_DIR": str(state_dir),
     }
+    env = {k: v for k, v in env.items() if k not in unset}
     chain = chain or FakeChain()
     agent, device, clock = FakeAgent(), FakeDevice(), FakeClock()
     peers = FakePeers(chain)

@@ -1,10 +1,9 @@
-"""CSK cryptography of sidecar.core.csk: requests and the gate, sealed delivery, the encrypted cache."""
+"""CSK cryptography of sidecar.core.csk: requests and responses, sealed delivery, the encrypted cache."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -16,13 +15,13 @@ from nacl.public import PrivateKey, PublicKey, SealedBox
 from sidecar.core import csk as cskmod
 from sidecar.core.csk import (
     CACHE_BYTES,
-    MAX_REQUESTS_PER_WINDOW,
     REQUEST_DOMAIN,
+    RESPONSE_DOMAIN,
     CskError,
-    CskGate,
     CskRequest,
     CskWireError,
-    Refusal,
+    SignedRequest,
+    check_response,
     commitment,
     csk_from_key,
     open_cache,
@@ -31,16 +30,18 @@ from sidecar.core.csk import (
     seal,
     seal_cache,
     sign_request,
+    sign_response,
 )
 from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
 from sidecar.core.keys import ed25519_public_key, x25519_public_key
+from sidecar.core.memberproof import ProofRejected, proof_json
+from tests.unit.proofkit import ANCHORS, CLUSTER, ROGUE_KMS, derived_member, member_app, member_id, prove
 
 CSK = SecretBytes(bytes(range(32)))
 COMMIT = commitment(CSK)
-CLUSTER = Address(b"\xc1" * 20)
 OTHER_CLUSTER = Address(b"\xc2" * 20)
-ME = MemberId(b"\x01" * 32)
-REQ = MemberId(b"\x02" * 32)
+ME = member_id("responder")
+REQ = member_id("requester")
 STRANGER = MemberId(b"\x03" * 32)
 IDENTITY = SecretBytes(b"\x5a" * 32)
 OTHER_IDENTITY = SecretBytes(b"\x5b" * 32)
@@ -48,36 +49,15 @@ SEAL_KEY = SecretBytes(b"\x7c" * 32)
 STATE_KEY = SecretBytes(b"\x3d" * 32)
 NOW = 1_700_000_000_000
 SECRETS = [CSK, IDENTITY, SEAL_KEY, STATE_KEY]
-
-MEMBERS = {
-    REQ: (Bytes32(ed25519_public_key(IDENTITY)), Bytes32(x25519_public_key(SEAL_KEY))),
-    ME: (Bytes32(ed25519_public_key(OTHER_IDENTITY)), Bytes32(b"\x00" * 32)),
-}
-
-
-def live(_: MemberId) -> bool:
-    return True
+SEAL_PUB = Bytes32(x25519_public_key(SEAL_KEY))
+PROOF = prove(member_app("requester"), Bytes32(ed25519_public_key(IDENTITY)), SEAL_PUB)
+RESPONDER_PROOF, RESPONDER_IDENTITY, _ = derived_member(member_app("responder"))
 
 
 def request(
     ts: int = NOW, cluster: Address = CLUSTER, responder: MemberId = ME, requester: MemberId = REQ
 ) -> CskRequest:
     return CskRequest(cluster=cluster, requester=requester, responder=responder, timestamp_ms=ts)
-
-
-def signed(req: CskRequest, key: SecretBytes = IDENTITY) -> tuple[CskRequest, bytes]:
-    return parse_request(json.loads(json.dumps(sign_request(req, key))))
-
-
-def check(
-    gate: CskGate,
-    pair: tuple[CskRequest, bytes],
-    now: int = NOW,
-    verified: Callable[[MemberId], bool] = live,
-) -> Refusal | None:
-    return gate.check(
-        pair[0], pair[1], me=ME, cluster=CLUSTER, members=MEMBERS, verified_recently=verified, now_ms=now
-    )
 
 
 def assert_no_secret(text: str) -> None:
@@ -105,15 +85,19 @@ def test_csk_from_key_is_the_identity_with_a_length_check() -> None:
 
 
 def test_request_wire_form_and_signature() -> None:
-    obj = sign_request(request(), IDENTITY)
-    assert set(obj) == {"cluster", "requester", "responder", "timestamp_ms", "signature"}
-    assert obj["cluster"] == "0x" + "c1" * 20
-    assert obj["requester"] == "0x" + "02" * 32
-    assert obj["responder"] == "0x" + "01" * 32
+    obj = sign_request(request(), IDENTITY, PROOF)
+    assert set(obj) == {"version", "cluster", "requester", "responder", "timestamp_ms", "signature", "proof"}
+    assert obj["version"] == 2
+    assert obj["cluster"] == "0x" + CLUSTER.hex
+    assert obj["requester"] == str(REQ)
+    assert obj["responder"] == str(ME)
     assert obj["timestamp_ms"] == NOW
+    assert obj["proof"] == proof_json(PROOF)
     message = REQUEST_DOMAIN + CLUSTER.raw + REQ.raw + ME.raw + NOW.to_bytes(8, "big")
+    assert REQUEST_DOMAIN == b"attestmesh/csk-request/v2\x00"
     signature = bytes.fromhex(str(obj["signature"])[2:])
     Ed25519PublicKey.from_public_bytes(ed25519_public_key(IDENTITY)).verify(signature, message)
+    assert "proof" not in sign_request(request(), IDENTITY, None)
 
 
 @given(
@@ -124,12 +108,19 @@ def test_request_wire_form_and_signature() -> None:
 )
 def test_request_round_trip(cluster: Address, a: MemberId, b: MemberId, ts: int) -> None:
     req = CskRequest(cluster, a, b, ts)
-    parsed, signature = parse_request(json.loads(json.dumps(sign_request(req, IDENTITY))))
-    assert parsed == req
-    assert cskmod.verify_request(parsed, signature, Bytes32(ed25519_public_key(IDENTITY)))
+    signed = parse_request(json.loads(json.dumps(sign_request(req, IDENTITY, PROOF))))
+    assert signed.request == req and signed.proof == proof_json(PROOF)
+    assert cskmod.verify_request(signed.request, signed.signature, Bytes32(ed25519_public_key(IDENTITY)))
 
 
-GOOD = sign_request(request(), IDENTITY)
+def test_a_request_without_proof_or_of_version_1_parses_with_no_proof() -> None:
+    bare = sign_request(request(), IDENTITY, None)
+    assert parse_request(bare).proof is None
+    v1 = {k: v for k, v in bare.items() if k != "version"}
+    assert parse_request(v1) == SignedRequest(request(), bytes.fromhex(str(bare["signature"])[2:]), None)
+
+
+GOOD = sign_request(request(), IDENTITY, PROOF)
 
 
 @pytest.mark.parametrize(
@@ -141,6 +132,11 @@ GOOD = sign_request(request(), IDENTITY)
         {},
         {**GOOD, "extra": 1},
         {k: v for k, v in GOOD.items() if k != "signature"},
+        {k: v for k, v in GOOD.items() if k != "version"},  # a proof without a version
+        {**GOOD, "version": 1},
+        {**GOOD, "version": 3},
+        {**GOOD, "version": True},
+        {**GOOD, "version": "2"},
         {**GOOD, "timestamp_ms": True},
         {**GOOD, "timestamp_ms": -1},
         {**GOOD, "timestamp_ms": 2**64},
@@ -183,79 +179,78 @@ def test_parse_request_only_raises_wire_errors_near_the_real_shape(obj: dict[str
         parse_request(obj)
 
 
-# --- the gate ------------------------------------------------------------------------------------------
+# --- responses -----------------------------------------------------------------------------------------
 
 
-def test_gate_accepts_a_good_request() -> None:
-    assert check(CskGate(), signed(request())) is None
+def answer(req: CskRequest | None = None, identity: SecretBytes = RESPONDER_IDENTITY) -> dict[str, object]:
+    req = req or request()
+    return sign_response(req, seal(CSK, SEAL_PUB), identity, RESPONDER_PROOF)
+
+
+def test_response_wire_form_and_check() -> None:
+    obj = answer()
+    assert set(obj) == {"version", "sealed", "proof", "signature"} and obj["version"] == 2
+    sealed = check_response(request(), json.loads(json.dumps(obj)), ANCHORS)
+    assert open_sealed(sealed, SEAL_KEY, COMMIT).reveal() == CSK.reveal()
+    message = RESPONSE_DOMAIN + CLUSTER.raw + REQ.raw + ME.raw + NOW.to_bytes(8, "big") + sealed
+    signature = bytes.fromhex(str(obj["signature"])[2:])
+    public = Bytes32(ed25519_public_key(RESPONDER_IDENTITY)).raw
+    Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
+
+
+def test_a_response_with_a_replayed_proof_is_refused() -> None:
+    # A non-TEE that copies a member's (public) proof cannot sign with its identity key.
+    with pytest.raises(ProofRejected) as info:
+        check_response(request(), answer(identity=OTHER_IDENTITY), ANCHORS)
+    assert info.value.reason == "bad_proof"
+
+
+def test_a_response_for_another_request_is_refused() -> None:
+    with pytest.raises(ProofRejected, match="not signed"):
+        check_response(request(ts=NOW + 1), answer(), ANCHORS)
+
+
+def test_a_response_proving_another_member_than_the_responder_asked_is_refused() -> None:
+    req = request(responder=member_id("peer-1"))
+    with pytest.raises(ProofRejected, match="another member") as info:
+        check_response(req, answer(req), ANCHORS)
+    assert info.value.reason == "bad_proof"
+
+
+def test_a_response_from_a_root_nobody_measured_is_refused() -> None:
+    rogue, identity, _ = derived_member(member_app("responder"), ROGUE_KMS)
+    obj = sign_response(request(), seal(CSK, SEAL_PUB), identity, rogue)
+    with pytest.raises(ProofRejected) as info:
+        check_response(request(), obj, ANCHORS)
+    assert info.value.reason == "untrusted_root"
+
+
+GOOD_ANSWER = answer()
 
 
 @pytest.mark.parametrize(
-    ("pair", "reason"),
+    "obj",
     [
-        (signed(request(cluster=OTHER_CLUSTER)), "wrong_cluster"),
-        (signed(request(responder=STRANGER)), "wrong_responder"),
-        (signed(request(requester=STRANGER)), "not_member"),
-        (signed(request(), OTHER_IDENTITY), "bad_signature"),
-        (signed(request(ts=NOW - 30_001)), "stale"),
-        (signed(request(ts=NOW + 30_001)), "stale"),
+        None,
+        [],
+        {},
+        {**GOOD_ANSWER, "extra": 1},
+        {k: v for k, v in GOOD_ANSWER.items() if k != "proof"},
+        {**GOOD_ANSWER, "version": 1},
+        {**GOOD_ANSWER, "sealed": "0x" + "00" * 79},
+        {**GOOD_ANSWER, "sealed": "00" * 80},
+        {**GOOD_ANSWER, "signature": "0x" + "zz" * 64},
     ],
 )
-def test_gate_refusals(pair: tuple[CskRequest, bytes], reason: str) -> None:
-    assert check(CskGate(), pair) == Refusal(reason)  # type: ignore[arg-type]
+def test_check_response_rejects_malformed(obj: object) -> None:
+    with pytest.raises(CskWireError):
+        check_response(request(), obj, ANCHORS)
 
 
-def test_a_signature_for_another_responder_does_not_verify() -> None:
-    req, signature = signed(request(responder=STRANGER))
-    redirected = CskRequest(req.cluster, req.requester, ME, req.timestamp_ms)
-    assert check(CskGate(), (redirected, signature)) == Refusal("bad_signature")
-
-
-def test_freshness_is_inclusive() -> None:
-    gate = CskGate(freshness_ms=30_000)
-    assert check(gate, signed(request(ts=NOW - 30_000))) is None
-    assert check(gate, signed(request(ts=NOW + 30_000))) is None
-
-
-def test_not_live() -> None:
-    assert check(CskGate(), signed(request()), verified=lambda m: False) == Refusal("not_live")
-
-
-def test_replayed_within_the_window_and_state_only_on_acceptance() -> None:
-    gate = CskGate()
-    pair = signed(request())
-    assert check(gate, pair, verified=lambda m: False) == Refusal("not_live")
-    assert check(gate, pair) is None  # the refusal left no trace
-    assert check(gate, pair, now=NOW + 1) == Refusal("replayed")
-    assert check(gate, pair, now=NOW + 30_000) == Refusal("replayed")
-    assert check(gate, pair, now=NOW + 30_001) == Refusal("stale")
-    assert check(gate, signed(request(ts=NOW + 1)), now=NOW + 1) is None
-
-
-def test_a_clock_going_back_does_not_reopen_a_replay() -> None:
-    gate = CskGate()
-    old = signed(request(ts=NOW))
-    assert check(gate, old) is None
-    assert check(gate, signed(request(ts=NOW + 40_000)), now=NOW + 40_000) is None  # prunes the first
-    assert check(gate, old, now=NOW) == Refusal("stale")
-
-
-def test_rate_limit_and_bounded_memory() -> None:
-    gate = CskGate()
-    for i in range(MAX_REQUESTS_PER_WINDOW):
-        assert check(gate, signed(request(ts=NOW + i)), now=NOW + i) is None
-    assert check(gate, signed(request(ts=NOW + 100)), now=NOW + 100) == Refusal("rate_limited")
-    later = NOW + 31_000
-    assert check(gate, signed(request(ts=later)), now=later) is None
-    assert sum(len(v) for v in gate._seen.values()) == 1
-
-
-def test_forget() -> None:
-    gate = CskGate()
-    pair = signed(request())
-    assert check(gate, pair) is None
-    gate.forget(REQ)
-    assert check(gate, pair) is None
+@given(st.fixed_dictionaries({k: json_values | st.just(v) for k, v in GOOD_ANSWER.items()}))
+def test_check_response_only_raises_its_errors(obj: dict[str, object]) -> None:
+    with contextlib.suppress(CskWireError, ProofRejected):
+        check_response(request(), obj, ANCHORS)
 
 
 # --- sealed delivery -----------------------------------------------------------------------------------
@@ -343,8 +338,6 @@ def test_open_cache_only_raises_csk_error(data: bytes) -> None:
 
 def test_reprs_show_no_key_material() -> None:
     assert_no_secret(
-        repr(CSK) + repr(csk_from_key(CSK)) + repr(open_sealed(seal(CSK, MEMBERS[REQ][1]), SEAL_KEY, COMMIT))
+        repr(CSK) + repr(csk_from_key(CSK)) + repr(open_sealed(seal(CSK, SEAL_PUB), SEAL_KEY, COMMIT))
     )
-    gate = CskGate()
-    check(gate, signed(request()))
-    assert_no_secret(repr(gate))
+    assert_no_secret(repr(parse_request(GOOD)) + repr(GOOD_ANSWER))

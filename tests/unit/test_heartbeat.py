@@ -10,6 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from sidecar.core.heartbeat import (
     DOMAIN,
@@ -22,11 +23,15 @@ from sidecar.core.heartbeat import (
     SignedHeartbeat,
     decode,
     encode,
+    live_page,
     next_seq,
     verify_signature,
 )
 from sidecar.core.ids import Bytes32, MemberId, SecretBytes
 from sidecar.core.keys import ed25519_public_key
+from sidecar.core.liveness import Liveness
+from sidecar.drivers.heartbeats import HeartbeatService
+from sidecar.observability import Metrics
 
 SEED_A = SecretBytes(b"\xa1" * 32)
 SEED_B = SecretBytes(b"\xb2" * 32)
@@ -232,3 +237,75 @@ def test_reprs_show_no_key_material() -> None:
     s = signed(hb())
     assert s.signature.hex() not in repr(s)
     assert SEED_A.reveal().hex() not in repr(s)
+
+
+# --- the live list: paged so any cluster size encodes (issue 12, item 8) ----------------------------------
+
+
+def ids(n: int) -> list[MemberId]:
+    return [MemberId((i + 1).to_bytes(32, "big")) for i in range(n)]
+
+
+@pytest.mark.parametrize("live", [300, 10_000])
+def test_a_large_live_set_encodes_within_the_limit_and_verifies(live: int) -> None:
+    members = ids(live)
+    data = encode(hb(live=live_page(members, A, 0)), SEED_A)
+    assert MIN_HEARTBEAT_BYTES < len(data) <= MAX_HEARTBEAT_BYTES < 65_507  # one UDP datagram
+    decoded = decode(data)
+    assert verify_signature(decoded, MEMBERS[A][0])
+    assert decoded.heartbeat.live[0] == A and len(decoded.heartbeat.live) == MAX_LIVE_IDS
+
+
+def test_pages_cycle_through_every_live_member_sender_first() -> None:
+    members = ids(300)
+    pages = [live_page([*members, A], A, k) for k in range(4)]
+    assert all(p[0] == A and A not in p[1:] for p in pages)
+    assert [len(p) for p in pages] == [256, 46, 256, 46]  # 300 others: 255 + 45, then again
+    assert set(pages[0][1:]) | set(pages[1][1:]) == set(members)
+    assert pages[2] == pages[0] and pages[3] == pages[1]
+    assert list(pages[0][1:]) == sorted(pages[0][1:], key=lambda m: m.raw)
+
+
+def test_a_small_live_set_is_one_whole_page() -> None:
+    assert live_page([B, A], A, 0) == live_page([B], A, 7) == (A, B)
+    assert live_page([], A, 3) == (A,)
+    with pytest.raises(ValueError, match="at least one other"):
+        live_page([B], A, 0, size=1)
+
+
+class _Wire:
+    """The datagram transport the heartbeat service sends through: records (data, address)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.sent.append((data, addr))
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_service_sends_every_tick_with_300_live_members_and_covers_them_all() -> None:
+    """Before paging, every tick raised "too many live ids" above 256 live members."""
+    members = ids(300)
+    liveness = Liveness(window=30.0)
+    for member in members:
+        liveness.heard(member, 100.0)
+    table = {m: (Bytes32(b"\x01" * 32), IPv4Address("10.88.1.1")) for m in members[:2]}
+    service = HeartbeatService(
+        me=A, identity_key=SEED_A, members=lambda: table, liveness=liveness,
+        metrics=Metrics(CollectorRegistry()), port=51821, interval=2.0, on_transition=lambda t: None,
+        clock=lambda: 101.0, wall_ms=lambda: NOW,
+    )  # fmt: skip
+    wire = _Wire()
+    service._transport = wire  # type: ignore[assignment]  # bound without a socket: the fake records sends
+    seen: set[MemberId] = set()
+    for _ in range(2):
+        service.tick()
+    assert len(wire.sent) == 4  # two peers, two ticks
+    for data, _addr in wire.sent:
+        decoded = decode(data)
+        assert verify_signature(decoded, MEMBERS[A][0])
+        seen |= set(decoded.heartbeat.live)
+    assert seen == {A, *members}

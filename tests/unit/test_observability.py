@@ -66,9 +66,10 @@ def test_label_values_are_the_documented_sets() -> None:
     )  # fmt: skip
     assert CSK_REFUSALS == (
         "malformed", "wrong_cluster", "wrong_responder", "not_member", "bad_signature", "stale", "replayed",
-        "not_live", "not_held", "rate_limited",
+        "not_live", "not_held", "rate_limited", "no_proof", "bad_proof", "foreign_app", "untrusted_root",
+        "anchors_missing", "no_own_proof",
     )  # fmt: skip
-    assert CSK_PULL_RESULTS == ("ok", "refused", "unreachable", "invalid")
+    assert CSK_PULL_RESULTS == ("ok", "refused", "unreachable", "invalid", "unproven")
 
 
 def test_every_known_label_set_exists_at_zero(registry: CollectorRegistry) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,9 @@ from structlog.testing import capture_logs
 from sidecar.chain.errors import ChainIdMismatch, ChainUnavailable, InsufficientFunds, UnexpectedChainError
 from sidecar.core import csk as cskcore
 from sidecar.core.ids import Bytes32, SecretBytes
-from sidecar.core.model import BootVerdict, MemberRecord
+from sidecar.core.model import BootVerdict, MemberRecord, MeshCidr
 from sidecar.core.outcome import fold
+from sidecar.core.peerplan import WgKey
 from sidecar.core.phases import next_phase
 from sidecar.drivers.chainlink import ClusterChain
 from sidecar.drivers.clock import Clock
@@ -26,6 +28,7 @@ from sidecar.drivers.csk import CskFetcher
 from sidecar.drivers.identity import KeySource
 from sidecar.drivers.nodestate import NodeState
 from sidecar.drivers.steps import ENDPOINT_RETRY_MIN
+from sidecar.observability import Metrics
 from sidecar.wg.device import WgDevice, WgError
 from tests.unit.passkit import (
     ENDPOINT,
@@ -39,8 +42,15 @@ from tests.unit.passkit import (
     other_member,
     world,
 )
+from tests.unit.proofkit import CLUSTER, ROGUE_KMS, derived_member
 
 CSK = SecretBytes(b"\x42" * 32)
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    assert value is not None, f"metric {name}{labels} is not exported"
+    return value
 
 
 def with_peer(chain: FakeChain, *, committed: bool = True) -> MemberRecord:
@@ -241,6 +251,55 @@ async def test_csk_step_no_peer_serves_the_key(tmp_path: Path) -> None:
     )
 
 
+async def test_a_key_from_a_peer_that_cannot_prove_itself_is_never_adopted(tmp_path: Path) -> None:
+    chain = FakeChain()
+    peer = with_peer(chain)
+    w = world(tmp_path, chain)
+    w.peers.key = CSK  # the right key, matching the commitment the chain shows
+    rogue, _, _ = derived_member(peer.app_id, ROGUE_KMS)  # ... from a peer whose root nobody measured
+    w.peers.proof_of[peer.member_id] = rogue
+    w.hear(peer)
+    await w.pass_once()
+    with capture_logs() as logs:
+        phase, reason = await w.pass_once()
+    assert phase == "csk_acquire" and reason.endswith(f"({str(peer.member_id)[:10]}: unproven)")
+    assert w.node.csk.held.value is None and w.node.controller.csk_value() is None
+    assert sample(w.metrics, "attestmesh_csk_pull_attempts_total", result="unproven") == 1
+    (rejected,) = [e for e in logs if e["event"] == "csk.pull_rejected"]
+    assert rejected["result"] == "unproven" and "untrusted_root" in rejected["reason"]
+    w.peers.proof_of.clear()  # the peer proves itself: the key is adopted
+    w.clock.advance(1.0)
+    w.hear(peer)
+    assert await w.pass_once() == ("healthy", "")
+
+
+@pytest.mark.parametrize("unset", ["ATTESTMESH_MEMBER_APP_FACTORY", "ATTESTMESH_KMS_ROOTS"])
+async def test_without_the_anchors_the_key_is_neither_taken_nor_served(tmp_path: Path, unset: str) -> None:
+    chain = FakeChain()
+    peer = with_peer(chain)
+    w = world(tmp_path, chain, unset=(unset,))
+    w.peers.key = CSK
+    w.hear(peer)
+    await w.pass_once()
+    phase, reason = await w.pass_once()  # no crash: a named reason
+    assert phase == "csk_acquire"
+    assert reason == (
+        "waiting for the cluster shared key: cannot take the cluster shared key from peers: "
+        f"{unset} not set: member proofs cannot be checked"
+    )
+    assert w.peers.requests == []  # never asked a peer
+    status = w.node.controller.status
+    assert status.csk_peering_error == f"{unset} not set: member proofs cannot be checked"
+    answer = w.node.csk.respond({}, IPv4Address("10.77.0.9"))
+    assert answer.status == 400  # malformed still comes first
+    request = cskcore.sign_request(
+        cskcore.CskRequest(CLUSTER, peer.member_id, peer.member_id, 0), SecretBytes(b"\x01" * 32), None
+    )
+    answer = w.node.csk.respond(request, IPv4Address("10.77.0.9"))
+    assert (answer.status, answer.body["reason"]) == (503, "anchors_missing")
+    assert sample(w.metrics, "attestmesh_csk_requests_refused_total", reason="anchors_missing") == 1
+
+
 async def test_peers_no_live_peer(tmp_path: Path) -> None:
     chain = FakeChain()
     w = world(tmp_path, chain)
@@ -365,3 +424,75 @@ async def test_each_failed_step_is_counted_by_its_class(tmp_path: Path) -> None:
 
     w, _ = await healthy(tmp_path)
     assert step_failures(w) == {}  # a healthy path has no failed step
+
+
+# --- unusable member records (issue 12, item 6) -----------------------------------------------------------
+
+
+def _variant(record: MemberRecord, index: int, **changes: object) -> MemberRecord:
+    """Another member (its own ids and registration order) that copies ``record``'s other fields."""
+    fresh = other_member(index, MeshCidr.parse("10.77.0.0/24"))
+    own: dict[str, object] = {
+        "member_id": fresh.member_id, "app_id": fresh.app_id, "registered_at": fresh.registered_at,
+        "mesh_ip": fresh.mesh_ip,
+    }  # fmt: skip
+    return dataclasses.replace(record, **{**own, **changes})
+
+
+async def test_unusable_records_are_excluded_and_the_node_stays_healthy_with_the_key(tmp_path: Path) -> None:
+    """Records the device cannot take (a zone-id endpoint, a stolen key, our own key, a foreign mesh IP, an
+    endpoint that does not parse) used to make every pass raise or never sync; now they are listed."""
+    chain = FakeChain()
+    peer = with_peer(chain)
+    w = world(tmp_path, chain)
+    w.peers.key = CSK
+    w.hear(peer)
+    assert await w.pass_once() == ("register", "not registered: registration pending")
+    mine = chain.members[-1]
+    bad = [
+        _variant(peer, 2, wg_pub=Bytes32(b"\x02" * 32), endpoint="udp://[fe80::1%eth0]:51820"),
+        _variant(peer, 3),  # the peer's WireGuard key, registered later
+        _variant(peer, 4, wg_pub=mine.wg_pub),
+        _variant(peer, 5, wg_pub=Bytes32(b"\x05" * 32), mesh_ip=IPv4Address("192.0.2.1")),
+        _variant(peer, 6, wg_pub=Bytes32(b"\x06" * 32), endpoint="x"),
+    ]
+    chain.members.extend(bad)
+    with capture_logs() as logs:
+        assert await w.pass_once() == ("healthy", "")
+        assert await w.pass_once() == ("healthy", "")  # the second pass logs nothing new
+    assert set(w.device.peers) == {WgKey(peer.wg_pub.raw)}
+    assert w.node.csk.held.source == "peer"  # the CSK step ran
+    status = w.node.controller.status
+    assert status.peers_excluded == tuple(
+        (str(r.member_id), reason)
+        for r, reason in zip(
+            bad, ("bad_endpoint", "duplicate_key", "own_key", "bad_mesh_ip", "bad_endpoint"), strict=True
+        )
+    )
+    assert (status.peers_desired, status.peers_configured, status.peers_live) == (1, 1, 1)
+    excluded_logs = [e for e in logs if e["event"] == "peer.excluded"]
+    assert [e["member_id"] for e in excluded_logs] == [str(r.member_id) for r in bad]
+    gauge = w.metrics.registry.get_sample_value
+    assert gauge("attestmesh_peers_excluded", {"reason": "bad_endpoint"}) == 2
+    assert gauge("attestmesh_peers_excluded", {"reason": "own_key"}) == 1
+    # the record is fixed: it is let back in, logged once, and configured
+    fixed = dataclasses.replace(bad[0], endpoint="10.88.0.99:51820")
+    chain.members[chain.members.index(bad[0])] = fixed
+    with capture_logs() as logs:
+        assert await w.pass_once() == ("healthy", "")
+    assert [e["event"] for e in logs if e["event"].startswith("peer.")] == ["peer.readmitted", "peer.added"]
+    assert WgKey(fixed.wg_pub.raw) in w.device.peers
+    assert gauge("attestmesh_peers_excluded", {"reason": "bad_endpoint"}) == 1
+
+
+async def test_a_node_whose_only_other_member_is_excluded_needs_no_live_peer(tmp_path: Path) -> None:
+    """The "a live peer" rule counts usable peers: an excluded record is neither desired nor needed live."""
+    chain = FakeChain()
+    peer = with_peer(chain, committed=False)
+    chain.members[0] = dataclasses.replace(peer, endpoint="not an endpoint")
+    w = world(tmp_path, chain)
+    assert await w.pass_once() == ("register", "not registered: registration pending")
+    phase, _ = await w.pass_once()
+    assert phase == "csk_acquire"  # past the mesh: the device is in sync with what it can apply
+    status = w.node.controller.status
+    assert status.peers_desired == 0 and status.peers_excluded == ((str(peer.member_id), "bad_endpoint"),)

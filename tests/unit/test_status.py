@@ -7,7 +7,15 @@ import json
 
 import pytest
 
-from sidecar.core.status import PHASES, NodeStatus, PeerView, SelfView, healthz_body, peers_body
+from sidecar.core.status import (
+    MAX_EXCLUDED_LISTED,
+    PHASES,
+    NodeStatus,
+    PeerView,
+    SelfView,
+    healthz_body,
+    peers_body,
+)
 
 MEMBER = "0x" + "ab" * 32
 
@@ -30,8 +38,15 @@ def test_initial_body_is_exactly_the_design_shape_with_nulls() -> None:
             "mesh_ip": None,
             "signer": None,
         },
-        "peers": {"desired": 0, "configured": 0, "live": 0, "transport": {}},
-        "csk": {"held": False, "commitment": None, "source": None},
+        "peers": {
+            "desired": 0,
+            "configured": 0,
+            "live": 0,
+            "transport": {},
+            "excluded": [],
+            "excluded_count": 0,
+        },
+        "csk": {"held": False, "commitment": None, "source": None, "peering_error": None},
         "events": {
             "mode": "poll",
             "indexer_connected": False,
@@ -75,6 +90,7 @@ def test_registered_healthy_body_carries_every_value() -> None:
         peers_configured=2,
         peers_live=1,
         peers_transport={"gateway": {"up": 1, "down": 1}},
+        peers_excluded=((MEMBER, "bad_endpoint"),),
         csk_held=True,
         csk_commitment="0x" + "55" * 32,
         csk_source="peer",
@@ -100,8 +116,16 @@ def test_registered_healthy_body_carries_every_value() -> None:
     }
     assert body["peers"] == {
         "desired": 2, "configured": 2, "live": 1, "transport": {"gateway": {"up": 1, "down": 1}},
+        "excluded": [{"member_id": MEMBER, "reason": "bad_endpoint"}], "excluded_count": 1,
     }  # fmt: skip
-    assert body["csk"] == {"held": True, "commitment": "0x" + "55" * 32, "source": "peer"}
+    assert body["csk"] == {
+        "held": True,
+        "commitment": "0x" + "55" * 32,
+        "source": "peer",
+        "peering_error": None,
+    }
+    peering = healthz_body(dataclasses.replace(status, csk_peering_error="ATTESTMESH_KMS_ROOTS not set"))
+    assert peering["csk"]["peering_error"] == "ATTESTMESH_KMS_ROOTS not set"  # type: ignore[index]
     assert body["events"] == {
         "mode": "push",
         "indexer_connected": True,
@@ -199,3 +223,14 @@ def test_self_view_json_has_public_values_only() -> None:
         "identity_pub",
     }
     assert me.to_json()["mesh_ip"] == "10.88.0.2"
+
+
+def test_excluded_records_are_listed_up_to_the_bound_with_the_whole_count() -> None:
+    excluded = tuple((f"0x{i:064x}", "bad_endpoint" if i % 2 else "duplicate_key") for i in range(40))
+    body = healthz_body(dataclasses.replace(NodeStatus.initial("1"), peers_excluded=excluded))
+    peers = body["peers"]
+    assert isinstance(peers, dict)
+    assert peers["excluded_count"] == 40
+    assert len(peers["excluded"]) == MAX_EXCLUDED_LISTED == 32
+    assert peers["excluded"][0] == {"member_id": "0x" + "0" * 64, "reason": "duplicate_key"}
+    assert peers["excluded"][1]["reason"] == "bad_endpoint"
