@@ -161,7 +161,7 @@ async def _subscribe(http: aiohttp.ClientSession, url: str, stream: Stream, clie
         message = decode(frame.data)
         if isinstance(message, Welcome):
             stream.gate.release()
-            client.verifier = PushVerifier(cluster, indexer, start)
+            client.verifier = PushVerifier(cluster, indexer, start, hello.nonce)
             problem = client.verifier.welcome(message)
             if problem is not None:
                 client.failure = f"welcome rejected: {problem}"

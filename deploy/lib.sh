@@ -4,15 +4,22 @@
 # Owns: the run log (every step, with a UTC timestamp, appended to $DEPLOY_LOG_DIR/<routine>-<target>.log
 # and echoed to stderr), the redaction of secrets from everything that reaches a log, and small state files
 # ($DEPLOY_STATE_DIR/<routine>-<target>/<key>) that let a routine killed at any step be run again and finish
-# the work. Must not: print or store a secret (every value of a variable listed in DEPLOY_SECRET_VARS, and
-# the user part of any URL, is replaced by <redacted> before anything is written), keep state anywhere
-# else, or decide anything about a node: that is the routine's job.
+# the work. Must not: print or store a secret (every value of a variable listed in DEPLOY_DEFAULT_SECRET_VARS
+# or DEPLOY_SECRET_VARS, every value of the sealed env file ENV_FILE, and the user part of any URL, is
+# replaced by <redacted> before anything is written, whatever its letter case), keep state anywhere else, or
+# decide anything about a node: that is the routine's job.
 
 DEPLOY_ROOT=${DEPLOY_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)}
 DEPLOY_LOG_DIR=${DEPLOY_LOG_DIR:-$DEPLOY_ROOT/logs}
 DEPLOY_STATE_DIR=${DEPLOY_STATE_DIR:-$DEPLOY_ROOT/state}
-# Variables whose values are secrets (keys, tokens, RPC URLs that embed an API key).
-DEPLOY_SECRET_VARS=${DEPLOY_SECRET_VARS:-"ATTESTMESH_OWNER_KEY ATTESTMESH_FUNDER_KEY PHALA_CLOUD_API_KEY ATTESTMESH_RPC_URL ATTESTMESH_INDEXER_RPC_URL"}
+# Variables whose values are secrets (keys, tokens, RPC URLs that embed an API key). DEPLOY_SECRET_VARS
+# (from the caller's environment, and appended to by the routines) ADDS names to these; it never replaces
+# them, so an operator who names one extra variable does not un-redact the owner key.
+DEPLOY_DEFAULT_SECRET_VARS="ATTESTMESH_OWNER_KEY ATTESTMESH_FUNDER_KEY PHALA_CLOUD_API_KEY ATTESTMESH_RPC_URL ATTESTMESH_RPC_URLS ATTESTMESH_INDEXER_RPC_URL"
+DEPLOY_SECRET_VARS=${DEPLOY_SECRET_VARS:-}
+# The shortest value of the sealed env file (ENV_FILE) that is redacted: every value of that file is
+# treated as a secret, but a flag or a number ("true", "2") would otherwise blank every such word in a log.
+DEPLOY_ENV_FILE_MIN_SECRET=8
 
 DEPLOY_ROUTINE=""
 DEPLOY_TARGET=""
@@ -38,23 +45,58 @@ deploy_init() {
   deploy_log "run started (pid $$, provider ${PROVIDER:-devnet})"
 }
 
-# deploy_redact: copy stdin to stdout with every secret value and URL user part replaced by <redacted>.
+# deploy_redact: copy stdin to stdout with every secret replaced by <redacted>: the value of every variable
+# named in DEPLOY_DEFAULT_SECRET_VARS and DEPLOY_SECRET_VARS (and each comma-separated part of it, and a hex
+# value without its 0x), every value of ENV_FILE of at least DEPLOY_ENV_FILE_MIN_SECRET characters, and the
+# user part of any URL. Matching ignores letter case (a key printed checksummed or upper-cased is the key).
 deploy_redact() {
   local name value script=""
-  for name in $DEPLOY_SECRET_VARS; do
+  for name in $DEPLOY_DEFAULT_SECRET_VARS $DEPLOY_SECRET_VARS; do
     value=${!name-}
     [[ ${#value} -ge 4 ]] || continue # an empty or tiny value would redact everything
     script+="${value//\\/\\\\}"$'\n'
   done
-  SECRETS=$script python3 -c '
+  SECRETS=$script SECRETS_ENV_FILE=${ENV_FILE:-} SECRETS_ENV_MIN=$DEPLOY_ENV_FILE_MIN_SECRET python3 -c '
 import os, re, sys
-secrets = sorted((s for s in os.environ.get("SECRETS", "").split("\n") if s), key=len, reverse=True)
+
+def env_file_values(path, shortest):
+    """Every value of a KEY=value file (export, quotes and comments as the routines read them)."""
+    try:
+        text = open(path, encoding="utf-8", errors="replace").read()
+    except OSError:
+        return []
+    values = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export "):].lstrip()
+        _, sep, value = line.partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'"'"'":
+            value = value[1:-1]
+        if sep and len(value) >= shortest:
+            values.append(value)
+    return values
+
+found = [s for s in os.environ.get("SECRETS", "").split("\n") if s]
+if os.environ.get("SECRETS_ENV_FILE"):
+    found += env_file_values(os.environ["SECRETS_ENV_FILE"], int(os.environ.get("SECRETS_ENV_MIN", "8")))
+secrets = set()
+for value in found:
+    for part in [value, *value.split(",")]:
+        part = part.strip()
+        if len(part) >= 4:
+            secrets.add(part)
+            if part.lower().startswith("0x") and len(part) >= 6:
+                secrets.add(part[2:])
+ordered = sorted(secrets, key=len, reverse=True)
+pattern = re.compile("|".join(re.escape(s) for s in ordered), re.IGNORECASE) if ordered else None
 userinfo = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
 for line in sys.stdin:
-    for secret in secrets:
-        line = line.replace(secret, "<redacted>")
-        if secret.lower().startswith("0x"):
-            line = line.replace(secret[2:], "<redacted>")
+    if pattern is not None:
+        line = pattern.sub("<redacted>", line)
     sys.stdout.write(userinfo.sub(r"\1<redacted>@", line))
     sys.stdout.flush()
 '

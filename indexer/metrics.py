@@ -19,6 +19,7 @@ HelloOutcome = Literal[
     "bad_signature",
     "stale",
     "future",
+    "replayed",
     "not_followed",
     "unavailable",
 ]

@@ -1,11 +1,12 @@
 """Subscriber sessions: one WebSocket per member, authenticated against the chain, fed from the index.
 
 Owns ``Hub`` (the ``/v1/subscribe`` handler, the set of open sessions, waking them when the index advances,
-closing the ones past a reorg point, closing all on shutdown) and ``Session`` (one subscriber: the hello
-check, the welcome, then a pump that sends every log of the cluster after the session's position as a signed
-``event`` and, once nothing more is indexed, a signed ``checkpoint`` through the indexed block; a reader that
-takes ``ack``s). Replay and live delivery are the same pump reading the shared ``ChainIndex``, so a
-subscriber costs no copy of the log.
+closing the ones past a reorg point, closing all on shutdown, the nonces of accepted hellos so a replayed
+hello is refused ``unauthorized``/``replayed``) and ``Session`` (one subscriber: the hello check, the
+welcome signed over the hello's nonce, then a pump that sends every log of the cluster after the session's
+position as a signed ``event`` and, once nothing more is indexed, a signed ``checkpoint`` through the
+indexed block; a reader that takes ``ack``s). Replay and live delivery are the same pump reading the
+shared ``ChainIndex``, so a subscriber costs no copy of the log.
 
 The per-subscriber queue is the window of messages sent but not yet acked, bounded by ``queue_bound``: when
 it is full (or the socket does not drain) for ``ack_timeout`` while more is pending, the session is closed
@@ -67,11 +68,12 @@ from sidecar.core.indexerwire import (
     CloseReason,
     Event,
     Hello,
+    HelloNonces,
     Message,
     PushSigner,
-    Welcome,
     WireError,
     encode,
+    sign_welcome,
     verify_hello,
 )
 
@@ -100,6 +102,8 @@ class Hub:
         self.queue_bound = queue_bound
         self.ack_timeout = ack_timeout
         self.hello_freshness_ms = hello_freshness_ms
+        #: The nonces of accepted hellos within their freshness window: a replayed hello is refused.
+        self.nonces = HelloNonces(hello_freshness_ms)
         self.head = head
         self.now_ms = now_ms or (lambda: int(time.time() * 1000))
         self.monotonic = monotonic
@@ -258,6 +262,7 @@ class Session:
         if refusal is not None:
             hub.metrics.hello(refusal)
             raise Refused("unauthorized", refusal)
+        self._admit(hello)
         start = await self._start(conn, hello)
         if not hub.index.servable(hello.cluster, start):
             hub.metrics.hello("unavailable")
@@ -265,7 +270,16 @@ class Session:
         session_id = os.urandom(SESSION_BYTES)
         self.signer = PushSigner(hello.cluster, session_id, start, key)
         hub.metrics.hello("accepted")
-        await self.ws.send_str(encode(Welcome(session_id, public, hub.head() or 0, PROTOCOL_VERSION, start)))
+        welcome = sign_welcome(
+            nonce=hello.nonce,
+            session=session_id,
+            indexer=public,
+            head=hub.head() or 0,
+            protocol=PROTOCOL_VERSION,
+            start=start,
+            indexer_key=key,
+        )
+        await self.ws.send_str(encode(welcome))
         log.info(
             "session.opened",
             cluster=str(hello.cluster),
@@ -273,6 +287,18 @@ class Session:
             start_block=start.block,
             replay=hello.cursor is None,
         )
+
+    def _admit(self, hello: Hello) -> None:
+        """Refuse a verified hello whose nonce was already accepted within its freshness window."""
+        hub = self.hub
+        admitted = hub.nonces.admit(hello, hub.now_ms())
+        if admitted == "replayed":
+            hub.metrics.hello("replayed")
+            log.warning("session.hello_replayed", cluster=str(hello.cluster), member_id=str(hello.member_id))
+            raise Refused("unauthorized", "replayed")
+        if admitted == "busy":
+            hub.metrics.hello("unavailable")
+            raise Refused("unavailable", "too many hellos within the freshness window")
 
     async def _start(self, conn: ChainConnection, hello: Hello) -> Cursor:
         index = self.hub.index

@@ -91,7 +91,7 @@ class Daemon:
         self.agent = GuestAgent()
         self.store = StateStore(settings.state_dir)
         self.chain = ChainLink(settings.chain, self.metrics)
-        cursor = SharedCursor(self.store)  # ONE cursor: poller and push subscriber share it
+        cursor = SharedCursor(self.store)  # the push resume point; the poller also keeps its own
         self.poller = ChainLogPoller(
             connection=self.chain.connection,
             cluster=settings.chain.cluster,

@@ -57,6 +57,7 @@ HttpSurface = Literal["health", "app", "peer"]
 ConnectionDrop = Literal["over_limit", "header_timeout"]
 ChainErrorKind = Literal["transient", "terminal"]
 RegistrationResult = Literal["ok", "failed"]
+EndpointUpdate = Literal["sent", "failed", "deferred"]
 PushRejection = Literal[
     "bad_signature",
     "wrong_indexer",
@@ -90,6 +91,7 @@ HTTP_SURFACES: Final[tuple[str, ...]] = get_args(HttpSurface)
 CONNECTION_DROPS: Final[tuple[str, ...]] = get_args(ConnectionDrop)
 CHAIN_ERROR_KINDS: Final[tuple[str, ...]] = get_args(ChainErrorKind)
 REGISTRATION_RESULTS: Final[tuple[str, ...]] = get_args(RegistrationResult)
+ENDPOINT_UPDATES: Final[tuple[str, ...]] = get_args(EndpointUpdate)
 PUSH_REJECTIONS: Final[tuple[str, ...]] = get_args(PushRejection)
 EVENT_MODES: Final[tuple[str, ...]] = get_args(EventMode)
 TRANSPORT_DIRECTIONS: Final[tuple[str, ...]] = get_args(TransportDirection)
@@ -269,6 +271,12 @@ class Metrics:
         self.rpc_calls = Counter(
             "attestmesh_rpc_calls_total", "JSON-RPC calls by method.", ["method"], registry=r
         )
+        self.endpoint_updates = Counter(
+            "attestmesh_endpoint_updates_total",
+            "setEndpoint decisions: sent, failed, or deferred (rate-limited: the chain still shows another).",
+            ["result"],
+            registry=r,
+        )
 
         self._transport_metrics(r)
 
@@ -294,6 +302,7 @@ class Metrics:
             (self.http_clients_gone, HTTP_SURFACES),
             (self.chain_errors, CHAIN_ERROR_KINDS),
             (self.registration_attempts, REGISTRATION_RESULTS),
+            (self.endpoint_updates, ENDPOINT_UPDATES),
             (self.push_rejected, PUSH_REJECTIONS),
             (self.transport_streams_refused, STREAM_REFUSALS),
             (self.transport_streams_closed, STREAM_ENDS),
@@ -397,6 +406,9 @@ class Metrics:
 
     def registration_attempt(self, result: RegistrationResult) -> None:
         self.registration_attempts.labels(_known(result, REGISTRATION_RESULTS, "result")).inc()
+
+    def endpoint_update(self, result: EndpointUpdate) -> None:
+        self.endpoint_updates.labels(_known(result, ENDPOINT_UPDATES, "result")).inc()
 
     def rpc_call(self, method: str) -> None:
         """Count a JSON-RPC call; anything not shaped like a method name is counted as ``other``."""

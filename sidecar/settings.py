@@ -116,6 +116,8 @@ class ChainSettings:
     max_log_range: int
     rpc_timeout: float
     receipt_timeout: float
+    max_fee_wei: int = 10 * 10**9  # the most a transaction pays per gas (maxFeePerGas), whatever the RPC says
+    max_priority_fee_wei: int = 2 * 10**9  # the most tip per gas (maxPriorityFeePerGas)
 
     def __repr__(self) -> str:  # the URL may carry an API key
         return (
@@ -123,7 +125,9 @@ class ChainSettings:
             f"indexer_registry={self.indexer_registry}, confirmations={self.confirmations}, "
             f"poll_interval={self.poll_interval}, resync_interval={self.resync_interval}, "
             f"max_log_range={self.max_log_range}, rpc_timeout={self.rpc_timeout}, "
-            f"receipt_timeout={self.receipt_timeout}, member_app_factory={self.member_app_factory}, "
+            f"receipt_timeout={self.receipt_timeout}, max_fee_wei={self.max_fee_wei}, "
+            f"max_priority_fee_wei={self.max_priority_fee_wei}, "
+            f"member_app_factory={self.member_app_factory}, "
             f"kms_roots={self.kms_roots})"
         )
 
@@ -183,6 +187,9 @@ def _check_together(r: EnvReader, values: Mapping[str, Any]) -> None:
         low, high = values[PREFIX + shorter], values[PREFIX + longer]
         if low is not None and high is not None and high < low:
             r.problem(f"{PREFIX}{longer} must not be shorter than {PREFIX}{shorter}")
+    tip, fee = values[PREFIX + "MAX_PRIORITY_FEE_GWEI"], values[PREFIX + "MAX_FEE_GWEI"]
+    if tip is not None and fee is not None and tip > fee:
+        r.problem(f"{PREFIX}MAX_PRIORITY_FEE_GWEI must not exceed {PREFIX}MAX_FEE_GWEI")
     endpoint, domain = values[PREFIX + "ENDPOINT"], values[PREFIX + "GATEWAY_DOMAIN"]
     if endpoint is not None and domain is not None:
         r.problem(

@@ -92,6 +92,17 @@ def parse_interface(text: str) -> str:
     return text
 
 
+_GWEI = re.compile(r"(?:[0-9]+(?:\.[0-9]{0,9})?|\.[0-9]{1,9})", re.ASCII)
+
+
+def parse_gwei(text: str) -> int:
+    """A fee per gas written in gwei as a plain decimal (``10``, ``0.05``; at most 9 decimals), in wei."""
+    if not _GWEI.fullmatch(text):
+        raise ValueError("must be an amount in gwei such as 10 or 0.05 (at most 9 decimals)")
+    whole, _, fraction = text.partition(".")
+    return int(whole or "0") * 10**9 + int((fraction or "0").ljust(9, "0"))
+
+
 def _nonzero(address: Address) -> bool:
     return not address.is_zero
 
@@ -141,6 +152,8 @@ GROUPS: tuple[Group, ...] = (
             _v("MAX_LOG_RANGE", "max_log_range", "2000", parse_int, AT_LEAST_ONE),
             _v("RPC_TIMEOUT", "rpc_timeout", "5.0", parse_seconds, POSITIVE),
             _v("RECEIPT_TIMEOUT", "receipt_timeout", "60.0", parse_seconds, POSITIVE),
+            _v("MAX_FEE_GWEI", "max_fee_wei", "10", parse_gwei, POSITIVE),
+            _v("MAX_PRIORITY_FEE_GWEI", "max_priority_fee_wei", "2", parse_gwei, POSITIVE),
         ),
     ),
     Group(

@@ -8,18 +8,24 @@ the node namespaces reach through the lab bridge). It holds its Ed25519 seed in 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Callable
+from typing import Literal
 
 from aiohttp import web
 
 from indexer.follower import MEMBER_REGISTERED
 from sidecar.core.ids import Address, Bytes32, SecretBytes
-from sidecar.core.indexerwire import Event, Hello, Message, PushSigner, Welcome, decode, encode
+from sidecar.core.indexerwire import Event, Hello, Message, PushSigner, decode, encode, sign_welcome
 from sidecar.core.keys import ed25519_public_key
 from sidecar.core.model import ChainLog
 
 Script = Callable[["RogueIndexer", Hello, bytes], list[Message]]
+#: How the rogue signs its welcome: with its own key over the hello's nonce (``signed``), with another key
+#: (``forged``), over another nonce (``other_nonce``: a welcome recorded for an earlier hello), or not at all
+#: (``unsigned``: the welcome of protocol version 1 before issue 12, without a signature field).
+WelcomeMode = Literal["signed", "forged", "other_nonce", "unsigned"]
 
 
 class RogueIndexer:
@@ -29,6 +35,7 @@ class RogueIndexer:
         self.seed = seed
         self.host = host
         self.script: Script = lambda rogue, hello, session: []
+        self.welcome_mode: WelcomeMode = "signed"
         self.connections = 0
         self.runner: web.AppRunner | None = None
         self.port = 0
@@ -68,13 +75,31 @@ class RogueIndexer:
         hello = decode((await ws.receive(timeout=10)).data)
         assert isinstance(hello, Hello) and hello.cursor is not None
         session = os.urandom(16)
-        await ws.send_str(encode(Welcome(session, hello.indexer, hello.cursor.block, 1, hello.cursor)))
+        await ws.send_str(self._welcome(hello, session))
         for message in self.script(self, hello, session):
             await ws.send_str(encode(message))
         async for _ in ws:  # until the client tears the stream down
             pass
         self.sockets.discard(ws)
         return ws
+
+    def _welcome(self, hello: Hello, session: bytes) -> str:
+        assert hello.cursor is not None
+        mode = self.welcome_mode
+        welcome = sign_welcome(
+            nonce=os.urandom(16) if mode == "other_nonce" else hello.nonce,
+            session=session,
+            indexer=hello.indexer,
+            head=hello.cursor.block,
+            protocol=1,
+            start=hello.cursor,
+            indexer_key=SecretBytes(os.urandom(32)) if mode == "forged" else self.seed,
+        )
+        if mode != "unsigned":
+            return encode(welcome)
+        frame = json.loads(encode(welcome))
+        del frame["signature"]
+        return json.dumps(frame)
 
     def signer(self, hello: Hello, session: bytes, *, cluster: Address | None = None) -> PushSigner:
         assert hello.cursor is not None

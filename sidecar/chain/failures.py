@@ -70,6 +70,26 @@ class NonceConflict(TransientChainError):
     """The node refused our nonce (too low, already known, underpriced replacement); re-read and resend."""
 
 
+GWEI = 10**9
+
+
+def gwei(wei: int) -> str:
+    """A wei amount per gas, shown in gwei (``1.5 gwei``)."""
+    return f"{wei / GWEI:.9g} gwei"
+
+
+class FeeAboveCap(TransientChainError):
+    """The fees the RPC quotes would exceed the configured cap: the transaction was not sent (the fees may
+    fall, or the RPC was lying: either way, wait; never pay what it asks). ``str`` starts ``fee_cap:``."""
+
+    def __init__(self, *, base_fee: int, tip: int, cap: int) -> None:
+        super().__init__(
+            f"fee_cap: base fee {gwei(base_fee)} + tip {gwei(tip)} per gas exceeds the cap of {gwei(cap)} "
+            "(ATTESTMESH_MAX_FEE_GWEI); transaction not sent"
+        )
+        self.base_fee, self.tip, self.cap = base_fee, tip, cap
+
+
 # --- terminal ----------------------------------------------------------------------------------------------
 
 

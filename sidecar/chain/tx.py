@@ -5,6 +5,9 @@ Owns: ``LocalSigner`` (a secp256k1 key held in memory; signs locally, never via 
 ``pending`` on first use, re-read after any failure), estimates gas (the place reverts are caught and decoded,
 before anything is sent), prices EIP-1559 fees from the latest base fee, and waits for the receipt with a
 deadline. A mined-but-reverted transaction is replayed as a call at its parent block to decode the reason.
+Fees come from the RPC, which may lie: with a ``FeeCap`` the tip is clamped to its tip cap and the fee cap
+to its fee cap, and when the quoted base fee plus tip alone exceeds the fee cap, nothing is signed or sent
+(``FeeAboveCap``, transient).
 
 Must not: log, repr or put into an error any key material; retry a failed send (the caller decides); or
 return web3 types. Every failure leaves as a ``ChainError``.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final, NoReturn
 
 from eth_account import Account
@@ -24,6 +28,7 @@ from sidecar.chain.codec import receipt_from_web3
 from sidecar.chain.errors import (
     ChainError,
     ContractRevert,
+    FeeAboveCap,
     InsufficientFunds,
     TransactionTimeout,
     UnknownRevert,
@@ -36,6 +41,32 @@ from sidecar.core.model import TxReceipt
 GAS_HEADROOM: Final = 1.2
 #: Fee cap = 2 * base fee + tip: survives six consecutive full blocks of base-fee growth.
 BASE_FEE_MULTIPLIER: Final = 2
+
+
+@dataclass(frozen=True, slots=True)
+class FeeCap:
+    """The most this account pays per gas, whatever the RPC quotes: ``max_fee`` (maxFeePerGas) and
+    ``max_tip`` (maxPriorityFeePerGas), in wei."""
+
+    max_fee: int
+    max_tip: int
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_tip <= self.max_fee:
+            raise ValueError("a fee cap needs 0 < max_tip <= max_fee")
+
+    def price(self, base_fee: int, tip: int) -> tuple[int, int]:
+        """(maxFeePerGas, maxPriorityFeePerGas) within the cap for the quoted base fee and tip; raise
+        ``FeeAboveCap`` when even the base fee plus the (clamped) tip does not fit under it."""
+        tip = min(tip, self.max_tip)
+        if base_fee + tip > self.max_fee:
+            raise FeeAboveCap(base_fee=base_fee, tip=tip, cap=self.max_fee)
+        return min(BASE_FEE_MULTIPLIER * base_fee + tip, self.max_fee), tip
+
+
+def uncapped(base_fee: int, tip: int) -> tuple[int, int]:
+    """(maxFeePerGas, maxPriorityFeePerGas) as quoted: for operator tools that have no cap configured."""
+    return BASE_FEE_MULTIPLIER * base_fee + tip, tip
 
 
 class LocalSigner:
@@ -75,11 +106,13 @@ class TxSubmitter:
         *,
         receipt_timeout: float = 60.0,
         poll_interval: float = 0.2,
+        fee_cap: FeeCap | None = None,
     ) -> None:
         self._conn = conn
         self._signer = signer
         self.receipt_timeout = receipt_timeout
         self.poll_interval = poll_interval
+        self.fee_cap = fee_cap
         self._lock = asyncio.Lock()
         self._nonce: int | None = None
 
@@ -136,8 +169,9 @@ class TxSubmitter:
                     gas_limit = int(int(await w3.eth.estimate_gas(call)) * GAS_HEADROOM)  # type: ignore[arg-type]
                 latest = await w3.eth.get_block("latest")
                 base_fee = int(latest.get("baseFeePerGas", 0))
-                tip = int(await w3.eth.max_priority_fee)
-                max_fee = BASE_FEE_MULTIPLIER * base_fee + tip
+                quoted_tip = int(await w3.eth.max_priority_fee)
+            price = uncapped if self.fee_cap is None else self.fee_cap.price
+            max_fee, tip = price(base_fee, quoted_tip)  # FeeAboveCap: nothing signed, nothing sent
         except InsufficientFunds as exc:  # estimation already knows the account cannot pay
             raise await self._insufficient(None, value, str(exc)) from exc
         tx = {

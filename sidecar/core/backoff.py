@@ -92,3 +92,35 @@ class Backoff:
         """Note how long the last attempt ran before it ended: a healthy run resets the policy."""
         if seconds >= self.healthy_after:
             self.reset()
+
+
+class Spacing:
+    """At most one attempt per window, whatever asks for it: for a write a lying source can ask for again
+    and again (``setEndpoint`` when the chain keeps showing another endpoint).
+
+    The first attempt is allowed at once; each attempt opens a window (``minimum`` doubling per attempt up
+    to ``maximum``) in which no other is allowed. The windows shrink back to ``minimum`` only once nothing
+    needed an attempt for ``maximum`` seconds after the last one (``settled``), so a source that alternates
+    faster than that cannot reset them. ``now`` is passed in (a monotonic clock).
+    """
+
+    def __init__(self, minimum: float, maximum: float) -> None:
+        self._windows = Backoff(minimum, maximum, jitter=0.0)
+        self.attempts = 0  # attempts since the windows last shrank back
+        self.last: float | None = None
+
+    def wait(self, now: float) -> float:
+        """Seconds until the next attempt is allowed (0.0: allowed now)."""
+        if self.last is None or self.attempts == 0:
+            return 0.0
+        return max(0.0, self.last + self._windows.ceiling(self.attempts) - now)
+
+    def attempted(self, now: float) -> None:
+        """Record an attempt at ``now`` (whatever its result: a failed write may still have cost gas)."""
+        self.attempts += 1
+        self.last = now
+
+    def settled(self, now: float) -> None:
+        """Nothing needs an attempt at ``now``: after ``maximum`` quiet seconds the windows shrink back."""
+        if self.last is not None and now - self.last >= self._windows.maximum:
+            self.attempts, self.last = 0, None

@@ -70,6 +70,7 @@ class NodeStatus:
     # chain: ``chain_reachable`` is None until the first chain call
     chain_reachable: bool | None = None
     chain_error: str | None = None
+    chain_write_held: str | None = None  # why the last transaction was not sent (``fee_cap: …``)
 
     def __post_init__(self) -> None:
         if self.phase not in PHASES:
@@ -124,7 +125,11 @@ def healthz_body(status: NodeStatus) -> dict[str, object]:
             "rejected_pushes": status.rejected_pushes,
             "rejected_by_reason": dict(status.rejected_by_reason),
         },
-        "chain": {"reachable": status.chain_reachable, "error": status.chain_error},
+        "chain": {
+            "reachable": status.chain_reachable,
+            "error": status.chain_error,
+            "write_held": status.chain_write_held,
+        },
         "membership_digest": status.membership_digest,
         "version": status.version,
     }

@@ -4,24 +4,33 @@ Owns ``ClusterChain`` (the port the chain and registration steps depend on, so a
 small fake) and ``ChainLink``, its web3 implementation: one lazily opened ``ChainConnection`` (shared
 with the log poller and the push subscriber through ``connection()``), the snapshot read at one
 confirmed block, the member app's CREATE2 salt (for the member proof), and the signed writes (register,
-endpoint, CSK commitment). Must not: decide what a failure means for the node (the steps do), or log
-private keys (the signer key stays in the identity).
+endpoint, CSK commitment), priced within the configured fee cap: a write the cap refuses is not sent, logged
+when the hold starts (``chain.fee_capped``) and ends (``chain.fee_cap_cleared``), and named in
+``write_held`` (``/healthz`` ``chain.write_held``) until a write goes through. Must not: decide what a
+failure means for the node (the steps do), or log private keys (the signer key stays in the identity).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+import structlog
 
 from sidecar.chain.contracts import ClusterClient, MemberAppFactoryClient
-from sidecar.chain.errors import UnexpectedChainError
+from sidecar.chain.errors import FeeAboveCap, UnexpectedChainError
+from sidecar.chain.failures import gwei
 from sidecar.chain.rpc import ChainConnection, connect
-from sidecar.chain.tx import TxSubmitter
+from sidecar.chain.tx import FeeCap, TxSubmitter
 from sidecar.core.ids import Address, Bytes32, MemberId
 from sidecar.core.snapshot import Snapshot
 from sidecar.drivers.identity import NodeIdentity
 from sidecar.observability import Metrics
 from sidecar.settings import ChainSettings
+
+log = structlog.get_logger("sidecar.chain")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +47,11 @@ class ClusterChain(Protocol):
 
     @property
     def cluster(self) -> Address: ...
+
+    @property
+    def write_held(self) -> str | None:
+        """Why the last write was not sent (``fee_cap: …``), until one is; None otherwise."""
+        ...
 
     async def read(self, identity: NodeIdentity) -> tuple[int, Snapshot]: ...
 
@@ -61,10 +75,36 @@ class ChainLink:
         self.settings = settings
         self.metrics = metrics
         self._conn: ChainConnection | None = None
+        self.fee_cap = FeeCap(settings.max_fee_wei, settings.max_priority_fee_wei)
+        self._held: str | None = None
 
     @property
     def cluster(self) -> Address:
         return self.settings.cluster
+
+    @property
+    def write_held(self) -> str | None:
+        return self._held
+
+    async def _write(self, what: str, write: Awaitable[T]) -> T:
+        """Run one signed write; a fee the cap refuses holds writes (logged once) until one goes through."""
+        try:
+            result = await write
+        except FeeAboveCap as exc:
+            if self._held is None:
+                log.warning(
+                    "chain.fee_capped",
+                    write=what,
+                    base_fee=gwei(exc.base_fee),
+                    tip=gwei(exc.tip),
+                    cap=gwei(exc.cap),
+                )
+            self._held = str(exc)
+            raise
+        if self._held is not None:
+            log.info("chain.fee_cap_cleared", write=what)
+            self._held = None
+        return result
 
     def connection(self) -> ChainConnection | None:
         """Return the open connection, if any (the log poller and push subscriber share it)."""
@@ -83,7 +123,10 @@ class ChainLink:
         submitter = None
         if identity is not None:
             submitter = TxSubmitter(
-                conn, identity.local_signer(), receipt_timeout=self.settings.receipt_timeout
+                conn,
+                identity.local_signer(),
+                receipt_timeout=self.settings.receipt_timeout,
+                fee_cap=self.fee_cap,
             )
         return ClusterClient(conn, self.settings.cluster, submitter)
 
@@ -104,14 +147,16 @@ class ChainLink:
 
     async def register(self, identity: NodeIdentity, endpoint: str) -> Registered:
         cluster = await self._cluster(identity)
-        receipt, member_id = await cluster.register(identity.proof, identity.keys, endpoint)
+        receipt, member_id = await self._write(
+            "register", cluster.register(identity.proof, identity.keys, endpoint)
+        )
         return Registered(receipt.block_number, receipt.gas_used, member_id)
 
     async def set_endpoint(self, identity: NodeIdentity, endpoint: str) -> None:
-        await (await self._cluster(identity)).set_endpoint(endpoint)
+        await self._write("setEndpoint", (await self._cluster(identity)).set_endpoint(endpoint))
 
     async def commit_csk(self, identity: NodeIdentity, commitment: Bytes32) -> None:
-        await (await self._cluster(identity)).set_csk_commitment(commitment)
+        await self._write("setCskCommitment", (await self._cluster(identity)).set_csk_commitment(commitment))
 
     async def member_app_salt(self, app_id: Address) -> Bytes32:
         """The CREATE2 salt of ``app_id`` at the configured member-app factory (read once, for the member

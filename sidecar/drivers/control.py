@@ -241,6 +241,7 @@ class Controller:
             version=__version__,
             chain_reachable=facts.chain_ok,
             chain_error=facts.chain_error or facts.chain_mismatch,
+            chain_write_held=self.steps.chain.chain.write_held,
         )
 
     def _events_fields(self) -> dict[str, Any]:

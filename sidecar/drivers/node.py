@@ -114,7 +114,7 @@ def build_node(
         identity=IdentityStep(agent, KeyScope(settings.chain.chain_id, settings.chain.cluster), anchors),
         chain=ChainStep(chain, metrics),
         membership=MembershipStep(chain, metrics, own_endpoint(settings.mesh)),
-        endpoint=EndpointStep(chain, own_endpoint(settings.mesh), repeats),
+        endpoint=EndpointStep(chain, own_endpoint(settings.mesh), repeats, metrics),
         mesh=mesh,
         csk=csk,
     )

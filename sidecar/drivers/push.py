@@ -1,15 +1,16 @@
 """The push subscription: the registered indexer's signed event stream, verified, as a wake-up accelerator.
 
-Owns ``PushSubscriber``: read ``IndexerRegistry.current()`` (no record → push not available), open a
-WebSocket to its endpoint (aiohttp), send a hello signed with the member's identity key carrying the SHARED
-cursor, check the welcome and every event and checkpoint with ``PushVerifier`` against the registry key and
-our cluster, optionally cross-check a pushed log against ``eth_getLogs`` (rate ``crosscheck``), and for each
-accepted message: under the shared cursor's lock, handle the log if it lies after the cursor (wake the
-control loop with a reason string — nothing else), persist the cursor, then ack. Any rejection tears the
-stream down, is counted by reason and logged (rate-limited); every new attempt re-reads the registry, and
-the registry is also re-read every ``registry_refresh`` seconds while subscribed, so a rotated key or a
-moved endpoint is picked up without a restart. Reconnects use the shared ``Backoff`` (capped, jittered); the
-outage is logged once when it starts and once when it recovers.
+Owns ``PushSubscriber``: read ``IndexerRegistry.current()`` (no record → push not available), open a WebSocket
+to its endpoint (aiohttp), send a hello signed with the member's identity key carrying the SHARED cursor and a
+fresh nonce, check the welcome (signed by the registry key over that nonce: nothing from the stream is trusted
+before it verifies) and every event and checkpoint with ``PushVerifier`` against the registry key and our
+cluster, optionally cross-check a pushed log against ``eth_getLogs`` (rate ``crosscheck``), and for each
+accepted message: under the shared cursor's lock, handle the log if it lies after the cursor (wake the control
+loop with a reason string — nothing else), persist the cursor, then ack. Any rejection tears the stream down,
+is counted by reason and logged (rate-limited); every new attempt re-reads the registry, and the registry is
+also re-read every ``registry_refresh`` seconds while subscribed, so a rotated key or a moved endpoint is
+picked up without a restart. Reconnects use the shared ``Backoff`` (capped, jittered); the outage is logged
+once when it starts and once when it recovers.
 
 Must not: implement any of the wire format (``sidecar.core.indexerwire`` is the one implementation), let
 pushed data reach membership (the control loop only ever gets ``wake(reason)`` and re-reads the chain), move
@@ -214,13 +215,14 @@ class PushSubscriber:
         record: IndexerRecord,
         cursor: Cursor,
     ) -> SessionEnd:
+        nonce = self.nonce()  # fresh per hello: the welcome must be signed over it
         hello = sign_hello(
             cluster=self.cluster,
             member_id=creds.member_id,
             indexer=record.pub_key,
             cursor=cursor,
             timestamp_ms=self.now_ms(),
-            nonce=self.nonce(),
+            nonce=nonce,
             identity_key=creds.identity_key,
         )
         await ws.send_str(encode(hello))
@@ -232,7 +234,7 @@ class PushSubscriber:
             return first
         if isinstance(first, Close):
             return self._closed(first, welcomed=False)
-        verifier = PushVerifier(self.cluster, record.pub_key, cursor)
+        verifier = PushVerifier(self.cluster, record.pub_key, cursor, nonce)
         refused = verifier.welcome(first)
         if refused is not None:
             return self._rejected(refused.reason)

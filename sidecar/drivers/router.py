@@ -1,8 +1,9 @@
 """The event source of a node: push from the registered indexer as the accelerator, polling as the floor.
 
 Owns ``EventRouter``: it runs the push subscriber (``sidecar.drivers.push``) and the chain-log poller
-(``sidecar.drivers.events``) over ONE shared cursor, polls at the fast interval while push is down or
-untrusted and at the slow safety interval while push is healthy, and reports the mode (``/healthz``
+(``sidecar.drivers.events``) over the shared cursor (the poller scans from its own, chain-verified one),
+polls at the fast interval while push is down or untrusted and at the slow safety interval while push is
+healthy, and reports the mode (``/healthz``
 ``events``); and ``PushSource``, what it needs of the subscriber. Events are wake-ups only (see
 ``sidecar.drivers.events``). Must not: change membership or the device, or read a pushed log's data.
 """

@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 
 from sidecar.chain.errors import ChainError, ChainIdMismatch, UnexpectedChainError
+from sidecar.core.backoff import Spacing
 from sidecar.core.endpoint import gateway_endpoint, parse_endpoint, same_endpoint
 from sidecar.core.keys import KeyScope
 from sidecar.core.model import MemberRecord
@@ -224,28 +225,63 @@ class MembershipStep:
         return stop({"registered": False, "register_error": ""}, requeue=0.0)  # pass again at once
 
 
+#: ``setEndpoint`` attempts are spaced by windows doubling from ENDPOINT_RETRY_MIN to ENDPOINT_RETRY_MAX
+#: seconds (``Spacing``): whatever the chain (or a lying RPC) keeps showing, at most one transaction per
+#: window, and one per ENDPOINT_RETRY_MAX in the long run.
+ENDPOINT_RETRY_MIN = 30.0
+ENDPOINT_RETRY_MAX = 600.0
+
+
 class EndpointStep:
-    """Publish this node's endpoint when the chain holds another one (failures rate-limited). A record that
-    says the same endpoint in another form (a bare ``ip:port`` for ``udp://ip:port``) is left alone."""
+    """Publish this node's endpoint when the chain holds another one, at most once per window (``Spacing``:
+    a lying RPC that keeps showing an old endpoint cannot make the node send ``setEndpoint`` on every pass);
+    failures rate-limited in the log. A record that says the same endpoint in another form (a bare
+    ``ip:port`` for ``udp://ip:port``) is left alone."""
 
     def __init__(
-        self, chain: ClusterChain, endpoint: Callable[[NodeIdentity], str], repeats: Repeats
+        self,
+        chain: ClusterChain,
+        endpoint: Callable[[NodeIdentity], str],
+        repeats: Repeats,
+        metrics: Metrics,
+        *,
+        spacing: Spacing | None = None,
     ) -> None:
         self.chain = chain
         self.endpoint = endpoint
         self.repeats = repeats
+        self.metrics = metrics
+        self.spacing = spacing or Spacing(ENDPOINT_RETRY_MIN, ENDPOINT_RETRY_MAX)
+        self._deferred_logged_for: float | None = None  # the attempt whose window a deferral was logged in
 
     async def run(self, ident: NodeIdentity, mine: MemberRecord, now: float) -> Outcome:
         wanted = self.endpoint(ident)
         if mine.endpoint == wanted or same_endpoint(mine.endpoint, parse_endpoint(wanted)):
+            self.spacing.settled(now)
             return Outcome()
+        wait = self.spacing.wait(now)
+        if wait > 0:
+            self.metrics.endpoint_update("deferred")
+            if self._deferred_logged_for != self.spacing.last:  # once per window
+                self._deferred_logged_for = self.spacing.last
+                log.info(
+                    "endpoint.update_deferred",
+                    chain_endpoint=mine.endpoint,
+                    wanted=wanted,
+                    attempts=self.spacing.attempts,
+                    retry_in=round(wait, 1),
+                )
+            return Outcome(requeue=wait)
+        self.spacing.attempted(now)
         try:
             await self.chain.set_endpoint(ident, wanted)
         except ChainError as exc:  # not fatal for the pass: the mesh works on the old endpoint meanwhile
+            self.metrics.endpoint_update("failed")
             warn_limited(self.repeats, "endpoint.update_failed", str(exc), now)
             return Outcome(failure="transient" if exc.transient else "terminal")
+        self.metrics.endpoint_update("sent")
         self.repeats.succeeded("endpoint.update_failed")
-        log.info("endpoint.updated", old=mine.endpoint, new=wanted)
+        log.info("endpoint.updated", old=mine.endpoint, new=wanted, attempts=self.spacing.attempts)
         return Outcome()
 
 
@@ -254,6 +290,8 @@ def explain_register_error(exc: ChainError) -> str:
     name = type(exc).__name__
     if name == "InsufficientFunds":
         return f"no gas: the signer has no funds to register ({exc})"
+    if name == "FeeAboveCap":
+        return f"registration held: {exc}"
     if exc.transient:
         return f"chain unreachable while registering: {exc}"
     return f"registration reverted: {exc}"

@@ -530,6 +530,44 @@ async def test_no_gas_is_reported_then_registration_follows_funding(lab: Lab) ->
     assert await lab.owner.member_count() == 1
 
 
+async def set_base_fee(lab: Lab, wei: int) -> None:
+    """Make the latest block's base fee ``wei`` (anvil: set the next block's, then mine it)."""
+    await lab.conn.w3.provider.make_request("anvil_setNextBlockBaseFeePerGas", [hex(wei)])  # type: ignore[arg-type]
+    await lab.conn.w3.provider.make_request("anvil_mine", [1])  # type: ignore[arg-type]
+
+
+async def test_a_base_fee_above_the_cap_holds_registration_named_until_it_falls(lab: Lab) -> None:
+    """Issue 12: the node priced fees from whatever the RPC said; now ATTESTMESH_MAX_FEE_GWEI caps them, and
+    a transaction the cap refuses is not sent, named in the reason and /healthz, logged once."""
+    app_id = await lab.app("thrifty")
+    controller = await lab.controller("thrifty", app_id, MAX_FEE_GWEI="10", MAX_PRIORITY_FEE_GWEI="1")
+    signer = lab.signer_of(app_id)
+    await lab.set_balance(signer, FUNDING_WEI)
+    try:
+        await set_base_fee(lab, 400 * 10**9)  # 400 gwei: a spike, or a lying RPC
+        with capture_logs() as logs:
+            await controller.pass_once()
+            await controller.pass_once()
+        status = controller.status
+        assert status.phase == "register"
+        assert status.reason is not None
+        assert status.reason.startswith("not registered: registration held: fee_cap:")
+        held = healthz_body(status)["chain"]["write_held"]  # type: ignore[index]
+        assert isinstance(held, str) and held.startswith("fee_cap: base fee 400 gwei")
+        assert len(events(logs, "chain.fee_capped")) == 1  # logged when the hold starts, not every pass
+        assert events(logs, "chain.fee_capped")[0]["cap"] == "10 gwei"
+        assert await lab.nonce(signer) == 0  # nothing sent
+        assert await lab.conn.get_balance(signer) == FUNDING_WEI
+    finally:
+        await set_base_fee(lab, 10**9)
+    with capture_logs() as logs:
+        await controller.pass_once()
+    assert events(logs, "registration.succeeded") and events(logs, "chain.fee_cap_cleared")
+    assert controller.status.chain_write_held is None
+    tx = await lab.conn.w3.eth.get_transaction_by_block(await lab.conn.block_number(), 0)
+    assert tx["maxFeePerGas"] <= 10 * 10**9 and tx["maxPriorityFeePerGas"] <= 10**9
+
+
 async def test_confirmations_never_send_a_second_registration(lab: Lab) -> None:
     """With confirmations, the pass after a registration reads a snapshot that predates it."""
     app_id = await lab.app("patient")

@@ -22,7 +22,7 @@ API_KEY = "phala-api-key-for-the-test"
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
 
 
-def run(script: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def run(script: str, tmp_path: Path, **extra: str) -> subprocess.CompletedProcess[str]:
     env = {
         "PATH": os.environ["PATH"],
         "DEPLOY_LOG_DIR": str(tmp_path / "logs"),
@@ -30,6 +30,7 @@ def run(script: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
         "ATTESTMESH_OWNER_KEY": OWNER_KEY,
         "PHALA_CLOUD_API_KEY": API_KEY,
         "ATTESTMESH_RPC_URL": "https://rpc.example/v2/abcdef123456",
+        **extra,
     }
     return subprocess.run(
         ["bash", "-c", f"set -euo pipefail; source {LIB}; deploy_init node.sh node-3 all; {script}"],
@@ -68,6 +69,41 @@ def test_every_step_is_logged_with_a_utc_timestamp_and_no_secret_reaches_log_or_
     assert lines[6].endswith("all: finished")
     assert stat.S_IMODE((tmp_path / "logs" / "node.sh-node-3.log").stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "logs").stat().st_mode) == 0o700
+
+
+def test_redaction_ignores_letter_case_and_covers_the_sealed_env_file_and_added_names(
+    tmp_path: Path,
+) -> None:
+    """Issue 12: exact-string matching let an upper-cased key, a value only in ENV_FILE, and (with
+    DEPLOY_SECRET_VARS set) every default name through; now all are redacted, short flags stay readable."""
+    env_file = tmp_path / "sealed.env"
+    env_file.write_text(
+        "# the node's sealed env\n"
+        "ATTESTMESH_RPC_URLS=https://a.example/k/sealed-key-one,https://b.example/k/sealed-key-two\n"
+        "export ALCHEMY_TOKEN='quoted-sealed-token-42'\n"
+        "ATTESTMESH_RPC_ALLOW_HTTP=true\n"
+    )
+    leak = (
+        'echo "upper $(printf %s "$ATTESTMESH_OWNER_KEY" | tr a-f A-F)"; '
+        'echo "api ${PHALA_CLOUD_API_KEY^^}"; '
+        'echo "one https://b.example/k/sealed-key-two and QUOTED-SEALED-TOKEN-42"; '
+        'echo "extra $MY_EXTRA_SECRET allow true"'
+    )
+    done = run(
+        f"deploy_step leak bash -c '{leak}'",
+        tmp_path,
+        ENV_FILE=str(env_file),
+        DEPLOY_SECRET_VARS="MY_EXTRA_SECRET",
+        MY_EXTRA_SECRET="extra-secret-value",
+    )
+    assert done.returncode == 0, done.stderr
+    for output in (log_text(tmp_path), done.stderr):
+        lowered = output.lower()
+        sealed = ("sealed-key-two", "quoted-sealed-token-42", "extra-secret-value")
+        for secret in (OWNER_KEY[2:], API_KEY, *sealed):
+            assert secret not in lowered, secret
+        assert output.count("<redacted>") == 5  # upper owner key, upper api key, url, token, extra
+        assert "allow true" in output  # a short flag of the sealed env is not a secret worth blanking
 
 
 def test_a_failing_step_returns_its_exit_code_and_is_logged_as_failed(tmp_path: Path) -> None:

@@ -7,16 +7,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from devnet.anvil import DEVNET_DEPLOYER_KEY
 from sidecar.chain.contracts import ClusterClient
 from sidecar.chain.rpc import ChainConnection, connect
 from sidecar.chain.tx import LocalSigner, TxSubmitter
+from sidecar.core.cursor import Cursor
 from sidecar.core.ids import Bytes32
-from sidecar.drivers.events import CURSOR_FILE, ChainLogPoller
+from sidecar.drivers.events import (
+    AHEAD_TOLERANCE,
+    CURSOR_FILE,
+    POLL_CURSOR_FILE,
+    ChainLogPoller,
+    HandledLog,
+    SharedCursor,
+)
 from sidecar.drivers.store import StateStore
 from sidecar.observability import Metrics
 from tests.component.conftest import CHAIN_ID
+from tests.component.toolkit import Chain
 
 pytestmark = [pytest.mark.component, pytest.mark.timeout(60)]
 
@@ -57,6 +67,7 @@ async def test_each_new_log_wakes_once_and_the_cursor_survives_a_restart(
     assert wakes == ["chain events"]
     assert await first.poll_once(conn) == 0  # nothing handled twice
     assert (tmp_path / CURSOR_FILE).stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / POLL_CURSOR_FILE).stat().st_mode & 0o777 == 0o600
 
     restarted = poller(conn, cluster, tmp_path, wakes)
     restarted.cursor = restarted.load_cursor()
@@ -169,3 +180,53 @@ async def test_a_cursor_beyond_the_chain_head_is_taken_back_and_nothing_is_skipp
     assert "reorg" in wakes
     assert p.cursor is not None and p.cursor.block == await conn.block_number()
     assert p.shared.rewinds == 1
+
+
+@pytest.mark.parametrize("beyond_head", [0, 10, 1000])
+async def test_a_pushed_checkpoint_past_a_registration_never_makes_the_poller_skip_it(
+    conn: ChainConnection, cluster: ClusterClient, chain: Chain, tmp_path: Path, beyond_head: int
+) -> None:
+    """Issue 12: a registered indexer could checkpoint through (or a little beyond) the real head without
+    sending the logs before it, and the poller, sharing that cursor, never scanned the range. Now the poller
+    scans from its own chain-verified cursor: the registration is still found, and push's miss is logged."""
+    wakes: list[str] = []
+    handled: list[HandledLog] = []
+    shared = SharedCursor(StateStore(tmp_path), on_handled=handled.append)
+    p = ChainLogPoller(
+        connection=lambda: conn,
+        cluster=cluster.address,
+        store=StateStore(tmp_path),
+        wake=wakes.append,
+        metrics=Metrics(),
+        interval=1,
+        confirmations=0,
+        max_range=2000,
+        cursor=shared,
+    )
+    await p.poll_once(conn)
+    member = await chain.member()  # a real registration: AppIdAllowed, then MemberRegistered
+    head = await conn.block_number()
+    forged = head + beyond_head
+    async with shared.lock:  # what the indexer's checkpoint does to the shared cursor
+        assert shared.advance(Cursor.through(forged, (await conn.block_header(head)).hash))
+    with capture_logs() as logs:
+        assert await p.poll_once(conn) == 2
+    assert wakes[-1] == "chain events"
+    assert member.block in {h.block for h in handled}  # the registration's block was scanned by polling
+    missed = [e for e in logs if e["event"] == "events.push_missed"]
+    if beyond_head <= AHEAD_TOLERANCE:  # push skipped two logs it had checkpointed past: named
+        assert missed and missed[0]["logs"] == 2
+    else:  # an impossible shared cursor is taken back to the poll cursor first
+        assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["events.cursor_ahead_of_chain"]
+    assert p.cursor is not None and p.cursor.block == head  # the poll cursor: only what the chain showed
+    restarted = ChainLogPoller(
+        connection=lambda: conn,
+        cluster=cluster.address,
+        store=StateStore(tmp_path),
+        wake=wakes.append,
+        metrics=Metrics(),
+        interval=1,
+        confirmations=0,
+        max_range=2000,
+    )
+    assert restarted.load_cursor() == p.cursor  # persisted apart from the shared cursor

@@ -59,6 +59,7 @@ class Subscriber:
         self.verifier: PushVerifier | None = None
         self.cursor: Cursor | None = None
         self.events: list[Event] = []
+        self.sent = ""  # the hello frame last sent
 
     async def open(
         self,
@@ -68,22 +69,30 @@ class Subscriber:
         member_id: MemberId | None = None,
     ) -> Message | None:
         self.ws = await self.http.ws_connect(f"http://127.0.0.1:{self.service.port}/v1/subscribe")
+        nonce = os.urandom(16)
         hello = sign_hello(
             cluster=self.member.cluster,
             member_id=member_id or self.member.member_id,
             indexer=self.pub,
             cursor=cursor,
             timestamp_ms=int(time.time() * 1000),
-            nonce=os.urandom(16),
+            nonce=nonce,
             identity_key=key or self.member.identity,
         )
-        await self.ws.send_str(encode(hello))
+        self.sent = encode(hello)
+        await self.ws.send_str(self.sent)
         first = await self.recv()
         if isinstance(first, Welcome):
-            self.verifier = PushVerifier(self.member.cluster, self.pub, cursor or first.start)
+            self.verifier = PushVerifier(self.member.cluster, self.pub, cursor or first.start, nonce)
             assert self.verifier.welcome(first) is None
             self.cursor = first.start
         return first
+
+    async def send_raw(self, frame: str) -> Message | None:
+        """Connect and send ``frame`` as the first frame (a captured hello, replayed); return the answer."""
+        self.ws = await self.http.ws_connect(f"http://127.0.0.1:{self.service.port}/v1/subscribe")
+        await self.ws.send_str(frame)
+        return await self.recv()
 
     async def recv(self, timeout: float = DEADLINE) -> Message | None:  # noqa: ASYNC109
         assert self.ws is not None
@@ -238,6 +247,28 @@ async def test_non_member_and_wrong_key_are_unauthorized(
     assert isinstance(refused, Close) and refused.reason == "unauthorized"
     assert "wrong_indexer" in refused.detail
     assert service.metrics.hellos.labels("not_member")._value.get() == 1
+
+
+async def test_a_replayed_hello_is_refused_and_counted(
+    http: aiohttp.ClientSession, make_indexer: Factory, chain: Chain, indexer_pub: Bytes32
+) -> None:
+    """Issue 12: a hello captured on the wire could be sent again within its freshness window and opened a
+    session; now the indexer remembers every accepted nonce for the window and refuses the copy."""
+    member = await chain.member()
+    service = await make_indexer()
+    await wait_healthy(http, service)
+    first = Subscriber(http, service, member, indexer_pub)
+    assert isinstance(await first.open(None), Welcome)  # the welcome verifies against this hello's nonce
+    captured = first.sent
+    await first.close()
+    thief = Subscriber(http, service, member, indexer_pub)
+    refused = await thief.send_raw(captured)
+    assert isinstance(refused, Close) and (refused.reason, refused.detail) == ("unauthorized", "replayed")
+    assert service.metrics.hellos.labels("replayed")._value.get() == 1
+    assert service.metrics.hellos.labels("accepted")._value.get() == 1
+    again = Subscriber(http, service, member, indexer_pub)
+    assert isinstance(await again.open(None), Welcome)  # a fresh hello of the same member is welcome
+    await again.close()
 
 
 async def test_events_of_another_cluster_never_reach_a_member(

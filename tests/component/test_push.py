@@ -407,6 +407,36 @@ def rejected_more(node: Node, reason: str, seen: int) -> Callable[[], bool]:
     return lambda: node.push.rejected.get(reason, 0) > seen
 
 
+async def test_an_unsigned_or_forged_welcome_drops_the_stream_before_anything_is_trusted(
+    conn: ChainConnection,
+    deployer: TxSubmitter,
+    stack: Deployment,
+    chain: Chain,
+    nodes: Callable[[Node], Awaitable[Node]],
+    tmp_path: Path,
+) -> None:
+    """Issue 12: the welcome was unsigned, so whoever answered the hello set the session the signed events
+    were checked against. Now it is signed by the registry's key over this hello's nonce: an unsigned one, one
+    signed by another key, or one recorded for another hello drops the stream, counted, before any event."""
+    me = await chain.member()
+    node = await nodes(make_node(conn, stack, me, tmp_path))
+    async with RogueIndexer(SecretBytes(os.urandom(32))) as rogue:
+        rogue.script = forge_next_event  # events correctly signed by the registered key
+        await register_indexer(conn, stack, deployer, rogue.endpoint, rogue.public_key)
+        for mode, reason in (
+            ("unsigned", "malformed"),
+            ("forged", "bad_signature"),
+            ("other_nonce", "bad_signature"),
+        ):
+            rogue.welcome_mode = mode  # type: ignore[assignment]
+            seen, sessions = node.push.rejected.get(reason, 0), node.push.sessions
+            await until(rejected_more(node, reason, seen), f"a {reason} rejection of a {mode} welcome")
+            assert node.push.sessions == sessions  # never counted as a session
+            assert node.positions("push") == [] and "pushed event" not in node.wakes
+        rogue.welcome_mode = "signed"  # the same indexer, welcoming properly: its events are taken
+        await until(lambda: "pushed event" in node.wakes, "a pushed event after a signed welcome")
+
+
 async def test_a_rogue_indexer_is_rejected_and_counted_and_never_gives_membership(
     conn: ChainConnection,
     deployer: TxSubmitter,

@@ -553,7 +553,7 @@ async def replay_from_registration(
         await ws.send_str(encode(hello))
         welcome = decode((await ws.receive(timeout=DEADLINE)).data)
         assert isinstance(welcome, Welcome), welcome
-        verifier = PushVerifier(cluster, indexer.public_key, welcome.start)
+        verifier = PushVerifier(cluster, indexer.public_key, welcome.start, hello.nonce)
         assert verifier.welcome(welcome) is None
         head = welcome.head
         seen: list[tuple[int, int, MemberId | None]] = []

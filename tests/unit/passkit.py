@@ -129,10 +129,15 @@ class FakeChain:
     endpoint_fail: ChainError | None = None
     registrations: int = 0
     endpoint_updates: int = 0
+    held: str | None = None
 
     @property
     def cluster(self) -> Address:
         return CLUSTER
+
+    @property
+    def write_held(self) -> str | None:
+        return self.held
 
     async def read(self, identity: NodeIdentity) -> tuple[int, Snapshot]:
         if self.fail is not None:

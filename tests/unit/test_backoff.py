@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.core.backoff import Backoff, BackoffExhausted
+from sidecar.core.backoff import Backoff, BackoffExhausted, Spacing
 
 
 def fixed(value: float) -> Backoff:
@@ -102,3 +102,22 @@ def test_bounded_by_time_since_the_first_failure() -> None:
 def test_nonsense_is_refused(minimum: float, maximum: float, extra: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="backoff"):
         Backoff(minimum, maximum, **extra)  # type: ignore[arg-type]
+
+
+def test_spacing_allows_one_attempt_per_doubling_window_and_shrinks_back_only_after_a_quiet_maximum() -> None:
+    spacing = Spacing(30.0, 600.0)
+    assert spacing.wait(0.0) == 0.0
+    spacing.attempted(0.0)
+    assert spacing.wait(10.0) == 20.0
+    assert spacing.wait(30.0) == 0.0
+    spacing.attempted(30.0)
+    assert spacing.wait(30.0) == 60.0  # the window doubled
+    spacing.settled(100.0)  # quiet, but not for the maximum: the windows stay wide
+    assert spacing.attempts == 2
+    spacing.settled(629.0)
+    assert spacing.attempts == 2
+    spacing.settled(630.0)  # quiet for the maximum after the last attempt: back to the minimum
+    assert spacing.attempts == 0 and spacing.wait(630.0) == 0.0
+    for at in range(10):
+        spacing.attempted(at * 10_000.0)
+    assert spacing.wait(90_000.0) == 600.0  # capped

@@ -25,6 +25,7 @@ from sidecar.core.indexerwire import (
     DOMAIN_CHECKPOINT,
     DOMAIN_EVENT,
     DOMAIN_HELLO,
+    DOMAIN_WELCOME,
     MAX_DATA_BYTES,
     MAX_FRAME_BYTES,
     MAX_INT,
@@ -34,6 +35,7 @@ from sidecar.core.indexerwire import (
     Close,
     Event,
     Hello,
+    HelloNonces,
     Message,
     PushSigner,
     PushVerifier,
@@ -46,9 +48,12 @@ from sidecar.core.indexerwire import (
     sign_checkpoint,
     sign_event,
     sign_hello,
+    sign_welcome,
     signed_bytes,
     verify_hello,
     verify_signature,
+    verify_welcome,
+    welcome_bytes,
 )
 from sidecar.core.keys import ed25519_public_key
 from sidecar.core.model import ChainLog
@@ -91,8 +96,18 @@ def chain_log(
     )
 
 
-def welcome(start: Cursor, *, session: bytes = SESSION, indexer: Bytes32 = INDEXER_PUB) -> Welcome:
-    return Welcome(session=session, indexer=indexer, head=1_000, protocol=1, start=start)
+def welcome(
+    start: Cursor,
+    *,
+    session: bytes = SESSION,
+    indexer: Bytes32 = INDEXER_PUB,
+    nonce: bytes = NONCE,
+    key: SecretBytes = INDEXER_SEED,
+) -> Welcome:
+    """A welcome answering the hello with ``nonce``, signed with ``key``."""
+    return sign_welcome(
+        nonce=nonce, session=session, indexer=indexer, head=1_000, protocol=1, start=start, indexer_key=key
+    )
 
 
 START = Cursor.start(100)
@@ -101,7 +116,7 @@ HELLO_CURSOR = Cursor(123, 4, block_hash(123))
 
 def started(start: Cursor = START) -> tuple[PushSigner, PushVerifier]:
     signer = PushSigner(CLUSTER, SESSION, start, INDEXER_SEED)
-    verifier = PushVerifier(CLUSTER, INDEXER_PUB, start)
+    verifier = PushVerifier(CLUSTER, INDEXER_PUB, start, NONCE)
     assert verifier.welcome(welcome(start)) is None
     return signer, verifier
 
@@ -143,7 +158,7 @@ messages: st.SearchStrategy[Message] = st.one_of(
         st.binary(min_size=16, max_size=16),
         signatures,
     ),
-    st.builds(Welcome, sessions, b32, wire_ints, st.just(1), cursors),
+    st.builds(Welcome, sessions, b32, wire_ints, st.just(1), cursors, signatures),
     st.builds(Event, addresses, sessions, seqs, cursors, logs, signatures),
     st.builds(Checkpoint, addresses, sessions, seqs, cursors, wire_ints, nonzero_b32, signatures),
     st.builds(Ack, seqs, cursors),
@@ -328,7 +343,7 @@ def test_values_refuse_what_the_wire_cannot_carry() -> None:
     with pytest.raises(WireError):
         replace(_any_event(), session=b"short")
     with pytest.raises(WireError):
-        Welcome(SESSION, INDEXER_PUB, 1, 2, Cursor.start(1))
+        Welcome(SESSION, INDEXER_PUB, 1, 2, Cursor.start(1), bytes(64))
     with pytest.raises(WireError):
         Close("bye", "")  # type: ignore[arg-type]
 
@@ -679,7 +694,7 @@ def test_a_start_cursor_without_hash_accepts_any_hash_of_its_block() -> None:
 
 def test_rejects_messages_before_the_welcome_and_out_of_place() -> None:
     signer = PushSigner(CLUSTER, SESSION, Cursor.start(100), INDEXER_SEED)
-    verifier = PushVerifier(CLUSTER, INDEXER_PUB, Cursor.start(100))
+    verifier = PushVerifier(CLUSTER, INDEXER_PUB, Cursor.start(100), NONCE)
     _reject(verifier, signer.event(chain_log(105, 3)), "malformed")
     _, verifier = started()
     assert verifier.welcome(welcome(Cursor.start(100))) == Rejection("malformed")
@@ -687,12 +702,12 @@ def test_rejects_messages_before_the_welcome_and_out_of_place() -> None:
     _reject(verifier, _hello(), "malformed")
     _, verifier = started()
     _reject(verifier, welcome(Cursor.start(100)), "malformed")
-    verifier = PushVerifier(CLUSTER, INDEXER_PUB, Cursor.start(100))
+    verifier = PushVerifier(CLUSTER, INDEXER_PUB, Cursor.start(100), NONCE)
     assert verifier.welcome(Close("shutdown")) == Rejection("malformed")
 
 
 def test_welcome_must_come_from_the_registry_key_and_start_at_our_cursor() -> None:
-    verifier = PushVerifier(CLUSTER, INDEXER_PUB, Cursor(105, 3, block_hash(105)))
+    verifier = PushVerifier(CLUSTER, INDEXER_PUB, Cursor(105, 3, block_hash(105)), NONCE)
     assert verifier.welcome(welcome(Cursor(105, 3, block_hash(105)), indexer=OTHER_PUB)) == Rejection(
         "wrong_indexer"
     )
@@ -701,7 +716,7 @@ def test_welcome_must_come_from_the_registry_key_and_start_at_our_cursor() -> No
         (Cursor.start(100), "replay"),
         (Cursor(105, 3, block_hash(999)), "reorg"),
     ]:
-        verifier = PushVerifier(CLUSTER, INDEXER_PUB, Cursor(105, 3, block_hash(105)))
+        verifier = PushVerifier(CLUSTER, INDEXER_PUB, Cursor(105, 3, block_hash(105)), NONCE)
         assert verifier.welcome(welcome(start)) == Rejection(reason)  # type: ignore[arg-type]
 
 
@@ -757,7 +772,7 @@ def test_any_stream_is_accepted_in_order_and_ends_where_the_poller_would(
 ) -> None:
     start = Cursor.start(start_block)
     signer, stream = _stream(start, plan)
-    verifier = PushVerifier(CLUSTER, INDEXER_PUB, start)
+    verifier = PushVerifier(CLUSTER, INDEXER_PUB, start, NONCE)
     assert verifier.welcome(welcome(start)) is None
     polled = start  # the poller's view: Cursor.advance per log, Cursor.through per scanned range end
     for msg in stream:
@@ -792,7 +807,7 @@ def test_a_dropped_duplicated_or_swapped_message_is_rejected(
         damaged.insert(i + 1, damaged[i])
     else:
         damaged[i], damaged[i + 1] = damaged[i + 1], damaged[i]
-    verifier = PushVerifier(CLUSTER, INDEXER_PUB, start)
+    verifier = PushVerifier(CLUSTER, INDEXER_PUB, start, NONCE)
     assert verifier.welcome(welcome(start)) is None
     rejected: Rejection | None = None
     for msg in damaged:
@@ -814,9 +829,9 @@ def test_resuming_from_the_acked_cursor_continues_without_loss_or_repeat() -> No
     persisted = Cursor.from_json(ack.cursor.to_json())  # the shared cursor file
     lost = signer.event(chain_log(102, 0))  # sent, never handled: the connection dropped
     resumed_signer = PushSigner(CLUSTER, OTHER_SESSION, persisted, INDEXER_SEED)
-    resumed = PushVerifier(CLUSTER, INDEXER_PUB, persisted)
+    resumed = PushVerifier(CLUSTER, INDEXER_PUB, persisted, NONCE)
     assert resumed.welcome(welcome(persisted, session=OTHER_SESSION)) is None
-    stale = PushVerifier(CLUSTER, INDEXER_PUB, persisted)
+    stale = PushVerifier(CLUSTER, INDEXER_PUB, persisted, NONCE)
     assert stale.welcome(welcome(persisted, session=OTHER_SESSION)) is None
     _reject(stale, lost, "replay")  # the old session's message cannot be spliced into the new one
     assert accept(resumed, resumed_signer.event(chain_log(102, 0))) == Cursor(102, 0, block_hash(102))
@@ -860,8 +875,9 @@ def test_reprs_and_errors_never_show_key_material() -> None:
 # --- test vectors (docs/protocol.md) ---------------------------------------------------------------------
 
 
-def vector_messages() -> list[tuple[str, Hello | Event | Checkpoint]]:
-    """The messages of the test vectors: a hello with a cursor, one without, an event, a checkpoint."""
+def vector_messages() -> list[tuple[str, Hello | Welcome | Event | Checkpoint]]:
+    """The messages of the test vectors: a hello with a cursor, one without, the welcome answering the first,
+    an event, a checkpoint."""
     prev = Cursor.through(4_200, block_hash(4_200))
     log = chain_log(4_201, 7)
     event = sign_event(cluster=CLUSTER, session=SESSION, seq=1, prev=prev, log=log, indexer_key=INDEXER_SEED)
@@ -874,9 +890,14 @@ def vector_messages() -> list[tuple[str, Hello | Event | Checkpoint]]:
         block_hash=block_hash(4_210),
         indexer_key=INDEXER_SEED,
     )
+    answer = sign_welcome(
+        nonce=NONCE, session=SESSION, indexer=INDEXER_PUB, head=4_230, protocol=1, start=prev,
+        indexer_key=INDEXER_SEED,
+    )  # fmt: skip
     return [
         ("hello (with a cursor)", _hello(cursor=prev)),
         ("hello (no cursor: replay from the registration block)", _hello(cursor=None)),
+        ("welcome (answering the first hello: signed over its nonce)", answer),
         ("event", event),
         ("checkpoint", checkpoint),
     ]
@@ -885,8 +906,23 @@ def vector_messages() -> list[tuple[str, Hello | Event | Checkpoint]]:
 CURSOR_LAYOUT = [("block", 8), ("log_index", 8), ("block_hash", 32)]
 
 
-def _layout(msg: Hello | Event | Checkpoint) -> list[tuple[str, int]]:
+def _signed(msg: Hello | Welcome | Event | Checkpoint) -> bytes:
+    """A message's signed bytes (a welcome's cover the vectors' hello nonce)."""
+    return welcome_bytes(msg, NONCE) if isinstance(msg, Welcome) else signed_bytes(msg)
+
+
+def _layout(msg: Hello | Welcome | Event | Checkpoint) -> list[tuple[str, int]]:
     """The signed-bytes fields and sizes, written out independently of the code under test."""
+    if isinstance(msg, Welcome):
+        return [
+            ("domain", len(DOMAIN_WELCOME)),
+            ("hello nonce", 16),
+            ("session", 16),
+            ("indexer", 32),
+            ("head", 8),
+            ("protocol", 8),
+            *[(f"start {name}", size) for name, size in CURSOR_LAYOUT],
+        ]
     if isinstance(msg, Hello):
         return [
             ("domain", len(DOMAIN_HELLO)),
@@ -935,7 +971,7 @@ def render_test_vectors() -> str:
         "",
     ]
     for title, msg in vector_messages():
-        data = signed_bytes(msg)
+        data = _signed(msg)
         table = ["offset  size  field                hex"]
         offset = 0
         for name, size in _layout(msg):
@@ -969,8 +1005,10 @@ def render_test_vectors() -> str:
 
 def test_vectors_verify() -> None:
     for _, msg in vector_messages():
-        key = IDENTITY_PUB if isinstance(msg, Hello) else INDEXER_PUB
-        assert verify_signature(msg, key)
+        if isinstance(msg, Welcome):
+            assert verify_welcome(msg, NONCE, INDEXER_PUB)
+        else:
+            assert verify_signature(msg, IDENTITY_PUB if isinstance(msg, Hello) else INDEXER_PUB)
         assert decode(encode(msg)) == msg
 
 
@@ -983,3 +1021,36 @@ def test_the_test_vectors_in_the_docs_are_what_the_code_produces() -> None:
 
 if __name__ == "__main__":
     print(render_test_vectors(), end="")
+
+
+# --- issue 12: the welcome is signed over the hello's nonce; the indexer remembers nonces -----------------
+
+
+def test_a_welcome_must_be_signed_by_the_registry_key_over_our_hellos_nonce() -> None:
+    for forged in (
+        welcome(START, key=OTHER_SEED),  # another key
+        welcome(START, nonce=b"\x01" * 16),  # recorded for another hello
+        replace(welcome(START), head=999_999),  # a field changed after signing
+    ):
+        verifier = PushVerifier(CLUSTER, INDEXER_PUB, START, NONCE)
+        assert verifier.welcome(forged) == Rejection("bad_signature")
+        assert verifier.session is None
+    good = welcome(START)
+    assert verify_welcome(good, NONCE, INDEXER_PUB)
+    assert not verify_welcome(good, NONCE[:8], INDEXER_PUB)
+    assert welcome_bytes(good, NONCE).startswith(DOMAIN_WELCOME + NONCE + SESSION)
+    with pytest.raises(WireError):
+        decode(encode(good).replace(',"signature":"0x' + good.signature.hex() + '"', ""))  # unsigned
+
+
+def test_hello_nonces_refuse_a_replay_within_the_window_and_stay_bounded() -> None:
+    nonces = HelloNonces(freshness_ms=30_000, limit=3)
+    hello = _hello()
+    assert nonces.admit(hello, NOW) == "ok"
+    assert nonces.admit(hello, NOW + 59_999) == "replayed"
+    assert nonces.admit(replace(hello, nonce=b"\x02" * 16), NOW) == "ok"
+    assert nonces.admit(replace(hello, member_id=MemberId(b"\x03" * 32)), NOW) == "ok"
+    assert nonces.admit(replace(hello, nonce=b"\x04" * 16), NOW) == "busy"  # full: never forget early
+    assert len(nonces) == 3
+    assert nonces.admit(hello, NOW + 60_000) == "ok"  # no hello with it could still be fresh: forgotten
+    assert len(nonces) == 1

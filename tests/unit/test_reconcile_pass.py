@@ -27,6 +27,7 @@ from sidecar.drivers.clock import Clock
 from sidecar.drivers.csk import CskFetcher
 from sidecar.drivers.identity import KeySource
 from sidecar.drivers.nodestate import NodeState
+from sidecar.drivers.steps import ENDPOINT_RETRY_MIN
 from sidecar.observability import Metrics
 from sidecar.wg.device import WgDevice, WgError
 from tests.unit.passkit import (
@@ -174,8 +175,38 @@ async def test_endpoint_step_failure_is_reported_once_and_the_pass_goes_on(tmp_p
         assert await w.pass_once() == ("healthy", "")
     assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["endpoint.update_failed"]
     w.chain.endpoint_fail = None
+    w.clock.advance(ENDPOINT_RETRY_MIN)  # the retry waits for the first window to close
     await w.pass_once()
     assert w.chain.record(w.node.state.member_id).endpoint == ENDPOINT  # type: ignore[arg-type,union-attr]
+
+
+async def test_a_chain_that_keeps_showing_an_old_endpoint_gets_one_set_endpoint_per_window(
+    tmp_path: Path,
+) -> None:
+    """Issue 12: a lying RPC that never shows this node's new endpoint made it send ``setEndpoint`` on every
+    pass; now the attempts are spaced by doubling windows (30 s … 600 s), and the deferrals are counted."""
+    w, peer = await healthy(tmp_path)
+    mine = w.chain.record(w.node.state.member_id)  # type: ignore[arg-type]
+    assert mine is not None
+    stale = dataclasses.replace(mine, endpoint="10.88.0.99:51820")
+    sent: list[float] = []
+
+    async def lying_set_endpoint(identity: object, endpoint: str) -> None:
+        sent.append(w.clock.monotonic())  # "sent" — and the next read still shows the old endpoint
+
+    w.chain.set_endpoint = lying_set_endpoint  # type: ignore[method-assign,assignment]
+    w.chain.members[w.chain.members.index(mine)] = stale
+    start = w.clock.monotonic()
+    with capture_logs() as logs:
+        for _ in range(120):  # 20 minutes of passes every 10 s
+            w.hear(peer)
+            assert (await w.pass_once())[0] == "healthy"
+            w.clock.advance(10.0)
+    assert [t - start for t in sent] == [0.0, 30.0, 90.0, 210.0, 450.0, 930.0]
+    deferred = w.metrics.endpoint_updates.labels(result="deferred")._value.get()
+    assert deferred == 120 - len(sent)
+    assert w.metrics.endpoint_updates.labels(result="sent")._value.get() == len(sent)
+    assert sum(e["event"] == "endpoint.update_deferred" for e in logs) == len(sent)  # once per window
 
 
 async def test_mesh_step_device_not_up(tmp_path: Path) -> None:

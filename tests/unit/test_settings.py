@@ -345,7 +345,7 @@ def test_non_secret_values_are_echoed_truncated() -> None:
 
 
 def test_variable_table_matches_known_names_and_docs() -> None:
-    assert len(KNOWN_NAMES) == len(VARIABLES) == 36
+    assert len(KNOWN_NAMES) == len(VARIABLES) == 38
     docs = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
     for variable in VARIABLES:
         assert f"`{variable.name}`" in docs, variable.name
@@ -426,3 +426,15 @@ def test_event_settings_are_validated_together() -> None:
     assert any("ATTESTMESH_PUSH_CROSSCHECK='1.5' must be a number from 0 to 1" in p for p in found)
     assert any(p.startswith("ATTESTMESH_REGISTRY_REFRESH") for p in found)
     assert any("ATTESTMESH_PUSH_BACKOFF_MAX must not be shorter" in p for p in found)
+
+
+def test_fee_caps_are_gwei_decimals_in_wei_and_the_tip_cap_fits_under_the_fee_cap() -> None:
+    s = load()
+    assert (s.chain.max_fee_wei, s.chain.max_priority_fee_wei) == (10 * 10**9, 2 * 10**9)
+    s = load(MAX_FEE_GWEI="0.05", MAX_PRIORITY_FEE_GWEI=".000000001")
+    assert (s.chain.max_fee_wei, s.chain.max_priority_fee_wei) == (50_000_000, 1)
+    found = problems(MAX_FEE_GWEI="1e3", MAX_PRIORITY_FEE_GWEI="0")
+    assert any(p.startswith("ATTESTMESH_MAX_FEE_GWEI='1e3' must be an amount in gwei") for p in found)
+    assert any(p.startswith("ATTESTMESH_MAX_PRIORITY_FEE_GWEI") and "greater than 0" in p for p in found)
+    assert any("must not exceed" in p for p in problems(MAX_FEE_GWEI="1", MAX_PRIORITY_FEE_GWEI="2"))
+    assert problems(MAX_FEE_GWEI="0.0000000001")  # a tenth of a wei: more than 9 decimals

@@ -55,7 +55,7 @@ def test_initial_body_is_exactly_the_design_shape_with_nulls() -> None:
             "rejected_pushes": 0,
             "rejected_by_reason": {},
         },
-        "chain": {"reachable": None, "error": None},
+        "chain": {"reachable": None, "error": None, "write_held": None},
         "membership_digest": None,
         "version": "1.2.3",
     }
@@ -103,6 +103,7 @@ def test_registered_healthy_body_carries_every_value() -> None:
         membership_digest="0x" + "66" * 32,
         chain_reachable=True,
         chain_error=None,
+        chain_write_held="fee_cap: base fee 50 gwei + tip 2 gwei per gas exceeds the cap of 10 gwei",
     )
     body = healthz_body(status)
     assert body["node"] == {
@@ -133,7 +134,11 @@ def test_registered_healthy_body_carries_every_value() -> None:
         "rejected_pushes": 3,
         "rejected_by_reason": {"bad_signature": 2, "replay": 1},
     }
-    assert body["chain"] == {"reachable": True, "error": None}
+    assert body["chain"] == {
+        "reachable": True,
+        "error": None,
+        "write_held": "fee_cap: base fee 50 gwei + tip 2 gwei per gas exceeds the cap of 10 gwei",
+    }
     assert (body["phase"], body["healthy"], body["reason"]) == ("healthy", True, None)
 
 
@@ -144,7 +149,11 @@ def test_unreachable_chain_is_named() -> None:
         chain_error="connection refused",
         reason="chain unreachable",
     )
-    assert healthz_body(status)["chain"] == {"reachable": False, "error": "connection refused"}
+    assert healthz_body(status)["chain"] == {
+        "reachable": False,
+        "error": "connection refused",
+        "write_held": None,
+    }
 
 
 def test_invariants() -> None:

@@ -39,6 +39,8 @@ from sidecar.core.indexerwire.messages import (
 )
 from sidecar.core.indexerwire.session import (
     DEFAULT_HELLO_FRESHNESS_MS,
+    MAX_REMEMBERED_HELLOS,
+    HelloNonces,
     HelloRefusal,
     PushVerifier,
     Rejection,
@@ -50,12 +52,16 @@ from sidecar.core.indexerwire.signing import (
     DOMAIN_CHECKPOINT,
     DOMAIN_EVENT,
     DOMAIN_HELLO,
+    DOMAIN_WELCOME,
     PushSigner,
     sign_checkpoint,
     sign_event,
     sign_hello,
+    sign_welcome,
     signed_bytes,
     verify_signature,
+    verify_welcome,
+    welcome_bytes,
 )
 
 __all__ = [
@@ -64,11 +70,13 @@ __all__ = [
     "DOMAIN_CHECKPOINT",
     "DOMAIN_EVENT",
     "DOMAIN_HELLO",
+    "DOMAIN_WELCOME",
     "MAX_DATA_BYTES",
     "MAX_DETAIL_CHARS",
     "MAX_FRAME_BYTES",
     "MAX_INT",
     "MAX_LOG_INDEX",
+    "MAX_REMEMBERED_HELLOS",
     "MAX_TOPICS",
     "NONCE_BYTES",
     "PROTOCOL_VERSION",
@@ -81,6 +89,7 @@ __all__ = [
     "CloseReason",
     "Event",
     "Hello",
+    "HelloNonces",
     "HelloRefusal",
     "Message",
     "PushSigner",
@@ -95,7 +104,10 @@ __all__ = [
     "sign_checkpoint",
     "sign_event",
     "sign_hello",
+    "sign_welcome",
     "signed_bytes",
     "verify_hello",
     "verify_signature",
+    "verify_welcome",
+    "welcome_bytes",
 ]

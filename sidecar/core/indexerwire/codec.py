@@ -82,6 +82,7 @@ def _to_json(msg: Message) -> dict[str, Any]:
             "head": msg.head,
             "protocol": msg.protocol,
             "start": _cursor_json(msg.start),
+            "signature": _hex(msg.signature),
         }
     if isinstance(msg, Event):
         return {
@@ -208,6 +209,7 @@ def _parse_welcome(obj: dict[str, Any]) -> Welcome:
         head=_int(obj["head"], 0, MAX_INT, "head"),
         protocol=_int(obj["protocol"], PROTOCOL_VERSION, PROTOCOL_VERSION, "protocol"),
         start=_cursor(obj["start"], "start"),
+        signature=_fixed(obj["signature"], SIGNATURE_BYTES, "signature"),
     )
 
 
@@ -257,7 +259,10 @@ _PARSERS: dict[str, tuple[frozenset[str], Any]] = {
         _ENVELOPE | {"cluster", "member_id", "indexer", "cursor", "timestamp_ms", "nonce", "signature"},
         _parse_hello,
     ),
-    "welcome": (_ENVELOPE | {"session", "indexer", "head", "protocol", "start"}, _parse_welcome),
+    "welcome": (
+        _ENVELOPE | {"session", "indexer", "head", "protocol", "start", "signature"},
+        _parse_welcome,
+    ),
     "event": (_ENVELOPE | {"cluster", "session", "seq", "prev", "log", "signature"}, _parse_event),
     "checkpoint": (
         _ENVELOPE | {"cluster", "session", "seq", "prev", "through", "signature"},

@@ -90,13 +90,15 @@ class Hello:
 
 @dataclass(frozen=True, slots=True)
 class Welcome:
-    """Indexer → client, first frame: the session, the indexer's key, its head and where the stream starts."""
+    """Indexer → client, first frame: the session, the indexer's key, its head and where the stream starts;
+    signed by the indexer over the hello's nonce too, so it answers that hello and no other."""
 
     session: bytes
     indexer: Bytes32
     head: int
     protocol: int
     start: Cursor  # the hello's cursor, or Cursor.start(registration block): the first message's prev
+    signature: bytes = field(repr=False)
 
     def __post_init__(self) -> None:
         check_bytes(self.session, SESSION_BYTES, "session")
@@ -104,6 +106,7 @@ class Welcome:
         _check_int(self.head, 0, MAX_INT, "head")
         _check_int(self.protocol, PROTOCOL_VERSION, PROTOCOL_VERSION, "protocol")
         check_cursor(self.start, "start")
+        _check_signature(self.signature)
 
 
 def _check_log(log: object) -> None:

@@ -1,8 +1,10 @@
 """The push protocol's session checks: the indexer judges a hello, the client judges the stream.
 
-Owns ``verify_hello`` (the indexer's check of a client's first frame) and ``PushVerifier`` (the client's
-check of the welcome and of every event and checkpoint, with its ``check``/``accept`` split: once rejected,
-a session stays rejected) and the reasons each can give.
+Owns ``verify_hello`` (the indexer's check of a client's first frame), ``HelloNonces`` (the indexer's memory
+of the hello nonces it accepted within the freshness window, bounded, so a captured hello cannot be replayed)
+and ``PushVerifier`` (the client's check of the welcome — signed by the registry's key over the nonce of the
+hello it sent — and of every event and checkpoint, with its ``check``/``accept`` split: once rejected, a
+session stays rejected) and the reasons each can give.
 
 Cursor semantics are those of ``sidecar.core.cursor`` exactly: after an event the client's cursor is
 ``(block, log_index, block_hash)`` of its log, after a checkpoint it is ``Cursor.through(block,
@@ -13,6 +15,7 @@ Must not: do I/O, read a clock (``now_ms`` is passed in), or parse text (``codec
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -20,11 +23,14 @@ from typing import Literal
 from sidecar.core.cursor import Cursor, is_after
 from sidecar.core.ids import Address, Bytes32
 from sidecar.core.indexerwire.messages import Ack, Checkpoint, Event, Hello, Message, Welcome
-from sidecar.core.indexerwire.signing import verify_signature
+from sidecar.core.indexerwire.signing import verify_signature, verify_welcome
 
 DEFAULT_HELLO_FRESHNESS_MS = 30_000
+#: The most hello nonces ``HelloNonces`` remembers; when full, a new hello is refused (``busy``), never
+#: admitted by forgetting one still inside its window.
+MAX_REMEMBERED_HELLOS = 100_000
 
-HelloRefusal = Literal["wrong_indexer", "bad_signature", "stale", "future"]
+HelloRefusal = Literal["wrong_indexer", "bad_signature", "stale", "future", "replayed"]
 RejectReason = Literal[
     "bad_signature", "wrong_indexer", "wrong_cluster", "gap", "replay", "out_of_order", "reorg", "malformed"
 ]
@@ -50,6 +56,39 @@ def verify_hello(
     return None
 
 
+class HelloNonces:
+    """The nonces of accepted hellos, each kept until no hello with it could still be fresh.
+
+    A hello is fresh while its timestamp lies within ``freshness_ms`` of now, either way, so a nonce first
+    seen at ``now`` is kept until ``now + 2 * freshness_ms``: expiry follows arrival order, and the expired
+    ones are dropped from the front. At most ``limit`` are kept; ``admit`` says ``busy`` rather than forget
+    one early. Keyed by (cluster, member id, nonce). ``now_ms`` is passed in.
+    """
+
+    def __init__(self, freshness_ms: int, limit: int = MAX_REMEMBERED_HELLOS) -> None:
+        self.keep_ms = 2 * freshness_ms
+        self.limit = limit
+        self._seen: collections.OrderedDict[tuple[bytes, bytes, bytes], int] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def admit(self, hello: Hello, now_ms: int) -> Literal["ok", "replayed", "busy"]:
+        """Remember a verified hello's nonce: ``ok`` the first time, ``replayed`` after that."""
+        while self._seen:
+            key, until = next(iter(self._seen.items()))
+            if until > now_ms:
+                break
+            del self._seen[key]
+        key = (hello.cluster.raw, hello.member_id.raw, hello.nonce)
+        if key in self._seen:
+            return "replayed"
+        if len(self._seen) >= self.limit:
+            return "busy"
+        self._seen[key] = now_ms + self.keep_ms
+        return "ok"
+
+
 @dataclass(frozen=True, slots=True)
 class Rejection:
     """Why a pushed message is refused; any rejection means the stream must be torn down."""
@@ -69,13 +108,15 @@ class Verified:
 class PushVerifier:
     """Client side of one session: checks the welcome and every event and checkpoint against its state.
 
-    The cursor and seq change only through ``accept``; after any rejection every later check is rejected
-    too (the stream must be torn down and a new session started from the persisted cursor).
+    ``nonce`` is the nonce of the hello this session sent: the welcome must be signed over it. The cursor
+    and seq change only through ``accept``; after any rejection every later check is rejected too (the
+    stream must be torn down and a new session started from the persisted cursor).
     """
 
     cluster: Address
     indexer_pub: Bytes32
     start: Cursor
+    nonce: bytes
     cursor: Cursor = field(init=False)
     seq: int = field(default=0, init=False)
     session: bytes | None = field(default=None, init=False)
@@ -92,11 +133,14 @@ class PushVerifier:
         return self.failed
 
     def welcome(self, msg: Message) -> Rejection | None:
-        """Check the session's first frame: a welcome from the registry's key, starting at our cursor."""
+        """Check the session's first frame: a welcome signed by the registry's key over our hello's nonce
+        (checked first: nothing unsigned is read), naming that key, starting at our cursor."""
         if self.failed is not None:
             return self.failed
         if not isinstance(msg, Welcome) or self.session is not None:
             return self._reject("malformed")
+        if not verify_welcome(msg, self.nonce, self.indexer_pub):
+            return self._reject("bad_signature")
         if msg.indexer != self.indexer_pub:
             return self._reject("wrong_indexer")
         if msg.start != self.cursor:

@@ -2,8 +2,9 @@
 
 Owns the domain separators, ``signed_bytes`` (a fixed binary layout: domain separator, then the fields in a
 fixed order; integers 8-byte big-endian two's complement; the log's topics prefixed by a one-byte count, its
-data by a four-byte length — never the JSON text), ``verify_signature``, the signing helpers
-(``sign_hello``, ``sign_event``, ``sign_checkpoint``) and the indexer's side of a session, ``PushSigner``.
+data by a four-byte length — never the JSON text), ``welcome_bytes`` (a welcome's, bound to the nonce of the
+hello it answers), ``verify_signature`` and ``verify_welcome``, the signing helpers (``sign_hello``,
+``sign_welcome``, ``sign_event``, ``sign_checkpoint``) and the indexer's side of a session, ``PushSigner``.
 
 Must not: draw random numbers (nonces and session ids are passed in), read a clock, or let key material
 into a repr or an exception message (seeds travel as ``SecretBytes``).
@@ -19,11 +20,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sidecar.core.cursor import WHOLE_BLOCK, Cursor, is_after
 from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
 from sidecar.core.indexerwire.messages import (
+    NONCE_BYTES,
     SESSION_BYTES,
     SIGNATURE_BYTES,
     Checkpoint,
     Event,
     Hello,
+    Welcome,
     WireError,
     check_bytes,
     check_cursor,
@@ -34,6 +37,7 @@ from sidecar.core.model import ChainLog
 DOMAIN_HELLO = b"attestmesh/indexer-hello/v1\x00"
 DOMAIN_EVENT = b"attestmesh/indexer-event/v1\x00"
 DOMAIN_CHECKPOINT = b"attestmesh/indexer-checkpoint/v1\x00"
+DOMAIN_WELCOME = b"attestmesh/indexer-welcome/v1\x00"
 
 _I64 = struct.Struct(">q")
 _U32 = struct.Struct(">I")
@@ -84,6 +88,28 @@ def signed_bytes(msg: Hello | Event | Checkpoint) -> bytes:
     return DOMAIN_CHECKPOINT + head + _i64(msg.block) + msg.block_hash.raw
 
 
+def welcome_bytes(msg: Welcome, nonce: bytes) -> bytes:
+    """Return the bytes a welcome's signature covers: the domain, the nonce of the hello it answers, then
+    everything the welcome carries (session, indexer key, head, protocol, start)."""
+    check_bytes(nonce, NONCE_BYTES, "nonce")
+    return (
+        DOMAIN_WELCOME
+        + nonce
+        + msg.session
+        + msg.indexer.raw
+        + _i64(msg.head)
+        + _i64(msg.protocol)
+        + _cursor_bytes(msg.start)
+    )
+
+
+def verify_welcome(msg: Welcome, nonce: bytes, public_key: Bytes32) -> bool:
+    """Tell whether a welcome answers the hello with ``nonce`` and is signed by the Ed25519 ``public_key``."""
+    return len(nonce) == NONCE_BYTES and ed25519_verifies(
+        public_key, msg.signature, welcome_bytes(msg, nonce)
+    )
+
+
 def _private(seed: SecretBytes, what: str) -> Ed25519PrivateKey:
     raw = seed.reveal()
     if len(raw) != 32:
@@ -113,6 +139,22 @@ def sign_hello(
     unsigned = Hello(cluster, member_id, indexer, cursor, timestamp_ms, nonce, _NO_SIGNATURE)
     signature = _private(identity_key, "identity key").sign(signed_bytes(unsigned))
     return Hello(cluster, member_id, indexer, cursor, timestamp_ms, nonce, signature)
+
+
+def sign_welcome(
+    *,
+    nonce: bytes,
+    session: bytes,
+    indexer: Bytes32,
+    head: int,
+    protocol: int,
+    start: Cursor,
+    indexer_key: SecretBytes,
+) -> Welcome:
+    """Build the welcome answering the hello with ``nonce``, signed with the indexer's Ed25519 seed."""
+    unsigned = Welcome(session, indexer, head, protocol, start, _NO_SIGNATURE)
+    signature = _private(indexer_key, "indexer key").sign(welcome_bytes(unsigned, nonce))
+    return Welcome(session, indexer, head, protocol, start, signature)
 
 
 def sign_event(
