@@ -84,6 +84,7 @@ def sidecar_env(state: DevnetState, node: NodeState) -> dict[str, str]:
         env["ATTESTMESH_ENDPOINT"] = f"{node.underlay_ip}:{WG_PORT}"
     env.update(
         ATTESTMESH_RPC_URL=state.rpc_url,
+        ATTESTMESH_RPC_ALLOW_HTTP="true",  # the lab's anvil speaks plain http on a private network
         ATTESTMESH_CHAIN_ID=str(state.chain_id),
         ATTESTMESH_CLUSTER=state.cluster,
         ATTESTMESH_INDEXER_REGISTRY=state.indexer_registry,

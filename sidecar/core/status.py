@@ -2,8 +2,8 @@
 
 Owns: ``NodeStatus`` (one immutable snapshot, replaced as a whole by the drivers), the public views
 ``PeerView`` and ``SelfView``, and their JSON forms — ``healthz_body`` is exactly the ``/healthz`` shape
-of DESIGN §4 plus ``chain`` (so an unreachable chain is named). A value not known yet is JSON ``null``,
-never a placeholder such as a zero address.
+of DESIGN §4 plus ``chain`` (so an unreachable chain, or JSON-RPC providers that disagree, are named). A
+value not known yet is JSON ``null``, never a placeholder such as a zero address.
 
 Values arrive already rendered as strings by the drivers (``str(Address)`` is EIP-55, ``str(Bytes32)`` is
 ``0x`` hex, ``str(IPv4Address)`` is dotted), so this module stays a plain mapping to JSON.
@@ -63,6 +63,15 @@ class NodeStatus:
     # chain: ``chain_reachable`` is None until the first chain call
     chain_reachable: bool | None = None
     chain_error: str | None = None
+    # the JSON-RPC providers, by index in ATTESTMESH_RPC_URLS (never a URL): how many, the quorum, who
+    # answered the last snapshot read, who agreed with the accepted (or largest) answer, who did not, and the
+    # named reason when no quorum agreed (``rpc_disagreement``, ``rpc_quorum_unavailable``)
+    rpc_providers: int = 1
+    rpc_quorum: int = 1
+    rpc_up: tuple[int, ...] = ()
+    rpc_agreeing: tuple[int, ...] = ()
+    rpc_dissenting: tuple[int, ...] = ()
+    rpc_reason: str | None = None
 
     def __post_init__(self) -> None:
         if self.phase not in PHASES:
@@ -107,7 +116,18 @@ def healthz_body(status: NodeStatus) -> dict[str, object]:
             "rejected_pushes": status.rejected_pushes,
             "rejected_by_reason": dict(status.rejected_by_reason),
         },
-        "chain": {"reachable": status.chain_reachable, "error": status.chain_error},
+        "chain": {
+            "reachable": status.chain_reachable,
+            "error": status.chain_error,
+            "rpc": {
+                "providers": status.rpc_providers,
+                "quorum": status.rpc_quorum,
+                "up": list(status.rpc_up),
+                "agreeing": list(status.rpc_agreeing),
+                "dissenting": list(status.rpc_dissenting),
+                "reason": status.rpc_reason,
+            },
+        },
         "membership_digest": status.membership_digest,
         "version": status.version,
     }

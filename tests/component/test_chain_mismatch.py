@@ -64,6 +64,8 @@ async def node_for(
 ) -> Node:
     env = {
         "ATTESTMESH_RPC_URL": anvil.rpc_url,
+        "ATTESTMESH_RPC_ALLOW_HTTP": "true",
+        "ATTESTMESH_CONFIRMATIONS": "0",  # these tests are not about confirmations (see test_quorum.py)
         "ATTESTMESH_CHAIN_ID": str(chain_id),
         "ATTESTMESH_CLUSTER": str(cluster),
         "ATTESTMESH_ENDPOINT": "127.0.0.1:51820",

@@ -133,6 +133,8 @@ def node_env(*, rpc_url: str, cluster: Address, root: Path, **overrides: str) ->
     """A complete, valid sidecar environment whose files all live under ``root``."""
     env = {
         "ATTESTMESH_RPC_URL": rpc_url,
+        "ATTESTMESH_RPC_ALLOW_HTTP": "true",
+        "ATTESTMESH_CONFIRMATIONS": "0",  # these tests are not about confirmations (see test_quorum.py)
         "ATTESTMESH_CHAIN_ID": str(CHAIN_ID),
         "ATTESTMESH_CLUSTER": str(cluster),
         "ATTESTMESH_ENDPOINT": "127.0.0.1:51820",

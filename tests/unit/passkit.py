@@ -23,6 +23,7 @@ from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
 from sidecar.core.liveness import Liveness
 from sidecar.core.model import BootVerdict, MemberRecord, MeshCidr, member_id_for
 from sidecar.core.peerplan import ActualPeer, PeerPlan, WgKey
+from sidecar.core.quorum import RpcView
 from sidecar.core.snapshot import Snapshot
 from sidecar.drivers.chainlink import Registered
 from sidecar.drivers.identity import NodeIdentity
@@ -152,8 +153,13 @@ class FakeChain:
             for m in self.members
         ]  # fmt: skip
 
-    async def commit_csk(self, identity: NodeIdentity, commitment: Bytes32) -> None:
+    async def commit_csk(self, identity: NodeIdentity, commitment: Bytes32) -> int:
         self.commitment = commitment
+        return self.head
+
+    @property
+    def rpc(self) -> RpcView:
+        return RpcView()
 
     async def reset(self) -> None:
         pass
@@ -240,6 +246,7 @@ class World:
 def world(state_dir: Path, chain: FakeChain | None = None) -> World:
     env = {
         "ATTESTMESH_RPC_URL": "http://127.0.0.1:8545",
+        "ATTESTMESH_RPC_ALLOW_HTTP": "true",
         "ATTESTMESH_CHAIN_ID": "31337",
         "ATTESTMESH_CLUSTER": str(CLUSTER),
         "ATTESTMESH_ENDPOINT": ENDPOINT,
