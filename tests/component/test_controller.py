@@ -888,7 +888,7 @@ async def test_invalid_environment_exits_2_listing_every_problem() -> None:
     problems = [line.strip()[2:] for line in text.splitlines() if line.startswith("  - ")]
     expected = [
         "ATTESTMESH_FOO is not a known AttestMesh variable",
-        "ATTESTMESH_RPC_URL is required but not set",
+        "ATTESTMESH_RPC_URLS (or ATTESTMESH_RPC_URL) is required but not set",
         "ATTESTMESH_CHAIN_ID='thirty-one' must be a whole number",
         "ATTESTMESH_ENDPOINT='localhost:51820' must be an IP address",
         "ATTESTMESH_CSK_PARALLELISM='0' must be at least 1",
