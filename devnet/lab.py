@@ -71,9 +71,9 @@ log = structlog.get_logger("devnet.lab")
 
 ANVIL_PORT = 8545
 CHAIN_ID = 31337
-#: Seconds per block when ``up`` is not given one. anvil mines each transaction at once and also an empty block
-#: on this interval (``--mixed-mining``): the head keeps moving, so the sidecars' default confirmations (2)
-#: are reached within about two seconds, as on a real chain, without slowing any transaction down.
+#: Seconds per block when ``up`` is not given one. anvil mines each transaction at once and also an empty
+#: block on this interval (``--mixed-mining``): the head keeps moving, so the sidecars' default confirmations
+#: (2) are reached within about two seconds, as on a real chain, without slowing any transaction down.
 DEFAULT_BLOCK_TIME = 1.0
 
 
