@@ -66,10 +66,11 @@ def test_a_reorg_right_after_the_first_registration_never_makes_a_second_csk_com
     rpc(lab, "anvil_mine", "0x2")  # the node's approval and funding confirmed: it may register now
     wait_until(lambda: sidecar_log(lab, "node-1", "registration.succeeded"), 60, "node-1's registration")
     registered_at = int(sidecar_log(lab, "node-1", "registration.succeeded")[0]["block"])
-    assert int(rpc(lab, "eth_blockNumber"), 16) == registered_at  # nothing mined since
 
     # The registration 0 and then 1 block deep: the sidecar passes again and again, and waits.
     wait_for_reads(first, 3)
+    assert chain(lab, lambda conn, cluster: cluster.csk_commitment()) is None  # no commitment, even at latest
+    assert int(rpc(lab, "eth_blockNumber"), 16) == registered_at  # no transaction at all since
     rpc(lab, "anvil_mine", "0x1")
     wait_for_reads(first, 3)
     body = first.healthz()

@@ -115,6 +115,7 @@ class FakeChain:
     register_fail: ChainError | None = None
     endpoint_fail: ChainError | None = None
     registrations: int = 0
+    commits: int = 0
     endpoint_updates: int = 0
 
     @property
@@ -154,6 +155,7 @@ class FakeChain:
         ]  # fmt: skip
 
     async def commit_csk(self, identity: NodeIdentity, commitment: Bytes32) -> int:
+        self.commits += 1
         self.commitment = commitment
         return self.head
 

@@ -186,6 +186,30 @@ async def test_mesh_step_device_out_of_sync(tmp_path: Path) -> None:
     assert await w.pass_once() == ("mesh", "device out of sync with chain")
 
 
+async def test_the_originator_commits_once_and_waits_for_the_commitment_to_be_confirmed(
+    tmp_path: Path,
+) -> None:
+    w = world(tmp_path)  # alone: it becomes index 0
+    await w.pass_once()  # registers
+    await w.pass_once()  # commits
+    assert w.chain.commits == 1
+    committed_at = w.chain.head
+    w.chain.commitment, w.chain.head = (
+        None,
+        committed_at - 1,
+    )  # the confirmed snapshot predates the commitment
+    for _ in range(3):
+        assert await w.pass_once() == (
+            "csk_acquire",
+            "waiting for the cluster shared key: waiting for the commitment to be confirmed",
+        )
+    assert w.chain.commits == 1  # never sent twice
+    w.chain.head = committed_at  # a confirmed snapshot at its block without it: a reorg dropped it
+    await w.pass_once()
+    assert w.chain.commits == 2 and w.chain.commitment is not None  # the same derived key, committed again
+    assert await w.pass_once() == ("healthy", "")
+
+
 async def test_csk_step_waiting_for_the_originator(tmp_path: Path) -> None:
     chain = FakeChain()
     peer = with_peer(chain, committed=False)
