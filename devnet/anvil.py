@@ -2,7 +2,8 @@
 
 Owns: ``AnvilProcess`` (argv from the pinned binary ``tools/node_modules/.bin/anvil`` or
 ``$ATTESTMESH_ANVIL``; host, port — 0 picks a free one, read back from anvil's "Listening on" line —
-chain id, block time or automine, optional network namespace, log file), readiness (anvil logs
+chain id, block time (interval mining, optionally mixed with mining each transaction at once) or automine,
+optional network namespace, log file), readiness (anvil logs
 "Listening on" and ``eth_chainId`` answers with our chain id before a deadline; inside a namespace only the
 log line, since the lab address may not be routable from here; if anvil exits, the error carries its log
 tail) and a bounded stop (SIGTERM, wait up to 5 s, SIGKILL) through ``devnet.procs``, so only the process
@@ -91,6 +92,7 @@ class AnvilProcess:
         chain_id: int = DEFAULT_CHAIN_ID,
         block_time: float | None = None,
         no_mining: bool = False,
+        mixed_mining: bool = False,
         netns: str | None = None,
         log_path: Path | None = None,
         extra_args: tuple[str, ...] = (),
@@ -101,6 +103,7 @@ class AnvilProcess:
         self.chain_id = chain_id
         self.block_time = block_time
         self.no_mining = no_mining
+        self.mixed_mining = mixed_mining
         self.netns = netns
         self.name = name
         self.extra_args = extra_args
@@ -123,6 +126,8 @@ class AnvilProcess:
             argv.append("--no-mining")
         elif self.block_time is not None:
             argv += ["--block-time", f"{self.block_time:g}"]
+            if self.mixed_mining:  # each transaction mined at once too, not only on the interval
+                argv.append("--mixed-mining")
         return argv + list(self.extra_args)
 
     @property

@@ -87,6 +87,7 @@ def sidecar_env(state: DevnetState, node: NodeState) -> dict[str, str]:
     env.update(NodeAnchors.of_lab(state).literals())
     env.update(
         ATTESTMESH_RPC_URL=state.rpc_url,
+        ATTESTMESH_RPC_ALLOW_HTTP="true",  # the lab's anvil speaks plain http on a private network
         ATTESTMESH_WG_BACKEND="userspace",
         ATTESTMESH_WG_UAPI_DIR=node.wg_uapi_dir,
         ATTESTMESH_WG_LISTEN_PORT=str(WG_PORT),

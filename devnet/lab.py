@@ -72,6 +72,10 @@ log = structlog.get_logger("devnet.lab")
 
 ANVIL_PORT = 8545
 CHAIN_ID = 31337
+#: Seconds per block when ``up`` is not given one. anvil mines each transaction at once and also an empty
+#: block on this interval (``--mixed-mining``): the head keeps moving, so the sidecars' default confirmations
+#: (2) are reached within about two seconds, as on a real chain, without slowing any transaction down.
+DEFAULT_BLOCK_TIME = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,11 +186,13 @@ class Devnet:
         )
         self.network.create()
         log.info("devnet.network_created", lab=self.plan.name, hub=self.plan.hub_ns)
+        block_time = DEFAULT_BLOCK_TIME if block_time is None else block_time
         anvil_proc = AnvilProcess(
             host=str(self.plan.hub_ip),
             port=ANVIL_PORT,
             chain_id=CHAIN_ID,
             block_time=block_time,
+            mixed_mining=True,
             netns=self.plan.hub_ns,
             log_path=self.logs / "anvil.log",
         ).start(timeout=START_TIMEOUT)

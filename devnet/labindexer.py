@@ -93,7 +93,8 @@ def indexer_env(state: DevnetState, idx: IndexerState) -> dict[str, str]:
             f"{prefix}KEY_VERSION": str(idx.key_version),
             f"{prefix}LISTEN_ADDR": f"0.0.0.0:{INDEXER_PORT}",
             f"{prefix}POLL_INTERVAL": str(INDEXER_POLL_INTERVAL),
-            f"{prefix}CONFIRMATIONS": "0",
+            # as deep as the sidecars' default: a push then lands in the snapshot its wake-up reads
+            f"{prefix}CONFIRMATIONS": "2",
             f"{prefix}REGISTRY_CHECK_INTERVAL": "2",
             **idx.sealed_env,  # never a lab-owned name or KEY_VERSION (devnet.sealedenv)
             "DSTACK_SIMULATOR_ENDPOINT": idx.dstack_socket,

@@ -207,6 +207,16 @@ def parse_socket_path(text: str) -> Path:
     return path
 
 
+def parse_bool(text: str) -> bool:
+    """Parse a switch: ``true``/``false`` (also ``1``/``0``, ``yes``/``no``), case-insensitive."""
+    value = text.lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise ValueError("must be true or false")
+
+
 def enum_parser(kind: type[E]) -> Callable[[str], E]:
     """Return a case-insensitive parser for one of the enum's values."""
 

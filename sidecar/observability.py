@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 
 from sidecar.core.peerscreen import EXCLUSION_REASONS
 from sidecar.core.phases import ORDER
+from sidecar.core.quorum import RPC_DISAGREEMENT, RPC_QUORUM_UNAVAILABLE
 
 PeerState = Literal["desired", "configured", "live"]
 PeerChange = Literal["added", "removed", "updated"]
@@ -90,6 +91,7 @@ CSK_PULL_RESULTS: Final[tuple[str, ...]] = get_args(CskPullResult)
 HTTP_SURFACES: Final[tuple[str, ...]] = get_args(HttpSurface)
 CONNECTION_DROPS: Final[tuple[str, ...]] = get_args(ConnectionDrop)
 CHAIN_ERROR_KINDS: Final[tuple[str, ...]] = get_args(ChainErrorKind)
+RPC_QUORUM_FAILURES: Final[tuple[str, ...]] = (RPC_DISAGREEMENT, RPC_QUORUM_UNAVAILABLE)
 REGISTRATION_RESULTS: Final[tuple[str, ...]] = get_args(RegistrationResult)
 ENDPOINT_UPDATES: Final[tuple[str, ...]] = get_args(EndpointUpdate)
 PUSH_REJECTIONS: Final[tuple[str, ...]] = get_args(PushRejection)
@@ -277,6 +279,24 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.rpc_provider_up = Gauge(
+            "attestmesh_rpc_provider_up",
+            "1 when the JSON-RPC provider (its index in ATTESTMESH_RPC_URLS) answered the last snapshot read "
+            "with the accepted snapshot, 0 when it failed or disagreed.",
+            ["provider"],
+            registry=r,
+        )
+        self.rpc_disagreements = Counter(
+            "attestmesh_rpc_disagreements_total",
+            "Snapshot reads where providers answered differently (accepted by a quorum or not).",
+            registry=r,
+        )
+        self.rpc_quorum_failures = Counter(
+            "attestmesh_rpc_quorum_failures_total",
+            "Snapshot reads that no quorum of providers vouched for, by reason.",
+            ["reason"],
+            registry=r,
+        )
 
         self._transport_metrics(r)
 
@@ -301,6 +321,7 @@ class Metrics:
             (self.http_rejected, HTTP_SURFACES),
             (self.http_clients_gone, HTTP_SURFACES),
             (self.chain_errors, CHAIN_ERROR_KINDS),
+            (self.rpc_quorum_failures, RPC_QUORUM_FAILURES),
             (self.registration_attempts, REGISTRATION_RESULTS),
             (self.endpoint_updates, ENDPOINT_UPDATES),
             (self.push_rejected, PUSH_REJECTIONS),
@@ -409,6 +430,11 @@ class Metrics:
 
     def endpoint_update(self, result: EndpointUpdate) -> None:
         self.endpoint_updates.labels(_known(result, ENDPOINT_UPDATES, "result")).inc()
+
+    def set_rpc_providers(self, up: Iterable[bool]) -> None:
+        """Set ``attestmesh_rpc_provider_up`` for every provider, by index."""
+        for index, answered in enumerate(up):
+            self.rpc_provider_up.labels(provider=str(index)).set(1 if answered else 0)
 
     def rpc_call(self, method: str) -> None:
         """Count a JSON-RPC call; anything not shaped like a method name is counted as ``other``."""

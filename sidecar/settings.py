@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from sidecar.core.ids import Address
 from sidecar.envkit import (
@@ -102,9 +103,18 @@ def _defaults(key: str) -> dict[str, Any]:
     return _fields(key, {v.name: v.parse(v.default) if v.parse and v.default else None for v in variables})
 
 
+def default_quorum(providers: int) -> int:
+    """A majority of the providers (at least 1): 1 of 1, 2 of 2, 2 of 3, 3 of 4, 3 of 5."""
+    return max(1, providers // 2 + 1)
+
+
 @dataclass(frozen=True, slots=True)
 class ChainSettings:
-    rpc_url: str
+    """The chain: its JSON-RPC providers (``rpc_urls``, index = the provider number shown in /healthz and
+    metrics; the URLs themselves are secret), how many must agree (``rpc_quorum``), the trust anchors and
+    the polling and timeout knobs."""
+
+    rpc_urls: tuple[str, ...]
     chain_id: int
     cluster: Address
     indexer_registry: Address | None
@@ -118,10 +128,18 @@ class ChainSettings:
     receipt_timeout: float
     max_fee_wei: int = 10 * 10**9  # the most a transaction pays per gas (maxFeePerGas), whatever the RPC says
     max_priority_fee_wei: int = 2 * 10**9  # the most tip per gas (maxPriorityFeePerGas)
+    rpc_quorum: int = 1  # how many providers must agree on a snapshot (1 ≤ quorum ≤ len(rpc_urls))
+    rpc_allow_http: bool = False  # http:// providers accepted (the devnet, private networks)
 
-    def __repr__(self) -> str:  # the URL may carry an API key
+    @property
+    def rpc_url(self) -> str:
+        """The first provider (transactions and event polling start there)."""
+        return self.rpc_urls[0]
+
+    def __repr__(self) -> str:  # the URLs may carry API keys
         return (
-            f"ChainSettings(rpc_url=<redacted>, chain_id={self.chain_id}, cluster={self.cluster}, "
+            f"ChainSettings(rpc_urls=<{len(self.rpc_urls)} redacted>, rpc_quorum={self.rpc_quorum}, "
+            f"rpc_allow_http={self.rpc_allow_http}, chain_id={self.chain_id}, cluster={self.cluster}, "
             f"indexer_registry={self.indexer_registry}, confirmations={self.confirmations}, "
             f"poll_interval={self.poll_interval}, resync_interval={self.resync_interval}, "
             f"max_log_range={self.max_log_range}, rpc_timeout={self.rpc_timeout}, "
@@ -218,16 +236,58 @@ def _check_together(r: EnvReader, values: Mapping[str, Any]) -> None:
             seen[port] = name
 
 
+def _providers(r: EnvReader, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The chain settings' provider fields: ``RPC_URLS`` (or the one-element ``RPC_URL``), the quorum (default
+    a majority) and the https rule. Problems name variables and item numbers, never a URL."""
+    urls_set = bool(r.env.get(PREFIX + "RPC_URLS", "").strip())
+    url_set = bool(r.env.get(PREFIX + "RPC_URL", "").strip())
+    urls: tuple[str, ...] | None = values[PREFIX + "RPC_URLS"]
+    if urls_set and url_set:
+        r.problem(
+            f"{PREFIX}RPC_URLS and {PREFIX}RPC_URL are both set; set one: RPC_URLS (comma-separated, "
+            "one or more providers) replaces RPC_URL"
+        )
+    elif url_set:
+        single = values[PREFIX + "RPC_URL"]
+        urls = None if single is None else (single,)
+    elif not urls_set:
+        r.problem(f"{PREFIX}RPC_URLS (or {PREFIX}RPC_URL) is required but not set")
+    quorum: int | None = values[PREFIX + "RPC_QUORUM"]
+    allow_http: bool | None = values[PREFIX + "RPC_ALLOW_HTTP"]
+    if urls is not None:
+        if quorum is None:
+            quorum = default_quorum(len(urls))
+        elif quorum > len(urls):
+            r.problem(f"{PREFIX}RPC_QUORUM={quorum} is more than the {len(urls)} configured provider(s)")
+        plain = [n for n, url in enumerate(urls) if urlsplit(url).scheme != "https"]
+        if plain and allow_http is False:
+            what = (
+                f"{PREFIX}RPC_URL is"
+                if url_set
+                else f"{PREFIX}RPC_URLS item {', '.join(str(n + 1) for n in plain)} "
+                + ("is" if len(plain) == 1 else "are")
+            )
+            r.problem(
+                f"{what} not https:// (an http:// provider can be read and altered on the way); use "
+                f"https://, or set {PREFIX}RPC_ALLOW_HTTP=true on a private network (the devnet does)"
+            )
+    return {"rpc_urls": urls or (), "rpc_quorum": quorum or 1, "rpc_allow_http": bool(allow_http)}
+
+
 def load_settings(env: Mapping[str, str]) -> Settings:
     """Parse and validate every ``ATTESTMESH_*`` variable; raise ``SettingsError`` listing all problems."""
     r = EnvReader(env, VARIABLES, PREFIX)
     r.reject_unknown("AttestMesh variable", suggest=True)
     values = r.read_all()
     _check_together(r, values)
+    chain = _fields("chain", values)
+    for name in ("rpc_url", "rpc_urls", "rpc_quorum", "rpc_allow_http"):
+        chain.pop(name)
+    chain.update(_providers(r, values))
     if r.problems:
         raise SettingsError(r.problems)
     return Settings(
-        chain=ChainSettings(**_fields("chain", values)),
+        chain=ChainSettings(**chain),
         mesh=MeshSettings(**_fields("mesh", values)),
         http=HttpSettings(**_fields("http", values)),
         events=EventSettings(**_fields("events", values)),

@@ -34,6 +34,7 @@ from sidecar.envkit import (
     is_localhost,
     parse_absolute_path,
     parse_address,
+    parse_bool,
     parse_http_url,
     parse_int,
     parse_listen_addr,
@@ -123,6 +124,24 @@ def parse_address_list(text: str) -> tuple[Address, ...]:
     return tuple(addresses)
 
 
+def parse_url_list(text: str) -> tuple[str, ...]:
+    """A comma-separated list of distinct ``http(s)://`` URLs (JSON-RPC providers). A problem names the item
+    by its position only: a provider URL may carry an API key."""
+    urls: list[str] = []
+    for number, item in enumerate(text.split(","), start=1):
+        url = item.strip()
+        if not url:
+            raise ValueError(f"item {number} is empty")
+        try:
+            parse_http_url(url)
+        except ValueError as exc:
+            raise ValueError(f"item {number} {exc}") from None
+        if url in urls:
+            raise ValueError(f"item {number} repeats item {urls.index(url) + 1}")
+        urls.append(url)
+    return tuple(urls)
+
+
 _v = Declare(PREFIX)
 
 
@@ -140,13 +159,16 @@ GROUPS: tuple[Group, ...] = (
         "chain",
         "Chain",
         (
-            _v("RPC_URL", "rpc_url", None, parse_http_url, secret=True),
+            _v("RPC_URLS", "rpc_urls", "", parse_url_list, secret=True),
+            _v("RPC_URL", "rpc_url", "", parse_http_url, secret=True),
+            _v("RPC_QUORUM", "rpc_quorum", "", parse_int, AT_LEAST_ONE),
+            _v("RPC_ALLOW_HTTP", "rpc_allow_http", "false", parse_bool),
             _v("CHAIN_ID", "chain_id", None, parse_int, (at_least_one, "a chain id of at least 1")),
             _v("CLUSTER", "cluster", None, parse_address, (_nonzero, "a non-zero address")),
             _v("INDEXER_REGISTRY", "indexer_registry", "", parse_address, (_nonzero, "non-zero")),
             _v("MEMBER_APP_FACTORY", "member_app_factory", None, parse_address, (_nonzero, "non-zero")),
             _v("KMS_ROOTS", "kms_roots", None, parse_address_list),
-            _v("CONFIRMATIONS", "confirmations", "0", parse_int),
+            _v("CONFIRMATIONS", "confirmations", "2", parse_int),
             _v("POLL_INTERVAL", "poll_interval", "2.0", parse_seconds, POSITIVE),
             _v("RESYNC_INTERVAL", "resync_interval", "30.0", parse_seconds, POSITIVE),
             _v("MAX_LOG_RANGE", "max_log_range", "2000", parse_int, AT_LEAST_ONE),

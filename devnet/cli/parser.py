@@ -42,7 +42,12 @@ def add_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
     verbs = dev.add_subparsers(dest="verb", required=True)
     up = verbs.add_parser("up", help="build the lab (a running lab is left as it is)")
     up.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
-    up.add_argument("--block-time", type=float, default=None, help="seconds per block (default: automine)")
+    up.add_argument(
+        "--block-time",
+        type=float,
+        default=None,
+        help="seconds per empty block; transactions are mined at once regardless (default: 1)",
+    )
     up.add_argument("--no-sidecar", action="store_true", help="boot the nodes without their workload")
     up.add_argument("--no-indexer", action="store_true", help="run no indexer (sidecars poll chain logs)")
     up.add_argument(

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, cast
+
+from eth_typing import HexStr
+from eth_utils.abi import get_abi_output_types
 
 from sidecar.chain.artifacts import load_artifact
 from sidecar.chain.codec import ContractEvent, EventCodec
@@ -36,8 +39,8 @@ from sidecar.core.model import (
 )
 from sidecar.core.sigchain import SigChainProof
 
-#: A block to read at: a number, or None for the latest block.
-BlockRef = int | None
+#: A block to read at: a number, a block hash (EIP-1898, the block must be canonical), or None for latest.
+BlockRef = int | Bytes32 | None
 
 
 def _address(value: Any) -> Address:
@@ -129,7 +132,23 @@ class ContractClient:
     async def _call(self, function: str, *args: Any, block: BlockRef = None) -> Any:
         with translated():
             bound = getattr(self._contract.functions, function)(*args)
+            if isinstance(block, Bytes32):
+                return await self._call_at_hash(bound.abi, self.encode_call(function, *args), block)
             return await bound.call(block_identifier="latest" if block is None else block)
+
+    async def _call_at_hash(self, abi: Any, calldata: bytes, block_hash: Bytes32) -> Any:
+        """``eth_call`` pinned by block hash (EIP-1898, ``requireCanonical``): the node answers for exactly
+        that block or errs, so reads of one snapshot cannot straddle a reorg. web3's ``ContractFunction.call``
+        turns a hash into a block number first (losing the pin), so the call is encoded and decoded here;
+        results have web3's shapes (one output unwrapped, addresses as hex strings)."""
+        pinned = {"blockHash": str(block_hash), "requireCanonical": True}
+        raw = await self._conn.w3.eth.call(
+            {"to": checksum(self.address), "data": HexStr("0x" + calldata.hex())},
+            block_identifier=cast(Any, pinned),
+        )
+        types = get_abi_output_types(abi)
+        values = self._conn.w3.codec.decode(types, bytes(raw))
+        return values[0] if len(values) == 1 else list(values)
 
     def encode_call(self, function: str, *args: Any) -> bytes:
         """Return the calldata of ``function(*args)`` (web3-encodable arguments), e.g. to send it raw."""

@@ -29,6 +29,7 @@ class FactsPart(TypedDict, total=False):
     chain_error: str
     chain_id_ok: bool
     chain_mismatch: str
+    chain_quorum: str
     boot_allowed: bool | None
     boot_reason: str
     lost_state: bool

@@ -13,6 +13,7 @@ unmet precondition                              phase         reason
 ==============================================  ============  =====================================
 guest agent answers                             boot_gate     "guest agent unreachable: …"
 chain reachable (see the degraded rule below)   boot_gate     "chain unreachable: …"
+RPC providers agree (a quorum; degraded rule)   boot_gate     "rpc_disagreement: …" / "rpc_quorum_…"
 chain id as configured, contract at cluster     boot_gate     "chain id mismatch: …" / "no …"
 on-chain keys equal the derived ones            boot_gate     "lost state: …" (terminal)
 boot policy checked                             boot_gate     "boot policy not checked yet"
@@ -35,7 +36,9 @@ evaluated against the last good snapshot (the chain id and an unknown boot verdi
 denial and lost state still apply). The node is never healthy meanwhile and the reason always names the
 chain: if the other facts would give ``healthy`` the phase is ``mesh`` with reason "chain unreachable: …";
 otherwise it is the phase the other facts give, with reason "chain unreachable: …; <their reason>".
-Before registration is known (or with the device down) an unreachable chain is simply ``boot_gate``.
+Before registration is known (or with the device down) an unreachable chain is simply ``boot_gate``. A read
+on which the JSON-RPC providers did not agree (``chain_quorum``) counts as an unreadable chain, and its
+named reason (``rpc_disagreement: …``, ``rpc_quorum_unavailable: …``) replaces "chain unreachable: …".
 
 Transitions (``TRANSITIONS``): any single forward step; forward skips out of ``boot_gate`` (a restart
 whose identity, device and CSK carried over, or a chain that came back) and out of ``register`` (the pass
@@ -77,6 +80,9 @@ class Facts:
     chain_error: str = ""
     chain_id_ok: bool = True  # False: reachable, but not the configured chain (or no cluster contract)
     chain_mismatch: str = ""  # the whole reason when ``chain_id_ok`` is False ("chain id mismatch: …")
+    chain_quorum: str = (
+        ""  # with ``chain_ok`` False: the providers answered but no quorum agreed ("rpc_…: …")
+    )
     boot_allowed: bool | None  # None: not known yet
     boot_reason: str = ""
     lost_state: bool = False  # terminal: on-chain keys differ from the derived ones
@@ -122,7 +128,7 @@ def next_phase(facts: Facts) -> tuple[Phase, str]:
     """Compute the phase and its reason from the facts; the reason is "" exactly when healthy."""
     if not facts.agent_ok:
         return Phase.BOOT_GATE, _detail("guest agent unreachable", facts.agent_error, "no answer")
-    chain_reason = _detail("chain unreachable", facts.chain_error, "no answer")
+    chain_reason = facts.chain_quorum or _detail("chain unreachable", facts.chain_error, "no answer")
     degraded = not facts.chain_ok
     if degraded and not (facts.registered and facts.device_up):
         return Phase.BOOT_GATE, chain_reason

@@ -2,7 +2,8 @@
 
 Owns: ``NodeStatus`` (one immutable snapshot, replaced as a whole by the drivers), the public views
 ``PeerView`` and ``SelfView``, and their JSON forms — ``healthz_body`` is exactly the ``/healthz`` shape
-of DESIGN §4 plus ``chain`` (so an unreachable chain is named) and ``peers.excluded`` (the member records
+of DESIGN §4 plus ``chain`` (so an unreachable chain, or JSON-RPC providers that disagree, are named,
+and ``write_held``: why the last transaction was not sent) and ``peers.excluded`` (the member records
 kept off the device, with reasons; at most ``MAX_EXCLUDED_LISTED``, ``peers.excluded_count`` all). A
 value not known yet is JSON ``null``, never a placeholder such as a zero address.
 
@@ -71,6 +72,15 @@ class NodeStatus:
     chain_reachable: bool | None = None
     chain_error: str | None = None
     chain_write_held: str | None = None  # why the last transaction was not sent (``fee_cap: …``)
+    # the JSON-RPC providers, by index in ATTESTMESH_RPC_URLS (never a URL): how many, the quorum, who
+    # answered the last snapshot read, who agreed with the accepted (or largest) answer, who did not, and the
+    # named reason when no quorum agreed (``rpc_disagreement``, ``rpc_quorum_unavailable``)
+    rpc_providers: int = 1
+    rpc_quorum: int = 1
+    rpc_up: tuple[int, ...] = ()
+    rpc_agreeing: tuple[int, ...] = ()
+    rpc_dissenting: tuple[int, ...] = ()
+    rpc_reason: str | None = None
 
     def __post_init__(self) -> None:
         if self.phase not in PHASES:
@@ -129,6 +139,14 @@ def healthz_body(status: NodeStatus) -> dict[str, object]:
             "reachable": status.chain_reachable,
             "error": status.chain_error,
             "write_held": status.chain_write_held,
+            "rpc": {
+                "providers": status.rpc_providers,
+                "quorum": status.rpc_quorum,
+                "up": list(status.rpc_up),
+                "agreeing": list(status.rpc_agreeing),
+                "dissenting": list(status.rpc_dissenting),
+                "reason": status.rpc_reason,
+            },
         },
         "membership_digest": status.membership_digest,
         "version": status.version,

@@ -240,9 +240,21 @@ class Controller:
             membership_digest=str(membership_digest(m.member_id for m in snap.members)) if snap else None,
             version=__version__,
             chain_reachable=facts.chain_ok,
-            chain_error=facts.chain_error or facts.chain_mismatch,
+            chain_error=facts.chain_quorum or facts.chain_error or facts.chain_mismatch,
             chain_write_held=self.steps.chain.chain.write_held,
+            **self._rpc_fields(),
         )
+
+    def _rpc_fields(self) -> dict[str, Any]:
+        rpc = self.steps.chain.chain.rpc
+        return {
+            "rpc_providers": rpc.providers,
+            "rpc_quorum": rpc.quorum,
+            "rpc_up": rpc.up,
+            "rpc_agreeing": rpc.agreeing,
+            "rpc_dissenting": rpc.dissenting,
+            "rpc_reason": rpc.reason or None,
+        }
 
     def _events_fields(self) -> dict[str, Any]:
         source, head = self.events, self.state.head

@@ -130,6 +130,7 @@ class CskKeeper:
         self.gate = CskGate(freshness_ms=freshness_ms)
         self.held = CskHeld()
         self._rederive_mismatch_logged: Bytes32 | None = None  # log that once per commitment
+        self._committed_block: int | None = None  # where our commitment landed, until a snapshot shows it
 
     # --- the reconcile step --------------------------------------------------------------------------
 
@@ -185,6 +186,11 @@ class CskKeeper:
             if not is_originator:
                 self.held.error = "waiting for the originator to commit the cluster shared key"
                 return
+            if self._committed_block is not None and snap.block < self._committed_block:
+                # committed, not confirmed yet: never send it twice (a snapshot at or past that block without
+                # it means a reorg dropped it, and the same derived key is committed again)
+                self.held.error = "waiting for the commitment to be confirmed"
+                return
             await self._commit(ident, mine)
             return
         if is_originator:
@@ -210,13 +216,13 @@ class CskKeeper:
         key = cskcore.csk_from_key(await derive_csk_key(self.agent, ident.scope))
         digest = cskcore.commitment(key)
         try:
-            await self.chain.commit_csk(ident, digest)
+            self._committed_block = await self.chain.commit_csk(ident, digest)
         except ChainError as exc:
             self.held.error = f"committing the cluster shared key failed: {exc}"
             warn_limited(self.repeats, "csk.commit_failed", str(exc), self.clock.monotonic())
             return
         self.repeats.succeeded("csk.commit_failed")
-        log.info("csk.committed", commitment=str(digest))
+        log.info("csk.committed", commitment=str(digest), block=self._committed_block)
         self.hold(ident, mine.member_id, key, digest, "derived")
 
     # --- hold and cache --------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from sidecar.core.outcome import FactsPart, Failure, Outcome, stop
 from sidecar.core.repeats import Repeats
 from sidecar.core.snapshot import Snapshot
 from sidecar.drivers.anchors import AnchorGate
-from sidecar.drivers.chainlink import ClusterChain
+from sidecar.drivers.chainlink import ClusterChain, QuorumNotReached
 from sidecar.drivers.identity import KeySource, NodeIdentity, derive_keys
 from sidecar.dstack.agent import GuestAgentError
 from sidecar.observability import Metrics
@@ -95,27 +95,58 @@ class ChainStep:
         self.metrics = metrics
         self._failing = False
         self._mismatch = ""
+        self._quorum = ""
 
     async def run(self, identity: NodeIdentity) -> tuple[Outcome, tuple[int, Snapshot] | None]:
         try:
             head, snap = await self.chain.read(identity)
+        except QuorumNotReached as exc:
+            return self._disputed(exc), None
         except ChainError as exc:
             return await self._failed(exc), None
         if self._failing:
             log.info("chain.recovered", head=head)
-        self._failing, self._mismatch = False, ""
+        self._failing, self._mismatch, self._quorum = False, "", ""
         verdict = snap.verdict
         facts: FactsPart = {
             "chain_ok": True,
             "chain_error": "",
             "chain_id_ok": True,
             "chain_mismatch": "",
+            "chain_quorum": "",
             "boot_allowed": verdict.allowed,
             "boot_reason": verdict.reason,
         }
         return Outcome(facts), (head, snap)
 
+    def _disputed(self, exc: QuorumNotReached) -> Outcome:
+        """The providers answered, but no quorum agreed on one snapshot: nothing may change this pass (the
+        controller keeps the last good snapshot); the named reason goes to /healthz."""
+        self.metrics.chain_errors.labels(kind="transient").inc()
+        verdict = exc.verdict
+        reason = f"{verdict.reason}: {verdict.detail}"
+        who = f"{verdict.reason} {verdict.agreeing} {verdict.dissenting} {verdict.failed}"
+        if who != self._quorum:  # said once per distinct split of the providers, not on every pass
+            log.warning(
+                "chain.quorum_missed",
+                reason=verdict.reason,
+                agreeing=list(verdict.agreeing),
+                dissenting=list(verdict.dissenting),
+                failed=list(verdict.failed),
+                detail=verdict.detail,
+            )
+        self._failing, self._mismatch, self._quorum = True, "", who
+        facts: FactsPart = {
+            "chain_ok": False,
+            "chain_error": verdict.reason,
+            "chain_id_ok": True,
+            "chain_mismatch": "",
+            "chain_quorum": reason,
+        }
+        return stop(facts, "transient")
+
     async def _failed(self, exc: ChainError) -> Outcome:
+        self._quorum = ""
         self.metrics.chain_errors.labels(kind="transient" if exc.transient else "terminal").inc()
         failure: Failure = "transient" if exc.transient else "terminal"
         if not exc.transient:
@@ -126,7 +157,13 @@ class ChainStep:
                 log.warning("chain.mismatched", reason=mismatch)
             self._failing, self._mismatch = True, mismatch
             return stop(
-                {"chain_ok": True, "chain_error": "", "chain_id_ok": False, "chain_mismatch": mismatch},
+                {
+                    "chain_ok": True,
+                    "chain_error": "",
+                    "chain_id_ok": False,
+                    "chain_mismatch": mismatch,
+                    "chain_quorum": "",
+                },
                 failure,
             )
         error = str(exc) or type(exc).__name__
@@ -134,7 +171,14 @@ class ChainStep:
             log.warning("chain.unreachable", error=error, transient=exc.transient)
         self._failing, self._mismatch = True, ""
         return stop(
-            {"chain_ok": False, "chain_error": error, "chain_id_ok": True, "chain_mismatch": ""}, failure
+            {
+                "chain_ok": False,
+                "chain_error": error,
+                "chain_id_ok": True,
+                "chain_mismatch": "",
+                "chain_quorum": "",
+            },
+            failure,
         )
 
     async def _explain_mismatch(self, exc: ChainError) -> str:

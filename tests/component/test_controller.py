@@ -151,6 +151,8 @@ def node_env(*, rpc_url: str, cluster: Address, root: Path, **overrides: str) ->
     """A complete, valid sidecar environment whose files all live under ``root``."""
     env = {
         "ATTESTMESH_RPC_URL": rpc_url,
+        "ATTESTMESH_RPC_ALLOW_HTTP": "true",
+        "ATTESTMESH_CONFIRMATIONS": "0",  # these tests are not about confirmations (see test_quorum.py)
         "ATTESTMESH_CHAIN_ID": str(CHAIN_ID),
         "ATTESTMESH_CLUSTER": str(cluster),
         "ATTESTMESH_MEMBER_APP_FACTORY": str(FACTORY),
@@ -1037,7 +1039,7 @@ async def test_invalid_environment_exits_2_listing_every_problem() -> None:
     problems = [line.strip()[2:] for line in text.splitlines() if line.startswith("  - ")]
     expected = [
         "ATTESTMESH_FOO is not a known AttestMesh variable",
-        "ATTESTMESH_RPC_URL is required but not set",
+        "ATTESTMESH_RPC_URLS (or ATTESTMESH_RPC_URL) is required but not set",
         "ATTESTMESH_MEMBER_APP_FACTORY is required but not set",
         "ATTESTMESH_KMS_ROOTS is required but not set",
         "ATTESTMESH_CHAIN_ID='thirty-one' must be a whole number",

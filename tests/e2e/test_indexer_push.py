@@ -304,7 +304,9 @@ def test_indexer_outage_falls_back_to_polling_and_push_resumes_from_each_cursor(
         opened = [s for s in sessions if s["member_id"].lower() == member]
         assert opened, f"{name} did not resubscribe"
         assert opened[0]["replay"] is False  # the hello carried a cursor...
-        assert opened[0]["start_block"] == resumed[name][0] >= joined[0]  # ...the one polling advanced
+        # ...the one polling advanced (the lab mines a block a second, so polling may move it on between
+        # reading it here and the hello: never back, never short of node-4's registration)
+        assert opened[0]["start_block"] >= resumed[name][0] >= joined[0]
 
     lab.run("node", "add", "node-5")
     fifth = nodes(lab)["node-5"]

@@ -38,6 +38,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 T = TypeVar("T")
 POLL_INTERVAL = 1.0  # the devnet's ATTESTMESH_POLL_INTERVAL
+CONFIRMATION_WAIT = 2.0  # the sidecars' default two confirmations at the devnet's one block a second
 HEARTBEAT_PORT = 51821
 PEER_API_PORT = 51822
 
@@ -150,10 +151,14 @@ def test_fourth_node_is_configured_within_one_poll_and_becomes_healthy(lab: LabC
         "node-4's registration",
         interval=0.05,
     )
-    # Within one poll interval plus one block (automine: the block is immediate), plus the pass itself.
+    # Within the confirmations (two blocks; the lab mines one a second), one poll interval and the pass.
     for node in found.values():
-        wait_until(lambda n=node: new_key in n.device_peers(), POLL_INTERVAL + 1.5, f"{node.name} has node-4")
-    assert time.monotonic() - registered < POLL_INTERVAL + 2.5
+        wait_until(
+            lambda n=node: new_key in n.device_peers(),
+            CONFIRMATION_WAIT + POLL_INTERVAL + 1.5,
+            f"{node.name} has node-4",
+        )
+    assert time.monotonic() - registered < CONFIRMATION_WAIT + POLL_INTERVAL + 2.5
     wait_until(newcomer.healthy, 30, "node-4 healthy")
     assert newcomer.healthz()["csk"]["source"] == "peer"
     served = sum(node.counter("attestmesh_csk_requests_served_total") for node in found.values())
@@ -231,9 +236,11 @@ def test_removed_member_leaves_every_device_within_one_poll(lab: LabCli) -> None
     for name in ("node-1", "node-2"):
         node = found[name]
         wait_until(
-            lambda n=node: gone_key not in n.device_peers(), POLL_INTERVAL + 1.5, f"{name} drops node-3"
+            lambda n=node: gone_key not in n.device_peers(),
+            CONFIRMATION_WAIT + POLL_INTERVAL + 1.5,
+            f"{name} drops node-3",
         )
-    assert time.monotonic() - removed_at < POLL_INTERVAL + 2.5
+    assert time.monotonic() - removed_at < CONFIRMATION_WAIT + POLL_INTERVAL + 2.5
     body = wait_until(
         lambda: (b := found["node-3"].healthz()) and not b["healthy"] and b, 10, "node-3 reports its eviction"
     )
@@ -267,7 +274,11 @@ def test_changed_endpoint_is_applied_by_every_peer(lab: LabCli) -> None:
     # node-3 is powered off, so its own sidecar does not restore its endpoint while we watch node-1.
     lab.run("node", "stop", "node-3")
     chain(lab, move)  # as node-3's own signer (the devnet KMS seed is public)
-    wait_until(lambda: endpoint_on_node1() == moved, POLL_INTERVAL + 2, "node-1 applies the new endpoint")
+    wait_until(
+        lambda: endpoint_on_node1() == moved,
+        CONFIRMATION_WAIT + POLL_INTERVAL + 2,
+        "node-1 applies the new endpoint",
+    )
     # Back up, node-3's sidecar sets the on-chain endpoint to its configuration again; every peer follows.
     lab.run("node", "start", "node-3")
     wait_until(lambda: endpoint_on_node1() == original, 30, "node-3 restores its endpoint")

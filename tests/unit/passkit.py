@@ -28,6 +28,7 @@ from sidecar.core.liveness import Liveness
 from sidecar.core.memberproof import MemberProof, ProofRejected, parse_proof, verify_member_proof
 from sidecar.core.model import BootVerdict, MemberRecord, MeshCidr, member_id_for
 from sidecar.core.peerplan import ActualPeer, PeerPlan, WgKey
+from sidecar.core.quorum import RpcView
 from sidecar.core.snapshot import Snapshot
 from sidecar.drivers.chainlink import Registered
 from sidecar.drivers.identity import NodeIdentity
@@ -128,6 +129,7 @@ class FakeChain:
     register_fail: ChainError | None = None
     endpoint_fail: ChainError | None = None
     registrations: int = 0
+    commits: int = 0
     endpoint_updates: int = 0
     held: str | None = None
 
@@ -171,8 +173,14 @@ class FakeChain:
             for m in self.members
         ]  # fmt: skip
 
-    async def commit_csk(self, identity: NodeIdentity, commitment: Bytes32) -> None:
+    async def commit_csk(self, identity: NodeIdentity, commitment: Bytes32) -> int:
+        self.commits += 1
         self.commitment = commitment
+        return self.head
+
+    @property
+    def rpc(self) -> RpcView:
+        return RpcView()
 
     async def member_app_salt(self, app_id: Address) -> Bytes32:
         if self.fail is not None:
@@ -288,6 +296,7 @@ def world(state_dir: Path, chain: FakeChain | None = None, *, unset: tuple[str, 
     requires them, so they are cleared after parsing: a node built from settings made in code)."""
     env = {
         "ATTESTMESH_RPC_URL": "http://127.0.0.1:8545",
+        "ATTESTMESH_RPC_ALLOW_HTTP": "true",
         "ATTESTMESH_CHAIN_ID": str(CHAIN_ID),
         "ATTESTMESH_CLUSTER": str(CLUSTER),
         "ATTESTMESH_MEMBER_APP_FACTORY": str(FACTORY),

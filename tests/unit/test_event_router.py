@@ -130,6 +130,7 @@ def test_the_daemon_runs_the_router_and_subscribes_only_with_a_registry(
 ) -> None:
     env = {
         "ATTESTMESH_RPC_URL": "http://127.0.0.1:8545",
+        "ATTESTMESH_RPC_ALLOW_HTTP": "true",
         "ATTESTMESH_CHAIN_ID": "31337",
         "ATTESTMESH_CLUSTER": "0x" + "cd" * 20,
         "ATTESTMESH_MEMBER_APP_FACTORY": "0x" + "fa" * 20,

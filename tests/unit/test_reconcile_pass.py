@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from dataclasses import replace
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from sidecar.core.model import BootVerdict, MemberRecord, MeshCidr
 from sidecar.core.outcome import fold
 from sidecar.core.peerplan import WgKey
 from sidecar.core.phases import next_phase
-from sidecar.drivers.chainlink import ClusterChain
+from sidecar.core.quorum import ProviderAnswer, agree
+from sidecar.drivers.chainlink import ClusterChain, QuorumNotReached
 from sidecar.drivers.clock import Clock
 from sidecar.drivers.csk import CskFetcher
 from sidecar.drivers.identity import KeySource
@@ -226,6 +228,30 @@ async def test_mesh_step_device_out_of_sync(tmp_path: Path) -> None:
     assert await w.pass_once() == ("mesh", "device out of sync with chain")
 
 
+async def test_the_originator_commits_once_and_waits_for_the_commitment_to_be_confirmed(
+    tmp_path: Path,
+) -> None:
+    w = world(tmp_path)  # alone: it becomes index 0
+    await w.pass_once()  # registers
+    await w.pass_once()  # commits
+    assert w.chain.commits == 1
+    committed_at = w.chain.head
+    w.chain.commitment, w.chain.head = (
+        None,
+        committed_at - 1,
+    )  # the confirmed snapshot predates the commitment
+    for _ in range(3):
+        assert await w.pass_once() == (
+            "csk_acquire",
+            "waiting for the cluster shared key: waiting for the commitment to be confirmed",
+        )
+    assert w.chain.commits == 1  # never sent twice
+    w.chain.head = committed_at  # a confirmed snapshot at its block without it: a reorg dropped it
+    await w.pass_once()
+    assert w.chain.commits == 2 and w.chain.commitment is not None  # the same derived key, committed again
+    assert await w.pass_once() == ("healthy", "")
+
+
 async def test_csk_step_waiting_for_the_originator(tmp_path: Path) -> None:
     chain = FakeChain()
     peer = with_peer(chain, committed=False)
@@ -322,6 +348,30 @@ async def test_degraded_an_unreachable_chain_keeps_the_mesh_and_names_the_chain(
     w.liveness.expire(w.clock.monotonic())
     assert await w.pass_once() == ("mesh", "chain unreachable: refused; no live peer")
     w.chain.fail = None
+    w.hear(peer)
+    assert await w.pass_once() == ("healthy", "")
+
+
+async def test_providers_that_disagree_change_nothing_and_are_named(tmp_path: Path) -> None:
+    w, peer = await healthy(tmp_path)
+    device_before, snapshot_before = dict(w.device.peers), w.node.state.snapshot
+    fake = other_member(9, w.chain.mesh)  # what the lying provider adds
+    assert snapshot_before is not None
+    honest = ProviderAnswer(0, 10, Bytes32(b"\x0a" * 32), snapshot_before)
+    lying = ProviderAnswer(
+        1, 10, Bytes32(b"\x0a" * 32), replace(snapshot_before, members=(*snapshot_before.members, fake))
+    )
+    w.chain.fail = QuorumNotReached(agree([honest, lying], [], providers=2, quorum=2))
+    w.chain.members.append(fake)  # were it read, the fake member would become a peer
+    phase, reason = await w.pass_once()
+    assert phase == "mesh"
+    assert reason.startswith("rpc_disagreement: provider 1 disagrees with provider 0: membership digest 0x")
+    assert w.device.peers == device_before and w.node.state.snapshot is snapshot_before  # nothing changed
+    status = w.node.controller.status
+    assert not status.healthy and status.chain_error == reason and status.chain_reachable is False
+    assert w.metrics.registry.get_sample_value("attestmesh_chain_errors_total", {"kind": "transient"}) == 1.0
+    w.chain.fail = None
+    w.chain.members.remove(fake)
     w.hear(peer)
     assert await w.pass_once() == ("healthy", "")
 

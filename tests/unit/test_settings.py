@@ -28,6 +28,7 @@ from sidecar.settings import (
 CLUSTER_HEX = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"  # the EIP-55 reference vector
 REQUIRED = {
     "ATTESTMESH_RPC_URL": "http://127.0.0.1:8545",
+    "ATTESTMESH_RPC_ALLOW_HTTP": "true",
     "ATTESTMESH_CHAIN_ID": "31337",
     "ATTESTMESH_CLUSTER": CLUSTER_HEX,
     "ATTESTMESH_MEMBER_APP_FACTORY": "0x" + "fa" * 20,
@@ -49,10 +50,15 @@ def problems(**overrides: str) -> list[str]:
 def test_defaults() -> None:
     s = load()
     assert s.chain.rpc_url == "http://127.0.0.1:8545"
+    assert (s.chain.rpc_urls, s.chain.rpc_quorum, s.chain.rpc_allow_http) == (
+        ("http://127.0.0.1:8545",),
+        1,
+        True,
+    )
     assert s.chain.chain_id == 31337
     assert s.chain.cluster == Address.from_hex(CLUSTER_HEX)
     assert s.chain.indexer_registry is None
-    assert s.chain.confirmations == 0
+    assert s.chain.confirmations == 2
     assert s.chain.poll_interval == 2.0
     assert s.chain.resync_interval == 30.0
     assert s.chain.max_log_range == 2000
@@ -130,7 +136,7 @@ def test_every_variable_is_overridable() -> None:
 
 def test_blank_values_count_as_unset() -> None:
     s = load(CONFIRMATIONS="", INDEXER_REGISTRY="  ", LOG_LEVEL="")
-    assert s.chain.confirmations == 0
+    assert s.chain.confirmations == 2
     assert s.chain.indexer_registry is None
     assert s.log_level is LogLevel.INFO
     found = problems(CHAIN_ID=" ")
@@ -141,10 +147,11 @@ def test_missing_required_all_reported() -> None:
     with pytest.raises(SettingsError) as info:
         load_settings({})
     found = info.value.problems
-    required = ("RPC_URL", "CHAIN_ID", "CLUSTER", "MEMBER_APP_FACTORY", "KMS_ROOTS")
-    assert sorted(found[:5]) == sorted(f"ATTESTMESH_{name} is required but not set" for name in required)
+    required = ("CHAIN_ID", "CLUSTER", "MEMBER_APP_FACTORY", "KMS_ROOTS")
+    assert sorted(found[:4]) == sorted(f"ATTESTMESH_{name} is required but not set" for name in required)
     assert len(found) == 6
-    assert found[5].startswith("ATTESTMESH_ENDPOINT or ATTESTMESH_GATEWAY_DOMAIN must be set")
+    assert found[4].startswith("ATTESTMESH_ENDPOINT or ATTESTMESH_GATEWAY_DOMAIN must be set")
+    assert found[5] == "ATTESTMESH_RPC_URLS (or ATTESTMESH_RPC_URL) is required but not set"
     assert "ATTESTMESH_RPC_URL" in str(info.value)
 
 
@@ -345,7 +352,7 @@ def test_non_secret_values_are_echoed_truncated() -> None:
 
 
 def test_variable_table_matches_known_names_and_docs() -> None:
-    assert len(KNOWN_NAMES) == len(VARIABLES) == 38
+    assert len(KNOWN_NAMES) == len(VARIABLES) == 41
     docs = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
     for variable in VARIABLES:
         assert f"`{variable.name}`" in docs, variable.name
@@ -438,3 +445,49 @@ def test_fee_caps_are_gwei_decimals_in_wei_and_the_tip_cap_fits_under_the_fee_ca
     assert any(p.startswith("ATTESTMESH_MAX_PRIORITY_FEE_GWEI") and "greater than 0" in p for p in found)
     assert any("must not exceed" in p for p in problems(MAX_FEE_GWEI="1", MAX_PRIORITY_FEE_GWEI="2"))
     assert problems(MAX_FEE_GWEI="0.0000000001")  # a tenth of a wei: more than 9 decimals
+
+
+def providers(**overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in REQUIRED.items() if k not in ("ATTESTMESH_RPC_URL", "ATTESTMESH_RPC_ALLOW_HTTP")}
+    return {**env, **{f"ATTESTMESH_{k}": v for k, v in overrides.items()}}
+
+
+def test_several_providers_with_a_majority_quorum_by_default() -> None:
+    urls = ("https://a.example/v2/k1", "https://b.example/k2", "https://c.example")
+    for count, quorum in ((1, 1), (2, 2), (3, 2)):
+        s = load_settings(providers(RPC_URLS=" , ".join(urls[:count]).replace(" , ", ",")))
+        assert (s.chain.rpc_urls, s.chain.rpc_quorum, s.chain.rpc_allow_http) == (urls[:count], quorum, False)
+        assert s.chain.rpc_url == urls[0]
+    s = load_settings(providers(RPC_URLS=",".join(urls), RPC_QUORUM="3"))
+    assert s.chain.rpc_quorum == 3
+    s = load_settings(providers(RPC_URL=urls[1]))  # the legacy single-provider form
+    assert (s.chain.rpc_urls, s.chain.rpc_quorum) == ((urls[1],), 1)
+
+
+def test_provider_problems_are_all_named_and_no_url_is_echoed() -> None:
+    key = "sk-live-secret-123"
+    cases = [
+        (providers(RPC_URLS=f"https://a/{key},https://b/{key}", RPC_URL=f"https://a/{key}"), "are both set"),
+        (providers(RPC_URLS=f"https://a/{key},https://b/{key}", RPC_QUORUM="3"), "RPC_QUORUM=3 is more than"),
+        (providers(RPC_URLS=f"https://a/{key},https://a/{key}"), "item 2 repeats item 1"),
+        (providers(RPC_URLS=f"https://a/{key},,https://b"), "item 2 is empty"),
+        (providers(RPC_URLS=f"https://a/{key},ws://b/{key}"), "item 2 must be an http:// or https:// URL"),
+        (providers(RPC_URLS=f"https://a/{key},http://b/{key}"), "ATTESTMESH_RPC_URLS item 2 is not https://"),
+        (providers(RPC_URL=f"http://a/{key}"), "ATTESTMESH_RPC_URL is not https://"),
+        (providers(RPC_URLS="https://a", RPC_ALLOW_HTTP="perhaps"), "RPC_ALLOW_HTTP='perhaps' must be true"),
+        (providers(RPC_URLS="https://a", RPC_QUORUM="0"), "RPC_QUORUM='0' must be at least 1"),
+        (providers(), "ATTESTMESH_RPC_URLS (or ATTESTMESH_RPC_URL) is required"),
+    ]
+    for env, expected in cases:
+        with pytest.raises(SettingsError) as info:
+            load_settings(env)
+        text = "\n".join(info.value.problems)
+        assert expected in text, (expected, text)
+        assert key not in text and "a/" not in text
+
+
+def test_http_providers_need_the_explicit_opt_out() -> None:
+    env = providers(RPC_URLS="https://a.example,http://10.0.0.2:8545", RPC_ALLOW_HTTP="true")
+    s = load_settings(env)
+    assert (s.chain.rpc_allow_http, s.chain.rpc_quorum) == (True, 2)
+    assert "10.0.0.2" not in repr(s) and "a.example" not in repr(s)

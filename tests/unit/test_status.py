@@ -55,7 +55,12 @@ def test_initial_body_is_exactly_the_design_shape_with_nulls() -> None:
             "rejected_pushes": 0,
             "rejected_by_reason": {},
         },
-        "chain": {"reachable": None, "error": None, "write_held": None},
+        "chain": {
+            "reachable": None,
+            "error": None,
+            "write_held": None,
+            "rpc": {"providers": 1, "quorum": 1, "up": [], "agreeing": [], "dissenting": [], "reason": None},
+        },
         "membership_digest": None,
         "version": "1.2.3",
     }
@@ -138,6 +143,7 @@ def test_registered_healthy_body_carries_every_value() -> None:
         "reachable": True,
         "error": None,
         "write_held": "fee_cap: base fee 50 gwei + tip 2 gwei per gas exceeds the cap of 10 gwei",
+        "rpc": {"providers": 1, "quorum": 1, "up": [], "agreeing": [], "dissenting": [], "reason": None},
     }
     assert (body["phase"], body["healthy"], body["reason"]) == ("healthy", True, None)
 
@@ -153,6 +159,35 @@ def test_unreachable_chain_is_named() -> None:
         "reachable": False,
         "error": "connection refused",
         "write_held": None,
+        "rpc": {"providers": 1, "quorum": 1, "up": [], "agreeing": [], "dissenting": [], "reason": None},
+    }
+
+
+def test_disagreeing_providers_are_named_by_index() -> None:
+    status = dataclasses.replace(
+        NodeStatus.initial("v"),
+        chain_reachable=False,
+        chain_error="rpc_disagreement: provider 1 disagrees with provider 0: membership digest …",
+        rpc_providers=2,
+        rpc_quorum=2,
+        rpc_up=(0, 1),
+        rpc_agreeing=(0,),
+        rpc_dissenting=(1,),
+        rpc_reason="rpc_disagreement",
+    )
+    chain = healthz_body(status)["chain"]
+    assert chain == {
+        "reachable": False,
+        "error": "rpc_disagreement: provider 1 disagrees with provider 0: membership digest …",
+        "write_held": None,
+        "rpc": {
+            "providers": 2,
+            "quorum": 2,
+            "up": [0, 1],
+            "agreeing": [0],
+            "dissenting": [1],
+            "reason": "rpc_disagreement",
+        },
     }
 
 
