@@ -134,10 +134,13 @@ class IndexerRecord:
 
 @dataclass(frozen=True, slots=True)
 class ClusterConfig:
-    """A new cluster's initial configuration (``IClusterFactory.ClusterConfig``)."""
+    """A new cluster's initial configuration (``IClusterFactory.ClusterConfig``). ``member_app_factory`` is
+    the ClusterMemberAppFactory whose apps for this cluster may be approved (fixed for the cluster's life);
+    every ``allowed_app_ids`` entry must be one of them, deployed before the cluster at its predicted address."""
 
     owner: Address
     mesh_cidr: MeshCidr
+    member_app_factory: Address
     kms_roots: tuple[Address, ...] = ()
     compose_hashes: tuple[Bytes32, ...] = ()
     device_ids: tuple[Bytes32, ...] = ()

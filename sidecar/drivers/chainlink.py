@@ -45,7 +45,7 @@ class ClusterChain(Protocol):
 
     async def set_endpoint(self, identity: NodeIdentity, endpoint: str) -> None: ...
 
-    async def commit_csk(self, identity: NodeIdentity, commitment: Bytes32) -> None: ...
+    async def commit_csk(self, identity: NodeIdentity, epoch: int, commitment: Bytes32) -> None: ...
 
     async def reset(self) -> None: ...
 
@@ -91,9 +91,10 @@ class ChainLink:
         cluster = await self._cluster()
         verdict = await cluster.is_app_allowed(identity.boot_info(), block=block)
         members = tuple(await cluster.members(block=block))
-        commitment = await cluster.csk_commitment(block=block)
+        epoch = await cluster.csk_epoch(block=block)
+        commitment = await cluster.csk_commitment_of(epoch, block=block)
         mesh = await cluster.mesh_cidr(block=block)
-        return head, Snapshot(block, verdict, members, commitment, mesh)
+        return head, Snapshot(block, verdict, members, commitment, mesh, epoch)
 
     async def has_contract(self) -> bool:
         return bool(await (await self._connection()).get_code(self.settings.cluster))
@@ -106,8 +107,10 @@ class ChainLink:
     async def set_endpoint(self, identity: NodeIdentity, endpoint: str) -> None:
         await (await self._cluster(identity)).set_endpoint(endpoint)
 
-    async def commit_csk(self, identity: NodeIdentity, commitment: Bytes32) -> None:
-        await (await self._cluster(identity)).set_csk_commitment(commitment)
+    async def commit_csk(self, identity: NodeIdentity, epoch: int, commitment: Bytes32) -> None:
+        """Commit ``commitment`` for ``epoch``: the epoch the snapshot read, so that a rotation after the read
+        makes the transaction revert (``WrongEpoch``) instead of landing the key in the rotated epoch."""
+        await (await self._cluster(identity)).set_csk_commitment(epoch, commitment)
 
     async def reset(self) -> None:
         """Drop the connection (after a terminal error the next pass reconnects)."""

@@ -135,7 +135,7 @@ class CskKeeper:
             if not is_originator:
                 self.held.error = "waiting for the originator to commit the cluster shared key"
                 return
-            await self._commit(ident, mine)
+            await self._commit(ident, mine, snap.csk_epoch)
             return
         if is_originator:
             # The originator's key is deterministic: re-derive and verify rather than trust a cache.
@@ -156,11 +156,11 @@ class CskKeeper:
             return
         await self.pull(ident, snap, mine, commitment)
 
-    async def _commit(self, ident: NodeIdentity, mine: MemberRecord) -> None:
+    async def _commit(self, ident: NodeIdentity, mine: MemberRecord, epoch: int) -> None:
         key = cskcore.csk_from_key(await derive_csk_key(self.agent))
         digest = cskcore.commitment(key)
         try:
-            await self.chain.commit_csk(ident, digest)
+            await self.chain.commit_csk(ident, epoch, digest)
         except ChainError as exc:
             self.held.error = f"committing the cluster shared key failed: {exc}"
             warn_limited(self.repeats, "csk.commit_failed", str(exc), self.clock.monotonic())

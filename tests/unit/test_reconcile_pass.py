@@ -209,6 +209,14 @@ async def test_csk_step_no_peer_serves_the_key(tmp_path: Path) -> None:
     )
 
 
+async def test_the_originator_commits_for_the_epoch_it_read(tmp_path: Path) -> None:
+    chain = FakeChain(epoch=3)  # rotated twice before this node's first pass
+    w = world(tmp_path, chain)
+    await w.pass_once()  # registers: the first member, so the originator
+    await w.pass_once()  # derives and commits
+    assert chain.committed_epochs == [3]
+
+
 async def test_peers_no_live_peer(tmp_path: Path) -> None:
     chain = FakeChain()
     w = world(tmp_path, chain)
