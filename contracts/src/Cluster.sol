@@ -69,11 +69,12 @@ contract Cluster is ICluster, Ownable2Step {
         _meshPrefixLength = prefix;
 
         // Initial policy goes through the same paths as later admin calls so that an indexer replaying events
-        // from the deployment block reconstructs the full policy.
+        // from the deployment block reconstructs the full policy. App ids are not part of it: a member app's
+        // address depends on its cluster's, which would depend on the app ids in this config (CREATE2), so
+        // nodes are approved with addAllowedAppId once the cluster exists.
         for (uint256 i = 0; i < config.kmsRoots.length; ++i) _addKmsRoot(config.kmsRoots[i]);
         for (uint256 i = 0; i < config.composeHashes.length; ++i) _addComposeHash(config.composeHashes[i]);
         for (uint256 i = 0; i < config.deviceIds.length; ++i) _addDevice(config.deviceIds[i]);
-        for (uint256 i = 0; i < config.allowedAppIds.length; ++i) _addAllowedAppId(config.allowedAppIds[i]);
         _setAllowAnyDevice(config.allowAnyDevice);
         _setRequireTcbUpToDate(config.requireTcbUpToDate);
     }

@@ -313,7 +313,6 @@ class ClusterFactoryClient(ContractClient):
                 [a.checksum for a in config.kms_roots],
                 [h.raw for h in config.compose_hashes],
                 [d.raw for d in config.device_ids],
-                [a.checksum for a in config.allowed_app_ids],
                 config.allow_any_device,
                 config.require_tcb_up_to_date,
             ),

@@ -62,7 +62,7 @@ async def commit_csk(conn: ChainConnection, kms: DevnetKms, cluster: ClusterClie
     originator = (await cluster.members())[0]
     key, _ = get_key(kms, originator.app_id, KeyPath.SIGNER.path, KeyPath.SIGNER.purpose)
     submitter = TxSubmitter(conn, LocalSigner(key), receipt_timeout=20.0, poll_interval=0.05)
-    await cluster.with_submitter(submitter).set_csk_commitment(COMMITMENT)
+    await cluster.with_submitter(submitter).set_csk_commitment(1, COMMITMENT)
 
 
 # --- chain status ------------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ interface IClusterFactory {
         address[] kmsRoots;
         bytes32[] composeHashes;
         bytes32[] deviceIds;
-        address[] allowedAppIds; // each a member app of this cluster (deployed at its predicted address first)
         bool allowAnyDevice;
         bool requireTcbUpToDate;
     }
