@@ -59,6 +59,11 @@ class Member:
     member_id: MemberId
     identity: SecretBytes
     block: int
+    submitter: TxSubmitter  # sends as the member's signer
+
+    def client(self, conn: ChainConnection) -> ClusterClient:
+        """The member's cluster, written to as the member."""
+        return ClusterClient(conn, self.cluster, self.submitter)
 
 
 class Chain:
@@ -110,7 +115,7 @@ class Chain:
         receipt, member_id = await ClusterClient(self.conn, cluster, submitter).register(
             proof, keys, f"127.0.0.1:{52000 + n}"
         )
-        return Member(cluster, member_id, identity, receipt.block_number)
+        return Member(cluster, member_id, identity, receipt.block_number, submitter)
 
 
 @dataclass(frozen=True)
