@@ -114,9 +114,9 @@ def run_solc(sources: dict[str, str]) -> dict[str, Any]:
         "settings": SETTINGS,
     }
     # solcjs exits right after console.log, which can truncate a large document written to a pipe: write to a
-    # regular file instead (node writes files synchronously). The request goes in through a regular file too:
-    # solcjs reads stdin with one synchronous read loop, which fails with EAGAIN on a pipe whose writer has not
-    # caught up (a request larger than the pipe buffer, 64 KiB).
+    # regular file instead (node writes files synchronously). The request goes in through a regular file
+    # too: solcjs reads stdin in one synchronous loop, which fails with EAGAIN on a pipe whose writer has
+    # not caught up (a request larger than the pipe buffer, 64 KiB).
     with (
         tempfile.TemporaryFile(mode="w+", encoding="utf-8") as stdout,
         tempfile.TemporaryFile(mode="w+b") as stdin,
