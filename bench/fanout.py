@@ -6,7 +6,7 @@ its own process (``python -m indexer``) with its signing key from its own guest-
 one WebSocket client per member in this process, each with a hello signed by that member's identity key,
 verifying every push with ``PushVerifier`` and acking it, as the sidecar does.
 
-Measured, over ``ROUNDS`` rounds of one cluster event each (an owner ``addAllowedAppId`` transaction, which
+Measured, over ``ROUNDS`` rounds of one cluster event each (an owner ``addComposeHash`` transaction, which
 every member of the cluster is sent):
 
 - push latency, block seen → delivered: from the moment the indexer committed the block's logs (the
@@ -41,7 +41,7 @@ import aiohttp
 from eth_utils.crypto import keccak
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.reconcile import app_address, grow
+from bench.reconcile import grow
 from devnet import procs
 from devnet.anvil import DEVNET_DEPLOYER_KEY, AnvilProcess
 from devnet.compose import INDEXER_COMPOSE_BYTES
@@ -76,7 +76,6 @@ HANDSHAKES = SUBSCRIBERS  # hellos in flight at once: all of them, like every si
 INDEXER_POLL_INTERVAL = 0.5
 DEADLINE = 120.0
 INDEXER_APP = Address(keccak(b"attestmesh/bench/fanout/indexer")[:20])
-ROUND_APP_BASE = 1_000_000  # app ids allowlisted by the rounds: distinct from the members' app ids
 
 
 @dataclass
@@ -293,7 +292,8 @@ class Lab:
         """One cluster event per round, each awaited at every subscriber; block → wall-clock mined time."""
         mined: dict[int, float] = {}
         for r in range(ROUNDS):
-            receipt = await self.admin.add_allowed_app_id(app_address(ROUND_APP_BASE + r))
+            round_hash = Bytes32(keccak(b"attestmesh/bench/round" + r.to_bytes(4, "big")))
+            receipt = await self.admin.add_compose_hash(round_hash)
             mined[receipt.block_number] = time.time()
             block = receipt.block_number
 
@@ -311,12 +311,12 @@ def _check(clients: Sequence[Client]) -> None:
         raise RuntimeError(f"{len(failed)} subscribers failed, e.g. {failed[0]}")
 
 
-async def _members(lab: Lab, kms: DevnetKms, pool: ProcessPoolExecutor) -> list[Client]:
-    await grow(lab.rpc_url, lab.admin, lab.http, pool, range(SUBSCRIBERS))
+async def _members(lab: Lab, kms: DevnetKms, pool: ProcessPoolExecutor, factory: Address) -> list[Client]:
+    apps = await grow(lab.rpc_url, lab.admin, lab.http, pool, range(SUBSCRIBERS), factory=factory)
     by_identity = {m.identity_pub: m.member_id for m in await lab.admin.members()}
     clients = []
     for i in range(SUBSCRIBERS):
-        identity = derive_key(kms.app_key(app_address(i)), BENCH_KEYS.path(KeyPath.IDENTITY))
+        identity = derive_key(kms.app_key(apps[i]), BENCH_KEYS.path(KeyPath.IDENTITY))
         clients.append(Client(by_identity[Bytes32(ed25519_public_key(identity))], identity))
     return clients
 
@@ -353,7 +353,7 @@ async def measure() -> FanoutFigures:
             )
             admin = ClusterClient(conn, stack.cluster, owner)
             lab = Lab(work, http, anvil.rpc_url, anvil.chain_id, admin, stack.cluster)
-            clients = await _members(lab, kms, pool)
+            clients = await _members(lab, kms, pool, stack.member_app_factory)
             indexer = lab.start_indexer(stack.cluster_factory, stack.factory_block)
             await lab.wait_healthy(indexer)
             rss_idle, _ = _rss_kib(indexer.pid)

@@ -7,8 +7,8 @@ Each figure is the median of several samples, each sample the mean of a loop of 
 (``time.perf_counter``).
 
 Chain read: a fresh anvil on 127.0.0.1 (automine) with our stack, ``n`` members registered for real
-(pre-approved app ids — an app id only has to be allowlisted, it need not be a contract — signers funded
-with ``anvil_setBalance``, keys and signature chains from the devnet KMS, one app address per member), then
+(each app id a member app the factory deployed for the cluster, then pre-approved — the cluster accepts
+nothing else — signers funded with ``anvil_setBalance``, keys and signature chains from the devnet KMS), then
 one ``ClusterClient.members()`` call timed at 100 and at 1000 members, plus the size of the raw
 ``eth_call`` response and the gas that call costs (what an RPC provider's ``eth_call`` gas cap is checked
 against).
@@ -34,7 +34,7 @@ from eth_utils.crypto import keccak
 from devnet.anvil import DEVNET_DEPLOYER_KEY, AnvilProcess
 from devnet.deployment import deploy_stack
 from devnet.kms import DevnetKms, derive_key, get_key
-from sidecar.chain.contracts import ClusterClient
+from sidecar.chain.contracts import ClusterClient, MemberAppFactoryClient
 from sidecar.chain.rpc import connect
 from sidecar.chain.tx import LocalSigner, TxSubmitter
 from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
@@ -176,12 +176,13 @@ def worker_kms() -> DevnetKms:
     return DevnetKms()
 
 
-def app_address(i: int) -> Address:
-    return Address(keccak(b"attestmesh/bench/members/app" + i.to_bytes(4, "big"))[:20])
+def member_name(i: int) -> str:
+    """Member ``i``'s node name: its app id is the member-app factory's address for (cluster, name)."""
+    return f"bench-{i}"
 
 
-def _material(i: int) -> Material:
-    kms, app = worker_kms(), app_address(i)
+def _material(app: Address) -> Material:
+    kms = worker_kms()
     key, chain = get_key(kms, app, BENCH_KEYS.path(KeyPath.SIGNER), KeyPath.SIGNER.purpose)
     proof = build_proof(app, key, chain)
     # The other keys need no signature chain: the same derivation GetKey does, without the app signature.
@@ -221,20 +222,25 @@ async def grow(
     session: aiohttp.ClientSession,
     pool: ProcessPoolExecutor,
     members: range,
-) -> None:
-    """Register ``members`` (indexes): keys derived in ``pool`` while the owner allowlists the app ids
-    one by one; each signer is funded with ``anvil_setBalance`` and registers as soon as its app id is
-    allowed (``REGISTER_BATCH`` registrations in flight)."""
+    *,
+    factory: Address,
+) -> dict[int, Address]:
+    """Register ``members`` (indexes); return their app ids. Keys are derived in ``pool`` while the owner
+    deploys each member app (``factory``) and allowlists it, one by one; each signer is funded with
+    ``anvil_setBalance`` and registers as soon as its app id is allowed (``REGISTER_BATCH`` in flight)."""
     assert admin.submitter is not None
     conn = admin.submitter.connection
+    apps_factory = MemberAppFactoryClient(conn, factory, admin.submitter)
+    apps = {i: await apps_factory.predict(admin.address, member_name(i)) for i in members}
     loop = asyncio.get_running_loop()
-    materials = {i: loop.run_in_executor(pool, _material, i) for i in members}
+    materials = {i: loop.run_in_executor(pool, _material, apps[i]) for i in members}
     allowed = {i: asyncio.Event() for i in members}
     slots = asyncio.Semaphore(REGISTER_BATCH)
 
     async def allow_all() -> None:
         for i in members:
-            await admin.add_allowed_app_id(app_address(i))
+            await apps_factory.deploy(admin.address, member_name(i))
+            await admin.add_allowed_app_id(apps[i])
             allowed[i].set()
 
     async def register(i: int) -> None:
@@ -250,6 +256,7 @@ async def grow(
     finally:
         for future in materials.values():
             future.cancel()
+    return apps
 
 
 async def _measure_members(
@@ -303,7 +310,14 @@ async def chain_figures() -> list[MembersFigure]:
             registered = 0
             for n in CHAIN_SIZES:
                 t0 = time.perf_counter()
-                await grow(anvil.rpc_url, admin, session, pool, range(registered, n))
+                await grow(
+                    anvil.rpc_url,
+                    admin,
+                    session,
+                    pool,
+                    range(registered, n),
+                    factory=deployment.member_app_factory,
+                )
                 registered = n
                 setup = time.perf_counter() - t0
                 figures.append(await _measure_members(anvil.rpc_url, admin, session, n, setup))

@@ -115,11 +115,18 @@ def run_solc(sources: dict[str, str]) -> dict[str, Any]:
         "settings": SETTINGS,
     }
     # solcjs exits right after console.log, which can truncate a large document written to a pipe: write to a
-    # regular file instead (node writes files synchronously).
-    with tempfile.TemporaryFile(mode="w+", encoding="utf-8") as stdout:
+    # regular file instead (node writes files synchronously). The request goes in through a regular file
+    # too: solcjs reads stdin in one synchronous loop, which fails with EAGAIN on a pipe whose writer has
+    # not caught up (a request larger than the pipe buffer, 64 KiB).
+    with (
+        tempfile.TemporaryFile(mode="w+", encoding="utf-8") as stdout,
+        tempfile.TemporaryFile(mode="w+b") as stdin,
+    ):
+        stdin.write(json.dumps(request).encode("utf-8"))
+        stdin.seek(0)
         proc = subprocess.run(
             [str(SOLCJS), "--standard-json"],
-            input=json.dumps(request).encode("utf-8"),
+            stdin=stdin,
             stdout=stdout,
             stderr=subprocess.PIPE,
             check=False,

@@ -43,14 +43,14 @@ async def deploy_stack(
     *,
     kms_roots: Iterable[Address],
     compose_hashes: Iterable[Bytes32],
-    allowed_app_ids: Iterable[Address] = (),
     device_ids: Iterable[Bytes32] = (),
     allow_any_device: bool = True,
     require_tcb_up_to_date: bool = False,
     mesh_cidr: str | MeshCidr = DEFAULT_MESH_CIDR,
     salt: Bytes32 = DEFAULT_CLUSTER_SALT,
 ) -> Deployment:
-    """Deploy the factories, the indexer registry and one cluster owned by ``submitter``'s account."""
+    """Deploy the factories, the indexer registry and one cluster owned by ``submitter``'s account (its
+    member apps are the member-app factory's: approve each with ``deploy_member_app`` first)."""
     owner = submitter.address
     cluster_factory, factory_receipt = await deploy_contract(conn, submitter, "ClusterFactory")
     indexer_registry, _ = await deploy_contract(conn, submitter, "IndexerRegistry", owner.checksum)
@@ -58,10 +58,10 @@ async def deploy_stack(
     config = ClusterConfig(
         owner=owner,
         mesh_cidr=mesh_cidr if isinstance(mesh_cidr, MeshCidr) else MeshCidr.parse(mesh_cidr),
+        member_app_factory=member_app_factory,
         kms_roots=tuple(kms_roots),
         compose_hashes=tuple(compose_hashes),
         device_ids=tuple(device_ids),
-        allowed_app_ids=tuple(allowed_app_ids),
         allow_any_device=allow_any_device,
         require_tcb_up_to_date=require_tcb_up_to_date,
     )

@@ -39,7 +39,9 @@ def print_chain_status(status: ChainStatus) -> None:
     originator = f"originator {status.originator}" if status.originator is not None else "no originator yet"
     print(f"members {status.member_count}  {originator}")
     commitment = status.csk_commitment
-    print(f"csk commitment {commitment if commitment is not None else 'none (not committed yet)'}")
+    shown = commitment if commitment is not None else "none (not committed yet)"
+    rotation = "; rotates on every removeMember" if status.rotate_csk_on_remove else ""
+    print(f"csk epoch {status.csk_epoch}{rotation}\ncsk commitment {shown}")
     if status.registry is None:
         print("indexer registry: not given (--registry or ATTESTMESH_INDEXER_REGISTRY)")
     elif status.indexer is None or not status.indexer.registered:

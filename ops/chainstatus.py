@@ -40,10 +40,12 @@ class ChainStatus:
     member_count: int
     members: tuple[MemberRecord, ...]  # registration order; index 0 is the CSK originator
     originator: MemberId | None
-    csk_commitment: Bytes32 | None
+    csk_commitment: Bytes32 | None  # the current epoch's
     registry: Address | None
     indexer: IndexerRecord | None  # None when no registry was given
     compose_hashes: tuple[ComposeHashCheck, ...]
+    csk_epoch: int = 1
+    rotate_csk_on_remove: bool = False
 
     def to_json(self) -> dict[str, object]:
         """Full values, machine-readable (addresses EIP-55, 32-byte values ``0x`` hex, times unix seconds)."""
@@ -68,7 +70,9 @@ class ChainStatus:
                 "mesh_cidr": str(self.mesh_cidr),
                 "member_count": self.member_count,
                 "originator": None if self.originator is None else str(self.originator),
+                "csk_epoch": self.csk_epoch,
                 "csk_commitment": None if self.csk_commitment is None else str(self.csk_commitment),
+                "rotate_csk_on_remove": self.rotate_csk_on_remove,
             },
             "members": [member_json(m) for m in self.members],
             "indexer_registry": indexer,
@@ -135,4 +139,6 @@ async def read_chain_status(
         registry=registry,
         indexer=indexer,
         compose_hashes=tuple(checks),
+        csk_epoch=await client.csk_epoch(block=at),
+        rotate_csk_on_remove=await client.rotate_csk_on_remove(block=at),
     )

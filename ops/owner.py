@@ -173,13 +173,19 @@ async def ensure_member_app(
 
     The app is the factory's CREATE2 address for ``(cluster, name)``: deployed only when it has no code yet.
     Its app id is added to ``allowedAppIds`` only when it is neither there nor already a member (a
-    registered node needs no pre-approval). The owner is checked before the approval is sent.
+    registered node needs no pre-approval). The owner is checked before the approval is sent, and the factory
+    before anything: the cluster approves only member apps of the factory it was deployed with.
     """
     await require_contract(conn, factory, "member app factory")
     await require_contract(conn, cluster, "cluster")
+    client = ClusterClient(conn, cluster, owner)
+    expected = await client.member_app_factory()
+    if factory != expected:
+        raise OperatorError(
+            f"cluster {cluster} approves only member apps of factory {expected}, not of {factory}"
+        )
     apps = MemberAppFactoryClient(conn, factory, owner)
     app_id, deployed = await apps.ensure_deployed(cluster, name)
-    client = ClusterClient(conn, cluster, owner)
     member_id = await client.member_id_of(app_id)
     approve_tx: Bytes32 | None = None
     if member_id is None and not await client.allowed_app_id(app_id):

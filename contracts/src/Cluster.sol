@@ -7,16 +7,19 @@ import {Ownable2Step} from "@openzeppelin/contracts/access/Ownable2Step.sol";
 import {AppBootInfo, IAppAuth} from "./interfaces/IAppAuth.sol";
 import {ICluster} from "./interfaces/ICluster.sol";
 import {IClusterFactory} from "./interfaces/IClusterFactory.sol";
+import {IClusterMemberApp, IClusterMemberAppFactory} from "./interfaces/IClusterMemberApp.sol";
 import {DstackSigChain} from "./lib/DstackSigChain.sol";
+import {EndpointGrammar} from "./lib/EndpointGrammar.sol";
 
 /// @title Cluster
 /// @notice One AttestMesh cluster: the boot policy the dstack KMS consults (through each node's
 ///         ClusterMemberApp), the KMS roots it trusts, and the membership every sidecar reconciles against.
-/// @dev Membership is self-service but gated twice: the owner must pre-approve the app id, and the caller must
-///      prove with dstack's signature chain that it holds a key the trusted KMS released to that app id. The
-///      contract, not the nodes, allocates mesh IPs so that concurrent registrations can never collide.
+/// @dev Membership is self-service but gated three times: the app id must be a member app the measured factory
+///      deployed for this very cluster, the owner must pre-approve it, and the caller must prove with dstack's
+///      signature chain that it holds a key the trusted KMS released to that app id. The contract, not the
+///      nodes, allocates mesh IPs so that concurrent registrations can never collide, and refuses records no
+///      node could use (an endpoint outside the sidecar's grammar, a public key another member holds).
 contract Cluster is ICluster, Ownable2Step {
-    uint256 private constant MAX_ENDPOINT_LENGTH = 255;
     bytes32 private constant TCB_UP_TO_DATE = keccak256("UpToDate");
 
     /// @inheritdoc ICluster
@@ -26,11 +29,17 @@ contract Cluster is ICluster, Ownable2Step {
     bool private _allowAnyDevice;
     bool private _requireTcbUpToDate;
     /// @inheritdoc ICluster
+    uint64 public cskEpoch = 1;
+    /// @inheritdoc ICluster
+    bool public rotateCskOnRemove;
+    /// @inheritdoc ICluster
     mapping(address appId => bool) public allowedAppIds;
     /// @inheritdoc ICluster
     mapping(address kmsRoot => bool) public allowedKmsRoots;
     /// @inheritdoc ICluster
-    bytes32 public cskCommitment;
+    mapping(uint64 epoch => bytes32) public cskCommitmentOf;
+    /// @inheritdoc ICluster
+    address public immutable memberAppFactory;
 
     uint32 private immutable _meshBase;
     uint8 private immutable _meshPrefixLength;
@@ -43,8 +52,15 @@ contract Cluster is ICluster, Ownable2Step {
     bytes32[] private _memberIds;
     mapping(address appId => bytes32) private _idByAppId;
     mapping(address signer => bytes32) private _idBySigner;
+    /// @dev Current holder of each published public key, per kind: a key identifies one member, so a member
+    ///      cannot publish a victim's WireGuard key (and cut it off) or its identity or seal key. Freed on eviction.
+    mapping(bytes32 wgPub => bytes32 memberId) private _wgHolder;
+    mapping(bytes32 identityPub => bytes32 memberId) private _identityHolder;
+    mapping(bytes32 sealPub => bytes32 memberId) private _sealHolder;
 
     constructor(IClusterFactory.ClusterConfig memory config) Ownable(config.owner) {
+        if (config.memberAppFactory.code.length == 0) revert InvalidMemberAppFactory(config.memberAppFactory);
+        memberAppFactory = config.memberAppFactory;
         uint8 prefix = config.meshPrefixLength;
         if (prefix < 8 || prefix > 30) revert InvalidMeshCidr(config.meshCidrBase, prefix);
         uint32 hostMask = uint32((uint256(1) << (32 - prefix)) - 1);
@@ -53,11 +69,12 @@ contract Cluster is ICluster, Ownable2Step {
         _meshPrefixLength = prefix;
 
         // Initial policy goes through the same paths as later admin calls so that an indexer replaying events
-        // from the deployment block reconstructs the full policy.
+        // from the deployment block reconstructs the full policy. App ids are not part of it: a member app's
+        // address depends on its cluster's, which would depend on the app ids in this config (CREATE2), so
+        // nodes are approved with addAllowedAppId once the cluster exists.
         for (uint256 i = 0; i < config.kmsRoots.length; ++i) _addKmsRoot(config.kmsRoots[i]);
         for (uint256 i = 0; i < config.composeHashes.length; ++i) _addComposeHash(config.composeHashes[i]);
         for (uint256 i = 0; i < config.deviceIds.length; ++i) _addDevice(config.deviceIds[i]);
-        for (uint256 i = 0; i < config.allowedAppIds.length; ++i) _addAllowedAppId(config.allowedAppIds[i]);
         _setAllowAnyDevice(config.allowAnyDevice);
         _setRequireTcbUpToDate(config.requireTcbUpToDate);
     }
@@ -112,6 +129,8 @@ contract Cluster is ICluster, Ownable2Step {
         _setRequireTcbUpToDate(required);
     }
 
+    /// @dev Only this cluster's member apps: approving any other address would let its boot policy (another
+    ///      cluster's, or none) stand in for this cluster's compose and TCB policy.
     function addAllowedAppId(address appId) external onlyOwner {
         _addAllowedAppId(appId);
     }
@@ -135,12 +154,14 @@ contract Cluster is ICluster, Ownable2Step {
     /// @inheritdoc ICluster
     /// @dev Cheap policy checks run before signature recovery so that a refused caller pays little. The chain's
     ///      internal consistency (KmsSignatureMismatch) is checked before the KMS allowlist so that a chain made
-    ///      for another app id is reported as such rather than as an unknown root.
+    ///      for another app id is reported as such rather than as an unknown root. The member-app check repeats
+    ///      addAllowedAppId's so that another cluster's app id is named as such, not merely "not allowed".
     function register(SigChainProof calldata proof, MemberKeys calldata keys, string calldata endpoint)
         external
         returns (bytes32 memberId)
     {
         address appId = proof.appId;
+        _checkMemberApp(appId);
         if (!allowedAppIds[appId]) revert AppIdNotAllowed(appId);
         if (_idByAppId[appId] != 0) revert AlreadyRegistered(appId, _idByAppId[appId]);
 
@@ -154,6 +175,9 @@ contract Cluster is ICluster, Ownable2Step {
         _checkEndpoint(endpoint);
 
         memberId = computeMemberId(appId);
+        _claimKey(_wgHolder, "wireguard", keys.wgPub, memberId);
+        _claimKey(_identityHolder, "identity", keys.identityPub, memberId);
+        _claimKey(_sealHolder, "seal", keys.sealPub, memberId);
         uint32 meshIp = _allocateMeshIp();
         _members[memberId] = Member({
             id: memberId,
@@ -181,25 +205,51 @@ contract Cluster is ICluster, Ownable2Step {
     }
 
     /// @inheritdoc ICluster
-    /// @dev Set once: the commitment lets every later member check the CSK it receives, so changing it would let
-    ///      whoever controls index 0 swap the key under the whole cluster.
-    function setCskCommitment(bytes32 commitment) external {
+    /// @dev Set once per epoch: the commitment lets every later member check the CSK it receives, so changing it
+    ///      would let whoever controls index 0 swap the key under the whole cluster. Only the current epoch: the
+    ///      caller names it, so a commitment computed before a rotation cannot land in the rotated epoch.
+    function setCskCommitment(uint64 epoch, bytes32 commitment) external {
         bytes32 originatorId = originator();
         if (originatorId == 0 || _members[originatorId].signer != msg.sender) revert NotOriginator(msg.sender);
         if (commitment == 0) revert ZeroCommitment();
-        if (cskCommitment != 0) revert CskCommitmentAlreadySet(cskCommitment);
-        cskCommitment = commitment;
-        emit CskCommitmentSet(originatorId, commitment);
+        uint64 current = cskEpoch;
+        if (epoch != current) revert WrongEpoch(current, epoch);
+        bytes32 existing = cskCommitmentOf[epoch];
+        if (existing != 0) revert CskCommitmentAlreadySet(epoch, existing);
+        cskCommitmentOf[epoch] = commitment;
+        emit CskCommitmentSet(originatorId, epoch, commitment);
+    }
+
+    /// @inheritdoc ICluster
+    function cskCommitment() external view returns (bytes32) {
+        return cskCommitmentOf[cskEpoch];
+    }
+
+    /// @inheritdoc ICluster
+    /// @dev Allowed before the current epoch is committed (that epoch then simply never gets a key).
+    function rotateCsk() external onlyOwner {
+        _rotateCsk();
+    }
+
+    /// @inheritdoc ICluster
+    function setRotateCskOnRemove(bool rotate) external onlyOwner {
+        if (rotateCskOnRemove == rotate) return;
+        rotateCskOnRemove = rotate;
+        emit RotateCskOnRemoveSet(rotate);
     }
 
     /// @inheritdoc ICluster
     /// @dev Clearing the pre-approval means the evicted node's app id can neither boot (its keys are no longer
-    ///      released) nor re-register until the owner approves it again.
+    ///      released) nor re-register until the owner approves it again; its public keys are freed so that, once
+    ///      approved again, it can register with the same (deterministic) keys.
     function removeMember(bytes32 memberId) external onlyOwner {
         Member storage member = _members[memberId];
         if (member.id == 0) revert UnknownMember(memberId);
         address appId = member.appId;
         address signer = member.signer;
+        delete _wgHolder[member.wgPub];
+        delete _identityHolder[member.identityPub];
+        delete _sealHolder[member.sealPub];
 
         // Shift rather than swap-and-pop: registration order (and so the originator) must stay stable.
         uint256 n = _memberIds.length;
@@ -213,6 +263,7 @@ contract Cluster is ICluster, Ownable2Step {
         delete _idBySigner[signer];
         emit MemberRemoved(memberId, appId);
         _removeAllowedAppId(appId);
+        if (rotateCskOnRemove) _rotateCsk();
     }
 
     // ------------------------------------------------------------------ views
@@ -309,8 +360,35 @@ contract Cluster is ICluster, Ownable2Step {
         return _meshBase + uint32(index);
     }
 
+    /// @dev The length limit has its own error so that an oversized string is not echoed back in the revert.
     function _checkEndpoint(string calldata endpoint) private pure {
-        if (bytes(endpoint).length > MAX_ENDPOINT_LENGTH) revert EndpointTooLong(bytes(endpoint).length);
+        if (bytes(endpoint).length > EndpointGrammar.MAX_LENGTH) revert EndpointTooLong(bytes(endpoint).length);
+        if (!EndpointGrammar.isValid(bytes(endpoint))) revert InvalidEndpoint(endpoint);
+    }
+
+    /// @dev The factory's registry says the app is its ClusterMemberApp (so `cluster()` is safe to call and
+    ///      cannot lie); the app's immutable cluster says whose it is. An EOA or any other contract is not ours.
+    function _checkMemberApp(address appId) private view {
+        if (!IClusterMemberAppFactory(memberAppFactory).isOurApp(appId)) revert NotMemberApp(appId);
+        address cluster = IClusterMemberApp(appId).cluster();
+        if (cluster != address(this)) revert ForeignApp(appId, cluster);
+    }
+
+    function _claimKey(
+        mapping(bytes32 => bytes32) storage holders,
+        string memory kind,
+        bytes32 key,
+        bytes32 memberId
+    ) private {
+        bytes32 holder = holders[key];
+        if (holder != 0) revert KeyInUse(kind, key, holder);
+        holders[key] = memberId;
+    }
+
+    function _rotateCsk() private {
+        uint64 epoch = cskEpoch + 1;
+        cskEpoch = epoch;
+        emit CskRotated(epoch);
     }
 
     function _addComposeHash(bytes32 composeHash) private {
@@ -339,6 +417,7 @@ contract Cluster is ICluster, Ownable2Step {
 
     function _addAllowedAppId(address appId) private {
         if (allowedAppIds[appId]) return;
+        _checkMemberApp(appId);
         allowedAppIds[appId] = true;
         emit AppIdAllowed(appId);
     }

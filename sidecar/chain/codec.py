@@ -24,7 +24,7 @@ from sidecar.core.model import BlockHeader, ChainLog, TxReceipt
 _DYNAMIC_BASES = ("string", "bytes")
 
 #: ``bytes32`` parameters (of events and errors) that hold a member id: decoded as ``MemberId``.
-MEMBER_ID_PARAMS = frozenset({"memberId", "originator"})
+MEMBER_ID_PARAMS = frozenset({"memberId", "originator", "holder"})
 
 
 def hex_bytes(value: Any) -> bytes:

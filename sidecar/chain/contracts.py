@@ -1,10 +1,11 @@
 """Typed async bindings: Cluster, ClusterMemberApp(+Factory), ClusterFactory, IndexerRegistry.
 
 Owns: one client class per contract with a method per read and write the sidecar, the indexer and the
-devnet need. Arguments and results are our value objects (``Address``, ``Bytes32``, ``MemberId``,
-``MemberRecord``, ``BootVerdict``, ``TxReceipt``...); "absent" on chain (a zero id, a zero address, a zero
-commitment) is ``None`` here. Writes go through the injected ``TxSubmitter``; every read and write goes
-through ``translated()``, so callers only ever see ``ChainError``s.
+devnet need (their shared plumbing, ``ContractClient``, is ``sidecar.chain.binding``'s). Arguments and
+results are our value objects (``Address``, ``Bytes32``, ``MemberId``, ``MemberRecord``, ``BootVerdict``,
+``TxReceipt``...); "absent" on chain (a zero id, a zero address, a zero commitment) is ``None`` here. Writes
+go through the injected ``TxSubmitter``; every read and write goes through ``translated()``, so callers only
+ever see ``ChainError``s.
 
 Must not: sign, choose nonces or fees (``tx``), retry, cache chain state, or let a web3 type (``HexBytes``,
 ``AttributeDict``, checksum strings) out.
@@ -12,23 +13,24 @@ Must not: sign, choose nonces or fees (``tx``), retry, cache chain state, or let
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from ipaddress import IPv4Address
-from typing import Any, ClassVar, Self, cast
+from typing import Any
 
-from eth_typing import HexStr
-from eth_utils.abi import get_abi_output_types
-
-from sidecar.chain.artifacts import load_artifact
-from sidecar.chain.codec import ContractEvent, EventCodec
-from sidecar.chain.errors import NoSubmitter, UnexpectedChainError, translated
-from sidecar.chain.rpc import ChainConnection, checksum
-from sidecar.chain.tx import TxSubmitter
+from sidecar.chain.binding import (
+    BlockRef,
+    ContractClient,
+    Ownable2StepClient,
+    mesh_ip,
+    optional_member_id,
+    to_address,
+    to_bytes32,
+)
+from sidecar.chain.errors import UnexpectedChainError
 from sidecar.core.ids import Address, Bytes32, MemberId
 from sidecar.core.model import (
     BootInfo,
     BootVerdict,
-    ChainLog,
     ClusterConfig,
     IndexerRecord,
     MemberKeys,
@@ -39,45 +41,31 @@ from sidecar.core.model import (
 )
 from sidecar.core.sigchain import SigChainProof
 
-#: A block to read at: a number, a block hash (EIP-1898, the block must be canonical), or None for latest.
-BlockRef = int | Bytes32 | None
-
-
-def _address(value: Any) -> Address:
-    return Address.from_hex(value) if isinstance(value, str) else Address(bytes(value))
-
-
-def _optional_address(value: Any) -> Address | None:
-    address = _address(value)
-    return None if address.is_zero else address
-
-
-def _bytes32(value: Any) -> Bytes32:
-    return Bytes32(bytes(value))
-
-
-def _optional_member_id(value: Any) -> MemberId | None:
-    raw = bytes(value)
-    return None if raw == bytes(32) else MemberId(raw)
-
-
-def _mesh_ip(value: Any) -> IPv4Address | None:
-    return None if int(value) == 0 else IPv4Address(int(value))
+# Re-exported: callers name the shared plumbing through this module.
+__all__ = [
+    "BlockRef",
+    "ClusterClient",
+    "ClusterFactoryClient",
+    "ContractClient",
+    "IndexerRegistryClient",
+    "MemberAppClient",
+    "MemberAppFactoryClient",
+]
 
 
 def _member_record(raw: Sequence[Any]) -> MemberRecord | None:
-    member_id, app_id, signer, seal_pub, wg_pub, identity_pub, endpoint, mesh_ip, registered_at = raw
+    member_id, app_id, signer, seal_pub, wg_pub, identity_pub, endpoint, ip, registered_at = raw
     if bytes(member_id) == bytes(32):
         return None
     return MemberRecord(
         member_id=MemberId(bytes(member_id)),
-        app_id=_address(app_id),
-        signer=_address(signer),
-        seal_pub=_bytes32(seal_pub),
-        wg_pub=_bytes32(wg_pub),
-        identity_pub=_bytes32(identity_pub),
+        app_id=to_address(app_id),
+        signer=to_address(signer),
+        seal_pub=to_bytes32(seal_pub),
+        wg_pub=to_bytes32(wg_pub),
+        identity_pub=to_bytes32(identity_pub),
         endpoint=str(endpoint),
-        mesh_ip=IPv4Address(int(mesh_ip)),
+        mesh_ip=IPv4Address(int(ip)),
         registered_at=int(registered_at),
     )
 
@@ -101,93 +89,7 @@ def _verdict(raw: Sequence[Any]) -> BootVerdict:
     return BootVerdict(allowed=bool(allowed), reason=str(reason))
 
 
-class ContractClient:
-    """Shared plumbing: the web3 contract object, calls, writes through the submitter, event decoding."""
-
-    CONTRACT: ClassVar[str]
-
-    def __init__(self, conn: ChainConnection, address: Address, submitter: TxSubmitter | None = None) -> None:
-        self._conn = conn
-        self.address = address
-        self._submitter = submitter
-        artifact = load_artifact(self.CONTRACT)
-        self._contract = conn.w3.eth.contract(address=checksum(address), abi=artifact.abi_list())
-        self._events = EventCodec(artifact.abi)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.address})"
-
-    @property
-    def connection(self) -> ChainConnection:
-        return self._conn
-
-    def with_submitter(self, submitter: TxSubmitter) -> Self:
-        """Return a client for the same contract that sends from ``submitter``'s account."""
-        return type(self)(self._conn, self.address, submitter)
-
-    @property
-    def submitter(self) -> TxSubmitter | None:
-        return self._submitter
-
-    async def _call(self, function: str, *args: Any, block: BlockRef = None) -> Any:
-        with translated():
-            bound = getattr(self._contract.functions, function)(*args)
-            if isinstance(block, Bytes32):
-                return await self._call_at_hash(bound.abi, self.encode_call(function, *args), block)
-            return await bound.call(block_identifier="latest" if block is None else block)
-
-    async def _call_at_hash(self, abi: Any, calldata: bytes, block_hash: Bytes32) -> Any:
-        """``eth_call`` pinned by block hash (EIP-1898, ``requireCanonical``): the node answers for exactly
-        that block or errs, so reads of one snapshot cannot straddle a reorg. web3's ``ContractFunction.call``
-        turns a hash into a block number first (losing the pin), so the call is encoded and decoded here;
-        results have web3's shapes (one output unwrapped, addresses as hex strings)."""
-        pinned = {"blockHash": str(block_hash), "requireCanonical": True}
-        raw = await self._conn.w3.eth.call(
-            {"to": checksum(self.address), "data": HexStr("0x" + calldata.hex())},
-            block_identifier=cast(Any, pinned),
-        )
-        types = get_abi_output_types(abi)
-        values = self._conn.w3.codec.decode(types, bytes(raw))
-        return values[0] if len(values) == 1 else list(values)
-
-    def encode_call(self, function: str, *args: Any) -> bytes:
-        """Return the calldata of ``function(*args)`` (web3-encodable arguments), e.g. to send it raw."""
-        with translated():
-            encoded = self._contract.encode_abi(function, args=list(args))
-        return bytes.fromhex(encoded.removeprefix("0x"))
-
-    async def _send(self, function: str, *args: Any) -> TxReceipt:
-        if self._submitter is None:
-            raise NoSubmitter(f"{self!r} was built without a TxSubmitter; cannot send {function}()")
-        return await self._submitter.send(self.address, self.encode_call(function, *args))
-
-    def events(self, logs: TxReceipt | Iterable[ChainLog], name: str | None = None) -> list[ContractEvent]:
-        """Decode this contract's events in ``logs`` (a receipt or logs), optionally only ``name``."""
-        return self._events.decode_all(logs, address=self.address, name=name)
-
-    def event_topic(self, name: str) -> Bytes32:
-        """Return topic0 of this contract's event ``name``."""
-        return self._events.topic_of(name)
-
-
-class _Ownable2Step(ContractClient):
-    """OpenZeppelin ``Ownable2Step``: owner, pending owner, two-step transfer."""
-
-    async def owner(self, *, block: BlockRef = None) -> Address:
-        return _address(await self._call("owner", block=block))
-
-    async def pending_owner(self, *, block: BlockRef = None) -> Address | None:
-        return _optional_address(await self._call("pendingOwner", block=block))
-
-    async def transfer_ownership(self, new_owner: Address) -> TxReceipt:
-        """Start a two-step transfer; ``new_owner`` must call ``accept_ownership``."""
-        return await self._send("transferOwnership", new_owner.checksum)
-
-    async def accept_ownership(self) -> TxReceipt:
-        return await self._send("acceptOwnership")
-
-
-class ClusterClient(_Ownable2Step):
+class ClusterClient(Ownable2StepClient):
     """One AttestMesh cluster: boot policy, KMS roots, membership, mesh IPs, CSK commitment."""
 
     CONTRACT = "Cluster"
@@ -198,10 +100,10 @@ class ClusterClient(_Ownable2Step):
         return int(await self._call("memberCount", block=block))
 
     async def member_id_of(self, app_id: Address, *, block: BlockRef = None) -> MemberId | None:
-        return _optional_member_id(await self._call("memberIdOf", app_id.checksum, block=block))
+        return optional_member_id(await self._call("memberIdOf", app_id.checksum, block=block))
 
     async def member_id_of_signer(self, signer: Address, *, block: BlockRef = None) -> MemberId | None:
-        return _optional_member_id(await self._call("memberIdOfSigner", signer.checksum, block=block))
+        return optional_member_id(await self._call("memberIdOfSigner", signer.checksum, block=block))
 
     async def compute_member_id(self, app_id: Address) -> MemberId:
         return MemberId(bytes(await self._call("computeMemberId", app_id.checksum)))
@@ -211,7 +113,7 @@ class ClusterClient(_Ownable2Step):
         return [MemberId(bytes(raw)) for raw in await self._call("listMembers", block=block)]
 
     async def originator(self, *, block: BlockRef = None) -> MemberId | None:
-        return _optional_member_id(await self._call("originator", block=block))
+        return optional_member_id(await self._call("originator", block=block))
 
     async def member_by_id(self, member_id: Bytes32, *, block: BlockRef = None) -> MemberRecord | None:
         return _member_record(await self._call("memberById", member_id.raw, block=block))
@@ -228,11 +130,23 @@ class ClusterClient(_Ownable2Step):
         return MeshCidr.from_chain(int(base), int(prefix_length))
 
     async def mesh_ip_of(self, member_id: Bytes32, *, block: BlockRef = None) -> IPv4Address | None:
-        return _mesh_ip(await self._call("meshIpOf", member_id.raw, block=block))
+        return mesh_ip(await self._call("meshIpOf", member_id.raw, block=block))
 
     async def csk_commitment(self, *, block: BlockRef = None) -> Bytes32 | None:
-        raw = _bytes32(await self._call("cskCommitment", block=block))
+        """The current CSK epoch's commitment (None until its originator commits it)."""
+        raw = to_bytes32(await self._call("cskCommitment", block=block))
         return None if raw.is_zero else raw
+
+    async def csk_epoch(self, *, block: BlockRef = None) -> int:
+        """The current CSK epoch (1 until the first rotation)."""
+        return int(await self._call("cskEpoch", block=block))
+
+    async def csk_commitment_of(self, epoch: int, *, block: BlockRef = None) -> Bytes32 | None:
+        raw = to_bytes32(await self._call("cskCommitmentOf", epoch, block=block))
+        return None if raw.is_zero else raw
+
+    async def rotate_csk_on_remove(self, *, block: BlockRef = None) -> bool:
+        return bool(await self._call("rotateCskOnRemove", block=block))
 
     # --- boot policy reads --------------------------------------------------------------------------------
 
@@ -256,6 +170,10 @@ class ClusterClient(_Ownable2Step):
 
     async def allowed_kms_root(self, kms_root: Address, *, block: BlockRef = None) -> bool:
         return bool(await self._call("allowedKmsRoots", kms_root.checksum, block=block))
+
+    async def member_app_factory(self, *, block: BlockRef = None) -> Address:
+        """The ClusterMemberAppFactory whose apps for this cluster may be approved (fixed at deployment)."""
+        return to_address(await self._call("memberAppFactory", block=block))
 
     # --- member writes ------------------------------------------------------------------------------------
 
@@ -284,14 +202,21 @@ class ClusterClient(_Ownable2Step):
     async def set_endpoint(self, endpoint: str) -> TxReceipt:
         return await self._send("setEndpoint", endpoint)
 
-    async def set_csk_commitment(self, commitment: Bytes32) -> TxReceipt:
-        """Commit keccak256(CSK) once (originator only)."""
-        return await self._send("setCskCommitment", commitment.raw)
+    async def set_csk_commitment(self, epoch: int, commitment: Bytes32) -> TxReceipt:
+        """Commit keccak256(CSK) of ``epoch`` (the current one); once per epoch, originator only."""
+        return await self._send("setCskCommitment", epoch, commitment.raw)
 
     # --- owner writes -------------------------------------------------------------------------------------
 
     async def remove_member(self, member_id: Bytes32) -> TxReceipt:
         return await self._send("removeMember", member_id.raw)
+
+    async def rotate_csk(self) -> TxReceipt:
+        """Start the next CSK epoch (its originator then commits the new key)."""
+        return await self._send("rotateCsk")
+
+    async def set_rotate_csk_on_remove(self, rotate: bool) -> TxReceipt:
+        return await self._send("setRotateCskOnRemove", rotate)
 
     async def add_compose_hash(self, compose_hash: Bytes32) -> TxReceipt:
         return await self._send("addComposeHash", compose_hash.raw)
@@ -330,7 +255,7 @@ class MemberAppClient(ContractClient):
     CONTRACT = "ClusterMemberApp"
 
     async def cluster(self, *, block: BlockRef = None) -> Address:
-        return _address(await self._call("cluster", block=block))
+        return to_address(await self._call("cluster", block=block))
 
     async def is_app_allowed(self, info: BootInfo, *, block: BlockRef = None) -> BootVerdict:
         return _verdict(await self._call("isAppAllowed", _boot_info_arg(info), block=block))
@@ -347,7 +272,7 @@ class MemberAppFactoryClient(ContractClient):
     CONTRACT = "ClusterMemberAppFactory"
 
     async def predict(self, cluster: Address, name: str, *, block: BlockRef = None) -> Address:
-        return _address(await self._call("predict", cluster.checksum, name, block=block))
+        return to_address(await self._call("predict", cluster.checksum, name, block=block))
 
     async def is_our_app(self, app: Address, *, block: BlockRef = None) -> bool:
         return bool(await self._call("isOurApp", app.checksum, block=block))
@@ -382,12 +307,12 @@ class ClusterFactoryClient(ContractClient):
             "deployCluster",
             (
                 config.owner.checksum,
+                config.member_app_factory.checksum,
                 config.mesh_cidr.base,
                 config.mesh_cidr.prefix_length,
                 [a.checksum for a in config.kms_roots],
                 [h.raw for h in config.compose_hashes],
                 [d.raw for d in config.device_ids],
-                [a.checksum for a in config.allowed_app_ids],
                 config.allow_any_device,
                 config.require_tcb_up_to_date,
             ),
@@ -413,7 +338,7 @@ class ClusterFactoryClient(ContractClient):
         return int(await self._call("deploymentBlock"))
 
 
-class IndexerRegistryClient(_Ownable2Step):
+class IndexerRegistryClient(Ownable2StepClient):
     """The per-chain registry naming the shared indexer."""
 
     CONTRACT = "IndexerRegistry"
@@ -422,8 +347,8 @@ class IndexerRegistryClient(_Ownable2Step):
         endpoint, code_id, pub_key, updated_at = await self._call("current", block=block)
         return IndexerRecord(
             endpoint=str(endpoint),
-            code_id=_bytes32(code_id),
-            pub_key=_bytes32(pub_key),
+            code_id=to_bytes32(code_id),
+            pub_key=to_bytes32(pub_key),
             updated_at=int(updated_at),
         )
 

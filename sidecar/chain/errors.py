@@ -97,6 +97,26 @@ class AppIdNotAllowed(CustomError):
     """The app id is neither pre-approved nor already a member."""
 
 
+class NotMemberApp(CustomError):
+    """The app id is not a member app of the cluster's member-app factory (an EOA, another contract)."""
+
+
+class ForeignApp(CustomError):
+    """The app id is a member app of another cluster."""
+
+
+class InvalidMemberAppFactory(CustomError):
+    """A cluster's member-app factory must be a contract (deployment)."""
+
+
+class KeyInUse(CustomError):
+    """Another member already publishes this WireGuard, identity or seal public key."""
+
+
+class InvalidEndpoint(CustomError):
+    """The endpoint is not one of the forms the sidecar accepts (udp://, tls://, legacy ip:port)."""
+
+
 class AlreadyRegistered(CustomError):
     """The app id is already a member of this cluster."""
 
@@ -154,7 +174,11 @@ class NotOriginator(CustomError):
 
 
 class CskCommitmentAlreadySet(CustomError):
-    """The CSK commitment is set once and already is."""
+    """The CSK commitment is set once per epoch and this epoch's already is."""
+
+
+class WrongEpoch(CustomError):
+    """A CSK commitment names an epoch other than the current one."""
 
 
 class ZeroCommitment(CustomError):

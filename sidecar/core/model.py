@@ -134,14 +134,17 @@ class IndexerRecord:
 
 @dataclass(frozen=True, slots=True)
 class ClusterConfig:
-    """A new cluster's initial configuration (``IClusterFactory.ClusterConfig``)."""
+    """A new cluster's initial configuration (``IClusterFactory.ClusterConfig``). ``member_app_factory`` is
+    the ClusterMemberAppFactory whose apps for this cluster may be approved (fixed for the cluster's life).
+    Nodes' app ids are not in it: a member app's address depends on its cluster's, so they are approved
+    (``addAllowedAppId``) once the cluster exists."""
 
     owner: Address
     mesh_cidr: MeshCidr
+    member_app_factory: Address
     kms_roots: tuple[Address, ...] = ()
     compose_hashes: tuple[Bytes32, ...] = ()
     device_ids: tuple[Bytes32, ...] = ()
-    allowed_app_ids: tuple[Address, ...] = ()
     allow_any_device: bool = False
     require_tcb_up_to_date: bool = False
 

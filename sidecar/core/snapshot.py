@@ -1,9 +1,9 @@
 """The chain's desired state at one block, and what it asks of the WireGuard device.
 
-Owns ``Snapshot`` (boot verdict, members, CSK commitment and mesh CIDR read at one confirmed block, with
-look-ups by member id and by app id) and ``desired_peers``, the chain-to-device mapping: every usable
-other member (``sidecar.core.peerscreen``) becomes a peer with its on-chain WireGuard key, endpoint and /32
-mesh IP. Must not do I/O or know
+Owns ``Snapshot`` (boot verdict, members, the current CSK epoch and its commitment, and mesh CIDR read at
+one confirmed block, with look-ups by member id and by app id) and ``desired_peers``, the chain-to-device
+mapping: every usable other member (``sidecar.core.peerscreen``) becomes a peer with its on-chain WireGuard
+key, endpoint and /32 mesh IP. Must not do I/O or know
 any driver type: members are looked up by value (``MemberId``, ``Address``).
 """
 
@@ -25,8 +25,9 @@ class Snapshot:
     block: int
     verdict: BootVerdict
     members: tuple[MemberRecord, ...]
-    commitment: Bytes32 | None
+    commitment: Bytes32 | None  # the current epoch's
     mesh: MeshCidr
+    csk_epoch: int = 1  # the current CSK epoch (``Cluster.cskEpoch``)
 
     def member(self, member_id: MemberId | None) -> MemberRecord | None:
         """Return the member with this id (None for None or an unknown id)."""

@@ -98,7 +98,7 @@ class ClusterChain(Protocol):
 
     async def set_endpoint(self, identity: NodeIdentity, endpoint: str) -> None: ...
 
-    async def commit_csk(self, identity: NodeIdentity, commitment: Bytes32) -> int: ...
+    async def commit_csk(self, identity: NodeIdentity, epoch: int, commitment: Bytes32) -> int: ...
 
     async def member_app_salt(self, app_id: Address) -> Bytes32: ...
 
@@ -256,9 +256,11 @@ class ChainLink:
         pin = header.hash
         verdict = await cluster.is_app_allowed(identity.boot_info(), block=pin)
         members = tuple(await cluster.members(block=pin))
-        commitment = await cluster.csk_commitment(block=pin)
+        epoch = await cluster.csk_epoch(block=pin)
+        commitment = await cluster.csk_commitment_of(epoch, block=pin)
         mesh = await cluster.mesh_cidr(block=pin)
-        return ProviderAnswer(index, head, pin, Snapshot(header.number, verdict, members, commitment, mesh))
+        snapshot = Snapshot(header.number, verdict, members, commitment, mesh, epoch)
+        return ProviderAnswer(index, head, pin, snapshot)
 
     def _record(self, verdict: QuorumVerdict) -> None:
         """Remember and export the providers' standing; log a change of dissenters once."""
@@ -309,10 +311,12 @@ class ChainLink:
     async def set_endpoint(self, identity: NodeIdentity, endpoint: str) -> None:
         await self._write("setEndpoint", (await self._cluster(identity)).set_endpoint(endpoint))
 
-    async def commit_csk(self, identity: NodeIdentity, commitment: Bytes32) -> int:
-        """Commit keccak256(CSK); return the block the commitment landed in."""
+    async def commit_csk(self, identity: NodeIdentity, epoch: int, commitment: Bytes32) -> int:
+        """Commit ``commitment`` for ``epoch`` and return the block it landed in. The epoch is the one the
+        snapshot read, so a rotation after the read makes the transaction revert (``WrongEpoch``) instead of
+        landing the key in the rotated epoch."""
         cluster = await self._cluster(identity)
-        receipt = await self._write("setCskCommitment", cluster.set_csk_commitment(commitment))
+        receipt = await self._write("setCskCommitment", cluster.set_csk_commitment(epoch, commitment))
         return receipt.block_number
 
     async def member_app_salt(self, app_id: Address) -> Bytes32:

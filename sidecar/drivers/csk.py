@@ -191,11 +191,11 @@ class CskKeeper:
                 # it means a reorg dropped it, and the same derived key is committed again)
                 self.held.error = "waiting for the commitment to be confirmed"
                 return
-            await self._commit(ident, mine)
+            await self._commit(ident, mine, snap.csk_epoch)
             return
         if is_originator:
             # The originator's key is deterministic: re-derive and verify rather than trust a cache.
-            key = cskcore.csk_from_key(await derive_csk_key(self.agent, ident.scope))
+            key = cskcore.csk_from_key(await derive_csk_key(self.agent, ident.scope, snap.csk_epoch))
             if cskcore.commitment(key) == commitment:
                 log.info("csk.rederived", commitment=str(commitment))
                 self.hold(ident, mine.member_id, key, commitment, "derived")
@@ -212,11 +212,11 @@ class CskKeeper:
             return
         await self.pull(ident, snap, mine, commitment)
 
-    async def _commit(self, ident: NodeIdentity, mine: MemberRecord) -> None:
-        key = cskcore.csk_from_key(await derive_csk_key(self.agent, ident.scope))
+    async def _commit(self, ident: NodeIdentity, mine: MemberRecord, epoch: int) -> None:
+        key = cskcore.csk_from_key(await derive_csk_key(self.agent, ident.scope, epoch))
         digest = cskcore.commitment(key)
         try:
-            self._committed_block = await self.chain.commit_csk(ident, digest)
+            self._committed_block = await self.chain.commit_csk(ident, epoch, digest)
         except ChainError as exc:
             self.held.error = f"committing the cluster shared key failed: {exc}"
             warn_limited(self.repeats, "csk.commit_failed", str(exc), self.clock.monotonic())

@@ -36,7 +36,16 @@ from sidecar.http import Runner, start_tcp
 from sidecar.settings import HostPort
 from tests.component.gatewaykit import DOMAIN as GATEWAY_DOMAIN
 from tests.component.gatewaykit import Origin, origins
-from tests.component.toolkit import CHAIN_ID, COMPOSE_HASH, HOST, INDEXER_APP, Chain, Factory, Serve
+from tests.component.toolkit import (
+    CHAIN_ID,
+    COMPOSE_HASH,
+    HOST,
+    INDEXER_APP,
+    Chain,
+    Factory,
+    NodeFactory,
+    Serve,
+)
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +114,15 @@ def cluster(conn: ChainConnection, stack: Deployment, deployer: TxSubmitter) -> 
 @pytest.fixture
 def chain(conn: ChainConnection, deployer: TxSubmitter, stack: Deployment, kms: DevnetKms) -> Chain:
     return Chain(conn, deployer, stack, kms)
+
+
+@pytest.fixture
+def nodes(
+    conn: ChainConnection, deployer: TxSubmitter, stack: Deployment, kms: DevnetKms, compose_hash: Bytes32
+) -> NodeFactory:
+    """Would-be members of the stack's cluster (member app, signer, proof, keys), not yet registered."""
+    assert compose_hash == COMPOSE_HASH
+    return NodeFactory(conn, deployer, stack, kms)
 
 
 @pytest.fixture

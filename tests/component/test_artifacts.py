@@ -36,7 +36,7 @@ def test_check_detects_stale_and_missing_artifacts(tmp_path: Path) -> None:
     shutil.copytree(SRC, src)
     cluster = src / "Cluster.sol"
     text = cluster.read_text(encoding="utf-8")
-    changed = text.replace("MAX_ENDPOINT_LENGTH = 255;", "MAX_ENDPOINT_LENGTH = 254;", 1)
+    changed = text.replace("uint64 public cskEpoch = 1;", "uint64 public cskEpoch = 2;", 1)
     assert changed != text, "the one-line change no longer applies; pick another line"
     cluster.write_text(changed, encoding="utf-8")
     artifacts = tmp_path / "artifacts"

@@ -11,7 +11,6 @@ import dataclasses
 import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from web3.datastructures import AttributeDict
 
 from devnet.anvil import DEVNET_DEPLOYER_KEY, DEVNET_DEV_KEYS, AnvilError, AnvilProcess
 from devnet.deployment import Deployment, deploy_member_app, deploy_stack
-from devnet.kms import DevnetKms, get_key
+from devnet.kms import DevnetKms
 from sidecar.chain.contracts import (
     ClusterClient,
     ClusterFactoryClient,
@@ -45,6 +44,7 @@ from sidecar.chain.errors import (
     KmsSignatureMismatch,
     NoSubmitter,
     NotMember,
+    NotMemberApp,
     NotOriginator,
     OwnableUnauthorizedAccount,
     SenderNotDerivedKey,
@@ -56,9 +56,10 @@ from sidecar.chain.errors import (
 from sidecar.chain.rpc import ChainConnection, connect
 from sidecar.chain.tx import LocalSigner, TxSubmitter
 from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
-from sidecar.core.keys import KeyPath, compress_secp256k1, key_path
-from sidecar.core.model import BootInfo, MemberKeys, MemberRecord, TxReceipt, member_id_for
-from sidecar.core.sigchain import SigChainProof, build_proof, derived_key_message
+from sidecar.core.keys import compress_secp256k1
+from sidecar.core.model import BootInfo, MemberRecord, TxReceipt, member_id_for
+from sidecar.core.sigchain import derived_key_message
+from tests.component.toolkit import Node, NodeFactory
 
 pytestmark = [pytest.mark.component, pytest.mark.timeout(60)]
 
@@ -67,73 +68,6 @@ COMPOSE_HASH = Bytes32(b"\xc0" * 32)  # the conftest's compose_hash fixture; ass
 OTHER_KMS_SEED = b"another devnet KMS seed -- PUBLIC, tests only"
 ZERO32 = Bytes32(bytes(32))
 FUNDING_WEI = 10**18
-
-
-@dataclass(frozen=True)
-class Node:
-    """A would-be member: its app contract, derived signer (as a submitter), proof and published keys."""
-
-    name: str
-    app_id: Address
-    proof: SigChainProof
-    submitter: TxSubmitter
-    keys: MemberKeys
-    endpoint: str
-
-    def client(self, cluster: ClusterClient) -> ClusterClient:
-        return cluster.with_submitter(self.submitter)
-
-
-class NodeFactory:
-    """Builds nodes as the sidecar would: member app via the factory, signer key and chain from the KMS."""
-
-    def __init__(
-        self, conn: ChainConnection, deployer: TxSubmitter, stack: Deployment, kms: DevnetKms
-    ) -> None:
-        self.conn = conn
-        self.deployer = deployer
-        self.stack = stack
-        self.kms = kms
-        self.count = 0
-
-    async def app(self, name: str) -> Address:
-        return await deploy_member_app(
-            self.conn, self.deployer, self.stack.member_app_factory, self.stack.cluster, name
-        )
-
-    async def node(self, name: str, *, approve: bool = True, kms: DevnetKms | None = None) -> Node:
-        self.count += 1
-        app_id = await self.app(name)
-        if approve:
-            await ClusterClient(self.conn, self.stack.cluster, self.deployer).add_allowed_app_id(app_id)
-        key, chain = get_key(
-            kms or self.kms, app_id, key_path(KeyPath.SIGNER, CHAIN_ID, self.stack.cluster), "ethereum"
-        )
-        proof = build_proof(app_id, key, chain)
-        submitter = TxSubmitter(self.conn, LocalSigner(key), receipt_timeout=20.0, poll_interval=0.05)
-        assert submitter.address == proof.signer
-        await self.deployer.send(proof.signer, b"", value=FUNDING_WEI)
-        n = self.count
-        return Node(
-            name=name,
-            app_id=app_id,
-            proof=proof,
-            submitter=submitter,
-            keys=MemberKeys(
-                seal_pub=Bytes32(bytes([0x5E, n]) * 16),
-                wg_pub=Bytes32(bytes([0x36, n]) * 16),
-                identity_pub=Bytes32(bytes([0x1D, n]) * 16),
-            ),
-            endpoint=f"127.0.0.1:{51820 + n}",
-        )
-
-
-@pytest.fixture
-def nodes(
-    conn: ChainConnection, deployer: TxSubmitter, stack: Deployment, kms: DevnetKms, compose_hash: Bytes32
-) -> NodeFactory:
-    assert compose_hash == COMPOSE_HASH
-    return NodeFactory(conn, deployer, stack, kms)
 
 
 def assert_our_types(value: Any) -> None:
@@ -263,6 +197,9 @@ async def test_absent_values_are_none(cluster: ClusterClient) -> None:
     assert await cluster.member_by_id(member_id_for(cluster.address, stranger)) is None
     assert await cluster.mesh_ip_of(member_id_for(cluster.address, stranger)) is None
     assert await cluster.csk_commitment() is None
+    assert await cluster.csk_epoch() == 1
+    assert await cluster.csk_commitment_of(1) is None
+    assert not await cluster.rotate_csk_on_remove()
     assert await cluster.pending_owner() is None
     assert await cluster.members() == []
 
@@ -277,6 +214,7 @@ async def test_stack_reads(
     assert await factory.cluster_count() == 1
     assert await cluster.owner() == cluster.submitter.address  # type: ignore[union-attr]
     assert await cluster.allowed_kms_root(kms.root_address)
+    assert await cluster.member_app_factory() == stack.member_app_factory
     assert await cluster.allowed_compose_hash(COMPOSE_HASH)
     assert await cluster.allow_any_device()
     assert not await cluster.require_tcb_up_to_date()
@@ -423,11 +361,9 @@ async def test_members_stay_allowed_without_pre_approval(cluster: ClusterClient,
     assert (await cluster.is_app_allowed(boot_info(node.app_id))).allowed
 
 
-async def test_empty_allowlist_denies(
-    conn: ChainConnection, deployer: TxSubmitter, kms: DevnetKms, nodes: NodeFactory
-) -> None:
+async def test_empty_allowlist_denies(conn: ChainConnection, deployer: TxSubmitter, kms: DevnetKms) -> None:
     empty = await deploy_stack(conn, deployer, kms_roots=(kms.root_address,), compose_hashes=())
-    app_id = await nodes.app("node-1")
+    app_id = await deploy_member_app(conn, deployer, empty.member_app_factory, empty.cluster, "node-1")
     client = ClusterClient(conn, empty.cluster, deployer)
     await client.add_allowed_app_id(app_id)
     for compose_hash in (COMPOSE_HASH, ZERO32):
@@ -460,20 +396,21 @@ async def test_csk_commitment_originator_only_and_once(cluster: ClusterClient, n
     commitment = Bytes32(keccak(b"cluster shared key"))
 
     with pytest.raises(NotOriginator) as caught:
-        await second.client(cluster).set_csk_commitment(commitment)
+        await second.client(cluster).set_csk_commitment(1, commitment)
     assert caught.value.args == (second.proof.signer,)
     with pytest.raises(ZeroCommitment):
-        await first.client(cluster).set_csk_commitment(ZERO32)
+        await first.client(cluster).set_csk_commitment(1, ZERO32)
 
-    receipt = await first.client(cluster).set_csk_commitment(commitment)
+    receipt = await first.client(cluster).set_csk_commitment(1, commitment)
     print(f"gas set_csk_commitment = {receipt.gas_used}")
     (event,) = cluster.events(receipt, "CskCommitmentSet")
-    assert event["commitment"] == commitment
+    assert (event["commitment"], event["epoch"]) == (commitment, 1)
+    assert event["originator"] == member_id_for(cluster.address, first.app_id)
     assert await cluster.csk_commitment() == commitment
 
     with pytest.raises(CskCommitmentAlreadySet) as again:
-        await first.client(cluster).set_csk_commitment(Bytes32(keccak(b"another key")))
-    assert again.value.args == (commitment,)
+        await first.client(cluster).set_csk_commitment(1, Bytes32(keccak(b"another key")))
+    assert again.value.args == (1, commitment)
 
 
 # --- (e) owner-only administration and eviction ----------------------------------------------------------
@@ -487,6 +424,8 @@ ADMIN_CALLS: dict[str, Callable[[ClusterClient], Awaitable[Any]]] = {
     "set_allow_any_device": lambda c: c.set_allow_any_device(False),
     "set_require_tcb_up_to_date": lambda c: c.set_require_tcb_up_to_date(True),
     "add_allowed_app_id": lambda c: c.add_allowed_app_id(Address(b"\x04" * 20)),
+    "rotate_csk": lambda c: c.rotate_csk(),
+    "set_rotate_csk_on_remove": lambda c: c.set_rotate_csk_on_remove(True),
     "remove_allowed_app_id": lambda c: c.remove_allowed_app_id(Address(b"\x04" * 20)),
     "add_kms_root": lambda c: c.add_kms_root(Address(b"\x05" * 20)),
     "remove_kms_root": lambda c: c.remove_kms_root(Address(b"\x05" * 20)),
@@ -500,9 +439,12 @@ async def test_every_admin_function_is_owner_only(cluster: ClusterClient, outsid
         with pytest.raises(OwnableUnauthorizedAccount) as caught:
             await call(as_outsider)
         assert caught.value.args == (outsider.address,), name
-    for name, call in ADMIN_CALLS.items():  # and the owner may (remove_member of an unknown id aside)
+    for name, call in ADMIN_CALLS.items():  # and the owner may (the calls' own checks aside)
         if name == "remove_member":
             with pytest.raises(UnknownMember):
+                await call(cluster)
+        elif name == "add_allowed_app_id":
+            with pytest.raises(NotMemberApp):  # not a member app: tests/component/test_cluster_rules.py
                 await call(cluster)
         else:
             assert (await call(cluster)).succeeded, name

@@ -43,6 +43,7 @@ from devnet.kms import DevnetKms, get_key
 from devnet.simulator import SimulatorConfig, serve_unix
 from sidecar.chain.artifacts import load_artifact
 from sidecar.chain.contracts import ClusterClient, ClusterFactoryClient, MemberAppFactoryClient
+from sidecar.chain.errors import ForeignApp
 from sidecar.chain.rpc import ChainConnection, checksum
 from sidecar.chain.tx import LocalSigner, TxSubmitter
 from sidecar.core import csk as cskcore
@@ -769,7 +770,7 @@ async def test_wrong_csk_from_a_peer_is_rejected_and_the_next_peer_tried(lab: La
     good_peer = await lab.member("peer-good")
     csk = SecretBytes(os.urandom(32))
     commitment = cskcore.commitment(csk)
-    await bad_peer.client.set_csk_commitment(commitment)
+    await bad_peer.client.set_csk_commitment(1, commitment)
     bad_ip = await lab.owner.mesh_ip_of(bad_peer.member_id)
     good_ip = await lab.owner.mesh_ip_of(good_peer.member_id)
     assert (bad_ip, good_ip) == (IPv4Address("127.0.0.1"), IPv4Address("127.0.0.2"))
@@ -840,7 +841,7 @@ async def test_a_member_moved_up_to_originator_by_an_eviction_reads_its_cache(la
     committer = await lab.member("committer")
     csk = SecretBytes(os.urandom(32))
     commitment = cskcore.commitment(csk)
-    await committer.client.set_csk_commitment(commitment)
+    await committer.client.set_csk_commitment(1, commitment)
     app_id = await lab.app("successor")
     controller = await lab.controller("successor", app_id)
     await lab.set_balance(lab.signer_of(app_id), FUNDING_WEI)
@@ -872,48 +873,45 @@ async def test_a_member_moved_up_to_originator_by_an_eviction_reads_its_cache(la
 
 
 async def test_a_repointed_originator_commits_an_unrelated_key_in_another_cluster(lab: Lab) -> None:
-    """Acceptance 2, second half: cluster B allows cluster A's originator app id (and its compose and KMS
-    root). The same CVM (one simulator: same app id, same KMS) booted for B derives B's keys: the CSK it
-    commits to B is not A's (the commitments, i.e. keccak of the keys, differ), through the real GetKey."""
+    """Acceptance 2, second half: a cluster B deployed to catch cluster A's originator. B cannot even approve
+    A's app id (the contract: it is A's member app), and the same CVM (one simulator: same app id, same
+    KMS) booted for B derives B's keys anyway: through the real GetKey, B's CSK is not A's (the
+    commitments, i.e. keccak of the keys, differ), and neither is any other key."""
     app_id = await lab.app("origin")
     factory = ClusterFactoryClient(lab.conn, lab.stack.cluster_factory, lab.deployer)
     config = ClusterConfig(
-        owner=lab.deployer.address, mesh_cidr=MeshCidr.parse(MESH_CIDR), kms_roots=(lab.kms.root_address,),
-        compose_hashes=(COMPOSE_HASH,), allowed_app_ids=(app_id,), allow_any_device=True,
+        owner=lab.deployer.address, mesh_cidr=MeshCidr.parse(MESH_CIDR),
+        member_app_factory=lab.stack.member_app_factory, kms_roots=(lab.kms.root_address,),
+        compose_hashes=(COMPOSE_HASH,), allow_any_device=True,
     )  # fmt: skip
     cluster_b, _ = await factory.deploy_cluster(config, Bytes32(os.urandom(32)))
+    with pytest.raises(ForeignApp):
+        await ClusterClient(lab.conn, cluster_b, lab.deployer).add_allowed_app_id(app_id)
     sock = await lab.simulator("origin", app_id)
-
-    async def originate(cluster: Address) -> tuple[NodeUnderTest, Bytes32]:
-        agent = GuestAgent(str(sock))
-        ctl = await lab.controller(f"o-{cluster.hex[:6]}", app_id, agent=agent, CLUSTER=str(cluster))
-        signer = await derive(agent, KeyScope(CHAIN_ID, cluster))
-        await lab.set_balance(signer.signer, FUNDING_WEI)
-        await ctl.pass_once()  # registers in this cluster
-        await ctl.pass_once()  # sees itself; stops at the mesh step (no device in this test)
-        snapshot = ctl.snapshot
-        assert snapshot is not None and ctl.member_id is not None and snapshot.originator == ctl.member_id
-        mine = snapshot.member(ctl.member_id)
-        assert mine is not None
-        await ctl.acquire_csk(snapshot, mine)  # the originator derives and commits
-        commitment = await ClusterClient(lab.conn, cluster).csk_commitment()
-        assert commitment is not None and ctl.csk.commitment == commitment
-        return ctl, commitment
-
-    in_a, commitment_a = await originate(lab.stack.cluster)
-    in_b, commitment_b = await originate(cluster_b)
-    assert in_a.identity is not None and in_b.identity is not None
-    assert in_a.identity.app_id == in_b.identity.app_id == app_id  # the same app id in both clusters
-    assert in_a.identity.signer != in_b.identity.signer  # and every key bound to its cluster
-    assert commitment_a != commitment_b  # B never receives A's CSK: its own is unrelated
     agent = GuestAgent(str(sock))
+    ctl = await lab.controller("o-a", app_id, agent=agent)
+    signer = await derive(agent, KeyScope(CHAIN_ID, lab.stack.cluster))
+    await lab.set_balance(signer.signer, FUNDING_WEI)
+    await ctl.pass_once()  # registers in A
+    await ctl.pass_once()  # sees itself; stops at the mesh step (no device in this test)
+    snapshot = ctl.snapshot
+    assert snapshot is not None and ctl.member_id is not None and snapshot.originator == ctl.member_id
+    mine = snapshot.member(ctl.member_id)
+    assert mine is not None
+    await ctl.acquire_csk(snapshot, mine)  # the originator derives and commits
+    commitment_a = await ClusterClient(lab.conn, lab.stack.cluster).csk_commitment()
+    assert commitment_a is not None and ctl.csk.commitment == commitment_a
+    agent_b = GuestAgent(str(sock))
     try:
-        key_a = await derive_csk_key(agent, KeyScope(CHAIN_ID, lab.stack.cluster))
-        key_b = await derive_csk_key(agent, KeyScope(CHAIN_ID, cluster_b))
+        in_b = await derive(agent_b, KeyScope(CHAIN_ID, cluster_b))
+        key_a = await derive_csk_key(agent_b, KeyScope(CHAIN_ID, lab.stack.cluster))
+        key_b = await derive_csk_key(agent_b, KeyScope(CHAIN_ID, cluster_b))
     finally:
-        await agent.close()
+        await agent_b.close()
+    assert in_b.app_id == app_id and in_b.signer != signer.signer  # every key bound to its cluster
+    assert in_b.keys != signer.keys
     assert cskcore.commitment(cskcore.csk_from_key(key_a)) == commitment_a
-    assert cskcore.commitment(cskcore.csk_from_key(key_b)) == commitment_b
+    assert cskcore.commitment(cskcore.csk_from_key(key_b)) != commitment_a  # B never gets A's CSK
 
 
 async def test_csk_service_serves_live_members_and_refuses_the_rest(lab: Lab) -> None:

@@ -202,7 +202,7 @@ async def test_a_key_is_adopted_only_from_a_responder_that_proves_itself(lab: La
     good_peer = await lab.member("peer-good")
     csk = SecretBytes(os.urandom(32))
     commitment = cskcore.commitment(csk)
-    await unproven_peer.client.set_csk_commitment(commitment)
+    await unproven_peer.client.set_csk_commitment(1, commitment)
     ips = [await lab.owner.mesh_ip_of(p.member_id) for p in (unproven_peer, good_peer)]
 
     # Both seal the RIGHT key. The first shows a proof of its app from a root nobody measured: a non-TEE

@@ -77,6 +77,26 @@ async def test_each_new_log_wakes_once_and_the_cursor_survives_a_restart(
     assert await restarted.poll_once(conn) == 1
 
 
+async def test_csk_epoch_events_wake_the_control_loop(
+    conn: ChainConnection, cluster: ClusterClient, chain: Chain, tmp_path: Path
+) -> None:
+    """A commitment, a rotation and the rotate-on-remove switch each wake a pass (it re-reads the epoch)."""
+    member = await chain.member()
+    wakes: list[str] = []
+    events = poller(conn, cluster, tmp_path, wakes)
+    assert await events.poll_once(conn) == 0
+    for write in (
+        lambda: member.client(conn).set_csk_commitment(1, Bytes32(os.urandom(32))),
+        cluster.rotate_csk,
+        lambda: cluster.set_rotate_csk_on_remove(True),
+    ):
+        receipt = await write()
+        (name,) = [e.name for e in cluster.events(receipt)]
+        wakes.clear()
+        assert await events.poll_once(conn) == 1, name
+        assert wakes == ["chain events"], name
+
+
 async def test_bounded_ranges_cover_every_block(
     conn: ChainConnection, cluster: ClusterClient, tmp_path: Path
 ) -> None:

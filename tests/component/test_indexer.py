@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from devnet.deployment import Deployment
-from indexer.follower import MEMBER_REGISTERED, MEMBER_REMOVED
+from indexer.follower import CLUSTER_CODEC, MEMBER_REGISTERED, MEMBER_REMOVED
 from indexer.service import IndexerService
 from sidecar.chain.contracts import ClusterClient, IndexerRegistryClient
 from sidecar.chain.rpc import ChainConnection
@@ -227,6 +227,31 @@ async def test_replay_then_live_acks_and_checkpoints(
     message = await again.take()
     assert isinstance(message, Checkpoint) and message.prev == sub.cursor
     await again.close()
+
+
+async def test_csk_epoch_events_reach_the_members(
+    http: aiohttp.ClientSession, make_indexer: Factory, chain: Chain, indexer_pub: Bytes32
+) -> None:
+    """A commitment and a rotation are pushed like any cluster event: members re-read the epoch on them."""
+    first = await chain.member()
+    service = await make_indexer()
+    await wait_healthy(http, service)
+    sub = Subscriber(http, service, first, indexer_pub)
+    assert isinstance(await sub.open(None), Welcome)
+    owner = ClusterClient(chain.conn, first.cluster, chain.deployer)
+    topics = {name: CLUSTER_CODEC.topic_of(name) for name in ("CskCommitmentSet", "CskRotated")}
+
+    def pushed(name: str) -> Callable[[Message | None], bool]:
+        return lambda m: isinstance(m, Event) and m.log.topics[0] == topics[name]
+
+    await first.client(chain.conn).set_csk_commitment(1, Bytes32(os.urandom(32)))
+    committed = await sub.until(pushed("CskCommitmentSet"))
+    assert isinstance(committed, Event) and committed.log.topics[2] == Bytes32((1).to_bytes(32, "big"))
+    receipt = await owner.rotate_csk()
+    rotated = await sub.until(pushed("CskRotated"))
+    assert isinstance(rotated, Event) and rotated.log.block_number == receipt.block_number
+    assert owner.events([rotated.log])[0]["epoch"] == 2
+    await sub.close()
 
 
 async def test_non_member_and_wrong_key_are_unauthorized(

@@ -62,7 +62,7 @@ async def commit_csk(conn: ChainConnection, kms: DevnetKms, cluster: ClusterClie
     originator = (await cluster.members())[0]
     key, _ = get_key(kms, originator.app_id, key_path(KeyPath.SIGNER, CHAIN_ID, cluster.address), "ethereum")
     submitter = TxSubmitter(conn, LocalSigner(key), receipt_timeout=20.0, poll_interval=0.05)
-    await cluster.with_submitter(submitter).set_csk_commitment(COMMITMENT)
+    await cluster.with_submitter(submitter).set_csk_commitment(1, COMMITMENT)
 
 
 # --- chain status ------------------------------------------------------------------------------------------
@@ -93,7 +93,7 @@ async def test_chain_status_shows_members_commitment_registry_and_allowlist(
     assert human.returncode == 0, human.stderr
     out = human.stdout
     assert f"members 3  originator {members[0].member_id}" in out
-    assert f"csk commitment {COMMITMENT}" in out
+    assert f"csk epoch 1\ncsk commitment {COMMITMENT}" in out
     assert f"indexer registry {stack.indexer_registry}: {INDEXER_ENDPOINT}" in out
     assert f"  key      {INDEXER_KEY}\n  code id  {CODE_ID}\n" in out
     assert f"compose hash {COMPOSE_HASH}: allowlisted" in out
@@ -120,7 +120,9 @@ async def test_chain_status_shows_members_commitment_registry_and_allowlist(
         "mesh_cidr": str(await cluster.mesh_cidr()),
         "member_count": await cluster.member_count(),
         "originator": str(members[0].member_id),
+        "csk_epoch": 1,
         "csk_commitment": str(await cluster.csk_commitment()),
+        "rotate_csk_on_remove": False,
     }
     assert data["indexer_registry"] == {
         "address": str(stack.indexer_registry),

@@ -16,8 +16,9 @@ import pytest
 from devnet.anvil import DEVNET_DEPLOYER_KEY, DEVNET_DEV_KEYS, AnvilProcess
 from devnet.deployment import Deployment
 from sidecar.chain.contracts import ClusterClient, MemberAppFactoryClient
+from sidecar.chain.deploy import deploy_contract
 from sidecar.chain.rpc import ChainConnection, checksum
-from sidecar.chain.tx import LocalSigner
+from sidecar.chain.tx import LocalSigner, TxSubmitter
 from sidecar.core.ids import Address, Bytes32, SecretBytes
 from tests.component.conftest import CHAIN_ID, COMPOSE_HASH
 from tests.component.toolkit import bad_checksum, chain_args, closed_port, run_cli, usage_error
@@ -266,3 +267,22 @@ async def test_member_app_deploys_and_approves_once_and_refuses_a_key_that_is_no
     assert_no_key(refused.stdout, refused.stderr, first.stdout, first.stderr, both.stdout, again.stdout)
 
     assert "node name must be" in usage_error(capsys, [*args, "--name", "Bad_Name"])
+
+
+async def test_member_app_refuses_a_factory_other_than_the_clusters(
+    anvil: AnvilProcess, conn: ChainConnection, stack: Deployment, deployer: TxSubmitter
+) -> None:
+    other, _ = await deploy_contract(conn, deployer, "ClusterMemberAppFactory")
+    sent = await nonce(conn, OWNER)
+    name = f"node-{os.urandom(3).hex()}"
+    args = ("chain", "member-app", *chain_args(anvil, stack), "--factory", str(other), "--name", name)
+    refused = await run_cli(*args, env={"ATTESTMESH_OWNER_KEY": OWNER_KEY})
+    assert refused.returncode == 1
+    assert (
+        f"cluster {stack.cluster} approves only member apps of factory {stack.member_app_factory}, "
+        f"not of {other}"
+    ) in refused.stderr
+    assert await nonce(conn, OWNER) == sent  # nothing deployed, nothing approved
+    assert not await MemberAppFactoryClient(conn, other).is_our_app(
+        await MemberAppFactoryClient(conn, other).predict(stack.cluster, name)
+    )

@@ -321,7 +321,7 @@ async def test_every_snapshot_read_is_pinned_to_the_confirmed_block_hash(
         by_number = [p for p in proxy.calls("eth_getBlockByNumber") if p[0] != "latest"]  # "latest": fees
         assert by_number == [[hex(head - 2), False]]  # the snapshot block's hash, read once
         calls = proxy.calls("eth_call")
-        assert len(calls) == 4  # isAppAllowed, members, cskCommitment, meshCidr
+        assert len(calls) == 5  # isAppAllowed, members, cskEpoch, cskCommitmentOf(epoch), meshCidr
         for params in calls:
             assert params[1] == {"blockHash": str(confirmed.hash), "requireCanonical": True}
         snapshot = node.state.snapshot

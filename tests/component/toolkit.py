@@ -1,8 +1,9 @@
 """The component toolkit: what several component tests share beyond the conftest fixtures.
 
-Holds the chain helper that makes clusters and registered members through our own adapter (``Chain``,
-``Member``), the indexer app id of the in-process indexer and the JSON reads of its HTTP surface, and the
-operator CLI's runners (``run_cli`` as a subprocess, ``usage_error`` in process) with their argument helpers.
+Holds the chain helpers that make clusters and members through our own adapter (``Chain``, ``Member``;
+``NodeFactory``, ``Node``: would-be members, not yet registered), the indexer app id of the in-process
+indexer and the JSON reads of its HTTP surface, and the operator CLI's runners (``run_cli`` as a
+subprocess, ``usage_error`` in process) with their argument helpers.
 Must not: import another test module, start anything it does not stop, or use anything but loopback.
 """
 
@@ -34,7 +35,7 @@ from sidecar.chain.tx import LocalSigner, TxSubmitter
 from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
 from sidecar.core.keys import KeyPath, ed25519_public_key, key_path
 from sidecar.core.model import ClusterConfig, MemberKeys, MeshCidr
-from sidecar.core.sigchain import build_proof
+from sidecar.core.sigchain import SigChainProof, build_proof
 from sidecar.http import Runner
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,6 +59,11 @@ class Member:
     member_id: MemberId
     identity: SecretBytes
     block: int
+    submitter: TxSubmitter  # sends as the member's signer
+
+    def client(self, conn: ChainConnection) -> ClusterClient:
+        """The member's cluster, written to as the member."""
+        return ClusterClient(conn, self.cluster, self.submitter)
 
 
 class Chain:
@@ -79,6 +85,7 @@ class Chain:
         config = ClusterConfig(
             owner=self.deployer.address,
             mesh_cidr=MeshCidr.parse("10.77.0.0/24"),
+            member_app_factory=self.stack.member_app_factory,
             kms_roots=(self.kms.root_address,),
             allow_any_device=True,
         )
@@ -110,7 +117,77 @@ class Chain:
         receipt, member_id = await ClusterClient(self.conn, cluster, submitter).register(
             proof, keys, f"127.0.0.1:{52000 + n}"
         )
-        return Member(cluster, member_id, identity, receipt.block_number)
+        return Member(cluster, member_id, identity, receipt.block_number, submitter)
+
+
+@dataclass(frozen=True)
+class Node:
+    """A would-be member: its app contract, derived signer (as a submitter), proof and published keys."""
+
+    name: str
+    app_id: Address
+    proof: SigChainProof
+    submitter: TxSubmitter
+    keys: MemberKeys
+    endpoint: str
+
+    def client(self, cluster: ClusterClient) -> ClusterClient:
+        return cluster.with_submitter(self.submitter)
+
+
+class NodeFactory:
+    """Builds nodes as the sidecar would: member app via the factory, signer key and chain from the KMS."""
+
+    def __init__(
+        self, conn: ChainConnection, deployer: TxSubmitter, stack: Deployment, kms: DevnetKms
+    ) -> None:
+        self.conn = conn
+        self.deployer = deployer
+        self.stack = stack
+        self.kms = kms
+        self.count = 0
+
+    async def app(self, name: str, cluster: Address | None = None) -> Address:
+        """The member app of ``name`` in ``cluster`` (default: the stack's), from the stack's factory."""
+        return await deploy_member_app(
+            self.conn, self.deployer, self.stack.member_app_factory, cluster or self.stack.cluster, name
+        )
+
+    async def node(
+        self,
+        name: str,
+        *,
+        approve: bool = True,
+        kms: DevnetKms | None = None,
+        keys: MemberKeys | None = None,
+        cluster: Address | None = None,
+    ) -> Node:
+        """A would-be member of ``cluster`` (the stack's by default) with distinct keys unless ``keys``."""
+        self.count += 1
+        cluster = cluster or self.stack.cluster
+        app_id = await self.app(name, cluster)
+        if approve:
+            await ClusterClient(self.conn, cluster, self.deployer).add_allowed_app_id(app_id)
+        path = key_path(KeyPath.SIGNER, CHAIN_ID, cluster)
+        key, chain = get_key(kms or self.kms, app_id, path, KeyPath.SIGNER.purpose)
+        proof = build_proof(app_id, key, chain)
+        submitter = TxSubmitter(self.conn, LocalSigner(key), receipt_timeout=20.0, poll_interval=0.05)
+        assert submitter.address == proof.signer
+        await self.deployer.send(proof.signer, b"", value=FUNDING_WEI)
+        n = self.count
+        return Node(
+            name=name,
+            app_id=app_id,
+            proof=proof,
+            submitter=submitter,
+            keys=keys
+            or MemberKeys(
+                seal_pub=Bytes32(bytes([0x5E, n]) * 16),
+                wg_pub=Bytes32(bytes([0x36, n]) * 16),
+                identity_pub=Bytes32(bytes([0x1D, n]) * 16),
+            ),
+            endpoint=f"127.0.0.1:{51820 + n}",
+        )
 
 
 async def get_json(http: aiohttp.ClientSession, service: IndexerService, path: str) -> tuple[int, Any]:

@@ -267,6 +267,7 @@ def deploy_other_cluster(on: LabChain) -> Address:
         config = ClusterConfig(
             owner=cluster.submitter.address,
             mesh_cidr=MeshCidr(PLAN.mesh),
+            member_app_factory=Address.from_hex(status["member_app_factory"]),
             kms_roots=(Address.from_hex(status["kms_root"]),),
             allow_any_device=True,
         )

@@ -129,10 +129,11 @@ def cluster_logs(lab: LabCli) -> list[Position]:
 
 
 def emit_cluster_log(lab: LabCli) -> Position:
-    """A real cluster event that every member must hear of: the owner allows a fresh (unused) app id."""
+    """A real cluster event that every member must hear of: the owner allows a fresh (unused) compose hash
+    (an app id would have to be a member app of the cluster, deployed first)."""
 
     async def allow(conn: ChainConnection, cluster: ClusterClient) -> Position:
-        receipt = await cluster.add_allowed_app_id(Address(os.urandom(20)))
+        receipt = await cluster.add_compose_hash(Bytes32(os.urandom(32)))
         entry = next(e for e in receipt.logs if e.address == cluster.address)
         return entry.block_number, entry.log_index
 

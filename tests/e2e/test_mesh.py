@@ -27,7 +27,7 @@ from sidecar.chain.tx import LocalSigner, TxSubmitter
 from sidecar.core import csk as cskcore
 from sidecar.core.heartbeat import Heartbeat, encode
 from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
-from sidecar.core.keys import KeyPath, ed25519_public_key, key_path, x25519_public_key
+from sidecar.core.keys import KeyPath, KeyScope, ed25519_public_key, key_path, x25519_public_key
 from sidecar.core.memberproof import MemberProof, make_member_proof
 from sidecar.core.model import MemberKeys
 from sidecar.core.sigchain import build_proof
@@ -63,9 +63,11 @@ def member_proof(lab: LabCli, app: Address) -> MemberProof:
     async def salt(conn: ChainConnection, _cluster: ClusterClient) -> Bytes32:
         return await MemberAppFactoryClient(conn, Address.from_hex(status["member_app_factory"])).salt_of(app)
 
-    signer, sigchain = get_key(kms, app, KeyPath.SIGNER.path, KeyPath.SIGNER.purpose)
-    identity = get_key(kms, app, KeyPath.IDENTITY.path, KeyPath.IDENTITY.purpose)[0]
-    seal = get_key(kms, app, KeyPath.SEAL.path, KeyPath.SEAL.purpose)[0]
+    state = lab.state()
+    scope = KeyScope(state.chain_id, Address.from_hex(state.cluster))
+    signer, sigchain = get_key(kms, app, scope.path(KeyPath.SIGNER), KeyPath.SIGNER.purpose)
+    identity = get_key(kms, app, scope.path(KeyPath.IDENTITY), KeyPath.IDENTITY.purpose)[0]
+    seal = get_key(kms, app, scope.path(KeyPath.SEAL), KeyPath.SEAL.purpose)[0]
     return make_member_proof(
         build_proof(app, signer, sigchain), signer, salt=chain(lab, salt), chain_id=lab.state().chain_id,
         cluster=Address.from_hex(status["cluster"]), identity_pub=Bytes32(ed25519_public_key(identity)),

@@ -121,7 +121,9 @@ class FakeChain:
 
     members: list[MemberRecord] = field(default_factory=list)
     verdict: BootVerdict = field(default_factory=lambda: BootVerdict(True, ""))
-    commitment: Bytes32 | None = None
+    commitment: Bytes32 | None = None  # the current epoch's
+    epoch: int = 1
+    committed_epochs: list[int] = field(default_factory=list)
     mesh: MeshCidr = field(default_factory=lambda: MeshCidr.parse("10.77.0.0/24"))
     head: int = 10
     fail: ChainError | None = None
@@ -144,7 +146,9 @@ class FakeChain:
     async def read(self, identity: NodeIdentity) -> tuple[int, Snapshot]:
         if self.fail is not None:
             raise self.fail
-        return self.head, Snapshot(self.head, self.verdict, tuple(self.members), self.commitment, self.mesh)
+        return self.head, Snapshot(
+            self.head, self.verdict, tuple(self.members), self.commitment, self.mesh, self.epoch
+        )
 
     async def has_contract(self) -> bool:
         return self.code
@@ -173,8 +177,9 @@ class FakeChain:
             for m in self.members
         ]  # fmt: skip
 
-    async def commit_csk(self, identity: NodeIdentity, commitment: Bytes32) -> int:
+    async def commit_csk(self, identity: NodeIdentity, epoch: int, commitment: Bytes32) -> int:
         self.commits += 1
+        self.committed_epochs.append(epoch)
         self.commitment = commitment
         return self.head
 

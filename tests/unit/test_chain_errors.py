@@ -125,6 +125,8 @@ def test_default_table_decodes_every_artifact_error_to_its_class() -> None:
                     values.append(APP.checksum)
                 elif abi_type.startswith("bytes"):
                     values.append(bytes(int(abi_type[5:]) if abi_type != "bytes" else 3))
+                elif abi_type == "string":
+                    values.append("wireguard")
                 else:
                     values.append(7)
             error = decode_revert(spec.selector + encode(list(spec.input_types), values))

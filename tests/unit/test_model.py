@@ -114,7 +114,7 @@ def test_value_objects_are_frozen() -> None:
 
 
 def test_cluster_config_defaults_fail_closed() -> None:
-    config = ClusterConfig(owner=CLUSTER, mesh_cidr=MeshCidr.parse("10.13.0.0/16"))
+    config = ClusterConfig(owner=CLUSTER, mesh_cidr=MeshCidr.parse("10.13.0.0/16"), member_app_factory=APP)
     assert config.compose_hashes == ()
     assert not config.allow_any_device
     assert not config.require_tcb_up_to_date

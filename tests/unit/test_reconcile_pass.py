@@ -326,6 +326,14 @@ async def test_without_the_anchors_the_key_is_neither_taken_nor_served(tmp_path:
     assert sample(w.metrics, "attestmesh_csk_requests_refused_total", reason="anchors_missing") == 1
 
 
+async def test_the_originator_commits_for_the_epoch_it_read(tmp_path: Path) -> None:
+    chain = FakeChain(epoch=3)  # rotated twice before this node's first pass
+    w = world(tmp_path, chain)
+    await w.pass_once()  # registers: the first member, so the originator
+    await w.pass_once()  # derives and commits
+    assert chain.committed_epochs == [3]
+
+
 async def test_peers_no_live_peer(tmp_path: Path) -> None:
     chain = FakeChain()
     w = world(tmp_path, chain)

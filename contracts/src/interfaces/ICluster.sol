@@ -4,7 +4,7 @@ pragma solidity ^0.8.24;
 import {AppBootInfo, IAppAuth} from "./IAppAuth.sol";
 
 /// @notice One AttestMesh cluster: boot policy, KMS roots, membership with contract-allocated mesh IPs and the
-///         CSK commitment. Owner-only administration uses OpenZeppelin's two-step ownership.
+///         CSK commitment of each CSK epoch. Owner-only administration uses OpenZeppelin's two-step ownership.
 interface ICluster is IAppAuth {
     /// @notice The dstack signature chain for the node's signer key, as obtained from `GetKey`.
     struct SigChainProof {
@@ -30,13 +30,18 @@ interface ICluster is IAppAuth {
         bytes32 sealPub;
         bytes32 wgPub;
         bytes32 identityPub;
-        string endpoint; // "host:port" of the member's WireGuard endpoint
+        string endpoint; // udp://ip:port, [v6]/ip:port (legacy) or tls://name:port: the forms the sidecar parses
         uint32 meshIp; // allocated by the contract from meshCidr(), never reused
         uint64 registeredAt; // block timestamp
     }
 
     // --- errors (the chain adapter maps each one to a typed Python exception of the same name) ---
     error AppIdNotAllowed(address appId);
+    error NotMemberApp(address appId); // not a ClusterMemberApp of memberAppFactory (an EOA, another contract)
+    error ForeignApp(address appId, address cluster); // a member app of another cluster
+    error InvalidMemberAppFactory(address factory); // construction: zero or no code
+    error KeyInUse(string kind, bytes32 key, bytes32 holder); // kind: "wireguard", "identity" or "seal"
+    error InvalidEndpoint(string endpoint);
     error AlreadyRegistered(address appId, bytes32 memberId);
     error KmsRootNotAllowed(address kmsRoot);
     error KmsSignatureMismatch(address claimedRoot, address recovered);
@@ -51,7 +56,8 @@ interface ICluster is IAppAuth {
     error NotMember(address sender);
     error UnknownMember(bytes32 memberId);
     error NotOriginator(address sender);
-    error CskCommitmentAlreadySet(bytes32 commitment);
+    error CskCommitmentAlreadySet(uint64 epoch, bytes32 commitment);
+    error WrongEpoch(uint64 expected, uint64 given);
     error ZeroCommitment();
     error RenounceDisabled();
 
@@ -59,7 +65,9 @@ interface ICluster is IAppAuth {
     event MemberRegistered(bytes32 indexed memberId, address indexed appId, address indexed signer, uint32 meshIp);
     event MemberRemoved(bytes32 indexed memberId, address indexed appId);
     event EndpointChanged(bytes32 indexed memberId, string endpoint);
-    event CskCommitmentSet(bytes32 indexed originator, bytes32 commitment);
+    event CskCommitmentSet(bytes32 indexed originator, uint64 indexed epoch, bytes32 commitment);
+    event CskRotated(uint64 epoch);
+    event RotateCskOnRemoveSet(bool rotateCskOnRemove);
     event ComposeHashAdded(bytes32 indexed composeHash);
     event ComposeHashRemoved(bytes32 indexed composeHash);
     event DeviceAdded(bytes32 indexed deviceId);
@@ -78,6 +86,8 @@ interface ICluster is IAppAuth {
     function removeDevice(bytes32 deviceId) external;
     function setAllowAnyDevice(bool allowed) external;
     function setRequireTcbUpToDate(bool required) external;
+    /// @notice Pre-approve a node: `appId` must be a ClusterMemberApp that memberAppFactory deployed for this
+    ///         cluster (NotMemberApp, ForeignApp otherwise).
     function addAllowedAppId(address appId) external;
     function removeAllowedAppId(address appId) external;
     function addKmsRoot(address kmsRoot) external;
@@ -89,17 +99,27 @@ interface ICluster is IAppAuth {
     function requireTcbUpToDate() external view returns (bool);
     function allowedAppIds(address appId) external view returns (bool);
     function allowedKmsRoots(address kmsRoot) external view returns (bool);
+    /// @notice The ClusterMemberAppFactory whose apps (deployed for this cluster) may be approved; fixed at deployment.
+    function memberAppFactory() external view returns (address);
 
     // --- membership ---
-    /// @notice Register msg.sender's node. Verifies the dstack chain on chain; allocates the mesh IP.
+    /// @notice Register msg.sender's node. Verifies the dstack chain on chain; allocates the mesh IP. The app id must
+    ///         be this cluster's approved member app, the three public keys held by no other member, the endpoint
+    ///         one of the sidecar's forms (InvalidEndpoint).
     function register(SigChainProof calldata proof, MemberKeys calldata keys, string calldata endpoint)
         external
         returns (bytes32 memberId);
-    /// @notice Member-gated: change the caller's endpoint.
+    /// @notice Member-gated: change the caller's endpoint (validated as in register).
     function setEndpoint(string calldata endpoint) external;
-    /// @notice Originator (listMembers()[0]) only, once: keccak256 of the cluster shared key.
-    function setCskCommitment(bytes32 commitment) external;
-    /// @notice Owner-only eviction. Also revokes the app id's pre-approval; the mesh IP is never reused.
+    /// @notice Originator (listMembers()[0]) only, once per epoch and only for the current epoch (WrongEpoch
+    ///         otherwise): keccak256 of that epoch's cluster shared key.
+    function setCskCommitment(uint64 epoch, bytes32 commitment) external;
+    /// @notice Owner-only: start the next CSK epoch (CskRotated); its originator then commits the new key.
+    function rotateCsk() external;
+    /// @notice Owner-only: whether removeMember also rotates the CSK (so an evicted member never learns the next key).
+    function setRotateCskOnRemove(bool rotate) external;
+    /// @notice Owner-only eviction. Also revokes the app id's pre-approval and frees its public keys; the mesh IP
+    ///         is never reused. Rotates the CSK when rotateCskOnRemove is set.
     function removeMember(bytes32 memberId) external;
 
     function memberCount() external view returns (uint256);
@@ -112,5 +132,8 @@ interface ICluster is IAppAuth {
     function members() external view returns (Member[] memory); // every record, registration order, one call
     function meshCidr() external view returns (uint32 base, uint8 prefixLength);
     function meshIpOf(bytes32 memberId) external view returns (uint32); // zero when absent
-    function cskCommitment() external view returns (bytes32); // zero until set
+    function cskEpoch() external view returns (uint64); // the current CSK epoch; starts at 1
+    function cskCommitmentOf(uint64 epoch) external view returns (bytes32); // zero until that epoch's is set
+    function cskCommitment() external view returns (bytes32); // the current epoch's; zero until set
+    function rotateCskOnRemove() external view returns (bool);
 }

@@ -5,12 +5,12 @@ pragma solidity ^0.8.24;
 interface IClusterFactory {
     struct ClusterConfig {
         address owner;
+        address memberAppFactory; // the ClusterMemberAppFactory whose apps for this cluster may be approved
         uint32 meshCidrBase; // network address, host bits zero
         uint8 meshPrefixLength; // 8..30
         address[] kmsRoots;
         bytes32[] composeHashes;
         bytes32[] deviceIds;
-        address[] allowedAppIds;
         bool allowAnyDevice;
         bool requireTcbUpToDate;
     }
