@@ -11,7 +11,7 @@ URL --rules FILE``. The lies, each off unless set:
 - ``block_hash``: the ``hash`` of every block header answered (``eth_getBlockByNumber`` / ``ByHash``);
 - ``max_priority_fee`` / ``base_fee`` (wei): the quoted tip, and the ``baseFeePerGas`` of block headers.
 
-The rules file is re-read whenever its modification time changes (checked on each request), and
+The rules file is re-read whenever its content changes (checked on each request), and
 ``PUT /_proxy/rules`` replaces the lies; ``GET /_proxy/calls`` answers the recorded calls per method.
 Test tooling, never part of a node: it must not run outside a lab or a test, and it trusts its rules file.
 """
@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import signal
 import sys
 from collections import Counter, deque
@@ -32,14 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import structlog
 from aiohttp import web
 from eth_abi.abi import decode, encode
 from eth_utils.crypto import keccak
 
 from sidecar.chain.artifacts import load_artifact
 
-log = structlog.get_logger("devnet.rpcproxy")
+log = logging.getLogger("devnet.rpcproxy")
 
 CONTROL = "/_proxy"
 MAX_RECORDED = 20_000
@@ -120,7 +120,7 @@ class RpcProxy:
     requests: deque[tuple[str, Any]] = field(default_factory=lambda: deque(maxlen=MAX_RECORDED))
     host: str = "127.0.0.1"
     port: int = 0
-    _rules_mtime: int | None = None
+    _rules_text: str | None = None
     _runner: web.AppRunner | None = None
     _http: aiohttp.ClientSession | None = None
 
@@ -152,22 +152,24 @@ class RpcProxy:
             await self._http.close()
 
     def reload(self) -> None:
-        """Re-read the rules file when it changed since the last read (a bad file keeps the last lies)."""
+        """Re-read the rules file when its content changed since the last read (a small file, read on each
+        request: timestamps are too coarse for a test that rewrites it quickly); a bad file keeps the last
+        lies, no file means none."""
         if self.rules_file is None:
             return
         try:
-            mtime = self.rules_file.stat().st_mtime_ns
+            text: str | None = self.rules_file.read_text()
         except FileNotFoundError:
-            mtime = None
-        if mtime == self._rules_mtime:
+            text = None
+        if text == self._rules_text:
             return
-        self._rules_mtime = mtime
+        self._rules_text = text
         try:
-            self.lies = Lies() if mtime is None else Lies.from_json(json.loads(self.rules_file.read_text()))
-        except (OSError, ValueError) as exc:
-            log.warning("rpcproxy.rules_rejected", error=str(exc))
+            self.lies = Lies() if text is None else Lies.from_json(json.loads(text))
+        except ValueError as exc:
+            log.warning("rpcproxy.rules_rejected error=%s", exc)
             return
-        log.info("rpcproxy.rules_loaded", rules=self.lies.to_json())
+        log.info("rpcproxy.rules_loaded rules=%s", json.dumps(self.lies.to_json()))
 
     def calls(self, method: str) -> list[Any]:
         return [params for name, params in self.requests if name == method]
@@ -240,7 +242,7 @@ async def _serve(args: argparse.Namespace) -> None:
     proxy = RpcProxy(args.upstream, rules_file=args.rules)
     host, port = args.listen
     await proxy.start(host, port)
-    log.info("rpcproxy.listening", url=proxy.url, upstream=args.upstream)
+    log.info("rpcproxy.listening url=%s upstream=%s", proxy.url, args.upstream)
     sys.stdout.write(f"rpcproxy listening on {proxy.url}\n")
     sys.stdout.flush()
     stop = asyncio.Event()
@@ -259,6 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--upstream", required=True, help="the honest JSON-RPC URL (the lab's anvil)")
     parser.add_argument("--rules", type=Path, default=None, help="rules JSON file, re-read when it changes")
     args = parser.parse_args(argv)
+    logging.basicConfig(
+        level="INFO", stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(args))
     return 0
