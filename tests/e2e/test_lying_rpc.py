@@ -297,7 +297,7 @@ def test_a_joining_node_shown_a_fake_commitment_adopts_no_key(lab: LabCli) -> No
 
         wait_until(refused_both_peers, 90, "node-3 rejecting the real key of both peers")
         body = node3.healthz()
-        assert body["csk"]["held"] is False and body["csk"]["commitment"] is None
+        assert (body["csk"]["held"], body["csk"]["commitment"]) == (False, fake_commitment)  # the liar's
         assert body["reason"] is not None and "no peer served a valid cluster shared key" in body["reason"]
         assert "invalid" in body["reason"]
         reasons = {e["reason"] for e in sidecar_log(lab, "node-3", "csk.pull_rejected")}
