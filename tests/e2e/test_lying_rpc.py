@@ -10,7 +10,13 @@ The fake member F is a record the proxy appends to ``members()``; the test holds
 WireGuard presence: a gateway-mode lab only carries CVMs the gateway knows, so F cannot be on the mesh.
 F's CSK requests are sent from where a member could send them: node-2's namespace, over the mesh, to
 node-1's peer API (the responder does not tie a request to the address it came from; a captured mesh
-position is exactly what the proofs must defend against).
+position is exactly what the proofs must defend against). With that one provider node-1 does put F's key on
+its device; with the honest anvil beside the liar and a quorum of 2 it never does.
+
+The joining node is node-3 of a two-node lab (the fewest nodes that show "every peer's real key rejected").
+A responder that would serve a key matching the fake commitment needs a live peer the liar invents, which
+a gateway-mode lab cannot carry (only CVMs the gateway routes are on the mesh); that refusal (``unproven``)
+is shown by ``tests/component/test_csk_proofs.py``.
 """
 
 from __future__ import annotations
@@ -215,6 +221,9 @@ def test_a_fake_member_shown_by_the_rpc_is_refused_the_key_and_counted(lab: LabC
             DEADLINE, "node-1 shows the fake member and holds the key",
         )  # fmt: skip
         assert node2.healthz()["peers"]["desired"] == 1  # the honest node: only node-1
+        # With one provider, what it says is what node-1 configures: F's key is on node-1's device (so the
+        # quorum test's "never on the device" is the quorum's doing, not the lab's).
+        wait_until(lambda: wg_key(fake.wg_pub) in wg_peers(lab, "node-1"), DEADLINE, "F on node-1's device")
         responder = MemberId.from_hex(node1.healthz()["node"]["member_id"])
         chain_id = int(state["chain_id"])
         foreign = fake.proof(DevnetKms(), chain_id)  # the lab's KMS root, an app id no factory made
@@ -226,6 +235,7 @@ def test_a_fake_member_shown_by_the_rpc_is_refused_the_key_and_counted(lab: LabC
             ("bad_proof", {**proof_json(foreign), "kms_signature": proof_json(foreign)["app_signature"]}),
         ]
         before = {reason: node1.counter(REFUSED, reason=reason) for reason, _ in cases}
+        served_before = node1.counter("attestmesh_csk_requests_served_total")
         for reason, proof in cases:
             body = fake.request(responder, proof if isinstance(proof, MemberProof) else None)
             if isinstance(proof, dict):
@@ -234,6 +244,7 @@ def test_a_fake_member_shown_by_the_rpc_is_refused_the_key_and_counted(lab: LabC
             assert (status, answer.get("reason")) == (403, reason), answer
         for reason, _ in cases:  # read through the gateway, as an operator reads them
             assert node1.counter(REFUSED, reason=reason) == before[reason] + 1, reason
+        assert node1.counter("attestmesh_csk_requests_served_total") == served_before
         served = [
             e for e in sidecar_log(lab, "node-1", "csk.served") if e["requester"] == str(fake.member_id)
         ]
@@ -267,12 +278,13 @@ def test_two_providers_that_disagree_leave_the_device_alone(lab: LabCli) -> None
         }  # fmt: skip
         assert proxy.url not in json.dumps(body)
         seen = node1.counter("attestmesh_rpc_disagreements_total")
-        wait_until(
-            lambda: node1.counter("attestmesh_rpc_disagreements_total") >= seen + 3,
-            DEADLINE, "three more passes that disagree",
-        )  # fmt: skip
-        peers = wg_peers(lab, "node-1")
-        assert peers == peers_before and wg_key(fake.wg_pub) not in peers
+
+        def device_unchanged_for_three_more_passes() -> bool:
+            peers = wg_peers(lab, "node-1")  # read on every poll: F must never appear, not only at the end
+            assert peers == peers_before and wg_key(fake.wg_pub) not in peers, peers
+            return node1.counter("attestmesh_rpc_disagreements_total") >= seen + 3
+
+        wait_until(device_unchanged_for_three_more_passes, DEADLINE, "three more passes that disagree")
 
         proxy.lie(Lies())  # the liar turns honest: the quorum agrees, node-1 is healthy again
         wait_until(node1.healthy, DEADLINE, "node-1 healthy once the providers agree")
