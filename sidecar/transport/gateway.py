@@ -45,7 +45,7 @@ from sidecar.core.streamwire import (
     decode_hello,
     encode_hello,
 )
-from sidecar.observability import Metrics, StreamRefusal
+from sidecar.observability import Metrics
 from sidecar.transport.link import (
     GatewayOptions,
     GatewayPeer,
@@ -55,6 +55,7 @@ from sidecar.transport.link import (
     Role,
 )
 from sidecar.transport.tlsconf import client_context, server_context
+from sidecar.transportmetrics import StreamRefusal
 
 log = structlog.get_logger("sidecar.transport")
 

@@ -29,7 +29,7 @@ from sidecar.core.streamwire import (
     data_frame,
     keepalive_frame,
 )
-from sidecar.observability import StreamEnd
+from sidecar.transportmetrics import StreamEnd
 
 DEFAULT_MAX_BUFFER: Final = 256 * 1024
 _READ_CHUNK: Final = 256 * 1024
