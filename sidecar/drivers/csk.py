@@ -1,15 +1,19 @@
 """The cluster shared key as one feature: hold, cache, pull and serve (rules: ``sidecar.core.csk``).
 
-Owns the key this node holds (``CskHeld``: value, commitment, source, the last reason it is not held), this
+Owns the key this node holds (``CskHeld``: epoch, value, commitment, source, the last reason it is not
+held) and the previous epoch's for the grace period after a rotation (``sidecar.core.cskepochs``, memory
+only: the cache keeps the current one), this
 node's member proof (made once from its derived keys and the member app's CREATE2 salt, read once from the
 chain; ``sidecar.core.memberproof``), the acquire step of a reconcile pass (the originator derives and
 commits, or re-derives and verifies; every other member reads its sealed cache or pulls the key from a
 live peer, several at a time, adopting it only from a peer whose proof verifies against the measured
-anchors), the sealed cache in the state directory, and the answer to a peer's request (``respond``,
-behind the peer API's HTTP adapter: served only to a proven TEE of this cluster, sealed to its proven seal
-key). Without the measured anchors (member-app factory, KMS roots) the node neither serves nor accepts a
-key from peers and says why (``peering_error``). Facts about the node (identity, member id, snapshot)
-come from the shared ``NodeState``; the time from the injected clock. Repeated warnings are rate-limited.
+anchors; every key is the snapshot's epoch's, checked against that epoch's commitment), the sealed cache in
+the state directory, and the answer to a peer's request (``respond``, behind the peer API's HTTP adapter:
+the epoch asked for, only when held and verified, only to a proven TEE of this cluster that is a member in
+this node's confirmed snapshot, sealed to its proven seal key). Without the measured anchors (member-app
+factory, KMS roots) the node neither serves nor accepts a key from peers and says why (``peering_error``).
+Facts about the node (identity, member id, snapshot) come from the shared ``NodeState``; the time from the
+injected clock. Repeated warnings are rate-limited.
 Must not: log, repr or return the key except sealed to a proven member's seal key; serve a key that is
 not verified against the current on-chain commitment; adopt a key from a peer whose proof fails.
 """
@@ -27,6 +31,7 @@ import structlog
 
 from sidecar.chain.errors import ChainError
 from sidecar.core import csk as cskcore
+from sidecar.core.cskepochs import GraceKeys, PreviousCsk
 from sidecar.core.cskgate import DEFAULT_FRESHNESS_MS, CskGate, Refusal
 from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
 from sidecar.core.liveness import Liveness
@@ -34,6 +39,7 @@ from sidecar.core.memberproof import (
     MemberProof,
     ProofAnchors,
     ProofRejected,
+    ProvenMember,
     make_member_proof,
     verify_member_proof,
 )
@@ -58,9 +64,10 @@ CSK_CACHE_FILE = "csk.cache"
 
 @dataclass
 class CskHeld:
-    """The key this node holds (``value`` None: not held; ``error`` says why)."""
+    """The key this node holds and its epoch (``value`` None: not held; ``error`` says why)."""
 
     value: SecretBytes | None = field(default=None, repr=False)
+    epoch: int = 0
     commitment: Bytes32 | None = None
     source: str = ""
     error: str = ""
@@ -129,13 +136,15 @@ class CskKeeper:
         self.repeats = repeats
         self.gate = CskGate(freshness_ms=freshness_ms)
         self.held = CskHeld()
+        self.grace = GraceKeys(mesh.csk_grace)  # the previous epoch's key, for the grace period
         self._rederive_mismatch_logged: Bytes32 | None = None  # log that once per commitment
         self._committed_block: int | None = None  # where our commitment landed, until a snapshot shows it
 
     # --- the reconcile step --------------------------------------------------------------------------
 
     async def run(self, ident: NodeIdentity, snap: Snapshot, mine: MemberRecord) -> Outcome:
-        """Acquire the key for the snapshot's commitment; report whether it is held and, if not, why."""
+        """Acquire the key of the snapshot's epoch (checked against its commitment); report whether it is
+        held and, if not, why."""
         await self.acquire(ident, snap, mine)
         held = self.holds(snap.commitment)
         if held:
@@ -178,27 +187,29 @@ class CskKeeper:
 
     async def acquire(self, ident: NodeIdentity, snap: Snapshot, mine: MemberRecord) -> None:
         await self.make_proof(ident)  # once: needed to serve the key as much as to pull it
-        commitment = snap.commitment
+        commitment, epoch = snap.commitment, snap.csk_epoch
         is_originator = snap.originator == mine.member_id
         if self.holds(commitment):
             return
         if commitment is None:
             if not is_originator:
-                self.held.error = "waiting for the originator to commit the cluster shared key"
+                self.held.error = (
+                    f"waiting for the originator to commit the cluster shared key of epoch {epoch}"
+                )
                 return
             if self._committed_block is not None and snap.block < self._committed_block:
                 # committed, not confirmed yet: never send it twice (a snapshot at or past that block without
                 # it means a reorg dropped it, and the same derived key is committed again)
                 self.held.error = "waiting for the commitment to be confirmed"
                 return
-            await self._commit(ident, mine, snap.csk_epoch)
+            await self._commit(ident, mine, epoch)
             return
         if is_originator:
             # The originator's key is deterministic: re-derive and verify rather than trust a cache.
-            key = cskcore.csk_from_key(await derive_csk_key(self.agent, ident.scope, snap.csk_epoch))
+            key = cskcore.csk_from_key(await derive_csk_key(self.agent, ident.scope, epoch))
             if cskcore.commitment(key) == commitment:
-                log.info("csk.rederived", commitment=str(commitment))
-                self.hold(ident, mine.member_id, key, commitment, "derived")
+                log.info("csk.rederived", commitment=str(commitment), epoch=epoch)
+                self.hold(ident, mine.member_id, key, commitment, "derived", epoch=epoch)
                 return
             # Not the member that committed it: that one was evicted and this one moved up to index 0.
             # Like every other member, it reads its sealed cache or pulls the key from a peer.
@@ -207,8 +218,8 @@ class CskKeeper:
                 log.warning("csk.rederive_mismatch", commitment=str(commitment), then="cache or peer")
         cached = self._load_cache(ident, mine.member_id, commitment)
         if cached is not None:
-            self.hold(ident, mine.member_id, cached, commitment, "cache")
-            log.info("csk.loaded_from_cache", commitment=str(commitment))
+            self.hold(ident, mine.member_id, cached, commitment, "cache", epoch=epoch)
+            log.info("csk.loaded_from_cache", commitment=str(commitment), epoch=epoch)
             return
         await self.pull(ident, snap, mine, commitment)
 
@@ -222,16 +233,33 @@ class CskKeeper:
             warn_limited(self.repeats, "csk.commit_failed", str(exc), self.clock.monotonic())
             return
         self.repeats.succeeded("csk.commit_failed")
-        log.info("csk.committed", commitment=str(digest), block=self._committed_block)
-        self.hold(ident, mine.member_id, key, digest, "derived")
+        log.info("csk.committed", commitment=str(digest), epoch=epoch, block=self._committed_block)
+        self.hold(ident, mine.member_id, key, digest, "derived", epoch=epoch)
 
     # --- hold and cache --------------------------------------------------------------------------------
 
     def hold(
-        self, ident: NodeIdentity, me: MemberId, key: SecretBytes, commitment: Bytes32, source: str
+        self,
+        ident: NodeIdentity,
+        me: MemberId,
+        key: SecretBytes,
+        commitment: Bytes32,
+        source: str,
+        *,
+        epoch: int,
     ) -> None:
-        """Hold a verified key; seal it into the cache unless it came from there."""
-        self.held = CskHeld(key, commitment, source, "")
+        """Hold a verified key of ``epoch``; the one it replaces stays for the grace period when it is an
+        earlier epoch's (memory only). Seal the new key into the cache unless it came from there."""
+        old = self.held
+        if old.value is not None and old.commitment is not None and old.commitment != commitment:
+            kept = self.grace.replaced(
+                old.epoch, old.value, old.commitment, new_epoch=epoch, now=self.clock.monotonic()
+            )
+            log.info(
+                "csk.epoch_changed", from_epoch=old.epoch, to_epoch=epoch,
+                previous_kept_s=self.grace.grace if kept is not None else 0,
+            )  # fmt: skip
+        self.held = CskHeld(key, epoch, commitment, source, "")
         if source == "cache":
             return
         try:
@@ -241,8 +269,9 @@ class CskKeeper:
             warn_limited(self.repeats, "csk.cache_write_failed", str(exc), self.clock.monotonic())
 
     def drop(self) -> None:
-        """Forget the key held in memory (the cache stays): as after a restart."""
+        """Forget the keys held in memory (the cache stays): as after a restart."""
         self.held = CskHeld()
+        self.grace.clear()
 
     def _load_cache(self, ident: NodeIdentity, me: MemberId, commitment: Bytes32) -> SecretBytes | None:
         now = self.clock.monotonic()
@@ -282,26 +311,37 @@ class CskKeeper:
 
         async def attempt(peer: MemberRecord) -> SecretBytes | None:
             async with gate:
-                return await self._pull_one(ident, mine.member_id, peer, commitment, errors)
+                return await self._pull_one(
+                    ident, mine.member_id, peer, commitment, errors, epoch=snap.csk_epoch
+                )
 
         tasks = [asyncio.create_task(attempt(p)) for p in candidates]
         try:
             for next_done in asyncio.as_completed(tasks):
                 key = await next_done
                 if key is not None:
-                    self.hold(ident, mine.member_id, key, commitment, "peer")
+                    self.hold(ident, mine.member_id, key, commitment, "peer", epoch=snap.csk_epoch)
                     return
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        self.held.error = "no peer served a valid cluster shared key (" + ", ".join(errors) + ")"
+        self.held.error = (
+            f"no peer served a valid cluster shared key of epoch {snap.csk_epoch} (" + ", ".join(errors) + ")"
+        )
 
     async def _pull_one(
-        self, ident: NodeIdentity, me: MemberId, peer: MemberRecord, commitment: Bytes32, errors: list[str]
+        self,
+        ident: NodeIdentity,
+        me: MemberId,
+        peer: MemberRecord,
+        commitment: Bytes32,
+        errors: list[str],
+        *,
+        epoch: int,
     ) -> SecretBytes | None:
         assert self.anchors is not None and self.proof is not None  # pull() checked
-        request = cskcore.CskRequest(self.cluster, me, peer.member_id, wall_ms(self.clock))
+        request = cskcore.CskRequest(self.cluster, me, peer.member_id, wall_ms(self.clock), epoch)
         body = cskcore.sign_request(request, ident.identity_key, self.proof)
         short = str(peer.member_id)[:10]
         try:
@@ -327,7 +367,7 @@ class CskKeeper:
             errors.append(f"{short}: {result}")
             return None
         self.metrics.csk_pull_attempt("ok")
-        log.info("csk.pulled", peer=str(peer.member_id), commitment=str(commitment))
+        log.info("csk.pulled", peer=str(peer.member_id), commitment=str(commitment), epoch=epoch)
         return key
 
     # --- serve -----------------------------------------------------------------------------------------
@@ -336,6 +376,24 @@ class CskKeeper:
         """The key, when it is verified against the current snapshot's commitment."""
         snap = self.state.snapshot
         return self.held.value if snap is not None and self.holds(snap.commitment) else None
+
+    def previous(self) -> PreviousCsk | None:
+        """The previous epoch's key while its grace period lasts (None when the current key is not held:
+        the app API shows the previous key only next to the current one)."""
+        now = self.clock.monotonic()
+        retired = self.grace.previous(now)
+        if retired is None or self.value() is None:
+            return None
+        until = (wall_ms(self.clock) + int((retired.until - now) * 1000)) // 1000
+        return PreviousCsk(retired.epoch, retired.value, retired.commitment, until)
+
+    def _key_of(self, epoch: int) -> SecretBytes | None:
+        """The key of ``epoch`` if held and verified: the current one, or the previous within its grace."""
+        snap, current = self.state.snapshot, self.value()
+        if current is not None and snap is not None and snap.csk_epoch == epoch == self.held.epoch:
+            return current
+        retired = self.grace.for_epoch(epoch, self.clock.monotonic())
+        return retired.value if retired is not None else None
 
     def respond(self, body: object, remote_ip: IPv4Address) -> CskAnswer:
         """Answer a peer's CSK request (``CskResponder`` for the peer API)."""
@@ -362,9 +420,20 @@ class CskKeeper:
         )
         if isinstance(verdict, Refusal):
             return self._refuse(403, verdict.reason, verdict.reason.replace("_", " "), verdict.detail)
-        sealed = cskcore.seal(csk, verdict.seal_pub)  # the PROVEN seal key, whatever the chain shows
+        return self._serve(signed, verdict, ident, remote_ip)
+
+    def _serve(
+        self, signed: cskcore.SignedRequest, member: ProvenMember, ident: NodeIdentity, remote_ip: IPv4Address
+    ) -> CskAnswer:
+        """Answer an admitted request with the key of the epoch it names, sealed to the proven seal key."""
+        assert self.proof is not None  # respond() checked
+        epoch = signed.request.epoch
+        key = self._key_of(epoch)  # a member in our confirmed snapshot, asking an epoch we hold verified
+        if key is None:
+            return self._refuse(503, "epoch_not_held", f"epoch {epoch} of the cluster shared key not held")
+        sealed = cskcore.seal(key, member.seal_pub)  # the PROVEN seal key, whatever the chain shows
         self.metrics.csk_served()
-        log.info("csk.served", requester=str(signed.request.requester), remote=str(remote_ip))
+        log.info("csk.served", requester=str(signed.request.requester), epoch=epoch, remote=str(remote_ip))
         return CskAnswer(200, cskcore.sign_response(signed.request, sealed, ident.identity_key, self.proof))
 
     def _refuse(self, status: int, reason: CskRefusal, message: str, detail: str = "") -> CskAnswer:

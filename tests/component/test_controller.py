@@ -292,7 +292,7 @@ class NodeUnderTest:
 
     def hold(self, key: SecretBytes, commitment: Bytes32, source: str) -> None:
         assert self.identity is not None and self.member_id is not None
-        self.node.csk.hold(self.identity, self.member_id, key, commitment, source)
+        self.node.csk.hold(self.identity, self.member_id, key, commitment, source, epoch=1)
 
 
 class Lab:

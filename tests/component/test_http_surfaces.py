@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from sidecar.core.csk import CskRequest, sign_request
+from sidecar.core.cskepochs import PreviousCsk
 from sidecar.core.ids import Bytes32, SecretBytes
 from sidecar.core.status import NodeStatus, PeerView, SelfView, healthz_body
 from sidecar.http import Runner, start_tcp, start_unix
@@ -68,6 +69,7 @@ class FakeNode:
         self.me: SelfView | None = None
         self.peer_list: list[PeerView] = []
         self.key: SecretBytes | None = None
+        self.previous: PreviousCsk | None = None
 
     def status(self) -> NodeStatus:
         return self.current
@@ -80,6 +82,9 @@ class FakeNode:
 
     def csk(self) -> SecretBytes | None:
         return self.key
+
+    def csk_previous(self) -> PreviousCsk | None:
+        return self.previous
 
 
 class FakeResponder:
