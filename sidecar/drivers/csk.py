@@ -1,21 +1,19 @@
 """The cluster shared key as one feature: hold, cache, pull and serve (rules: ``sidecar.core.csk``).
 
 Owns the key this node holds (``CskHeld``: epoch, value, commitment, source, the last reason it is not
-held) and the previous epoch's for the grace period after a rotation (``sidecar.core.cskepochs``, memory
-only: the cache keeps the current one), this
-node's member proof (made once from its derived keys and the member app's CREATE2 salt, read once from the
-chain; ``sidecar.core.memberproof``), the acquire step of a reconcile pass (the originator derives and
-commits, or re-derives and verifies; every other member reads its sealed cache or pulls the key from a
-live peer, several at a time, adopting it only from a peer whose proof verifies against the measured
-anchors; every key is the snapshot's epoch's, checked against that epoch's commitment), the sealed cache in
-the state directory, and the answer to a peer's request (``respond``, behind the peer API's HTTP adapter:
-the epoch asked for, only when held and verified, only to a proven TEE of this cluster that is a member in
-this node's confirmed snapshot, sealed to its proven seal key). Without the measured anchors (member-app
-factory, KMS roots) the node neither serves nor accepts a key from peers and says why (``peering_error``).
-Facts about the node (identity, member id, snapshot) come from the shared ``NodeState``; the time from the
-injected clock. Repeated warnings are rate-limited.
+held) and the previous epoch's for its grace period after a rotation (``sidecar.core.cskepochs``; memory
+only, the cache keeps the current one), this node's member proof (made once from its derived keys and the
+member app's CREATE2 salt, read once from the chain; ``sidecar.core.memberproof``), the acquire step of a
+reconcile pass (the originator derives and commits, or re-derives and verifies; every other member reads
+its sealed cache or pulls the key from a live peer, several at a time, adopting it only from a peer whose
+proof verifies against the measured anchors; always the snapshot's epoch's key, checked against that
+epoch's commitment) and the sealed cache in the state directory. The answer to a peer's request is
+``sidecar.drivers.cskserve`` (the epoch asked for, only when held and verified, only to a proven member of
+this node's confirmed snapshot). Without the measured anchors (member-app factory, KMS roots) the node
+neither serves nor accepts a key from peers and says why (``peering_error``). Facts about the node come
+from the shared ``NodeState``; the time from the injected clock. Repeated warnings are rate-limited.
 Must not: log, repr or return the key except sealed to a proven member's seal key; serve a key that is
-not verified against the current on-chain commitment; adopt a key from a peer whose proof fails.
+not verified against its epoch's on-chain commitment; adopt a key from a peer whose proof fails.
 """
 
 from __future__ import annotations
@@ -32,14 +30,13 @@ import structlog
 from sidecar.chain.errors import ChainError
 from sidecar.core import csk as cskcore
 from sidecar.core.cskepochs import GraceKeys, PreviousCsk
-from sidecar.core.cskgate import DEFAULT_FRESHNESS_MS, CskGate, Refusal
+from sidecar.core.cskgate import DEFAULT_FRESHNESS_MS, CskGate
 from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
 from sidecar.core.liveness import Liveness
 from sidecar.core.memberproof import (
     MemberProof,
     ProofAnchors,
     ProofRejected,
-    ProvenMember,
     make_member_proof,
     verify_member_proof,
 )
@@ -49,12 +46,13 @@ from sidecar.core.repeats import Repeats
 from sidecar.core.snapshot import Snapshot
 from sidecar.drivers.chainlink import ClusterChain
 from sidecar.drivers.clock import Clock, wall_ms
+from sidecar.drivers.cskserve import CskServer
 from sidecar.drivers.identity import KeySource, NodeIdentity, derive_csk_key
 from sidecar.drivers.nodestate import NodeState
 from sidecar.drivers.steps import warn_limited
 from sidecar.drivers.store import StateStore, StoreError
 from sidecar.http.peerapi import CskAnswer, CskFetchError, fetch_csk
-from sidecar.observability import CskPullResult, CskRefusal, Metrics
+from sidecar.observability import CskPullResult, Metrics
 from sidecar.settings import MeshSettings
 
 log = structlog.get_logger("sidecar.csk")
@@ -134,7 +132,10 @@ class CskKeeper:
         self.metrics = metrics
         self.clock = clock
         self.repeats = repeats
-        self.gate = CskGate(freshness_ms=freshness_ms)
+        self.server = CskServer(
+            self, cluster=cluster, state=state, liveness=liveness, metrics=metrics, clock=clock,
+            gate=CskGate(freshness_ms=freshness_ms),
+        )  # fmt: skip
         self.held = CskHeld()
         self.grace = GraceKeys(mesh.csk_grace)  # the previous epoch's key, for the grace period
         self._rederive_mismatch_logged: Bytes32 | None = None  # log that once per commitment
@@ -387,7 +388,7 @@ class CskKeeper:
         until = (wall_ms(self.clock) + int((retired.until - now) * 1000)) // 1000
         return PreviousCsk(retired.epoch, retired.value, retired.commitment, until)
 
-    def _key_of(self, epoch: int) -> SecretBytes | None:
+    def key_of(self, epoch: int) -> SecretBytes | None:
         """The key of ``epoch`` if held and verified: the current one, or the previous within its grace."""
         snap, current = self.state.snapshot, self.value()
         if current is not None and snap is not None and snap.csk_epoch == epoch == self.held.epoch:
@@ -396,54 +397,12 @@ class CskKeeper:
         return retired.value if retired is not None else None
 
     def respond(self, body: object, remote_ip: IPv4Address) -> CskAnswer:
-        """Answer a peer's CSK request (``CskResponder`` for the peer API)."""
-        try:
-            signed = cskcore.parse_request(body)
-        except cskcore.CskWireError as exc:
-            return self._refuse(400, "malformed", str(exc))
-        csk, me, ident = self.value(), self.state.member_id, self.state.identity
-        if self.anchors is None:
-            return self._refuse(503, "anchors_missing", self._proof_error)
-        if csk is None or me is None or ident is None:
-            return self._refuse(503, "not_held", "cluster shared key not held yet")
-        if self.proof is None:
-            return self._refuse(503, "no_own_proof", "this node has no member proof yet")
-        now = self.clock.monotonic()
-        verdict = self.gate.check(
-            signed,
-            me=me,
-            cluster=self.cluster,
-            members=self.state.members_by_id().keys(),
-            anchors=self.anchors,
-            verified_recently=lambda m: self.liveness.is_live(m, now),
-            now_ms=wall_ms(self.clock),
-        )
-        if isinstance(verdict, Refusal):
-            return self._refuse(403, verdict.reason, verdict.reason.replace("_", " "), verdict.detail)
-        return self._serve(signed, verdict, ident, remote_ip)
-
-    def _serve(
-        self, signed: cskcore.SignedRequest, member: ProvenMember, ident: NodeIdentity, remote_ip: IPv4Address
-    ) -> CskAnswer:
-        """Answer an admitted request with the key of the epoch it names, sealed to the proven seal key."""
-        assert self.proof is not None  # respond() checked
-        epoch = signed.request.epoch
-        key = self._key_of(epoch)  # a member in our confirmed snapshot, asking an epoch we hold verified
-        if key is None:
-            return self._refuse(503, "epoch_not_held", f"epoch {epoch} of the cluster shared key not held")
-        sealed = cskcore.seal(key, member.seal_pub)  # the PROVEN seal key, whatever the chain shows
-        self.metrics.csk_served()
-        log.info("csk.served", requester=str(signed.request.requester), epoch=epoch, remote=str(remote_ip))
-        return CskAnswer(200, cskcore.sign_response(signed.request, sealed, ident.identity_key, self.proof))
-
-    def _refuse(self, status: int, reason: CskRefusal, message: str, detail: str = "") -> CskAnswer:
-        self.metrics.csk_refused(reason)
-        log.info("csk.request_refused", reason=reason, **({"detail": detail} if detail else {}))
-        return CskAnswer(status, {"error": message, "reason": reason})
+        """Answer a peer's CSK request (``CskResponder`` for the peer API; ``sidecar.drivers.cskserve``)."""
+        return self.server.respond(body, remote_ip)
 
     def forget(self, member: MemberId) -> None:
         """A member left the cluster: drop its replay memory."""
-        self.gate.forget(member)
+        self.server.gate.forget(member)
 
 
 def _repeats(count: int) -> dict[str, int]:
