@@ -1,8 +1,8 @@
 """The operator verbs of ``attestmesh``: their arguments and help.
 
-Owns the argparse definitions of ``indexer register|verify``, ``chain status|allow-compose|member-app|fund|rotate-csk``,
-``compose node`` and ``health``. Must not: import web3, eth_utils or structlog (``ops.args`` parses values
-lazily), or run anything.
+Owns the argparse definitions of ``indexer register|verify``,
+``chain status|allow-compose|member-app|fund|rotate-csk``, ``compose node`` and ``health``. Must not:
+import web3, eth_utils or structlog (``ops.args`` parses values lazily), or run anything.
 """
 
 from __future__ import annotations

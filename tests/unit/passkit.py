@@ -4,8 +4,9 @@ Each fake implements the Protocol the steps depend on: ``KeySource`` (the guest 
 pure devnet KMS so the signature chain is real), ``ClusterChain`` (members, verdict, commitment in memory;
 a registration lands in the next block), ``WgDevice`` (peers in a dict), ``CskFetcher`` (peers that check
 the request's member proof and seal the key of the epoch it names to the requester's proven seal key,
-answering with their own proof) and ``Clock`` (set by hand). Every app id is a real CREATE2 member app address of ``FACTORY`` and
-``CLUSTER`` (with the compiled ``ClusterMemberApp``), so member proofs verify as on a real cluster.
+answering with their own proof) and ``Clock`` (set by hand). Every app id is a real CREATE2 member app
+address of ``FACTORY`` and ``CLUSTER`` (with the compiled ``ClusterMemberApp``), so member proofs verify as
+on a real cluster.
 """
 
 from __future__ import annotations

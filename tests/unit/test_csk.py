@@ -21,7 +21,6 @@ from sidecar.core.csk import (
     CskError,
     CskRequest,
     CskWireError,
-    SignedRequest,
     check_response,
     commitment,
     csk_from_key,
@@ -97,7 +96,8 @@ def test_request_wire_form_and_signature() -> None:
     assert obj["responder"] == str(ME)
     assert obj["timestamp_ms"] == NOW
     assert obj["proof"] == proof_json(PROOF)
-    message = REQUEST_DOMAIN + CLUSTER.raw + (7).to_bytes(8, "big") + REQ.raw + ME.raw + NOW.to_bytes(8, "big")
+    epoch = (7).to_bytes(8, "big")
+    message = REQUEST_DOMAIN + CLUSTER.raw + epoch + REQ.raw + ME.raw + NOW.to_bytes(8, "big")
     assert REQUEST_DOMAIN == b"attestmesh/csk-request/v3\x00"
     signature = bytes.fromhex(str(obj["signature"])[2:])
     Ed25519PublicKey.from_public_bytes(ed25519_public_key(IDENTITY)).verify(signature, message)

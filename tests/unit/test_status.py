@@ -47,9 +47,13 @@ def test_initial_body_is_exactly_the_design_shape_with_nulls() -> None:
             "excluded_count": 0,
         },
         "csk": {
-            "held": False, "epoch": None, "previous_epoch": None, "commitment": None, "source": None,
+            "held": False,
+            "epoch": None,
+            "previous_epoch": None,
+            "commitment": None,
+            "source": None,
             "peering_error": None,
-        },  # fmt: skip
+        },
         "events": {
             "mode": "poll",
             "indexer_connected": False,
