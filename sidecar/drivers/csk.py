@@ -217,7 +217,8 @@ class CskKeeper:
             if self._rederive_mismatch_logged != commitment:
                 self._rederive_mismatch_logged = commitment
                 log.warning("csk.rederive_mismatch", commitment=str(commitment), then="cache or peer")
-        cached = self._load_cache(ident, mine.member_id, commitment)
+        # The cache mirrors the key held in memory: holding another epoch's key, it holds that one too.
+        cached = self._load_cache(ident, mine.member_id, commitment) if self.held.value is None else None
         if cached is not None:
             self.hold(ident, mine.member_id, cached, commitment, "cache", epoch=epoch)
             log.info("csk.loaded_from_cache", commitment=str(commitment), epoch=epoch)

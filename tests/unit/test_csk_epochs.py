@@ -13,6 +13,8 @@ from __future__ import annotations
 from ipaddress import IPv4Address
 from pathlib import Path
 
+from structlog.testing import capture_logs
+
 from sidecar.core import csk as cskcore
 from sidecar.core.cskepochs import GraceKeys
 from sidecar.core.ids import Bytes32, SecretBytes
@@ -99,8 +101,13 @@ async def test_a_rotation_moves_members_to_the_new_epoch_and_keeps_the_old_key_f
     assert w.node.controller.csk_value() is None and w.node.controller.csk_previous() is None
     w.chain.commitment = cskcore.commitment(CSK2)
     w.hear(peer)
-    assert await w.pass_once() == ("healthy", "")
+    with capture_logs() as logs:
+        assert await w.pass_once() == ("healthy", "")
     assert w.peers.requests[-1].epoch == 2  # the request names the epoch wanted
+    events = [e["event"] for e in logs]
+    assert "csk.cache_rejected" not in events  # the cache held epoch 1's key, as memory did: not read
+    (changed,) = [e for e in logs if e["event"] == "csk.epoch_changed"]
+    assert (changed["from_epoch"], changed["to_epoch"], changed["previous_kept_s"]) == (1, 2, GRACE)
     current = w.node.controller.csk_value()
     assert current is not None and current.reveal() == CSK2.reveal()
     previous = w.node.controller.csk_previous()
