@@ -11,6 +11,7 @@ nor touch the network or any process it did not start.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import replace
@@ -58,6 +59,12 @@ SIDECAR_POLL_INTERVAL_PUSHED = 10.0
 #: `node start`, `node restart`) and passed on as its ATTESTMESH_PUSH_CROSSCHECK (a rate in [0, 1]; "1"
 #: checks every pushed event against eth_getLogs). Unset: the sidecar's default, 0 (no cross-check).
 PUSH_CROSSCHECK_ENV = "ATTESTMESH_DEVNET_PUSH_CROSSCHECK"
+#: Read from the environment of the `attestmesh devnet` command that starts a sidecar: a JSON object of
+#: ``ATTESTMESH_*`` names to values laid over the lab's sidecar environment for the sidecars this command
+#: starts (a null value removes a name; setting ATTESTMESH_RPC_URLS removes the lab's ATTESTMESH_RPC_URL).
+#: For tests and demos, e.g. one node's providers through ``devnet.rpcproxy``; nothing records it, so the
+#: next command that restarts the sidecar without it gives the node its lab environment back.
+SIDECAR_ENV_ENV = "ATTESTMESH_DEVNET_SIDECAR_ENV"
 
 
 def lab_free_env() -> dict[str, str]:
@@ -105,6 +112,35 @@ def sidecar_env(state: DevnetState, node: NodeState) -> dict[str, str]:
     crosscheck = os.environ.get(PUSH_CROSSCHECK_ENV, "").strip()
     if crosscheck:
         env["ATTESTMESH_PUSH_CROSSCHECK"] = crosscheck
+    return extra_sidecar_env(env, os.environ.get(SIDECAR_ENV_ENV, ""))
+
+
+def extra_sidecar_env(env: dict[str, str], extra: str) -> dict[str, str]:
+    """``env`` with the JSON object ``extra`` (``SIDECAR_ENV_ENV``) laid over it; ``DevnetError`` naming
+    every problem when it is not an object of ``ATTESTMESH_*`` names to strings or null."""
+    if not extra.strip():
+        return env
+    try:
+        overrides = json.loads(extra)
+    except ValueError:
+        raise DevnetError(f"{SIDECAR_ENV_ENV} is not JSON") from None
+    if not isinstance(overrides, dict):
+        raise DevnetError(f"{SIDECAR_ENV_ENV} must be a JSON object of ATTESTMESH_* names to values")
+    problems = [
+        f"{name!r}: " + ("not an ATTESTMESH_* name" if not name.startswith("ATTESTMESH_") else "not a string")
+        for name, value in overrides.items()
+        if not name.startswith("ATTESTMESH_") or not (value is None or isinstance(value, str))
+    ]
+    if problems:
+        raise DevnetError(f"{SIDECAR_ENV_ENV}: " + "; ".join(problems))
+    env = dict(env)
+    if overrides.get("ATTESTMESH_RPC_URLS"):
+        env.pop("ATTESTMESH_RPC_URL", None)
+    for name, value in overrides.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     return env
 
 

@@ -3,10 +3,10 @@ an ``http://`` provider needs the explicit opt-out.
 
 Real parts only: anvil with our contracts, the guest-agent simulator, the node built by the daemon's
 ``build_node`` (real ``ChainLink``, real steps), ``python -m sidecar`` as a process, and ``RpcProxy``, a small
-real aiohttp JSON-RPC server in front of anvil that records every request and, when told to, lies: it adds
-a member to ``members()`` answers, or reports another hash for a block. No WireGuard device is touched (an
-empty UAPI directory: the mesh step fails cleanly, so a pass ends at ``mesh``). Loopback and unix sockets
-only.
+real aiohttp JSON-RPC server in front of anvil (``devnet.rpcproxy``) that records every request and, when
+told to, lies: it adds a member to ``members()`` answers, or reports another hash for a block. No WireGuard
+device is touched (an empty UAPI directory: the mesh step fails cleanly, so a pass ends at ``mesh``).
+Loopback and unix sockets only.
 """
 
 from __future__ import annotations
@@ -23,18 +23,14 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-from aiohttp import web
-from eth_abi import decode, encode
-from eth_utils.abi import get_abi_output_types
 from prometheus_client import CollectorRegistry
 
 from devnet.anvil import AnvilProcess
 from devnet.deployment import Deployment, deploy_member_app, deploy_stack
 from devnet.kms import DevnetKms
+from devnet.rpcproxy import Lies, RpcProxy
 from devnet.simulator import SimulatorConfig, serve_unix
-from sidecar.chain.artifacts import load_artifact
 from sidecar.chain.contracts import ClusterClient
 from sidecar.chain.rpc import ChainConnection, checksum
 from sidecar.chain.tx import TxSubmitter
@@ -45,7 +41,6 @@ from sidecar.core.status import healthz_body
 from sidecar.drivers.identity import derive
 from sidecar.drivers.node import Node, build_node
 from sidecar.dstack.agent import GuestAgent
-from sidecar.http.server import Runner, start_tcp
 from sidecar.observability import Metrics
 from sidecar.settings import load_settings
 from tests.component.toolkit import CHAIN_ID, Chain
@@ -55,68 +50,17 @@ pytestmark = [pytest.mark.component, pytest.mark.timeout(120)]
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = b'{"name": "attestmesh-node", "runner": "docker-compose"}\n'
 FUNDING_WEI = 10**18
-_MEMBERS = next(f for f in load_artifact("Cluster").abi_list() if f.get("name") == "members")
-MEMBERS_TYPES = get_abi_output_types(_MEMBERS)
-FAKE_MEMBER = (
-    b"\xf0" * 32, "0x" + "f1" * 20, "0x" + "f2" * 20, b"\xf3" * 32, b"\xf4" * 32, b"\xf5" * 32,
-    "127.0.0.9:51820", 0x7F000009, 1,
-)  # fmt: skip
+FAKE_MEMBER = {
+    "id": "0x" + "f0" * 32, "appId": "0x" + "f1" * 20, "signer": "0x" + "f2" * 20,
+    "sealPub": "0x" + "f3" * 32, "wgPub": "0x" + "f4" * 32, "identityPub": "0x" + "f5" * 32,
+    "endpoint": "127.0.0.9:51820", "meshIp": "127.0.0.9", "registeredAt": 1,
+}  # fmt: skip
+ADD_MEMBER = Lies(members=(FAKE_MEMBER,))  # members() answers gain FAKE_MEMBER
+OTHER_HASH = Lies(block_hash="0x" + "ab" * 32)  # block headers carry another hash
 
 
-class RpcProxy:
-    """A JSON-RPC server forwarding to ``upstream``; records ``(method, params)``; lies when told to."""
-
-    def __init__(self, upstream: str, members_selector: str) -> None:
-        self.upstream = upstream
-        self.members_selector = members_selector
-        self.add_member = False  # members() answers gain FAKE_MEMBER
-        self.other_hash = False  # eth_getBlockByNumber answers carry another block hash
-        self.requests: list[tuple[str, list[Any]]] = []
-        self.port = 0
-        self._runner: Runner | None = None
-        self._http: aiohttp.ClientSession | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v2/proxy-api-key"  # a path such as providers put keys in
-
-    async def start(self) -> None:
-        self._http = aiohttp.ClientSession()
-        app = web.Application()
-        app.router.add_post("/v2/proxy-api-key", self._handle)
-        self._runner = await start_tcp(app, "127.0.0.1", 0, name="rpc-proxy")
-        self.port = self._runner.port
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.close()
-        if self._http is not None:
-            await self._http.close()
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        assert self._http is not None
-        self.requests.append((body["method"], body.get("params", [])))
-        async with self._http.post(self.upstream, json=body) as upstream:
-            answer = await upstream.json()
-        if "result" in answer:
-            answer["result"] = self._lie(body["method"], body.get("params", []), answer["result"])
-        return web.json_response(answer)
-
-    def _lie(self, method: str, params: list[Any], result: Any) -> Any:
-        if (
-            self.add_member
-            and method == "eth_call"
-            and params[0].get("data", "").startswith(self.members_selector)
-        ):
-            (records,) = decode(MEMBERS_TYPES, bytes.fromhex(result[2:]))
-            return "0x" + encode(MEMBERS_TYPES, [[*records, FAKE_MEMBER]]).hex()
-        if self.other_hash and method == "eth_getBlockByNumber" and isinstance(result, dict):
-            return {**result, "hash": "0x" + "ab" * 32}
-        return result
-
-    def calls(self, method: str) -> list[list[Any]]:
-        return [params for name, params in self.requests if name == method]
+def calls(proxy: RpcProxy, method: str) -> list[list[Any]]:
+    return [list(params) for params in proxy.calls(method)]
 
 
 @pytest.fixture
@@ -140,9 +84,8 @@ def short_root() -> Iterator[Path]:
 
 
 @pytest.fixture
-async def proxy(anvil: AnvilProcess, conn: ChainConnection, stack: Deployment) -> AsyncIterator[RpcProxy]:
-    selector = "0x" + ClusterClient(conn, stack.cluster).encode_call("members").hex()
-    running = RpcProxy(anvil.rpc_url, selector)
+async def proxy(anvil: AnvilProcess, stack: Deployment) -> AsyncIterator[RpcProxy]:
+    running = RpcProxy(anvil.rpc_url, path="/v2/proxy-api-key")  # a path such as providers put keys in
     await running.start()
     try:
         yield running
@@ -224,7 +167,7 @@ async def test_two_providers_that_disagree_change_nothing_and_the_honest_pair_pr
         await chain.mine(2)
 
         # The proxy (provider 1) shows a member that does not exist: no quorum, nothing is done.
-        proxy.add_member = True
+        proxy.lies = ADD_MEMBER
         await controller.pass_once()
         status = controller.status
         assert status.phase == "boot_gate" and not status.healthy
@@ -246,7 +189,7 @@ async def test_two_providers_that_disagree_change_nothing_and_the_honest_pair_pr
         assert sample(metrics, "attestmesh_rpc_provider_up", provider="1") == 1
 
         # The honest pair agrees: the node registers, and once that is confirmed, sees itself.
-        proxy.add_member = False
+        proxy.lies = Lies()
         await controller.pass_once()
         assert await nonce(conn, signer) == 1
         await chain.mine(2)
@@ -258,7 +201,7 @@ async def test_two_providers_that_disagree_change_nothing_and_the_honest_pair_pr
         peers_before = {p.member_id for p in controller.peer_views()}
 
         # The lie again, on a running member: the last good snapshot stays, the fake member is nobody's peer.
-        proxy.add_member = True
+        proxy.lies = ADD_MEMBER
         await chain.mine(1)
         await controller.pass_once()
         assert node.state.snapshot is good
@@ -269,7 +212,7 @@ async def test_two_providers_that_disagree_change_nothing_and_the_honest_pair_pr
         )
         assert sample(metrics, "attestmesh_rpc_disagreements_total") == 2
 
-        proxy.add_member = False
+        proxy.lies = Lies()
         await controller.pass_once()
         assert controller.status.chain_reachable is True and controller.status.rpc_reason is None
         assert node.state.snapshot is not good
@@ -290,7 +233,7 @@ async def test_a_provider_reporting_another_block_hash_leaves_no_quorum_and_its_
         metrics,
         signer,
     ):
-        proxy.other_hash = True  # its pinned calls then ask anvil for a block that does not exist
+        proxy.lies = OTHER_HASH  # its pinned calls then ask anvil for a block that does not exist
         await node.controller.pass_once()
         status = node.controller.status
         assert status.reason is not None and status.reason.startswith(
@@ -318,11 +261,11 @@ async def test_every_snapshot_read_is_pinned_to_the_confirmed_block_hash(
         confirmed = await conn.block_header(head - 2)  # the default confirmations
         proxy.requests.clear()
         await node.controller.pass_once()
-        by_number = [p for p in proxy.calls("eth_getBlockByNumber") if p[0] != "latest"]  # "latest": fees
+        by_number = [p for p in calls(proxy, "eth_getBlockByNumber") if p[0] != "latest"]  # "latest": fees
         assert by_number == [[hex(head - 2), False]]  # the snapshot block's hash, read once
-        calls = proxy.calls("eth_call")
-        assert len(calls) == 5  # isAppAllowed, members, cskEpoch, cskCommitmentOf(epoch), meshCidr
-        for params in calls:
+        calls_ = calls(proxy, "eth_call")
+        assert len(calls_) == 5  # isAppAllowed, members, cskEpoch, cskCommitmentOf(epoch), meshCidr
+        for params in calls_:
             assert params[1] == {"blockHash": str(confirmed.hash), "requireCanonical": True}
         snapshot = node.state.snapshot
         assert snapshot is not None and snapshot.block == head - 2 and len(snapshot.members) == 1
