@@ -1,4 +1,5 @@
-"""``attestmesh chain status|allow-compose|fund|member-app``: read a cluster; the owner's day-2 actions.
+"""``attestmesh chain status|allow-compose|fund|member-app|rotate-csk``: read a cluster; the owner's day-2
+actions.
 
 Owns running each chain verb (one connection, one event loop) and rendering its result; keys come from
 ``ATTESTMESH_OWNER_KEY`` / ``ATTESTMESH_FUNDER_KEY`` (``ops.owner``), never from the command line.
@@ -22,8 +23,10 @@ from ops.owner import (
     ensure_compose_hash_allowed,
     ensure_funded,
     ensure_member_app,
+    ensure_rotate_on_remove,
     funder_signer,
     owner_signer,
+    rotate_csk,
 )
 from ops.redact import display_url, scrub
 from ops.render import print_table, shell_lines, short
@@ -147,8 +150,36 @@ def _member_app(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _rotate_csk(args: argparse.Namespace) -> int:
+    owner = owner_signer(os.environ)
+
+    if args.on_remove is None:
+        result = on_chain(args, lambda conn: rotate_csk(conn, TxSubmitter(conn, owner), args.cluster))
+    else:
+        rotate = args.on_remove == "on"
+        result = on_chain(
+            args, lambda conn: ensure_rotate_on_remove(conn, TxSubmitter(conn, owner), args.cluster, rotate)
+        )
+    if args.json:
+        print(json.dumps({
+            "cluster": str(args.cluster), "epoch_before": result.epoch_before, "epoch": result.epoch,
+            "rotate_csk_on_remove": result.rotate_on_remove, "changed": result.changed,
+            "tx": str(result.tx_hash) if result.tx_hash else None,
+        }, indent=2, sort_keys=True))  # fmt: skip
+        return EXIT_OK
+    where = f"cluster {args.cluster}"
+    if args.on_remove is None:
+        print(f"{where}: CSK epoch {result.epoch_before} -> {result.epoch} (tx {result.tx_hash})")
+    elif result.changed:
+        print(f"{where}: removeMember rotates the CSK: {args.on_remove} (tx {result.tx_hash})")
+    else:
+        print(f"{where}: removeMember rotates the CSK: already {args.on_remove}; nothing changed")
+    return EXIT_OK
+
+
 _CHAIN_ACTIONS: dict[str, Callable[[argparse.Namespace], int]] = {
     "member-app": _member_app,
+    "rotate-csk": _rotate_csk,
     "allow-compose": _allow_compose,
     "fund": _fund,
 }

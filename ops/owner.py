@@ -208,3 +208,52 @@ async def ensure_member_app(
         approve_tx=str(approve_tx) if approve_tx else None,
     )
     return result
+
+
+@dataclass(frozen=True, slots=True)
+class CskRotation:
+    """The outcome of ``rotate_csk`` (``changed``: a transaction was sent) or of ``ensure_rotate_on_remove``:
+    the epoch before and after, and the rotate-on-remove option as it now stands."""
+
+    epoch_before: int
+    epoch: int
+    rotate_on_remove: bool
+    changed: bool
+    tx_hash: Bytes32 | None = None
+
+
+async def _owned_cluster(conn: ChainConnection, owner: TxSubmitter, cluster: Address) -> ClusterClient:
+    await require_contract(conn, cluster, "cluster")
+    client = ClusterClient(conn, cluster, owner)
+    actual = await client.owner()
+    if actual != owner.address:
+        raise OperatorError(f"{owner.address} is not the owner of cluster {cluster} (the owner is {actual})")
+    return client
+
+
+async def rotate_csk(conn: ChainConnection, owner: TxSubmitter, cluster: Address) -> CskRotation:
+    """Start the cluster's next CSK epoch (``Cluster.rotateCsk``): its originator derives and commits the
+    new key, every member acquires it, the evicted are refused it. Always sends (each call is one epoch)."""
+    client = await _owned_cluster(conn, owner, cluster)
+    before = await client.csk_epoch()
+    receipt = await client.rotate_csk()
+    epoch = await client.csk_epoch(block=receipt.block_number)
+    log.info(
+        "cluster.csk_rotated", cluster=str(cluster), epoch_before=before, epoch=epoch, tx=str(receipt.tx_hash)
+    )
+    on_remove = await client.rotate_csk_on_remove()
+    return CskRotation(before, epoch, on_remove, changed=True, tx_hash=receipt.tx_hash)
+
+
+async def ensure_rotate_on_remove(
+    conn: ChainConnection, owner: TxSubmitter, cluster: Address, rotate: bool
+) -> CskRotation:
+    """Set whether every ``removeMember`` also rotates the CSK (``Cluster.setRotateCskOnRemove``); send
+    nothing when it already says so."""
+    client = await _owned_cluster(conn, owner, cluster)
+    epoch = await client.csk_epoch()
+    if await client.rotate_csk_on_remove() == rotate:
+        return CskRotation(epoch, epoch, rotate, changed=False)
+    receipt = await client.set_rotate_csk_on_remove(rotate)
+    log.info("cluster.rotate_on_remove_set", cluster=str(cluster), rotate=rotate, tx=str(receipt.tx_hash))
+    return CskRotation(epoch, epoch, rotate, changed=True, tx_hash=receipt.tx_hash)

@@ -1,8 +1,8 @@
 """The operator verbs of ``attestmesh``: their arguments and help.
 
-Owns the argparse definitions of ``indexer register|verify``, ``chain status|allow-compose|member-app|fund``,
-``compose node`` and ``health``. Must not: import web3, eth_utils or structlog (``ops.args`` parses values
-lazily), or run anything.
+Owns the argparse definitions of ``indexer register|verify``,
+``chain status|allow-compose|member-app|fund|rotate-csk``, ``compose node`` and ``health``. Must not:
+import web3, eth_utils or structlog (``ops.args`` parses values lazily), or run anything.
 """
 
 from __future__ import annotations
@@ -179,6 +179,24 @@ def _add_chain_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
     app.add_argument("--name", type=node_name_arg, required=True, help="the node's name (the CREATE2 salt)")
     app.add_argument("--shell", action="store_true", help="print MEMBER_APP_ID=0x... for a shell's eval")
     _add_fund_parser(chain_verbs)
+    _add_rotate_parser(chain_verbs)
+
+
+def _add_rotate_parser(chain_verbs: Subcommands[argparse.ArgumentParser]) -> None:
+    rotate = chain_verbs.add_parser(
+        "rotate-csk",
+        help="Cluster.rotateCsk: start the next CSK epoch (or, with --on-remove, set rotate-on-remove)",
+        description="Start the cluster's next CSK epoch (the owner's transaction, key from "
+        "ATTESTMESH_OWNER_KEY): the originator commits the new key, every member acquires it, an evicted "
+        "member is refused it, and members keep the previous key for ATTESTMESH_CSK_GRACE so applications "
+        "can re-encrypt. With --on-remove on|off, only set whether every removeMember also rotates "
+        "(Cluster.setRotateCskOnRemove; sends nothing when it already says so).",
+    )
+    chain_options(rotate, cluster=True)
+    rotate.add_argument(
+        "--on-remove", choices=("on", "off"), help="set rotate-on-remove instead of rotating now"
+    )
+    rotate.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def _add_fund_parser(chain_verbs: Subcommands[argparse.ArgumentParser]) -> None:

@@ -27,6 +27,7 @@ from ipaddress import IPv4Address
 import structlog
 
 from sidecar import __version__
+from sidecar.core.cskepochs import PreviousCsk
 from sidecar.core.ids import MemberId, SecretBytes
 from sidecar.core.liveness import Liveness, Transition
 from sidecar.core.status import NodeStatus, PeerView, SelfView
@@ -70,6 +71,9 @@ class _AppView:
 
     def csk(self) -> SecretBytes | None:
         return self.controller.csk_value()
+
+    def csk_previous(self) -> PreviousCsk | None:
+        return self.controller.csk_previous()
 
 
 EXIT_START_FAILED = 1

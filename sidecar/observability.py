@@ -54,6 +54,7 @@ CskRefusal = Literal[
     "untrusted_root",
     "anchors_missing",
     "no_own_proof",
+    "epoch_not_held",
 ]
 CskPullResult = Literal["ok", "refused", "unreachable", "invalid", "unproven"]
 HttpSurface = Literal["health", "app", "peer"]

@@ -180,6 +180,7 @@ class MeshSettings:
     liveness_misses: int
     csk_parallelism: int
     csk_request_timeout: float
+    csk_grace: float  # seconds the previous epoch's key stays served after the epoch changes
 
 
 @dataclass(frozen=True, slots=True)

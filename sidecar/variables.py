@@ -195,6 +195,7 @@ GROUPS: tuple[Group, ...] = (
             _v("LIVENESS_MISSES", "liveness_misses", "3", parse_int, AT_LEAST_ONE),
             _v("CSK_PARALLELISM", "csk_parallelism", "4", parse_int, AT_LEAST_ONE),
             _v("CSK_TIMEOUT", "csk_request_timeout", "2.0", parse_seconds, POSITIVE),
+            _v("CSK_GRACE", "csk_grace", "3600", parse_seconds),
         ),
     ),
     Group(

@@ -6,33 +6,36 @@ to the requester's proven X25519 seal key (``seal`` / ``open_sealed``); the orig
 (``csk_from_key``); and the encrypted cache (``seal_cache`` / ``open_cache``). Must not do I/O, read a
 clock, or let key material into an exception message or a repr (secrets travel as ``SecretBytes``).
 
-CSK: 32 bytes. ``commitment(csk) = keccak256(csk)``, set on chain once by the originator. The originator's
-CSK is its GetKey output for ``attestmesh/csk/v1`` used as-is (``csk_from_key`` only checks the length),
-so it re-derives the same key after any restart.
+CSK: 32 bytes, one per epoch (``Cluster.cskEpoch``, from 1). ``commitment(csk) = keccak256(csk)``, set on
+chain once per epoch by the originator. The originator's CSK of epoch E is its GetKey output for
+``attestmesh/csk/v1/<chain id>/<cluster>/<E>`` used as-is (``csk_from_key`` only checks the length), so it
+re-derives the same key after any restart.
 
-Request, version 2 (JSON object, the body of the peer API call; docs/protocol.md §11)::
+Request, version 3 (JSON object, the body of the peer API call; docs/protocol.md §11)::
 
-    {"version": 2, "cluster": "0x<20 bytes hex>", "requester": "0x<32 bytes hex>",
-     "responder": "0x<32 bytes hex>", "timestamp_ms": <integer, unix ms, 0 <= t < 2**64>,
-     "signature": "0x<64 bytes hex>", "proof": {<member proof, sidecar.core.memberproof>}}
+    {"version": 3, "cluster": "0x<20 bytes hex>", "epoch": <integer, 1 <= e < 2**64>,
+     "requester": "0x<32 bytes hex>", "responder": "0x<32 bytes hex>",
+     "timestamp_ms": <integer, unix ms, 0 <= t < 2**64>, "signature": "0x<64 bytes hex>",
+     "proof": {<member proof, sidecar.core.memberproof>}}
 
-Exactly these keys (``proof`` may be absent: refused ``no_proof``; a version-1 request, the same keys
-without ``version`` and ``proof``, parses and is refused ``no_proof``); hex is 0x-prefixed (either case).
-The signature is Ed25519 by the requester's identity key over ``b"attestmesh/csk-request/v2\\x00" ‖
-cluster(20) ‖ requester(32) ‖ responder(32) ‖ timestamp_ms (u64 big-endian)``. Naming the responder
-stops a request to one peer being replayed to another; the timestamp and the gate's memory stop replays to
-the same peer.
+Exactly these keys (``proof`` may be absent: refused ``no_proof``; a version-1 request, the keys cluster,
+requester, responder, timestamp_ms and signature only, parses with epoch 0 and is refused ``no_proof``;
+version 2, which named no epoch, is malformed); hex is 0x-prefixed (either case). The signature is Ed25519
+by the requester's identity key over ``b"attestmesh/csk-request/v3\\x00" ‖ cluster(20) ‖ epoch (u64
+big-endian) ‖ requester(32) ‖ responder(32) ‖ timestamp_ms (u64 big-endian)``. Naming the responder stops
+a request to one peer being replayed to another; the timestamp and the gate's memory stop replays to the
+same peer; naming the epoch binds the answer to the key asked for.
 
 Gate: ``sidecar.core.cskgate`` judges a parsed ``SignedRequest`` (membership, member proof, signature,
 freshness, replay, rate, liveness).
 
 Sealed delivery: a libsodium sealed box (``crypto_box_seal``) of the 32-byte CSK to the PROVEN X25519 seal
-key. The response (version 2) is ``{"version": 2, "sealed": hex, "proof": {...}, "signature": hex}``: the
+key. The response (version 3) is ``{"version": 3, "sealed": hex, "proof": {...}, "signature": hex}``: the
 responder's own member proof and its Ed25519 signature (proven identity key) over
-``b"attestmesh/csk-response/v2\\x00" ‖ cluster ‖ requester ‖ responder ‖ timestamp_ms ‖ sealed (80)``, so
+``b"attestmesh/csk-response/v3\\x00" ‖ cluster ‖ epoch ‖ requester ‖ responder ‖ timestamp_ms ‖ sealed``, so
 a non-TEE cannot pass off a key by replaying a member's (public) proof. ``check_response``: the proof
 verifies and proves the responder asked, the signature verifies; then the requester opens the box with
-its seal key and checks it against the commitment.
+its seal key and checks it against the commitment of the epoch it asked for.
 
 Cache (version 1, 77 bytes)::
 
@@ -70,9 +73,9 @@ from sidecar.core.memberproof import (
 )
 
 CSK_BYTES = 32
-REQUEST_VERSION = 2
-REQUEST_DOMAIN = b"attestmesh/csk-request/v2\x00"
-RESPONSE_DOMAIN = b"attestmesh/csk-response/v2\x00"
+REQUEST_VERSION = 3
+REQUEST_DOMAIN = b"attestmesh/csk-request/v3\x00"
+RESPONSE_DOMAIN = b"attestmesh/csk-response/v3\x00"
 CACHE_DOMAIN = b"attestmesh/csk-cache/v1\x00"
 CACHE_KDF_INFO = b"attestmesh/csk-cache/v1"
 CACHE_MAGIC = b"AMCK"
@@ -84,7 +87,7 @@ SEALED_BYTES = 48 + CSK_BYTES  # ephemeral public key (32) + MAC (16) + the CSK
 MAX_REQUEST_JSON_BYTES = 2048  # a hint for the HTTP layer: a valid request body is about 1 600 bytes
 _U64 = 2**64
 _V1_KEYS = frozenset({"cluster", "requester", "responder", "timestamp_ms", "signature"})
-_REQUEST_KEYS = _V1_KEYS | {"version", "proof"}
+_REQUEST_KEYS = _V1_KEYS | {"version", "epoch", "proof"}
 _RESPONSE_KEYS = frozenset({"version", "sealed", "proof", "signature"})
 
 
@@ -109,7 +112,7 @@ def commitment(csk: SecretBytes) -> Bytes32:
 
 
 def csk_from_key(key: SecretBytes) -> SecretBytes:
-    """Return the originator's CSK: its 32-byte GetKey output for attestmesh/csk/v1, unchanged."""
+    """Return the originator's CSK: its 32-byte GetKey output for the epoch's CSK path, unchanged."""
     if len(key) != CSK_BYTES:
         raise CskError(f"CSK derivation key must be {CSK_BYTES} bytes")
     return SecretBytes(key.reveal())
@@ -120,21 +123,25 @@ def csk_from_key(key: SecretBytes) -> SecretBytes:
 
 @dataclass(frozen=True, slots=True)
 class CskRequest:
-    """A member asking one peer for the CSK."""
+    """A member asking one peer for the CSK of one epoch (0 only in a parsed version-1 request)."""
 
     cluster: Address
     requester: MemberId
     responder: MemberId
     timestamp_ms: int
+    epoch: int = 1  # the cluster's first CSK epoch
 
 
 def request_message(req: CskRequest) -> bytes:
     """Return the exact bytes the request signature covers."""
     if not 0 <= req.timestamp_ms < _U64:
         raise CskWireError("timestamp out of range")
+    if not 0 <= req.epoch < _U64:
+        raise CskWireError("epoch out of range")
     return (
         REQUEST_DOMAIN
         + req.cluster.raw
+        + struct.pack(">Q", req.epoch)
         + req.requester.raw
         + req.responder.raw
         + struct.pack(">Q", req.timestamp_ms)
@@ -158,6 +165,7 @@ def sign_request(req: CskRequest, identity_key: SecretBytes, proof: MemberProof 
     obj: dict[str, object] = {
         "version": REQUEST_VERSION,
         "cluster": "0x" + req.cluster.hex,
+        "epoch": req.epoch,
         "requester": str(req.requester),
         "responder": str(req.responder),
         "timestamp_ms": req.timestamp_ms,
@@ -196,10 +204,15 @@ def parse_request(obj: object) -> SignedRequest:
     if not isinstance(obj, dict):
         raise CskWireError("request must be a JSON object")
     keys = set(obj)
+    epoch = 0
     if keys != _V1_KEYS:  # version 1 had no version and no proof: it parses, and is refused no_proof
-        if not _V1_KEYS | {"version"} <= keys <= _REQUEST_KEYS:
+        if "version" in keys:
+            _version(obj)
+        if not _V1_KEYS | {"version", "epoch"} <= keys <= _REQUEST_KEYS:
             raise CskWireError("request must have exactly: " + ", ".join(sorted(_REQUEST_KEYS)))
-        _version(obj)
+        epoch = obj["epoch"]
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or not 1 <= epoch < _U64:
+            raise CskWireError("epoch must be an integer in [1, 2**64)")
     timestamp = obj["timestamp_ms"]
     if isinstance(timestamp, bool) or not isinstance(timestamp, int) or not 0 <= timestamp < _U64:
         raise CskWireError("timestamp_ms must be an integer in [0, 2**64)")
@@ -208,6 +221,7 @@ def parse_request(obj: object) -> SignedRequest:
         requester=MemberId(_hex_field(obj, "requester", 32)),
         responder=MemberId(_hex_field(obj, "responder", 32)),
         timestamp_ms=timestamp,
+        epoch=epoch,
     )
     return SignedRequest(req, _hex_field(obj, "signature", 64), obj.get("proof"))
 

@@ -55,8 +55,11 @@ class NodeStatus:
     peers_live: int = 0
     peers_transport: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # transport → state → n
     peers_excluded: tuple[tuple[str, str], ...] = ()  # (member id, reason) of the records kept off the device
-    # csk (``csk_source``: for example ``derived``, ``cache`` or ``peer``)
+    # csk (``csk_source``: for example ``derived``, ``cache`` or ``peer``; ``csk_epoch``: the snapshot's
+    # current epoch; ``csk_previous_epoch``: the epoch whose key is still kept for its grace period)
     csk_held: bool = False
+    csk_epoch: int | None = None
+    csk_previous_epoch: int | None = None
     csk_commitment: str | None = None
     csk_source: str | None = None
     csk_peering_error: str | None = None  # why the key can be neither served to nor taken from peers
@@ -123,6 +126,8 @@ def healthz_body(status: NodeStatus) -> dict[str, object]:
         },
         "csk": {
             "held": status.csk_held,
+            "epoch": status.csk_epoch,
+            "previous_epoch": status.csk_previous_epoch,
             "commitment": status.csk_commitment,
             "source": status.csk_source,
             "peering_error": status.csk_peering_error,

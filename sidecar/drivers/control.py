@@ -26,6 +26,7 @@ import structlog
 
 from sidecar import __version__
 from sidecar.core.backoff import Backoff
+from sidecar.core.cskepochs import PreviousCsk
 from sidecar.core.digest import membership_digest
 from sidecar.core.ids import Address, SecretBytes
 from sidecar.core.liveness import Liveness
@@ -233,6 +234,8 @@ class Controller:
             peers_transport=self.steps.mesh.transport.summary(),
             peers_excluded=tuple((str(e.member_id), e.reason) for e in self.steps.mesh.screen.excluded),
             csk_held=facts.csk_held,
+            csk_epoch=snap.csk_epoch if snap else None,
+            csk_previous_epoch=previous.epoch if (previous := self.steps.csk.previous()) else None,
             csk_commitment=str(snap.commitment) if snap and snap.commitment else None,
             csk_source=held.source or None,
             csk_peering_error=self.steps.csk.peering_error or None,
@@ -321,3 +324,7 @@ class Controller:
 
     def csk_value(self) -> SecretBytes | None:
         return self.steps.csk.value() if self.state.facts.csk_held else None
+
+    def csk_previous(self) -> PreviousCsk | None:
+        """The previous epoch's key during its grace period, next to a held current key."""
+        return self.steps.csk.previous() if self.state.facts.csk_held else None

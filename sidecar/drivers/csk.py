@@ -1,17 +1,19 @@
 """The cluster shared key as one feature: hold, cache, pull and serve (rules: ``sidecar.core.csk``).
 
-Owns the key this node holds (``CskHeld``: value, commitment, source, the last reason it is not held), this
-node's member proof (made once from its derived keys and the member app's CREATE2 salt, read once from the
-chain; ``sidecar.core.memberproof``), the acquire step of a reconcile pass (the originator derives and
-commits, or re-derives and verifies; every other member reads its sealed cache or pulls the key from a
-live peer, several at a time, adopting it only from a peer whose proof verifies against the measured
-anchors), the sealed cache in the state directory, and the answer to a peer's request (``respond``,
-behind the peer API's HTTP adapter: served only to a proven TEE of this cluster, sealed to its proven seal
-key). Without the measured anchors (member-app factory, KMS roots) the node neither serves nor accepts a
-key from peers and says why (``peering_error``). Facts about the node (identity, member id, snapshot)
-come from the shared ``NodeState``; the time from the injected clock. Repeated warnings are rate-limited.
+Owns the key this node holds (``CskHeld``: epoch, value, commitment, source, the last reason it is not
+held) and the previous epoch's for its grace period after a rotation (``sidecar.core.cskepochs``; memory
+only, the cache keeps the current one), this node's member proof (made once from its derived keys and the
+member app's CREATE2 salt, read once from the chain; ``sidecar.core.memberproof``), the acquire step of a
+reconcile pass (the originator derives and commits, or re-derives and verifies; every other member reads
+its sealed cache or pulls the key from a live peer, several at a time, adopting it only from a peer whose
+proof verifies against the measured anchors; always the snapshot's epoch's key, checked against that
+epoch's commitment) and the sealed cache in the state directory. The answer to a peer's request is
+``sidecar.drivers.cskserve`` (the epoch asked for, only when held and verified, only to a proven member of
+this node's confirmed snapshot). Without the measured anchors (member-app factory, KMS roots) the node
+neither serves nor accepts a key from peers and says why (``peering_error``). Facts about the node come
+from the shared ``NodeState``; the time from the injected clock. Repeated warnings are rate-limited.
 Must not: log, repr or return the key except sealed to a proven member's seal key; serve a key that is
-not verified against the current on-chain commitment; adopt a key from a peer whose proof fails.
+not verified against its epoch's on-chain commitment; adopt a key from a peer whose proof fails.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import structlog
 
 from sidecar.chain.errors import ChainError
 from sidecar.core import csk as cskcore
-from sidecar.core.cskgate import DEFAULT_FRESHNESS_MS, CskGate, Refusal
+from sidecar.core.cskepochs import GraceKeys, PreviousCsk
+from sidecar.core.cskgate import DEFAULT_FRESHNESS_MS, CskGate
 from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
 from sidecar.core.liveness import Liveness
 from sidecar.core.memberproof import (
@@ -43,12 +46,13 @@ from sidecar.core.repeats import Repeats
 from sidecar.core.snapshot import Snapshot
 from sidecar.drivers.chainlink import ClusterChain
 from sidecar.drivers.clock import Clock, wall_ms
+from sidecar.drivers.cskserve import CskServer
 from sidecar.drivers.identity import KeySource, NodeIdentity, derive_csk_key
 from sidecar.drivers.nodestate import NodeState
 from sidecar.drivers.steps import warn_limited
 from sidecar.drivers.store import StateStore, StoreError
 from sidecar.http.peerapi import CskAnswer, CskFetchError, fetch_csk
-from sidecar.observability import CskPullResult, CskRefusal, Metrics
+from sidecar.observability import CskPullResult, Metrics
 from sidecar.settings import MeshSettings
 
 log = structlog.get_logger("sidecar.csk")
@@ -58,9 +62,10 @@ CSK_CACHE_FILE = "csk.cache"
 
 @dataclass
 class CskHeld:
-    """The key this node holds (``value`` None: not held; ``error`` says why)."""
+    """The key this node holds and its epoch (``value`` None: not held; ``error`` says why)."""
 
     value: SecretBytes | None = field(default=None, repr=False)
+    epoch: int = 0
     commitment: Bytes32 | None = None
     source: str = ""
     error: str = ""
@@ -127,15 +132,20 @@ class CskKeeper:
         self.metrics = metrics
         self.clock = clock
         self.repeats = repeats
-        self.gate = CskGate(freshness_ms=freshness_ms)
+        self.server = CskServer(
+            self, cluster=cluster, state=state, liveness=liveness, metrics=metrics, clock=clock,
+            gate=CskGate(freshness_ms=freshness_ms),
+        )  # fmt: skip
         self.held = CskHeld()
+        self.grace = GraceKeys(mesh.csk_grace)  # the previous epoch's key, for the grace period
         self._rederive_mismatch_logged: Bytes32 | None = None  # log that once per commitment
         self._committed_block: int | None = None  # where our commitment landed, until a snapshot shows it
 
     # --- the reconcile step --------------------------------------------------------------------------
 
     async def run(self, ident: NodeIdentity, snap: Snapshot, mine: MemberRecord) -> Outcome:
-        """Acquire the key for the snapshot's commitment; report whether it is held and, if not, why."""
+        """Acquire the key of the snapshot's epoch (checked against its commitment); report whether it is
+        held and, if not, why."""
         await self.acquire(ident, snap, mine)
         held = self.holds(snap.commitment)
         if held:
@@ -178,37 +188,40 @@ class CskKeeper:
 
     async def acquire(self, ident: NodeIdentity, snap: Snapshot, mine: MemberRecord) -> None:
         await self.make_proof(ident)  # once: needed to serve the key as much as to pull it
-        commitment = snap.commitment
+        commitment, epoch = snap.commitment, snap.csk_epoch
         is_originator = snap.originator == mine.member_id
         if self.holds(commitment):
             return
         if commitment is None:
             if not is_originator:
-                self.held.error = "waiting for the originator to commit the cluster shared key"
+                self.held.error = (
+                    f"waiting for the originator to commit the cluster shared key of epoch {epoch}"
+                )
                 return
             if self._committed_block is not None and snap.block < self._committed_block:
                 # committed, not confirmed yet: never send it twice (a snapshot at or past that block without
                 # it means a reorg dropped it, and the same derived key is committed again)
                 self.held.error = "waiting for the commitment to be confirmed"
                 return
-            await self._commit(ident, mine, snap.csk_epoch)
+            await self._commit(ident, mine, epoch)
             return
         if is_originator:
             # The originator's key is deterministic: re-derive and verify rather than trust a cache.
-            key = cskcore.csk_from_key(await derive_csk_key(self.agent, ident.scope, snap.csk_epoch))
+            key = cskcore.csk_from_key(await derive_csk_key(self.agent, ident.scope, epoch))
             if cskcore.commitment(key) == commitment:
-                log.info("csk.rederived", commitment=str(commitment))
-                self.hold(ident, mine.member_id, key, commitment, "derived")
+                log.info("csk.rederived", commitment=str(commitment), epoch=epoch)
+                self.hold(ident, mine.member_id, key, commitment, "derived", epoch=epoch)
                 return
             # Not the member that committed it: that one was evicted and this one moved up to index 0.
             # Like every other member, it reads its sealed cache or pulls the key from a peer.
             if self._rederive_mismatch_logged != commitment:
                 self._rederive_mismatch_logged = commitment
                 log.warning("csk.rederive_mismatch", commitment=str(commitment), then="cache or peer")
-        cached = self._load_cache(ident, mine.member_id, commitment)
+        # The cache mirrors the key held in memory: holding another epoch's key, it holds that one too.
+        cached = self._load_cache(ident, mine.member_id, commitment) if self.held.value is None else None
         if cached is not None:
-            self.hold(ident, mine.member_id, cached, commitment, "cache")
-            log.info("csk.loaded_from_cache", commitment=str(commitment))
+            self.hold(ident, mine.member_id, cached, commitment, "cache", epoch=epoch)
+            log.info("csk.loaded_from_cache", commitment=str(commitment), epoch=epoch)
             return
         await self.pull(ident, snap, mine, commitment)
 
@@ -222,16 +235,33 @@ class CskKeeper:
             warn_limited(self.repeats, "csk.commit_failed", str(exc), self.clock.monotonic())
             return
         self.repeats.succeeded("csk.commit_failed")
-        log.info("csk.committed", commitment=str(digest), block=self._committed_block)
-        self.hold(ident, mine.member_id, key, digest, "derived")
+        log.info("csk.committed", commitment=str(digest), epoch=epoch, block=self._committed_block)
+        self.hold(ident, mine.member_id, key, digest, "derived", epoch=epoch)
 
     # --- hold and cache --------------------------------------------------------------------------------
 
     def hold(
-        self, ident: NodeIdentity, me: MemberId, key: SecretBytes, commitment: Bytes32, source: str
+        self,
+        ident: NodeIdentity,
+        me: MemberId,
+        key: SecretBytes,
+        commitment: Bytes32,
+        source: str,
+        *,
+        epoch: int,
     ) -> None:
-        """Hold a verified key; seal it into the cache unless it came from there."""
-        self.held = CskHeld(key, commitment, source, "")
+        """Hold a verified key of ``epoch``; the one it replaces stays for the grace period when it is an
+        earlier epoch's (memory only). Seal the new key into the cache unless it came from there."""
+        old = self.held
+        if old.value is not None and old.commitment is not None and old.commitment != commitment:
+            kept = self.grace.replaced(
+                old.epoch, old.value, old.commitment, new_epoch=epoch, now=self.clock.monotonic()
+            )
+            log.info(
+                "csk.epoch_changed", from_epoch=old.epoch, to_epoch=epoch,
+                previous_kept_s=self.grace.grace if kept is not None else 0,
+            )  # fmt: skip
+        self.held = CskHeld(key, epoch, commitment, source, "")
         if source == "cache":
             return
         try:
@@ -241,8 +271,9 @@ class CskKeeper:
             warn_limited(self.repeats, "csk.cache_write_failed", str(exc), self.clock.monotonic())
 
     def drop(self) -> None:
-        """Forget the key held in memory (the cache stays): as after a restart."""
+        """Forget the keys held in memory (the cache stays): as after a restart."""
         self.held = CskHeld()
+        self.grace.clear()
 
     def _load_cache(self, ident: NodeIdentity, me: MemberId, commitment: Bytes32) -> SecretBytes | None:
         now = self.clock.monotonic()
@@ -282,26 +313,37 @@ class CskKeeper:
 
         async def attempt(peer: MemberRecord) -> SecretBytes | None:
             async with gate:
-                return await self._pull_one(ident, mine.member_id, peer, commitment, errors)
+                return await self._pull_one(
+                    ident, mine.member_id, peer, commitment, errors, epoch=snap.csk_epoch
+                )
 
         tasks = [asyncio.create_task(attempt(p)) for p in candidates]
         try:
             for next_done in asyncio.as_completed(tasks):
                 key = await next_done
                 if key is not None:
-                    self.hold(ident, mine.member_id, key, commitment, "peer")
+                    self.hold(ident, mine.member_id, key, commitment, "peer", epoch=snap.csk_epoch)
                     return
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        self.held.error = "no peer served a valid cluster shared key (" + ", ".join(errors) + ")"
+        self.held.error = (
+            f"no peer served a valid cluster shared key of epoch {snap.csk_epoch} (" + ", ".join(errors) + ")"
+        )
 
     async def _pull_one(
-        self, ident: NodeIdentity, me: MemberId, peer: MemberRecord, commitment: Bytes32, errors: list[str]
+        self,
+        ident: NodeIdentity,
+        me: MemberId,
+        peer: MemberRecord,
+        commitment: Bytes32,
+        errors: list[str],
+        *,
+        epoch: int,
     ) -> SecretBytes | None:
         assert self.anchors is not None and self.proof is not None  # pull() checked
-        request = cskcore.CskRequest(self.cluster, me, peer.member_id, wall_ms(self.clock))
+        request = cskcore.CskRequest(self.cluster, me, peer.member_id, wall_ms(self.clock), epoch)
         body = cskcore.sign_request(request, ident.identity_key, self.proof)
         short = str(peer.member_id)[:10]
         try:
@@ -327,7 +369,7 @@ class CskKeeper:
             errors.append(f"{short}: {result}")
             return None
         self.metrics.csk_pull_attempt("ok")
-        log.info("csk.pulled", peer=str(peer.member_id), commitment=str(commitment))
+        log.info("csk.pulled", peer=str(peer.member_id), commitment=str(commitment), epoch=epoch)
         return key
 
     # --- serve -----------------------------------------------------------------------------------------
@@ -337,44 +379,31 @@ class CskKeeper:
         snap = self.state.snapshot
         return self.held.value if snap is not None and self.holds(snap.commitment) else None
 
-    def respond(self, body: object, remote_ip: IPv4Address) -> CskAnswer:
-        """Answer a peer's CSK request (``CskResponder`` for the peer API)."""
-        try:
-            signed = cskcore.parse_request(body)
-        except cskcore.CskWireError as exc:
-            return self._refuse(400, "malformed", str(exc))
-        csk, me, ident = self.value(), self.state.member_id, self.state.identity
-        if self.anchors is None:
-            return self._refuse(503, "anchors_missing", self._proof_error)
-        if csk is None or me is None or ident is None:
-            return self._refuse(503, "not_held", "cluster shared key not held yet")
-        if self.proof is None:
-            return self._refuse(503, "no_own_proof", "this node has no member proof yet")
+    def previous(self) -> PreviousCsk | None:
+        """The previous epoch's key while its grace period lasts (None when the current key is not held:
+        the app API shows the previous key only next to the current one)."""
         now = self.clock.monotonic()
-        verdict = self.gate.check(
-            signed,
-            me=me,
-            cluster=self.cluster,
-            members=self.state.members_by_id().keys(),
-            anchors=self.anchors,
-            verified_recently=lambda m: self.liveness.is_live(m, now),
-            now_ms=wall_ms(self.clock),
-        )
-        if isinstance(verdict, Refusal):
-            return self._refuse(403, verdict.reason, verdict.reason.replace("_", " "), verdict.detail)
-        sealed = cskcore.seal(csk, verdict.seal_pub)  # the PROVEN seal key, whatever the chain shows
-        self.metrics.csk_served()
-        log.info("csk.served", requester=str(signed.request.requester), remote=str(remote_ip))
-        return CskAnswer(200, cskcore.sign_response(signed.request, sealed, ident.identity_key, self.proof))
+        retired = self.grace.previous(now)
+        if retired is None or self.value() is None:
+            return None
+        until = (wall_ms(self.clock) + int((retired.until - now) * 1000)) // 1000
+        return PreviousCsk(retired.epoch, retired.value, retired.commitment, until)
 
-    def _refuse(self, status: int, reason: CskRefusal, message: str, detail: str = "") -> CskAnswer:
-        self.metrics.csk_refused(reason)
-        log.info("csk.request_refused", reason=reason, **({"detail": detail} if detail else {}))
-        return CskAnswer(status, {"error": message, "reason": reason})
+    def key_of(self, epoch: int) -> SecretBytes | None:
+        """The key of ``epoch`` if held and verified: the current one, or the previous within its grace."""
+        snap, current = self.state.snapshot, self.value()
+        if current is not None and snap is not None and snap.csk_epoch == epoch == self.held.epoch:
+            return current
+        retired = self.grace.for_epoch(epoch, self.clock.monotonic())
+        return retired.value if retired is not None else None
+
+    def respond(self, body: object, remote_ip: IPv4Address) -> CskAnswer:
+        """Answer a peer's CSK request (``CskResponder`` for the peer API; ``sidecar.drivers.cskserve``)."""
+        return self.server.respond(body, remote_ip)
 
     def forget(self, member: MemberId) -> None:
         """A member left the cluster: drop its replay memory."""
-        self.gate.forget(member)
+        self.server.gate.forget(member)
 
 
 def _repeats(count: int) -> dict[str, int]:

@@ -1,6 +1,8 @@
 """The App API: what application containers on the same node read over a unix socket.
 
-Owns the HTTP mapping of ``GET /v1/status``, ``/v1/self``, ``/v1/peers`` and ``/v1/csk``. The socket's file
+Owns the HTTP mapping of ``GET /v1/status``, ``/v1/self``, ``/v1/peers`` and ``/v1/csk`` (the current
+epoch's key, its epoch and commitment, and the previous epoch's key while its grace period lasts, so
+applications can re-encrypt: docs/sidecar.md "CSK epochs"). The socket's file
 mode (0600) is the access control: only processes with the sidecar's uid reach it, which is why this is the
 one surface allowed to return key material (the CSK).
 
@@ -13,6 +15,7 @@ from typing import Protocol
 
 from aiohttp import web
 
+from sidecar.core.cskepochs import PreviousCsk
 from sidecar.core.ids import SecretBytes
 from sidecar.core.status import NodeStatus, PeerView, SelfView, healthz_body, peers_body
 from sidecar.http.server import Runner, error_response, json_errors, start_unix
@@ -36,6 +39,8 @@ class AppView(Protocol):
 
     def csk(self) -> SecretBytes | None: ...
 
+    def csk_previous(self) -> PreviousCsk | None: ...
+
 
 def app_api(view: AppView, metrics: Metrics) -> web.Application:
     """Build the App API application (serve it with ``start_unix``)."""
@@ -56,9 +61,21 @@ def app_api(view: AppView, metrics: Metrics) -> web.Application:
         key = view.csk()
         if key is None:
             return error_response(503, CSK_NOT_HELD, NO_STORE)
-        return web.json_response(
-            {"csk": key.reveal().hex(), "commitment": view.status().csk_commitment}, headers=NO_STORE
-        )
+        status, previous = view.status(), view.csk_previous()
+        body: dict[str, object] = {
+            "csk": key.reveal().hex(),
+            "epoch": status.csk_epoch,
+            "commitment": status.csk_commitment,
+            "previous": None,
+        }
+        if previous is not None:
+            body["previous"] = {
+                "epoch": previous.epoch,
+                "csk": previous.value.reveal().hex(),
+                "commitment": str(previous.commitment),
+                "until": previous.until_unix,
+            }
+        return web.json_response(body, headers=NO_STORE)
 
     app = web.Application(middlewares=[json_errors("app", metrics)], client_max_size=1024)
     app.router.add_get("/v1/status", status)

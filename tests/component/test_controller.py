@@ -292,7 +292,7 @@ class NodeUnderTest:
 
     def hold(self, key: SecretBytes, commitment: Bytes32, source: str) -> None:
         assert self.identity is not None and self.member_id is not None
-        self.node.csk.hold(self.identity, self.member_id, key, commitment, source)
+        self.node.csk.hold(self.identity, self.member_id, key, commitment, source, epoch=1)
 
 
 class Lab:
@@ -683,7 +683,10 @@ async def test_unreachable_chain_keeps_the_node_at_boot_gate_with_a_complete_sta
     assert body["peers"] == {
         "desired": 0, "configured": 0, "live": 0, "transport": {}, "excluded": [], "excluded_count": 0,
     }  # fmt: skip
-    assert body["csk"] == {"held": False, "commitment": None, "source": None, "peering_error": None}
+    assert body["csk"] == {
+        "held": False, "epoch": None, "previous_epoch": None, "commitment": None, "source": None,
+        "peering_error": None,
+    }  # fmt: skip
     assert set(body["events"]) == {
         "mode",
         "indexer_connected",

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from sidecar.core.csk import CskRequest, sign_request
+from sidecar.core.cskepochs import PreviousCsk
 from sidecar.core.ids import Bytes32, SecretBytes
 from sidecar.core.status import NodeStatus, PeerView, SelfView, healthz_body
 from sidecar.http import Runner, start_tcp, start_unix
@@ -51,6 +52,7 @@ HEALTHY = NodeStatus(
     peers_configured=1,
     peers_live=1,
     csk_held=True,
+    csk_epoch=2,
     csk_commitment=COMMITMENT,
     csk_source="peer",
     chain_reachable=True,
@@ -68,6 +70,7 @@ class FakeNode:
         self.me: SelfView | None = None
         self.peer_list: list[PeerView] = []
         self.key: SecretBytes | None = None
+        self.previous: PreviousCsk | None = None
 
     def status(self) -> NodeStatus:
         return self.current
@@ -80,6 +83,9 @@ class FakeNode:
 
     def csk(self) -> SecretBytes | None:
         return self.key
+
+    def csk_previous(self) -> PreviousCsk | None:
+        return self.previous
 
 
 class FakeResponder:
@@ -293,7 +299,14 @@ async def test_app_api_endpoints(app_socket: tuple[FakeNode, Path, Runner], metr
     assert await get_unix(path, "/v1/status") == (200, healthz_body(HEALTHY))
     assert await get_unix(path, "/v1/self") == (200, node.me.to_json())
     assert await get_unix(path, "/v1/peers") == (200, {"peers": [peer.to_json()]})
-    assert await get_unix(path, "/v1/csk") == (200, {"csk": CSK.hex(), "commitment": COMMITMENT})
+    current = {"csk": CSK.hex(), "epoch": 2, "commitment": COMMITMENT}
+    assert await get_unix(path, "/v1/csk") == (200, {**current, "previous": None})
+    # after a rotation, during the grace period: the previous epoch's key next to the current one
+    old = bytes(range(32, 64))
+    node.previous = PreviousCsk(1, SecretBytes(old), Bytes32(b"\x01" * 32), 1_800_003_600)
+    assert await get_unix(path, "/v1/csk") == (200, {**current, "previous": {
+        "epoch": 1, "csk": old.hex(), "commitment": "0x" + "01" * 32, "until": 1_800_003_600,
+    }})  # fmt: skip
 
     status, body = await get_unix(path, "/v1/nothing")
     assert status == 404 and isinstance(body, dict) and "error" in body

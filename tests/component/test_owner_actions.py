@@ -9,6 +9,7 @@ Everything runs on 127.0.0.1 against the module's anvil; nothing else is contact
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 
 import pytest
@@ -286,3 +287,44 @@ async def test_member_app_refuses_a_factory_other_than_the_clusters(
     assert not await MemberAppFactoryClient(conn, other).is_our_app(
         await MemberAppFactoryClient(conn, other).predict(stack.cluster, name)
     )
+
+
+# --- rotate-csk --------------------------------------------------------------------------------------------
+
+
+async def test_rotate_csk_starts_the_next_epoch_and_sets_rotate_on_remove_once(
+    anvil: AnvilProcess, conn: ChainConnection, stack: Deployment
+) -> None:
+    cluster = ClusterClient(conn, stack.cluster)
+    epoch = await cluster.csk_epoch()
+    args = ("chain", "rotate-csk", *chain_args(anvil, stack))
+
+    refused = await run_cli(*args, env={"ATTESTMESH_OWNER_KEY": OTHER_KEY})
+    assert (
+        refused.returncode == 1 and f"{OTHER} is not the owner of cluster {stack.cluster}" in refused.stderr
+    )
+    assert await cluster.csk_epoch() == epoch
+
+    human = await run_cli(*args, env={"ATTESTMESH_OWNER_KEY": OWNER_KEY})
+    assert human.returncode == 0, human.stderr
+    assert human.stdout.startswith(f"cluster {stack.cluster}: CSK epoch {epoch} -> {epoch + 1} (tx 0x")
+    machine = await run_cli(*args, "--json", env={"ATTESTMESH_OWNER_KEY": OWNER_KEY})
+    assert machine.returncode == 0, machine.stderr
+    data = json.loads(machine.stdout)
+    assert (data["epoch_before"], data["epoch"], data["changed"]) == (epoch + 1, epoch + 2, True)
+    assert data["cluster"] == str(stack.cluster) and data["tx"].startswith("0x")
+    assert await cluster.csk_epoch() == epoch + 2
+
+    # --on-remove sets the option only (no rotation), once.
+    sent = await nonce(conn, OWNER)
+    on = await run_cli(*args, "--on-remove", "on", "--json", env={"ATTESTMESH_OWNER_KEY": OWNER_KEY})
+    assert on.returncode == 0, on.stderr
+    assert json.loads(on.stdout)["rotate_csk_on_remove"] is True and json.loads(on.stdout)["changed"] is True
+    again = await run_cli(*args, "--on-remove", "on", env={"ATTESTMESH_OWNER_KEY": OWNER_KEY})
+    assert again.stdout.endswith("removeMember rotates the CSK: already on; nothing changed\n")
+    assert await cluster.rotate_csk_on_remove() and await cluster.csk_epoch() == epoch + 2
+    off = await run_cli(*args, "--on-remove", "off", env={"ATTESTMESH_OWNER_KEY": OWNER_KEY})
+    assert off.returncode == 0 and "removeMember rotates the CSK: off (tx 0x" in off.stdout
+    assert not await cluster.rotate_csk_on_remove()
+    assert await nonce(conn, OWNER) == sent + 2
+    assert_no_key(refused.stderr, human.stdout, machine.stdout, on.stdout, again.stdout, off.stdout)

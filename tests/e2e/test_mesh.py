@@ -50,8 +50,9 @@ def csk_request(
     key: SecretBytes,
     ts: int,
     proof: MemberProof | None,
+    epoch: int = 1,
 ) -> str:
-    request = cskcore.CskRequest(Address.from_hex(cluster), requester, responder, ts)
+    request = cskcore.CskRequest(Address.from_hex(cluster), requester, responder, ts, epoch)
     return json.dumps(cskcore.sign_request(request, key, proof)).encode().hex()
 
 

@@ -3,9 +3,10 @@
 Each fake implements the Protocol the steps depend on: ``KeySource`` (the guest agent, keys issued by the
 pure devnet KMS so the signature chain is real), ``ClusterChain`` (members, verdict, commitment in memory;
 a registration lands in the next block), ``WgDevice`` (peers in a dict), ``CskFetcher`` (peers that check
-the request's member proof and seal the key to the requester's proven seal key, answering with their own
-proof) and ``Clock`` (set by hand). Every app id is a real CREATE2 member app address of ``FACTORY`` and
-``CLUSTER`` (with the compiled ``ClusterMemberApp``), so member proofs verify as on a real cluster.
+the request's member proof and seal the key of the epoch it names to the requester's proven seal key,
+answering with their own proof) and ``Clock`` (set by hand). Every app id is a real CREATE2 member app
+address of ``FACTORY`` and ``CLUSTER`` (with the compiled ``ClusterMemberApp``), so member proofs verify as
+on a real cluster.
 """
 
 from __future__ import annotations
@@ -247,6 +248,7 @@ class FakePeers:
 
     chain: FakeChain
     key: SecretBytes | None = None
+    by_epoch: dict[int, SecretBytes] = field(default_factory=dict)  # the key served for an epoch, if not key
     requests: list[cskcore.CskRequest] = field(default_factory=list)
     proof_of: dict[MemberId, MemberProof] = field(default_factory=dict)
 
@@ -255,7 +257,8 @@ class FakePeers:
         parsed = signed.request
         self.requests.append(parsed)
         responder = self.chain.record(parsed.responder)
-        if self.key is None or responder is None or self.chain.record(parsed.requester) is None:
+        key = self.by_epoch.get(parsed.epoch, self.key)
+        if key is None or responder is None or self.chain.record(parsed.requester) is None:
             raise CskFetchError("refused", "HTTP 503: not held")
         try:
             proven = verify_member_proof(parse_proof(signed.proof), ANCHORS)
@@ -267,7 +270,7 @@ class FakePeers:
             raise CskFetchError("refused", "HTTP 403: bad signature")
         proof, identity, _ = derived_member(responder.app_id)
         proof = self.proof_of.get(parsed.responder, proof)
-        sealed = cskcore.seal(self.key, proven.seal_pub)
+        sealed = cskcore.seal(key, proven.seal_pub)
         return cskcore.sign_response(parsed, sealed, identity, proof)
 
 

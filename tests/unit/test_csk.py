@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 
 import pytest
@@ -20,7 +21,6 @@ from sidecar.core.csk import (
     CskError,
     CskRequest,
     CskWireError,
-    SignedRequest,
     check_response,
     commitment,
     csk_from_key,
@@ -85,16 +85,20 @@ def test_csk_from_key_is_the_identity_with_a_length_check() -> None:
 
 
 def test_request_wire_form_and_signature() -> None:
-    obj = sign_request(request(), IDENTITY, PROOF)
-    assert set(obj) == {"version", "cluster", "requester", "responder", "timestamp_ms", "signature", "proof"}
-    assert obj["version"] == 2
+    obj = sign_request(dataclasses.replace(request(), epoch=7), IDENTITY, PROOF)
+    assert set(obj) == {
+        "version", "cluster", "epoch", "requester", "responder", "timestamp_ms", "signature", "proof",
+    }  # fmt: skip
+    assert obj["version"] == 3
+    assert obj["epoch"] == 7
     assert obj["cluster"] == "0x" + CLUSTER.hex
     assert obj["requester"] == str(REQ)
     assert obj["responder"] == str(ME)
     assert obj["timestamp_ms"] == NOW
     assert obj["proof"] == proof_json(PROOF)
-    message = REQUEST_DOMAIN + CLUSTER.raw + REQ.raw + ME.raw + NOW.to_bytes(8, "big")
-    assert REQUEST_DOMAIN == b"attestmesh/csk-request/v2\x00"
+    epoch = (7).to_bytes(8, "big")
+    message = REQUEST_DOMAIN + CLUSTER.raw + epoch + REQ.raw + ME.raw + NOW.to_bytes(8, "big")
+    assert REQUEST_DOMAIN == b"attestmesh/csk-request/v3\x00"
     signature = bytes.fromhex(str(obj["signature"])[2:])
     Ed25519PublicKey.from_public_bytes(ed25519_public_key(IDENTITY)).verify(signature, message)
     assert "proof" not in sign_request(request(), IDENTITY, None)
@@ -105,9 +109,10 @@ def test_request_wire_form_and_signature() -> None:
     a=st.binary(min_size=32, max_size=32).map(MemberId),
     b=st.binary(min_size=32, max_size=32).map(MemberId),
     ts=st.integers(0, 2**64 - 1),
+    epoch=st.integers(1, 2**64 - 1),
 )
-def test_request_round_trip(cluster: Address, a: MemberId, b: MemberId, ts: int) -> None:
-    req = CskRequest(cluster, a, b, ts)
+def test_request_round_trip(cluster: Address, a: MemberId, b: MemberId, ts: int, epoch: int) -> None:
+    req = CskRequest(cluster, a, b, ts, epoch)
     signed = parse_request(json.loads(json.dumps(sign_request(req, IDENTITY, PROOF))))
     assert signed.request == req and signed.proof == proof_json(PROOF)
     assert cskmod.verify_request(signed.request, signed.signature, Bytes32(ed25519_public_key(IDENTITY)))
@@ -116,8 +121,19 @@ def test_request_round_trip(cluster: Address, a: MemberId, b: MemberId, ts: int)
 def test_a_request_without_proof_or_of_version_1_parses_with_no_proof() -> None:
     bare = sign_request(request(), IDENTITY, None)
     assert parse_request(bare).proof is None
-    v1 = {k: v for k, v in bare.items() if k != "version"}
-    assert parse_request(v1) == SignedRequest(request(), bytes.fromhex(str(bare["signature"])[2:]), None)
+    v1 = {k: v for k, v in bare.items() if k not in ("version", "epoch")}  # version 1 named no epoch: 0
+    parsed = parse_request(v1)
+    assert parsed.request == dataclasses.replace(request(), epoch=0) and parsed.proof is None
+
+
+def test_the_signature_covers_the_epoch() -> None:
+    asked = {**GOOD, "epoch": 2}  # the epoch changed after signing: the signature no longer verifies
+    signed = parse_request(asked)
+    assert signed.request.epoch == 2
+    assert not cskmod.verify_request(signed.request, signed.signature, Bytes32(ed25519_public_key(IDENTITY)))
+    assert cskmod.verify_request(
+        parse_request(GOOD).request, signed.signature, Bytes32(ed25519_public_key(IDENTITY))
+    )
 
 
 GOOD = sign_request(request(), IDENTITY, PROOF)
@@ -134,9 +150,17 @@ GOOD = sign_request(request(), IDENTITY, PROOF)
         {k: v for k, v in GOOD.items() if k != "signature"},
         {k: v for k, v in GOOD.items() if k != "version"},  # a proof without a version
         {**GOOD, "version": 1},
-        {**GOOD, "version": 3},
+        {**GOOD, "version": 2},  # version 2 named no epoch
+        {k: v for k, v in GOOD.items() if k != "epoch"},
+        {**GOOD, "version": 4},
         {**GOOD, "version": True},
-        {**GOOD, "version": "2"},
+        {**GOOD, "version": "3"},
+        {**GOOD, "epoch": 0},
+        {**GOOD, "epoch": -1},
+        {**GOOD, "epoch": 2**64},
+        {**GOOD, "epoch": True},
+        {**GOOD, "epoch": "1"},
+        {**GOOD, "epoch": 1.0},
         {**GOOD, "timestamp_ms": True},
         {**GOOD, "timestamp_ms": -1},
         {**GOOD, "timestamp_ms": 2**64},
@@ -189,10 +213,11 @@ def answer(req: CskRequest | None = None, identity: SecretBytes = RESPONDER_IDEN
 
 def test_response_wire_form_and_check() -> None:
     obj = answer()
-    assert set(obj) == {"version", "sealed", "proof", "signature"} and obj["version"] == 2
+    assert set(obj) == {"version", "sealed", "proof", "signature"} and obj["version"] == 3
     sealed = check_response(request(), json.loads(json.dumps(obj)), ANCHORS)
     assert open_sealed(sealed, SEAL_KEY, COMMIT).reveal() == CSK.reveal()
-    message = RESPONSE_DOMAIN + CLUSTER.raw + REQ.raw + ME.raw + NOW.to_bytes(8, "big") + sealed
+    epoch = (1).to_bytes(8, "big")
+    message = RESPONSE_DOMAIN + CLUSTER.raw + epoch + REQ.raw + ME.raw + NOW.to_bytes(8, "big") + sealed
     signature = bytes.fromhex(str(obj["signature"])[2:])
     public = Bytes32(ed25519_public_key(RESPONDER_IDENTITY)).raw
     Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
@@ -208,6 +233,12 @@ def test_a_response_with_a_replayed_proof_is_refused() -> None:
 def test_a_response_for_another_request_is_refused() -> None:
     with pytest.raises(ProofRejected, match="not signed"):
         check_response(request(ts=NOW + 1), answer(), ANCHORS)
+
+
+def test_a_response_for_another_epoch_is_refused() -> None:
+    # A box answering a request for epoch 1 cannot be passed off as the answer for epoch 2.
+    with pytest.raises(ProofRejected, match="not signed"):
+        check_response(dataclasses.replace(request(), epoch=2), answer(), ANCHORS)
 
 
 def test_a_response_proving_another_member_than_the_responder_asked_is_refused() -> None:

@@ -221,10 +221,13 @@ RESPONDER = VectorNode(
 )
 
 
+VECTOR_EPOCH = 2  # the epoch the vectors' request asks for
+
+
 def vector_exchange() -> tuple[CskRequest, dict[str, object], dict[str, object]]:
     """The vectors' request (as sent) and response, between two proven members."""
     asker, answerer = (verify_member_proof(n.proof(), VECTOR_ANCHORS) for n in (REQUESTER, RESPONDER))
-    req = CskRequest(VECTOR_CLUSTER, asker.member_id, answerer.member_id, VECTOR_NOW)
+    req = CskRequest(VECTOR_CLUSTER, asker.member_id, answerer.member_id, VECTOR_NOW, epoch=VECTOR_EPOCH)
     request = sign_request(req, REQUESTER.identity, REQUESTER.proof())
     return req, request, sign_response(req, VECTOR_SEALED, RESPONDER.identity, RESPONDER.proof())
 
@@ -265,13 +268,13 @@ def render_csk_vectors() -> str:
             *_wrap(binding.hex(), 0),
             "```",
             "",
-            "#### request (version 2)",
+            "#### request (version 3, asking for epoch 2)",
             "",
             "```json",
             json.dumps(request, indent=2),
             "```",
             "",
-            "#### response (version 2; the sealed box is a stand-in, `00 01 … 4f`) and the bytes it signs",
+            "#### response (version 3; the sealed box is a stand-in, `00 01 … 4f`) and the bytes it signs",
             "",
             "```json",
             json.dumps(response, indent=2),

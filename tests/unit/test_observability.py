@@ -67,7 +67,7 @@ def test_label_values_are_the_documented_sets() -> None:
     assert CSK_REFUSALS == (
         "malformed", "wrong_cluster", "wrong_responder", "not_member", "bad_signature", "stale", "replayed",
         "not_live", "not_held", "rate_limited", "no_proof", "bad_proof", "foreign_app", "untrusted_root",
-        "anchors_missing", "no_own_proof",
+        "anchors_missing", "no_own_proof", "epoch_not_held",
     )  # fmt: skip
     assert CSK_PULL_RESULTS == ("ok", "refused", "unreachable", "invalid", "unproven")
 

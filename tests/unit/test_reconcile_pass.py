@@ -260,7 +260,8 @@ async def test_csk_step_waiting_for_the_originator(tmp_path: Path) -> None:
     await w.pass_once()
     assert await w.pass_once() == (
         "csk_acquire",
-        "waiting for the cluster shared key: waiting for the originator to commit the cluster shared key",
+        "waiting for the cluster shared key: waiting for the originator to commit the cluster shared key of "
+        "epoch 1",
     )
 
 
@@ -273,7 +274,7 @@ async def test_csk_step_no_peer_serves_the_key(tmp_path: Path) -> None:
     phase, reason = await w.pass_once()
     assert phase == "csk_acquire"
     assert reason.startswith(
-        "waiting for the cluster shared key: no peer served a valid cluster shared key ("
+        "waiting for the cluster shared key: no peer served a valid cluster shared key of epoch 1 ("
     )
 
 

@@ -46,7 +46,14 @@ def test_initial_body_is_exactly_the_design_shape_with_nulls() -> None:
             "excluded": [],
             "excluded_count": 0,
         },
-        "csk": {"held": False, "commitment": None, "source": None, "peering_error": None},
+        "csk": {
+            "held": False,
+            "epoch": None,
+            "previous_epoch": None,
+            "commitment": None,
+            "source": None,
+            "peering_error": None,
+        },
         "events": {
             "mode": "poll",
             "indexer_connected": False,
@@ -97,6 +104,8 @@ def test_registered_healthy_body_carries_every_value() -> None:
         peers_transport={"gateway": {"up": 1, "down": 1}},
         peers_excluded=((MEMBER, "bad_endpoint"),),
         csk_held=True,
+        csk_epoch=2,
+        csk_previous_epoch=1,
         csk_commitment="0x" + "55" * 32,
         csk_source="peer",
         events_mode="push",
@@ -125,6 +134,8 @@ def test_registered_healthy_body_carries_every_value() -> None:
     }  # fmt: skip
     assert body["csk"] == {
         "held": True,
+        "epoch": 2,
+        "previous_epoch": 1,
         "commitment": "0x" + "55" * 32,
         "source": "peer",
         "peering_error": None,
