@@ -69,6 +69,11 @@ def parse_endpoint(text: str) -> str:
             "must be an IP address, not localhost (WireGuard does not resolve names, and to each peer "
             f"localhost would be itself): {_WRITE_INSTEAD}"
         )
+    if "%" in host:
+        raise ValueError(
+            "must not carry an IPv6 zone (%…): a zone names an interface of this host, which means "
+            f"nothing to a peer, and the cluster contract refuses it: {_WRITE_INSTEAD}"
+        )
     try:
         ip_address(host)
     except ValueError:

@@ -238,6 +238,7 @@ def test_all_problems_at_once() -> None:
         ("ENDPOINT", "bad_host!:51820", "IP address"),
         ("ENDPOINT", "node-1.example.com:443", "IP address"),
         ("ENDPOINT", "localhost:51820", "not localhost"),
+        ("ENDPOINT", "[fe80::1%eth0]:51820", "IPv6 zone"),
         ("HEARTBEAT_PORT", "x", "decimal digits"),
         ("PEER_API_PORT", "65536", "between 1 and 65535"),
         ("HEARTBEAT_INTERVAL", "0", "greater than 0"),
