@@ -527,6 +527,8 @@ def test_reorg_across_a_registration_leaves_no_ghost_peer(lab: LabCli) -> None:
     members = on(lambda conn, c: c.members())
     everyone = nodes(lab)
     for name, node in everyone.items():
+        # node-4 names its member id once its new registration is confirmed (two blocks deep)
+        wait_until(lambda n=node: n.healthz()["node"]["member_id"] is not None, DEADLINE, f"{name} a member")
         mine = member_id(node)
         wait_until(
             lambda n=node, m=mine: set(n.device_peers()) == canonical_peers(members, m),
