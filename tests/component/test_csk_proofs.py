@@ -32,8 +32,8 @@ from sidecar.core.sigchain import build_proof
 from sidecar.http.peerapi import peer_api
 from sidecar.http.server import start_tcp
 from sidecar.observability import Metrics
-from tests.component import test_controller as ctl
-from tests.component.test_controller import (
+from tests.component import controllerkit as ctl
+from tests.component.controllerkit import (
     CHAIN_ID,
     FUNDING_WEI,
     OTHER_KMS_SEED,

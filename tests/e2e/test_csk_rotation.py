@@ -23,9 +23,9 @@ from devnet.anvil import DEVNET_DEPLOYER_KEY
 from sidecar.chain.contracts import ClusterClient
 from sidecar.chain.rpc import ChainConnection
 from sidecar.core.ids import Address, Bytes32
+from tests.e2e.cskkit import ask_csk, csk_request, member_proof
 from tests.e2e.lab import REPO, LabCli, chain, sidecar_log, wait_until
 from tests.e2e.mesh import Node, identity_key, member_id, wait_all_healthy
-from tests.e2e.test_mesh import ask_csk, csk_request, member_proof
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

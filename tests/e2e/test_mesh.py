@@ -11,7 +11,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 from eth_utils.crypto import keccak
@@ -21,18 +21,18 @@ from devnet.compose import NodeAnchors, encode_app_compose, node_app_compose
 from devnet.deployment import deploy_member_app
 from devnet.kms import DevnetKms, get_key
 from devnet.procs import ProcRecord
-from sidecar.chain.contracts import ClusterClient, MemberAppFactoryClient
+from sidecar.chain.contracts import ClusterClient
 from sidecar.chain.rpc import ChainConnection
 from sidecar.chain.tx import LocalSigner, TxSubmitter
-from sidecar.core import csk as cskcore
 from sidecar.core.heartbeat import Heartbeat, encode
 from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
-from sidecar.core.keys import KeyPath, KeyScope, ed25519_public_key, key_path, x25519_public_key
-from sidecar.core.memberproof import MemberProof, make_member_proof
+from sidecar.core.keys import KeyPath, ed25519_public_key, key_path, x25519_public_key
+from sidecar.core.memberproof import MemberProof
 from sidecar.core.model import MemberKeys
 from sidecar.core.sigchain import build_proof
+from tests.e2e.cskkit import PEER_API_PORT, ask_csk, csk_request, member_proof
 from tests.e2e.lab import REPO, LabCli, chain, sidecar_log, wait_until
-from tests.e2e.mesh import Node, device_key, identity_key, member_id, nodes, wait_all_healthy
+from tests.e2e.mesh import device_key, identity_key, member_id, nodes, wait_all_healthy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -40,45 +40,6 @@ T = TypeVar("T")
 POLL_INTERVAL = 1.0  # the devnet's ATTESTMESH_POLL_INTERVAL
 CONFIRMATION_WAIT = 2.0  # the sidecars' default two confirmations at the devnet's one block a second
 HEARTBEAT_PORT = 51821
-PEER_API_PORT = 51822
-
-
-def csk_request(
-    cluster: str,
-    requester: MemberId,
-    responder: MemberId,
-    key: SecretBytes,
-    ts: int,
-    proof: MemberProof | None,
-    epoch: int = 1,
-) -> str:
-    request = cskcore.CskRequest(Address.from_hex(cluster), requester, responder, ts, epoch)
-    return json.dumps(cskcore.sign_request(request, key, proof)).encode().hex()
-
-
-def member_proof(lab: LabCli, app: Address) -> MemberProof:
-    """The member proof of ``app``'s node: the devnet KMS seed is public, so a test can make any node's
-    proof (as an attacker could on a devnet, never on dstack)."""
-    status, kms = lab.status(), DevnetKms()
-
-    async def salt(conn: ChainConnection, _cluster: ClusterClient) -> Bytes32:
-        return await MemberAppFactoryClient(conn, Address.from_hex(status["member_app_factory"])).salt_of(app)
-
-    state = lab.state()
-    scope = KeyScope(state.chain_id, Address.from_hex(state.cluster))
-    signer, sigchain = get_key(kms, app, scope.path(KeyPath.SIGNER), KeyPath.SIGNER.purpose)
-    identity = get_key(kms, app, scope.path(KeyPath.IDENTITY), KeyPath.IDENTITY.purpose)[0]
-    seal = get_key(kms, app, scope.path(KeyPath.SEAL), KeyPath.SEAL.purpose)[0]
-    return make_member_proof(
-        build_proof(app, signer, sigchain), signer, salt=chain(lab, salt), chain_id=lab.state().chain_id,
-        cluster=Address.from_hex(status["cluster"]), identity_pub=Bytes32(ed25519_public_key(identity)),
-        seal_pub=Bytes32(x25519_public_key(seal)),
-    )  # fmt: skip
-
-
-def ask_csk(sender: Node, responder: Node, body_hex: str) -> dict[str, Any]:
-    mesh_ip = responder.healthz()["node"]["mesh_ip"]
-    return sender.probe("http", "POST", f"http://{mesh_ip}:{PEER_API_PORT}/v1/csk", body_hex)
 
 
 # --- 1. three nodes converge (through `make demo`) ------------------------------------------------------
