@@ -424,6 +424,16 @@ def anvil_reorg(on: LabChain, depth: int) -> None:
     on(reorg)
 
 
+def interval_mining(on: LabChain, seconds: int) -> None:
+    """Set the devnet anvil's empty-block interval (0 pauses it; transactions are still mined at once)."""
+
+    async def apply(conn: ChainConnection, cluster: ClusterClient) -> None:
+        response = await conn.w3.provider.make_request("evm_setIntervalMining", [seconds])  # type: ignore[arg-type]
+        assert "error" not in response, response
+
+    on(apply)
+
+
 def test_reorg_across_a_registration_leaves_no_ghost_peer(lab: LabCli) -> None:
     # The test subscribes to the indexer itself from the root namespace (a replay from a registration block);
     # what is tested is the indexer's and the sidecars' handling of a reorg, not the transport: a direct lab.
@@ -455,17 +465,22 @@ def test_reorg_across_a_registration_leaves_no_ghost_peer(lab: LabCli) -> None:
                 senders.append(Address.from_hex(str(sent["from"])))
         return block, head, senders
 
-    block, head, senders = on(registration)
-    # Every transaction from the registration on is node-4's own: the reorg takes exactly its registration
-    # away; its app contract, allowlisting and funding (earlier blocks) stay.
-    assert senders and set(senders) == {signer4}, senders
-    anvil_reorg(on, head - block + 1)
-    reorged = time.monotonic()
-
     async def canonical(conn: ChainConnection, cluster: ClusterClient) -> tuple[int, list[MemberRecord]]:
         return await conn.block_number(), await cluster.members()
 
-    new_head, members = on(canonical)
+    # The devnet mines an empty block every second: paused while the depth is measured and the reorg made, so
+    # the reorg takes exactly the blocks from the registration to the head that was read.
+    interval_mining(on, 0)
+    try:
+        block, head, senders = on(registration)
+        # Every transaction from the registration on is node-4's own: the reorg takes exactly its registration
+        # away; its app contract, allowlisting and funding (earlier blocks) stay.
+        assert senders and set(senders) == {signer4}, senders
+        anvil_reorg(on, head - block + 1)
+        reorged = time.monotonic()
+        new_head, members = on(canonical)
+    finally:
+        interval_mining(on, 1)
     assert new_head == head and len(members) == 3 and id4 not in {m.member_id for m in members}
     assert on(lambda conn, c: c.member_by_id(id4)) is None
 
