@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sidecar import envkit
 from sidecar.core.ids import Address, Bytes32
 from sidecar.envkit import (
     AT_LEAST_ONE,
@@ -99,22 +100,9 @@ def parse_bytes32(text: str) -> Bytes32:
 
 
 def parse_address_list(text: str) -> tuple[Address, ...]:
-    """Parse a comma-separated list of distinct non-zero addresses (blank items are ignored)."""
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    if len(items) > MAX_CLUSTERS:
-        raise ValueError(f"must list at most {MAX_CLUSTERS} addresses")
-    out: list[Address] = []
-    for index, item in enumerate(items, 1):
-        try:
-            address = parse_address(item)
-        except ValueError as exc:
-            raise ValueError(f"item {index} {exc}") from None
-        if address.is_zero:
-            raise ValueError(f"item {index} is the zero address")
-        if address in out:
-            raise ValueError(f"item {index} is listed twice")
-        out.append(address)
-    return tuple(out)
+    """Parse the followed clusters: a comma-separated list of distinct non-zero addresses (blank items are
+    ignored), at most ``MAX_CLUSTERS``."""
+    return envkit.parse_address_list(text, at_most=MAX_CLUSTERS)
 
 
 _v = Declare(PREFIX)

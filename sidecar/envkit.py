@@ -173,6 +173,26 @@ def parse_address(text: str) -> Address:
     return address
 
 
+def parse_address_list(text: str, *, at_most: int | None = None) -> tuple[Address, ...]:
+    """Parse a comma-separated list of distinct non-zero addresses (blank items are ignored), of at most
+    ``at_most`` items when given."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if at_most is not None and len(items) > at_most:
+        raise ValueError(f"must list at most {at_most} addresses")
+    out: list[Address] = []
+    for index, item in enumerate(items, 1):
+        try:
+            address = parse_address(item)
+        except ValueError as exc:
+            raise ValueError(f"item {index} {exc}") from None
+        if address.is_zero:
+            raise ValueError(f"item {index} is the zero address")
+        if address in out:
+            raise ValueError(f"item {index} is listed twice")
+        out.append(address)
+    return tuple(out)
+
+
 def parse_http_url(text: str) -> str:
     """Accept an ``http://`` or ``https://`` URL that names a host."""
     try:

@@ -34,6 +34,7 @@ from sidecar.envkit import (
     is_localhost,
     parse_absolute_path,
     parse_address,
+    parse_address_list,
     parse_bool,
     parse_http_url,
     parse_int,
@@ -111,22 +112,6 @@ def parse_gwei(text: str) -> int:
 
 def _nonzero(address: Address) -> bool:
     return not address.is_zero
-
-
-def parse_address_list(text: str) -> tuple[Address, ...]:
-    """A comma-separated list of distinct non-zero addresses (e.g. the KMS roots a node trusts)."""
-    addresses: list[Address] = []
-    for number, item in enumerate(text.split(","), start=1):
-        try:
-            address = parse_address(item.strip())
-        except ValueError as exc:
-            raise ValueError(f"item {number} {exc}") from None
-        if address.is_zero:
-            raise ValueError(f"item {number} is the zero address")
-        if address in addresses:
-            raise ValueError(f"item {number} repeats {address}")
-        addresses.append(address)
-    return tuple(addresses)
 
 
 def parse_url_list(text: str) -> tuple[str, ...]:
