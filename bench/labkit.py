@@ -1,7 +1,9 @@
 """What the lab benchmarks share: the benchmark lab's name and prefixes, its running nodes and their
 health, timing with a deadline, and the figures' tables.
 
-Owns the ``ambn`` lab plan (10.217.0.0/24, mesh 10.17.0.0/16) and the knobs of every lab benchmark. Must
+Owns the benchmark lab plan (``ambn``, 10.217.0.0/24, mesh 10.17.0.0/16; ``ATTESTMESH_BENCH_LAB``,
+``ATTESTMESH_BENCH_UNDERLAY`` and ``ATTESTMESH_BENCH_MESH`` pick another, so two checkouts can measure side
+by side) and the knobs of every lab benchmark. Must
 not drive the lab itself beyond ``up`` (the e2e toolkit's ``LabCli`` does), nor reach anything but the
 lab and loopback.
 """
@@ -24,9 +26,9 @@ from devnet.topology import LabPlan
 from tests.e2e.lab import LabCli, lab_dir
 from tests.e2e.lab import wait_until as poll_until
 
-LAB = "ambn"
-UNDERLAY = "10.217.0.0/24"
-MESH = "10.17.0.0/16"
+LAB = os.environ.get("ATTESTMESH_BENCH_LAB", "ambn")
+UNDERLAY = os.environ.get("ATTESTMESH_BENCH_UNDERLAY", "10.217.0.0/24")
+MESH = os.environ.get("ATTESTMESH_BENCH_MESH", "10.17.0.0/16")
 PLAN = LabPlan(LAB, IPv4Network(UNDERLAY), IPv4Network(MESH))
 
 NODES = 3
