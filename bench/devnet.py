@@ -17,7 +17,9 @@
   (``restart`` then ``mesh-verify``, one node at a time), its total wall time and each node's restart
   issued -> healthy, with the fewest healthy nodes seen at any 50 ms sample;
 - **steady**: a 30 s idle window of a healthy 3-node lab: each sidecar's RSS (``/proc/PID/status``) and CPU
-  (``/proc/PID/stat`` utime + stime), and its JSON-RPC calls from its ``/metrics`` counters, per method.
+  (``/proc/PID/stat`` utime + stime), and its JSON-RPC calls from its ``/metrics`` counters, per method;
+  then the RPC budget (``bench/rpcbudget.py``): the same counters over a longer window, the sidecars
+  restarted with the production defaults of the push-mode intervals.
 
 Labs use their own name and prefixes (``ambn``, 10.217.0.0/24, mesh 10.17.0.0/16) and a short lab directory
 under /tmp (unix socket paths must stay under 108 bytes); every lab is brought down again, on failure too.
@@ -61,6 +63,7 @@ from bench.labkit import (
     sidecar_of,
     wait_until,
 )
+from bench.rpcbudget import budget
 from devnet import procs
 from devnet.state import NodeState
 from tests.e2e.lab import REPO, LabCli, RoutineRunner, lab_dir
@@ -254,7 +257,8 @@ def steady(lab: LabCli, window: float = IDLE_WINDOW_S) -> None:
             methods.setdefault(method, []).append((value - c0.get(method, 0.0)) * 60 / elapsed)
     print_table(
         f"steady state — {elapsed:.0f} s idle window of a healthy {NODES}-node lab, median over the"
-        f" {len(nodes)} sidecars (resync every 15 s, chain poll every 1 s, anvil automine: no new blocks)",
+        f" {len(nodes)} sidecars (the devnet's knobs: resync every 15 s, chain poll every 1 s, safety"
+        " poll every 10 s and registry refresh every 5 s in push mode; an empty block every second)",
         [rss_mib, hwm_mib, cpu, rpm, ppm],
     )
     print("  JSON-RPC calls per node per minute, by method (median over the sidecars):")
@@ -283,6 +287,9 @@ def main(selected: Sequence[str] = LAB_BENCHMARKS) -> None:
                     joins["push"] = join(lab, mode="push")
                 else:
                     {"steady": steady, "restart": restart, "roll": roll}[name](lab)
+                if name == "steady":  # the RPC budget, with the production push-mode defaults
+                    print()
+                    budget(lab)
                 print()
     if "join" in selected:
         with running_lab(indexer=False) as lab:

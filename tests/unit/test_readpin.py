@@ -181,10 +181,10 @@ class Events:
 
 def test_the_resync_timer_is_slow_only_while_push_is_healthy(tmp_path: Path) -> None:
     controller = world(tmp_path).node.controller
-    assert (controller.resync_interval, controller.resync_interval_pushed) == (30.0, 300.0)
+    assert (controller.resync_interval, controller.resync_interval_pushed) == (30.0, 600.0)
     assert controller.resync_delay() == 30.0  # no event source: poll mode
     controller.events = Events("push")  # type: ignore[assignment]
-    assert controller.resync_delay() == 300.0
+    assert controller.resync_delay() == 600.0
     controller.events = Events("poll")  # type: ignore[assignment]
     assert controller.resync_delay() == 30.0
 

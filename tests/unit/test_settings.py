@@ -421,7 +421,7 @@ def test_load_settings_only_raises_settings_error(env: dict[str, str]) -> None:
 def test_event_settings_defaults_and_overrides() -> None:
     ev = load().events
     assert (ev.poll_interval_pushed, ev.registry_refresh, ev.push_crosscheck) == (300.0, 300.0, 0.0)
-    assert ev.resync_interval_pushed == 300.0
+    assert ev.resync_interval_pushed == 600.0
     assert (ev.push_backoff_min, ev.push_backoff_max) == (1.0, 60.0)
     ev = load(
         POLL_INTERVAL_PUSHED="10", REGISTRY_REFRESH="5", PUSH_CROSSCHECK="0.25", PUSH_BACKOFF_MAX="2"
