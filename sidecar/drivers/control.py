@@ -268,6 +268,7 @@ class Controller:
             chain_reachable=facts.chain_ok,
             chain_error=facts.chain_quorum or facts.chain_error or facts.chain_mismatch,
             chain_write_held=self.steps.chain.chain.write_held,
+            chain_read_at=self.steps.chain.read_at,
             **self._rpc_fields(),
         )
 

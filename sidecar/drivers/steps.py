@@ -95,13 +95,13 @@ class ChainStep:
     With a ``ReadPlanner`` (push mode's RPC budget, ``sidecar.drivers.readsource``) the read is pinned to a
     block the node already knows when the planner says so; a pinned read that fails is retried at once as a
     head read, and the planner is told. ``read_at`` says where the last read was made (``push``, ``poll``:
-    pinned; ``head``)."""
+    pinned; ``head``; None before the first)."""
 
     def __init__(self, chain: ClusterChain, metrics: Metrics, planner: ReadPlanner | None = None) -> None:
         self.chain = chain
         self.metrics = metrics
         self.planner = planner
-        self.read_at = "head"
+        self.read_at: str | None = None  # none yet
         self._failing = False
         self._mismatch = ""
         self._quorum = ""

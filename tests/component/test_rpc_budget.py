@@ -38,6 +38,7 @@ from sidecar.chain.rpc import ChainConnection
 from sidecar.chain.tx import TxSubmitter
 from sidecar.core.ids import Address, Bytes32
 from sidecar.core.keys import KeyPath, KeyScope, secp256k1_address
+from sidecar.core.status import healthz_body
 from sidecar.daemon import Daemon
 from sidecar.observability import Metrics, rpc_tally
 from sidecar.settings import load_settings
@@ -246,6 +247,9 @@ async def test_push_mode_stays_within_two_rpc_calls_a_minute_and_reads_each_chan
         assert newcomer.member_id in {m.member_id for m in d.state.snapshot.members}
         assert d.controller.steps.chain.read_at == "push" and not set(made) & set(HEAD_READS), made
         assert d.controller.resync_delay() == ev.resync_interval_pushed
+        body = healthz_body(d.controller.status)
+        assert body["events"]["mode"] == "push" and body["chain"]["read_at"] == "push"  # type: ignore[index]
+        assert body["chain"]["reachable"] is True  # type: ignore[index]
 
 
 async def test_a_pushed_hash_the_chain_does_not_hold_is_refused_and_the_pass_reads_the_head(
@@ -298,3 +302,5 @@ async def test_poll_only_mode_reads_its_own_head_every_pass_and_converges_after_
         assert d.state.snapshot is not None
         assert newcomer.member_id in {m.member_id for m in d.state.snapshot.members}
         assert d.state.head is not None and d.state.head >= newcomer.block
+        body = healthz_body(d.controller.status)
+        assert body["events"]["mode"] == "poll" and body["chain"]["read_at"] == "head"  # type: ignore[index]
