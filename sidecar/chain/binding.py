@@ -1,7 +1,9 @@
 """The plumbing every contract binding shares: calls, writes through the submitter, event decoding.
 
 Owns ``ContractClient`` (the web3 contract object of one artifact at one address: ``_call`` through
-``translated()``, ``_send`` through the injected ``TxSubmitter``, calldata encoding, event decoding),
+``translated()``; ``_read``, the lean read path that encodes and decodes with eth_abi directly from the
+artifact's ABI types -- no web3 contract formatting, the large reads' cost; ``_send`` through the injected
+``TxSubmitter``, calldata encoding, event decoding), ``AbiFunction`` (one function's selector and types),
 ``Ownable2StepClient`` (OpenZeppelin's two-step ownership, which several of our contracts inherit),
 ``BlockRef`` and the small converters from ABI values to our value objects. ``sidecar.chain.contracts``
 builds one client per contract on top of it.
@@ -13,13 +15,16 @@ Must not: sign, choose nonces or fees (``tx``), retry, cache chain state, or let
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any, ClassVar, Self, cast
 
+from eth_abi.abi import decode as abi_decode
+from eth_abi.abi import encode as abi_encode
 from eth_typing import HexStr
-from eth_utils.abi import get_abi_output_types
+from eth_utils.abi import function_abi_to_4byte_selector, get_abi_input_types, get_abi_output_types
 
-from sidecar.chain.artifacts import load_artifact
+from sidecar.chain.artifacts import Artifact, load_artifact
 from sidecar.chain.codec import ContractEvent, EventCodec
 from sidecar.chain.errors import NoSubmitter, translated
 from sidecar.chain.rpc import ChainConnection, checksum
@@ -27,7 +32,6 @@ from sidecar.chain.tx import TxSubmitter
 from sidecar.core.ids import Address, Bytes32, MemberId
 from sidecar.core.model import ChainLog, TxReceipt
 
-#: A block to read at: a number, or None for the latest block.
 #: A block to read at: a number, a block hash (EIP-1898, the block must be canonical), or None for latest.
 BlockRef = int | Bytes32 | None
 
@@ -54,6 +58,51 @@ def mesh_ip(value: Any) -> IPv4Address | None:
     return None if int(value) == 0 else IPv4Address(int(value))
 
 
+@dataclass(frozen=True, slots=True)
+class AbiFunction:
+    """One contract function as the lean read path needs it: selector and canonical ABI types."""
+
+    name: str
+    selector: bytes
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    @classmethod
+    def of(cls, artifact: Artifact, name: str) -> AbiFunction:
+        """The function ``name`` of ``artifact`` (exactly one: overloads are not supported here)."""
+        found = [entry for entry in artifact.entries("function") if entry.get("name") == name]
+        if len(found) != 1:
+            raise ValueError(f"{artifact.name} has {len(found)} functions named {name!r}, expected 1")
+        abi = cast(Any, found[0])
+        return cls(
+            name=name,
+            selector=bytes(function_abi_to_4byte_selector(abi)),
+            inputs=tuple(get_abi_input_types(abi)),
+            outputs=tuple(get_abi_output_types(abi)),
+        )
+
+    def encode(self, *args: Any) -> bytes:
+        """Return the calldata of ``name(*args)`` (eth_abi values: tuples, ints, bytes, hex addresses)."""
+        return self.selector + abi_encode(self.inputs, args)
+
+    def decode(self, data: bytes) -> tuple[Any, ...]:
+        """Decode the return data (addresses come back as lowercase hex strings)."""
+        return tuple(abi_decode(self.outputs, data))
+
+
+#: ``AbiFunction``s by (artifact name, source hash, function): built once per process.
+_FUNCTIONS: dict[tuple[str, str, str], AbiFunction] = {}
+
+
+def _pinned(block: BlockRef) -> Any:
+    """The ``block_identifier`` of a read: latest, a number, or a hash pinned by EIP-1898 (canonical)."""
+    if block is None:
+        return "latest"
+    if isinstance(block, Bytes32):
+        return {"blockHash": str(block), "requireCanonical": True}
+    return block
+
+
 class ContractClient:
     """Shared plumbing: the web3 contract object, calls, writes through the submitter, event decoding."""
 
@@ -64,7 +113,9 @@ class ContractClient:
         self.address = address
         self._submitter = submitter
         artifact = load_artifact(self.CONTRACT)
-        self._contract = conn.w3.eth.contract(address=checksum(address), abi=artifact.abi_list())
+        self._artifact = artifact
+        self._to = checksum(address)
+        self._contract = conn.w3.eth.contract(address=self._to, abi=artifact.abi_list())
         self._events = EventCodec(artifact.abi)
 
     def __repr__(self) -> str:
@@ -88,6 +139,26 @@ class ContractClient:
             if isinstance(block, Bytes32):
                 return await self._call_at_hash(bound.abi, self.encode_call(function, *args), block)
             return await bound.call(block_identifier="latest" if block is None else block)
+
+    def _function(self, name: str) -> AbiFunction:
+        key = (self._artifact.name, self._artifact.source_hash, name)
+        function = _FUNCTIONS.get(key)
+        if function is None:
+            function = _FUNCTIONS[key] = AbiFunction.of(self._artifact, name)
+        return function
+
+    async def _read(self, function: str, *args: Any, block: BlockRef = None) -> tuple[Any, ...]:
+        """The lean ``eth_call``: calldata from the artifact's ABI types and the return data decoded by
+        eth_abi directly (every output, as a tuple), bypassing web3's contract formatting layer; a block hash
+        pins the read (EIP-1898, ``requireCanonical``). Arguments are eth_abi values (hex address strings)."""
+        with translated():
+            abi_function = self._function(function)
+            calldata = abi_function.encode(*args)
+            raw = await self._conn.w3.eth.call(
+                {"to": self._to, "data": HexStr("0x" + calldata.hex())},
+                block_identifier=_pinned(block),
+            )
+            return abi_function.decode(bytes(raw))
 
     async def _call_at_hash(self, abi: Any, calldata: bytes, block_hash: Bytes32) -> Any:
         """``eth_call`` pinned by block hash (EIP-1898, ``requireCanonical``): the node answers for exactly
