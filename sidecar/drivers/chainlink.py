@@ -6,9 +6,10 @@ small fake) and ``ChainLink``, its web3 implementation over one or more JSON-RPC
 
 - **Snapshot reads go to every provider, concurrently, and a quorum must agree** (``sidecar.core.quorum``):
   each provider's head is read, the snapshot block is the highest block ``quorum`` providers have reached,
-  ``confirmations`` deep; each provider reads the block's hash once, then every call of its snapshot
-  (``isAppAllowed``, ``members()``, ``cskCommitment``; ``meshCidr``, immutable, only in the first accepted
-  read of the process) is pinned to that hash (EIP-1898 with ``requireCanonical``). A caller that already
+  ``confirmations`` deep; each provider reads the block's hash once, then every call of its snapshot is
+  pinned to that hash (EIP-1898 with ``requireCanonical``): ``syncState()``, and only what it says changed
+  since that provider's last read (``membersPage``, ``isAppAllowed``; ``sidecar.drivers.syncread``;
+  ``meshCidr``, immutable, only until the first accepted read of the process). A caller that already
   knows a block and its hash (push mode: ``sidecar.core.readpin``) passes it as ``at``: no head and no
   header are read, only the state at that hash. No quorum on (block, hash, snapshot) raises
   ``QuorumNotReached`` (transient, named reason), so the pass stops before anything changes and the
@@ -55,6 +56,7 @@ from sidecar.core.quorum import (
 from sidecar.core.readpin import Position
 from sidecar.core.snapshot import Snapshot
 from sidecar.drivers.identity import NodeIdentity
+from sidecar.drivers.syncread import SyncedReads
 from sidecar.observability import Metrics
 from sidecar.settings import ChainSettings
 
@@ -125,6 +127,7 @@ class ChainLink:
         self.fee_cap = FeeCap(settings.max_fee_wei, settings.max_priority_fee_wei)
         self._held: str | None = None
         self._mesh: MeshCidr | None = None
+        self._synced = SyncedReads(count)  # per provider: what syncState() says need not be read again
 
     @property
     def cluster(self) -> Address:
@@ -267,17 +270,14 @@ class ChainLink:
         self, index: int, head: int, block: int, identity: NodeIdentity, pin: Bytes32 | None = None
     ) -> ProviderAnswer:
         """One provider's snapshot at ``block``: its hash read once (unless the caller knows it as ``pin``),
-        every call pinned to it."""
+        every call pinned to it; what ``syncState()`` says did not change is not read again."""
         conn = await self._connection(index)
         if pin is None:
             pin = (await conn.block_header(block)).hash
         cluster = ClusterClient(conn, self.settings.cluster)
-        verdict = await cluster.is_app_allowed(identity.boot_info(), block=pin)
-        members = tuple(await cluster.members(block=pin))
-        epoch = await cluster.csk_epoch(block=pin)
-        commitment = await cluster.csk_commitment_of(epoch, block=pin)
-        mesh = self._mesh or await cluster.mesh_cidr(block=pin)
-        snapshot = Snapshot(block, verdict, members, commitment, mesh, epoch)
+        snapshot = await self._synced.read(
+            index, cluster, block=block, pin=pin, boot=identity.boot_info(), mesh=self._mesh
+        )
         return ProviderAnswer(index, head, pin, snapshot)
 
     def _record(self, verdict: QuorumVerdict) -> None:
@@ -346,6 +346,7 @@ class ChainLink:
         return await MemberAppFactoryClient(await self._primary(), factory).salt_of(app_id)
 
     async def _drop(self, index: int) -> None:
+        self._synced.forget(index)
         conn, self._conns[index] = self._conns[index], None
         if conn is not None:
             await conn.close()

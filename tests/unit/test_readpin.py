@@ -9,11 +9,14 @@ from pathlib import Path
 import pytest
 
 from sidecar.chain.errors import ChainUnavailable
-from sidecar.core.ids import Bytes32
+from sidecar.core.ids import Address, Bytes32
+from sidecar.core.model import BootInfo, BootVerdict, MemberRecord, MeshCidr, SyncState
 from sidecar.core.readpin import HeadMark, HeadRead, Position, PushedPositions, ReadPin, choose_pin
+from sidecar.drivers.syncread import SyncedReads
 from tests.unit.passkit import world
 
 H = Bytes32(b"\x11" * 32)
+MESH = MeshCidr.parse("10.77.0.0/24")
 P = Bytes32(b"\x22" * 32)
 
 
@@ -195,3 +198,53 @@ async def test_every_pass_counts_its_own_rpc_calls(tmp_path: Path) -> None:
     count = w.metrics.registry.get_sample_value("attestmesh_reconcile_pass_rpc_calls_count")
     assert count == 1  # FakeChain sends no JSON-RPC: the pass is recorded with 0 calls
     assert w.metrics.registry.get_sample_value("attestmesh_reconcile_pass_rpc_calls_sum") == 0
+
+
+# --- the synced read skips what syncState() says did not change --------------------------------------------
+
+
+@dataclass
+class Cluster:
+    """The four reads ``SyncedReads`` makes, in memory, counting each."""
+
+    sync: SyncState
+    members: list[MemberRecord] = field(default_factory=list)
+    reads: list[str] = field(default_factory=list)
+
+    async def sync_state(self, *, block: Bytes32) -> SyncState:
+        self.reads.append("syncState")
+        return self.sync
+
+    async def members_paged(self, *, block: Bytes32) -> list[MemberRecord]:
+        self.reads.append("membersPage")
+        return list(self.members)
+
+    async def is_app_allowed(self, boot: BootInfo, *, block: Bytes32) -> BootVerdict:
+        self.reads.append("isAppAllowed")
+        return BootVerdict(True, "")
+
+    async def mesh_cidr(self, *, block: Bytes32) -> MeshCidr:
+        self.reads.append("meshCidr")
+        return MeshCidr.parse("10.77.0.0/24")
+
+
+async def test_a_synced_read_skips_what_did_not_change_and_rereads_after_going_back() -> None:
+    reads = SyncedReads(providers=1)
+    cluster = Cluster(SyncState(1, 1, 1, None, 0))
+    zero = Bytes32(bytes(32))
+    boot = BootInfo(Address(b"\x01" * 20), zero, Address(b"\x03" * 20), zero, zero, zero, zero, "UpToDate")
+
+    async def at(block: int, mesh: MeshCidr | None = MESH) -> list[str]:
+        cluster.reads.clear()
+        await reads.read(0, cluster, block=block, pin=H, boot=boot, mesh=mesh)  # type: ignore[arg-type]
+        return cluster.reads
+
+    assert await at(10, mesh=None) == ["syncState", "membersPage", "isAppAllowed", "meshCidr"]
+    assert await at(11) == ["syncState"]
+    cluster.sync = SyncState(2, 1, 1, None, 1)  # a member registered
+    assert await at(12) == ["syncState", "membersPage"]
+    cluster.sync = SyncState(2, 2, 1, None, 1)  # the policy moved
+    assert await at(13) == ["syncState", "isAppAllowed"]
+    assert await at(12) == ["syncState", "membersPage", "isAppAllowed"]  # an older block: read it all
+    reads.forget(0)
+    assert await at(14) == ["syncState", "membersPage", "isAppAllowed"]
