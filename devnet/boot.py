@@ -2,11 +2,13 @@
 
 Owns what a CVM's boot does on the devnet (ask the gate; when allowed start the guest-agent simulator,
 wireguard-go, fund the node's signer from the cluster owner and start the sidecar with the environment its
-sealed env and compose file would give it), the process journal that records each process as soon as it runs,
-and power-off; in gateway mode also the CVM's registration with the gateway as a CVM's boot makes it (its
-route with an unknown port policy once it is allowed to boot, the ports its compose publishes once its
-workload starts, no route while it is off). Must not decide which node boots or when (``devnet.nodes`` does),
-nor touch the network or any process it did not start.
+sealed env and compose file would give it) — for one node or for several together (``power_on``: their
+agents started at once and awaited together, their signers funded in one chain session; ``start_sidecars``)
+—, the process journal that records each process as soon as it runs, and power-off; in gateway mode also
+the CVM's registration with the gateway as a CVM's boot makes it (its route with an unknown port policy once
+it is allowed to boot, the ports its compose publishes once its workload starts, no route while it is off).
+Must not decide which node boots or when (``devnet.nodes`` does), nor touch the network or any process it
+did not start.
 """
 
 from __future__ import annotations

@@ -2,11 +2,12 @@
 ``prepare``, ``update`` and ``remove``.
 
 Owns what each verb does to one node of a running lab: creating its namespace, files, app contract and
-pre-approved app id (``add``); power through ``devnet.boot`` (``start``, ``stop``, ``reboot``); the workload
-alone (``restart``); measuring a new app-compose.json and reading the allowlist, touching nothing
-(``prepare``); writing it and rebooting, the state directory and so the identity carried over (``update``);
-and evicting its member on chain as the cluster owner (``remove``). Must not take the lab lock or check
-that the lab runs (the ``Devnet`` facade does), nor touch anything but the named node.
+pre-approved app id (``add``; ``create`` makes several nodes' at once, for ``up``); power through
+``devnet.boot`` (``start``, ``stop``, ``reboot``); the workload alone (``restart``); measuring a new
+app-compose.json and reading the allowlist, touching nothing (``prepare``); writing it and rebooting, the
+state directory and so the identity carried over (``update``); and evicting its member on chain as the
+cluster owner (``remove``). Must not take the lab lock or check that the lab runs (the ``Devnet`` facade
+does), nor touch anything but the named nodes.
 """
 
 from __future__ import annotations
