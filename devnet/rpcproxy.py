@@ -6,8 +6,11 @@ calls, its control endpoint) and the command line ``python -m devnet.rpcproxy --
 URL --rules FILE``. The lies, each off unless set:
 
 - ``members``: ``ICluster.Member`` records appended to the answer of ``members()`` of ``cluster`` (decoded
-  with the artifact's ABI, appended, re-encoded; calls pinned to a block hash alike);
-- ``csk_commitment``: what ``cskCommitment()`` and ``cskCommitmentOf(uint64)`` of ``cluster`` answer;
+  with the artifact's ABI, appended, re-encoded; calls pinned to a block hash alike), and to the membership
+  ``membersPage(offset, limit)`` pages through (its total and ``syncState()``'s member count grow by as
+  many; the records appear on the page that reaches the real end);
+- ``csk_commitment``: what ``cskCommitment()``, ``cskCommitmentOf(uint64)`` and ``syncState()``'s commitment
+  of ``cluster`` answer;
 - ``block_hash``: the ``hash`` of every block header answered (``eth_getBlockByNumber`` / ``ByHash``);
 - ``max_priority_fee`` / ``base_fee`` (wei): the quoted tip, and the ``baseFeePerGas`` of block headers.
 
@@ -48,6 +51,8 @@ _COMPONENTS = _ABI["members"]["outputs"][0]["components"]
 MEMBER_FIELDS = tuple(str(c["name"]) for c in _COMPONENTS)
 MEMBER_TYPES = tuple(str(c["type"]) for c in _COMPONENTS)
 MEMBERS_TYPES = [f"({','.join(MEMBER_TYPES)})[]"]
+PAGE_TYPES = [MEMBERS_TYPES[0], "uint256"]
+SYNC_TYPES = ["uint64", "uint64", "uint64", "bytes32", "uint256"]
 
 
 def _selector(name: str) -> str:
@@ -55,7 +60,10 @@ def _selector(name: str) -> str:
     return "0x" + keccak(text=f"{name}({inputs})")[:4].hex()
 
 
-SELECTORS = {name: _selector(name) for name in ("members", "cskCommitment", "cskCommitmentOf")}
+SELECTORS = {
+    name: _selector(name)
+    for name in ("members", "membersPage", "syncState", "cskCommitment", "cskCommitmentOf")
+}
 
 
 class RulesError(ValueError):
@@ -221,13 +229,27 @@ class RpcProxy:
         if lies.cluster is not None and str(tx.get("to", "")).lower() != lies.cluster.lower():
             return result
         data = str(tx.get("data") or tx.get("input") or "")
-        if lies.members and data.startswith(SELECTORS["members"]):
+        extra = [member_tuple(m) for m in lies.members]
+        if extra and data.startswith(SELECTORS["members"]):
             (records,) = decode(MEMBERS_TYPES, bytes.fromhex(result[2:]))
-            extra = [member_tuple(m) for m in lies.members]
             return "0x" + encode(MEMBERS_TYPES, [[*records, *extra]]).hex()
-        commitment_views = (SELECTORS["cskCommitment"], SELECTORS["cskCommitmentOf"])
-        if lies.csk_commitment is not None and data.startswith(commitment_views):
-            return "0x" + bytes.fromhex(lies.csk_commitment.removeprefix("0x")).rjust(32, b"\0").hex()
+        if extra and data.startswith(SELECTORS["membersPage"]):
+            offset, limit = decode(["uint256", "uint256"], bytes.fromhex(data[10:]))
+            records, total = decode(PAGE_TYPES, bytes.fromhex(result[2:]))
+            start = max(0, offset - total)  # the first appended record this page shows
+            room = max(0, limit - len(records))
+            shown = extra[start : start + room] if offset + len(records) >= total else []
+            return "0x" + encode(PAGE_TYPES, [[*records, *shown], total + len(extra)]).hex()
+        commitment = lies.csk_commitment
+        if commitment is not None:
+            raw = bytes.fromhex(commitment.removeprefix("0x")).rjust(32, b"\0")
+            if data.startswith((SELECTORS["cskCommitment"], SELECTORS["cskCommitmentOf"])):
+                return "0x" + raw.hex()
+        if data.startswith(SELECTORS["syncState"]) and (extra or commitment is not None):
+            membership, policy, epoch, committed, count = decode(SYNC_TYPES, bytes.fromhex(result[2:]))
+            committed = committed if commitment is None else raw
+            answer = [membership, policy, epoch, committed, count + len(extra)]
+            return "0x" + encode(SYNC_TYPES, answer).hex()
         return result
 
 

@@ -6,10 +6,13 @@ small fake) and ``ChainLink``, its web3 implementation over one or more JSON-RPC
 
 - **Snapshot reads go to every provider, concurrently, and a quorum must agree** (``sidecar.core.quorum``):
   each provider's head is read, the snapshot block is the highest block ``quorum`` providers have reached,
-  ``confirmations`` deep; each provider reads the block's hash once, then every call of its snapshot
-  (``isAppAllowed``, ``members()``, ``cskCommitment``, ``meshCidr``) is pinned to that hash (EIP-1898 with
-  ``requireCanonical``). No quorum on (block, hash, snapshot) raises ``QuorumNotReached`` (transient, named
-  reason), so the pass stops before anything changes and the controller keeps the last good snapshot.
+  ``confirmations`` deep; each provider reads the block's hash once, then every call of its snapshot is
+  pinned to that hash (EIP-1898 with ``requireCanonical``): ``syncState`` always, and only what moved since
+  that provider's last read (``sidecar.drivers.snapshotread``: the members page by page when
+  ``membershipVersion`` moved, ``isAppAllowed`` when a version moved, ``meshCidr`` once), so a pass over an
+  unchanged cluster is one ``eth_call`` per provider. No quorum on (block, hash, snapshot) raises
+  ``QuorumNotReached`` (transient, named reason), so the pass stops before anything changes and the
+  controller keeps the last good snapshot.
   With one provider its own error is raised, as before.
 - **Transactions** (register, endpoint, CSK commitment) and the one-off reads (the member app's CREATE2
   salt, for the member proof) go through the first provider that answered the last read with the accepted
@@ -35,7 +38,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
-from sidecar.chain.contracts import ClusterClient, MemberAppFactoryClient
+from sidecar.chain.contracts import MEMBERS_PAGE_SIZE, ClusterClient, MemberAppFactoryClient
 from sidecar.chain.errors import ChainError, FeeAboveCap, TransientChainError, UnexpectedChainError
 from sidecar.chain.failures import gwei
 from sidecar.chain.rpc import ChainConnection, connect
@@ -51,6 +54,7 @@ from sidecar.core.quorum import (
 )
 from sidecar.core.snapshot import Snapshot
 from sidecar.drivers.identity import NodeIdentity
+from sidecar.drivers.snapshotread import SnapshotReader
 from sidecar.observability import Metrics
 from sidecar.settings import ChainSettings
 
@@ -109,12 +113,17 @@ class ChainLink:
     """``ClusterChain`` over web3: one connection per provider, opened on first use and dropped after
     terminal errors; snapshots by quorum, writes through the preferred provider."""
 
-    def __init__(self, settings: ChainSettings, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: ChainSettings, metrics: Metrics, *, page_size: int = MEMBERS_PAGE_SIZE
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
         count = len(settings.rpc_urls)
         self._conns: list[ChainConnection | None] = [None] * count
         self._preferred: list[bool] = [True] * count  # answered the last read with the accepted snapshot
+        self._readers = [
+            SnapshotReader(page_size) for _ in range(count)
+        ]  # what each provider last said, by version
         self._rpc = RpcView(providers=count, quorum=settings.rpc_quorum)
         self._dissent: tuple[int, ...] = ()
         metrics.set_rpc_providers([False] * count)
@@ -249,18 +258,13 @@ class ChainLink:
         return await (await self._connection(index)).block_number()
 
     async def _snapshot_at(self, index: int, head: int, block: int, identity: NodeIdentity) -> ProviderAnswer:
-        """One provider's snapshot at ``block``: its hash read once, every call pinned to it."""
+        """One provider's snapshot at ``block``: its hash read once, every call pinned to it, only what
+        changed since its last read re-read."""
         conn = await self._connection(index)
         header = await conn.block_header(block)
         cluster = ClusterClient(conn, self.settings.cluster)
-        pin = header.hash
-        verdict = await cluster.is_app_allowed(identity.boot_info(), block=pin)
-        members = tuple(await cluster.members(block=pin))
-        epoch = await cluster.csk_epoch(block=pin)
-        commitment = await cluster.csk_commitment_of(epoch, block=pin)
-        mesh = await cluster.mesh_cidr(block=pin)
-        snapshot = Snapshot(header.number, verdict, members, commitment, mesh, epoch)
-        return ProviderAnswer(index, head, pin, snapshot)
+        snapshot = await self._readers[index].read(cluster, header.number, header.hash, identity.boot_info())
+        return ProviderAnswer(index, head, header.hash, snapshot)
 
     def _record(self, verdict: QuorumVerdict) -> None:
         """Remember and export the providers' standing; log a change of dissenters once."""
