@@ -67,12 +67,13 @@ from sidecar.wg.uapi import UapiDevice
 
 SIZES = (10, 100, 1000, 10_000)
 OLD_PATH_MAX = 1000  # members() through web3 is measured up to this size
-RUNS = 5  # samples per read figure (median reported)
+RUNS = 11  # samples per read figure (median reported)
 APPLY_RUNS = 3  # full reconciles into the device per size (median reported)
 GAS_CAP = 50_000_000  # geth's default RPCGasCap, what many hosted endpoints keep
 ANVIL_GAS_LIMIT = 10_000_000_000
 NETNS = f"{labkit.LAB}-scale"
 APPLY_TIMEOUT = 120.0
+ENDPOINT_LENGTHS = (84, 255)  # a gateway route (the CVM form), the contract's longest
 T = TypeVar("T")
 
 
@@ -94,7 +95,21 @@ class SizeFigures:
     py_maxrss: int  # bytes, this process's peak so far
 
 
-def member_records(cluster: Address, mesh: MeshCidr, start: int, stop: int) -> list[MemberRecord]:
+def long_endpoint(length: int) -> str:
+    """A ``tls://`` endpoint of exactly ``length`` characters (DNS labels of at most 63)."""
+    name_length = length - len("tls://") - len(":443")
+    labels = []
+    while name_length > 0:
+        label = min(63, name_length)
+        labels.append("n" * label)
+        name_length -= label + 1
+    name = ".".join(labels)[: length - 10]
+    return f"tls://{name}:443"
+
+
+def member_records(
+    cluster: Address, mesh: MeshCidr, start: int, stop: int, endpoint: str | None = None
+) -> list[MemberRecord]:
     """Synthetic, distinct, well-formed members ``start .. stop - 1`` (keys from keccak of the index)."""
     out = []
     for i in range(start, stop):
@@ -108,7 +123,7 @@ def member_records(cluster: Address, mesh: MeshCidr, start: int, stop: int) -> l
                 seal_pub=Bytes32(keccak(b"scale seal" + tag)),
                 wg_pub=Bytes32(keccak(b"scale wg" + tag)),
                 identity_pub=Bytes32(keccak(b"scale identity" + tag)),
-                endpoint=f"127.0.0.1:{20000 + i % 40000}",
+                endpoint=endpoint or f"127.0.0.1:{20000 + i % 40000}",
                 mesh_ip=mesh.network.network_address + i + 1,
                 registered_at=1_700_000_000 + i,
             )
@@ -294,9 +309,35 @@ async def page_gas(
     return pages, low
 
 
+async def endpoint_page_gas(
+    conn: ChainConnection, owner: TxSubmitter, session: aiohttp.ClientSession, url: str, mesh: MeshCidr
+) -> dict[int, int]:
+    """Gas of one full ``membersPage`` page whose members all carry ``ENDPOINT_LENGTHS``-long endpoints
+    (a fresh cluster each): what bounds the page size."""
+    out = {}
+    for length in ENDPOINT_LENGTHS:
+        deployment = await deploy_stack(
+            conn,
+            owner,
+            kms_roots=(),
+            compose_hashes=(),
+            mesh_cidr=mesh,
+            salt=Bytes32(keccak(b"scale endpoints %d" % length)),
+        )
+        cluster = ClusterClient(conn, deployment.cluster)
+        endpoint = long_endpoint(length)
+        assert len(endpoint) == length
+        records = member_records(cluster.address, mesh, 0, MEMBERS_PAGE_SIZE, endpoint)
+        await seed_members(url, cluster.address, records, mesh_base=mesh.network.network_address)
+        data = cluster.encode_call("membersPage", 0, MEMBERS_PAGE_SIZE)
+        out[length] = await estimate(session, url, cluster.address, data)
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class ScaleRun:
     sizes: list[SizeFigures]
+    endpoint_gas: dict[int, int]  # endpoint length -> gas of one full page
     page_gas: list[int]  # at the largest size
     max_members_under_cap: int
     no_change_device: float  # s: device read + plan at the largest size, nothing to do
@@ -341,6 +382,7 @@ async def run(sizes: Sequence[int] = SIZES) -> ScaleRun:
                 )
             assert boot is not None
             pages, under_cap = await page_gas(cluster, session, anvil.rpc_url, grown)
+            endpoint_gas = await endpoint_page_gas(conn, owner, session, anvil.rpc_url, mesh)
             header = await conn.block_header("latest")
             snapshot = await SnapshotReader().read(cluster, header.number, header.hash, boot)
             me = snapshot.by_app(boot.app_id)
@@ -357,7 +399,7 @@ async def run(sizes: Sequence[int] = SIZES) -> ScaleRun:
     finally:
         device.close()
         shutil.rmtree(root, ignore_errors=True)
-    return ScaleRun(figures, pages, under_cap, idle)
+    return ScaleRun(figures, endpoint_gas, pages, under_cap, idle)
 
 
 def reconcile_series(result: ScaleRun) -> list[tuple[int, float]]:
@@ -400,6 +442,11 @@ def print_run(result: ScaleRun) -> None:
         f" members() in one call {result.sizes[-1].members_gas:,};"
         f" the largest membersPage(0, k) under {GAS_CAP:,}: k = {result.max_members_under_cap:,}"
     )
+    for length, gas in result.endpoint_gas.items():
+        print(
+            f"  a page of {MEMBERS_PAGE_SIZE} members with {length}-byte endpoints: {gas:,} gas"
+            f" ({gas / MEMBERS_PAGE_SIZE:,.0f} a member)"
+        )
     print(f"\nreconcile from an empty device (wireguard-go in {NETNS}, link down), median of {APPLY_RUNS}")
     print(
         f"{'members':>7} {'read+plan+apply':>16} {'plan':>9} {'apply':>10} {'wireguard-go RSS':>17}"
