@@ -14,11 +14,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from bench import cli_start, devnet, fanout, gas, labkit, plots, reconcile, transport
+from bench import cli_start, devnet, fanout, gas, labkit, plots, reconcile, scale, transport
 
 BENCHMARKS: dict[str, Callable[[], None]] = {
     "gas": lambda: asyncio.run(gas.main()),
     "reconcile": lambda: asyncio.run(reconcile.main()),
+    "scale": lambda: asyncio.run(scale.main()),
     "fanout": lambda: asyncio.run(fanout.main()),
     "cli_start": lambda: asyncio.run(cli_start.main()),
     "transport": transport.main,

@@ -1,4 +1,7 @@
-"""Reconcile cost against cluster size: pure peer planning, and the one ``members()`` read a pass makes.
+"""Reconcile cost against cluster size: pure peer planning, and ``members()`` read in one call.
+
+(The sidecar reads members page by page and only when they changed: ``bench/scale.py`` measures that,
+up to 10,000 members and one wireguard-go device.)
 
 Planning: ``sidecar.core.peerplan.plan_peers`` at 10, 100 and 1000 members in three situations — full add
 (an empty device), no change (the device already holds every peer, handshakes recent), and 1 % changed

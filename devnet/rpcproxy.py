@@ -5,11 +5,12 @@ Owns ``Lies`` (what to rewrite, loaded from a rules JSON object), ``RpcProxy`` (
 calls, its control endpoint) and the command line ``python -m devnet.rpcproxy --listen HOST:PORT --upstream
 URL --rules FILE``. The lies, each off unless set:
 
-- ``members``: ``ICluster.Member`` records appended to the answer of ``members()`` of ``cluster`` and to
-  the last page of ``membersPage(offset, limit)`` (its total and ``syncState()``'s member count grow to
-  match); decoded with the artifact's ABI, appended, re-encoded; calls pinned to a block hash alike;
-- ``csk_commitment``: what ``cskCommitment()``, ``cskCommitmentOf(uint64)`` and ``syncState()``'s
-  commitment of ``cluster`` answer;
+- ``members``: ``ICluster.Member`` records appended to the answer of ``members()`` of ``cluster`` (decoded
+  with the artifact's ABI, appended, re-encoded; calls pinned to a block hash alike), and to the membership
+  ``membersPage(offset, limit)`` pages through (its total and ``syncState()``'s member count grow by as
+  many; the records appear on the page that reaches the real end);
+- ``csk_commitment``: what ``cskCommitment()``, ``cskCommitmentOf(uint64)`` and ``syncState()``'s commitment
+  of ``cluster`` answer;
 - ``block_hash``: the ``hash`` of every block header answered (``eth_getBlockByNumber`` / ``ByHash``);
 - ``max_priority_fee`` / ``base_fee`` (wei): the quoted tip, and the ``baseFeePerGas`` of block headers.
 
@@ -50,6 +51,8 @@ _COMPONENTS = _ABI["members"]["outputs"][0]["components"]
 MEMBER_FIELDS = tuple(str(c["name"]) for c in _COMPONENTS)
 MEMBER_TYPES = tuple(str(c["type"]) for c in _COMPONENTS)
 MEMBERS_TYPES = [f"({','.join(MEMBER_TYPES)})[]"]
+PAGE_TYPES = [MEMBERS_TYPES[0], "uint256"]
+SYNC_TYPES = ["uint64", "uint64", "uint64", "bytes32", "uint256"]
 
 
 def _selector(name: str) -> str:
@@ -61,8 +64,6 @@ SELECTORS = {
     name: _selector(name)
     for name in ("members", "membersPage", "syncState", "cskCommitment", "cskCommitmentOf")
 }
-PAGE_TYPES = [MEMBERS_TYPES[0], "uint256"]
-SYNC_TYPES = ["uint64", "uint64", "uint64", "bytes32", "uint256"]
 
 
 class RulesError(ValueError):
@@ -232,25 +233,23 @@ class RpcProxy:
         if extra and data.startswith(SELECTORS["members"]):
             (records,) = decode(MEMBERS_TYPES, bytes.fromhex(result[2:]))
             return "0x" + encode(MEMBERS_TYPES, [[*records, *extra]]).hex()
-        if extra and data.startswith(SELECTORS["membersPage"]):  # the extra records follow the real ones
+        if extra and data.startswith(SELECTORS["membersPage"]):
             offset, limit = decode(["uint256", "uint256"], bytes.fromhex(data[10:]))
             records, total = decode(PAGE_TYPES, bytes.fromhex(result[2:]))
-            shown = (
-                [*records, *extra[max(0, offset - total) :]][:limit]
-                if offset + len(records) >= total
-                else records
-            )
-            return "0x" + encode(PAGE_TYPES, [list(shown), total + len(extra)]).hex()
-        commitment = None
-        if lies.csk_commitment is not None:
-            commitment = bytes.fromhex(lies.csk_commitment.removeprefix("0x")).rjust(32, b"\0")
+            start = max(0, offset - total)  # the first appended record this page shows
+            room = max(0, limit - len(records))
+            shown = extra[start : start + room] if offset + len(records) >= total else []
+            return "0x" + encode(PAGE_TYPES, [[*records, *shown], total + len(extra)]).hex()
+        commitment = lies.csk_commitment
+        if commitment is not None:
+            raw = bytes.fromhex(commitment.removeprefix("0x")).rjust(32, b"\0")
+            if data.startswith((SELECTORS["cskCommitment"], SELECTORS["cskCommitmentOf"])):
+                return "0x" + raw.hex()
         if data.startswith(SELECTORS["syncState"]) and (extra or commitment is not None):
-            version, policy, epoch, held, count = decode(SYNC_TYPES, bytes.fromhex(result[2:]))
-            answer = [version, policy, epoch, commitment or held, count + len(extra)]
+            membership, policy, epoch, committed, count = decode(SYNC_TYPES, bytes.fromhex(result[2:]))
+            committed = committed if commitment is None else raw
+            answer = [membership, policy, epoch, committed, count + len(extra)]
             return "0x" + encode(SYNC_TYPES, answer).hex()
-        commitment_views = (SELECTORS["cskCommitment"], SELECTORS["cskCommitmentOf"])
-        if commitment is not None and data.startswith(commitment_views):
-            return "0x" + commitment.hex()
         return result
 
 

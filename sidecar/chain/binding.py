@@ -19,8 +19,11 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any, ClassVar, Self, cast
 
-from eth_abi.abi import decode as abi_decode
 from eth_abi.abi import encode as abi_encode
+from eth_abi.codec import ABICodec
+from eth_abi.decoding import AddressDecoder
+from eth_abi.encoding import AddressEncoder
+from eth_abi.registry import registry as default_registry
 from eth_typing import HexStr
 from eth_utils.abi import function_abi_to_4byte_selector, get_abi_input_types, get_abi_output_types
 
@@ -86,9 +89,26 @@ class AbiFunction:
         return self.selector + abi_encode(self.inputs, args)
 
     def decode(self, data: bytes) -> tuple[Any, ...]:
-        """Decode the return data (addresses come back as lowercase hex strings)."""
-        return tuple(abi_decode(self.outputs, data))
+        """Decode the return data (addresses come back as their 20 raw bytes)."""
+        return tuple(_CODEC.decode(self.outputs, data))
 
+
+class RawAddressDecoder(AddressDecoder):
+    """An ``address`` as its 20 raw bytes: eth_abi's own decoder hex-normalises every address (about a
+    third of decoding a member list), and ``Address`` wants the bytes anyway."""
+
+    decoder_fn = staticmethod(bytes)  # type: ignore[assignment]
+
+
+def _lean_codec() -> ABICodec:
+    registry = default_registry.copy()  # type: ignore[no-untyped-call]
+    registry.unregister("address")
+    registry.register("address", AddressEncoder, RawAddressDecoder, label="address")
+    return ABICodec(registry)
+
+
+#: eth_abi's codec (strict: malformed padding or pointers are refused) with raw-bytes addresses.
+_CODEC = _lean_codec()
 
 #: ``AbiFunction``s by (artifact name, source hash, function): built once per process.
 _FUNCTIONS: dict[tuple[str, str, str], AbiFunction] = {}

@@ -54,11 +54,13 @@ __all__ = [
     "MembershipMoved",
 ]
 
-#: Members per ``membersPage`` call of ``members_paged``. A page of 10-character endpoints costs about
-#: 27,000 gas per member plus the ABI encoding's memory (``python -m bench --only scale`` measures it; 250
-#: members ~ 7 M gas), well under the 50 M cap common hosted endpoints put on ``eth_call`` and under a 10 M
-#: per-call budget even with 64-byte endpoints; a 10,000-member cluster reads in 40 calls.
-MEMBERS_PAGE_SIZE = 250
+#: Members per ``membersPage`` call of ``members_paged``. Measured (``python -m bench --only scale``, anvil
+#: ``eth_estimateGas``): a member costs about 22 k gas with a short ``udp://`` endpoint, 28.5 k with an
+#: 84-byte gateway route and 39.7 k with the longest endpoint the contract accepts (255 bytes: cold slots of
+#: the string). 200 a page keeps every page under 8 M gas whatever the endpoints -- well under a 10 M
+#: per-call budget and the 50 M ``eth_call`` cap common hosted endpoints keep -- and reads 10,000 members
+#: in 50 calls.
+MEMBERS_PAGE_SIZE = 200
 
 #: More members than any mesh can address (a /8 has 2**24 - 2 hosts): a larger ``total`` is a lying node.
 MAX_MEMBERS = 2**24

@@ -7,13 +7,14 @@ small fake) and ``ChainLink``, its web3 implementation over one or more JSON-RPC
 - **Snapshot reads go to every provider, concurrently, and a quorum must agree** (``sidecar.core.quorum``):
   each provider's head is read, the snapshot block is the highest block ``quorum`` providers have reached,
   ``confirmations`` deep; each provider reads the block's hash once, then every call of its snapshot is
-  pinned to that hash (EIP-1898 with ``requireCanonical``): ``syncState()``, and only what it says changed
-  since that provider's last read (``membersPage``, ``isAppAllowed``; ``sidecar.drivers.syncread``;
-  ``meshCidr``, immutable, only until the first accepted read of the process). A caller that already
-  knows a block and its hash (push mode: ``sidecar.core.readpin``) passes it as ``at``: no head and no
-  header are read, only the state at that hash. No quorum on (block, hash, snapshot) raises
-  ``QuorumNotReached`` (transient, named reason), so the pass stops before anything changes and the
-  controller keeps the last good snapshot. With one provider its own error is raised, as before.
+  pinned to that hash (EIP-1898 with ``requireCanonical``): ``syncState()`` always, and only what moved
+  since that provider's last read (``sidecar.drivers.snapshotread``: the members page by page when
+  ``membershipVersion`` moved, ``isAppAllowed`` when a version moved, ``meshCidr`` once), so a pass over an
+  unchanged cluster is one ``eth_call`` per provider. A caller that already knows a block and its hash
+  (push mode: ``sidecar.core.readpin``) passes it as ``at``: no head and no header are read, only the
+  state at that hash. No quorum on (block, hash, snapshot) raises ``QuorumNotReached`` (transient, named
+  reason), so the pass stops before anything changes and the controller keeps the last good snapshot.
+  With one provider its own error is raised, as before.
 - **Transactions** (register, endpoint, CSK commitment) and the one-off reads (the member app's CREATE2
   salt, for the member proof) go through the first provider that answered the last read with the accepted
   snapshot (provider order otherwise). Writes are priced within the configured fee cap: a write the cap
@@ -38,7 +39,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
-from sidecar.chain.contracts import ClusterClient, MemberAppFactoryClient
+from sidecar.chain.contracts import MEMBERS_PAGE_SIZE, ClusterClient, MemberAppFactoryClient
 from sidecar.chain.errors import ChainError, FeeAboveCap, TransientChainError, UnexpectedChainError
 from sidecar.chain.failures import gwei
 from sidecar.chain.rpc import ChainConnection, connect
@@ -56,7 +57,7 @@ from sidecar.core.quorum import (
 from sidecar.core.readpin import Position
 from sidecar.core.snapshot import Snapshot
 from sidecar.drivers.identity import NodeIdentity
-from sidecar.drivers.syncread import SyncedReads
+from sidecar.drivers.snapshotread import SnapshotReader
 from sidecar.observability import Metrics
 from sidecar.settings import ChainSettings
 
@@ -115,19 +116,22 @@ class ChainLink:
     """``ClusterChain`` over web3: one connection per provider, opened on first use and dropped after
     terminal errors; snapshots by quorum, writes through the preferred provider."""
 
-    def __init__(self, settings: ChainSettings, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: ChainSettings, metrics: Metrics, *, page_size: int = MEMBERS_PAGE_SIZE
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
         count = len(settings.rpc_urls)
         self._conns: list[ChainConnection | None] = [None] * count
         self._preferred: list[bool] = [True] * count  # answered the last read with the accepted snapshot
+        self._readers = [
+            SnapshotReader(page_size) for _ in range(count)
+        ]  # what each provider last said, by version
         self._rpc = RpcView(providers=count, quorum=settings.rpc_quorum)
         self._dissent: tuple[int, ...] = ()
         metrics.set_rpc_providers([False] * count)
         self.fee_cap = FeeCap(settings.max_fee_wei, settings.max_priority_fee_wei)
         self._held: str | None = None
-        self._mesh: MeshCidr | None = None
-        self._synced = SyncedReads(count)  # per provider: what syncState() says need not be read again
 
     @property
     def cluster(self) -> Address:
@@ -251,7 +255,6 @@ class ChainLink:
         self._record(verdict)
         if verdict.accepted is None:
             raise QuorumNotReached(verdict)
-        self._mesh = verdict.accepted.snapshot.mesh  # immutable in the contract: read once per process
         return verdict.accepted.head, verdict.accepted.snapshot
 
     async def _attempt(self, index: int, work: Awaitable[T]) -> T | ChainError:
@@ -270,14 +273,12 @@ class ChainLink:
         self, index: int, head: int, block: int, identity: NodeIdentity, pin: Bytes32 | None = None
     ) -> ProviderAnswer:
         """One provider's snapshot at ``block``: its hash read once (unless the caller knows it as ``pin``),
-        every call pinned to it; what ``syncState()`` says did not change is not read again."""
+        every call pinned to it; only what changed since its last read re-read."""
         conn = await self._connection(index)
         if pin is None:
             pin = (await conn.block_header(block)).hash
         cluster = ClusterClient(conn, self.settings.cluster)
-        snapshot = await self._synced.read(
-            index, cluster, block=block, pin=pin, boot=identity.boot_info(), mesh=self._mesh
-        )
+        snapshot = await self._readers[index].read(cluster, block, pin, identity.boot_info())
         return ProviderAnswer(index, head, pin, snapshot)
 
     def _record(self, verdict: QuorumVerdict) -> None:
@@ -346,7 +347,7 @@ class ChainLink:
         return await MemberAppFactoryClient(await self._primary(), factory).salt_of(app_id)
 
     async def _drop(self, index: int) -> None:
-        self._synced.forget(index)
+        self._readers[index].forget()
         conn, self._conns[index] = self._conns[index], None
         if conn is not None:
             await conn.close()

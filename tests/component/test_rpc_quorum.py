@@ -4,8 +4,9 @@ an ``http://`` provider needs the explicit opt-out.
 Real parts only: anvil with our contracts, the guest-agent simulator, the node built by the daemon's
 ``build_node`` (real ``ChainLink``, real steps), ``python -m sidecar`` as a process, and ``RpcProxy``, a small
 real aiohttp JSON-RPC server in front of anvil (``devnet.rpcproxy``) that records every request and, when
-told to, lies: it adds a member to ``members()`` answers, or reports another hash for a block. No WireGuard
-device is touched (an empty UAPI directory: the mesh step fails cleanly, so a pass ends at ``mesh``).
+told to, lies: it adds a member to ``members()`` / ``membersPage`` answers, or reports another hash for a
+block. No WireGuard device is touched (an empty UAPI directory: the mesh step fails cleanly, so a pass ends
+at ``mesh``).
 Loopback and unix sockets only.
 """
 
@@ -264,13 +265,25 @@ async def test_every_snapshot_read_is_pinned_to_the_confirmed_block_hash(
         by_number = [p for p in calls(proxy, "eth_getBlockByNumber") if p[0] != "latest"]  # "latest": fees
         assert by_number == [[hex(head - 2), False]]  # the snapshot block's hash, read once
         calls_ = calls(proxy, "eth_call")
-        assert (
-            len(calls_) == 4
-        )  # the first read of the process: syncState, membersPage, isAppAllowed, meshCidr
+        assert len(calls_) == 4  # syncState, membersPage, isAppAllowed, meshCidr
         for params in calls_:
             assert params[1] == {"blockHash": str(confirmed.hash), "requireCanonical": True}
         snapshot = node.state.snapshot
         assert snapshot is not None and snapshot.block == head - 2 and len(snapshot.members) == 1
+
+        await chain.mine(3)
+        await node.controller.pass_once()  # reads its own registration (the first pass sent it), confirmed
+        held = node.state.snapshot
+        assert held is not None and len(held.members) == 2
+        await chain.mine(3)  # nothing changes: the next pass asks syncState only, pinned to its new block
+        head = await conn.block_number()
+        confirmed = await conn.block_header(head - 2)
+        proxy.requests.clear()
+        await node.controller.pass_once()
+        pinned = {"blockHash": str(confirmed.hash), "requireCanonical": True}
+        assert [params[1] for params in calls(proxy, "eth_call")] == [pinned]
+        again = node.state.snapshot
+        assert again is not None and again.block == head - 2 and again.members == held.members
 
 
 async def test_an_http_provider_without_the_opt_out_exits_2_naming_it(short_root: Path) -> None:

@@ -70,6 +70,13 @@ async def test_members_gain_the_injected_record_at_latest_and_at_a_pinned_block_
     assert await lying.member_count() == 1  # only members() lies
     assert [p[1] for p in proxy.calls("eth_call")].count({"blockHash": str(pinned), "requireCanonical": True})
 
+    # The paged read sees the same lie on every page size: the count grows, the record ends the last page.
+    expected = [real.member_id, MemberId.from_hex(FAKE["id"])]
+    for size in (1, 2, 5):
+        assert [r.member_id for r in await lying.members_paged(block=pinned, page_size=size)] == expected
+    assert (await lying.sync_state(block=pinned)).member_count == 2
+    assert (await honest.sync_state(block=pinned)).member_count == 1
+
     proxy.lies = Lies(cluster="0x" + "99" * 20, members=(FAKE,))  # another contract's members() only
     assert [r.member_id for r in await lying.members()] == [real.member_id]
 
@@ -83,6 +90,7 @@ async def test_the_commitment_views_and_block_hashes_say_what_the_rules_say(
     assert await lying.csk_commitment() == Bytes32.from_hex(FAKE_COMMITMENT)
     assert await lying.csk_commitment_of(1) == Bytes32.from_hex(FAKE_COMMITMENT)
     assert await lying.csk_epoch() == 1  # the epoch is the truth
+    assert (await lying.sync_state()).csk_commitment == Bytes32.from_hex(FAKE_COMMITMENT)
     assert await ClusterClient(conn, stack.cluster).csk_commitment() is None
 
     proxy.lies = Lies(block_hash="0x" + "ab" * 32, base_fee=7)

@@ -12,7 +12,7 @@ from sidecar.chain.errors import ChainUnavailable
 from sidecar.core.ids import Address, Bytes32
 from sidecar.core.model import BootInfo, BootVerdict, MemberRecord, MeshCidr, SyncState
 from sidecar.core.readpin import HeadMark, HeadRead, Position, PushedPositions, ReadPin, choose_pin
-from sidecar.drivers.syncread import SyncedReads
+from sidecar.drivers.snapshotread import SnapshotReader
 from tests.unit.passkit import world
 
 H = Bytes32(b"\x11" * 32)
@@ -205,7 +205,7 @@ async def test_every_pass_counts_its_own_rpc_calls(tmp_path: Path) -> None:
 
 @dataclass
 class Cluster:
-    """The four reads ``SyncedReads`` makes, in memory, counting each."""
+    """The four reads a ``SnapshotReader`` makes, in memory, counting each."""
 
     sync: SyncState
     members: list[MemberRecord] = field(default_factory=list)
@@ -215,7 +215,7 @@ class Cluster:
         self.reads.append("syncState")
         return self.sync
 
-    async def members_paged(self, *, block: Bytes32) -> list[MemberRecord]:
+    async def members_paged(self, *, block: Bytes32, page_size: int) -> list[MemberRecord]:
         self.reads.append("membersPage")
         return list(self.members)
 
@@ -228,23 +228,23 @@ class Cluster:
         return MeshCidr.parse("10.77.0.0/24")
 
 
-async def test_a_synced_read_skips_what_did_not_change_and_rereads_after_going_back() -> None:
-    reads = SyncedReads(providers=1)
+async def test_a_snapshot_read_skips_what_did_not_change_and_rereads_after_going_back() -> None:
+    reader = SnapshotReader()
     cluster = Cluster(SyncState(1, 1, 1, None, 0))
     zero = Bytes32(bytes(32))
     boot = BootInfo(Address(b"\x01" * 20), zero, Address(b"\x03" * 20), zero, zero, zero, zero, "UpToDate")
 
-    async def at(block: int, mesh: MeshCidr | None = MESH) -> list[str]:
+    async def at(block: int) -> list[str]:
         cluster.reads.clear()
-        await reads.read(0, cluster, block=block, pin=H, boot=boot, mesh=mesh)  # type: ignore[arg-type]
+        await reader.read(cluster, block, H, boot)  # type: ignore[arg-type]
         return cluster.reads
 
-    assert await at(10, mesh=None) == ["syncState", "membersPage", "isAppAllowed", "meshCidr"]
+    assert await at(10) == ["syncState", "membersPage", "isAppAllowed", "meshCidr"]
     assert await at(11) == ["syncState"]
-    cluster.sync = SyncState(2, 1, 1, None, 1)  # a member registered
-    assert await at(12) == ["syncState", "membersPage"]
-    cluster.sync = SyncState(2, 2, 1, None, 1)  # the policy moved
+    cluster.sync = SyncState(2, 1, 1, None, 0)  # the membership moved (an endpoint, say)
+    assert await at(12) == ["syncState", "membersPage", "isAppAllowed"]
+    cluster.sync = SyncState(2, 2, 1, None, 0)  # the policy moved
     assert await at(13) == ["syncState", "isAppAllowed"]
     assert await at(12) == ["syncState", "membersPage", "isAppAllowed"]  # an older block: read it all
-    reads.forget(0)
-    assert await at(14) == ["syncState", "membersPage", "isAppAllowed"]
+    reader.forget()
+    assert await at(14) == ["syncState", "membersPage", "isAppAllowed", "meshCidr"]
