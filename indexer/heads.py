@@ -3,8 +3,9 @@
 Owns ``HeadWatcher``: open a WebSocket to the node (anvil serves one on its HTTP port; the URL comes from
 ``ATTESTMESH_INDEXER_WS_URL`` or is derived from the RPC URL by ``indexer.settings.ws_url_for``),
 subscribe to ``newHeads`` and call ``on_head(number)`` for every notice; when the subscription cannot be
-made or is lost, log it once, wait with the shared capped, jittered ``Backoff`` and subscribe again. The follower's poll stays the floor:
-a notice only cuts its wait short, so a lost subscription costs latency, never a block.
+made or is lost, log it once, wait with the shared capped, jittered ``Backoff`` and subscribe again. The
+follower's poll stays the floor: a notice only cuts its wait short, so a lost subscription costs latency,
+never a block.
 
 Must not: read logs or block contents (the follower does, over HTTP), trust a notice for anything but a
 wake-up, or put the URL in a log line (it may carry an API key).
