@@ -414,9 +414,10 @@ class Session:
                     await self._wake.wait()
                     continue
                 text, after, entry = found
+                # counted before the write: the client's ack may be read while the write drains
+                self.sent, self.position = self.sent + 1, after
                 async with asyncio.timeout(timeout):
                     await self.ws.send_str(text)
-                self.sent, self.position = self.sent + 1, after
                 if entry is not None:
                     if self._removes_subscriber(entry):
                         # Served up to and including its own removal, then no more: only members are served.
