@@ -146,11 +146,16 @@ class Hub:
         return client
 
     def seen_at(self, block: int) -> float | None:
-        """When the commit that made ``block`` deliverable happened (None when no longer remembered)."""
-        for through, at in self.indexed_at:
-            if through >= block:
-                return at
-        return None
+        """When the commit that made ``block`` deliverable happened (None when no longer remembered).
+
+        Searched from the newest commit back (a live block is covered by the last one or two), since every
+        session asks this for every event it sends."""
+        found = None
+        for through, at in reversed(self.indexed_at):
+            if through < block:
+                break
+            found = at
+        return found
 
     def reorged(self, good_block: int) -> None:
         for session in list(self.sessions):
