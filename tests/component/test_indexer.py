@@ -429,7 +429,13 @@ async def test_malformed_frames_are_closed_and_others_keep_receiving(
     assert isinstance(await good.open(None), Welcome)
     await good.until(registers(member))
     url = f"http://127.0.0.1:{service.port}/v1/subscribe"
-    for frame in ("not json", '{"v":1,"type":"hello"}', "x" * 100_000, b"\x00binary"):
+    for frame in (
+        "not json",
+        '{"v":2,"type":"hello"}',
+        '{"v":1,"type":"hello"}',
+        "x" * 100_000,
+        b"\x00binary",
+    ):
         async with http.ws_connect(url) as ws:
             if isinstance(frame, bytes):
                 await ws.send_bytes(frame)
@@ -443,7 +449,7 @@ async def test_malformed_frames_are_closed_and_others_keep_receiving(
     bad = Subscriber(http, service, member, indexer_pub)
     assert isinstance(await bad.open(None), Welcome)
     assert bad.ws is not None
-    await bad.ws.send_str('{"v":1,"type":"ack","seq":"1"}')
+    await bad.ws.send_str('{"v":2,"type":"ack","seq":"1"}')
     assert await bad.close_reason() == "malformed"
     newcomer = await chain.member()
     assert isinstance(await good.until(registers(newcomer)), Event)
