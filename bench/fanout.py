@@ -1,23 +1,32 @@
-"""Indexer fan-out: one real indexer process serving 200 subscribed members on loopback.
+"""Indexer fan-out: one real indexer process serving 200 (then 1000) subscribed members on loopback.
 
 Set-up: a fresh anvil on 127.0.0.1 (automine) with our stack; ``SUBSCRIBERS`` members registered for real in
 one cluster (``bench.reconcile.grow``: keys and signature chains from the devnet KMS); the indexer started as
 its own process (``python -m indexer``) with its signing key from its own guest-agent simulator process, then
 one WebSocket client per member in this process, each with a hello signed by that member's identity key,
-verifying every push with ``PushVerifier`` and acking it, as the sidecar does.
+verifying every push with ``PushVerifier`` and acking it, as the sidecar does. The clients share one
+process: each takes a frame's arrival time when the frame reaches it and verifies, accepts and acks its
+frames once every client has the round's event (a client that fails verification fails the benchmark), so
+one client's verification does not delay another's arrival time — on a deployment every subscriber
+verifies on its own machine.
 
 Measured, over ``ROUNDS`` rounds of one cluster event each (an owner ``addComposeHash`` transaction, which
 every member of the cluster is sent):
 
 - push latency, block seen → delivered: from the moment the indexer committed the block's logs (the
   wall-clock timestamp of its ``follower.logs_indexed`` log line) to the moment each subscriber's client
-  received the event frame (wall clock, taken before verification) — median and p99 over all deliveries.
-  The clients share this machine's cores with the indexer, so this includes their own scheduling;
+  received the event frame (wall clock, on arrival) — median and p99 over all deliveries. The clients
+  share this machine's cores with the indexer, so this includes their own scheduling;
 - the indexer's own view of the same delay (``attestmesh_indexer_push_delay_seconds``: indexed → frame
   written), its mean and the bucket holding its p99;
-- mined → delivered: from the transaction's receipt to delivery, which adds the indexer's poll interval;
+- mined → delivered: from the transaction's receipt to delivery (the indexer learns the block from its
+  newHeads subscription; its poll is the floor);
 - the indexer's memory (VmRSS of its process): before any subscriber, with every subscriber connected and
   caught up, and after the rounds (and its peak, VmHWM).
+
+The raw samples are data: ``collect(subscribers, runs)`` returns every run's ``FanoutFigures`` (its
+``seen_to_delivered`` and ``mined_to_delivered`` lists, seconds, one per delivery), and
+``seen_to_delivered(subscribers, runs)`` the pooled block seen → delivered latencies, for plotting.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import socket
 import statistics
@@ -71,9 +81,12 @@ from sidecar.core.keys import KeyPath, KeyScope, ed25519_public_key
 BENCH_KEYS = KeyScope(31337, Address(bytes(20)))
 
 SUBSCRIBERS = 200
+LARGE = 1000  # measured too, in fewer runs (registering 1000 members takes minutes)
+LARGE_RUNS = 1
 ROUNDS = 15
 RUNS = 3  # each on a fresh chain and indexer
-HANDSHAKES = SUBSCRIBERS  # hellos in flight at once: all of them, like every sidecar after an indexer restart
+#: The block of an event frame, read on arrival without decoding (the frame is decoded and verified later).
+EVENT_BLOCK = re.compile(r'"type":"event".*?"block_number":(\d+)')
 INDEXER_POLL_INTERVAL = 0.5
 DEADLINE = 120.0
 INDEXER_APP = Address(keccak(b"attestmesh/bench/fanout/indexer")[:20])
@@ -87,9 +100,34 @@ class Client:
     identity: SecretBytes = field(repr=False)
     ws: aiohttp.ClientWebSocketResponse | None = None
     verifier: PushVerifier | None = None
-    received: dict[int, float] = field(default_factory=dict)  # block → wall-clock receive time
+    arrived: dict[int, float] = field(default_factory=dict)  # block → wall-clock arrival of its event frame
+    pending: list[tuple[float, str]] = field(default_factory=list)  # frames not yet verified
+    received: dict[int, float] = field(default_factory=dict)  # block → arrival, once verified and accepted
     checkpoint: int = 0
     failure: str = ""
+
+    async def settle(self) -> None:
+        """Decode, verify, accept and ack every frame received so far, in order (as the sidecar does)."""
+        frames, self.pending = self.pending, []
+        if self.verifier is None or self.failure:
+            return
+        for at, text in frames:
+            message = decode(text)
+            if isinstance(message, Close):
+                self.failure = f"closed: {message.reason}"
+                return
+            checked = self.verifier.check(message)
+            if not isinstance(checked, Verified):
+                self.failure = f"push rejected: {checked}"
+                return
+            self.verifier.accept(checked)
+            if isinstance(message, Event):
+                self.received.setdefault(message.log.block_number, at)
+            elif isinstance(message, Checkpoint):
+                self.checkpoint = message.block
+        ack = self.verifier.ack()
+        if ack is not None and frames and self.ws is not None and not self.ws.closed:
+            await self.ws.send_str(encode(ack))
 
 
 def _free_port() -> int:
@@ -158,31 +196,21 @@ async def _subscribe(http: aiohttp.ClientSession, url: str, stream: Stream, clie
         at = time.time()
         if frame.type != aiohttp.WSMsgType.TEXT:
             break
-        message = decode(frame.data)
-        if isinstance(message, Welcome):
-            stream.gate.release()
-            client.verifier = PushVerifier(cluster, indexer, start, hello.nonce)
-            problem = client.verifier.welcome(message)
-            if problem is not None:
-                client.failure = f"welcome rejected: {problem}"
-                break
+        if client.verifier is not None:  # after the welcome: note the arrival, verify later
+            client.pending.append((at, frame.data))
+            if found := EVENT_BLOCK.search(frame.data):
+                client.arrived.setdefault(int(found.group(1)), at)
             continue
-        if isinstance(message, Close):
-            client.failure = f"closed: {message.reason}"
+        message = decode(frame.data)
+        stream.gate.release()
+        if not isinstance(message, Welcome):
+            client.failure = f"no welcome: {type(message).__name__}"
             break
-        assert client.verifier is not None
-        checked = client.verifier.check(message)
-        if not isinstance(checked, Verified):
-            client.failure = f"push rejected: {checked}"
+        client.verifier = PushVerifier(cluster, indexer, start, hello.nonce)
+        problem = client.verifier.welcome(message)
+        if problem is not None:
+            client.failure = f"welcome rejected: {problem}"
             break
-        client.verifier.accept(checked)
-        if isinstance(message, Event):
-            client.received.setdefault(message.log.block_number, at)
-        elif isinstance(message, Checkpoint):
-            client.checkpoint = message.block
-        ack = client.verifier.ack()
-        if ack is not None:
-            await ws.send_str(encode(ack))
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,7 +329,13 @@ class Lab:
             def delivered(b: int = block) -> bool:
                 return all(b in c.received or c.failure for c in clients)
 
-            await _until(delivered, f"round {r} delivered to every subscriber")
+            def arrived(b: int = block) -> bool:
+                return all(b in c.arrived or c.failure for c in clients)
+
+            await _until(arrived, f"round {r} at every subscriber")
+            for c in clients:
+                await c.settle()
+            await _until(delivered, f"round {r} verified at every subscriber")
             _check(clients)
         return mined
 
@@ -312,11 +346,13 @@ def _check(clients: Sequence[Client]) -> None:
         raise RuntimeError(f"{len(failed)} subscribers failed, e.g. {failed[0]}")
 
 
-async def _members(lab: Lab, kms: DevnetKms, pool: ProcessPoolExecutor, factory: Address) -> list[Client]:
-    apps = await grow(lab.rpc_url, lab.admin, lab.http, pool, range(SUBSCRIBERS), factory=factory)
+async def _members(
+    lab: Lab, kms: DevnetKms, pool: ProcessPoolExecutor, factory: Address, subscribers: int
+) -> list[Client]:
+    apps = await grow(lab.rpc_url, lab.admin, lab.http, pool, range(subscribers), factory=factory)
     by_identity = {m.identity_pub: m.member_id for m in await lab.admin.members()}
     clients = []
-    for i in range(SUBSCRIBERS):
+    for i in range(subscribers):
         identity = derive_key(kms.app_key(apps[i]), BENCH_KEYS.path(KeyPath.IDENTITY))
         clients.append(Client(by_identity[Bytes32(ed25519_public_key(identity))], identity))
     return clients
@@ -336,7 +372,7 @@ def _latencies(log_file: Path, mined: dict[int, float], clients: Sequence[Client
     return seen, end_to_end
 
 
-async def measure() -> FanoutFigures:
+async def measure(subscribers: int = SUBSCRIBERS) -> FanoutFigures:
     kms = DevnetKms()
     work = Path(tempfile.mkdtemp(prefix="am-fanout-", dir="/tmp"))
     started = time.perf_counter()
@@ -354,7 +390,7 @@ async def measure() -> FanoutFigures:
             )
             admin = ClusterClient(conn, stack.cluster, owner)
             lab = Lab(work, http, anvil.rpc_url, anvil.chain_id, admin, stack.cluster)
-            clients = await _members(lab, kms, pool, stack.member_app_factory)
+            clients = await _members(lab, kms, pool, stack.member_app_factory, subscribers)
             indexer = lab.start_indexer(stack.cluster_factory, stack.factory_block)
             await lab.wait_healthy(indexer)
             rss_idle, _ = _rss_kib(indexer.pid)
@@ -364,7 +400,8 @@ async def measure() -> FanoutFigures:
             head = await conn.block_header("latest")
             start = Cursor.through(head.number, head.hash)
             url = f"ws://127.0.0.1:{lab.port}/v1/subscribe"
-            gate = asyncio.Semaphore(int(os.environ.get("FANOUT_HANDSHAKES", HANDSHAKES)))
+            # hellos in flight at once: all of them, like every sidecar after an indexer restart
+            gate = asyncio.Semaphore(int(os.environ.get("FANOUT_HANDSHAKES", subscribers)))
             tasks = [
                 asyncio.create_task(_subscribe(http, url, Stream(stack.cluster, indexer_pub, start, gate), c))
                 for c in clients
@@ -373,6 +410,9 @@ async def measure() -> FanoutFigures:
             _check(clients)
             rss_subscribed, _ = _rss_kib(indexer.pid)
             mined = await lab.rounds(clients)
+            for c in clients:
+                await c.settle()
+            _check(clients)
             rss_after, hwm = _rss_kib(indexer.pid)
             async with http.get(f"{lab.base}/metrics") as response:
                 mean, p99_bucket = _histogram(await response.text())
@@ -382,7 +422,7 @@ async def measure() -> FanoutFigures:
             await asyncio.gather(*tasks, return_exceptions=True)
             seen, end_to_end = _latencies(work / "indexer.log", mined, clients)
             return FanoutFigures(
-                subscribers=SUBSCRIBERS,
+                subscribers=subscribers,
                 rounds=ROUNDS,
                 deliveries=len(seen),
                 seen_to_delivered=seen,
@@ -421,7 +461,7 @@ def print_figures(f: FanoutFigures) -> None:
     )
     print(f"  indexer's own indexed → written: mean {ms(f.indexer_mean)}, p99 {f.indexer_p99_bucket}")
     print(
-        f"  mined → delivered (adds the {INDEXER_POLL_INTERVAL:g} s poll): median "
+        f"  mined → delivered (newHeads, poll {INDEXER_POLL_INTERVAL:g} s as the floor): median "
         f"{ms(statistics.median(f.mined_to_delivered))}, p99 {ms(_quantile(f.mined_to_delivered, 0.99))}"
     )
     print(
@@ -432,23 +472,39 @@ def print_figures(f: FanoutFigures) -> None:
     )
 
 
-async def main() -> None:
-    runs = []
-    for run in range(1, RUNS + 1):
-        print(f"run {run}/{RUNS}: ", end="")
-        runs.append(await measure())
-        print_figures(runs[-1])
+async def collect(subscribers: int = SUBSCRIBERS, runs: int = RUNS) -> list[FanoutFigures]:
+    """Measure ``runs`` times with ``subscribers`` subscribers; every run's figures, raw samples included."""
+    return [await measure(subscribers) for _ in range(runs)]
+
+
+def seen_to_delivered(subscribers: int = SUBSCRIBERS, runs: int = RUNS) -> list[float]:
+    """The block seen → delivered latencies (seconds) of every delivery of ``runs`` runs, pooled: data for a
+    plot of the distribution."""
+    return [v for f in asyncio.run(collect(subscribers, runs)) for v in f.seen_to_delivered]
+
+
+def _summary(runs: list[FanoutFigures]) -> None:
+    subscribers = runs[0].subscribers
     medians = [statistics.median(f.seen_to_delivered) for f in runs]
     p99s = [_quantile(f.seen_to_delivered, 0.99) for f in runs]
     per_subscriber = [(f.rss_subscribed_kib - f.rss_idle_kib) / f.subscribers for f in runs]
     rss = statistics.median(f.rss_subscribed_kib for f in runs) / 1024
+    median, p99 = statistics.median(medians) * 1000, statistics.median(p99s) * 1000
     print(
-        f"over {RUNS} runs (median of each figure): block seen → delivered median "
-        f"{statistics.median(medians) * 1000:.1f} ms, p99 {statistics.median(p99s) * 1000:.1f} ms; "
-        f"indexer RSS with {SUBSCRIBERS} subscribers {rss:.1f} MiB "
-        f"({statistics.median(per_subscriber):.0f} KiB per subscriber)"
+        f"over {len(runs)} run(s) with {subscribers} subscribers (median of each figure): block seen → "
+        f"delivered median {median:.1f} ms, p99 {p99:.1f} ms; "
+        f"indexer RSS {rss:.1f} MiB ({statistics.median(per_subscriber):.0f} KiB per subscriber)"
     )
     samples = [s for f in runs for s in f.seen_to_delivered]
-    print(
-        f"plot: {plots.fanout_latency(samples, plots.Output.path('fanout-latency'), subscribers=SUBSCRIBERS)}"
-    )
+    name = "fanout-latency" if subscribers == SUBSCRIBERS else f"fanout-latency-{subscribers}"
+    print(f"plot: {plots.fanout_latency(samples, plots.Output.path(name), subscribers=subscribers)}")
+
+
+async def main() -> None:
+    for subscribers, count in ((SUBSCRIBERS, RUNS), (LARGE, LARGE_RUNS)):
+        runs = []
+        for run in range(1, count + 1):
+            print(f"run {run}/{count}: ", end="", flush=True)
+            runs.append(await measure(subscribers))
+            print_figures(runs[-1])
+        _summary(runs)

@@ -4,7 +4,8 @@ Owns ``ChainIndex``: which clusters are followed (and since which block), every 
 in chain order, the block through which everything is indexed (``through``, with its hash), the stored
 block hashes a reorg check compares against, and the pure operations on them — ``commit`` a scanned range,
 ``cut_after`` a block (reorg: drop the affected suffix), ``next_after`` a cursor (what a session sends
-next), ``registration_block`` of a member, ``servable`` (is a start position still covered).
+next; ``next_with_prev`` and ``last_through`` add the cluster's log before it, a frame's signed ``prev``),
+``registration_block`` of a member, ``servable`` (is a start position still covered).
 
 Retention (bounded, documented): at most ``retain_logs`` logs are kept per cluster; when a cluster exceeds
 it the oldest logs are dropped and ``retained_from`` moves to the last dropped log, so a subscriber whose
@@ -71,6 +72,24 @@ class ClusterLog:
         """The first retained log strictly after ``cursor``."""
         index = bisect.bisect_right(self.keys, (cursor.block, cursor.log_index))
         return self.logs[index] if index < len(self.logs) else None
+
+    def _position(self, index: int) -> Cursor:
+        """The position of the log before ``logs[index]``: the previous retained log, or the floor."""
+        if index <= 0:
+            return self.retained_from
+        log = self.logs[index - 1]
+        return Cursor(log.block_number, log.log_index, log.block_hash)
+
+    def next_with_prev(self, cursor: Cursor) -> tuple[ChainLog, Cursor] | None:
+        """The first retained log strictly after ``cursor`` and the position of the cluster's log before it
+        (the previous retained log, or ``retained_from``): the event's ``prev``."""
+        index = bisect.bisect_right(self.keys, (cursor.block, cursor.log_index))
+        return (self.logs[index], self._position(index)) if index < len(self.logs) else None
+
+    def last_through(self, block: int) -> Cursor:
+        """The position of the cluster's last retained log at or before ``block`` (or ``retained_from``):
+        a checkpoint's ``prev``."""
+        return self._position(bisect.bisect_right(self.keys, (block, 2**63)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +195,14 @@ class ChainIndex:
     def next_after(self, cluster: Address, cursor: Cursor) -> ChainLog | None:
         clog = self.clusters.get(cluster)
         return None if clog is None else clog.next_after(cursor)
+
+    def next_with_prev(self, cluster: Address, cursor: Cursor) -> tuple[ChainLog, Cursor] | None:
+        clog = self.clusters.get(cluster)
+        return None if clog is None else clog.next_with_prev(cursor)
+
+    def last_through(self, cluster: Address, block: int) -> Cursor | None:
+        clog = self.clusters.get(cluster)
+        return None if clog is None else clog.last_through(block)
 
     def servable(self, cluster: Address, start: Cursor) -> bool:
         """Tell whether every log of ``cluster`` after ``start`` is still retained."""

@@ -6,7 +6,9 @@ tells the listener, which closes the sessions past it with ``reorg``); take the 
 range (``sidecar.core.cursor.next_range``); read ``ClusterDeployed`` logs of the factory and the logs of
 every followed cluster in one ``eth_getLogs``; re-read the range for clusters deployed inside it; commit only
 when the range's end hash is the same before and after the read (a reorg racing the read retries the range).
-While catching up it scans back to back; once caught up it sleeps ``poll_interval`` between scans.
+While catching up it scans back to back; once caught up it waits ``poll_interval`` between scans, cut short
+by ``head_seen`` (a newHeads notice from ``indexer.heads``), so a new block is scanned as soon as it is
+announced and the poll remains the floor.
 
 Must not: start at genesis unless configured to, retry inside a scan (the loop owns backoff: one failed
 scan is logged once, counted, and retried after the interval), or touch sessions other than through the
@@ -16,6 +18,7 @@ scan is logged once, counted, and retried after the interval), or touch sessions
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Protocol
 
@@ -78,6 +81,12 @@ class Follower:
         self.head: int | None = None
         self.ready = False
         self._failing = False
+        self._nudged = asyncio.Event()
+
+    def head_seen(self, number: int) -> None:
+        """A new block was announced: scan now instead of at the end of the poll interval."""
+        if self.head is None or number > self.head:
+            self._nudged.set()
 
     @property
     def lag(self) -> int | None:
@@ -97,8 +106,13 @@ class Follower:
                 if not self._failing:
                     log.warning("follower.scan_failed", error=str(exc)[:200], kind=type(exc).__name__)
                     self._failing = True
-            if caught_up or self._failing:
+            if self._failing:
                 await asyncio.sleep(self.poll_interval)
+            elif caught_up:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.poll_interval):
+                        await self._nudged.wait()
+            self._nudged.clear()
 
     async def scan_once(self) -> bool:
         """Check for a reorg, scan one range; return True when the index is caught up with the head."""

@@ -44,6 +44,11 @@ class IndexerMetrics:
         self.head_lag = Gauge(
             "attestmesh_indexer_head_lag_blocks", "Confirmed blocks not yet indexed.", registry=r
         )
+        self.heads_subscribed = Gauge(
+            "attestmesh_indexer_heads_subscribed",
+            "1 while the newHeads subscription is open (0: the follower only polls).",
+            registry=r,
+        )
         self.clusters = Gauge("attestmesh_indexer_clusters", "Clusters followed.", registry=r)
         self.subscribers = Gauge("attestmesh_indexer_subscribers", "Open subscriber sessions.", registry=r)
         self.ranges_scanned = Counter(

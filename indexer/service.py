@@ -30,6 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from indexer.chainindex import ChainIndex
 from indexer.follower import Follower
+from indexer.heads import HeadWatcher
 from indexer.metrics import IndexerMetrics
 from indexer.sessions import Hub
 from indexer.settings import IndexerSettings
@@ -113,6 +114,15 @@ class IndexerService:
             listener=self.hub,
             metrics=self.metrics,
         )
+        self.heads = (
+            None
+            if settings.ws_url is None
+            else HeadWatcher(
+                settings.ws_url,
+                self.follower.head_seen,
+                on_change=lambda up: self.metrics.heads_subscribed.set(1 if up else 0),
+            )
+        )
         self.public_key: Bytes32 | None = None
         self.registry = RegistryCheck(checked=False)
         self.supervisor = Supervisor()
@@ -177,6 +187,7 @@ class IndexerService:
                     for c, clog in self.index.clusters.items()
                 ],
                 "subscribers": len(self.hub.sessions),
+                "heads_subscribed": None if self.heads is None else self.heads.subscribed,
                 "registry": {**asdict(self.registry), "matches": self.registry.matches},
                 "health": health,
             }
@@ -222,6 +233,8 @@ class IndexerService:
         await self._retry("chain", self._connect)
         await self._check_registry()
         self.supervisor.start("follower", self.follower.run)
+        if self.heads is not None:
+            self.supervisor.start("heads", self.heads.run)
         self.supervisor.start("registry", self._watch_registry)
         log.info(
             "indexer.started",

@@ -6,7 +6,10 @@ hello is refused ``unauthorized``/``replayed``) and ``Session`` (one subscriber:
 welcome signed over the hello's nonce, then a pump that sends every log of the cluster after the session's
 position as a signed ``event`` and, once nothing more is indexed, a signed ``checkpoint`` through the
 indexed block; a reader that takes ``ack``s). Replay and live delivery are the same pump reading the
-shared ``ChainIndex``, so a subscriber costs no copy of the log.
+shared ``ChainIndex``, so a subscriber costs no copy of the log; the frames come from
+``indexer.broadcast.SignedFrames`` (protocol v2 signs per cluster), so a log is signed and encoded once and
+every session writes the same string. A session's own state is its position, its count of messages sent
+and the last ack.
 
 The per-subscriber queue is the window of messages sent but not yet acked, bounded by ``queue_bound``: when
 it is full (or the socket does not drain) for ``ack_timeout`` while more is pending, the session is closed
@@ -21,8 +24,8 @@ A session whose member is removed is served up to and including the ``MemberRemo
 
 Must not: serve a hello whose member is not a current member of its cluster on chain (``unauthorized``),
 send a log of one cluster on another cluster's session, implement any of the wire format (that is
-``sidecar.core.indexerwire``: ``decode``/``encode``, ``verify_hello``, ``PushSigner``; reading a frame is
-``indexer.frames``), or let one bad
+``sidecar.core.indexerwire``: ``decode``/``encode``, ``verify_hello``, ``sign_welcome``; reading a frame
+is ``indexer.frames``), or let one bad
 subscriber affect another (each session's failures end that session only).
 """
 
@@ -39,6 +42,7 @@ from typing import Final
 import structlog
 from aiohttp import web
 
+from indexer.broadcast import SignedFrames
 from indexer.chainindex import ChainIndex
 from indexer.follower import MEMBER_REGISTERED, MEMBER_REMOVED
 from indexer.frames import (
@@ -56,26 +60,24 @@ from indexer.metrics import IndexerMetrics
 from sidecar.chain.contracts import ClusterClient
 from sidecar.chain.errors import ChainError
 from sidecar.chain.rpc import ChainConnection
-from sidecar.core.cursor import Cursor
+from sidecar.core.cursor import WHOLE_BLOCK, Cursor, is_after
 from sidecar.core.ids import Address, Bytes32, SecretBytes
 from sidecar.core.indexerwire import (
     MAX_DETAIL_CHARS,
     PROTOCOL_VERSION,
     SESSION_BYTES,
     Ack,
-    Checkpoint,
     Close,
     CloseReason,
-    Event,
     Hello,
     HelloNonces,
     Message,
-    PushSigner,
     WireError,
     encode,
     sign_welcome,
     verify_hello,
 )
+from sidecar.core.model import ChainLog
 
 log = structlog.get_logger("indexer.sessions")
 
@@ -109,6 +111,8 @@ class Hub:
         self.monotonic = monotonic
         self.key: SecretBytes | None = None
         self.public_key: Bytes32 | None = None
+        self._frames: SignedFrames | None = None
+        self._frames_seed: SecretBytes | None = None
         self.conn: ChainConnection | None = None
         self.sessions: set[Session] = set()
         #: One client per cluster (building one per hello costs a web3 contract object each: under a herd of
@@ -118,6 +122,15 @@ class Hub:
         self.indexed_at: collections.deque[tuple[int, float]] = collections.deque(maxlen=INDEXED_AT_KEPT)
         self.closing = False
         self._drained = asyncio.Event()
+
+    def frames(self) -> SignedFrames | None:
+        """The shared signed frames for the current key (None before the key exists)."""
+        key = self.key
+        if key is None:
+            return None
+        if self._frames is None or self._frames_seed is not key:
+            self._frames, self._frames_seed = SignedFrames(key), key
+        return self._frames
 
     # --- follower listener ------------------------------------------------------------------------------
 
@@ -133,15 +146,20 @@ class Hub:
         return client
 
     def seen_at(self, block: int) -> float | None:
-        """When the commit that made ``block`` deliverable happened (None when no longer remembered)."""
-        for through, at in self.indexed_at:
-            if through >= block:
-                return at
-        return None
+        """When the commit that made ``block`` deliverable happened (None when no longer remembered).
+
+        Searched from the newest commit back (a live block is covered by the last one or two), since every
+        session asks this for every event it sends."""
+        found = None
+        for through, at in reversed(self.indexed_at):
+            if through < block:
+                break
+            found = at
+        return found
 
     def reorged(self, good_block: int) -> None:
         for session in list(self.sessions):
-            if session.signer is not None and session.signer.cursor.block > good_block:
+            if session.position is not None and session.position.block > good_block:
                 session.end("reorg", f"blocks above {good_block} were reorganised")
             else:
                 session.wake()
@@ -187,7 +205,9 @@ class Session:
         self.hub = hub
         self.ws = ws
         self.hello: Hello | None = None
-        self.signer: PushSigner | None = None
+        self.frames: SignedFrames | None = None
+        self.position: Cursor | None = None  # where the client stands after everything sent so far
+        self.sent = 0  # messages sent (the ack's seq counts the same messages)
         self.acked_seq = 0
         self.acked_cursor: Cursor | None = None
         self.started = hub.monotonic()
@@ -241,8 +261,8 @@ class Session:
         if not isinstance(hello, Hello):
             raise Refused("protocol", "the first frame must be a hello")
         self.hello = hello
-        conn, key, public = hub.conn, hub.key, hub.public_key
-        if conn is None or key is None or public is None:
+        conn, public, frames = hub.conn, hub.public_key, hub.frames()
+        if conn is None or public is None or frames is None:
             hub.metrics.hello("unavailable")
             raise Refused("unavailable", "the indexer is starting")
         if not hub.index.follows(hello.cluster):
@@ -268,7 +288,7 @@ class Session:
             hub.metrics.hello("unavailable")
             raise Refused("unavailable", "the cursor lies before what this indexer retains")
         session_id = os.urandom(SESSION_BYTES)
-        self.signer = PushSigner(hello.cluster, session_id, start, key)
+        self.frames, self.position = frames, start
         hub.metrics.hello("accepted")
         welcome = sign_welcome(
             nonce=hello.nonce,
@@ -277,7 +297,7 @@ class Session:
             head=hub.head() or 0,
             protocol=PROTOCOL_VERSION,
             start=start,
-            indexer_key=key,
+            indexer_key=frames.key,
         )
         await self.ws.send_str(encode(welcome))
         log.info(
@@ -344,8 +364,7 @@ class Session:
                     return
                 if not isinstance(message, Ack):
                     raise Refused("protocol", "only acks may follow the hello")
-                assert self.signer is not None
-                if message.seq > self.signer.seq:
+                if message.seq > self.sent:
                     raise Refused("protocol", "ack ahead of what was sent")
                 if message.seq > self.acked_seq:
                     self.acked_seq, self.acked_cursor = message.seq, message.cursor
@@ -353,45 +372,64 @@ class Session:
         except Refused as refused:
             self.end(refused.reason, refused.detail)
 
-    def _next(self) -> Event | Checkpoint | None:
-        signer, index = self.signer, self.hub.index
-        assert signer is not None
-        entry = index.next_after(signer.cluster, signer.cursor)
-        if entry is not None:
-            return signer.event(entry)
-        if index.through_hash is None or index.through < index.start_block:
+    def _next(self) -> tuple[str, Cursor, ChainLog | None] | None:
+        """The next frame for this session, the position after it and its log (None for a checkpoint);
+        None when nothing more is indexed."""
+        position, frames, hello, index = self.position, self.frames, self.hello, self.hub.index
+        assert position is not None and frames is not None and hello is not None
+        cluster = hello.cluster
+        found = index.next_with_prev(cluster, position)
+        if found is not None:
+            entry, prev = found
+            text = frames.event(cluster, prev, entry)
+            return text, Cursor(entry.block_number, entry.log_index, entry.block_hash), entry
+        through, through_hash = index.through, index.through_hash
+        if (
+            through_hash is None
+            or through < index.start_block
+            or not is_after(through, WHOLE_BLOCK, position)
+        ):
+            return None  # nothing indexed, or a checkpoint would not advance the position
+        last = index.last_through(cluster, through)
+        if last is None:
             return None
-        return signer.checkpoint(index.through, index.through_hash)
+        return (
+            frames.checkpoint(cluster, last, through, through_hash),
+            Cursor.through(through, through_hash),
+            None,
+        )
 
     async def _pump(self) -> None:
-        assert self.signer is not None
         bound, timeout = self.hub.queue_bound, self.hub.ack_timeout
         metrics = self.hub.metrics
         try:
             while True:
-                if self.signer.seq - self.acked_seq >= bound:
+                if self.sent - self.acked_seq >= bound:
                     self._acked.clear()
                     async with asyncio.timeout(timeout):
                         await self._acked.wait()
                     continue
                 self._wake.clear()
                 try:
-                    message = self._next()
+                    found = self._next()
                 except WireError:
                     self.end("unavailable", "a log is too large to push; poll past it")
                     return
-                if message is None:
+                if found is None:
                     await self._wake.wait()
                     continue
+                text, after, entry = found
+                # counted before the write: the client's ack may be read while the write drains
+                self.sent, self.position = self.sent + 1, after
                 async with asyncio.timeout(timeout):
-                    await self.ws.send_str(encode(message))
-                if isinstance(message, Event):
-                    if self._removes_subscriber(message):
+                    await self.ws.send_str(text)
+                if entry is not None:
+                    if self._removes_subscriber(entry):
                         # Served up to and including its own removal, then no more: only members are served.
                         self.end("unauthorized", "removed from the cluster")
                         return
                     metrics.events_sent.inc()
-                    seen = self.hub.seen_at(message.log.block_number)
+                    seen = self.hub.seen_at(entry.block_number)
                     if seen is not None and seen >= self.started:  # live delivery, not a replay
                         metrics.push_delay.observe(self.hub.monotonic() - seen)
                 else:
@@ -401,16 +439,16 @@ class Session:
         except (ConnectionError, RuntimeError):
             self.end(None, "socket error")
 
-    def _removes_subscriber(self, event: Event) -> bool:
-        """Whether ``event`` removes this subscriber's member (and no later registration brought it back:
+    def _removes_subscriber(self, entry: ChainLog) -> bool:
+        """Whether ``entry`` removes this subscriber's member (and no later registration brought it back:
         member ids derive from app ids, so a re-approved app re-registers under the same id)."""
-        topics, hello = event.log.topics, self.hello
+        topics, hello = entry.topics, self.hello
         if hello is None or len(topics) < 2 or topics[0] != MEMBER_REMOVED:
             return False
         if topics[1].raw != hello.member_id.raw:
             return False
         again = self.hub.index.registration_block(hello.cluster, hello.member_id, MEMBER_REGISTERED)
-        return again is None or again <= event.log.block_number
+        return again is None or again <= entry.block_number
 
     async def _close(self) -> None:
         reason, detail = self._end
@@ -429,6 +467,6 @@ class Session:
             detail=detail,
             cluster=None if hello is None else str(hello.cluster),
             member_id=None if hello is None else str(hello.member_id),
-            seq=0 if self.signer is None else self.signer.seq,
+            seq=self.sent,
             acked_seq=self.acked_seq,
         )

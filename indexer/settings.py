@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from sidecar import envkit
 from sidecar.core.ids import Address, Bytes32
@@ -58,6 +59,7 @@ MAX_KEY_VERSION = 1_000_000
 @dataclass(frozen=True, slots=True)
 class IndexerSettings:
     rpc_url: str
+    ws_url: str | None  # newHeads subscription (None: poll only); blank setting: derived from rpc_url
     chain_id: int
     cluster_factory: Address | None
     clusters: tuple[Address, ...]  # followed in addition to the factory's clusters
@@ -112,8 +114,26 @@ def _text(text: str) -> str:
     return text
 
 
+def ws_url_for(rpc_url: str) -> str:
+    """The WebSocket URL of a node whose HTTP RPC is ``rpc_url``: same host, port and path, ws(s) scheme."""
+    parts = urlsplit(rpc_url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    return urlunsplit((scheme, parts.netloc, parts.path, parts.query, ""))
+
+
+def _ws_url(text: str) -> str:
+    """``off``, or a ``ws://`` / ``wss://`` URL that names a host."""
+    if text == "off":
+        return text
+    parts = urlsplit(text)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError('must be a ws:// or wss:// URL, or "off"')
+    return text
+
+
 VARIABLES: tuple[Variable, ...] = (
     _v("RPC_URL", "rpc_url", None, parse_http_url, secret=True),
+    _v("WS_URL", "ws_url", "", _ws_url, secret=True),  # blank: derived from RPC_URL; "off": poll only
     _v("CHAIN_ID", "chain_id", None, parse_int, (at_least_one, "a chain id of at least 1")),
     _v("CLUSTER_FACTORY", "cluster_factory", "", parse_address),  # non-zero: checked by load_settings
     _v("CLUSTERS", "clusters", "", parse_address_list),
@@ -147,6 +167,11 @@ def _check_together(r: EnvReader, values: dict[str, Any]) -> None:
             r.problem(f"{PREFIX}{suffix} must be a non-zero address")
             values[PREFIX + suffix] = None
     values[PREFIX + "CLUSTERS"] = values[PREFIX + "CLUSTERS"] or ()
+    ws_url, rpc_url = values[PREFIX + "WS_URL"], values[PREFIX + "RPC_URL"]
+    if ws_url == "off":
+        values[PREFIX + "WS_URL"] = None
+    elif not ws_url:
+        values[PREFIX + "WS_URL"] = ws_url_for(rpc_url) if rpc_url else None
     values[PREFIX + "PUBLIC_URL"] = public_url = values[PREFIX + "PUBLIC_URL"] or ""
     if public_url and not public_url.startswith(("ws://", "wss://")):
         r.problem(f"{PREFIX}PUBLIC_URL must be a ws:// or wss:// URL")

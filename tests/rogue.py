@@ -16,8 +16,17 @@ from typing import Literal
 from aiohttp import web
 
 from indexer.follower import MEMBER_REGISTERED
+from sidecar.core.cursor import Cursor
 from sidecar.core.ids import Address, Bytes32, SecretBytes
-from sidecar.core.indexerwire import Event, Hello, Message, PushSigner, decode, encode, sign_welcome
+from sidecar.core.indexerwire import (
+    PROTOCOL_VERSION,
+    Hello,
+    Message,
+    PushSigner,
+    decode,
+    encode,
+    sign_welcome,
+)
 from sidecar.core.keys import ed25519_public_key
 from sidecar.core.model import ChainLog
 
@@ -40,7 +49,6 @@ class RogueIndexer:
         self.runner: web.AppRunner | None = None
         self.port = 0
         self.cluster: Address | None = None
-        self.saved: list[Event] = []
         self.sockets: set[web.WebSocketResponse] = set()
 
     @property
@@ -91,7 +99,7 @@ class RogueIndexer:
             session=session,
             indexer=hello.indexer,
             head=hello.cursor.block,
-            protocol=1,
+            protocol=PROTOCOL_VERSION,
             start=hello.cursor,
             indexer_key=SecretBytes(os.urandom(32)) if mode == "forged" else self.seed,
         )
@@ -103,7 +111,7 @@ class RogueIndexer:
 
     def signer(self, hello: Hello, session: bytes, *, cluster: Address | None = None) -> PushSigner:
         assert hello.cursor is not None
-        return PushSigner(cluster or hello.cluster, session, hello.cursor, self.seed)
+        return PushSigner(cluster or hello.cluster, hello.cursor, self.seed)
 
 
 def fake_log(hello: Hello, *, cluster: Address | None = None, topics: tuple[Bytes32, ...] = ()) -> ChainLog:
@@ -135,9 +143,18 @@ def other_cluster(rogue: RogueIndexer, hello: Hello, session: bytes) -> list[Mes
 
 
 def replayed(rogue: RogueIndexer, hello: Hello, session: bytes) -> list[Message]:
-    if not rogue.saved:  # an event signed for an earlier session, sent again in a new one
-        rogue.saved.append(rogue.signer(hello, os.urandom(16)).event(fake_log(hello)))
-    return [rogue.saved[0]]
+    """A correctly signed event the client has already handled (at or before its cursor), sent again: v2
+    signs per cluster, so a replay is caught by its position, not by a session id."""
+    cursor = hello.cursor
+    assert cursor is not None
+    block = cursor.block if cursor.log_index >= 0 else max(0, cursor.block - 1)
+    old = dataclasses.replace(
+        fake_log(hello),
+        block_number=block,
+        log_index=0,
+        block_hash=cursor.block_hash if not cursor.block_hash.is_zero else Bytes32(os.urandom(32)),
+    )
+    return [PushSigner(hello.cluster, Cursor.start(block), rogue.seed).event(old)]
 
 
 def fake_member(member_id: Bytes32, block: int, block_hash: Bytes32) -> Script:

@@ -45,7 +45,6 @@ from sidecar.chain.failures import gwei
 from sidecar.chain.rpc import ChainConnection, connect
 from sidecar.chain.tx import FeeCap, TxSubmitter
 from sidecar.core.ids import Address, Bytes32, MemberId
-from sidecar.core.model import MeshCidr
 from sidecar.core.quorum import (
     ProviderAnswer,
     ProviderFailure,

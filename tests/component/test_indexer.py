@@ -59,6 +59,7 @@ class Subscriber:
         self.verifier: PushVerifier | None = None
         self.cursor: Cursor | None = None
         self.events: list[Event] = []
+        self.texts: list[str] = []  # every event frame as received (protocol v2: the same for everyone)
         self.sent = ""  # the hello frame last sent
 
     async def open(
@@ -98,7 +99,10 @@ class Subscriber:
         assert self.ws is not None
         msg = await self.ws.receive(timeout=timeout)
         if msg.type == aiohttp.WSMsgType.TEXT:
-            return decode(msg.data)
+            message = decode(msg.data)
+            if isinstance(message, Event):
+                self.texts.append(msg.data)
+            return message
         return None  # the socket closed
 
     async def take(self, *, ack: bool = True) -> Message | None:
@@ -225,8 +229,31 @@ async def test_replay_then_live_acks_and_checkpoints(
     assert isinstance(await again.open(sub.cursor), Welcome)
     await chain.mine(1)
     message = await again.take()
-    assert isinstance(message, Checkpoint) and message.prev == sub.cursor
+    # v2: the checkpoint's prev is the cluster's last log (the second registration), not our position
+    assert isinstance(message, Checkpoint) and message.block > sub.cursor.block
+    assert message.prev == sub.events[-1].cursor
     await again.close()
+
+
+async def test_every_subscriber_gets_the_same_event_bytes_signed_once(
+    http: aiohttp.ClientSession, make_indexer: Factory, chain: Chain, indexer_pub: Bytes32
+) -> None:
+    first, second = await chain.member(), await chain.member()
+    service = await make_indexer()
+    await wait_healthy(http, service)
+    subs = [Subscriber(http, service, m, indexer_pub) for m in (first, second)]
+    for sub in subs:
+        assert isinstance(await sub.open(None), Welcome)
+        assert isinstance(await sub.until(registers(second)), Event)
+    frames = service.hub.frames()
+    assert frames is not None
+    third = await chain.member()
+    for sub in subs:
+        assert isinstance(await sub.until(registers(third)), Event)
+    ours = [sub.texts[sub.texts.index(subs[1].texts[0]) :] for sub in subs]  # from the second's start on
+    assert ours[0] == ours[1] and len(ours[0]) >= 2  # byte-identical frames, verified by both
+    registered = [t for t in ours[0] if str(third.member_id).lower()[2:] in t]
+    assert len(registered) == 1 and len(frames) >= len(set(ours[0]))
 
 
 async def test_csk_epoch_events_reach_the_members(
@@ -402,7 +429,13 @@ async def test_malformed_frames_are_closed_and_others_keep_receiving(
     assert isinstance(await good.open(None), Welcome)
     await good.until(registers(member))
     url = f"http://127.0.0.1:{service.port}/v1/subscribe"
-    for frame in ("not json", '{"v":1,"type":"hello"}', "x" * 100_000, b"\x00binary"):
+    for frame in (
+        "not json",
+        '{"v":2,"type":"hello"}',
+        '{"v":1,"type":"hello"}',
+        "x" * 100_000,
+        b"\x00binary",
+    ):
         async with http.ws_connect(url) as ws:
             if isinstance(frame, bytes):
                 await ws.send_bytes(frame)
@@ -416,7 +449,7 @@ async def test_malformed_frames_are_closed_and_others_keep_receiving(
     bad = Subscriber(http, service, member, indexer_pub)
     assert isinstance(await bad.open(None), Welcome)
     assert bad.ws is not None
-    await bad.ws.send_str('{"v":1,"type":"ack","seq":"1"}')
+    await bad.ws.send_str('{"v":2,"type":"ack","seq":"1"}')
     assert await bad.close_reason() == "malformed"
     newcomer = await chain.member()
     assert isinstance(await good.until(registers(newcomer)), Event)

@@ -659,9 +659,10 @@ async def barrage(indexer: Indexer, me: Subscriber) -> dict[str, Closed]:
         "not JSON": "not json",
         "a binary frame": b"\x00binary",
         "an oversized frame": json.dumps({"v": 1, "type": "hello", "pad": "x" * MAX_FRAME_BYTES}),
-        "a hello without its fields": '{"v":1,"type":"hello"}',
+        "a hello without its fields": '{"v":2,"type":"hello"}',
         "a hello with an extra field": with_fields(me.hello(pub), extra=1),
-        "a hello of protocol version 2": with_fields(me.hello(pub), v=2),
+        "a hello of protocol version 1": with_fields(me.hello(pub), v=1),  # a sidecar of an older release
+        "a hello of protocol version 3": with_fields(me.hello(pub), v=3),
         "a hello with a bad signature": encode(me.hello(pub, identity_key=stranger)),
         "a hello of a non-member": encode(
             me.hello(pub, member_id=MemberId(os.urandom(32)), identity_key=stranger)
@@ -762,7 +763,8 @@ def test_malformed_frames_and_hellos_are_closed_with_a_reason_and_others_keep_be
         "an oversized frame": ("malformed", "size limit"),
         "a hello without its fields": ("malformed", ""),
         "a hello with an extra field": ("malformed", ""),
-        "a hello of protocol version 2": ("malformed", "unsupported protocol version"),
+        "a hello of protocol version 1": ("malformed", "unsupported protocol version"),
+        "a hello of protocol version 3": ("malformed", "unsupported protocol version"),
         "a hello with a bad signature": ("unauthorized", "bad_signature"),
         "a hello of a non-member": ("unauthorized", "not a member"),
         "a stale hello": ("unauthorized", "stale"),
@@ -787,7 +789,7 @@ def test_malformed_frames_and_hellos_are_closed_with_a_reason_and_others_keep_be
     def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
         return {k: after[k] - before.get(k, 0.0) for k in after if after[k] != before.get(k, 0.0)}
 
-    closes = {"malformed": 8.0, "unauthorized": 4.0, "unavailable": 1.0, "protocol": 2.0}
+    closes = {"malformed": 9.0, "unauthorized": 4.0, "unavailable": 1.0, "protocol": 2.0}
     wait_until(
         lambda: delta(closed_before, indexer.counters("attestmesh_indexer_sessions_closed_total")) == closes,
         DEADLINE,

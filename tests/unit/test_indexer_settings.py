@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from indexer.chainindex import HASH_WINDOW, ChainIndex
+from indexer.heads import head_number
 from indexer.settings import PREFIX, SettingsError, load_settings, parse_address_list
 from sidecar.core.cursor import Cursor
 from sidecar.core.ids import Address, Bytes32, MemberId
@@ -130,3 +131,40 @@ def test_hash_window_is_bounded_and_head_lag() -> None:
     assert len(index.hashes) == HASH_WINDOW
     assert index.head_lag(None, 0) is None
     assert index.head_lag(index.through + 5, 2) == 3 and index.head_lag(index.through, 2) == 0
+
+
+def test_the_heads_subscription_url_is_derived_from_the_rpc_url_unless_set_or_off() -> None:
+    assert load_settings(env()).ws_url == "ws://127.0.0.1:8545"
+    keyed = load_settings(env(RPC_URL="https://node.example/v2/secretkey"))
+    assert keyed.ws_url == "wss://node.example/v2/secretkey" and "secretkey" not in repr(keyed)
+    assert load_settings(env(WS_URL="ws://10.0.0.1:8546/")).ws_url == "ws://10.0.0.1:8546/"
+    assert load_settings(env(WS_URL="off")).ws_url is None
+    for bad in ("http://127.0.0.1:8545", "ws://", "OFF", "wss:///path"):
+        with pytest.raises(SettingsError, match=PREFIX + "WS_URL"):
+            load_settings(env(WS_URL=bad))
+
+
+@pytest.mark.parametrize(
+    "notice",
+    [
+        None,
+        "0x10",
+        [],
+        {"method": "eth_subscription"},
+        {"method": "eth_subscription", "params": []},
+        {"method": "eth_subscription", "params": {"result": None}},
+        {"method": "eth_subscription", "params": {"result": {"number": 16}}},
+        {"method": "eth_subscription", "params": {"result": {"number": "16"}}},
+        {"method": "eth_subscription", "params": {"result": {"number": "0x"}}},
+        {"method": "eth_subscription", "params": {"result": {"number": "0xgg"}}},
+        {"method": "other", "params": {"result": {"number": "0x10"}}},
+        {"jsonrpc": "2.0", "id": 1, "result": "0x1"},
+    ],
+)
+def test_anything_but_a_head_notice_is_ignored(notice: object) -> None:
+    assert head_number(notice) is None
+
+
+def test_a_head_notice_gives_its_block_number() -> None:
+    notice = {"method": "eth_subscription", "params": {"subscription": "0x1", "result": {"number": "0x1f"}}}
+    assert head_number(notice) == 31

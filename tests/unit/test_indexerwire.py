@@ -106,7 +106,7 @@ def welcome(
 ) -> Welcome:
     """A welcome answering the hello with ``nonce``, signed with ``key``."""
     return sign_welcome(
-        nonce=nonce, session=session, indexer=indexer, head=1_000, protocol=1, start=start, indexer_key=key
+        nonce=nonce, session=session, indexer=indexer, head=1_000, protocol=2, start=start, indexer_key=key
     )
 
 
@@ -115,7 +115,7 @@ HELLO_CURSOR = Cursor(123, 4, block_hash(123))
 
 
 def started(start: Cursor = START) -> tuple[PushSigner, PushVerifier]:
-    signer = PushSigner(CLUSTER, SESSION, start, INDEXER_SEED)
+    signer = PushSigner(CLUSTER, start, INDEXER_SEED)
     verifier = PushVerifier(CLUSTER, INDEXER_PUB, start, NONCE)
     assert verifier.welcome(welcome(start)) is None
     return signer, verifier
@@ -158,9 +158,31 @@ messages: st.SearchStrategy[Message] = st.one_of(
         st.binary(min_size=16, max_size=16),
         signatures,
     ),
-    st.builds(Welcome, sessions, b32, wire_ints, st.just(1), cursors, signatures),
-    st.builds(Event, addresses, sessions, seqs, cursors, logs, signatures),
-    st.builds(Checkpoint, addresses, sessions, seqs, cursors, wire_ints, nonzero_b32, signatures),
+    st.builds(Welcome, sessions, b32, wire_ints, st.just(2), cursors, signatures),
+    logs.flatmap(
+        lambda log: st.builds(
+            Event,
+            addresses,
+            st.builds(
+                Cursor,
+                st.integers(0, log.block_number),
+                st.integers(BEFORE_BLOCK, WHOLE_BLOCK),
+                b32,
+            ).filter(lambda c: (c.block, c.log_index) < (log.block_number, log.log_index)),
+            st.just(log),
+            signatures,
+        )
+    ),
+    wire_ints.flatmap(
+        lambda block: st.builds(
+            Checkpoint,
+            addresses,
+            st.builds(Cursor, st.integers(0, block), st.integers(BEFORE_BLOCK, WHOLE_BLOCK), b32),
+            st.just(block),
+            nonzero_b32,
+            signatures,
+        )
+    ),
     st.builds(Ack, seqs, cursors),
     st.builds(
         Close,
@@ -185,7 +207,7 @@ def test_every_message_round_trips(msg: Message) -> None:
     assert decode(text.encode()) == msg
     assert encode(decode(text)) == text
     obj = json.loads(text)
-    assert obj["v"] == 1
+    assert obj["v"] == 2
     assert isinstance(obj["type"], str)
 
 
@@ -241,6 +263,24 @@ def _event_obj() -> dict[str, Any]:
     return result
 
 
+def _checkpoint_mutated(path: tuple[Any, ...], value: Any) -> str:
+    signer, _ = started()
+    signer.event(chain_log(100, 0))
+    checkpoint = signer.checkpoint(110, block_hash(110))
+    assert checkpoint is not None
+    obj = json.loads(encode(checkpoint))
+    decode(json.dumps(obj))  # the unmutated frame is valid
+    return _set(obj, path, value)
+
+
+def _set(obj: dict[str, Any], path: tuple[Any, ...], value: Any) -> str:
+    parent = obj
+    for step in path[:-1]:
+        parent = parent[step]
+    parent[path[-1]] = value
+    return json.dumps(obj)
+
+
 def _mutate(path: tuple[Any, ...], value: Any) -> str:
     obj = _event_obj()
     parent = obj
@@ -255,21 +295,28 @@ def _mutate(path: tuple[Any, ...], value: Any) -> str:
     [
         pytest.param("", id="empty"),
         pytest.param("[]", id="not-an-object"),
-        pytest.param('{"v":1}', id="no-type"),
+        pytest.param('{"v":2}', id="no-type"),
         pytest.param('{"type":"ack"}', id="no-version"),
-        pytest.param(_mutate(("v",), 2), id="version-2"),
+        pytest.param(_mutate(("v",), 1), id="version-1"),
+        pytest.param(_mutate(("v",), 3), id="version-3"),
         pytest.param(_mutate(("v",), True), id="version-true"),
         pytest.param(_mutate(("v",), 1.0), id="version-float"),
         pytest.param(_mutate(("type",), "push"), id="unknown-type"),
         pytest.param(_mutate(("cluster",), "0x" + "C1" * 20), id="uppercase-hex"),
         pytest.param(_mutate(("cluster",), "c1" * 20), id="no-0x"),
         pytest.param(_mutate(("cluster",), "0x" + "c1" * 19), id="short-address"),
-        pytest.param(_mutate(("session",), "0x" + "00" * 17), id="long-session"),
         pytest.param(_mutate(("signature",), "0x" + "zz" * 64), id="not-hex"),
-        pytest.param(_mutate(("seq",), 0), id="seq-zero"),
-        pytest.param(_mutate(("seq",), "1"), id="seq-string"),
-        pytest.param(_mutate(("seq",), 2**63), id="seq-too-big"),
-        pytest.param(_mutate(("seq",), True), id="seq-bool"),
+        pytest.param(_mutate(("session",), "0x" + "00" * 16), id="v1-session-field"),
+        pytest.param(_mutate(("seq",), 1), id="v1-seq-field"),
+        pytest.param(
+            _mutate(("prev",), {"block": 105, "log_index": 3, "block_hash": "0x" + "11" * 32}),
+            id="prev-at-the-log",
+        ),
+        pytest.param(_mutate(("prev", "block"), 106), id="prev-after-the-log"),
+        pytest.param(_checkpoint_mutated(("prev", "block"), 111), id="checkpoint-prev-after-through"),
+        pytest.param(_checkpoint_mutated(("through", "block"), 99), id="checkpoint-through-before-prev"),
+        pytest.param(_checkpoint_mutated(("seq",), 1), id="checkpoint-v1-seq-field"),
+        pytest.param(_mutate(("type",), "checkpoint"), id="event-fields-as-checkpoint"),
         pytest.param(_mutate(("prev", "log_index"), -2), id="cursor-below-sentinel"),
         pytest.param(_mutate(("prev", "block"), -1), id="cursor-negative-block"),
         pytest.param(_mutate(("prev", "extra"), 1), id="cursor-extra-field"),
@@ -282,11 +329,11 @@ def _mutate(path: tuple[Any, ...], value: Any) -> str:
         pytest.param(_mutate(("extra",), None), id="extra-field"),
         pytest.param(_mutate(("prev",), None), id="null-prev"),
         pytest.param(json.dumps({k: v for k, v in _event_obj().items() if k != "log"}), id="missing-field"),
-        pytest.param('{"v":1,"v":1,"type":"close","reason":"shutdown","detail":""}', id="duplicate-key"),
-        pytest.param('{"v":1,"type":"ack","seq":NaN,"cursor":null}', id="nan"),
-        pytest.param('{"v":1,"type":"close","reason":"bye","detail":""}', id="unknown-close-reason"),
+        pytest.param('{"v":2,"v":2,"type":"close","reason":"shutdown","detail":""}', id="duplicate-key"),
+        pytest.param('{"v":2,"type":"ack","seq":NaN,"cursor":null}', id="nan"),
+        pytest.param('{"v":2,"type":"close","reason":"bye","detail":""}', id="unknown-close-reason"),
         pytest.param(
-            json.dumps({"v": 1, "type": "close", "reason": "shutdown", "detail": "x" * 257}), id="detail"
+            json.dumps({"v": 2, "type": "close", "reason": "shutdown", "detail": "x" * 257}), id="detail"
         ),
         pytest.param("[" * 100_000, id="too-large"),
         pytest.param("[" * 20_000 + "]" * 20_000, id="deep-nesting"),
@@ -302,9 +349,9 @@ def test_malformed_frames_are_refused(text: str) -> None:
 
 def test_non_utf8_and_surrogates_are_refused() -> None:
     with pytest.raises(WireError):
-        decode(b'{"v":1,"type":"close","reason":"shutdown","detail":"\xff"}')
+        decode(b'{"v":2,"type":"close","reason":"shutdown","detail":"\xff"}')
     with pytest.raises(WireError):
-        decode('{"v":1,"type":"close","reason":"shutdown","detail":"\ud800"}')
+        decode('{"v":2,"type":"close","reason":"shutdown","detail":"\ud800"}')
 
 
 def test_checkpoint_with_zero_through_hash_is_refused() -> None:
@@ -319,13 +366,11 @@ def test_checkpoint_with_zero_through_hash_is_refused() -> None:
 
 def test_the_largest_event_fits_a_frame() -> None:
     log = replace(chain_log(105, 3), topics=(TOPIC0,) * MAX_TOPICS, data=b"\xff" * MAX_DATA_BYTES)
-    start = Cursor(MAX_INT, WHOLE_BLOCK - 1, block_hash(1))
+    start = Cursor(MAX_INT, WHOLE_BLOCK - 2, block_hash(1))
     event = sign_event(
         cluster=CLUSTER,
-        session=SESSION,
-        seq=MAX_INT,
         prev=start,
-        log=replace(log, block_number=MAX_INT),
+        log=replace(log, block_number=MAX_INT, log_index=WHOLE_BLOCK - 1),
         indexer_key=INDEXER_SEED,
     )
     text = encode(event)
@@ -341,9 +386,11 @@ def test_values_refuse_what_the_wire_cannot_carry() -> None:
     with pytest.raises(WireError):
         replace(_any_event(), log=replace(chain_log(105, 3), data=bytes(MAX_DATA_BYTES + 1)))
     with pytest.raises(WireError):
-        replace(_any_event(), session=b"short")
+        replace(_any_event(), prev=Cursor(105, 3, block_hash(105)))  # prev must lie before the log
     with pytest.raises(WireError):
-        Welcome(SESSION, INDEXER_PUB, 1, 2, Cursor.start(1), bytes(64))
+        Checkpoint(CLUSTER, Cursor(111, 0, block_hash(111)), 110, block_hash(110), bytes(64))
+    with pytest.raises(WireError):
+        Welcome(SESSION, INDEXER_PUB, 1, 1, Cursor.start(1), bytes(64))  # protocol 1 is not spoken
     with pytest.raises(WireError):
         Close("bye", "")  # type: ignore[arg-type]
 
@@ -397,49 +444,44 @@ def test_cursor_sentinels_are_signed_as_signed_64_bit_integers() -> None:
 def test_event_signed_bytes_layout() -> None:
     prev = Cursor(105, 2, block_hash(105))
     log = chain_log(105, 3)
-    event = sign_event(cluster=CLUSTER, session=SESSION, seq=9, prev=prev, log=log, indexer_key=INDEXER_SEED)
+    event = sign_event(cluster=CLUSTER, prev=prev, log=log, indexer_key=INDEXER_SEED)
     data = signed_bytes(event)
     assert data.startswith(DOMAIN_EVENT)
     body = data[len(DOMAIN_EVENT) :]
-    assert len(body) == 20 + 16 + 8 + 48 + 8 + 32 + 8 + 32 + 20 + 1 + 32 * 2 + 4 + 4
+    assert len(body) == 20 + 48 + 8 + 32 + 8 + 32 + 20 + 1 + 32 * 2 + 4 + 4
     assert body[0:20] == CLUSTER.raw
-    assert body[20:36] == SESSION
-    assert struct.unpack(">q", body[36:44]) == (9,)
-    assert struct.unpack(">qq", body[44:60]) == (105, 2)
-    assert body[60:92] == prev.block_hash.raw
-    assert struct.unpack(">q", body[92:100]) == (105,)
-    assert body[100:132] == log.block_hash.raw
-    assert struct.unpack(">q", body[132:140]) == (3,)
-    assert body[140:172] == log.tx_hash.raw
-    assert body[172:192] == log.address.raw
-    assert body[192] == 2
-    assert body[193:257] == log.topics[0].raw + log.topics[1].raw
-    assert struct.unpack(">I", body[257:261]) == (4,)
-    assert body[261:] == log.data
+    assert struct.unpack(">qq", body[20:36]) == (105, 2)
+    assert body[36:68] == prev.block_hash.raw
+    assert struct.unpack(">q", body[68:76]) == (105,)
+    assert body[76:108] == log.block_hash.raw
+    assert struct.unpack(">q", body[108:116]) == (3,)
+    assert body[116:148] == log.tx_hash.raw
+    assert body[148:168] == log.address.raw
+    assert body[168] == 2
+    assert body[169:233] == log.topics[0].raw + log.topics[1].raw
+    assert struct.unpack(">I", body[233:237]) == (4,)
+    assert body[237:] == log.data
 
 
 def test_checkpoint_signed_bytes_layout() -> None:
     prev = Cursor(105, 3, block_hash(105))
     cp = sign_checkpoint(
-        cluster=CLUSTER,
-        session=SESSION,
-        seq=10,
-        prev=prev,
-        block=110,
-        block_hash=block_hash(110),
-        indexer_key=INDEXER_SEED,
+        cluster=CLUSTER, prev=prev, block=110, block_hash=block_hash(110), indexer_key=INDEXER_SEED
     )
     data = signed_bytes(cp)
     assert data.startswith(DOMAIN_CHECKPOINT)
     body = data[len(DOMAIN_CHECKPOINT) :]
-    assert len(body) == 20 + 16 + 8 + 48 + 8 + 32 == 132
-    assert struct.unpack(">q", body[92:100]) == (110,)
-    assert body[100:132] == block_hash(110).raw
+    assert len(body) == 20 + 48 + 8 + 32 == 108
+    assert body[0:20] == CLUSTER.raw
+    assert struct.unpack(">qq", body[20:36]) == (105, 3)
+    assert struct.unpack(">q", body[68:76]) == (110,)
+    assert body[76:108] == block_hash(110).raw
 
 
 def test_domains_are_distinct_and_prefix_free() -> None:
-    domains = [DOMAIN_HELLO, DOMAIN_EVENT, DOMAIN_CHECKPOINT]
+    domains = [DOMAIN_HELLO, DOMAIN_EVENT, DOMAIN_CHECKPOINT, DOMAIN_WELCOME]
     for a in domains:
+        assert a.endswith(b"/v2\x00")  # a v1 signature never verifies as v2
         assert a.endswith(b"\x00")
         assert a.count(b"\x00") == 1
         for b in domains:
@@ -449,21 +491,13 @@ def test_domains_are_distinct_and_prefix_free() -> None:
 def test_every_signed_field_is_bound() -> None:
     event = _any_event()
     cp = sign_checkpoint(
-        cluster=CLUSTER,
-        session=SESSION,
-        seq=2,
-        prev=event.cursor,
-        block=110,
-        block_hash=block_hash(110),
-        indexer_key=INDEXER_SEED,
+        cluster=CLUSTER, prev=event.cursor, block=110, block_hash=block_hash(110), indexer_key=INDEXER_SEED
     )
     assert verify_signature(event, INDEXER_PUB)
     assert verify_signature(cp, INDEXER_PUB)
     other_cursor = Cursor(100, 0, block_hash(100))
     tampered: list[Event | Checkpoint] = [
         replace(event, cluster=OTHER_CLUSTER),
-        replace(event, session=OTHER_SESSION),
-        replace(event, seq=2),
         replace(event, prev=other_cursor),
         replace(event, log=replace(event.log, block_number=106)),
         replace(event, log=replace(event.log, block_hash=block_hash(999))),
@@ -473,8 +507,6 @@ def test_every_signed_field_is_bound() -> None:
         replace(event, log=replace(event.log, topics=event.log.topics[:1])),
         replace(event, log=replace(event.log, data=event.log.data + b"\x00")),
         replace(cp, cluster=OTHER_CLUSTER),
-        replace(cp, session=OTHER_SESSION),
-        replace(cp, seq=3),
         replace(cp, prev=other_cursor),
         replace(cp, block=111),
         replace(cp, block_hash=block_hash(111)),
@@ -584,7 +616,7 @@ def _reject(verifier: PushVerifier, msg: Message, reason: str) -> None:
 
 def test_rejects_bad_signature() -> None:
     _, verifier = started()
-    rogue = PushSigner(CLUSTER, SESSION, Cursor.start(100), OTHER_SEED)
+    rogue = PushSigner(CLUSTER, Cursor.start(100), OTHER_SEED)
     _reject(verifier, rogue.event(chain_log(105, 3)), "bad_signature")
 
 
@@ -596,7 +628,7 @@ def test_rejects_a_tampered_payload() -> None:
 
 def test_rejects_another_cluster() -> None:
     _, verifier = started()
-    other = PushSigner(OTHER_CLUSTER, SESSION, Cursor.start(100), INDEXER_SEED)
+    other = PushSigner(OTHER_CLUSTER, Cursor.start(100), INDEXER_SEED)
     _reject(verifier, other.event(chain_log(105, 3, address=OTHER_CLUSTER)), "wrong_cluster")
 
 
@@ -605,15 +637,23 @@ def test_rejects_a_log_emitted_by_another_contract() -> None:
     _reject(verifier, signer.event(chain_log(105, 3, address=OTHER_CLUSTER)), "wrong_cluster")
 
 
-def test_rejects_a_seq_gap() -> None:
+def test_rejects_an_event_after_a_skipped_log() -> None:
     signer, verifier = started()
     signer.event(chain_log(105, 3))  # lost in transit
     _reject(verifier, signer.event(chain_log(105, 4)), "gap")
 
 
+def test_rejects_a_checkpoint_after_a_skipped_log() -> None:
+    signer, verifier = started()
+    signer.event(chain_log(105, 3))  # lost in transit
+    cp = signer.checkpoint(110, block_hash(110))
+    assert cp is not None
+    _reject(verifier, cp, "gap")
+
+
 def test_rejects_a_prev_ahead_of_the_cursor() -> None:
     _, verifier = started()
-    skipping = PushSigner(CLUSTER, SESSION, Cursor(103, 0, block_hash(103)), INDEXER_SEED)
+    skipping = PushSigner(CLUSTER, Cursor(103, 0, block_hash(103)), INDEXER_SEED)
     _reject(verifier, skipping.event(chain_log(105, 3)), "gap")
 
 
@@ -624,31 +664,20 @@ def test_rejects_a_replayed_message() -> None:
     _reject(verifier, event, "replay")
 
 
-def test_rejects_a_message_of_another_session() -> None:
-    _, verifier = started()
-    old = PushSigner(CLUSTER, OTHER_SESSION, Cursor.start(100), INDEXER_SEED)
-    _reject(verifier, old.event(chain_log(105, 3)), "replay")
+def test_rejects_a_message_the_client_already_passed_even_from_a_new_session() -> None:
+    """v2 binds no session into an event: a replay is caught by its position."""
+    signer, _ = started()
+    old = signer.event(chain_log(105, 3))
+    verifier = PushVerifier(CLUSTER, INDEXER_PUB, Cursor.through(106, block_hash(106)), NONCE)
+    assert verifier.welcome(welcome(Cursor.through(106, block_hash(106)), session=OTHER_SESSION)) is None
+    _reject(verifier, old, "replay")
 
 
-def test_rejects_a_prev_behind_the_cursor() -> None:
+def test_rejects_a_chain_that_does_not_continue_from_the_log_we_reached() -> None:
     signer, verifier = started()
     accept(verifier, signer.event(chain_log(105, 3)))
-    behind = PushSigner(CLUSTER, SESSION, Cursor.start(100), INDEXER_SEED)
-    behind.seq = 1
-    _reject(verifier, behind.event(chain_log(105, 3)), "replay")
-
-
-def test_rejects_a_log_not_after_its_prev() -> None:
-    _, verifier = started(Cursor(105, 3, block_hash(105)))
-    event = sign_event(
-        cluster=CLUSTER,
-        session=SESSION,
-        seq=1,
-        prev=Cursor(105, 3, block_hash(105)),
-        log=chain_log(105, 3),
-        indexer_key=INDEXER_SEED,
-    )
-    _reject(verifier, event, "out_of_order")
+    forgetful = PushSigner(CLUSTER, Cursor.start(100), INDEXER_SEED)  # claims no log between 100 and 106
+    _reject(verifier, forgetful.event(chain_log(106, 0)), "out_of_order")
 
 
 def test_rejects_a_checkpoint_that_does_not_advance() -> None:
@@ -656,14 +685,12 @@ def test_rejects_a_checkpoint_that_does_not_advance() -> None:
     _, verifier = started(start)
     cp = sign_checkpoint(
         cluster=CLUSTER,
-        session=SESSION,
-        seq=1,
-        prev=start,
+        prev=Cursor.start(100),
         block=105,
         block_hash=block_hash(105),
         indexer_key=INDEXER_SEED,
     )
-    _reject(verifier, cp, "out_of_order")
+    _reject(verifier, cp, "replay")
 
 
 def test_rejects_another_hash_for_the_cursor_block() -> None:
@@ -675,7 +702,7 @@ def test_rejects_another_hash_for_the_cursor_block() -> None:
 def test_rejects_a_prev_at_our_position_on_another_fork() -> None:
     start = Cursor(105, 3, block_hash(105))
     _, verifier = started(start)
-    fork = PushSigner(CLUSTER, SESSION, Cursor(105, 3, block_hash(999)), INDEXER_SEED)
+    fork = PushSigner(CLUSTER, Cursor(105, 3, block_hash(999)), INDEXER_SEED)
     _reject(verifier, fork.event(chain_log(106, 0)), "reorg")
 
 
@@ -693,7 +720,7 @@ def test_a_start_cursor_without_hash_accepts_any_hash_of_its_block() -> None:
 
 
 def test_rejects_messages_before_the_welcome_and_out_of_place() -> None:
-    signer = PushSigner(CLUSTER, SESSION, Cursor.start(100), INDEXER_SEED)
+    signer = PushSigner(CLUSTER, Cursor.start(100), INDEXER_SEED)
     verifier = PushVerifier(CLUSTER, INDEXER_PUB, Cursor.start(100), NONCE)
     _reject(verifier, signer.event(chain_log(105, 3)), "malformed")
     _, verifier = started()
@@ -723,7 +750,7 @@ def test_welcome_must_come_from_the_registry_key_and_start_at_our_cursor() -> No
 def test_a_rejection_is_final() -> None:
     signer, verifier = started()
     good = signer.event(chain_log(105, 3))
-    rogue = PushSigner(CLUSTER, SESSION, Cursor.start(100), OTHER_SEED).event(chain_log(105, 3))
+    rogue = PushSigner(CLUSTER, Cursor.start(100), OTHER_SEED).event(chain_log(105, 3))
     _reject(verifier, rogue, "bad_signature")
     _reject(verifier, good, "bad_signature")
     assert verifier.welcome(welcome(Cursor.start(100))) == Rejection("bad_signature")
@@ -736,7 +763,7 @@ def test_signer_refuses_to_go_backwards() -> None:
     with pytest.raises(WireError):
         signer.event(chain_log(105, 3))
     assert signer.checkpoint(104, block_hash(104)) is None
-    assert signer.seq == 0
+    assert signer.cursor == Cursor(105, 3, block_hash(105))
 
 
 # --- continuity over random streams ----------------------------------------------------------------------
@@ -749,7 +776,7 @@ steps = st.lists(
 
 
 def _stream(start: Cursor, plan: list[tuple[str, int, int]]) -> tuple[PushSigner, list[Event | Checkpoint]]:
-    signer = PushSigner(CLUSTER, SESSION, start, INDEXER_SEED)
+    signer = PushSigner(CLUSTER, start, INDEXER_SEED)
     out: list[Event | Checkpoint] = []
     for kind, block_step, index_step in plan:
         here = signer.cursor
@@ -816,6 +843,11 @@ def test_a_dropped_duplicated_or_swapped_message_is_rejected(
             rejected = result
             break
         verifier.accept(result)
+    if damage == "drop" and isinstance(stream[i], Checkpoint):
+        # A lost checkpoint loses no log: the next message still proves the chain continues.
+        assert rejected is None
+        assert verifier.cursor == stream[-1].cursor
+        return
     assert rejected is not None
     assert rejected.reason in {"gap", "replay"}
 
@@ -823,18 +855,22 @@ def test_a_dropped_duplicated_or_swapped_message_is_rejected(
 def test_resuming_from_the_acked_cursor_continues_without_loss_or_repeat() -> None:
     signer, verifier = started(Cursor.start(100))
     accept(verifier, signer.event(chain_log(100, 0)))
-    accept(verifier, signer.event(chain_log(101, 2)))
+    handled = signer.event(chain_log(101, 2))
+    accept(verifier, handled)
     ack = verifier.ack()
     assert ack is not None
     persisted = Cursor.from_json(ack.cursor.to_json())  # the shared cursor file
     lost = signer.event(chain_log(102, 0))  # sent, never handled: the connection dropped
-    resumed_signer = PushSigner(CLUSTER, OTHER_SESSION, persisted, INDEXER_SEED)
+    resumed_signer = PushSigner(CLUSTER, persisted, INDEXER_SEED)
     resumed = PushVerifier(CLUSTER, INDEXER_PUB, persisted, NONCE)
     assert resumed.welcome(welcome(persisted, session=OTHER_SESSION)) is None
+    again = resumed_signer.event(chain_log(102, 0))
+    assert encode(again) == encode(lost)  # signed per cluster: the same frame for every session
+    _reject(PushVerifier(CLUSTER, INDEXER_PUB, persisted, NONCE), handled, "malformed")  # no welcome yet
     stale = PushVerifier(CLUSTER, INDEXER_PUB, persisted, NONCE)
     assert stale.welcome(welcome(persisted, session=OTHER_SESSION)) is None
-    _reject(stale, lost, "replay")  # the old session's message cannot be spliced into the new one
-    assert accept(resumed, resumed_signer.event(chain_log(102, 0))) == Cursor(102, 0, block_hash(102))
+    _reject(stale, handled, "replay")  # what was handled before the drop is not handled twice
+    assert accept(resumed, again) == Cursor(102, 0, block_hash(102))
 
 
 # --- secrets ---------------------------------------------------------------------------------------------
@@ -853,17 +889,10 @@ def test_reprs_and_errors_never_show_key_material() -> None:
     ]
     for bad_seed in (SecretBytes(INDEXER_SEED.reveal()[:31]), SecretBytes(INDEXER_SEED.reveal() + b"\x00")):
         with pytest.raises(WireError) as info:
-            sign_event(
-                cluster=CLUSTER,
-                session=SESSION,
-                seq=1,
-                prev=Cursor.start(1),
-                log=chain_log(1, 0),
-                indexer_key=bad_seed,
-            )
+            sign_event(cluster=CLUSTER, prev=Cursor.start(1), log=chain_log(1, 0), indexer_key=bad_seed)
         texts.append(str(info.value))
         with pytest.raises(WireError) as info:
-            PushSigner(CLUSTER, SESSION, Cursor.start(1), bad_seed).event(chain_log(1, 0))
+            PushSigner(CLUSTER, Cursor.start(1), bad_seed).event(chain_log(1, 0))
         texts.append(str(info.value))
     for text in texts:
         for seed in SEEDS:
@@ -877,21 +906,22 @@ def test_reprs_and_errors_never_show_key_material() -> None:
 
 def vector_messages() -> list[tuple[str, Hello | Welcome | Event | Checkpoint]]:
     """The messages of the test vectors: a hello with a cursor, one without, the welcome answering the first,
-    an event, a checkpoint."""
+    an event (the cluster's previous log at 4198/2, so the client at 4200 misses nothing) and a checkpoint
+    (its prev: that event's log)."""
     prev = Cursor.through(4_200, block_hash(4_200))
     log = chain_log(4_201, 7)
-    event = sign_event(cluster=CLUSTER, session=SESSION, seq=1, prev=prev, log=log, indexer_key=INDEXER_SEED)
+    event = sign_event(
+        cluster=CLUSTER, prev=Cursor(4_198, 2, block_hash(4_198)), log=log, indexer_key=INDEXER_SEED
+    )
     checkpoint = sign_checkpoint(
         cluster=CLUSTER,
-        session=SESSION,
-        seq=2,
         prev=event.cursor,
         block=4_210,
         block_hash=block_hash(4_210),
         indexer_key=INDEXER_SEED,
     )
     answer = sign_welcome(
-        nonce=NONCE, session=SESSION, indexer=INDEXER_PUB, head=4_230, protocol=1, start=prev,
+        nonce=NONCE, session=SESSION, indexer=INDEXER_PUB, head=4_230, protocol=2, start=prev,
         indexer_key=INDEXER_SEED,
     )  # fmt: skip
     return [
@@ -937,8 +967,6 @@ def _layout(msg: Hello | Welcome | Event | Checkpoint) -> list[tuple[str, int]]:
     head = [
         ("domain", len(DOMAIN_EVENT if isinstance(msg, Event) else DOMAIN_CHECKPOINT)),
         ("cluster", 20),
-        ("session", 16),
-        ("seq", 8),
         *[(f"prev {name}", size) for name, size in CURSOR_LAYOUT],
     ]
     if isinstance(msg, Checkpoint):

@@ -1,4 +1,4 @@
-"""The indexer⇄sidecar push protocol, version 1: one implementation, imported by the indexer and the sidecar.
+"""The indexer⇄sidecar push protocol, version 2: one implementation, imported by the indexer and the sidecar.
 
 Split the way h11 splits HTTP/1.1: ``messages`` (the six values and the limits), ``codec`` (their JSON text
 form, ``encode`` / ``decode``), ``signing`` (the signed bytes, the signing helpers and the indexer's
@@ -53,6 +53,7 @@ from sidecar.core.indexerwire.signing import (
     DOMAIN_EVENT,
     DOMAIN_HELLO,
     DOMAIN_WELCOME,
+    IndexerKey,
     PushSigner,
     sign_checkpoint,
     sign_event,
@@ -91,6 +92,7 @@ __all__ = [
     "Hello",
     "HelloNonces",
     "HelloRefusal",
+    "IndexerKey",
     "Message",
     "PushSigner",
     "PushVerifier",

@@ -1,6 +1,6 @@
 """The push protocol's JSON text form: ``encode`` a message into one frame, ``decode`` one frame strictly.
 
-Every message is one WebSocket text frame holding one JSON object with ``"v": 1`` and ``"type"``; every
+Every message is one WebSocket text frame holding one JSON object with ``"v": 2`` and ``"type"``; every
 binary value is lowercase 0x-prefixed hex; integers are JSON integers. Owns ``encode`` and ``decode`` and
 the strict parsing rules (exact key sets, no duplicate keys, no NaN, the frame limit).
 
@@ -88,8 +88,6 @@ def _to_json(msg: Message) -> dict[str, Any]:
         return {
             "type": "event",
             "cluster": _hex(msg.cluster.raw),
-            "session": _hex(msg.session),
-            "seq": msg.seq,
             "prev": _cursor_json(msg.prev),
             "log": _log_json(msg.log),
             "signature": _hex(msg.signature),
@@ -98,8 +96,6 @@ def _to_json(msg: Message) -> dict[str, Any]:
         return {
             "type": "checkpoint",
             "cluster": _hex(msg.cluster.raw),
-            "session": _hex(msg.session),
-            "seq": msg.seq,
             "prev": _cursor_json(msg.prev),
             "through": {"block": msg.block, "block_hash": _hex(msg.block_hash.raw)},
             "signature": _hex(msg.signature),
@@ -216,8 +212,6 @@ def _parse_welcome(obj: dict[str, Any]) -> Welcome:
 def _parse_event(obj: dict[str, Any]) -> Event:
     return Event(
         cluster=Address(_fixed(obj["cluster"], 20, "cluster")),
-        session=_fixed(obj["session"], SESSION_BYTES, "session"),
-        seq=_int(obj["seq"], 1, MAX_INT, "seq"),
         prev=_cursor(obj["prev"], "prev"),
         log=_log(obj["log"]),
         signature=_fixed(obj["signature"], SIGNATURE_BYTES, "signature"),
@@ -228,8 +222,6 @@ def _parse_checkpoint(obj: dict[str, Any]) -> Checkpoint:
     through = _object(obj["through"], _THROUGH_KEYS, "through")
     return Checkpoint(
         cluster=Address(_fixed(obj["cluster"], 20, "cluster")),
-        session=_fixed(obj["session"], SESSION_BYTES, "session"),
-        seq=_int(obj["seq"], 1, MAX_INT, "seq"),
         prev=_cursor(obj["prev"], "prev"),
         block=_int(through["block"], 0, MAX_INT, "through block"),
         block_hash=Bytes32(_fixed(through["block_hash"], 32, "through block_hash")),
@@ -263,18 +255,15 @@ _PARSERS: dict[str, tuple[frozenset[str], Any]] = {
         _ENVELOPE | {"session", "indexer", "head", "protocol", "start", "signature"},
         _parse_welcome,
     ),
-    "event": (_ENVELOPE | {"cluster", "session", "seq", "prev", "log", "signature"}, _parse_event),
-    "checkpoint": (
-        _ENVELOPE | {"cluster", "session", "seq", "prev", "through", "signature"},
-        _parse_checkpoint,
-    ),
+    "event": (_ENVELOPE | {"cluster", "prev", "log", "signature"}, _parse_event),
+    "checkpoint": (_ENVELOPE | {"cluster", "prev", "through", "signature"}, _parse_checkpoint),
     "ack": (_ENVELOPE | {"seq", "cursor"}, _parse_ack),
     "close": (_ENVELOPE | {"reason", "detail"}, _parse_close),
 }
 
 
 def decode(text: str | bytes) -> Message:
-    """Parse one frame; raise WireError unless it is exactly a v1 message (signatures are not checked)."""
+    """Parse one frame; raise WireError unless it is exactly a v2 message (signatures are not checked)."""
     if len(text) > MAX_FRAME_BYTES:
         raise WireError("frame exceeds the size limit")
     try:

@@ -17,7 +17,7 @@ from sidecar.core.cursor import WHOLE_BLOCK, Cursor
 from sidecar.core.ids import Address, Bytes32, MemberId
 from sidecar.core.model import ChainLog
 
-VERSION = 1
+VERSION = 2
 PROTOCOL_VERSION = VERSION
 
 MAX_FRAME_BYTES = 64 * 1024
@@ -129,21 +129,20 @@ def _check_log(log: object) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """Indexer → client: one confirmed log of the cluster, in sequence; signed by the indexer."""
+    """Indexer → client: one confirmed log of the cluster, chained to the cluster's previous log; signed once
+    by the indexer (nothing in it is per subscriber: every subscriber gets the same bytes)."""
 
     cluster: Address
-    session: bytes
-    seq: int
-    prev: Cursor  # the cursor the client must be at before this event
+    prev: Cursor  # the position of the cluster's previous log (or the indexer's floor for the cluster)
     log: ChainLog
     signature: bytes = field(repr=False)
 
     def __post_init__(self) -> None:
         _check_type(self.cluster, Address, "cluster")
-        check_bytes(self.session, SESSION_BYTES, "session")
-        _check_int(self.seq, 1, MAX_INT, "seq")
         check_cursor(self.prev, "prev")
         _check_log(self.log)
+        if (self.prev.block, self.prev.log_index) >= (self.log.block_number, self.log.log_index):
+            raise WireError("prev must lie before the log")
         _check_signature(self.signature)
 
     @property
@@ -154,25 +153,24 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
-    """Indexer → client: every log of the cluster up to and including ``block`` has been sent."""
+    """Indexer → client: every log of the cluster up to and including ``block`` has been sent; the last of
+    them is at ``prev``. Signed once per cluster and block."""
 
     cluster: Address
-    session: bytes
-    seq: int
-    prev: Cursor
+    prev: Cursor  # the position of the cluster's last log at or before ``block`` (or the indexer's floor)
     block: int
     block_hash: Bytes32
     signature: bytes = field(repr=False)
 
     def __post_init__(self) -> None:
         _check_type(self.cluster, Address, "cluster")
-        check_bytes(self.session, SESSION_BYTES, "session")
-        _check_int(self.seq, 1, MAX_INT, "seq")
         check_cursor(self.prev, "prev")
         _check_int(self.block, 0, MAX_INT, "through block")
         _check_type(self.block_hash, Bytes32, "through block_hash")
         if self.block_hash.is_zero:
             raise WireError("through block_hash must not be zero")
+        if self.prev.block > self.block:
+            raise WireError("prev must not lie after the through block")
         _check_signature(self.signature)
 
     @property
@@ -183,7 +181,8 @@ class Checkpoint:
 
 @dataclass(frozen=True, slots=True)
 class Ack:
-    """Client → indexer: it has handled and persisted everything through ``seq``; it stands at ``cursor``."""
+    """Client → indexer: it has handled and persisted the first ``seq`` pushed messages of this session (a
+    count kept by each side, never signed); it stands at ``cursor``."""
 
     seq: int
     cursor: Cursor

@@ -108,9 +108,14 @@ class Verified:
 class PushVerifier:
     """Client side of one session: checks the welcome and every event and checkpoint against its state.
 
-    ``nonce`` is the nonce of the hello this session sent: the welcome must be signed over it. The cursor
-    and seq change only through ``accept``; after any rejection every later check is rejected too (the
-    stream must be torn down and a new session started from the persisted cursor).
+    ``nonce`` is the nonce of the hello this session sent: the welcome must be signed over it. Events and
+    checkpoints are signed per cluster (v2), so this session's freshness comes from the position: each must
+    advance ``cursor`` (else ``replay``), and its ``prev`` (the cluster's log before it, as the indexer
+    signed it) must not lie after ``cursor`` (else a log was skipped: ``gap``) and, once this session has
+    seen a log or a checkpoint, must be exactly the ``tip`` it reached (else ``out_of_order``).
+    The cursor, tip and seq (the count of accepted messages, which the ack carries) change only through
+    ``accept``; after any rejection every later check is rejected too (the stream must be torn down and a
+    new session started from the persisted cursor).
     """
 
     cluster: Address
@@ -118,6 +123,7 @@ class PushVerifier:
     start: Cursor
     nonce: bytes
     cursor: Cursor = field(init=False)
+    tip: Cursor | None = field(default=None, init=False)
     seq: int = field(default=0, init=False)
     session: bytes | None = field(default=None, init=False)
     failed: Rejection | None = field(default=None, init=False)
@@ -144,7 +150,7 @@ class PushVerifier:
         if msg.indexer != self.indexer_pub:
             return self._reject("wrong_indexer")
         if msg.start != self.cursor:
-            return self._reject(self._position_mismatch(msg.start))
+            return self._reject(_mismatch(msg.start, self.cursor))
         self.session = msg.session
         return None
 
@@ -168,32 +174,42 @@ class PushVerifier:
             yield "bad_signature"
         if msg.cluster != self.cluster or (isinstance(msg, Event) and msg.log.address != self.cluster):
             yield "wrong_cluster"
-        if msg.session != self.session or msg.seq <= self.seq:
-            yield "replay"
-        if msg.seq > self.seq + 1:
-            yield "gap"
-        if msg.prev != self.cursor:
-            yield self._position_mismatch(msg.prev)
-        after = msg.cursor
-        if not is_after(after.block, after.log_index, self.cursor):
-            yield "out_of_order"
-        here = self.cursor
-        if after.block == here.block and not here.block_hash.is_zero and after.block_hash != here.block_hash:
-            yield "reorg"
-
-    def _position_mismatch(self, claimed: Cursor) -> RejectReason:
-        here = self.cursor
-        if (claimed.block, claimed.log_index) == (here.block, here.log_index):
-            return "reorg"  # same position, another block hash
-        return "gap" if is_after(claimed.block, claimed.log_index, here) else "replay"
+        here, after, prev = self.cursor, msg.cursor, msg.prev
+        if not is_after(after.block, after.log_index, here):
+            yield "replay"  # already handled: a duplicate, or an old message replayed
+        if _hash_differs(after, here) or _hash_differs(prev, here):
+            yield "reorg"  # another block at our position's height
+        if is_after(prev.block, prev.log_index, here):
+            yield "gap"  # the log at prev lies after our cursor and never reached us
+        if self.tip is not None and prev != self.tip:
+            yield "out_of_order"  # the cluster's chain does not continue from the log we reached
 
     def accept(self, verified: Verified) -> Cursor:
         """Advance past a verified message the client has handled and persisted; return the new cursor."""
         if self.failed is not None or verified is not self._pending:
             raise ValueError("accept() takes the latest result of check() on a healthy stream")
-        self.seq, self.cursor, self._pending = verified.message.seq, verified.cursor, None
+        msg = verified.message
+        self.tip = msg.cursor if isinstance(msg, Event) else msg.prev
+        self.seq, self.cursor, self._pending = self.seq + 1, verified.cursor, None
         return self.cursor
 
     def ack(self) -> Ack | None:
         """Return the ack for everything accepted so far (None before the first accepted message)."""
         return None if self.seq == 0 else Ack(self.seq, self.cursor)
+
+
+def _hash_differs(position: Cursor, here: Cursor) -> bool:
+    """Whether ``position`` names another hash for the block of our cursor (both hashes known)."""
+    return (
+        position.block == here.block
+        and not here.block_hash.is_zero
+        and not position.block_hash.is_zero
+        and position.block_hash != here.block_hash
+    )
+
+
+def _mismatch(claimed: Cursor, here: Cursor) -> RejectReason:
+    """Why a welcome's start is not our cursor."""
+    if (claimed.block, claimed.log_index) == (here.block, here.log_index):
+        return "reorg"  # same position, another block hash
+    return "gap" if is_after(claimed.block, claimed.log_index, here) else "replay"

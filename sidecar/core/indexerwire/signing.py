@@ -4,7 +4,11 @@ Owns the domain separators, ``signed_bytes`` (a fixed binary layout: domain sepa
 fixed order; integers 8-byte big-endian two's complement; the log's topics prefixed by a one-byte count, its
 data by a four-byte length — never the JSON text), ``welcome_bytes`` (a welcome's, bound to the nonce of the
 hello it answers), ``verify_signature`` and ``verify_welcome``, the signing helpers (``sign_hello``,
-``sign_welcome``, ``sign_event``, ``sign_checkpoint``) and the indexer's side of a session, ``PushSigner``.
+``sign_welcome``, ``sign_event``, ``sign_checkpoint``), ``IndexerKey`` (the indexer's seed turned into a
+signing key once, not per message) and ``PushSigner`` (a cluster's log chain signed in order: each event's
+``prev`` is the previous event's log). Version 2: an event or checkpoint covers only per-cluster fields
+(cluster, the cluster's previous log, the log or the through block), so the indexer signs it once and sends
+the same bytes to every subscriber; the per-session binding is the welcome's (signed over the hello's nonce).
 
 Must not: draw random numbers (nonces and session ids are passed in), read a clock, or let key material
 into a repr or an exception message (seeds travel as ``SecretBytes``).
@@ -21,7 +25,6 @@ from sidecar.core.cursor import WHOLE_BLOCK, Cursor, is_after
 from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
 from sidecar.core.indexerwire.messages import (
     NONCE_BYTES,
-    SESSION_BYTES,
     SIGNATURE_BYTES,
     Checkpoint,
     Event,
@@ -34,10 +37,10 @@ from sidecar.core.indexerwire.messages import (
 from sidecar.core.keys import ed25519_verifies
 from sidecar.core.model import ChainLog
 
-DOMAIN_HELLO = b"attestmesh/indexer-hello/v1\x00"
-DOMAIN_EVENT = b"attestmesh/indexer-event/v1\x00"
-DOMAIN_CHECKPOINT = b"attestmesh/indexer-checkpoint/v1\x00"
-DOMAIN_WELCOME = b"attestmesh/indexer-welcome/v1\x00"
+DOMAIN_HELLO = b"attestmesh/indexer-hello/v2\x00"
+DOMAIN_EVENT = b"attestmesh/indexer-event/v2\x00"
+DOMAIN_CHECKPOINT = b"attestmesh/indexer-checkpoint/v2\x00"
+DOMAIN_WELCOME = b"attestmesh/indexer-welcome/v2\x00"
 
 _I64 = struct.Struct(">q")
 _U32 = struct.Struct(">I")
@@ -82,7 +85,7 @@ def signed_bytes(msg: Hello | Event | Checkpoint) -> bytes:
     """Return the exact bytes a message's signature covers (its domain separator included)."""
     if isinstance(msg, Hello):
         return _hello_bytes(msg)
-    head = msg.cluster.raw + msg.session + _i64(msg.seq) + _cursor_bytes(msg.prev)
+    head = msg.cluster.raw + _cursor_bytes(msg.prev)
     if isinstance(msg, Event):
         return DOMAIN_EVENT + head + _log_bytes(msg.log)
     return DOMAIN_CHECKPOINT + head + _i64(msg.block) + msg.block_hash.raw
@@ -110,11 +113,31 @@ def verify_welcome(msg: Welcome, nonce: bytes, public_key: Bytes32) -> bool:
     )
 
 
+class IndexerKey:
+    """The indexer's Ed25519 signing key, built from its seed once (building it derives the public key: doing
+    that per message would double the cost of signing). Never shown in a repr."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, seed: SecretBytes) -> None:
+        self._key = _private(seed, "indexer key")
+
+    def __repr__(self) -> str:
+        return "IndexerKey(<secret>)"
+
+    def sign(self, data: bytes) -> bytes:
+        return self._key.sign(data)
+
+
 def _private(seed: SecretBytes, what: str) -> Ed25519PrivateKey:
     raw = seed.reveal()
     if len(raw) != 32:
         raise WireError(f"{what} must be a 32-byte Ed25519 seed")
     return Ed25519PrivateKey.from_private_bytes(raw)
+
+
+def _signer(key: SecretBytes | IndexerKey) -> IndexerKey:
+    return key if isinstance(key, IndexerKey) else IndexerKey(key)
 
 
 def verify_signature(msg: Hello | Event | Checkpoint, public_key: Bytes32) -> bool:
@@ -149,67 +172,66 @@ def sign_welcome(
     head: int,
     protocol: int,
     start: Cursor,
-    indexer_key: SecretBytes,
+    indexer_key: SecretBytes | IndexerKey,
 ) -> Welcome:
     """Build the welcome answering the hello with ``nonce``, signed with the indexer's Ed25519 seed."""
     unsigned = Welcome(session, indexer, head, protocol, start, _NO_SIGNATURE)
-    signature = _private(indexer_key, "indexer key").sign(welcome_bytes(unsigned, nonce))
+    signature = _signer(indexer_key).sign(welcome_bytes(unsigned, nonce))
     return Welcome(session, indexer, head, protocol, start, signature)
 
 
 def sign_event(
-    *, cluster: Address, session: bytes, seq: int, prev: Cursor, log: ChainLog, indexer_key: SecretBytes
+    *, cluster: Address, prev: Cursor, log: ChainLog, indexer_key: SecretBytes | IndexerKey
 ) -> Event:
-    """Build an event signed with the indexer's Ed25519 seed."""
-    unsigned = Event(cluster, session, seq, prev, log, _NO_SIGNATURE)
-    return Event(
-        cluster, session, seq, prev, log, _private(indexer_key, "indexer key").sign(signed_bytes(unsigned))
-    )
+    """Build an event (``prev``: the cluster's previous log, or the indexer's floor for the cluster) signed
+    with the indexer's key."""
+    unsigned = Event(cluster, prev, log, _NO_SIGNATURE)
+    return Event(cluster, prev, log, _signer(indexer_key).sign(signed_bytes(unsigned)))
 
 
 def sign_checkpoint(
     *,
     cluster: Address,
-    session: bytes,
-    seq: int,
     prev: Cursor,
     block: int,
     block_hash: Bytes32,
-    indexer_key: SecretBytes,
+    indexer_key: SecretBytes | IndexerKey,
 ) -> Checkpoint:
-    """Build a checkpoint ("every log through ``block`` sent") signed with the indexer's Ed25519 seed."""
-    unsigned = Checkpoint(cluster, session, seq, prev, block, block_hash, _NO_SIGNATURE)
-    signature = _private(indexer_key, "indexer key").sign(signed_bytes(unsigned))
-    return Checkpoint(cluster, session, seq, prev, block, block_hash, signature)
+    """Build a checkpoint ("every log through ``block`` sent; the last at ``prev``") signed with the indexer's
+    key."""
+    unsigned = Checkpoint(cluster, prev, block, block_hash, _NO_SIGNATURE)
+    return Checkpoint(cluster, prev, block, block_hash, _signer(indexer_key).sign(signed_bytes(unsigned)))
 
 
 @dataclass(slots=True)
 class PushSigner:
-    """Indexer side of one session: numbers and signs events and checkpoints from the welcome's start on."""
+    """One cluster's log chain, signed in order: each event's ``prev`` is the log of the previous event (at
+    first ``tip``); a checkpoint's ``prev`` is the last event's log. ``position`` is where a client that
+    received everything signed so far stands. The indexer signs from its index instead (one signature per
+    log, shared by every session); this is the same chain for one stream, used by tests and test peers."""
 
     cluster: Address
-    session: bytes
-    cursor: Cursor  # the position the client will be at after everything signed so far
-    indexer_key: SecretBytes = field(repr=False)
-    seq: int = 0
+    tip: Cursor  # the cluster's last log so far (or the floor): the next message's prev
+    indexer_key: SecretBytes | IndexerKey = field(repr=False)
+    position: Cursor | None = None  # defaults to ``tip``
 
     def __post_init__(self) -> None:
-        check_bytes(self.session, SESSION_BYTES, "session")
-        check_cursor(self.cursor, "start")
+        check_cursor(self.tip, "tip")
+        self.indexer_key = _signer(self.indexer_key)
+        if self.position is None:
+            self.position = self.tip
+
+    @property
+    def cursor(self) -> Cursor:
+        assert self.position is not None
+        return self.position
 
     def event(self, log: ChainLog) -> Event:
         """Sign the next event; the log must lie after the current position."""
         if not is_after(log.block_number, log.log_index, self.cursor):
-            raise WireError("event does not lie after the session's position")
-        msg = sign_event(
-            cluster=self.cluster,
-            session=self.session,
-            seq=self.seq + 1,
-            prev=self.cursor,
-            log=log,
-            indexer_key=self.indexer_key,
-        )
-        self.seq, self.cursor = msg.seq, msg.cursor
+            raise WireError("event does not lie after the stream's position")
+        msg = sign_event(cluster=self.cluster, prev=self.tip, log=log, indexer_key=self.indexer_key)
+        self.tip = self.position = msg.cursor
         return msg
 
     def checkpoint(self, block: int, block_hash: Bytes32) -> Checkpoint | None:
@@ -218,12 +240,10 @@ class PushSigner:
             return None
         msg = sign_checkpoint(
             cluster=self.cluster,
-            session=self.session,
-            seq=self.seq + 1,
-            prev=self.cursor,
+            prev=self.tip,
             block=block,
             block_hash=block_hash,
             indexer_key=self.indexer_key,
         )
-        self.seq, self.cursor = msg.seq, msg.cursor
+        self.position = msg.cursor
         return msg
