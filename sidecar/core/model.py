@@ -15,8 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
-from eth_utils.crypto import keccak
-
+from sidecar.core.hashing import keccak256
 from sidecar.core.ids import Address, Bytes32, MemberId
 
 MESH_PREFIX_MIN = 8
@@ -25,7 +24,7 @@ MESH_PREFIX_MAX = 30
 
 def member_id_for(cluster: Address, app_id: Address) -> MemberId:
     """Compute ``keccak256(abi.encode(cluster, appId))``, the member id the cluster contract assigns."""
-    return MemberId(keccak(bytes(12) + cluster.raw + bytes(12) + app_id.raw))
+    return MemberId(keccak256(bytes(12) + cluster.raw + bytes(12) + app_id.raw))
 
 
 @dataclass(frozen=True, slots=True)
