@@ -1,33 +1,36 @@
 """The plumbing every contract binding shares: calls, writes through the submitter, event decoding.
 
-Owns ``ContractClient`` (the web3 contract object of one artifact at one address: ``_call`` through
-``translated()``, ``_send`` through the injected ``TxSubmitter``, calldata encoding, event decoding),
+Owns ``ContractClient`` (one artifact's ABI at one address: ``_call`` encodes with ``eth_abi``, sends
+``eth_call`` through the connection and decodes the result, all inside ``translated()``; ``_send`` goes
+through the injected ``TxSubmitter``; calldata encoding; event decoding),
 ``Ownable2StepClient`` (OpenZeppelin's two-step ownership, which several of our contracts inherit),
 ``BlockRef`` and the small converters from ABI values to our value objects. ``sidecar.chain.contracts``
 builds one client per contract on top of it.
 
-Must not: sign, choose nonces or fees (``tx``), retry, cache chain state, or let a web3 type (``HexBytes``,
-``AttributeDict``, checksum strings) out.
+Must not: sign, choose nonces or fees (``tx``), retry, cache chain state, or let a raw ABI value (address
+strings, bare bytes for ids) out of the contract clients: the converters here turn them into our types.
+It imports neither web3 nor the signer: a read-only client (the sidecar's steady state) never loads them.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from ipaddress import IPv4Address
-from typing import Any, ClassVar, Self, cast
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-from eth_typing import HexStr
-from eth_utils.abi import get_abi_output_types
-
-from sidecar.chain.artifacts import load_artifact
+from sidecar.chain.abi import FunctionSpec, contract_abi
+from sidecar.chain.artifacts import artifacts_dir, load_artifact
 from sidecar.chain.codec import ContractEvent, EventCodec
 from sidecar.chain.errors import NoSubmitter, translated
-from sidecar.chain.rpc import ChainConnection, checksum
-from sidecar.chain.tx import TxSubmitter
+from sidecar.chain.rpc import ChainConnection, tx_params
 from sidecar.core.ids import Address, Bytes32, MemberId
 from sidecar.core.model import ChainLog, TxReceipt
 
-#: A block to read at: a number, or None for the latest block.
+if TYPE_CHECKING:
+    from sidecar.chain.tx import TxSubmitter  # eth_account loads only where a submitter is built
+
 #: A block to read at: a number, a block hash (EIP-1898, the block must be canonical), or None for latest.
 BlockRef = int | Bytes32 | None
 
@@ -55,7 +58,7 @@ def mesh_ip(value: Any) -> IPv4Address | None:
 
 
 class ContractClient:
-    """Shared plumbing: the web3 contract object, calls, writes through the submitter, event decoding."""
+    """Shared plumbing: the contract's ABI, calls, writes through the submitter, event decoding."""
 
     CONTRACT: ClassVar[str]
 
@@ -63,9 +66,8 @@ class ContractClient:
         self._conn = conn
         self.address = address
         self._submitter = submitter
-        artifact = load_artifact(self.CONTRACT)
-        self._contract = conn.w3.eth.contract(address=checksum(address), abi=artifact.abi_list())
-        self._events = EventCodec(artifact.abi)
+        self._abi = contract_abi(self.CONTRACT)
+        self._events = _event_codec(artifacts_dir(), self.CONTRACT)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.address})"
@@ -84,30 +86,22 @@ class ContractClient:
 
     async def _call(self, function: str, *args: Any, block: BlockRef = None) -> Any:
         with translated():
-            bound = getattr(self._contract.functions, function)(*args)
+            spec = self._abi.function(function)
+            calldata = spec.encode(args)
             if isinstance(block, Bytes32):
-                return await self._call_at_hash(bound.abi, self.encode_call(function, *args), block)
-            return await bound.call(block_identifier="latest" if block is None else block)
+                return await self._call_at_hash(spec, calldata, block)
+            return spec.decode(await self._conn.call(tx_params(to=self.address, data=calldata), block))
 
-    async def _call_at_hash(self, abi: Any, calldata: bytes, block_hash: Bytes32) -> Any:
+    async def _call_at_hash(self, abi: FunctionSpec, calldata: bytes, block_hash: Bytes32) -> Any:
         """``eth_call`` pinned by block hash (EIP-1898, ``requireCanonical``): the node answers for exactly
-        that block or errs, so reads of one snapshot cannot straddle a reorg. web3's ``ContractFunction.call``
-        turns a hash into a block number first (losing the pin), so the call is encoded and decoded here;
-        results have web3's shapes (one output unwrapped, addresses as hex strings)."""
-        pinned = {"blockHash": str(block_hash), "requireCanonical": True}
-        raw = await self._conn.w3.eth.call(
-            {"to": checksum(self.address), "data": HexStr("0x" + calldata.hex())},
-            block_identifier=cast(Any, pinned),
-        )
-        types = get_abi_output_types(abi)
-        values = self._conn.w3.codec.decode(types, bytes(raw))
-        return values[0] if len(values) == 1 else list(values)
+        that block or errs, so reads of one snapshot cannot straddle a reorg."""
+        with translated():
+            return abi.decode(await self._conn.call(tx_params(to=self.address, data=calldata), block_hash))
 
     def encode_call(self, function: str, *args: Any) -> bytes:
-        """Return the calldata of ``function(*args)`` (web3-encodable arguments), e.g. to send it raw."""
+        """Return the calldata of ``function(*args)`` (``eth_abi``-encodable arguments), e.g. to send raw."""
         with translated():
-            encoded = self._contract.encode_abi(function, args=list(args))
-        return bytes.fromhex(encoded.removeprefix("0x"))
+            return self._abi.function(function).encode(args)
 
     async def _send(self, function: str, *args: Any) -> TxReceipt:
         if self._submitter is None:
@@ -121,6 +115,11 @@ class ContractClient:
     def event_topic(self, name: str) -> Bytes32:
         """Return topic0 of this contract's event ``name``."""
         return self._events.topic_of(name)
+
+
+@functools.lru_cache(maxsize=16)
+def _event_codec(directory: Path, name: str) -> EventCodec:  # one per artifact, not one per client
+    return EventCodec(load_artifact(name).abi)
 
 
 class Ownable2StepClient(ContractClient):
