@@ -38,6 +38,15 @@ last accepted seq from that sender (``replayed``). The gate's state changes only
 
 Sequence numbers must keep increasing across a sender restart, so senders use ``next_seq``: the previous
 seq + 1, but never less than the current wall-clock milliseconds.
+
+Answering a sender that does not see us (``should_answer``): a receiver that accepts a heartbeat whose live
+list is complete (fewer than ``MAX_LIVE_IDS`` ids, so not a page) and lacks the receiver sends its own
+heartbeat to that sender at once instead of at its next tick, at most once per interval per sender. A
+restarted node's first heartbeats list only itself, so every peer answers within a round trip and the node
+learns it has live peers without waiting up to a whole interval. Only accepted heartbeats are answered
+(signed by a member, from its mesh IP, fresh, not replayed): nobody else can make a node send, and a peer
+that keeps not hearing us at most doubles our heartbeats to it. The list stays advisory: it only decides
+when to send, never who is live.
 """
 
 from __future__ import annotations
@@ -105,6 +114,16 @@ ACCEPTED = Verdict(True)
 def next_seq(previous: int, now_ms: int) -> int:
     """Return the next sequence number: above ``previous`` and never below the wall clock (restart-safe)."""
     return max(previous + 1, now_ms)
+
+
+def should_answer(
+    heartbeat: Heartbeat, me: MemberId, last_answered: float | None, now: float, interval: float
+) -> bool:
+    """Whether to answer an accepted ``heartbeat`` at once: its complete live list lacks ``me`` and the
+    sender was not answered within the last ``interval`` seconds (``last_answered``: None when never)."""
+    if heartbeat.sender == me or len(heartbeat.live) >= MAX_LIVE_IDS or me in heartbeat.live:
+        return False
+    return last_answered is None or now - last_answered >= interval
 
 
 def live_page(
