@@ -6,7 +6,9 @@ sealed env and compose file would give it), the process journal that records eac
 and power-off; in gateway mode also the CVM's registration with the gateway as a CVM's boot makes it (its
 route with an unknown port policy once it is allowed to boot, the ports its compose publishes once its
 workload starts, no route while it is off). Must not decide which node boots or when (``devnet.nodes`` does),
-nor touch the network or any process it did not start.
+nor touch the network or any process it did not start. The gate, the simulator's config, the guest-agent
+client and the chain client are imported where a boot uses them: `devnet node restart` (a workload restart,
+``NodePower.restart_workload``) loads none of them, so it costs little more than the process swap.
 """
 
 from __future__ import annotations
@@ -22,18 +24,13 @@ import structlog
 from devnet import procs
 from devnet.anvil import DEVNET_DEPLOYER_KEY
 from devnet.compose import NodeAnchors
-from devnet.kmsgate import boot_info_for, evaluate
 from devnet.labdir import DevnetError, LabDir, run_async
 from devnet.labgateway import announce_route, withdraw_route
 from devnet.netns import kill_namespace_processes
-from devnet.simulator.config import SimulatorConfig
 from devnet.state import BOOT_ALLOWED, DevnetState, NodeState, boot_denied
 from devnet.wireguard import start_wireguard_go
-from sidecar.chain.rpc import connect
-from sidecar.chain.tx import LocalSigner, TxSubmitter
 from sidecar.core.ids import Address
 from sidecar.core.keys import KeyPath, KeyScope
-from sidecar.dstack.agent import GuestAgent
 
 log = structlog.get_logger("devnet.boot")
 
@@ -181,6 +178,10 @@ class NodePower:
 
     def boot(self, state: DevnetState, node: NodeState) -> NodeState:
         """The KMS gate, then (when allowed) the guest agent, wireguard-go and the signer's funding."""
+        from devnet.kmsgate import boot_info_for, evaluate  # noqa: PLC0415 - see the module docstring
+        from devnet.simulator.config import SimulatorConfig  # noqa: PLC0415
+        from sidecar.chain.rpc import connect  # noqa: PLC0415
+
         config = SimulatorConfig.load(self.files.node_dir(node.name) / "simulator.json")
         boot_info = boot_info_for(config)
 
@@ -248,9 +249,24 @@ class NodePower:
         announce_route(state, node.instance_id, node.app_id, node.underlay_ip, NODE_PUBLISHED_PORTS)
         return sidecar
 
+    def restart_workload(self, state: DevnetState, name: str) -> NodeState:
+        """Restart a running node's workload (the sidecar); the interface and the agent stay up."""
+        node = state.node(name)
+        if not state.sidecars or not node.allowed or not node_running(node):
+            raise DevnetError(f"node {name!r} is not running a workload; use `node start`")
+        procs.terminate(node.processes["sidecar"])
+        node = replace(node, processes={**node.processes, "sidecar": self.start_sidecar(state, node)})
+        self.files.save(state.with_node(node))
+        log.info("devnet.node_restarted", node=name)
+        return node
+
     async def _fund_signer(self, state: DevnetState, socket: Path) -> Address:
         """Learn the node's signer address from its guest agent (GetKey of the cluster-bound signer path,
         as the sidecar derives it) and fund it from the owner."""
+        from sidecar.chain.rpc import connect  # noqa: PLC0415 - see the module docstring
+        from sidecar.chain.tx import LocalSigner, TxSubmitter  # noqa: PLC0415
+        from sidecar.dstack.agent import GuestAgent  # noqa: PLC0415
+
         agent = GuestAgent(str(socket))
         scope = KeyScope(state.chain_id, Address.from_hex(state.cluster))
         try:
