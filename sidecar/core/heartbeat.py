@@ -47,6 +47,12 @@ learns it has live peers without waiting up to a whole interval. Only accepted h
 (signed by a member, from its mesh IP, fresh, not replayed): nobody else can make a node send, and a peer
 that keeps not hearing us at most doubles our heartbeats to it. The list stays advisory: it only decides
 when to send, never who is live.
+
+Start-up cadence (``send_delay``): until the node has heard any peer, and only within ``STARTUP_WINDOW``
+seconds of binding its socket, it sends every ``interval / STARTUP_SPEEDUP`` instead of every interval. Its
+first heartbeats can be lost while its carriers come up (through the gateway, the per-peer streams open
+after the socket is bound); the next one then follows within a fraction of the interval and is answered
+at once. At most ``STARTUP_SPEEDUP`` times the heartbeats, for a few seconds, after a start.
 """
 
 from __future__ import annotations
@@ -114,6 +120,20 @@ ACCEPTED = Verdict(True)
 def next_seq(previous: int, now_ms: int) -> int:
     """Return the next sequence number: above ``previous`` and never below the wall clock (restart-safe)."""
     return max(previous + 1, now_ms)
+
+
+#: How much faster a node sends right after start, while it has heard no peer (``send_delay``).
+STARTUP_SPEEDUP = 4
+#: Seconds after binding during which the start-up cadence may apply.
+STARTUP_WINDOW = 6.0
+
+
+def send_delay(interval: float, since_bind: float, heard_a_peer: bool) -> float:
+    """Seconds until the next heartbeat: ``interval``, or a ``STARTUP_SPEEDUP``-th of it while a node that
+    bound its socket less than ``STARTUP_WINDOW`` seconds ago has not heard any peer yet."""
+    if heard_a_peer or since_bind >= STARTUP_WINDOW:
+        return interval
+    return interval / STARTUP_SPEEDUP
 
 
 def should_answer(

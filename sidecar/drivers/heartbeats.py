@@ -25,6 +25,7 @@ from sidecar.core.heartbeat import (
     encode,
     live_page,
     next_seq,
+    send_delay,
     should_answer,
 )
 from sidecar.core.ids import Bytes32, MemberId, SecretBytes
@@ -79,6 +80,9 @@ class HeartbeatService:
         self._seq = 0
         self._page = 0  # which page of the live list the next heartbeat carries (``live_page``)
         self._answered: dict[MemberId, float] = {}  # when each sender was last answered (``should_answer``)
+        self._bound_at: float | None = (
+            None  # when the socket was bound (the start-up cadence, ``send_delay``)
+        )
         self._transport: asyncio.DatagramTransport | None = None
         self.bound_ip: IPv4Address | None = None
 
@@ -93,6 +97,7 @@ class HeartbeatService:
         )
         self._transport = transport
         self.bound_ip = mesh_ip
+        self._bound_at = self.clock()
         log.info("heartbeat.bound", mesh_ip=str(mesh_ip), port=self.port)
 
     def close(self) -> None:
@@ -104,7 +109,14 @@ class HeartbeatService:
         """Send every interval and expire silent peers, until cancelled (the socket must be bound first)."""
         while True:
             self.tick()
-            await asyncio.sleep(self.interval)
+            await asyncio.sleep(self.next_delay())
+
+    def next_delay(self) -> float:
+        """Seconds until the next tick (``send_delay``: faster right after start, until a peer is heard)."""
+        now = self.clock()
+        since_bind = float("inf") if self._bound_at is None else now - self._bound_at
+        heard = any(member != self.me for member in self.liveness.live(now))
+        return send_delay(self.interval, since_bind, heard)
 
     def tick(self) -> None:
         now = self.clock()

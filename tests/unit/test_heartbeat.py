@@ -17,6 +17,8 @@ from sidecar.core.heartbeat import (
     MAX_HEARTBEAT_BYTES,
     MAX_LIVE_IDS,
     MIN_HEARTBEAT_BYTES,
+    STARTUP_SPEEDUP,
+    STARTUP_WINDOW,
     Heartbeat,
     HeartbeatError,
     HeartbeatGate,
@@ -25,6 +27,7 @@ from sidecar.core.heartbeat import (
     encode,
     live_page,
     next_seq,
+    send_delay,
     should_answer,
     verify_signature,
 )
@@ -364,3 +367,25 @@ def test_a_rejected_heartbeat_is_never_answered() -> None:
     wrong_source = encode(hb(sender=B, ts=NOW + 100_000, live=(B,)), SEED_B)
     a.received(wrong_source, "10.88.9.9")
     assert wire.sent == []
+
+
+def test_send_delay_is_faster_only_right_after_start_and_until_a_peer_is_heard() -> None:
+    assert send_delay(2.0, 0.0, heard_a_peer=False) == 2.0 / STARTUP_SPEEDUP
+    assert send_delay(2.0, STARTUP_WINDOW - 0.1, heard_a_peer=False) == 2.0 / STARTUP_SPEEDUP
+    assert (
+        send_delay(2.0, STARTUP_WINDOW, heard_a_peer=False) == 2.0
+    )  # all peers down: no fast cadence forever
+    assert send_delay(2.0, 0.5, heard_a_peer=True) == 2.0
+
+
+def test_the_service_ticks_fast_after_binding_until_it_hears_a_peer() -> None:
+    clock = [100.0]
+    liveness = Liveness()
+    a = _service(A, SEED_A, clock, liveness)
+    assert a.next_delay() == 2.0  # not bound yet
+    a._bound_at = 100.0  # as bind() records it
+    assert a.next_delay() == 2.0 / STARTUP_SPEEDUP
+    liveness.heard(A, 100.1)  # hearing only ourselves does not count
+    assert a.next_delay() == 2.0 / STARTUP_SPEEDUP
+    liveness.heard(B, 100.2)
+    assert a.next_delay() == 2.0
