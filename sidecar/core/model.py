@@ -5,9 +5,9 @@ Owns: the typed, immutable shapes that the chain adapter returns and accepts (``
 ``TxReceipt``, ``ChainLog``) and ``member_id_for``, the pure mirror of the contract's
 ``computeMemberId``.
 
-Must not: do I/O, import web3 or any adapter, or hold private key material. Values are built from plain
-Python types (``bytes``, ``int``, ``str``, ``ipaddress``); conversion from web3 types happens in
-``sidecar.chain``.
+Must not: do I/O, import a chain library or any adapter, or hold private key material. Values are built
+from plain Python types (``bytes``, ``int``, ``str``, ``ipaddress``); conversion from JSON-RPC and ABI
+values happens in ``sidecar.chain``.
 """
 
 from __future__ import annotations
