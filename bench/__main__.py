@@ -1,4 +1,5 @@
-"""``python -m bench [--only NAME ...]``: run the benchmarks (default: all) and print their figures."""
+"""``python -m bench [--only NAME ...] [--plots DIR]``: run the benchmarks (default: all), print their figures
+and write their SVG plots (``bench.plots``; default ``docs/perf/``)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import FrameType
 
-from bench import cli_start, devnet, fanout, gas, labkit, reconcile, transport
+from bench import cli_start, devnet, fanout, gas, labkit, plots, reconcile, transport
 
 BENCHMARKS: dict[str, Callable[[], None]] = {
     "gas": lambda: asyncio.run(gas.main()),
@@ -60,7 +62,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="NAME",
         help=f"run only this benchmark (repeatable): {', '.join(ALL)}",
     )
+    parser.add_argument(
+        "--plots",
+        type=Path,
+        default=plots.DEFAULT_DIR,
+        metavar="DIR",
+        help=f"write the SVG plots here (default: {plots.DEFAULT_DIR})",
+    )
     args = parser.parse_args(argv)
+    plots.Output.directory = args.plots
     selected = [name for name in ALL if args.only is None or name in args.only]
     signal.signal(signal.SIGTERM, _terminate)
     print(f"machine: {_machine()}; {_load()}")

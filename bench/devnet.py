@@ -1,7 +1,7 @@
 """Lab-level benchmarks: the devnet driven through the ``attestmesh`` command line, as an operator would.
 
-- **bring-up**: a cold ``attestmesh devnet up --nodes 3`` until every node's ``/healthz`` says healthy
-  (each run a fresh lab directory and a fresh lab; the ``down`` is timed too);
+- **bring-up** (``bench/bringup.py``): a cold ``attestmesh devnet up --nodes 3`` until every node's
+  ``/healthz`` says healthy, on each transport, and where its seconds go;
 - **restart**: ``attestmesh devnet node restart node-2`` until that node is healthy again;
 - **join** (``bench/join.py``): ``attestmesh devnet node add`` of a fourth node: from the block that mines
   the newcomer's registration (watched with the chain adapter every 10 ms: anvil's block timestamps are
@@ -15,9 +15,12 @@
 - **roll**: ``deploy/node.sh NODE restart`` (a CVM reboot through the KMS gate, as an image roll does) of
   every node of the 3-node lab at once, until every ``/healthz`` says healthy again; and a rolling restart
   (``restart`` then ``mesh-verify``, one node at a time), its total wall time and each node's restart
-  issued -> healthy, with the fewest healthy nodes seen at any 50 ms sample;
+  issued -> healthy, with the number of healthy nodes sampled every 50 ms throughout (the fewest printed,
+  the series plotted: ``bench.plots.healthy_over_time``);
 - **steady**: a 30 s idle window of a healthy 3-node lab: each sidecar's RSS (``/proc/PID/status``) and CPU
-  (``/proc/PID/stat`` utime + stime), and its JSON-RPC calls from its ``/metrics`` counters, per method.
+  (``/proc/PID/stat`` utime + stime), and its JSON-RPC calls from its ``/metrics`` counters, per method;
+  then the RPC budget (``bench/rpcbudget.py``): the same counters over a longer window, the sidecars
+  restarted with the production defaults of the push-mode intervals.
 
 Labs use their own name and prefixes (``ambn``, 10.217.0.0/24, mesh 10.17.0.0/16) and a short lab directory
 under /tmp (unix socket paths must stay under 108 bytes); every lab is brought down again, on failure too.
@@ -34,16 +37,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench import bringup, plots
 from bench.join import JoinFigures, compare_joins, join
 from bench.labkit import (
-    BRINGUP_RUNS,
     CLI_TIMEOUT_S,
     CLK_TCK,
     HEALTH_POLL_S,
     HEALTHY_TIMEOUT_S,
     IDLE_WINDOW_S,
     NODES,
-    PLAN,
     READS,
     RESTART_NODE,
     RESTART_RUNS,
@@ -61,36 +63,10 @@ from bench.labkit import (
     sidecar_of,
     wait_until,
 )
+from bench.rpcbudget import budget
 from devnet import procs
 from devnet.state import NodeState
-from tests.e2e.lab import REPO, LabCli, RoutineRunner, lab_dir
-
-# --- cold bring-up -------------------------------------------------------------------------------------
-
-
-def bringup(runs: int = BRINGUP_RUNS) -> None:
-    up = Series("`devnet up --nodes 3` (command wall time)")
-    to_healthy = Series("command returned -> all 3 healthy")
-    total = Series("cold bring-up: `up` started -> all 3 healthy")
-    down = Series("`devnet down` (command wall time)")
-    for _ in range(runs):
-        with lab_dir(PLAN) as lab:
-            t0 = time.perf_counter()
-            lab.run("up", "--nodes", str(NODES))
-            t1 = time.perf_counter()
-            nodes = running_nodes(lab)
-            t2 = wait_until(functools.partial(all_healthy, nodes), HEALTHY_TIMEOUT_S, "all nodes healthy")
-            t3 = time.perf_counter()
-            lab.run("down")
-            down.add(time.perf_counter() - t3)
-            up.add(t1 - t0)
-            to_healthy.add(t2 - t1)
-            total.add(t2 - t0)
-    print_table(
-        f"cold bring-up — {runs} runs, each a fresh lab ({NODES} nodes, anvil automine)",
-        [up, to_healthy, total, down],
-    )
-
+from tests.e2e.lab import REPO, LabCli, RoutineRunner
 
 # --- restart -------------------------------------------------------------------------------------------
 
@@ -134,6 +110,10 @@ def _finish(proc: subprocess.Popen[str], what: str) -> None:
         raise BenchError(f"{what} exited {proc.returncode}")
 
 
+def _healthy_count(lab: LabCli) -> int:
+    return sum(healthy(n) for n in lab.state().nodes)
+
+
 def roll(lab: LabCli, runs: int = ROLL_RUNS) -> None:
     names = [n.name for n in lab.state().nodes]
     at_once = Series(f"all {len(names)} restarted at once -> all healthy")
@@ -152,27 +132,31 @@ def roll(lab: LabCli, runs: int = ROLL_RUNS) -> None:
             nodes = lab.state().nodes
             t1 = wait_until(functools.partial(all_healthy, nodes), HEALTHY_TIMEOUT_S, "all healthy again")
             at_once.add(t1 - t0)
+        timelines: list[list[tuple[float, int]]] = []
         for _ in range(runs):
             wait_until(lambda: all_healthy(running_nodes(lab)), HEALTHY_TIMEOUT_S, "all nodes healthy")
             time.sleep(SETTLE_S)
-            low = len(names)
             t0 = time.perf_counter()
+            timeline = [(0.0, len(names))]  # (seconds since t0, healthy nodes), one sample every 50 ms
             for name in names:
                 t_node = time.perf_counter()
-                _finish(_routine(lab, logs, name, "restart"), f"node.sh {name} restart")
-                verify = _routine(lab, logs, name, "mesh-verify")
+                for verb in ("restart", "mesh-verify"):
+                    step = _routine(lab, logs, name, verb)
+                    while step.poll() is None:  # sample every node while this one goes and comes back
+                        timeline.append((time.perf_counter() - t0, _healthy_count(lab)))
+                        time.sleep(HEALTH_POLL_S)
+                    _finish(step, f"node.sh {name} {verb}")
                 node = lab.state().node(name)
-                while verify.poll() is None:  # sample every node while this one comes back
-                    low = min(low, sum(healthy(n) for n in lab.state().nodes))
-                    time.sleep(HEALTH_POLL_S)
-                _finish(verify, f"node.sh {name} mesh-verify")
                 per_node.add(wait_until(functools.partial(healthy, node), HEALTHY_TIMEOUT_S, name) - t_node)
             rolling.add(time.perf_counter() - t0)
-            fewest.add(low)
+            timeline.append((time.perf_counter() - t0, _healthy_count(lab)))
+            fewest.add(min(count for _, count in timeline))
+            timelines.append(timeline)
     print_table(
         f"deploy/node.sh restarts — {runs} runs each, a healthy {NODES}-node lab (CVM reboots, KMS gate)",
         [at_once, rolling, per_node, fewest],
     )
+    print(f"plot: {plots.healthy_over_time(timelines, plots.Output.path('roll-healthy'), nodes=len(names))}")
 
 
 # --- steady state --------------------------------------------------------------------------------------
@@ -254,7 +238,8 @@ def steady(lab: LabCli, window: float = IDLE_WINDOW_S) -> None:
             methods.setdefault(method, []).append((value - c0.get(method, 0.0)) * 60 / elapsed)
     print_table(
         f"steady state — {elapsed:.0f} s idle window of a healthy {NODES}-node lab, median over the"
-        f" {len(nodes)} sidecars (resync every 15 s, chain poll every 1 s, anvil automine: no new blocks)",
+        f" {len(nodes)} sidecars (the devnet's knobs: resync every 15 s, chain poll every 1 s, safety"
+        " poll every 10 s and registry refresh every 5 s in push mode; an empty block every second)",
         [rss_mib, hwm_mib, cpu, rpm, ppm],
     )
     print("  JSON-RPC calls per node per minute, by method (median over the sidecars):")
@@ -272,8 +257,7 @@ def main(selected: Sequence[str] = LAB_BENCHMARKS) -> None:
     """Run the selected lab benchmarks: bring-up on its own labs, the others on one shared lab (with the
     indexer), and the join once more on a lab without an indexer, for the comparison."""
     if "bringup" in selected:
-        bringup()
-        print()
+        bringup.main()
     shared = [name for name in ("steady", "restart", "roll", "join") if name in selected]
     joins: dict[str, JoinFigures] = {}
     if shared:
@@ -283,6 +267,9 @@ def main(selected: Sequence[str] = LAB_BENCHMARKS) -> None:
                     joins["push"] = join(lab, mode="push")
                 else:
                     {"steady": steady, "restart": restart, "roll": roll}[name](lab)
+                if name == "steady":  # the RPC budget, with the production push-mode defaults
+                    print()
+                    budget(lab)
                 print()
     if "join" in selected:
         with running_lab(indexer=False) as lab:

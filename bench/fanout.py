@@ -41,6 +41,7 @@ import aiohttp
 from eth_utils.crypto import keccak
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench import plots
 from bench.reconcile import grow
 from devnet import procs
 from devnet.anvil import DEVNET_DEPLOYER_KEY, AnvilProcess
@@ -446,4 +447,8 @@ async def main() -> None:
         f"{statistics.median(medians) * 1000:.1f} ms, p99 {statistics.median(p99s) * 1000:.1f} ms; "
         f"indexer RSS with {SUBSCRIBERS} subscribers {rss:.1f} MiB "
         f"({statistics.median(per_subscriber):.0f} KiB per subscriber)"
+    )
+    samples = [s for f in runs for s in f.seen_to_delivered]
+    print(
+        f"plot: {plots.fanout_latency(samples, plots.Output.path('fanout-latency'), subscribers=SUBSCRIBERS)}"
     )

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import plots
 from bench.labkit import (
     CHAIN_POLL_S,
     CLI_TIMEOUT_S,
@@ -223,3 +224,8 @@ def compare_joins(push: JoinFigures, poll: JoinFigures) -> None:
     ):
         a, b = statistics.median(with_push.samples), statistics.median(poll_only.samples)
         print(f"{with_push.name:52} {fmt(a, 's'):>9} {fmt(b, 's'):>9} {b / a:>6.1f}x")
+    modes = {
+        label: {s.name: s.samples for s in (f.fastest, f.slowest, f.evicted)}
+        for label, f in (("push", push), ("poll only", poll))
+    }
+    print(f"plot: {plots.join_propagation(modes, plots.Output.path('join-push-vs-poll'))}")

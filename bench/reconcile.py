@@ -31,6 +31,7 @@ from typing import Any
 import aiohttp
 from eth_utils.crypto import keccak
 
+from bench import plots
 from devnet.anvil import DEVNET_DEPLOYER_KEY, AnvilProcess
 from devnet.deployment import deploy_stack
 from devnet.kms import DevnetKms, derive_key, get_key
@@ -140,8 +141,10 @@ def _time_cases(cases: Sequence[PlanCase]) -> list[tuple[float, PeerPlan]]:
     return [(statistics.median(out), plan) for out, plan in zip(samples, plans, strict=True)]
 
 
-def plan_figures() -> None:
+def plan_figures() -> dict[str, list[tuple[int, float]]]:
+    """Print the planning table; return each case's (members, seconds) points (for the plot)."""
     now = time.time()
+    points: dict[str, list[tuple[int, float]]] = {}
     print(
         f"reconcile planning — plan_peers, median of {SAMPLES} samples per figure"
         f" (each a loop of calls lasting about {SAMPLE_BUDGET_S * 1000:.0f} ms; cases interleaved)"
@@ -152,6 +155,8 @@ def plan_figures() -> None:
         for case, (seconds, plan) in zip(cases, _time_cases(cases), strict=True):
             shape = f"{len(plan.add)}/{len(plan.remove)}/{len(plan.update)}"
             print(f"{n:>7} {case.name:28} {_fmt_s(seconds):>10} {_fmt_s(seconds / n):>11} {shape:>26}")
+            points.setdefault(f"plan_peers: {case.name}", []).append((n, seconds))
+    return points
 
 
 def _fmt_s(seconds: float) -> str:
@@ -359,6 +364,10 @@ def _fmt_kb(n: int) -> str:
 
 
 async def main() -> None:
-    plan_figures()
+    series = plan_figures()
     print()
-    print_chain_figures(await chain_figures())
+    figures = await chain_figures()
+    print_chain_figures(figures)
+    series["members() read (eth_call + decode)"] = [(f.members, f.latency) for f in figures]
+    path = plots.reconcile_cost(series, plots.Output.path("reconcile-cost"))
+    print(f"plot: {path}")

@@ -2,20 +2,24 @@
 
 Owns what a CVM's boot does on the devnet (ask the gate; when allowed start the guest-agent simulator,
 wireguard-go, fund the node's signer from the cluster owner and start the sidecar with the environment its
-sealed env and compose file would give it), the process journal that records each process as soon as it runs,
-and power-off; in gateway mode also the CVM's registration with the gateway as a CVM's boot makes it (its
-route with an unknown port policy once it is allowed to boot, the ports its compose publishes once its
-workload starts, no route while it is off). Must not decide which node boots or when (``devnet.nodes`` does),
-nor touch the network or any process it did not start. The gate, the simulator's config, the guest-agent
-client and the chain client are imported where a boot uses them: `devnet node restart` (a workload restart,
-``NodePower.restart_workload``) loads none of them, so it costs little more than the process swap.
+sealed env and compose file would give it) — for one node or for several together (``power_on``: their
+agents started at once and awaited together, their signers funded in one chain session; ``start_sidecars``)
+—, the process journal that records each process as soon as it runs, and power-off; in gateway mode also
+the CVM's registration with the gateway as a CVM's boot makes it (its route with an unknown port policy once
+it is allowed to boot, the ports its compose publishes once its workload starts, no route while it is off).
+Must not decide which node boots or when (``devnet.nodes`` does), nor touch the network or any process it
+did not start. The gate, the simulator's config, the guest-agent client and the chain client are imported
+where a boot uses them: `devnet node restart` (a workload restart, ``NodePower.restart_workload``) loads
+none of them, so it costs little more than the process swap.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -177,65 +181,96 @@ class NodePower:
         self.files = files
 
     def boot(self, state: DevnetState, node: NodeState) -> NodeState:
-        """The KMS gate, then (when allowed) the guest agent, wireguard-go and the signer's funding."""
+        """The KMS gate, then (when allowed) the guest agent, wireguard-go, the signer's funding and the
+        workload."""
+        state, (node,) = self.power_on(state, [node])
+        if node.allowed and state.sidecars:
+            state, (node,) = self.start_sidecars(state, [node])
+        return node
+
+    def power_on(self, state: DevnetState, nodes: Sequence[NodeState]) -> tuple[DevnetState, list[NodeState]]:
+        """Boot ``nodes`` together up to their workload: each one's KMS gate; for the allowed ones their
+        guest agents, then (every agent's socket there) their wireguard-go, then their signers funded in one
+        chain session. Independent work of the nodes overlaps: the agents start at once, so the lab waits for
+        one Python start-up, not one per node. Every process is in the state file as soon as it runs; the
+        state saved and the nodes as they are now (denied ones off, with the reason) are returned."""
         from devnet.kmsgate import boot_info_for, evaluate  # noqa: PLC0415 - see the module docstring
         from devnet.simulator.config import SimulatorConfig  # noqa: PLC0415
         from sidecar.chain.rpc import connect  # noqa: PLC0415
 
-        config = SimulatorConfig.load(self.files.node_dir(node.name) / "simulator.json")
-        boot_info = boot_info_for(config)
+        configs = [SimulatorConfig.load(self.files.node_dir(n.name) / "simulator.json") for n in nodes]
+        infos = [boot_info_for(config) for config in configs]
 
-        async def gate() -> tuple[bool, str]:
+        async def gates() -> list[tuple[bool, str]]:
             async with await connect(state.rpc_url, expected_chain_id=state.chain_id) as conn:
-                verdict = await evaluate(conn, boot_info)
-                return verdict.allowed, verdict.reason
+                verdicts = [await evaluate(conn, info) for info in infos]
+                return [(v.allowed, v.reason) for v in verdicts]
 
-        allowed, reason = run_async(gate)
-        node = replace(node, compose_hash=str(boot_info.compose_hash))
-        _power_down(node)
-        withdraw_route(state, node.instance_id)
-        if not allowed:
-            log.warning("devnet.boot_denied", node=node.name, reason=reason)
-            return replace(node, boot=boot_denied(reason), processes={})
-        log.info("devnet.boot_allowed", node=node.name, compose_hash=str(boot_info.compose_hash))
-        # booting: the gateway knows the CVM, not yet its port policy
-        announce_route(state, node.instance_id, node.app_id, node.underlay_ip, None)
-        socket = Path(node.dstack_socket)
-        simulator = start_simulator(
-            self.files.node_dir(node.name) / "simulator.json",
-            socket,
-            name=f"simulator@{node.name}",
-            netns=node.netns,
-            log_path=self.files.logs / f"{node.name}-simulator.log",
-        )
-        self._journal(state, node, {"simulator": simulator})
+        booting: list[NodeState] = []
+        out: dict[str, NodeState] = {}
+        for given, info, (allowed, reason) in zip(nodes, infos, run_async(gates), strict=True):
+            node = replace(given, compose_hash=str(info.compose_hash))
+            _power_down(node)
+            withdraw_route(state, node.instance_id)
+            if not allowed:
+                log.warning("devnet.boot_denied", node=node.name, reason=reason)
+                out[node.name] = replace(node, boot=boot_denied(reason), processes={})
+                continue
+            log.info("devnet.boot_allowed", node=node.name, compose_hash=str(info.compose_hash))
+            # booting: the gateway knows the CVM, not yet its port policy
+            announce_route(state, node.instance_id, node.app_id, node.underlay_ip, None)
+            booting.append(node)
         try:
+            for i, off in enumerate(booting):
+                simulator = start_simulator(
+                    self.files.node_dir(off.name) / "simulator.json",
+                    Path(off.dstack_socket),
+                    name=f"simulator@{off.name}",
+                    netns=off.netns,
+                    log_path=self.files.logs / f"{off.name}-simulator.log",
+                )
+                booting[i] = replace(off, processes={"simulator": simulator})
+                state = self._journal(state, booting[i])
             procs.wait_for(
-                lambda: socket_ready(socket, simulator),
+                lambda: all(socket_ready(Path(n.dstack_socket), n.processes["simulator"]) for n in booting),
                 START_TIMEOUT,
-                what=f"simulator socket of {node.name}",
+                what="the simulator sockets of " + ", ".join(n.name for n in booting),
             )
-            wireguard = start_wireguard_go(
-                node.netns,
-                Path(node.wg_uapi_dir),
-                ifname=WG_IFNAME,
-                log_path=self.files.logs / f"{node.name}-wg.log",
-            )
+            for i, agent in enumerate(booting):
+                wireguard = start_wireguard_go(
+                    agent.netns,
+                    Path(agent.wg_uapi_dir),
+                    ifname=WG_IFNAME,
+                    log_path=self.files.logs / f"{agent.name}-wg.log",
+                )
+                booting[i] = replace(agent, processes={**agent.processes, "wireguard": wireguard})
+                state = self._journal(state, booting[i])
         except BaseException:
-            procs.terminate(simulator)
+            procs.terminate_all(p for n in booting for k, p in n.processes.items() if k == "simulator")
             raise
-        processes = {"simulator": simulator, "wireguard": wireguard}
-        self._journal(state, node, processes)
-        signer = run_async(lambda: self._fund_signer(state, socket))
-        if state.sidecars:
-            processes["sidecar"] = self.start_sidecar(state, node)
-            self._journal(state, node, processes)
-        return replace(node, boot=BOOT_ALLOWED, signer=str(signer), processes=processes)
+        signers = run_async(lambda: self._fund_signers(state, [Path(n.dstack_socket) for n in booting]))
+        for node, signer in zip(booting, signers, strict=True):
+            out[node.name] = replace(node, boot=BOOT_ALLOWED, signer=str(signer))
+        result = [out[n.name] for n in nodes]
+        for node in result:
+            state = state.with_node(node)
+        return self.files.save(state), result
 
-    def _journal(self, state: DevnetState, node: NodeState, processes: dict[str, procs.ProcRecord]) -> None:
+    def start_sidecars(
+        self, state: DevnetState, nodes: Sequence[NodeState]
+    ) -> tuple[DevnetState, list[NodeState]]:
+        """Start the workload of each of ``nodes`` (powered on), each recorded as soon as it runs."""
+        started = []
+        for node in nodes:
+            sidecar = self.start_sidecar(state, node)
+            started.append(replace(node, processes={**node.processes, "sidecar": sidecar}))
+            state = self._journal(state, started[-1])
+        return state, started
+
+    def _journal(self, state: DevnetState, node: NodeState) -> DevnetState:
         """Record processes as soon as they run: a command killed mid-boot leaves them known, so the next
         power-off stops them instead of a second wireguard-go fighting the first for the interface."""
-        self.files.save(state.with_node(replace(node, processes=dict(processes))))
+        return self.files.save(state.with_node(node))
 
     def start_sidecar(self, state: DevnetState, node: NodeState) -> procs.ProcRecord:
         """Start the node's workload; in gateway mode its compose's ports become the gateway's port policy."""
@@ -260,27 +295,34 @@ class NodePower:
         log.info("devnet.node_restarted", node=name)
         return node
 
-    async def _fund_signer(self, state: DevnetState, socket: Path) -> Address:
-        """Learn the node's signer address from its guest agent (GetKey of the cluster-bound signer path,
-        as the sidecar derives it) and fund it from the owner."""
+    async def _fund_signers(self, state: DevnetState, sockets: Sequence[Path]) -> list[Address]:
+        """Learn each node's signer address from its guest agent (GetKey of the cluster-bound signer path,
+        as the sidecar derives it; the agents asked at once) and fund the ones short of funds from the owner,
+        in one chain session (one account: its sends go one after the other, each mined at once by anvil)."""
         from sidecar.chain.rpc import connect  # noqa: PLC0415 - see the module docstring
         from sidecar.chain.tx import LocalSigner, TxSubmitter  # noqa: PLC0415
         from sidecar.dstack.agent import GuestAgent  # noqa: PLC0415
 
-        agent = GuestAgent(str(socket))
         scope = KeyScope(state.chain_id, Address.from_hex(state.cluster))
-        try:
-            key = await agent.get_key(scope.path(KeyPath.SIGNER), KeyPath.SIGNER.purpose)
-        finally:
-            await agent.close()
-        signer = LocalSigner(key.key).address
+
+        async def signer_of(socket: Path) -> Address:
+            agent = GuestAgent(str(socket))
+            try:
+                key = await agent.get_key(scope.path(KeyPath.SIGNER), KeyPath.SIGNER.purpose)
+            finally:
+                await agent.close()
+            return LocalSigner(key.key).address
+
+        signers = list(await asyncio.gather(*(signer_of(socket) for socket in sockets)))
+        if not signers:
+            return signers
         async with await connect(state.rpc_url, expected_chain_id=state.chain_id) as conn:
-            if await conn.get_balance(signer) < SIGNER_FUNDING_WEI // 2:
-                await TxSubmitter(conn, LocalSigner(DEVNET_DEPLOYER_KEY)).send(
-                    signer, b"", value=SIGNER_FUNDING_WEI
-                )
-        log.info("devnet.signer_funded", signer=str(signer))
-        return signer
+            owner = TxSubmitter(conn, LocalSigner(DEVNET_DEPLOYER_KEY))
+            for signer in signers:
+                if await conn.get_balance(signer) < SIGNER_FUNDING_WEI // 2:
+                    await owner.send(signer, b"", value=SIGNER_FUNDING_WEI)
+                log.info("devnet.signer_funded", signer=str(signer))
+        return signers
 
     def power_off(self, state: DevnetState, node: NodeState) -> NodeState:
         """Stop every process of the node and record it as off (its files and state directory stay)."""

@@ -176,18 +176,30 @@ class Devnet(LabBase):
                 processes={"anvil": anvil},
             )
         )
+        # From here on, work that does not depend on each other overlaps: what waits for a process to start
+        # (anvil, the gateway, each guest agent and the indexer are a Python or binary start-up each) runs
+        # while the chain work goes on, and the nodes boot together rather than one after the other.
+        if state.gateway_mode:  # before any CVM: they resolve through its DNS and announce their routes
+            state = self.gateway.create(state)
+        if indexer:  # its guest agent starts while the contracts are deployed
+            state = self.indexer.begin(state)
         self._wait_for_chain(anvil)
         log.info("devnet.chain_started", rpc_url=self.rpc_url, pid=anvil.pid)
         state = self.files.save(run_async(lambda: self._deploy(state)))
         log.info("devnet.contracts_deployed", cluster=state.cluster, registry=state.indexer_registry)
-        if state.gateway_mode:  # before any CVM: they resolve through its DNS and announce their routes
-            state = self.gateway.create(state)
-        if indexer:  # before the nodes, so that they start in push mode
-            state = self.indexer.create(state)
+        if indexer:  # registered before any sidecar starts, so that they start in push mode
+            state = self.indexer.register_planned(state)
         compose = node_compose_bytes(NodeAnchors.of_lab(state))
         self.files.node_compose_file.write_bytes(compose)
-        for index in range(1, nodes + 1):
-            state = self.nodes.add(state, f"node-{index}", index, compose)
+        names = [(f"node-{index}", index) for index in range(1, nodes + 1)]
+        state = self.nodes.create(state, names, compose)
+        if indexer:  # its process starts while the nodes are powered on
+            state = self.indexer.launch(state)
+        state, powered = self.nodes.power.power_on(state, [state.node(name) for name, _ in names])
+        if sidecars:
+            state, _ = self.nodes.power.start_sidecars(state, [n for n in powered if n.allowed])
+        if indexer:  # the running indexer shows the key registered for it
+            state = self.indexer.finish(state)
         return self.files.save(replace(state, complete=True))
 
     async def _deploy(self, state: DevnetState) -> DevnetState:

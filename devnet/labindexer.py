@@ -141,8 +141,12 @@ class LabIndexer:
     def _save(self, state: DevnetState, idx: IndexerState) -> DevnetState:
         return self.files.save(replace(state, indexer=idx))
 
-    def create(self, state: DevnetState) -> DevnetState:
-        """The indexer's namespace, its own guest agent and app id, the process, and its registration."""
+    # --- creation, in steps that let ``up`` do other work meanwhile: begin, (contracts deployed), launch,
+    # register_planned, finish ------------------------------------------------------------------------
+
+    def begin(self, state: DevnetState) -> DevnetState:
+        """The indexer's namespace and files, and its guest agent spawned (not waited for: ``launch`` does,
+        so the lab can deploy the contracts meanwhile). The state, saved."""
         net = self.network.add_indexer()
         enclose(state, net.ns)
         directory = self.files.indexer_dir
@@ -175,32 +179,62 @@ class LabIndexer:
             gateway_status_url=service_url("https", app_id.hex, INDEXER_PORT, via, "/status") if via else "",
         )
         state = self._save(state, idx)
-        idx = self.restart(state, idx)
-        state = self._save(state, idx)
-        idx = self.register(state, idx)
-        log.info("devnet.indexer_created", netns=net.ns, url=idx.url, app_id=str(app_id))
-        return self._save(state, idx)
+        return self._save(state, self._spawn_simulator(state, idx))
+
+    def launch(self, state: DevnetState) -> DevnetState:
+        """Once its guest agent answers, the indexer process (not waited for). The state, saved."""
+        idx = require_indexer(state)
+        return self._save(state, self._spawn_indexer(state, idx))
+
+    def register_planned(self, state: DevnetState) -> DevnetState:
+        """Register the indexer's endpoint, code id and the key its guest agent derives (the devnet KMS is
+        deterministic) before it runs, so sidecars started meanwhile find it at their first registry read;
+        ``finish`` then checks that the running indexer shows exactly this key. The state, saved."""
+        idx = require_indexer(state)
+        public_key = indexer_public_key(idx, idx.key_version)
+        run_async(lambda: self._ensure_registered(state, idx, public_key))
+        return self._save(state, replace(idx, public_key=str(public_key)))
+
+    def finish(self, state: DevnetState) -> DevnetState:
+        """Wait until the running indexer shows the key ``register_planned`` registered."""
+        idx = require_indexer(state)
+        self._wait_started(state, idx)
+        log.info("devnet.indexer_created", netns=idx.netns, url=idx.url, app_id=idx.app_id)
+        return state
 
     def restart(self, state: DevnetState, idx: IndexerState) -> IndexerState:
         """(Re)start the indexer's guest agent and process; return once ``/status`` shows its key.
 
         Each process is written to the state file as soon as it runs: a command killed meanwhile leaves it
         known, so the next start stops it instead of a second indexer failing to bind the port."""
+        idx = self._spawn_simulator(state, idx)
+        idx = self._spawn_indexer(state, idx)
+        self._wait_started(state, idx)
+        return idx
+
+    def _spawn_simulator(self, state: DevnetState, idx: IndexerState) -> IndexerState:
+        """Stop what runs, then spawn the guest agent (recorded at once)."""
         procs.terminate_all(idx.processes.values())
         withdraw_route(state, idx.instance_id)
         idx = replace(idx, processes={}, running_key_version=0, running_env={})
         self._save(state, idx)
         # its CVM boots: known to the gateway, its port policy not yet
         announce_route(state, idx.instance_id, idx.app_id, idx.ip, None)
-        socket = Path(idx.dstack_socket)
         simulator = start_simulator(
             self.files.indexer_dir / "simulator.json",
-            socket,
+            Path(idx.dstack_socket),
             name="simulator@indexer",
             netns=idx.netns,
             log_path=self.files.logs / "indexer-simulator.log",
         )
-        self._save(state, replace(idx, processes={"simulator": simulator}))
+        idx = replace(idx, processes={"simulator": simulator})
+        self._save(state, idx)
+        return idx
+
+    def _spawn_indexer(self, state: DevnetState, idx: IndexerState) -> IndexerState:
+        """Once the guest agent's socket is there, spawn the indexer (recorded at once)."""
+        simulator = idx.processes["simulator"]
+        socket = Path(idx.dstack_socket)
         try:
             procs.wait_for(lambda: socket_ready(socket, simulator), START_TIMEOUT, what="indexer simulator")
             indexer = procs.spawn(
@@ -221,13 +255,16 @@ class LabIndexer:
             running_env=dict(idx.sealed_env),
         )
         self._save(state, idx)
+        return idx
+
+    def _wait_started(self, state: DevnetState, idx: IndexerState) -> None:
+        indexer = idx.processes["indexer"]
         try:
             self._wait_for_key(state, idx, indexer)
         except BaseException:
-            procs.terminate_all((indexer, simulator))
+            procs.terminate_all(idx.processes.values())
             raise
         log.info("devnet.indexer_started", pid=indexer.pid, key_version=idx.key_version, url=idx.url)
-        return idx
 
     def _wait_for_key(self, state: DevnetState, idx: IndexerState, indexer: procs.ProcRecord) -> None:
         expected = indexer_public_key(idx, idx.key_version)

@@ -2,11 +2,12 @@
 ``prepare``, ``update`` and ``remove``.
 
 Owns what each verb does to one node of a running lab: creating its namespace, files, app contract and
-pre-approved app id (``add``); power through ``devnet.boot`` (``start``, ``stop``, ``reboot``); the workload
-alone (``restart``); measuring a new app-compose.json and reading the allowlist, touching nothing
-(``prepare``); writing it and rebooting, the state directory and so the identity carried over (``update``);
-and evicting its member on chain as the cluster owner (``remove``). Must not take the lab lock or check
-that the lab runs (the ``Devnet`` facade does), nor touch anything but the named node.
+pre-approved app id (``add``; ``create`` makes several nodes' at once, for ``up``); power through
+``devnet.boot`` (``start``, ``stop``, ``reboot``); the workload alone (``restart``); measuring a new
+app-compose.json and reading the allowlist, touching nothing (``prepare``); writing it and rebooting, the
+state directory and so the identity carried over (``update``); and evicting its member on chain as the
+cluster owner (``remove``). Must not take the lab lock or check that the lab runs (the ``Devnet`` facade
+does), nor touch anything but the named nodes.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,55 +77,65 @@ class Nodes:
 
         In gateway mode its namespace is a CVM's: the lab DNS resolves for it and only the gateway reaches it.
         """
-        net = self.network.add_node(name, index)
-        enclose(state, net.ns)
-        node_dir = self.files.node_dir(name)
-        node_dir.mkdir(parents=True, exist_ok=True)
-        compose_path = node_dir / "app-compose.json"
-        compose_path.write_bytes(compose)
+        state = self.create(state, [(name, index)], compose)
+        return state.with_node(self.power.boot(state, state.node(name)))
 
-        async def create_app() -> Address:
+    def create(self, state: DevnetState, names: Sequence[tuple[str, int]], compose: bytes) -> DevnetState:
+        """Create the nodes ``(name, index)`` without booting them: namespaces, files, and in one chain
+        session each one's app contract and pre-approved app id. The state with them, saved."""
+        nets = {}
+        for name, index in names:
+            nets[name] = net = self.network.add_node(name, index)
+            enclose(state, net.ns)
+            node_dir = self.files.node_dir(name)
+            node_dir.mkdir(parents=True, exist_ok=True)
+            (node_dir / "app-compose.json").write_bytes(compose)
+
+        async def create_apps() -> list[Address]:
             # Check before write (a re-run after a crash sends nothing twice): the app contract, then the
-            # cold-start rule, its app id pre-approved before its first boot.
+            # cold-start rule, its app id pre-approved before its first boot. One owner account, so its
+            # transactions go one after the other (each mined at once by anvil) over one connection.
             async with await connect(state.rpc_url, expected_chain_id=state.chain_id) as conn:
-                setup = await ensure_member_app(
-                    conn,
-                    TxSubmitter(conn, LocalSigner(DEVNET_DEPLOYER_KEY)),
-                    Address.from_hex(state.member_app_factory),
-                    Address.from_hex(state.cluster),
-                    name,
-                )
-                return setup.app_id
+                owner = TxSubmitter(conn, LocalSigner(DEVNET_DEPLOYER_KEY))
+                factory = Address.from_hex(state.member_app_factory)
+                cluster = Address.from_hex(state.cluster)
+                return [
+                    (await ensure_member_app(conn, owner, factory, cluster, name)).app_id for name, _ in names
+                ]
 
-        app_id = run_async(create_app)
+        app_ids = run_async(create_apps)
         lab = self.network.plan.name
-        instance_id = hashlib.sha256(f"attestmesh-devnet-instance:{lab}:{name}".encode()).digest()[:20]
-        write_simulator_config(node_dir, app_id, instance_id, name)
-        wg_dir = node_dir / "wg"
-        node = NodeState(
-            name=name,
-            index=index,
-            netns=net.ns,
-            app_id=str(app_id),
-            instance_id=instance_id.hex(),
-            compose_hash=str(compose_hash(compose)),
-            compose_path=str(compose_path),
-            underlay_ip=str(net.ip),
-            dstack_socket=str(node_dir / "dstack.sock"),
-            wg_uapi_dir=str(wg_dir),
-            wg_socket=str(uapi_socket(wg_dir, WG_IFNAME)),
-            health_url=f"http://{net.ip}:{HEALTH_PORT}/healthz",
-            gateway_health_url=(
-                service_url("https", str(app_id), HEALTH_PORT, state.gateway.domain, "/healthz")
-                if state.gateway_mode and state.gateway is not None
-                else ""
-            ),
-            app_socket=str(node_dir / "agent.sock"),
-            state_dir=str(node_dir / "state"),
-        )
-        state = self.files.save(state.with_node(node))
-        log.info("devnet.node_created", node=name, netns=net.ns, app_id=str(app_id), underlay_ip=str(net.ip))
-        return state.with_node(self.power.boot(state, node))
+        for (name, index), app_id in zip(names, app_ids, strict=True):
+            net = nets[name]
+            node_dir = self.files.node_dir(name)
+            instance_id = hashlib.sha256(f"attestmesh-devnet-instance:{lab}:{name}".encode()).digest()[:20]
+            write_simulator_config(node_dir, app_id, instance_id, name)
+            wg_dir = node_dir / "wg"
+            node = NodeState(
+                name=name,
+                index=index,
+                netns=net.ns,
+                app_id=str(app_id),
+                instance_id=instance_id.hex(),
+                compose_hash=str(compose_hash(compose)),
+                compose_path=str(node_dir / "app-compose.json"),
+                underlay_ip=str(net.ip),
+                dstack_socket=str(node_dir / "dstack.sock"),
+                wg_uapi_dir=str(wg_dir),
+                wg_socket=str(uapi_socket(wg_dir, WG_IFNAME)),
+                health_url=f"http://{net.ip}:{HEALTH_PORT}/healthz",
+                gateway_health_url=(
+                    service_url("https", str(app_id), HEALTH_PORT, state.gateway.domain, "/healthz")
+                    if state.gateway_mode and state.gateway is not None
+                    else ""
+                ),
+                app_socket=str(node_dir / "agent.sock"),
+                state_dir=str(node_dir / "state"),
+            )
+            state = state.with_node(node)
+            log.info("devnet.node_created", node=name, netns=net.ns, app_id=str(app_id),
+                     underlay_ip=str(net.ip))  # fmt: skip
+        return self.files.save(state)
 
     def start(self, state: DevnetState, name: str) -> NodeState:
         """Re-run the KMS boot gate for a node and start it when allowed (no-op when already running)."""

@@ -5,9 +5,11 @@ Owns ``Lies`` (what to rewrite, loaded from a rules JSON object), ``RpcProxy`` (
 calls, its control endpoint) and the command line ``python -m devnet.rpcproxy --listen HOST:PORT --upstream
 URL --rules FILE``. The lies, each off unless set:
 
-- ``members``: ``ICluster.Member`` records appended to the answer of ``members()`` of ``cluster`` (decoded
-  with the artifact's ABI, appended, re-encoded; calls pinned to a block hash alike);
-- ``csk_commitment``: what ``cskCommitment()`` and ``cskCommitmentOf(uint64)`` of ``cluster`` answer;
+- ``members``: ``ICluster.Member`` records appended to the answer of ``members()`` of ``cluster`` and to
+  the last page of ``membersPage(offset, limit)`` (its total and ``syncState()``'s member count grow to
+  match); decoded with the artifact's ABI, appended, re-encoded; calls pinned to a block hash alike;
+- ``csk_commitment``: what ``cskCommitment()``, ``cskCommitmentOf(uint64)`` and ``syncState()``'s
+  commitment of ``cluster`` answer;
 - ``block_hash``: the ``hash`` of every block header answered (``eth_getBlockByNumber`` / ``ByHash``);
 - ``max_priority_fee`` / ``base_fee`` (wei): the quoted tip, and the ``baseFeePerGas`` of block headers.
 
@@ -55,7 +57,12 @@ def _selector(name: str) -> str:
     return "0x" + keccak(text=f"{name}({inputs})")[:4].hex()
 
 
-SELECTORS = {name: _selector(name) for name in ("members", "cskCommitment", "cskCommitmentOf")}
+SELECTORS = {
+    name: _selector(name)
+    for name in ("members", "membersPage", "syncState", "cskCommitment", "cskCommitmentOf")
+}
+PAGE_TYPES = [MEMBERS_TYPES[0], "uint256"]
+SYNC_TYPES = ["uint64", "uint64", "uint64", "bytes32", "uint256"]
 
 
 class RulesError(ValueError):
@@ -221,13 +228,29 @@ class RpcProxy:
         if lies.cluster is not None and str(tx.get("to", "")).lower() != lies.cluster.lower():
             return result
         data = str(tx.get("data") or tx.get("input") or "")
-        if lies.members and data.startswith(SELECTORS["members"]):
+        extra = [member_tuple(m) for m in lies.members]
+        if extra and data.startswith(SELECTORS["members"]):
             (records,) = decode(MEMBERS_TYPES, bytes.fromhex(result[2:]))
-            extra = [member_tuple(m) for m in lies.members]
             return "0x" + encode(MEMBERS_TYPES, [[*records, *extra]]).hex()
+        if extra and data.startswith(SELECTORS["membersPage"]):  # the extra records follow the real ones
+            offset, limit = decode(["uint256", "uint256"], bytes.fromhex(data[10:]))
+            records, total = decode(PAGE_TYPES, bytes.fromhex(result[2:]))
+            shown = (
+                [*records, *extra[max(0, offset - total) :]][:limit]
+                if offset + len(records) >= total
+                else records
+            )
+            return "0x" + encode(PAGE_TYPES, [list(shown), total + len(extra)]).hex()
+        commitment = None
+        if lies.csk_commitment is not None:
+            commitment = bytes.fromhex(lies.csk_commitment.removeprefix("0x")).rjust(32, b"\0")
+        if data.startswith(SELECTORS["syncState"]) and (extra or commitment is not None):
+            version, policy, epoch, held, count = decode(SYNC_TYPES, bytes.fromhex(result[2:]))
+            answer = [version, policy, epoch, commitment or held, count + len(extra)]
+            return "0x" + encode(SYNC_TYPES, answer).hex()
         commitment_views = (SELECTORS["cskCommitment"], SELECTORS["cskCommitmentOf"])
-        if lies.csk_commitment is not None and data.startswith(commitment_views):
-            return "0x" + bytes.fromhex(lies.csk_commitment.removeprefix("0x")).rjust(32, b"\0").hex()
+        if commitment is not None and data.startswith(commitment_views):
+            return "0x" + commitment.hex()
         return result
 
 

@@ -39,6 +39,7 @@ from sidecar.drivers.events import ChainLogPoller, SharedCursor
 from sidecar.drivers.heartbeats import HeartbeatService
 from sidecar.drivers.node import build_node
 from sidecar.drivers.push import Credentials, PushSubscriber
+from sidecar.drivers.readsource import ReadSource
 from sidecar.drivers.router import EventRouter
 from sidecar.drivers.store import StateStore
 from sidecar.drivers.supervisor import StopSignal, Supervisor
@@ -125,6 +126,9 @@ class Daemon:
             chain=self.chain,
             store=self.store,
             events=self.events,
+            planner=None
+            if self.push is None
+            else ReadSource(self.events, self.push.positions, confirmations=settings.chain.confirmations),
             on_mesh_up=self._mesh_up,
             on_member_removed=self._member_removed,
             anchors=AnchorGate(dict(env), settings.chain.kms_roots, self._refuse),

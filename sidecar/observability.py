@@ -12,11 +12,13 @@ label) name the peer by its mesh IP, public and bounded by the cluster's size.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from typing import Final, Literal, get_args
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from sidecar.core.peerscreen import EXCLUSION_REASONS
 from sidecar.core.phases import ORDER
@@ -74,6 +76,8 @@ PushRejection = Literal[
     "crosscheck",
 ]
 EventMode = Literal["push", "poll"]
+#: Who made a JSON-RPC call: a reconcile pass, the chain-log poller, the push subscriber, anything else.
+RpcSource = Literal["pass", "poll", "push", "other"]
 
 PEER_STATES: Final[tuple[str, ...]] = get_args(PeerState)
 PEER_CHANGES: Final[tuple[str, ...]] = get_args(PeerChange)
@@ -92,10 +96,45 @@ REGISTRATION_RESULTS: Final[tuple[str, ...]] = get_args(RegistrationResult)
 ENDPOINT_UPDATES: Final[tuple[str, ...]] = get_args(EndpointUpdate)
 PUSH_REJECTIONS: Final[tuple[str, ...]] = get_args(PushRejection)
 EVENT_MODES: Final[tuple[str, ...]] = get_args(EventMode)
+RPC_SOURCES: Final[tuple[str, ...]] = get_args(RpcSource)
+#: Buckets of ``attestmesh_reconcile_pass_rpc_calls``: a pass at a pushed pin costs 1-5 calls, a head read
+#: adds 2, a membership read or a registration more.
+PASS_RPC_BUCKETS: Final = (0, 1, 2, 3, 5, 8, 13, 21, 34)
 
 PHASES: Final[tuple[str, ...]] = tuple(p.value for p in ORDER)
 
 _RPC_METHOD = re.compile(r"[a-z][A-Za-z0-9_]{0,63}", re.ASCII)
+
+
+class RpcTally:
+    """The JSON-RPC calls one unit of work made (a pass, a poll), by method; see ``rpc_tally``."""
+
+    def __init__(self, source: RpcSource) -> None:
+        self.source: RpcSource = source
+        self.calls: dict[str, int] = {}
+
+    @property
+    def total(self) -> int:
+        return sum(self.calls.values())
+
+    def count(self, method: str) -> None:
+        self.calls[method] = self.calls.get(method, 0) + 1
+
+
+_TALLY: ContextVar[RpcTally | None] = ContextVar("attestmesh_rpc_tally", default=None)
+
+
+@contextlib.contextmanager
+def rpc_tally(source: RpcSource) -> Iterator[RpcTally]:
+    """Count the JSON-RPC calls made in this context (and the tasks it starts) as ``source``'s: the
+    tally lives in a context variable, so calls of concurrent tasks (the poller during a pass) are not
+    mixed in."""
+    tally = RpcTally(source)
+    token = _TALLY.set(tally)
+    try:
+        yield tally
+    finally:
+        _TALLY.reset(token)
 
 
 class Metrics(TransportMetrics):
@@ -219,6 +258,18 @@ class Metrics(TransportMetrics):
         self.rpc_calls = Counter(
             "attestmesh_rpc_calls_total", "JSON-RPC calls by method.", ["method"], registry=r
         )
+        self.rpc_calls_by_source = Counter(
+            "attestmesh_rpc_calls_by_source_total",
+            "JSON-RPC calls by who made them: a reconcile pass, the chain-log poller, the push subscriber.",
+            ["source"],
+            registry=r,
+        )
+        self.pass_rpc_calls = Histogram(
+            "attestmesh_reconcile_pass_rpc_calls",
+            "JSON-RPC calls made by one reconcile pass.",
+            buckets=PASS_RPC_BUCKETS,
+            registry=r,
+        )
         self.endpoint_updates = Counter(
             "attestmesh_endpoint_updates_total",
             "setEndpoint decisions: sent, failed, or deferred (rate-limited: the chain still shows another).",
@@ -271,6 +322,7 @@ class Metrics(TransportMetrics):
             (self.registration_attempts, REGISTRATION_RESULTS),
             (self.endpoint_updates, ENDPOINT_UPDATES),
             (self.push_rejected, PUSH_REJECTIONS),
+            (self.rpc_calls_by_source, RPC_SOURCES),
             (self.transport_streams_refused, STREAM_REFUSALS),
             (self.transport_streams_closed, STREAM_ENDS),
         ):
@@ -385,5 +437,15 @@ class Metrics(TransportMetrics):
             self.rpc_provider_up.labels(provider=str(index)).set(1 if answered else 0)
 
     def rpc_call(self, method: str) -> None:
-        """Count a JSON-RPC call; anything not shaped like a method name is counted as ``other``."""
-        self.rpc_calls.labels(method if _RPC_METHOD.fullmatch(method) else "other").inc()
+        """Count a JSON-RPC call by method and by source (the ``rpc_tally`` it was made in, if any);
+        anything not shaped like a method name is counted as ``other``."""
+        name = method if _RPC_METHOD.fullmatch(method) else "other"
+        self.rpc_calls.labels(name).inc()
+        tally = _TALLY.get()
+        self.rpc_calls_by_source.labels("other" if tally is None else tally.source).inc()
+        if tally is not None:
+            tally.count(name)
+
+    def pass_rpc(self, tally: RpcTally) -> None:
+        """Record how many JSON-RPC calls one reconcile pass made."""
+        self.pass_rpc_calls.observe(tally.total)

@@ -155,6 +155,7 @@ class EventSettings:
     """The event source: push from the registered indexer, polling as the floor (DESIGN §4 "Events")."""
 
     poll_interval_pushed: float  # the slow safety poll while push is healthy
+    resync_interval_pushed: float  # the slow resync pass while push is healthy (pushes wake on changes)
     registry_refresh: float  # how often IndexerRegistry.current() is re-read while subscribed
     push_crosscheck: float  # probability in [0, 1] of checking a pushed log against eth_getLogs
     push_backoff_min: float
@@ -206,6 +207,15 @@ def _check_together(r: EnvReader, values: Mapping[str, Any]) -> None:
         low, high = values[PREFIX + shorter], values[PREFIX + longer]
         if low is not None and high is not None and high < low:
             r.problem(f"{PREFIX}{longer} must not be shorter than {PREFIX}{shorter}")
+    for pushed, polled in (
+        ("POLL_INTERVAL_PUSHED", "POLL_INTERVAL"),
+        ("RESYNC_INTERVAL_PUSHED", "RESYNC_INTERVAL"),
+    ):
+        # push mode exists to read less: its intervals are never shorter than poll mode's (a default that
+        # is shorter than a configured poll-mode interval is raised to it instead, see ``load_settings``)
+        low, high = values[PREFIX + polled], values[PREFIX + pushed]
+        if r.env.get(PREFIX + pushed, "").strip() and low is not None and high is not None and high < low:
+            r.problem(f"{PREFIX}{pushed} must not be shorter than {PREFIX}{polled}")
     tip, fee = values[PREFIX + "MAX_PRIORITY_FEE_GWEI"], values[PREFIX + "MAX_FEE_GWEI"]
     if tip is not None and fee is not None and tip > fee:
         r.problem(f"{PREFIX}MAX_PRIORITY_FEE_GWEI must not exceed {PREFIX}MAX_FEE_GWEI")
@@ -287,10 +297,16 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     chain.update(_providers(r, values))
     if r.problems:
         raise SettingsError(r.problems)
+    events = _fields("events", values)
+    for pushed, polled in (
+        ("poll_interval_pushed", "poll_interval"),
+        ("resync_interval_pushed", "resync_interval"),
+    ):
+        events[pushed] = max(events[pushed], chain[polled])
     return Settings(
         chain=ChainSettings(**chain),
         mesh=MeshSettings(**_fields("mesh", values)),
         http=HttpSettings(**_fields("http", values)),
-        events=EventSettings(**_fields("events", values)),
+        events=EventSettings(**events),
         **_fields("", values),
     )

@@ -192,8 +192,9 @@ GROUPS: tuple[Group, ...] = (
         "events",
         "Events",
         (
-            _v("POLL_INTERVAL_PUSHED", "poll_interval_pushed", "30.0", parse_seconds, POSITIVE),
-            _v("REGISTRY_REFRESH", "registry_refresh", "60.0", parse_seconds, POSITIVE),
+            _v("POLL_INTERVAL_PUSHED", "poll_interval_pushed", "300.0", parse_seconds, POSITIVE),
+            _v("RESYNC_INTERVAL_PUSHED", "resync_interval_pushed", "600.0", parse_seconds, POSITIVE),
+            _v("REGISTRY_REFRESH", "registry_refresh", "300.0", parse_seconds, POSITIVE),
             _v("PUSH_CROSSCHECK", "push_crosscheck", "0", parse_rate),
             _v("PUSH_BACKOFF_MIN", "push_backoff_min", "1.0", parse_seconds, POSITIVE),
             _v("PUSH_BACKOFF_MAX", "push_backoff_max", "60.0", parse_seconds, POSITIVE),

@@ -33,6 +33,10 @@ contract Cluster is ICluster, Ownable2Step {
     /// @inheritdoc ICluster
     bool public rotateCskOnRemove;
     /// @inheritdoc ICluster
+    /// @dev Packed with the flags and cskEpoch: setAllowAnyDevice, setRequireTcbUpToDate and
+    ///      setRotateCskOnRemove already write this slot.
+    uint64 public policyVersion;
+    /// @inheritdoc ICluster
     mapping(address appId => bool) public allowedAppIds;
     /// @inheritdoc ICluster
     mapping(address kmsRoot => bool) public allowedKmsRoots;
@@ -46,6 +50,9 @@ contract Cluster is ICluster, Ownable2Step {
     /// @dev Host index of the next member. Only ever grows, so an evicted member's address is never handed to a
     ///      newcomer whose peers may still hold stale routes for it.
     uint32 private _nextHostIndex = 1;
+    /// @inheritdoc ICluster
+    /// @dev Packed with _nextHostIndex, which register already writes, so a registration pays a warm write.
+    uint64 public membershipVersion;
 
     mapping(bytes32 memberId => Member) private _members;
     /// @dev Registration order matters: index 0 is the CSK originator.
@@ -108,6 +115,7 @@ contract Cluster is ICluster, Ownable2Step {
     function removeComposeHash(bytes32 composeHash) external onlyOwner {
         if (!allowedComposeHashes[composeHash]) return;
         allowedComposeHashes[composeHash] = false;
+        ++policyVersion;
         emit ComposeHashRemoved(composeHash);
     }
 
@@ -118,6 +126,7 @@ contract Cluster is ICluster, Ownable2Step {
     function removeDevice(bytes32 deviceId) external onlyOwner {
         if (!allowedDeviceIds[deviceId]) return;
         allowedDeviceIds[deviceId] = false;
+        ++policyVersion;
         emit DeviceRemoved(deviceId);
     }
 
@@ -146,6 +155,7 @@ contract Cluster is ICluster, Ownable2Step {
     function removeKmsRoot(address kmsRoot) external onlyOwner {
         if (!allowedKmsRoots[kmsRoot]) return;
         allowedKmsRoots[kmsRoot] = false;
+        ++policyVersion;
         emit KmsRootRemoved(kmsRoot);
     }
 
@@ -193,6 +203,7 @@ contract Cluster is ICluster, Ownable2Step {
         _memberIds.push(memberId);
         _idByAppId[appId] = memberId;
         _idBySigner[signer] = memberId;
+        ++membershipVersion;
         emit MemberRegistered(memberId, appId, signer, meshIp);
     }
 
@@ -201,6 +212,7 @@ contract Cluster is ICluster, Ownable2Step {
         if (memberId == 0) revert NotMember(msg.sender);
         _checkEndpoint(endpoint);
         _members[memberId].endpoint = endpoint;
+        ++membershipVersion;
         emit EndpointChanged(memberId, endpoint);
     }
 
@@ -235,6 +247,7 @@ contract Cluster is ICluster, Ownable2Step {
     function setRotateCskOnRemove(bool rotate) external onlyOwner {
         if (rotateCskOnRemove == rotate) return;
         rotateCskOnRemove = rotate;
+        ++policyVersion;
         emit RotateCskOnRemoveSet(rotate);
     }
 
@@ -261,6 +274,7 @@ contract Cluster is ICluster, Ownable2Step {
         delete _members[memberId];
         delete _idByAppId[appId];
         delete _idBySigner[signer];
+        ++membershipVersion;
         emit MemberRemoved(memberId, appId);
         _removeAllowedAppId(appId);
         if (rotateCskOnRemove) _rotateCsk();
@@ -311,6 +325,36 @@ contract Cluster is ICluster, Ownable2Step {
         Member[] memory all = new Member[](n);
         for (uint256 i = 0; i < n; ++i) all[i] = _members[_memberIds[i]];
         return all;
+    }
+
+    /// @inheritdoc ICluster
+    /// @dev The limit is clamped to what is left, so `offset + limit` cannot overflow.
+    function membersPage(uint256 offset, uint256 limit)
+        external
+        view
+        returns (Member[] memory page, uint256 total)
+    {
+        total = _memberIds.length;
+        if (offset >= total) return (new Member[](0), total);
+        uint256 count = total - offset < limit ? total - offset : limit;
+        page = new Member[](count);
+        for (uint256 i = 0; i < count; ++i) page[i] = _members[_memberIds[offset + i]];
+    }
+
+    /// @inheritdoc ICluster
+    function syncState()
+        external
+        view
+        returns (
+            uint64 membershipVersion_,
+            uint64 policyVersion_,
+            uint64 cskEpoch_,
+            bytes32 cskCommitment_,
+            uint256 memberCount_
+        )
+    {
+        uint64 epoch = cskEpoch;
+        return (membershipVersion, policyVersion, epoch, cskCommitmentOf[epoch], _memberIds.length);
     }
 
     function meshCidr() external view returns (uint32 base, uint8 prefixLength) {
@@ -394,24 +438,28 @@ contract Cluster is ICluster, Ownable2Step {
     function _addComposeHash(bytes32 composeHash) private {
         if (allowedComposeHashes[composeHash]) return;
         allowedComposeHashes[composeHash] = true;
+        ++policyVersion;
         emit ComposeHashAdded(composeHash);
     }
 
     function _addDevice(bytes32 deviceId) private {
         if (allowedDeviceIds[deviceId]) return;
         allowedDeviceIds[deviceId] = true;
+        ++policyVersion;
         emit DeviceAdded(deviceId);
     }
 
     function _setAllowAnyDevice(bool value) private {
         if (_allowAnyDevice == value) return;
         _allowAnyDevice = value;
+        ++policyVersion;
         emit AllowAnyDeviceSet(value);
     }
 
     function _setRequireTcbUpToDate(bool value) private {
         if (_requireTcbUpToDate == value) return;
         _requireTcbUpToDate = value;
+        ++policyVersion;
         emit RequireTcbUpToDateSet(value);
     }
 
@@ -419,18 +467,21 @@ contract Cluster is ICluster, Ownable2Step {
         if (allowedAppIds[appId]) return;
         _checkMemberApp(appId);
         allowedAppIds[appId] = true;
+        ++policyVersion;
         emit AppIdAllowed(appId);
     }
 
     function _removeAllowedAppId(address appId) private {
         if (!allowedAppIds[appId]) return;
         allowedAppIds[appId] = false;
+        ++policyVersion;
         emit AppIdDisallowed(appId);
     }
 
     function _addKmsRoot(address kmsRoot) private {
         if (allowedKmsRoots[kmsRoot]) return;
         allowedKmsRoots[kmsRoot] = true;
+        ++policyVersion;
         emit KmsRootAdded(kmsRoot);
     }
 }

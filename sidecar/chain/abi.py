@@ -69,10 +69,14 @@ class FunctionSpec:
 
     def decode(self, data: bytes) -> Any:
         """The call's result: one output unwrapped, several as a list (none: an empty list)."""
+        values = self.decode_all(data)
+        return values[0] if len(values) == 1 else list(values)
+
+    def decode_all(self, data: bytes) -> tuple[Any, ...]:
+        """Every output of the call's result, as a tuple."""
         if not data and self.output_types:
             raise UnexpectedChainError(f"{self.name}() returned no data (no contract at the address?)")
-        values = decode(list(self.output_types), data)
-        return values[0] if len(values) == 1 else list(values)
+        return tuple(decode(list(self.output_types), data))
 
 
 class ContractAbi:

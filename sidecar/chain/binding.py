@@ -1,8 +1,9 @@
 """The plumbing every contract binding shares: calls, writes through the submitter, event decoding.
 
 Owns ``ContractClient`` (one artifact's ABI at one address: ``_call`` encodes with ``eth_abi``, sends
-``eth_call`` through the connection and decodes the result, all inside ``translated()``; ``_send`` goes
-through the injected ``TxSubmitter``; calldata encoding; event decoding),
+``eth_call`` through the connection and decodes the result, all inside ``translated()``; ``_read``, the
+same returning every output as a tuple (the large reads); ``_send`` goes through the injected
+``TxSubmitter``; calldata encoding; event decoding),
 ``Ownable2StepClient`` (OpenZeppelin's two-step ownership, which several of our contracts inherit),
 ``BlockRef`` and the small converters from ABI values to our value objects. ``sidecar.chain.contracts``
 builds one client per contract on top of it.
@@ -97,6 +98,15 @@ class ContractClient:
         that block or errs, so reads of one snapshot cannot straddle a reorg."""
         with translated():
             return abi.decode(await self._conn.call(tx_params(to=self.address, data=calldata), block_hash))
+
+    async def _read(self, function: str, *args: Any, block: BlockRef = None) -> tuple[Any, ...]:
+        """Like ``_call``, but every output as a tuple (one output too); a block hash pins the read (EIP-1898,
+        ``requireCanonical``). Arguments are eth_abi values (hex address strings); addresses come back as
+        lowercase hex strings."""
+        with translated():
+            spec = self._abi.function(function)
+            raw = await self._conn.call(tx_params(to=self.address, data=spec.encode(args)), block)
+            return spec.decode_all(raw)
 
     def encode_call(self, function: str, *args: Any) -> bytes:
         """Return the calldata of ``function(*args)`` (``eth_abi``-encodable arguments), e.g. to send raw."""

@@ -26,7 +26,7 @@ from sidecar.chain.binding import (
     to_address,
     to_bytes32,
 )
-from sidecar.chain.errors import UnexpectedChainError
+from sidecar.chain.errors import TransientChainError, UnexpectedChainError
 from sidecar.core.ids import Address, Bytes32, MemberId
 from sidecar.core.model import (
     BootInfo,
@@ -36,6 +36,7 @@ from sidecar.core.model import (
     MemberKeys,
     MemberRecord,
     MeshCidr,
+    SyncState,
     TxReceipt,
     member_id_for,
 )
@@ -50,7 +51,22 @@ __all__ = [
     "IndexerRegistryClient",
     "MemberAppClient",
     "MemberAppFactoryClient",
+    "MembershipMoved",
 ]
+
+#: Members per ``membersPage`` call of ``members_paged``. A page of 10-character endpoints costs about
+#: 27,000 gas per member plus the ABI encoding's memory (``python -m bench --only scale`` measures it; 250
+#: members ~ 7 M gas), well under the 50 M cap common hosted endpoints put on ``eth_call`` and under a 10 M
+#: per-call budget even with 64-byte endpoints; a 10,000-member cluster reads in 40 calls.
+MEMBERS_PAGE_SIZE = 250
+
+#: More members than any mesh can address (a /8 has 2**24 - 2 hosts): a larger ``total`` is a lying node.
+MAX_MEMBERS = 2**24
+
+
+class MembershipMoved(TransientChainError):
+    """An unpinned paged read saw the membership change between its pages; read again (pinned reads
+    cannot move)."""
 
 
 def _member_record(raw: Sequence[Any]) -> MemberRecord | None:
@@ -68,6 +84,13 @@ def _member_record(raw: Sequence[Any]) -> MemberRecord | None:
         mesh_ip=IPv4Address(int(ip)),
         registered_at=int(registered_at),
     )
+
+
+def _member_records(raw: Sequence[Sequence[Any]], what: str) -> list[MemberRecord]:
+    records = [_member_record(entry) for entry in raw]
+    if any(record is None for record in records):
+        raise UnexpectedChainError(f"{what} returned a record with a zero id")
+    return [record for record in records if record is not None]
 
 
 def _boot_info_arg(info: BootInfo) -> tuple[Any, ...]:
@@ -119,11 +142,68 @@ class ClusterClient(Ownable2StepClient):
         return _member_record(await self._call("memberById", member_id.raw, block=block))
 
     async def members(self, *, block: BlockRef = None) -> list[MemberRecord]:
-        """Return every member record, registration order, in one call."""
-        records = [_member_record(raw) for raw in await self._call("members", block=block)]
-        if any(record is None for record in records):
-            raise UnexpectedChainError("members() returned a record with a zero id")
-        return [record for record in records if record is not None]
+        """Return every member record, registration order, in one call (large clusters: ``members_paged``,
+        whose calls each stay under a gas budget)."""
+        (raw,) = await self._read("members", block=block)
+        return _member_records(raw, "members()")
+
+    async def members_page(
+        self, offset: int, limit: int, *, block: BlockRef = None
+    ) -> tuple[list[MemberRecord], int]:
+        """Return members ``[offset, offset + limit)`` in registration order and the member count (an
+        offset at or past the end: no records)."""
+        if offset < 0 or limit < 0:
+            raise ValueError(f"offset and limit must be non-negative, got {offset}, {limit}")
+        raw, total = await self._read("membersPage", offset, limit, block=block)
+        records = _member_records(raw, "membersPage()")
+        expected = max(0, min(limit, int(total) - offset))
+        if int(total) > MAX_MEMBERS or len(records) != expected:
+            raise UnexpectedChainError(
+                f"membersPage({offset}, {limit}) returned {len(records)} records of {total}"
+            )
+        return records, int(total)
+
+    async def members_paged(
+        self, *, block: BlockRef = None, page_size: int = MEMBERS_PAGE_SIZE
+    ) -> list[MemberRecord]:
+        """Return every member record, registration order, one ``membersPage`` call per ``page_size``
+        members. At ``block=None`` the pages are bracketed by ``syncState`` reads and ``MembershipMoved``
+        is raised if the membership changed in between; pin a block for one consistent read."""
+        if page_size < 1:
+            raise ValueError(f"page_size must be at least 1, got {page_size}")
+        before = await self.sync_state() if block is None else None
+        records, total = await self.members_page(0, page_size, block=block)
+        while len(records) < total:
+            page, now = await self.members_page(len(records), page_size, block=block)
+            if now != total:
+                raise MembershipMoved(f"the member count moved from {total} to {now} between pages")
+            records.extend(page)
+        if before is not None:
+            after = await self.sync_state()
+            if after.membership_version != before.membership_version:
+                raise MembershipMoved(
+                    f"membership version moved from {before.membership_version} to "
+                    f"{after.membership_version} during the read"
+                )
+        return records
+
+    async def sync_state(self, *, block: BlockRef = None) -> SyncState:
+        """Return the versions, CSK epoch and commitment and member count in one call."""
+        membership, policy, epoch, commitment, count = await self._read("syncState", block=block)
+        raw = to_bytes32(commitment)
+        return SyncState(
+            membership_version=int(membership),
+            policy_version=int(policy),
+            csk_epoch=int(epoch),
+            csk_commitment=None if raw.is_zero else raw,
+            member_count=int(count),
+        )
+
+    async def membership_version(self, *, block: BlockRef = None) -> int:
+        return int((await self._read("membershipVersion", block=block))[0])
+
+    async def policy_version(self, *, block: BlockRef = None) -> int:
+        return int((await self._read("policyVersion", block=block))[0])
 
     async def mesh_cidr(self, *, block: BlockRef = None) -> MeshCidr:
         base, prefix_length = await self._call("meshCidr", block=block)

@@ -2,7 +2,7 @@
 
 Owns: the typed, immutable shapes that the chain adapter returns and accepts (``MemberRecord``,
 ``MemberKeys``, ``MeshCidr``, ``BootInfo``, ``BootVerdict``, ``IndexerRecord``, ``ClusterConfig``,
-``TxReceipt``, ``ChainLog``) and ``member_id_for``, the pure mirror of the contract's
+``SyncState``, ``TxReceipt``, ``ChainLog``) and ``member_id_for``, the pure mirror of the contract's
 ``computeMemberId``.
 
 Must not: do I/O, import a chain library or any adapter, or hold private key material. Values are built
@@ -115,6 +115,21 @@ class BootVerdict:
 
     allowed: bool
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SyncState:
+    """``Cluster.syncState()``: what tells a node, in one call, whether anything it holds changed.
+
+    ``membership_version`` moves with every change to the member records (register, setEndpoint,
+    removeMember), ``policy_version`` with every change to the boot policy, app ids, KMS roots or
+    rotate-on-remove; ``csk_commitment`` is the current epoch's (None until its originator commits it)."""
+
+    membership_version: int
+    policy_version: int
+    csk_epoch: int
+    csk_commitment: Bytes32 | None
+    member_count: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,6 +75,9 @@ class NodeStatus:
     chain_reachable: bool | None = None
     chain_error: str | None = None
     chain_write_held: str | None = None  # why the last transaction was not sent (``fee_cap: …``)
+    # where the last snapshot was read: ``push`` (the verified stream's block), ``poll`` (the poller's own
+    # confirmed cursor), ``head`` (the node's own head read); None before the first read
+    chain_read_at: str | None = None
     # the JSON-RPC providers, by index in ATTESTMESH_RPC_URLS (never a URL): how many, the quorum, who
     # answered the last snapshot read, who agreed with the accepted (or largest) answer, who did not, and the
     # named reason when no quorum agreed (``rpc_disagreement``, ``rpc_quorum_unavailable``)
@@ -144,6 +147,7 @@ def healthz_body(status: NodeStatus) -> dict[str, object]:
             "reachable": status.chain_reachable,
             "error": status.chain_error,
             "write_held": status.chain_write_held,
+            "read_at": status.chain_read_at,
             "rpc": {
                 "providers": status.rpc_providers,
                 "quorum": status.rpc_quorum,

@@ -6,11 +6,14 @@ small fake) and ``ChainLink``, its implementation over one or more JSON-RPC prov
 
 - **Snapshot reads go to every provider, concurrently, and a quorum must agree** (``sidecar.core.quorum``):
   each provider's head is read, the snapshot block is the highest block ``quorum`` providers have reached,
-  ``confirmations`` deep; each provider reads the block's hash once, then every call of its snapshot
-  (``isAppAllowed``, ``members()``, ``cskCommitment``, ``meshCidr``) is pinned to that hash (EIP-1898 with
-  ``requireCanonical``). No quorum on (block, hash, snapshot) raises ``QuorumNotReached`` (transient, named
-  reason), so the pass stops before anything changes and the controller keeps the last good snapshot.
-  With one provider its own error is raised, as before.
+  ``confirmations`` deep; each provider reads the block's hash once, then every call of its snapshot is
+  pinned to that hash (EIP-1898 with ``requireCanonical``): ``syncState()``, and only what it says changed
+  since that provider's last read (``membersPage``, ``isAppAllowed``; ``sidecar.drivers.syncread``;
+  ``meshCidr``, immutable, only until the first accepted read of the process). A caller that already
+  knows a block and its hash (push mode: ``sidecar.core.readpin``) passes it as ``at``: no head and no
+  header are read, only the state at that hash. No quorum on (block, hash, snapshot) raises
+  ``QuorumNotReached`` (transient, named reason), so the pass stops before anything changes and the
+  controller keeps the last good snapshot. With one provider its own error is raised, as before.
 - **Transactions** (register, endpoint, CSK commitment) and the one-off reads (the member app's CREATE2
   salt, for the member proof) go through the first provider that answered the last read with the accepted
   snapshot (provider order otherwise). Writes are priced within the configured fee cap: a write the cap
@@ -41,6 +44,7 @@ from sidecar.chain.failures import gwei
 from sidecar.chain.rpc import ChainConnection, connect
 from sidecar.chain.tx import FeeCap, TxSubmitter
 from sidecar.core.ids import Address, Bytes32, MemberId
+from sidecar.core.model import MeshCidr
 from sidecar.core.quorum import (
     ProviderAnswer,
     ProviderFailure,
@@ -49,8 +53,10 @@ from sidecar.core.quorum import (
     agree,
     confirmed_block,
 )
+from sidecar.core.readpin import Position
 from sidecar.core.snapshot import Snapshot
 from sidecar.drivers.identity import NodeIdentity
+from sidecar.drivers.syncread import SyncedReads
 from sidecar.observability import Metrics
 from sidecar.settings import ChainSettings
 
@@ -90,7 +96,7 @@ class ClusterChain(Protocol):
         """Why the last write was not sent (``fee_cap: …``), until one is; None otherwise."""
         ...
 
-    async def read(self, identity: NodeIdentity) -> tuple[int, Snapshot]: ...
+    async def read(self, identity: NodeIdentity, at: Position | None = None) -> tuple[int, Snapshot]: ...
 
     async def has_contract(self) -> bool: ...
 
@@ -120,6 +126,8 @@ class ChainLink:
         metrics.set_rpc_providers([False] * count)
         self.fee_cap = FeeCap(settings.max_fee_wei, settings.max_priority_fee_wei)
         self._held: str | None = None
+        self._mesh: MeshCidr | None = None
+        self._synced = SyncedReads(count)  # per provider: what syncState() says need not be read again
 
     @property
     def cluster(self) -> Address:
@@ -202,12 +210,18 @@ class ChainLink:
 
     # --- the snapshot --------------------------------------------------------------------------------
 
-    async def read(self, identity: NodeIdentity) -> tuple[int, Snapshot]:
+    async def read(self, identity: NodeIdentity, at: Position | None = None) -> tuple[int, Snapshot]:
         """Read the snapshot at the confirmed block from every provider; return the quorum's head and
-        snapshot, or raise (``QuorumNotReached``; with one provider, its own ``ChainError``)."""
+        snapshot, or raise (``QuorumNotReached``; with one provider, its own ``ChainError``).
+
+        With ``at`` (a block the caller already knows, ``sidecar.core.readpin``) no head is read: every
+        provider reads at that block's hash, and the head returned is that block."""
         s = self.settings
         count = len(s.rpc_urls)
-        heads = await asyncio.gather(*(self._attempt(i, self._head(i)) for i in range(count)))
+        if at is None:
+            heads = await asyncio.gather(*(self._attempt(i, self._head(i)) for i in range(count)))
+        else:
+            heads = [at.block] * count
         answered = {i: h for i, h in enumerate(heads) if not isinstance(h, ChainError)}
         errors = {i: e for i, e in enumerate(heads) if isinstance(e, ChainError)}
         answers: list[ProviderAnswer] = []
@@ -215,9 +229,12 @@ class ChainLink:
             quorum = min(s.rpc_quorum, len(answered))
             block = confirmed_block(list(answered.values()), quorum, s.confirmations)
             assert block is not None
+            pin = None
+            if at is not None:
+                block, pin = at.block, at.block_hash
             reads = await asyncio.gather(
                 *(
-                    self._attempt(i, self._snapshot_at(i, head, block, identity))
+                    self._attempt(i, self._snapshot_at(i, head, block, identity, pin))
                     for i, head in answered.items()
                 )
             )
@@ -234,6 +251,7 @@ class ChainLink:
         self._record(verdict)
         if verdict.accepted is None:
             raise QuorumNotReached(verdict)
+        self._mesh = verdict.accepted.snapshot.mesh  # immutable in the contract: read once per process
         return verdict.accepted.head, verdict.accepted.snapshot
 
     async def _attempt(self, index: int, work: Awaitable[T]) -> T | ChainError:
@@ -248,18 +266,18 @@ class ChainLink:
     async def _head(self, index: int) -> int:
         return await (await self._connection(index)).block_number()
 
-    async def _snapshot_at(self, index: int, head: int, block: int, identity: NodeIdentity) -> ProviderAnswer:
-        """One provider's snapshot at ``block``: its hash read once, every call pinned to it."""
+    async def _snapshot_at(
+        self, index: int, head: int, block: int, identity: NodeIdentity, pin: Bytes32 | None = None
+    ) -> ProviderAnswer:
+        """One provider's snapshot at ``block``: its hash read once (unless the caller knows it as ``pin``),
+        every call pinned to it; what ``syncState()`` says did not change is not read again."""
         conn = await self._connection(index)
-        header = await conn.block_header(block)
+        if pin is None:
+            pin = (await conn.block_header(block)).hash
         cluster = ClusterClient(conn, self.settings.cluster)
-        pin = header.hash
-        verdict = await cluster.is_app_allowed(identity.boot_info(), block=pin)
-        members = tuple(await cluster.members(block=pin))
-        epoch = await cluster.csk_epoch(block=pin)
-        commitment = await cluster.csk_commitment_of(epoch, block=pin)
-        mesh = await cluster.mesh_cidr(block=pin)
-        snapshot = Snapshot(header.number, verdict, members, commitment, mesh, epoch)
+        snapshot = await self._synced.read(
+            index, cluster, block=block, pin=pin, boot=identity.boot_info(), mesh=self._mesh
+        )
         return ProviderAnswer(index, head, pin, snapshot)
 
     def _record(self, verdict: QuorumVerdict) -> None:
@@ -328,6 +346,7 @@ class ChainLink:
         return await MemberAppFactoryClient(await self._primary(), factory).salt_of(app_id)
 
     async def _drop(self, index: int) -> None:
+        self._synced.forget(index)
         conn, self._conns[index] = self._conns[index], None
         if conn is not None:
             await conn.close()

@@ -6,8 +6,9 @@ agent) → chain snapshot (boot policy, membership, commitment, one ``members()`
 delta) → cluster shared key; then the peer facts and the phase (``sidecar.core.phases``). A step that
 does not proceed ends the pass; a fact a step did not observe keeps its last value (so an unreadable
 chain keeps the last good snapshot and never touches the device). Wakes come from the event source,
-peer liveness changes, a periodic resync, a step's requeue hint and an error backoff; every pass re-reads
-the whole desired and actual state, so a missed wake only delays convergence.
+peer liveness changes, a periodic resync (slow while push is healthy: pushes wake the loop on every change),
+a step's requeue hint and an error backoff; every pass re-reads the whole desired and actual state, so a
+missed wake only delays convergence. Every pass counts its own JSON-RPC calls (``control.passed``, debug).
 
 The steps own their wording and their dependencies (``sidecar.drivers.steps``, ``.mesh``, ``.csk``);
 this module owns no error strings. Broad exceptions are caught in exactly one place (``run``).
@@ -39,7 +40,7 @@ from sidecar.drivers.events import EventSource
 from sidecar.drivers.mesh import MeshStep
 from sidecar.drivers.nodestate import NodeState
 from sidecar.drivers.steps import ChainStep, EndpointStep, IdentityStep, MembershipStep
-from sidecar.observability import Metrics, ReconcileStep
+from sidecar.observability import Metrics, ReconcileStep, rpc_tally
 
 log = structlog.get_logger("sidecar.control")
 
@@ -74,6 +75,7 @@ class Controller:
         clock: Clock,
         resync_interval: float,
         events: EventSource | None = None,
+        resync_interval_pushed: float | None = None,
     ) -> None:
         self.steps = steps
         self.state = state
@@ -82,6 +84,8 @@ class Controller:
         self.metrics = metrics
         self.clock = clock
         self.resync_interval = resync_interval
+        #: The resync period while push is healthy (pushes wake the loop on every change; None: as in poll).
+        self.resync_interval_pushed = resync_interval_pushed
         self.events = events
         self._wake = asyncio.Event()
         self._requeue: float | None = None
@@ -113,7 +117,7 @@ class Controller:
             try:
                 await self.pass_once()
                 if self._settled():  # healthy: only events and the resync timer trigger a pass
-                    delay = self.resync_interval
+                    delay = self.resync_delay()
                     backoff.reset()
                 elif self._progressing():  # progressing: check again soon
                     delay = PROGRESS_RETRY
@@ -134,6 +138,13 @@ class Controller:
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
 
+    def resync_delay(self) -> float:
+        """The resync period now: the slow one while push is healthy, the poll-mode one otherwise."""
+        pushed = self.resync_interval_pushed
+        if pushed is not None and self.events is not None and self.events.mode == "push":
+            return pushed
+        return self.resync_interval
+
     def _settled(self) -> bool:
         return self.status.phase == Phase.HEALTHY.value
 
@@ -145,11 +156,23 @@ class Controller:
     # --- one pass ----------------------------------------------------------------------------------
 
     async def pass_once(self) -> None:
-        """Run the steps in order, fold their outcomes, then compute the phase and the status."""
+        """Run the steps in order, fold their outcomes, then compute the phase and the status; count the
+        pass's JSON-RPC calls (``attestmesh_reconcile_pass_rpc_calls``, ``control.passed``)."""
         self._requeue = None
-        await self._run_steps()
+        with rpc_tally("pass") as tally:
+            try:
+                await self._run_steps()
+            finally:
+                self.metrics.pass_rpc(tally)
         self._apply(self._standing_facts())
         self._update_status()
+        log.debug(
+            "control.passed",
+            phase=self.status.phase,
+            read_at=self.steps.chain.read_at,
+            rpc_calls=tally.total,
+            rpc_methods=dict(sorted(tally.calls.items())),
+        )
 
     def _apply(self, part: FactsPart | Outcome, step: ReconcileStep | None = None) -> bool:
         """Fold an outcome (or a bare facts part) into the facts, count a failed step by its class; return
@@ -245,6 +268,7 @@ class Controller:
             chain_reachable=facts.chain_ok,
             chain_error=facts.chain_quorum or facts.chain_error or facts.chain_mismatch,
             chain_write_held=self.steps.chain.chain.write_held,
+            chain_read_at=self.steps.chain.read_at,
             **self._rpc_fields(),
         )
 
@@ -278,8 +302,13 @@ class Controller:
         return dataclasses.replace(self.status, peers_transport=self.steps.mesh.transport.summary())
 
     def refresh_events(self) -> None:
-        """Re-read the event source into the status now (its mode flips between passes)."""
+        """Re-read the event source into the status now (its mode flips between passes); a flip of the mode
+        also wakes the loop, so the resync timer follows the new mode and the first pass after it reads the
+        chain as that mode does."""
+        previous = self.status.events_mode
         self.status = dataclasses.replace(self.status, **self._events_fields())
+        if self.status.events_mode != previous:
+            self.wake("events mode changed")
 
     # --- views for the app API ---------------------------------------------------------------------
 

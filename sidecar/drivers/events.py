@@ -262,22 +262,25 @@ class ChainLogPoller:
             await self.poll_guarded()
             await asyncio.sleep(self.interval)
 
-    async def poll_guarded(self, through: int | None = None) -> None:
+    async def poll_guarded(self, through: int | None = None) -> bool:
         """One poll (scanning at most through block ``through``, when given); a chain failure is logged
-        once when it starts and once when it ends."""
+        once when it starts and once when it ends. Return whether the poll read the chain (``head`` is
+        then the head it read)."""
         conn = self.connection()
         if conn is None:
-            return
+            return False
         try:
             await self.poll_once(conn, through)
             if self._failing:
                 log.info("events.poll_recovered")
             self._failing = False
+            return True
         except ChainError as exc:
             if not self._failing:
                 log.warning("events.poll_failed", error=str(exc))
             self._failing = True
             self.wake("poll failed")  # the control loop notices the chain is gone and says so
+            return False
 
     async def initial_cursor(self, conn: ChainConnection, head: int | None = None) -> Cursor:
         """The poll cursor, created at the confirmed head when there is none yet (and persisted); the shared

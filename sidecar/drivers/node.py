@@ -30,6 +30,7 @@ from sidecar.drivers.events import EventSource
 from sidecar.drivers.identity import KeySource
 from sidecar.drivers.mesh import MeshStep
 from sidecar.drivers.nodestate import NodeState
+from sidecar.drivers.readsource import ReadPlanner
 from sidecar.drivers.steps import ChainStep, EndpointStep, IdentityStep, MembershipStep, own_endpoint
 from sidecar.drivers.store import StateStore
 from sidecar.observability import Metrics
@@ -70,12 +71,14 @@ def build_node(
     device: Callable[[], WgDevice] | None = None,
     transport: Transport | None = None,
     events: EventSource | None = None,
+    planner: ReadPlanner | None = None,
     on_mesh_up: Callable[[IPv4Address], None] = lambda ip: None,
     on_member_removed: Callable[[MemberId], None] | None = None,
     anchors: AnchorGate | None = None,
 ) -> Node:
     """Wire the steps and the controller of one node; each part gets the narrow settings group it needs.
     Parts not given are the real ones (a unit test passes fakes for chain, fetcher, device and clock);
+    ``planner`` lets the chain step read at a block the event source already knows (push mode);
     ``anchors`` checks the measured trust anchors when the identity is first derived (the daemon's)."""
     clock = clock or SystemClock()
     chain, fetcher, closers = _real_ports(settings, metrics, chain, fetcher)
@@ -112,7 +115,7 @@ def build_node(
     )
     steps = Steps(
         identity=IdentityStep(agent, KeyScope(settings.chain.chain_id, settings.chain.cluster), anchors),
-        chain=ChainStep(chain, metrics),
+        chain=ChainStep(chain, metrics, planner),
         membership=MembershipStep(chain, metrics, own_endpoint(settings.mesh)),
         endpoint=EndpointStep(chain, own_endpoint(settings.mesh), repeats, metrics),
         mesh=mesh,
@@ -127,6 +130,7 @@ def build_node(
         clock=clock,
         resync_interval=settings.chain.resync_interval,
         events=events,
+        resync_interval_pushed=settings.events.resync_interval_pushed,
     )
     return Node(state, mesh, csk, controller, [*closers, mesh.close])
 

@@ -55,6 +55,7 @@ from sidecar.core.indexerwire import (
     sign_hello,
 )
 from sidecar.core.model import ChainLog, IndexerRecord
+from sidecar.core.readpin import PushedPositions
 from sidecar.drivers.events import SharedCursor
 from sidecar.observability import Metrics, PushRejection
 
@@ -133,6 +134,8 @@ class PushSubscriber:
         self.on_change = on_change
         self.connected = False
         self.head: int | None = None
+        #: The verified stream's newest block and hash (where push mode's passes read, ``core.readpin``).
+        self.positions = PushedPositions()
         self.record: IndexerRecord | None = None
         self.rejected: dict[str, int] = {}
         self.sessions = 0
@@ -241,6 +244,7 @@ class PushSubscriber:
         if isinstance(first, Welcome):  # always, once the verifier took it
             self.head = first.head
         self.sessions += 1
+        self.positions.clear()  # a new session: its depth is measured afresh
         self._set_connected(True)
         rewinds = self.shared.rewinds
         pump = asyncio.create_task(self._pump(ws, conn, verifier, rewinds), name="push-pump")
@@ -294,6 +298,7 @@ class PushSubscriber:
                 return SessionEnd("refresh", "cursor rewound by a reorg")
             await self._handle(checked)
             verifier.accept(checked)
+            self.positions.note(checked.cursor.block, checked.cursor.block_hash)
             ack = verifier.ack()
             if ack is not None:
                 await ws.send_str(encode(ack))

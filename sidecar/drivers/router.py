@@ -3,9 +3,10 @@
 Owns ``EventRouter``: it runs the push subscriber (``sidecar.drivers.push``) and the chain-log poller
 (``sidecar.drivers.events``) over the shared cursor (the poller scans from its own, chain-verified one),
 polls at the fast interval while push is down or untrusted and at the slow safety interval while push is
-healthy, and reports the mode (``/healthz``
-``events``); and ``PushSource``, what it needs of the subscriber. Events are wake-ups only (see
-``sidecar.drivers.events``). Must not: change membership or the device, or read a pushed log's data.
+healthy, reports the mode (``/healthz`` ``events``) and, after each poll, how deep the push stream's newest
+position lay below the head the poll read (``sidecar.core.readpin``: push mode's reads pin to it); and
+``PushSource``, what it needs of the subscriber. Events are wake-ups only (see ``sidecar.drivers.events``).
+Must not: change membership or the device, or read a pushed log's data.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Protocol
 
 import structlog
 
+from sidecar.core.readpin import PushedPositions
 from sidecar.drivers.events import ChainLogPoller, EventMode, SharedCursor
-from sidecar.observability import Metrics
+from sidecar.observability import Metrics, rpc_tally
 
 log = structlog.get_logger("sidecar.events")
 
@@ -41,6 +43,9 @@ class PushSource(Protocol):
 
     @property
     def rejected(self) -> dict[str, int]: ...
+
+    @property
+    def positions(self) -> PushedPositions: ...
 
     async def run(self) -> None: ...
 
@@ -122,17 +127,26 @@ class EventRouter:
         self.metrics.set_event_mode(self._mode)
         async with asyncio.TaskGroup() as tasks:
             if self.push is not None:
-                tasks.create_task(self.push.run(), name="push")
+                tasks.create_task(self._push_forever(self.push), name="push")
             tasks.create_task(self._poll_forever(), name="poll")
+
+    async def _push_forever(self, push: PushSource) -> None:
+        with rpc_tally("push"):  # the registry reads and cross-checks count as the subscriber's
+            await push.run()
 
     async def _poll_forever(self) -> None:
         seen: int | None = None  # the head the previous poll saw
+        positions = None if self.push is None else self.push.positions
         while True:
             self._changed.clear()
             # While push is healthy, the safety poll scans only the blocks the previous poll already saw:
             # a new log gets a whole safety interval to arrive by push (the poll would otherwise race the
             # stream for fresh blocks), and whatever push missed is still caught within two intervals.
-            await self.poller.poll_guarded(through=seen if self._mode == "push" else None)
+            mark = None if positions is None else positions.mark()
+            with rpc_tally("poll"):
+                polled = await self.poller.poll_guarded(through=seen if self._mode == "push" else None)
+            if polled and positions is not None and mark is not None and self.poller.head is not None:
+                positions.observe_head(self.poller.head, mark)  # how deep the pushed positions lie
             seen = self.poller.head
             self.on_change()
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that races with

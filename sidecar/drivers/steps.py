@@ -26,11 +26,13 @@ from sidecar.core.endpoint import gateway_endpoint, parse_endpoint, same_endpoin
 from sidecar.core.keys import KeyScope
 from sidecar.core.model import MemberRecord
 from sidecar.core.outcome import FactsPart, Failure, Outcome, stop
+from sidecar.core.readpin import HeadRead, ReadPin
 from sidecar.core.repeats import Repeats
 from sidecar.core.snapshot import Snapshot
 from sidecar.drivers.anchors import AnchorGate
 from sidecar.drivers.chainlink import ClusterChain, QuorumNotReached
 from sidecar.drivers.identity import KeySource, NodeIdentity, derive_keys
+from sidecar.drivers.readsource import ReadPlanner
 from sidecar.dstack.agent import GuestAgentError
 from sidecar.observability import Metrics
 from sidecar.settings import MeshSettings
@@ -88,18 +90,47 @@ class IdentityStep:
 
 
 class ChainStep:
-    """Read the chain snapshot at a confirmed block; classify a failure (unreachable, or the wrong chain)."""
+    """Read the chain snapshot at a confirmed block; classify a failure (unreachable, or the wrong chain).
 
-    def __init__(self, chain: ClusterChain, metrics: Metrics) -> None:
+    With a ``ReadPlanner`` (push mode's RPC budget, ``sidecar.drivers.readsource``) the read is pinned to a
+    block the node already knows when the planner says so; a pinned read that fails is retried at once as a
+    head read, and the planner is told. ``read_at`` says where the last read was made (``push``, ``poll``:
+    pinned; ``head``; None before the first)."""
+
+    def __init__(self, chain: ClusterChain, metrics: Metrics, planner: ReadPlanner | None = None) -> None:
         self.chain = chain
         self.metrics = metrics
+        self.planner = planner
+        self.read_at: str | None = None  # none yet
         self._failing = False
         self._mismatch = ""
         self._quorum = ""
 
+    async def _read(self, identity: NodeIdentity) -> tuple[int, Snapshot]:
+        planner = self.planner
+        plan = HeadRead("no event source") if planner is None else planner.plan()
+        if isinstance(plan, ReadPin):
+            try:
+                read = await self.chain.read(identity, at=plan.position)
+            except ChainError as exc:
+                refused = str(exc) or type(exc).__name__
+            else:
+                self.read_at = plan.source
+                return read
+        else:
+            refused = ""
+        self.read_at = "head"
+        mark = None if planner is None else planner.mark()
+        head, snap = await self.chain.read(identity)
+        if planner is not None and mark is not None:
+            planner.observed_head(head, mark)
+            if isinstance(plan, ReadPin):
+                planner.refused(plan, refused)
+        return head, snap
+
     async def run(self, identity: NodeIdentity) -> tuple[Outcome, tuple[int, Snapshot] | None]:
         try:
-            head, snap = await self.chain.read(identity)
+            head, snap = await self._read(identity)
         except QuorumNotReached as exc:
             return self._disputed(exc), None
         except ChainError as exc:

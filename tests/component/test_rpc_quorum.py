@@ -264,7 +264,9 @@ async def test_every_snapshot_read_is_pinned_to_the_confirmed_block_hash(
         by_number = [p for p in calls(proxy, "eth_getBlockByNumber") if p[0] != "latest"]  # "latest": fees
         assert by_number == [[hex(head - 2), False]]  # the snapshot block's hash, read once
         calls_ = calls(proxy, "eth_call")
-        assert len(calls_) == 5  # isAppAllowed, members, cskEpoch, cskCommitmentOf(epoch), meshCidr
+        assert (
+            len(calls_) == 4
+        )  # the first read of the process: syncState, membersPage, isAppAllowed, meshCidr
         for params in calls_:
             assert params[1] == {"blockHash": str(confirmed.hash), "requireCanonical": True}
         snapshot = node.state.snapshot

@@ -30,6 +30,7 @@ from sidecar.core.memberproof import MemberProof, ProofRejected, parse_proof, ve
 from sidecar.core.model import BootVerdict, MemberRecord, MeshCidr, member_id_for
 from sidecar.core.peerplan import ActualPeer, PeerPlan, WgKey
 from sidecar.core.quorum import RpcView
+from sidecar.core.readpin import Position
 from sidecar.core.snapshot import Snapshot
 from sidecar.drivers.chainlink import Registered
 from sidecar.drivers.identity import NodeIdentity
@@ -135,6 +136,8 @@ class FakeChain:
     commits: int = 0
     endpoint_updates: int = 0
     held: str | None = None
+    reads_at: list[int | None] = field(default_factory=list)  # each read's pinned block (None: a head read)
+    refuse_pins: ChainError | None = None  # raised by every pinned read (a hash the provider refuses)
 
     @property
     def cluster(self) -> Address:
@@ -144,11 +147,15 @@ class FakeChain:
     def write_held(self) -> str | None:
         return self.held
 
-    async def read(self, identity: NodeIdentity) -> tuple[int, Snapshot]:
+    async def read(self, identity: NodeIdentity, at: Position | None = None) -> tuple[int, Snapshot]:
         if self.fail is not None:
             raise self.fail
-        return self.head, Snapshot(
-            self.head, self.verdict, tuple(self.members), self.commitment, self.mesh, self.epoch
+        if at is not None and self.refuse_pins is not None:
+            raise self.refuse_pins
+        self.reads_at.append(None if at is None else at.block)
+        block = self.head if at is None else at.block
+        return block, Snapshot(
+            block, self.verdict, tuple(self.members), self.commitment, self.mesh, self.epoch
         )
 
     async def has_contract(self) -> bool:

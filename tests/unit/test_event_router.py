@@ -16,6 +16,7 @@ import pytest
 from sidecar.core.cursor import Cursor
 from sidecar.core.ids import Address, Bytes32
 from sidecar.core.indexerwire import RejectReason
+from sidecar.core.readpin import PushedPositions
 from sidecar.daemon import Daemon
 from sidecar.drivers.events import CURSOR_FILE, ChainLogPoller, HandledLog, SharedCursor
 from sidecar.drivers.push import PushSubscriber
@@ -78,6 +79,7 @@ class _Push:
         self.head: int | None = None
         self.rejected_total = 0
         self.rejected: dict[str, int] = {}
+        self.positions = PushedPositions()
 
     async def run(self) -> None:  # pragma: no cover - not run here
         raise NotImplementedError
@@ -159,7 +161,7 @@ class _Poller:
         self.head: int | None = None
         self.calls: list[int | None] = []
 
-    async def poll_guarded(self, through: int | None = None) -> None:
+    async def poll_guarded(self, through: int | None = None) -> bool:
         self.calls.append(through)
         self.head = 10 + len(self.calls)  # the chain moves between polls
         if len(self.calls) in (1, 3):
@@ -167,6 +169,7 @@ class _Poller:
             self.push.on_change()
         if len(self.calls) == 4:
             raise asyncio.CancelledError
+        return True
 
 
 async def test_the_safety_poll_scans_only_what_the_previous_poll_saw(tmp_path: Path) -> None:
@@ -183,3 +186,21 @@ async def test_the_safety_poll_scans_only_what_the_previous_poll_saw(tmp_path: P
         await router._poll_forever()
     # poll mode: the whole chain; push mode: through the previous poll's head; poll mode again: everything
     assert poller.calls == [None, 11, 12, None]
+
+
+async def test_each_poll_measures_how_deep_the_pushed_position_lay_below_the_head_it_read(
+    tmp_path: Path,
+) -> None:
+    push = _Push(on_change=lambda: router.push_changed())  # noqa: PLW0108 - the router is built next
+    push.positions.note(9, Bytes32(b"\x09" * 32))  # pushed before the first poll, which reads head 11
+    poller = _Poller(tmp_path, push)
+    router = EventRouter(
+        poller=poller,  # type: ignore[arg-type]
+        push=push,
+        poll_interval=0.01,
+        safety_interval=0.01,
+        metrics=Metrics(),
+    )
+    with pytest.raises(asyncio.CancelledError):
+        await router._poll_forever()
+    assert push.positions.depth == 2  # the shallowest seen: 11 - 9 (later polls read higher heads)

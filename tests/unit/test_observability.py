@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterator
@@ -25,7 +26,9 @@ from sidecar.observability import (
     PUSH_REJECTIONS,
     RECONCILE_RESULTS,
     REGISTRATION_RESULTS,
+    RPC_SOURCES,
     Metrics,
+    rpc_tally,
 )
 
 LABELLED = [
@@ -278,3 +281,32 @@ def test_the_event_mode_starts_as_poll_and_is_one_hot() -> None:
     assert [get("attestmesh_event_mode", {"mode": m}) for m in EVENT_MODES] == [1, 0]
     with pytest.raises(ValueError, match="unknown mode"):
         metrics.set_event_mode("pull")  # type: ignore[arg-type]
+
+
+async def test_rpc_calls_are_tallied_by_the_context_that_made_them() -> None:
+    metrics = Metrics()
+    outside: list[str] = []
+
+    async def other_task() -> None:  # started before the tally: its calls are not the pass's
+        await asyncio.sleep(0)
+        metrics.rpc_call("eth_getLogs")
+        outside.append("done")
+
+    async def child() -> None:  # started inside the tally (as ChainLink's per-provider reads are)
+        metrics.rpc_call("eth_call")
+
+    other = asyncio.create_task(other_task())
+    with rpc_tally("pass") as tally:
+        metrics.rpc_call("eth_call")
+        await asyncio.gather(asyncio.create_task(child()), other)
+        metrics.rpc_call("not a method!")
+    metrics.rpc_call("eth_blockNumber")  # after the pass: nobody's
+    assert outside == ["done"]
+    assert tally.calls == {"eth_call": 2, "other": 1} and tally.total == 3
+    by_source = {
+        s: metrics.registry.get_sample_value("attestmesh_rpc_calls_by_source_total", {"source": s})
+        for s in RPC_SOURCES
+    }
+    assert by_source == {"pass": 3.0, "poll": 0.0, "push": 0.0, "other": 2.0}
+    metrics.pass_rpc(tally)
+    assert metrics.registry.get_sample_value("attestmesh_reconcile_pass_rpc_calls_sum") == 3

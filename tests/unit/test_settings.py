@@ -353,7 +353,7 @@ def test_non_secret_values_are_echoed_truncated() -> None:
 
 
 def test_variable_table_matches_known_names_and_docs() -> None:
-    assert len(KNOWN_NAMES) == len(VARIABLES) == 42
+    assert len(KNOWN_NAMES) == len(VARIABLES) == 43
     docs = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
     for variable in VARIABLES:
         assert f"`{variable.name}`" in docs, variable.name
@@ -420,13 +420,27 @@ def test_load_settings_only_raises_settings_error(env: dict[str, str]) -> None:
 
 def test_event_settings_defaults_and_overrides() -> None:
     ev = load().events
-    assert (ev.poll_interval_pushed, ev.registry_refresh, ev.push_crosscheck) == (30.0, 60.0, 0.0)
+    assert (ev.poll_interval_pushed, ev.registry_refresh, ev.push_crosscheck) == (300.0, 300.0, 0.0)
+    assert ev.resync_interval_pushed == 600.0
     assert (ev.push_backoff_min, ev.push_backoff_max) == (1.0, 60.0)
     ev = load(
         POLL_INTERVAL_PUSHED="10", REGISTRY_REFRESH="5", PUSH_CROSSCHECK="0.25", PUSH_BACKOFF_MAX="2"
     ).events
     assert (ev.poll_interval_pushed, ev.registry_refresh, ev.push_crosscheck) == (10.0, 5.0, 0.25)
     assert ev.push_backoff_max == 2.0
+
+
+def test_push_mode_intervals_are_never_shorter_than_poll_modes() -> None:
+    found = problems(
+        POLL_INTERVAL="5", POLL_INTERVAL_PUSHED="4", RESYNC_INTERVAL="60", RESYNC_INTERVAL_PUSHED="0"
+    )
+    assert "ATTESTMESH_POLL_INTERVAL_PUSHED must not be shorter than ATTESTMESH_POLL_INTERVAL" in found
+    assert any(p.startswith("ATTESTMESH_RESYNC_INTERVAL_PUSHED='0' must be") for p in found)
+    # a default shorter than a configured poll-mode interval is raised to it, not reported
+    s = load(POLL_INTERVAL="600", RESYNC_INTERVAL="900")
+    assert (s.events.poll_interval_pushed, s.events.resync_interval_pushed) == (600.0, 900.0)
+    s = load(RESYNC_INTERVAL="60", RESYNC_INTERVAL_PUSHED="60")
+    assert s.events.resync_interval_pushed == 60.0
 
 
 def test_event_settings_are_validated_together() -> None:

@@ -66,6 +66,7 @@ def test_initial_body_is_exactly_the_design_shape_with_nulls() -> None:
             "reachable": None,
             "error": None,
             "write_held": None,
+            "read_at": None,
             "rpc": {"providers": 1, "quorum": 1, "up": [], "agreeing": [], "dissenting": [], "reason": None},
         },
         "membership_digest": None,
@@ -118,6 +119,7 @@ def test_registered_healthy_body_carries_every_value() -> None:
         chain_reachable=True,
         chain_error=None,
         chain_write_held="fee_cap: base fee 50 gwei + tip 2 gwei per gas exceeds the cap of 10 gwei",
+        chain_read_at="push",
     )
     body = healthz_body(status)
     assert body["node"] == {
@@ -154,6 +156,7 @@ def test_registered_healthy_body_carries_every_value() -> None:
         "reachable": True,
         "error": None,
         "write_held": "fee_cap: base fee 50 gwei + tip 2 gwei per gas exceeds the cap of 10 gwei",
+        "read_at": "push",
         "rpc": {"providers": 1, "quorum": 1, "up": [], "agreeing": [], "dissenting": [], "reason": None},
     }
     assert (body["phase"], body["healthy"], body["reason"]) == ("healthy", True, None)
@@ -170,6 +173,7 @@ def test_unreachable_chain_is_named() -> None:
         "reachable": False,
         "error": "connection refused",
         "write_held": None,
+        "read_at": None,
         "rpc": {"providers": 1, "quorum": 1, "up": [], "agreeing": [], "dissenting": [], "reason": None},
     }
 
@@ -191,6 +195,7 @@ def test_disagreeing_providers_are_named_by_index() -> None:
         "reachable": False,
         "error": "rpc_disagreement: provider 1 disagrees with provider 0: membership digest …",
         "write_held": None,
+        "read_at": None,
         "rpc": {
             "providers": 2,
             "quorum": 2,

@@ -136,4 +136,27 @@ interface ICluster is IAppAuth {
     function cskCommitmentOf(uint64 epoch) external view returns (bytes32); // zero until that epoch's is set
     function cskCommitment() external view returns (bytes32); // the current epoch's; zero until set
     function rotateCskOnRemove() external view returns (bool);
+
+    // --- change detection and paged reads (a node skips re-reading what has not changed) ---
+    /// @notice Bumped by every change to what members() / membersPage return: register, setEndpoint, removeMember.
+    function membershipVersion() external view returns (uint64);
+    /// @notice Bumped by every change to the rest of what a sidecar's snapshot reads: compose hashes, devices,
+    ///         allow-any-device, the TCB rule, app ids, KMS roots, rotate-on-remove. (The CSK epoch and
+    ///         commitment are in syncState itself; the mesh CIDR never changes.)
+    function policyVersion() external view returns (uint64);
+    /// @notice Members [offset, offset + limit) in registration order, the same records as members(), and the
+    ///         member count; an offset at or past the end gives an empty page.
+    function membersPage(uint256 offset, uint256 limit) external view returns (Member[] memory page, uint256 total);
+    /// @notice One call telling a node whether anything it holds changed: both versions, the current CSK epoch and
+    ///         its commitment (zero until set), the member count.
+    function syncState()
+        external
+        view
+        returns (
+            uint64 membershipVersion_,
+            uint64 policyVersion_,
+            uint64 cskEpoch_,
+            bytes32 cskCommitment_,
+            uint256 memberCount_
+        );
 }
