@@ -8,7 +8,9 @@ agents started at once and awaited together, their signers funded in one chain s
 the CVM's registration with the gateway as a CVM's boot makes it (its route with an unknown port policy once
 it is allowed to boot, the ports its compose publishes once its workload starts, no route while it is off).
 Must not decide which node boots or when (``devnet.nodes`` does), nor touch the network or any process it
-did not start.
+did not start. The gate, the simulator's config, the guest-agent client and the chain client are imported
+where a boot uses them: `devnet node restart` (a workload restart, ``NodePower.restart_workload``) loads
+none of them, so it costs little more than the process swap.
 """
 
 from __future__ import annotations
@@ -26,18 +28,13 @@ import structlog
 from devnet import procs
 from devnet.anvil import DEVNET_DEPLOYER_KEY
 from devnet.compose import NodeAnchors
-from devnet.kmsgate import boot_info_for, evaluate
 from devnet.labdir import DevnetError, LabDir, run_async
 from devnet.labgateway import announce_route, withdraw_route
 from devnet.netns import kill_namespace_processes
-from devnet.simulator.config import SimulatorConfig
 from devnet.state import BOOT_ALLOWED, DevnetState, NodeState, boot_denied
 from devnet.wireguard import start_wireguard_go
-from sidecar.chain.rpc import connect
-from sidecar.chain.tx import LocalSigner, TxSubmitter
 from sidecar.core.ids import Address
 from sidecar.core.keys import KeyPath, KeyScope
-from sidecar.dstack.agent import GuestAgent
 
 log = structlog.get_logger("devnet.boot")
 
@@ -197,6 +194,10 @@ class NodePower:
         chain session. Independent work of the nodes overlaps: the agents start at once, so the lab waits for
         one Python start-up, not one per node. Every process is in the state file as soon as it runs; the
         state saved and the nodes as they are now (denied ones off, with the reason) are returned."""
+        from devnet.kmsgate import boot_info_for, evaluate  # noqa: PLC0415 - see the module docstring
+        from devnet.simulator.config import SimulatorConfig  # noqa: PLC0415
+        from sidecar.chain.rpc import connect  # noqa: PLC0415
+
         configs = [SimulatorConfig.load(self.files.node_dir(n.name) / "simulator.json") for n in nodes]
         infos = [boot_info_for(config) for config in configs]
 
@@ -283,10 +284,25 @@ class NodePower:
         announce_route(state, node.instance_id, node.app_id, node.underlay_ip, NODE_PUBLISHED_PORTS)
         return sidecar
 
+    def restart_workload(self, state: DevnetState, name: str) -> NodeState:
+        """Restart a running node's workload (the sidecar); the interface and the agent stay up."""
+        node = state.node(name)
+        if not state.sidecars or not node.allowed or not node_running(node):
+            raise DevnetError(f"node {name!r} is not running a workload; use `node start`")
+        procs.terminate(node.processes["sidecar"])
+        node = replace(node, processes={**node.processes, "sidecar": self.start_sidecar(state, node)})
+        self.files.save(state.with_node(node))
+        log.info("devnet.node_restarted", node=name)
+        return node
+
     async def _fund_signers(self, state: DevnetState, sockets: Sequence[Path]) -> list[Address]:
         """Learn each node's signer address from its guest agent (GetKey of the cluster-bound signer path,
         as the sidecar derives it; the agents asked at once) and fund the ones short of funds from the owner,
         in one chain session (one account: its sends go one after the other, each mined at once by anvil)."""
+        from sidecar.chain.rpc import connect  # noqa: PLC0415 - see the module docstring
+        from sidecar.chain.tx import LocalSigner, TxSubmitter  # noqa: PLC0415
+        from sidecar.dstack.agent import GuestAgent  # noqa: PLC0415
+
         scope = KeyScope(state.chain_id, Address.from_hex(state.cluster))
 
         async def signer_of(socket: Path) -> Address:

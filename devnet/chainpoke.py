@@ -23,6 +23,7 @@ from typing import Any
 from eth_utils.crypto import keccak
 
 from sidecar.chain.artifacts import load_artifact
+from sidecar.chain.errors import ChainError
 from sidecar.chain.rpc import ChainConnection
 from sidecar.core.ids import Address, MemberId
 
@@ -116,12 +117,10 @@ def member_endpoint_location(layout: StorageLayout, member_id: MemberId) -> Loca
 
 async def set_storage(conn: ChainConnection, contract: Address, slot: int, word: bytes) -> None:
     """``anvil_setStorageAt`` one 32-byte word (raises ``RuntimeError`` when the node refuses)."""
-    response = await conn.w3.provider.make_request(
-        "anvil_setStorageAt",
-        [str(contract), "0x" + _word(slot).hex(), "0x" + word.hex()],
-    )
-    if "error" in response:
-        raise RuntimeError(f"anvil_setStorageAt refused: {response['error']}")
+    try:
+        await conn.request("anvil_setStorageAt", [str(contract), "0x" + _word(slot).hex(), "0x" + word.hex()])
+    except ChainError as exc:
+        raise RuntimeError(f"anvil_setStorageAt refused: {exc}") from exc
 
 
 async def poke_member_endpoint(

@@ -19,10 +19,8 @@ veth; blackhole routes keep strays local), or touch processes it did not start.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Network
 from pathlib import Path
 
 import structlog
@@ -33,7 +31,8 @@ from devnet.boot import START_TIMEOUT, sidecar_env
 from devnet.compose import NodeAnchors, compose_hash, node_compose_bytes
 from devnet.deployment import deploy_stack
 from devnet.kms import DevnetKms
-from devnet.labdir import DevnetError, LabDir, run_async
+from devnet.labbase import LabBase, plan_for
+from devnet.labdir import DevnetError, run_async
 from devnet.labgateway import GatewayLimits, LabGateway
 from devnet.labhealth import (
     IndexerHealth,
@@ -45,9 +44,8 @@ from devnet.labhealth import (
     wait_healthy,
 )
 from devnet.labindexer import IndexerChange, LabIndexer, indexer_env
-from devnet.netns import LabNetwork
 from devnet.nodes import ComposePlan, Nodes, NodeUpdate, read_compose
-from devnet.state import DevnetState, IndexerState, NodeState, load_state
+from devnet.state import DevnetState, IndexerState, NodeState
 from devnet.topology import DEFAULT_TRANSPORT, LabPlan, validate_node_name, validate_transport
 from ops.owner import ensure_compose_hash_allowed
 from sidecar.chain.rpc import connect
@@ -84,19 +82,16 @@ class UpResult:
     created: bool  # False: the lab was already up and nothing changed
 
 
-class Devnet:
+class Devnet(LabBase):
     """One lab on this machine, kept in ``root`` (default ``./.devnet``)."""
 
     def __init__(self, root: Path, plan: LabPlan) -> None:
-        self.files = LabDir(root)
-        self.root = self.files.root
-        self.plan = plan
-        self.network = LabNetwork(plan)
+        super().__init__(root, plan)
         self.nodes = Nodes(self.files, self.network)
         self.indexer = LabIndexer(self.files, self.network)
         self.gateway = LabGateway(self.files, self.network)
 
-    # --- paths, locking and state ------------------------------------------------------------------
+    # --- paths ---------------------------------------------------------------------------------------
 
     @property
     def state_file(self) -> Path:
@@ -116,32 +111,6 @@ class Devnet:
     @property
     def rpc_url(self) -> str:
         return f"http://{self.plan.hub_ip}:{ANVIL_PORT}"
-
-    def locked(self) -> contextlib.AbstractContextManager[None]:
-        return self.files.locked()
-
-    def load(self) -> DevnetState | None:
-        return self.files.load()
-
-    def _is_running(self, state: DevnetState) -> bool:
-        anvil = state.processes.get("anvil")
-        return state.complete and anvil is not None and procs.is_alive(anvil) and self.network.exists()
-
-    def running_state(self) -> DevnetState:
-        """The state of the running lab; ``DevnetError`` when it is not running."""
-        return self._require_running()
-
-    def _require_running(self) -> DevnetState:
-        state = self.load()
-        if state is None or not self._is_running(state):
-            raise DevnetError(f"lab {self.plan.name!r} is not running; run `attestmesh devnet up` first")
-        return state
-
-    @contextlib.contextmanager
-    def _running(self) -> Iterator[DevnetState]:
-        """The lab lock, held while a verb changes the running lab's state."""
-        with self.locked():
-            yield self._require_running()
 
     # --- up ----------------------------------------------------------------------------------------
 
@@ -446,11 +415,3 @@ class Devnet:
         self.network.destroy()  # sweeps every namespace (and the processes inside) by the lab's prefix
         self.files.remove_lab_files()
         log.info("devnet.down_completed", lab=self.plan.name)
-
-
-def plan_for(root: Path, lab: str, underlay: str, mesh: str) -> LabPlan:
-    """The plan of the lab in ``root``: its state file wins over the given defaults."""
-    state = load_state(root / "state.json")
-    if state is not None:
-        return LabPlan(state.lab, IPv4Network(state.underlay), IPv4Network(state.mesh_cidr))
-    return LabPlan(lab, IPv4Network(underlay), IPv4Network(mesh))

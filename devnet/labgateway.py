@@ -21,17 +21,19 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
 from devnet import firewall, labdns, procs
-from devnet.gateway.labca import LabCa, ensure_lab_ca
 from devnet.labdir import DevnetError, LabDir
 from devnet.labroutes import RoutesFile, bare_hex, route
 from devnet.netns import LabNetwork, set_resolver
 from devnet.state import DevnetState, GatewayState
 from ops.jsonget import Unreachable, get_json
+
+if TYPE_CHECKING:
+    from devnet.gateway.labca import LabCa
 
 log = structlog.get_logger("devnet.gateway")
 
@@ -159,6 +161,8 @@ class LabGateway:
         net = self.network.add_gateway()
         plan = self.network.plan
         self.directory.mkdir(parents=True, exist_ok=True)
+        from devnet.gateway.labca import ensure_lab_ca  # noqa: PLC0415 - not on `node restart`'s path
+
         ca = ensure_lab_ca(self.directory / "ca", plan.gateway_domain)
         routes = RoutesFile(self.directory / "routes.json")
         routes.write({})
@@ -197,6 +201,8 @@ class LabGateway:
         if limits is None:
             limits = self.limits(state)
         self.stop(state)
+        from devnet.gateway.labca import ensure_lab_ca  # noqa: PLC0415 - not on `node restart`'s path
+
         ca = ensure_lab_ca(self.directory / "ca", gateway.domain)
         config = gateway_config(
             address=IPv4Address(gateway.address),

@@ -16,12 +16,11 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
-from devnet import procs
 from devnet.anvil import DEVNET_DEPLOYER_KEY
 from devnet.boot import HEALTH_PORT, WG_IFNAME, NodePower, node_running
 from devnet.compose import compose_hash
@@ -155,14 +154,7 @@ class Nodes:
 
     def restart(self, state: DevnetState, name: str) -> NodeState:
         """Restart the node's workload (the sidecar container); the interface and the agent stay up."""
-        node = state.node(name)
-        if not state.sidecars or not node.allowed or not node_running(node):
-            raise DevnetError(f"node {name!r} is not running a workload; use `node start`")
-        procs.terminate(node.processes["sidecar"])
-        node = replace(node, processes={**node.processes, "sidecar": self.power.start_sidecar(state, node)})
-        self.files.save(state.with_node(node))
-        log.info("devnet.node_restarted", node=name)
-        return node
+        return self.power.restart_workload(state, name)
 
     def reboot(self, state: DevnetState, name: str) -> NodeState:
         """Power off, then the KMS gate and power on again (the state directory and identity carry over)."""

@@ -115,8 +115,8 @@ class Hub:
         self._frames_seed: SecretBytes | None = None
         self.conn: ChainConnection | None = None
         self.sessions: set[Session] = set()
-        #: One client per cluster (building one per hello costs a web3 contract object each: under a herd of
-        #: reconnecting subscribers that alone grew the heap by tens of MiB).
+        #: One client per cluster (when a client was a web3 contract object, building one per hello under
+        #: a herd of reconnecting subscribers alone grew the heap by tens of MiB; one per cluster suffices).
         self._clients: dict[Address, ClusterClient] = {}
         #: (indexed-through block, monotonic time) of recent commits: when a block's logs became deliverable.
         self.indexed_at: collections.deque[tuple[int, float]] = collections.deque(maxlen=INDEXED_AT_KEPT)

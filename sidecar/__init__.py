@@ -1,7 +1,7 @@
 """AttestMesh sidecar: the node daemon, and the home of what sidecar, indexer and devnet share.
 
-Layout (enforced by import-linter): ``sidecar.core`` is pure logic and value objects; ``sidecar.chain`` (web3)
-and ``sidecar.dstack`` (dstack-sdk) are adapters that each own one technology.
+Layout (enforced by import-linter): ``sidecar.core`` is pure logic and value objects; ``sidecar.chain``
+(JSON-RPC, eth_abi) and ``sidecar.dstack`` (dstack-sdk) are adapters that each own one technology.
 """
 
 __version__ = "0.1.0"

@@ -12,7 +12,7 @@ source and (through ``sidecar.drivers.node.build_node``) the steps and the contr
 component the parts and the narrow settings group it needs; nothing is patched after construction. The
 measured trust anchors are checked where the guest agent first answers (``sidecar.drivers.anchors``): a
 problem stops the daemon, which then returns ``EXIT_BAD_CONFIGURATION`` with the problems in ``refused``.
-Must not: hold protocol rules (those are in ``sidecar.core``) or talk to web3/WireGuard directly (the
+Must not: hold protocol rules (those are in ``sidecar.core``) or talk to the chain or WireGuard directly (the
 adapters do).
 """
 

@@ -19,6 +19,10 @@ __all__ = ["add_parser", "run"]
 
 def run(args: argparse.Namespace) -> int:
     """Run the ``devnet`` verb ``args`` names; its exit status."""
+    if args.verb == "node" and args.node_verb == "restart":  # the timed restart path: no chain client
+        from devnet.cli.restart_verb import run_restart  # noqa: PLC0415
+
+        return run_restart(args)
     from devnet.cli.verbs import run_verb  # noqa: PLC0415 - the lab (web3, ...) loads only when a verb runs
 
     return run_verb(args)

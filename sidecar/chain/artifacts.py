@@ -50,7 +50,7 @@ class Artifact:
     storage_layout: dict[str, Any] = field(default_factory=dict, repr=False, hash=False, compare=False)
 
     def abi_list(self) -> list[dict[str, Any]]:
-        """Return a fresh list copy of the ABI (web3 wants a list)."""
+        """Return a fresh list copy of the ABI."""
         return [dict(entry) for entry in self.abi]
 
     def entries(self, kind: str) -> list[dict[str, Any]]:

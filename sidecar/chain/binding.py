@@ -1,39 +1,36 @@
 """The plumbing every contract binding shares: calls, writes through the submitter, event decoding.
 
-Owns ``ContractClient`` (the web3 contract object of one artifact at one address: ``_call`` through
-``translated()``; ``_read``, the lean read path that encodes and decodes with eth_abi directly from the
-artifact's ABI types -- no web3 contract formatting, the large reads' cost; ``_send`` through the injected
-``TxSubmitter``, calldata encoding, event decoding), ``AbiFunction`` (one function's selector and types),
+Owns ``ContractClient`` (one artifact's ABI at one address: ``_call`` encodes with ``eth_abi``, sends
+``eth_call`` through the connection and decodes the result, all inside ``translated()``; ``_read``, the
+same returning every output as a tuple (the large reads); ``_send`` goes through the injected
+``TxSubmitter``; calldata encoding; event decoding),
 ``Ownable2StepClient`` (OpenZeppelin's two-step ownership, which several of our contracts inherit),
 ``BlockRef`` and the small converters from ABI values to our value objects. ``sidecar.chain.contracts``
 builds one client per contract on top of it.
 
-Must not: sign, choose nonces or fees (``tx``), retry, cache chain state, or let a web3 type (``HexBytes``,
-``AttributeDict``, checksum strings) out.
+Must not: sign, choose nonces or fees (``tx``), retry, cache chain state, or let a raw ABI value (address
+strings, bare bytes for ids) out of the contract clients: the converters here turn them into our types.
+It imports neither web3 nor the signer: a read-only client (the sidecar's steady state) never loads them.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
-from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import Any, ClassVar, Self, cast
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-from eth_abi.abi import encode as abi_encode
-from eth_abi.codec import ABICodec
-from eth_abi.decoding import AddressDecoder
-from eth_abi.encoding import AddressEncoder
-from eth_abi.registry import registry as default_registry
-from eth_typing import HexStr
-from eth_utils.abi import function_abi_to_4byte_selector, get_abi_input_types, get_abi_output_types
-
-from sidecar.chain.artifacts import Artifact, load_artifact
+from sidecar.chain.abi import FunctionSpec, contract_abi
+from sidecar.chain.artifacts import artifacts_dir, load_artifact
 from sidecar.chain.codec import ContractEvent, EventCodec
 from sidecar.chain.errors import NoSubmitter, translated
-from sidecar.chain.rpc import ChainConnection, checksum
-from sidecar.chain.tx import TxSubmitter
+from sidecar.chain.rpc import ChainConnection, tx_params
 from sidecar.core.ids import Address, Bytes32, MemberId
 from sidecar.core.model import ChainLog, TxReceipt
+
+if TYPE_CHECKING:
+    from sidecar.chain.tx import TxSubmitter  # eth_account loads only where a submitter is built
 
 #: A block to read at: a number, a block hash (EIP-1898, the block must be canonical), or None for latest.
 BlockRef = int | Bytes32 | None
@@ -61,70 +58,8 @@ def mesh_ip(value: Any) -> IPv4Address | None:
     return None if int(value) == 0 else IPv4Address(int(value))
 
 
-@dataclass(frozen=True, slots=True)
-class AbiFunction:
-    """One contract function as the lean read path needs it: selector and canonical ABI types."""
-
-    name: str
-    selector: bytes
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-
-    @classmethod
-    def of(cls, artifact: Artifact, name: str) -> AbiFunction:
-        """The function ``name`` of ``artifact`` (exactly one: overloads are not supported here)."""
-        found = [entry for entry in artifact.entries("function") if entry.get("name") == name]
-        if len(found) != 1:
-            raise ValueError(f"{artifact.name} has {len(found)} functions named {name!r}, expected 1")
-        abi = cast(Any, found[0])
-        return cls(
-            name=name,
-            selector=bytes(function_abi_to_4byte_selector(abi)),
-            inputs=tuple(get_abi_input_types(abi)),
-            outputs=tuple(get_abi_output_types(abi)),
-        )
-
-    def encode(self, *args: Any) -> bytes:
-        """Return the calldata of ``name(*args)`` (eth_abi values: tuples, ints, bytes, hex addresses)."""
-        return self.selector + abi_encode(self.inputs, args)
-
-    def decode(self, data: bytes) -> tuple[Any, ...]:
-        """Decode the return data (addresses come back as their 20 raw bytes)."""
-        return tuple(_CODEC.decode(self.outputs, data))
-
-
-class RawAddressDecoder(AddressDecoder):
-    """An ``address`` as its 20 raw bytes: eth_abi's own decoder hex-normalises every address (about a
-    third of decoding a member list), and ``Address`` wants the bytes anyway."""
-
-    decoder_fn = staticmethod(bytes)  # type: ignore[assignment]
-
-
-def _lean_codec() -> ABICodec:
-    registry = default_registry.copy()  # type: ignore[no-untyped-call]
-    registry.unregister("address")
-    registry.register("address", AddressEncoder, RawAddressDecoder, label="address")
-    return ABICodec(registry)
-
-
-#: eth_abi's codec (strict: malformed padding or pointers are refused) with raw-bytes addresses.
-_CODEC = _lean_codec()
-
-#: ``AbiFunction``s by (artifact name, source hash, function): built once per process.
-_FUNCTIONS: dict[tuple[str, str, str], AbiFunction] = {}
-
-
-def _pinned(block: BlockRef) -> Any:
-    """The ``block_identifier`` of a read: latest, a number, or a hash pinned by EIP-1898 (canonical)."""
-    if block is None:
-        return "latest"
-    if isinstance(block, Bytes32):
-        return {"blockHash": str(block), "requireCanonical": True}
-    return block
-
-
 class ContractClient:
-    """Shared plumbing: the web3 contract object, calls, writes through the submitter, event decoding."""
+    """Shared plumbing: the contract's ABI, calls, writes through the submitter, event decoding."""
 
     CONTRACT: ClassVar[str]
 
@@ -132,11 +67,8 @@ class ContractClient:
         self._conn = conn
         self.address = address
         self._submitter = submitter
-        artifact = load_artifact(self.CONTRACT)
-        self._artifact = artifact
-        self._to = checksum(address)
-        self._contract = conn.w3.eth.contract(address=self._to, abi=artifact.abi_list())
-        self._events = EventCodec(artifact.abi)
+        self._abi = contract_abi(self.CONTRACT)
+        self._events = _event_codec(artifacts_dir(), self.CONTRACT)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.address})"
@@ -155,50 +87,31 @@ class ContractClient:
 
     async def _call(self, function: str, *args: Any, block: BlockRef = None) -> Any:
         with translated():
-            bound = getattr(self._contract.functions, function)(*args)
+            spec = self._abi.function(function)
+            calldata = spec.encode(args)
             if isinstance(block, Bytes32):
-                return await self._call_at_hash(bound.abi, self.encode_call(function, *args), block)
-            return await bound.call(block_identifier="latest" if block is None else block)
+                return await self._call_at_hash(spec, calldata, block)
+            return spec.decode(await self._conn.call(tx_params(to=self.address, data=calldata), block))
 
-    def _function(self, name: str) -> AbiFunction:
-        key = (self._artifact.name, self._artifact.source_hash, name)
-        function = _FUNCTIONS.get(key)
-        if function is None:
-            function = _FUNCTIONS[key] = AbiFunction.of(self._artifact, name)
-        return function
+    async def _call_at_hash(self, abi: FunctionSpec, calldata: bytes, block_hash: Bytes32) -> Any:
+        """``eth_call`` pinned by block hash (EIP-1898, ``requireCanonical``): the node answers for exactly
+        that block or errs, so reads of one snapshot cannot straddle a reorg."""
+        with translated():
+            return abi.decode(await self._conn.call(tx_params(to=self.address, data=calldata), block_hash))
 
     async def _read(self, function: str, *args: Any, block: BlockRef = None) -> tuple[Any, ...]:
-        """The lean ``eth_call``: calldata from the artifact's ABI types and the return data decoded by
-        eth_abi directly (every output, as a tuple), bypassing web3's contract formatting layer; a block hash
-        pins the read (EIP-1898, ``requireCanonical``). Arguments are eth_abi values (hex address strings)."""
+        """Like ``_call``, but every output as a tuple (one output too); a block hash pins the read (EIP-1898,
+        ``requireCanonical``). Arguments are eth_abi values (hex address strings); addresses come back as
+        lowercase hex strings."""
         with translated():
-            abi_function = self._function(function)
-            calldata = abi_function.encode(*args)
-            raw = await self._conn.w3.eth.call(
-                {"to": self._to, "data": HexStr("0x" + calldata.hex())},
-                block_identifier=_pinned(block),
-            )
-            return abi_function.decode(bytes(raw))
-
-    async def _call_at_hash(self, abi: Any, calldata: bytes, block_hash: Bytes32) -> Any:
-        """``eth_call`` pinned by block hash (EIP-1898, ``requireCanonical``): the node answers for exactly
-        that block or errs, so reads of one snapshot cannot straddle a reorg. web3's ``ContractFunction.call``
-        turns a hash into a block number first (losing the pin), so the call is encoded and decoded here;
-        results have web3's shapes (one output unwrapped, addresses as hex strings)."""
-        pinned = {"blockHash": str(block_hash), "requireCanonical": True}
-        raw = await self._conn.w3.eth.call(
-            {"to": checksum(self.address), "data": HexStr("0x" + calldata.hex())},
-            block_identifier=cast(Any, pinned),
-        )
-        types = get_abi_output_types(abi)
-        values = self._conn.w3.codec.decode(types, bytes(raw))
-        return values[0] if len(values) == 1 else list(values)
+            spec = self._abi.function(function)
+            raw = await self._conn.call(tx_params(to=self.address, data=spec.encode(args)), block)
+            return spec.decode_all(raw)
 
     def encode_call(self, function: str, *args: Any) -> bytes:
-        """Return the calldata of ``function(*args)`` (web3-encodable arguments), e.g. to send it raw."""
+        """Return the calldata of ``function(*args)`` (``eth_abi``-encodable arguments), e.g. to send raw."""
         with translated():
-            encoded = self._contract.encode_abi(function, args=list(args))
-        return bytes.fromhex(encoded.removeprefix("0x"))
+            return self._abi.function(function).encode(args)
 
     async def _send(self, function: str, *args: Any) -> TxReceipt:
         if self._submitter is None:
@@ -212,6 +125,11 @@ class ContractClient:
     def event_topic(self, name: str) -> Bytes32:
         """Return topic0 of this contract's event ``name``."""
         return self._events.topic_of(name)
+
+
+@functools.lru_cache(maxsize=16)
+def _event_codec(directory: Path, name: str) -> EventCodec:  # one per artifact, not one per client
+    return EventCodec(load_artifact(name).abi)
 
 
 class Ownable2StepClient(ContractClient):

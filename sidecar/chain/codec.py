@@ -1,10 +1,10 @@
 """ABI values to our value types, and event logs to decoded events.
 
-Owns: converting web3 receipts, logs and blocks into our value objects; ``python_value`` (one decoded ABI
-value → ``Address`` / ``Bytes32`` / ``bytes`` / ``int`` / ``str`` / tuple); ``ContractEvent`` and
-``EventCodec`` (topic0 → event ABI, decoding ``ChainLog``s of one contract).
+Owns: converting JSON-RPC receipts, logs and blocks (hex quantities and data) into our value objects;
+``python_value`` (one decoded ABI value → ``Address`` / ``Bytes32`` / ``bytes`` / ``int`` / ``str`` /
+tuple); ``ContractEvent`` and ``EventCodec`` (topic0 → event ABI, decoding ``ChainLog``s of one contract).
 
-Must not: talk to a node or return web3 types. Pure functions over ABIs taken from the artifacts.
+Must not: talk to a node or return raw JSON-RPC shapes. Pure functions over ABIs taken from the artifacts.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 
 from eth_abi.abi import decode as abi_decode
 from eth_abi.exceptions import DecodingError
-from eth_utils.abi import collapse_if_tuple, event_abi_to_log_topic
 
+from sidecar.chain.abi import canonical_type, event_topic
 from sidecar.core.ids import Address, Bytes32, MemberId
 from sidecar.core.model import BlockHeader, ChainLog, TxReceipt
 
@@ -28,51 +28,60 @@ MEMBER_ID_PARAMS = frozenset({"memberId", "originator", "holder"})
 
 
 def hex_bytes(value: Any) -> bytes:
-    """Bytes from a web3 value (HexBytes, bytes or a 0x-hex string)."""
+    """Bytes from a JSON-RPC data value (a 0x-hex string) or bytes."""
     if isinstance(value, str):
         return bytes.fromhex(value.removeprefix("0x"))
     return bytes(value)
 
 
-def receipt_from_web3(raw: Mapping[str, Any]) -> TxReceipt:
-    """Convert a web3 receipt into our ``TxReceipt`` (no HexBytes or AttributeDict survives)."""
+def quantity(value: Any) -> int:
+    """An integer from a JSON-RPC quantity (a 0x-hex string) or an int."""
+    if isinstance(value, str):
+        return int(value, 16)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"not a quantity: {value!r}")
+    return value
+
+
+def receipt_from_rpc(raw: Mapping[str, Any]) -> TxReceipt:
+    """Convert an ``eth_getTransactionReceipt`` result into our ``TxReceipt``."""
     contract_address = raw.get("contractAddress")
-    logs = tuple(log_from_web3(entry) for entry in raw.get("logs", ()))
+    logs = tuple(log_from_rpc(entry) for entry in raw.get("logs", ()))
     return TxReceipt(
         tx_hash=Bytes32(hex_bytes(raw["transactionHash"])),
-        block_number=int(raw["blockNumber"]),
-        gas_used=int(raw["gasUsed"]),
-        succeeded=int(raw["status"]) == 1,
+        block_number=quantity(raw["blockNumber"]),
+        gas_used=quantity(raw["gasUsed"]),
+        succeeded=quantity(raw["status"]) == 1,
         contract_address=Address.from_hex(str(contract_address)) if contract_address else None,
         logs=logs,
     )
 
 
-def log_from_web3(raw: Mapping[str, Any]) -> ChainLog:
-    """Convert one web3 log entry into our ``ChainLog``."""
+def log_from_rpc(raw: Mapping[str, Any]) -> ChainLog:
+    """Convert one JSON-RPC log object into our ``ChainLog``."""
     return ChainLog(
         address=Address.from_hex(str(raw["address"])),
         topics=tuple(Bytes32(hex_bytes(t)) for t in raw["topics"]),
         data=hex_bytes(raw["data"]),
-        block_number=int(raw["blockNumber"]),
+        block_number=quantity(raw["blockNumber"]),
         block_hash=Bytes32(hex_bytes(raw["blockHash"])),
         tx_hash=Bytes32(hex_bytes(raw["transactionHash"])),
-        log_index=int(raw["logIndex"]),
+        log_index=quantity(raw["logIndex"]),
     )
 
 
-def block_header_from_web3(raw: Mapping[str, Any]) -> BlockHeader:
-    """Convert a web3 block into our ``BlockHeader``."""
+def block_header_from_rpc(raw: Mapping[str, Any]) -> BlockHeader:
+    """Convert an ``eth_getBlockByNumber`` result into our ``BlockHeader``."""
     return BlockHeader(
-        number=int(raw["number"]),
+        number=quantity(raw["number"]),
         hash=Bytes32(hex_bytes(raw["hash"])),
         parent_hash=Bytes32(hex_bytes(raw["parentHash"])),
-        timestamp=int(raw["timestamp"]),
+        timestamp=quantity(raw["timestamp"]),
     )
 
 
 def python_value(abi_type: str, value: Any, name: str = "") -> Any:  # noqa: PLR0911 - one per ABI kind
-    """Convert one decoded ABI value (eth_abi or web3 form) of parameter ``name`` into our types."""
+    """Convert one decoded ABI value (eth_abi's form) of parameter ``name`` into our types."""
     if abi_type == "bytes32" and name in MEMBER_ID_PARAMS:
         return MemberId(bytes(value))
     if abi_type.endswith("]"):
@@ -131,16 +140,11 @@ class EventCodec:
             inputs: Sequence[Mapping[str, Any]] = entry.get("inputs", ())
             spec = _EventSpec(
                 name=str(entry["name"]),
-                indexed=tuple(
-                    (str(i["name"]), collapse_if_tuple(dict(i))) for i in inputs if i.get("indexed")
-                ),
-                data=tuple(
-                    (str(i["name"]), collapse_if_tuple(dict(i))) for i in inputs if not i.get("indexed")
-                ),
+                indexed=tuple((str(i["name"]), canonical_type(i)) for i in inputs if i.get("indexed")),
+                data=tuple((str(i["name"]), canonical_type(i)) for i in inputs if not i.get("indexed")),
                 order=tuple(str(i["name"]) for i in inputs),
             )
-            element: Any = dict(entry)
-            self._by_topic[event_abi_to_log_topic(element)] = spec
+            self._by_topic[event_topic(entry)] = spec
 
     def topic_of(self, name: str) -> Bytes32:
         """Return topic0 of event ``name`` (for log filters)."""

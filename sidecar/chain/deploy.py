@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sidecar.chain.abi import contract_abi
 from sidecar.chain.artifacts import load_artifact
 from sidecar.chain.errors import UnexpectedChainError, translated
 from sidecar.chain.rpc import ChainConnection
@@ -24,15 +25,13 @@ def init_code(conn: ChainConnection, name: str, *args: Any) -> bytes:
     if not artifact.bytecode:
         raise UnexpectedChainError(f"artifact {name} has no bytecode (an interface or abstract contract?)")
     with translated():
-        factory = conn.w3.eth.contract(abi=artifact.abi_list(), bytecode=artifact.bytecode)
-        encoded: str = factory.constructor(*args).data_in_transaction
-    return bytes.fromhex(encoded.removeprefix("0x"))
+        return artifact.bytecode + contract_abi(name).encode_constructor(args)
 
 
 async def deploy_contract(
     conn: ChainConnection, submitter: TxSubmitter, name: str, *args: Any
 ) -> tuple[Address, TxReceipt]:
-    """Deploy contract ``name`` from its artifact with constructor ``args`` (web3-encodable values)."""
+    """Deploy contract ``name`` from its artifact with constructor ``args`` (``eth_abi``-encodable values)."""
     receipt = await submitter.send(None, init_code(conn, name, *args))
     if receipt.contract_address is None:
         raise UnexpectedChainError(f"deployment of {name} in {receipt.tx_hash} has no contract address")

@@ -1,10 +1,11 @@
 """The chain adapter's errors as callers see them: the taxonomy, our contracts' custom errors, classification.
 
 Owns one ``CustomError`` subclass per Solidity custom error in our artifacts (same class name as the
-Solidity error; defining it registers it in ``CUSTOM_ERRORS``), ``classify`` (web3 / aiohttp / asyncio
-exceptions to ours) and ``translated()``, the one place in the adapter that catches broad exceptions. It
-re-exports the taxonomy (``sidecar.chain.failures``) and revert decoding (``sidecar.chain.reverts``), so
-callers import every error name from here.
+Solidity error; defining it registers it in ``CUSTOM_ERRORS``), ``classify`` (JSON-RPC error objects with
+their revert data, malformed answers, ABI encoding failures, aiohttp / asyncio / OS exceptions to ours)
+and ``translated()``, the one place in the adapter that catches broad exceptions. It re-exports the
+taxonomy (``sidecar.chain.failures``) and revert decoding (``sidecar.chain.reverts``), so callers import
+every error name from here.
 
 Must not: retry, sleep or log (the drivers decide what to do with a transient error), or put key material
 into a message. Revert data and RPC messages are public; nothing else is quoted.
@@ -14,18 +15,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
 
 import aiohttp
-from web3.exceptions import (
-    BadFunctionCallOutput,
-    BadResponseFormat,
-    ContractLogicError,
-    ProviderConnectionError,
-    TimeExhausted,
-    TooManyRequests,
-    Web3RPCError,
-)
+from eth_abi.exceptions import EncodingError
 
 from sidecar.chain.failures import (
     CUSTOM_ERRORS,
@@ -47,6 +39,7 @@ from sidecar.chain.failures import (
     UnexpectedChainError,
     UnknownRevert,
 )
+from sidecar.chain.jsonrpc import RpcError, RpcResponseError
 from sidecar.chain.reverts import (
     ERROR_STRING_SELECTOR,
     PANIC_CODES,
@@ -274,34 +267,24 @@ def _revert_data_bytes(data: object) -> bytes | None:
     return None
 
 
-def _classify_rpc_error(exc: Web3RPCError) -> ChainError:
-    response: Any = exc.rpc_response or {}
-    error = response.get("error") if isinstance(response, dict) else None
-    code = error.get("code") if isinstance(error, dict) else None
-    message = str(error.get("message")) if isinstance(error, dict) else str(exc.message)
+def _classify_rpc_error(exc: RpcError) -> ChainError:
+    code, message = exc.code, exc.message
     lowered = message.lower()
+    # A revert (EIP-1474 code 3, or geth/anvil's "execution reverted" text) carries the revert data.
+    if code == 3 or "revert" in lowered:
+        data = _revert_data_bytes(exc.data)
+        if data is not None:
+            return decode_revert(data)
+        return UnknownRevert(message=f"reverted: {message or 'no reason'}")
     if any(text in lowered for text in _FUNDS_MESSAGES):
         return InsufficientFunds(f"insufficient funds: {message}")
     if any(text in lowered for text in _NONCE_MESSAGES):
         return NonceConflict(f"nonce conflict: {message}")
     if code in TRANSIENT_RPC_CODES or any(text in lowered for text in _TRANSIENT_MESSAGES):
         return ChainUnavailable(f"node busy or limiting (code {code}): {message}")
-    if isinstance(error, dict) and "revert" in lowered:
-        data = _revert_data_bytes(error.get("data"))
-        if data is not None:
-            return decode_revert(data)
     return RpcRejected(
         f"node rejected the request (code {code}): {message}", code=code if isinstance(code, int) else None
     )
-
-
-def _from_revert(exc: BaseException) -> ChainError | None:
-    if isinstance(exc, ContractLogicError):
-        data = _revert_data_bytes(exc.data)
-        if data is not None:
-            return decode_revert(data)
-        return UnknownRevert(message=f"reverted: {exc.message or 'no reason'}")
-    return None
 
 
 def _from_transport(exc: BaseException) -> ChainError | None:
@@ -317,25 +300,21 @@ def _from_transport(exc: BaseException) -> ChainError | None:
     return None
 
 
-def _from_web3(exc: BaseException) -> ChainError | None:
-    if isinstance(exc, TimeExhausted):
-        return TransactionTimeout(None, 0.0, str(exc))
-    if isinstance(exc, Web3RPCError):
+def _from_rpc(exc: BaseException) -> ChainError | None:
+    if isinstance(exc, RpcError):
         return _classify_rpc_error(exc)
-    if isinstance(exc, (ProviderConnectionError, TooManyRequests)):
-        return ChainUnavailable(f"RPC endpoint unavailable: {exc}")
-    if isinstance(exc, BadFunctionCallOutput):
-        return UnexpectedChainError(f"call returned no usable output (no contract at the address?): {exc}")
-    if isinstance(exc, BadResponseFormat):
+    if isinstance(exc, RpcResponseError):
         return UnexpectedChainError(f"malformed RPC response: {exc}")
+    if isinstance(exc, EncodingError):
+        return UnexpectedChainError(f"arguments do not fit the ABI: {exc}")
     return None
 
 
 def classify(exc: BaseException) -> ChainError:
-    """Map any exception raised by web3, aiohttp or asyncio during a chain operation to a ``ChainError``."""
+    """Map any exception raised by the JSON-RPC client, aiohttp or asyncio to a ``ChainError``."""
     if isinstance(exc, ChainError):
         return exc
-    for rule in (_from_revert, _from_web3, _from_transport):
+    for rule in (_from_rpc, _from_transport):
         found = rule(exc)
         if found is not None:
             return found

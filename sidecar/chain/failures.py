@@ -6,8 +6,9 @@ kinds (``RevertWithReason``, ``Panic``, ``UnknownRevert``) and ``CustomError``, 
 Solidity custom error: defining such a class registers it in ``CUSTOM_ERRORS`` under its own name, so the
 classes are the one list (the classes themselves are in ``sidecar.chain.errors``).
 
-Must not: import web3 or aiohttp (``sidecar.chain.errors`` classifies their exceptions), retry, sleep or
-log, or put key material into a message. Callers import these names from ``sidecar.chain.errors``.
+Must not: import aiohttp or the JSON-RPC client (``sidecar.chain.errors`` classifies their exceptions),
+retry, sleep or log, or put key material into a message. Callers import these names from
+``sidecar.chain.errors``.
 """
 
 from __future__ import annotations

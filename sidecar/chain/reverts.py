@@ -18,20 +18,15 @@ from typing import Any
 
 from eth_abi.abi import decode as abi_decode
 from eth_abi.exceptions import DecodingError
-from eth_utils.abi import (
-    abi_to_signature,
-    function_signature_to_4byte_selector,
-    get_abi_input_names,
-    get_abi_input_types,
-)
 
+from sidecar.chain.abi import canonical_type, selector, signature
 from sidecar.chain.artifacts import ArtifactError, available_artifacts
 from sidecar.chain.codec import python_value
 from sidecar.chain.failures import CUSTOM_ERRORS, ContractRevert, Panic, RevertWithReason, UnknownRevert
 from sidecar.core.ids import Bytes32
 
-ERROR_STRING_SELECTOR = function_signature_to_4byte_selector("Error(string)")
-PANIC_SELECTOR = function_signature_to_4byte_selector("Panic(uint256)")
+ERROR_STRING_SELECTOR = selector("Error(string)")
+PANIC_SELECTOR = selector("Panic(uint256)")
 
 PANIC_CODES: Mapping[int, str] = {
     0x00: "generic compiler panic",
@@ -72,14 +67,13 @@ class ErrorTable:
             for entry in abi:
                 if entry.get("type") != "error":
                     continue
-                element: Any = dict(entry)
-                signature = abi_to_signature(element)
+                inputs: Sequence[Mapping[str, Any]] = entry.get("inputs", ())
                 specs.append(
                     ErrorSpec(
                         name=str(entry["name"]),
-                        selector=function_signature_to_4byte_selector(signature),
-                        input_names=tuple(str(n or "") for n in get_abi_input_names(element)),
-                        input_types=tuple(get_abi_input_types(element)),
+                        selector=selector(signature(entry)),
+                        input_names=tuple(str(i.get("name") or "") for i in inputs),
+                        input_types=tuple(canonical_type(i) for i in inputs),
                     )
                 )
         return cls(specs)

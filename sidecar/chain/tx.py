@@ -9,8 +9,11 @@ Fees come from the RPC, which may lie: with a ``FeeCap`` the tip is clamped to i
 to its fee cap, and when the quoted base fee plus tip alone exceeds the fee cap, nothing is signed or sent
 (``FeeAboveCap``, transient).
 
+``eth_account`` (the transaction signer) is imported when the first ``LocalSigner`` is built: a sidecar
+that is registered and only reads never loads it.
+
 Must not: log, repr or put into an error any key material; retry a failed send (the caller decides); or
-return web3 types. Every failure leaves as a ``ChainError``.
+return raw JSON-RPC shapes. Every failure leaves as a ``ChainError``.
 """
 
 from __future__ import annotations
@@ -18,13 +21,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
-from web3.exceptions import TransactionNotFound
-
-from sidecar.chain.codec import receipt_from_web3
 from sidecar.chain.errors import (
     ChainError,
     ContractRevert,
@@ -34,9 +32,12 @@ from sidecar.chain.errors import (
     UnknownRevert,
     translated,
 )
-from sidecar.chain.rpc import ChainConnection, checksum
+from sidecar.chain.rpc import ChainConnection, tx_params
 from sidecar.core.ids import Address, Bytes32, SecretBytes
 from sidecar.core.model import TxReceipt
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
 
 GAS_HEADROOM: Final = 1.2
 #: Fee cap = 2 * base fee + tip: survives six consecutive full blocks of base-fee growth.
@@ -75,6 +76,8 @@ class LocalSigner:
     __slots__ = ("_account", "address")
 
     def __init__(self, key: SecretBytes) -> None:
+        from eth_account import Account  # noqa: PLC0415 - ~0.3 s and ~20 MiB: only when something is signed
+
         try:
             account: LocalAccount = Account.from_key(key.reveal())
         except (ValueError, TypeError):
@@ -156,26 +159,25 @@ class TxSubmitter:
         gas_limit: int | None,
         receipt_timeout: float | None,
     ) -> TxReceipt:
-        w3 = self._conn.w3
-        call: dict[str, Any] = {"from": self.address.checksum, "data": data, "value": value}
-        if to is not None:
-            call["to"] = to.checksum
+        conn = self._conn
+        call = tx_params(self.address, to, data, value=value)
         try:
             with translated():
-                chain_id = await self._conn.chain_id()
+                chain_id = await conn.chain_id()
                 if self._nonce is None:
-                    self._nonce = int(await w3.eth.get_transaction_count(checksum(self.address), "pending"))
+                    self._nonce = await conn.transaction_count(self.address, "pending")
                 if gas_limit is None:
-                    gas_limit = int(int(await w3.eth.estimate_gas(call)) * GAS_HEADROOM)  # type: ignore[arg-type]
-                latest = await w3.eth.get_block("latest")
-                base_fee = int(latest.get("baseFeePerGas", 0))
-                quoted_tip = int(await w3.eth.max_priority_fee)
+                    gas_limit = int(await conn.estimate_gas(call) * GAS_HEADROOM)
+                base_fee = await conn.base_fee()
+                quoted_tip = await conn.max_priority_fee()
             price = uncapped if self.fee_cap is None else self.fee_cap.price
             max_fee, tip = price(base_fee, quoted_tip)  # FeeAboveCap: nothing signed, nothing sent
         except InsufficientFunds as exc:  # estimation already knows the account cannot pay
             raise await self._insufficient(None, value, str(exc)) from exc
-        tx = {
-            **call,
+        tx: dict[str, Any] = {
+            "from": self.address.checksum,
+            "data": data,
+            "value": value,
             "chainId": chain_id,
             "nonce": self._nonce,
             "gas": gas_limit,
@@ -183,10 +185,11 @@ class TxSubmitter:
             "maxPriorityFeePerGas": tip,
             "type": 2,
         }
+        if to is not None:
+            tx["to"] = to.checksum
         raw, tx_hash = self._signer.sign(tx)
         try:
-            with translated():
-                await w3.eth.send_raw_transaction(raw)
+            await conn.send_raw_transaction(raw)
         except InsufficientFunds as exc:
             detail = f"gas {gas_limit} at up to {max_fee} wei + value {value}"
             raise await self._insufficient(gas_limit * max_fee + value, value, detail) from exc
@@ -213,13 +216,9 @@ class TxSubmitter:
         last_problem = ""
         while True:
             try:
-                with translated():
-                    try:
-                        raw = await self._conn.w3.eth.get_transaction_receipt(tx_hash.raw)  # type: ignore[arg-type]
-                    except TransactionNotFound:
-                        raw = None
-                if raw is not None:
-                    return receipt_from_web3(raw)
+                receipt = await self._conn.transaction_receipt(tx_hash)
+                if receipt is not None:
+                    return receipt
             except ChainError as exc:
                 if not exc.transient:
                     raise
@@ -229,12 +228,11 @@ class TxSubmitter:
                 raise TransactionTimeout(tx_hash, wait_seconds, last_problem)
             await asyncio.sleep(min(self.poll_interval, remaining))
 
-    async def _explain_revert(self, call: dict[str, Any], gas_limit: int, receipt: TxReceipt) -> ChainError:
+    async def _explain_revert(self, call: dict[str, str], gas_limit: int, receipt: TxReceipt) -> ChainError:
         """Replay a reverted transaction as a call at its parent block to recover the revert data."""
-        replay = {**call, "gas": gas_limit}
+        replay = {**call, "gas": hex(gas_limit)}
         try:
-            with translated():
-                await self._conn.w3.eth.call(replay, max(receipt.block_number - 1, 0))  # type: ignore[arg-type]
+            await self._conn.call(replay, max(receipt.block_number - 1, 0))
         except ContractRevert as exc:
             exc.tx_hash = receipt.tx_hash
             return exc

@@ -58,9 +58,9 @@ import nacl.utils
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from eth_utils.crypto import keccak
 from nacl.public import PrivateKey, PublicKey, SealedBox
 
+from sidecar.core.hashing import keccak256
 from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
 from sidecar.core.keys import ed25519_verifies
 from sidecar.core.memberproof import (
@@ -108,7 +108,7 @@ def _csk_bytes(csk: SecretBytes) -> bytes:
 
 def commitment(csk: SecretBytes) -> Bytes32:
     """Return keccak256(csk), the value committed on chain."""
-    return Bytes32(keccak(_csk_bytes(csk)))
+    return Bytes32(keccak256(_csk_bytes(csk)))
 
 
 def csk_from_key(key: SecretBytes) -> SecretBytes:
@@ -298,7 +298,7 @@ def open_sealed(box: bytes, seal_key: SecretBytes, commitment: Bytes32) -> Secre
 def _checked(raw: bytes, commitment: Bytes32) -> SecretBytes:
     if len(raw) != CSK_BYTES:
         raise CskError(f"CSK must be {CSK_BYTES} bytes")
-    if keccak(raw) != commitment.raw:
+    if keccak256(raw) != commitment.raw:
         raise CskError("CSK does not match the on-chain commitment")
     return SecretBytes(raw)
 

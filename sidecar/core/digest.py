@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from eth_utils.crypto import keccak
-
+from sidecar.core.hashing import keccak256
 from sidecar.core.ids import Bytes32, MemberId
 
 
 def membership_digest(member_ids: Iterable[MemberId]) -> Bytes32:
     """Return keccak256(sorted distinct ids concatenated)."""
-    return Bytes32(keccak(b"".join(sorted({m.raw for m in member_ids}))))
+    return Bytes32(keccak256(b"".join(sorted({m.raw for m in member_ids}))))

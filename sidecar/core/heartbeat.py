@@ -38,6 +38,21 @@ last accepted seq from that sender (``replayed``). The gate's state changes only
 
 Sequence numbers must keep increasing across a sender restart, so senders use ``next_seq``: the previous
 seq + 1, but never less than the current wall-clock milliseconds.
+
+Answering a sender that does not see us (``should_answer``): a receiver that accepts a heartbeat whose live
+list is complete (fewer than ``MAX_LIVE_IDS`` ids, so not a page) and lacks the receiver sends its own
+heartbeat to that sender at once instead of at its next tick, at most once per interval per sender. A
+restarted node's first heartbeats list only itself, so every peer answers within a round trip and the node
+learns it has live peers without waiting up to a whole interval. Only accepted heartbeats are answered
+(signed by a member, from its mesh IP, fresh, not replayed): nobody else can make a node send, and a peer
+that keeps not hearing us at most doubles our heartbeats to it. The list stays advisory: it only decides
+when to send, never who is live.
+
+Start-up cadence (``send_delay``): until the node has heard any peer, and only within ``STARTUP_WINDOW``
+seconds of binding its socket, it sends every ``interval / STARTUP_SPEEDUP`` instead of every interval. Its
+first heartbeats can be lost while its carriers come up (through the gateway, the per-peer streams open
+after the socket is bound); the next one then follows within a fraction of the interval and is answered
+at once. At most ``STARTUP_SPEEDUP`` times the heartbeats, for a few seconds, after a start.
 """
 
 from __future__ import annotations
@@ -105,6 +120,30 @@ ACCEPTED = Verdict(True)
 def next_seq(previous: int, now_ms: int) -> int:
     """Return the next sequence number: above ``previous`` and never below the wall clock (restart-safe)."""
     return max(previous + 1, now_ms)
+
+
+#: How much faster a node sends right after start, while it has heard no peer (``send_delay``).
+STARTUP_SPEEDUP = 4
+#: Seconds after binding during which the start-up cadence may apply.
+STARTUP_WINDOW = 6.0
+
+
+def send_delay(interval: float, since_bind: float, heard_a_peer: bool) -> float:
+    """Seconds until the next heartbeat: ``interval``, or a ``STARTUP_SPEEDUP``-th of it while a node that
+    bound its socket less than ``STARTUP_WINDOW`` seconds ago has not heard any peer yet."""
+    if heard_a_peer or since_bind >= STARTUP_WINDOW:
+        return interval
+    return interval / STARTUP_SPEEDUP
+
+
+def should_answer(
+    heartbeat: Heartbeat, me: MemberId, last_answered: float | None, now: float, interval: float
+) -> bool:
+    """Whether to answer an accepted ``heartbeat`` at once: its complete live list lacks ``me`` and the
+    sender was not answered within the last ``interval`` seconds (``last_answered``: None when never)."""
+    if heartbeat.sender == me or len(heartbeat.live) >= MAX_LIVE_IDS or me in heartbeat.live:
+        return False
+    return last_answered is None or now - last_answered >= interval
 
 
 def live_page(

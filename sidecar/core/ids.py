@@ -42,10 +42,10 @@ class Address:
     @property
     def checksum(self) -> str:
         """EIP-55 mixed-case form."""
-        # eth_utils costs ~0.15 s to import: loaded on first use, so `attestmesh health` starts fast.
-        from eth_utils.address import to_checksum_address  # noqa: PLC0415
+        # Imported here: ``hashing`` loads pycryptodome's keccak, which `attestmesh health` never needs.
+        from sidecar.core.hashing import checksum_address  # noqa: PLC0415
 
-        return str(to_checksum_address(self.raw))
+        return checksum_address(self.raw)
 
     @property
     def is_zero(self) -> bool:

@@ -15,13 +15,13 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from coincurve import PrivateKey
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from eth_keys.datatypes import PrivateKey
-from eth_utils.crypto import keccak
 
+from sidecar.core.hashing import keccak256
 from sidecar.core.ids import Address, Bytes32, SecretBytes
 
 # secp256k1 field prime and group order (SEC 2).
@@ -101,12 +101,12 @@ def _secp256k1_private(key: SecretBytes) -> PrivateKey:
     raw = _scalar(key, "secp256k1 key")
     if not 0 < int.from_bytes(raw, "big") < SECP256K1_N:
         raise ValueError("secp256k1 key is out of range (zero or not below the group order)")
-    return PrivateKey(raw)
+    return PrivateKey(raw)  # coincurve (libsecp256k1)
 
 
 def secp256k1_public_key(key: SecretBytes) -> bytes:
     """Return the 64-byte uncompressed public key (x ‖ y, no 0x04 prefix) of a secp256k1 scalar."""
-    return bytes(_secp256k1_private(key).public_key.to_bytes())
+    return bytes(_secp256k1_private(key).public_key.format(compressed=False)[1:])
 
 
 def compress_secp256k1(pubkey: bytes) -> bytes:
@@ -132,7 +132,7 @@ def address_of_public_key(pubkey: bytes) -> Address:
     """Return the Ethereum address keccak256(x ‖ y)[12:] of a 64-byte uncompressed public key."""
     if len(pubkey) != 64:
         raise ValueError(f"uncompressed public key must be 64 bytes, got {len(pubkey)}")
-    return Address(keccak(pubkey)[12:])
+    return Address(keccak256(pubkey)[12:])
 
 
 def secp256k1_address(key: SecretBytes) -> Address:

@@ -30,9 +30,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from eth_keys.datatypes import PrivateKey
-from eth_utils.crypto import keccak
+from coincurve import PrivateKey
 
+from sidecar.core.hashing import keccak256
 from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
 from sidecar.core.keys import address_of_public_key, secp256k1_public_key
 from sidecar.core.model import member_id_for
@@ -106,12 +106,12 @@ def member_app_code_hash(creation_code: bytes, cluster: Address) -> Bytes32:
     """keccak256(creation code ‖ abi.encode(cluster)): the init code hash of ``cluster``'s member apps."""
     if not creation_code:
         raise ValueError("the member app's creation code is empty")
-    return Bytes32(keccak(creation_code + bytes(12) + cluster.raw))
+    return Bytes32(keccak256(creation_code + bytes(12) + cluster.raw))
 
 
 def create2_address(factory: Address, salt: Bytes32, init_code_hash: Bytes32) -> Address:
     """The address CREATE2 gives: keccak256(0xff ‖ factory ‖ salt ‖ init code hash)[12:]."""
-    return Address(keccak(b"\xff" + factory.raw + salt.raw + init_code_hash.raw)[12:])
+    return Address(keccak256(b"\xff" + factory.raw + salt.raw + init_code_hash.raw)[12:])
 
 
 def binding_message(
@@ -144,8 +144,9 @@ def make_member_proof(
     message = binding_message(chain_id, cluster, chain.app_id, identity_pub, seal_pub)
     if address_of_public_key(secp256k1_public_key(signer_key)) != chain.signer:  # also checks the scalar
         raise ValueError("the signer key is not the signature chain's derived key")
-    signature = PrivateKey(signer_key.reveal()).sign_msg_hash(keccak(message))
-    return MemberProof(chain, salt, identity_pub, seal_pub, bytes(signature.to_bytes()))
+    # libsecp256k1: RFC 6979 nonces and low s, r ‖ s ‖ v with v 0/1 (the form eth_keys produced).
+    signature = PrivateKey(signer_key.reveal()).sign_recoverable(keccak256(message), hasher=None)
+    return MemberProof(chain, salt, identity_pub, seal_pub, bytes(signature))
 
 
 def verify_member_proof(proof: MemberProof, anchors: ProofAnchors) -> ProvenMember:

@@ -5,9 +5,9 @@ Owns: the typed, immutable shapes that the chain adapter returns and accepts (``
 ``SyncState``, ``TxReceipt``, ``ChainLog``) and ``member_id_for``, the pure mirror of the contract's
 ``computeMemberId``.
 
-Must not: do I/O, import web3 or any adapter, or hold private key material. Values are built from plain
-Python types (``bytes``, ``int``, ``str``, ``ipaddress``); conversion from web3 types happens in
-``sidecar.chain``.
+Must not: do I/O, import a chain library or any adapter, or hold private key material. Values are built
+from plain Python types (``bytes``, ``int``, ``str``, ``ipaddress``); conversion from JSON-RPC and ABI
+values happens in ``sidecar.chain``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
-from eth_utils.crypto import keccak
-
+from sidecar.core.hashing import keccak256
 from sidecar.core.ids import Address, Bytes32, MemberId
 
 MESH_PREFIX_MIN = 8
@@ -25,7 +24,7 @@ MESH_PREFIX_MAX = 30
 
 def member_id_for(cluster: Address, app_id: Address) -> MemberId:
     """Compute ``keccak256(abi.encode(cluster, appId))``, the member id the cluster contract assigns."""
-    return MemberId(keccak(bytes(12) + cluster.raw + bytes(12) + app_id.raw))
+    return MemberId(keccak256(bytes(12) + cluster.raw + bytes(12) + app_id.raw))
 
 
 @dataclass(frozen=True, slots=True)

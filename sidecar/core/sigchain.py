@@ -19,11 +19,9 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from eth_keys.datatypes import Signature
-from eth_keys.exceptions import BadSignature
-from eth_utils.crypto import keccak
-from eth_utils.exceptions import ValidationError
+from coincurve import PublicKey
 
+from sidecar.core.hashing import keccak256
 from sidecar.core.ids import Address, SecretBytes
 from sidecar.core.keys import (
     ETHEREUM_PURPOSE,
@@ -51,7 +49,8 @@ def kms_issued_message(app_id: Address, app_pubkey_compressed: bytes) -> bytes:
     return KMS_ISSUED_PREFIX + app_id.raw + app_pubkey_compressed
 
 
-def _signature(sig: bytes, what: str) -> Signature:
+def _signature(sig: bytes, what: str) -> bytes:
+    """``sig`` checked and normalised to libsecp256k1's recoverable form r ‖ s ‖ recovery id (0/1)."""
     if len(sig) != 65:
         raise SigChainError(f"{what} must be 65 bytes (r ‖ s ‖ v), got {len(sig)}")
     v = sig[64]
@@ -65,17 +64,18 @@ def _signature(sig: bytes, what: str) -> Signature:
         raise SigChainError(f"{what} has r or s out of range")
     if s > SECP256K1_N // 2:
         raise SigChainError(f"{what} has a high s value (malleable; ECDSA.recover rejects it)")
-    return Signature(vrs=(v, r, s))
+    return sig[:64] + bytes([v])
 
 
 def _recover(sig: bytes, message: bytes, what: str) -> bytes:
     try:
-        public = _signature(sig, what).recover_public_key_from_msg_hash(keccak(message))
-    except (BadSignature, ValidationError, ValueError) as exc:
+        recoverable = _signature(sig, what)
+        public = PublicKey.from_signature_and_message(recoverable, keccak256(message), hasher=None)
+    except ValueError as exc:
         if isinstance(exc, SigChainError):
             raise
         raise SigChainError(f"{what} does not recover to a public key") from None
-    return bytes(public.to_bytes())
+    return bytes(public.format(compressed=False)[1:])
 
 
 def recover_address(sig: bytes, message: bytes, what: str) -> Address:

@@ -1,7 +1,7 @@
 """The node's connections to the chain: the cluster reads and writes a reconcile pass needs.
 
 Owns ``ClusterChain`` (the port the chain and registration steps depend on, so a unit test can pass a
-small fake) and ``ChainLink``, its web3 implementation over one or more JSON-RPC providers
+small fake) and ``ChainLink``, its implementation over one or more JSON-RPC providers
 (``ATTESTMESH_RPC_URLS``), each a lazily opened ``ChainConnection``:
 
 - **Snapshot reads go to every provider, concurrently, and a quorum must agree** (``sidecar.core.quorum``):
@@ -112,8 +112,8 @@ class ClusterChain(Protocol):
 
 
 class ChainLink:
-    """``ClusterChain`` over web3: one connection per provider, opened on first use and dropped after
-    terminal errors; snapshots by quorum, writes through the preferred provider."""
+    """``ClusterChain`` over ``sidecar.chain``: one connection per provider, opened on first use and
+    dropped after terminal errors; snapshots by quorum, writes through the preferred provider."""
 
     def __init__(
         self, settings: ChainSettings, metrics: Metrics, *, page_size: int = MEMBERS_PAGE_SIZE

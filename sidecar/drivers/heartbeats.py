@@ -25,6 +25,8 @@ from sidecar.core.heartbeat import (
     encode,
     live_page,
     next_seq,
+    send_delay,
+    should_answer,
 )
 from sidecar.core.ids import Bytes32, MemberId, SecretBytes
 from sidecar.core.liveness import Liveness, Transition
@@ -77,6 +79,10 @@ class HeartbeatService:
         self.gate = HeartbeatGate()
         self._seq = 0
         self._page = 0  # which page of the live list the next heartbeat carries (``live_page``)
+        self._answered: dict[MemberId, float] = {}  # when each sender was last answered (``should_answer``)
+        self._bound_at: float | None = (
+            None  # when the socket was bound (the start-up cadence, ``send_delay``)
+        )
         self._transport: asyncio.DatagramTransport | None = None
         self.bound_ip: IPv4Address | None = None
 
@@ -91,6 +97,7 @@ class HeartbeatService:
         )
         self._transport = transport
         self.bound_ip = mesh_ip
+        self._bound_at = self.clock()
         log.info("heartbeat.bound", mesh_ip=str(mesh_ip), port=self.port)
 
     def close(self) -> None:
@@ -102,7 +109,14 @@ class HeartbeatService:
         """Send every interval and expire silent peers, until cancelled (the socket must be bound first)."""
         while True:
             self.tick()
-            await asyncio.sleep(self.interval)
+            await asyncio.sleep(self.next_delay())
+
+    def next_delay(self) -> float:
+        """Seconds until the next tick (``send_delay``: faster right after start, until a peer is heard)."""
+        now = self.clock()
+        since_bind = float("inf") if self._bound_at is None else now - self._bound_at
+        heard = any(member != self.me for member in self.liveness.live(now))
+        return send_delay(self.interval, since_bind, heard)
 
     def tick(self) -> None:
         now = self.clock()
@@ -111,20 +125,37 @@ class HeartbeatService:
         members = self.members()
         if self._transport is None:
             return
-        now_ms = self.wall_ms()
-        self._seq = next_seq(self._seq, now_ms)
-        live = live_page(self.liveness.live(now), self.me, self._page)
-        self._page += 1
-        data = encode(Heartbeat(self.me, now_ms, self._seq, live), self._key)
+        data = self._next_heartbeat(now)
         for member, (_, mesh_ip) in members.items():
             if member != self.me:
                 self._transport.sendto(data, (str(mesh_ip), self.port))
                 self.metrics.heartbeats_sent.inc()
 
+    def _next_heartbeat(self, now: float) -> bytes:
+        now_ms = self.wall_ms()
+        self._seq = next_seq(self._seq, now_ms)
+        live = live_page(self.liveness.live(now), self.me, self._page)
+        self._page += 1
+        return encode(Heartbeat(self.me, now_ms, self._seq, live), self._key)
+
+    def _answer(self, heartbeat: Heartbeat, now: float) -> None:
+        """Send our heartbeat to a sender that does not see us live yet (``should_answer``)."""
+        sender = heartbeat.sender
+        last = self._answered.get(sender)
+        if self._transport is None or not should_answer(heartbeat, self.me, last, now, self.interval):
+            return
+        entry = self.members().get(sender)
+        if entry is None:
+            return
+        self._answered[sender] = now
+        self._transport.sendto(self._next_heartbeat(now), (str(entry[1]), self.port))
+        self.metrics.heartbeats_sent.inc()
+
     def forget(self, member: MemberId) -> None:
         """A member left the cluster: drop its replay and liveness state (no transition is emitted)."""
         self.gate.forget(member)
         self.liveness.forget(member)
+        self._answered.pop(member, None)
 
     def received(self, data: bytes, src: object) -> None:
         try:
@@ -139,9 +170,11 @@ class HeartbeatService:
             log.debug("heartbeat.rejected", reason=verdict.reason, src=str(src_ip))
             return
         self.metrics.heartbeats_received.inc()
-        transition = self.liveness.heard(signed.heartbeat.sender, self.clock())
+        now = self.clock()
+        transition = self.liveness.heard(signed.heartbeat.sender, now)
         if transition is not None:
             self._transition(transition)
+        self._answer(signed.heartbeat, now)
 
     def _transition(self, transition: Transition) -> None:
         direction = "up" if transition.up else "down"

@@ -15,10 +15,10 @@ from ipaddress import IPv4Address, IPv6Address
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from web3.types import TxParams
 
 from sidecar.chain.contracts import ClusterClient
-from sidecar.chain.errors import EndpointTooLong, InvalidEndpoint, translated
+from sidecar.chain.errors import EndpointTooLong, InvalidEndpoint
+from sidecar.chain.rpc import tx_params
 from sidecar.core.endpoint import EndpointError, UdpEndpoint, gateway_endpoint, parse_endpoint
 from sidecar.core.ids import Address
 from sidecar.envkit import HostPort
@@ -129,14 +129,9 @@ async def member(cluster: ClusterClient, nodes: NodeFactory) -> Address:
 
 
 async def contract_accepts(cluster: ClusterClient, signer: Address, endpoint: str) -> bool:
-    tx: TxParams = {
-        "from": signer.checksum,
-        "to": cluster.address.checksum,
-        "data": "0x" + cluster.encode_call("setEndpoint", endpoint).hex(),
-    }
+    tx = tx_params(signer, cluster.address, cluster.encode_call("setEndpoint", endpoint))
     try:
-        with translated():
-            await cluster.connection.w3.eth.call(tx)
+        await cluster.connection.call(tx)
     except (InvalidEndpoint, EndpointTooLong):
         return False
     return True

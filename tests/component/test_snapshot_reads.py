@@ -21,8 +21,7 @@ import pytest
 from devnet.anvil import AnvilProcess
 from devnet.deployment import Deployment
 from devnet.rpcproxy import Lies, RpcProxy
-from sidecar.chain.artifacts import load_artifact
-from sidecar.chain.binding import AbiFunction
+from sidecar.chain.abi import contract_abi
 from sidecar.chain.contracts import ClusterClient
 from sidecar.chain.rpc import ChainConnection, connect
 from sidecar.core.ids import Address, Bytes32
@@ -35,7 +34,7 @@ pytestmark = [pytest.mark.component, pytest.mark.timeout(120)]
 
 PAGE = 2
 NAMES = {
-    "0x" + AbiFunction.of(load_artifact("Cluster"), name).selector.hex(): name
+    "0x" + contract_abi("Cluster").function(name).selector.hex(): name
     for name in ("syncState", "membersPage", "isAppAllowed", "meshCidr", "members")
 }
 BOOT = BootInfo(

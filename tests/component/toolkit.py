@@ -74,9 +74,7 @@ class Chain:
         self.count = 0
 
     async def rpc(self, method: str, *params: Any) -> Any:
-        response = await self.conn.w3.provider.make_request(method, list(params))
-        assert "error" not in response, response
-        return response["result"]
+        return await self.conn.request(method, params)
 
     async def mine(self, blocks: int) -> None:
         await self.rpc("anvil_mine", hex(blocks))

@@ -135,30 +135,38 @@ def test_fourth_node_is_configured_within_one_poll_and_becomes_healthy(lab: LabC
 def test_restarts_keep_identity_and_recover(lab: LabCli) -> None:
     lab.run("up", "--nodes", "3")
     found = wait_all_healthy(lab)
-    node2 = found["node-2"]
+    # `up` boots the nodes together, so any of them may have registered first: ask the chain who the
+    # originator (index 0, the one that derives the CSK) is, and restart a member first, then it.
+    first = chain(lab, lambda conn, c: c.originator())
+    assert first is not None
+    originator = next(
+        n for n in sorted(found) if found[n].healthz()["node"]["member_id"] == str(first).lower()
+    )
+    member = next(n for n in sorted(found) if n != originator)
+    node2 = found[member]
     before = node2.healthz()
     signer = Address.from_hex(before["node"]["signer"])
     nonce_before = chain(lab, lambda conn, c: conn.w3.eth.get_transaction_count(signer.checksum))
     count_before = chain(lab, lambda conn, c: c.member_count())
 
-    lab.run("node", "restart", "node-2")
-    wait_until(node2.healthy, 30, "node-2 healthy after restart")
+    lab.run("node", "restart", member)
+    wait_until(node2.healthy, 30, f"{member} healthy after restart")
     after = node2.healthz()
     assert after["node"]["member_id"] == before["node"]["member_id"]
     assert after["node"]["mesh_ip"] == before["node"]["mesh_ip"]
     assert after["csk"]["source"] == "cache"
     assert chain(lab, lambda conn, c: c.member_count()) == count_before
     assert chain(lab, lambda conn, c: conn.w3.eth.get_transaction_count(signer.checksum)) == nonce_before
-    log = (lab.root / "logs" / "node-2-sidecar.log").read_text()
+    log = (lab.root / "logs" / f"{member}-sidecar.log").read_text()
     assert log.count('"registration.attempted"') == 1  # the first start only; the restart carried over
     assert '"identity carried over"' in log
 
     mesh3 = found["node-3"].healthz()["node"]["mesh_ip"]
-    lab.run("node", "restart", "node-1")
-    wait_until(found["node-1"].healthy, 30, "node-1 healthy after restart")
-    assert found["node-1"].healthz()["csk"]["source"] == "derived"
+    lab.run("node", "restart", originator)
+    wait_until(found[originator].healthy, 30, f"{originator} healthy after restart")
+    assert found[originator].healthz()["csk"]["source"] == "derived"
 
-    log = (lab.root / "logs" / "node-2-sidecar.log").read_text()
+    log = (lab.root / "logs" / f"{member}-sidecar.log").read_text()
     stopped = [json.loads(line) for line in log.splitlines() if '"sidecar.stopped"' in line]
     assert stopped and stopped[0]["interface_left_up"] is True  # the SIGTERM of `node restart` was graceful
 

@@ -11,11 +11,10 @@ from eth_abi.abi import encode
 from eth_keys.datatypes import PrivateKey
 from eth_utils.abi import function_signature_to_4byte_selector
 from eth_utils.crypto import keccak
-from hexbytes import HexBytes
-from web3.datastructures import AttributeDict
 
+from sidecar.chain.abi import canonical_type, contract_abi
 from sidecar.chain.artifacts import load_artifact
-from sidecar.chain.codec import EventCodec, python_value, receipt_from_web3
+from sidecar.chain.codec import EventCodec, block_header_from_rpc, python_value, quantity, receipt_from_rpc
 from sidecar.chain.contracts import (
     ClusterClient,
     ClusterFactoryClient,
@@ -92,38 +91,35 @@ def test_malformed_logs_are_skipped_not_raised() -> None:
 
 def test_python_value_conversions() -> None:
     assert python_value("address", APP.checksum) == APP
-    assert python_value("bytes32", HexBytes(MEMBER.raw)) == Bytes32(MEMBER.raw)
-    assert python_value("bytes32", HexBytes(MEMBER.raw), "memberId") == MEMBER
+    assert python_value("bytes32", MEMBER.raw) == Bytes32(MEMBER.raw)
+    assert python_value("bytes32", MEMBER.raw, "memberId") == MEMBER
     assert type(python_value("bytes32", MEMBER.raw, "originator")) is MemberId
-    assert type(python_value("bytes", HexBytes(b"\x01"))) is bytes
+    assert type(python_value("bytes", b"\x01")) is bytes
     assert python_value("address[]", [APP.checksum]) == (APP,)
     assert python_value("bool", 1) is True
 
 
-def test_receipt_from_web3_leaves_no_web3_types() -> None:
-    raw = AttributeDict(
-        {
-            "transactionHash": HexBytes(b"\xee" * 32),
-            "blockNumber": 9,
-            "gasUsed": 50_000,
-            "status": 1,
-            "contractAddress": None,
-            "logs": [
-                AttributeDict(
-                    {
-                        "address": CLUSTER.checksum,
-                        "topics": [HexBytes(b"\x01" * 32)],
-                        "data": HexBytes(b"\x02"),
-                        "blockNumber": 9,
-                        "blockHash": HexBytes(b"\xbb" * 32),
-                        "transactionHash": HexBytes(b"\xee" * 32),
-                        "logIndex": 3,
-                    }
-                )
-            ],
-        }
-    )
-    receipt = receipt_from_web3(raw)
+def test_receipt_from_rpc_converts_hex_quantities_and_data() -> None:
+    raw = {
+        "transactionHash": "0x" + "ee" * 32,
+        "blockNumber": "0x9",
+        "gasUsed": hex(50_000),
+        "status": "0x1",
+        "contractAddress": None,
+        "logs": [
+            {
+                "address": CLUSTER.checksum.lower(),
+                "topics": ["0x" + "01" * 32],
+                "data": "0x02",
+                "blockNumber": "0x9",
+                "blockHash": "0x" + "bb" * 32,
+                "transactionHash": "0x" + "ee" * 32,
+                "logIndex": "0x3",
+                "removed": False,
+            }
+        ],
+    }
+    receipt = receipt_from_rpc(raw)
     assert receipt.succeeded and receipt.gas_used == 50_000 and receipt.block_number == 9
     assert type(receipt.tx_hash) is Bytes32
     (log,) = receipt.logs
@@ -205,3 +201,56 @@ def test_contract_reverts_survive_copy_and_pickle() -> None:
         assert clone.fields == {"sender": APP}
         assert str(clone) == str(error)
         assert clone.tx_hash == error.tx_hash
+
+
+def test_block_header_and_quantities_from_rpc() -> None:
+    header = block_header_from_rpc(
+        {"number": "0x2a", "hash": "0x" + "aa" * 32, "parentHash": "0x" + "bb" * 32, "timestamp": "0x10"}
+    )
+    assert (header.number, header.timestamp, header.hash) == (42, 16, Bytes32(b"\xaa" * 32))
+    assert quantity("0x0") == 0 and quantity(7) == 7
+    for bad in ("0xzz", True, None, 1.5):
+        with pytest.raises(ValueError):
+            quantity(bad)
+
+
+def test_canonical_types_and_selectors_match_eth_utils() -> None:
+    from eth_utils.abi import abi_to_signature  # noqa: PLC0415 - the reference only
+
+    for name in ("Cluster", "ClusterFactory", "IndexerRegistry", "ClusterMemberApp"):
+        for entry in load_artifact(name).abi:
+            if entry.get("type") != "function":
+                continue
+            spec = contract_abi(name).function(entry["name"])
+            assert spec.selector == function_signature_to_4byte_selector(abi_to_signature(entry))
+            assert spec.input_types == tuple(canonical_type(p) for p in entry["inputs"])
+
+
+def test_call_encoding_and_result_decoding_round_trip() -> None:
+    spec = contract_abi("Cluster").function("memberIdOf")
+    calldata = spec.encode([APP.checksum])
+    assert calldata == spec.selector + encode(["address"], [APP.checksum])
+    assert spec.decode(MEMBER.raw) == MEMBER.raw  # one output: unwrapped
+    current = contract_abi("IndexerRegistry").function("current")
+    values = ["wss://i.example", b"\x01" * 32, b"\x02" * 32, 7]
+    assert current.decode(encode(list(current.output_types), values)) == values  # several: a list
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [((), "takes 1 arguments, 0 given"), ((APP.checksum, 1), "takes 1 arguments, 2 given")],
+)
+def test_a_call_with_the_wrong_arity_is_refused(args: tuple[object, ...], message: str) -> None:
+    from sidecar.chain.errors import UnexpectedChainError  # noqa: PLC0415
+
+    with pytest.raises(UnexpectedChainError, match=message):
+        contract_abi("Cluster").function("memberIdOf").encode(args)
+
+
+def test_empty_or_unknown_results_are_unexpected_errors() -> None:
+    from sidecar.chain.errors import UnexpectedChainError  # noqa: PLC0415
+
+    with pytest.raises(UnexpectedChainError, match="no contract at the address"):
+        contract_abi("Cluster").function("memberCount").decode(b"")
+    with pytest.raises(UnexpectedChainError, match="has no function"):
+        contract_abi("Cluster").function("noSuchFunction")

@@ -7,20 +7,13 @@ import asyncio
 import aiohttp
 import pytest
 from eth_abi.abi import encode
+from eth_abi.exceptions import EncodingTypeError
 from eth_utils.abi import function_signature_to_4byte_selector
 from multidict import CIMultiDict, CIMultiDictProxy
-from web3.exceptions import (
-    BadFunctionCallOutput,
-    ContractCustomError,
-    ContractLogicError,
-    ContractPanicError,
-    RequestTimedOut,
-    TimeExhausted,
-    Web3RPCError,
-)
 from yarl import URL
 
 from sidecar.chain import errors
+from sidecar.chain.abi import selector
 from sidecar.chain.artifacts import CONTRACT_NAMES, available_artifacts, load_artifact
 from sidecar.chain.errors import (
     CUSTOM_ERRORS,
@@ -47,6 +40,7 @@ from sidecar.chain.errors import (
     decode_revert,
     translated,
 )
+from sidecar.chain.jsonrpc import RpcError, RpcResponseError
 from sidecar.core.ids import Address, MemberId
 
 APP = Address.from_hex("0x4602b3a58f47ddd5a85069f0d88772ca14a043f4")
@@ -57,11 +51,13 @@ def _payload(signature: str, types: list[str], values: list[object]) -> bytes:
     return function_signature_to_4byte_selector(signature) + encode(types, values)
 
 
-def _rpc_error(code: int, message: str, data: object = None) -> Web3RPCError:
-    error: dict[str, object] = {"code": code, "message": message}
-    if data is not None:
-        error["data"] = data
-    return Web3RPCError(repr(error), rpc_response={"jsonrpc": "2.0", "id": 1, "error": error})  # type: ignore[typeddict-item]
+def _rpc_error(code: int, message: str, data: object = None) -> RpcError:
+    return RpcError("eth_call", code, message, data)
+
+
+def test_our_selectors_are_eth_utils_selectors() -> None:
+    for text in ("Error(string)", "Panic(uint256)", "AlreadyRegistered(address,bytes32)"):
+        assert selector(text) == function_signature_to_4byte_selector(text)
 
 
 # --- the table covers the artifacts ---------------------------------------------------------------------
@@ -209,18 +205,21 @@ def test_cluster_and_registry_share_error_selectors() -> None:
 
 def test_contract_custom_error_is_decoded() -> None:
     data = _payload("AlreadyRegistered(address,bytes32)", ["address", "bytes32"], [APP.checksum, MEMBER.raw])
-    classified = classify(ContractCustomError("0x" + data.hex(), data="0x" + data.hex()))
+    classified = classify(_rpc_error(3, "execution reverted", "0x" + data.hex()))
     assert isinstance(classified, AlreadyRegistered)
     assert classified.args == (APP, MEMBER)
 
 
 def test_contract_panic_and_logic_errors() -> None:
     data = _payload("Panic(uint256)", ["uint256"], [0x12])
-    assert isinstance(classify(ContractPanicError("div", data="0x" + data.hex())), Panic)
-    no_data = classify(ContractLogicError("execution reverted", data=None))
+    assert isinstance(classify(_rpc_error(3, "execution reverted", "0x" + data.hex())), Panic)
+    no_data = classify(_rpc_error(-32000, "execution reverted"))
     assert type(no_data) is UnknownRevert
+    empty = classify(_rpc_error(3, "execution reverted", "0x"))
+    assert type(empty) is UnknownRevert and "without data" in str(empty)
     reason = _payload("Error(string)", ["string"], ["bad"])
-    assert isinstance(classify(ContractLogicError("x", data="0x" + reason.hex())), RevertWithReason)
+    nested = {"message": "x", "data": "0x" + reason.hex()}  # some nodes nest the data one level down
+    assert isinstance(classify(_rpc_error(3, "execution reverted: bad", nested)), RevertWithReason)
 
 
 @pytest.mark.parametrize(
@@ -232,13 +231,13 @@ def test_contract_panic_and_logic_errors() -> None:
         (_rpc_error(-32000, "nonce too low"), NonceConflict),
         (_rpc_error(-32000, "replacement transaction underpriced"), NonceConflict),
         (_rpc_error(-32602, "invalid params"), RpcRejected),
-        (RequestTimedOut("request timed out"), ChainUnavailable),
-        (TimeExhausted("no receipt"), TransactionTimeout),
+        (_rpc_error(-32000, "request timed out"), ChainUnavailable),
+        (RpcResponseError("eth_call: the answer is not JSON (3 bytes)"), UnexpectedChainError),
+        (EncodingTypeError("bytes32 cannot hold 33 bytes"), UnexpectedChainError),
         (aiohttp.ServerDisconnectedError(), ChainUnavailable),
         (aiohttp.ClientOSError(104, "Connection reset by peer"), ChainUnavailable),
         (ConnectionRefusedError(111, "Connection refused"), ChainUnavailable),
         (TimeoutError(), ChainUnavailable),
-        (BadFunctionCallOutput("no code"), UnexpectedChainError),
         (ValueError("something else"), UnexpectedChainError),
     ],
 )

@@ -17,6 +17,8 @@ from sidecar.core.heartbeat import (
     MAX_HEARTBEAT_BYTES,
     MAX_LIVE_IDS,
     MIN_HEARTBEAT_BYTES,
+    STARTUP_SPEEDUP,
+    STARTUP_WINDOW,
     Heartbeat,
     HeartbeatError,
     HeartbeatGate,
@@ -25,6 +27,8 @@ from sidecar.core.heartbeat import (
     encode,
     live_page,
     next_seq,
+    send_delay,
+    should_answer,
     verify_signature,
 )
 from sidecar.core.ids import Bytes32, MemberId, SecretBytes
@@ -309,3 +313,79 @@ def test_the_service_sends_every_tick_with_300_live_members_and_covers_them_all(
         assert verify_signature(decoded, MEMBERS[A][0])
         seen |= set(decoded.heartbeat.live)
     assert seen == {A, *members}
+
+
+def test_should_answer_a_complete_list_that_lacks_me_once_per_interval() -> None:
+    restarted = hb(sender=B, live=(B,))  # a restarted node's first heartbeat lists only itself
+    assert should_answer(restarted, A, None, 10.0, 2.0)
+    assert not should_answer(restarted, A, 9.0, 10.0, 2.0)  # answered 1 s ago: wait for the interval
+    assert should_answer(restarted, A, 8.0, 10.0, 2.0)
+    assert not should_answer(hb(sender=B, live=(B, A)), A, None, 10.0, 2.0)  # it sees us: nothing to do
+    assert not should_answer(hb(sender=A, live=(A,)), A, None, 10.0, 2.0)  # never our own
+    page = (B, *ids(MAX_LIVE_IDS - 1))  # a full page may be one of several: absence means nothing
+    assert not should_answer(hb(sender=B, live=page), A, None, 10.0, 2.0)
+
+
+def _service(me: MemberId, seed: SecretBytes, clock: list[float], liveness: Liveness) -> HeartbeatService:
+    return HeartbeatService(
+        me=me, identity_key=seed, members=lambda: MEMBERS, liveness=liveness,
+        metrics=Metrics(CollectorRegistry()), port=51821, interval=2.0, on_transition=lambda t: None,
+        clock=lambda: clock[0], wall_ms=lambda: NOW + int(clock[0] * 1000),
+    )  # fmt: skip
+
+
+def test_a_restarted_peer_hears_us_within_a_round_trip_not_at_our_next_tick() -> None:
+    clock = [100.0]
+    live_a, live_b = Liveness(), Liveness()
+    a, b = _service(A, SEED_A, clock, live_a), _service(B, SEED_B, clock, live_b)
+    wire_a, wire_b = _Wire(), _Wire()
+    a._transport, b._transport = wire_a, wire_b  # type: ignore[assignment]
+    clock[0] = 100.5
+    b.tick()  # B just restarted: its heartbeat lists only B
+    ((data, addr),) = wire_b.sent
+    assert addr == (str(IP_A), 51821)
+    a.received(data, str(IP_B))
+    assert [addr for _, addr in wire_a.sent] == [(str(IP_B), 51821)]  # A answered at once, to B only
+    b.received(wire_a.sent[0][0], str(IP_A))
+    assert A in live_b.live(100.5)  # B sees a live peer without waiting for A's next tick
+    wire_a.sent.clear()
+    b.tick()  # B's next heartbeat lists A: A does not answer again
+    a.received(wire_b.sent[-1][0], str(IP_B))
+    assert wire_a.sent == []
+    clock[0] = 101.0
+    a.received(encode(hb(seq=NOW + 10**6, ts=NOW + 101_000, sender=B, live=(B,)), SEED_B), str(IP_B))
+    assert wire_a.sent == []  # a second "does not see us" within the interval: still one answer
+
+
+def test_a_rejected_heartbeat_is_never_answered() -> None:
+    clock = [100.0]
+    a = _service(A, SEED_A, clock, Liveness())
+    wire = _Wire()
+    a._transport = wire  # type: ignore[assignment]
+    forged = encode(hb(sender=B, ts=NOW + 100_000, live=(B,)), SEED_A)  # signed with the wrong key
+    a.received(forged, str(IP_B))
+    wrong_source = encode(hb(sender=B, ts=NOW + 100_000, live=(B,)), SEED_B)
+    a.received(wrong_source, "10.88.9.9")
+    assert wire.sent == []
+
+
+def test_send_delay_is_faster_only_right_after_start_and_until_a_peer_is_heard() -> None:
+    assert send_delay(2.0, 0.0, heard_a_peer=False) == 2.0 / STARTUP_SPEEDUP
+    assert send_delay(2.0, STARTUP_WINDOW - 0.1, heard_a_peer=False) == 2.0 / STARTUP_SPEEDUP
+    assert (
+        send_delay(2.0, STARTUP_WINDOW, heard_a_peer=False) == 2.0
+    )  # all peers down: no fast cadence forever
+    assert send_delay(2.0, 0.5, heard_a_peer=True) == 2.0
+
+
+def test_the_service_ticks_fast_after_binding_until_it_hears_a_peer() -> None:
+    clock = [100.0]
+    liveness = Liveness()
+    a = _service(A, SEED_A, clock, liveness)
+    assert a.next_delay() == 2.0  # not bound yet
+    a._bound_at = 100.0  # as bind() records it
+    assert a.next_delay() == 2.0 / STARTUP_SPEEDUP
+    liveness.heard(A, 100.1)  # hearing only ourselves does not count
+    assert a.next_delay() == 2.0 / STARTUP_SPEEDUP
+    liveness.heard(B, 100.2)
+    assert a.next_delay() == 2.0

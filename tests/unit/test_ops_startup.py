@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +66,26 @@ def test_without_the_devnet_devnet_verbs_say_it_is_not_installed() -> None:
     assert code == 2 and "the devnet is not installed" in err
     code, _, _ = modules_after(["--help"], hide_devnet=True)
     assert code == 0
+
+
+def test_devnet_node_restart_loads_no_chain_client_kms_or_simulator(tmp_path: Path) -> None:
+    """`devnet node restart` is on the timed restart path (issue 13): it runs off ``devnet.workload``."""
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        from ops.cli import main
+        try:
+            code = main(["devnet", "--lab-dir", {str(tmp_path)!r}, "node", "restart", "node-2"])
+        except SystemExit as exc:
+            code = exc.code
+        heavy = ("web3", "eth_abi", "sidecar.chain", "devnet.lab", "devnet.kms", "devnet.simulator")
+        loaded = [m for m in (*heavy, "dstack_sdk") if m in sys.modules]
+        print(json.dumps([code, loaded]), file=sys.__stdout__)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False
+    )
+    code, loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert code == 1 and "is not running" in done.stderr  # no lab in tmp_path: the same error as before
+    assert loaded == []
