@@ -50,6 +50,10 @@ GATEWAY_INGRESS_PORT = 51900
 NODE_PUBLISHED_PORTS = (GATEWAY_INGRESS_PORT, HEALTH_PORT)
 SIDECAR_POLL_INTERVAL = 1.0
 SIDECAR_RESYNC_INTERVAL = 15.0
+#: The periodic resync while push is healthy: the same 15 s as in poll mode, so tests see a change no event
+#: announces (a storage poke) and a chain outage within seconds; production's default is 600 s, which is
+#: what keeps a healthy node under 2 JSON-RPC calls a minute (docs/architecture.md "The RPC budget").
+SIDECAR_RESYNC_INTERVAL_PUSHED = 15.0
 #: Push-mode knobs of the devnet's sidecars: short enough that tests and demos see a rotated key, an indexer
 #: outage and its return within seconds (the production defaults are 60 s, 1-60 s and 30 s).
 SIDECAR_REGISTRY_REFRESH = 5.0
@@ -104,6 +108,7 @@ def sidecar_env(state: DevnetState, node: NodeState) -> dict[str, str]:
         ATTESTMESH_STATE_DIR=node.state_dir,
         ATTESTMESH_POLL_INTERVAL=str(SIDECAR_POLL_INTERVAL),
         ATTESTMESH_RESYNC_INTERVAL=str(SIDECAR_RESYNC_INTERVAL),
+        ATTESTMESH_RESYNC_INTERVAL_PUSHED=str(SIDECAR_RESYNC_INTERVAL_PUSHED),
         ATTESTMESH_REGISTRY_REFRESH=str(SIDECAR_REGISTRY_REFRESH),
         ATTESTMESH_PUSH_BACKOFF_MIN=str(SIDECAR_PUSH_BACKOFF_MIN),
         ATTESTMESH_PUSH_BACKOFF_MAX=str(SIDECAR_PUSH_BACKOFF_MAX),

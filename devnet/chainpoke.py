@@ -3,8 +3,9 @@
 Owns ``StorageLayout`` (solc's ``storageLayout`` of a compiled artifact: where a state variable, a mapping
 entry or a struct member lives), ``string_words`` (how Solidity stores a ``string``: up to 31 bytes in the
 slot itself with ``2·len`` in the lowest byte, longer ones as ``2·len + 1`` in the slot and the bytes from
-``keccak256(slot)`` on) and ``poke_member_endpoint`` (a member's ``endpoint`` in the Cluster contract,
-written as is). Slots are derived from the layout the contracts build writes into each artifact
+``keccak256(slot)`` on), ``poke_member_endpoint`` (a member's ``endpoint`` in the Cluster contract,
+written as is) and ``bump_membership_version`` (what every contract write of a member record also does,
+so a node's version-gated read sees the poke at its next resync). Slots are derived from the layout the contracts build writes into each artifact
 (``contracts/build.py``), never hard-coded, so a reordered contract still gets the right slot.
 
 Why it exists: the contract refuses malformed endpoints, yet the sidecar must survive a record it cannot
@@ -129,6 +130,27 @@ async def poke_member_endpoint(
     """TEST-ONLY: make member ``member_id``'s on-chain endpoint exactly ``endpoint`` (bypassing the
     contract's validation and its ``EndpointUpdated`` event: a node sees it on its next resync)."""
     data = endpoint.encode() if isinstance(endpoint, str) else endpoint
-    location = member_endpoint_location(StorageLayout.of("Cluster"), member_id)
+    layout = StorageLayout.of("Cluster")
+    location = member_endpoint_location(layout, member_id)
     for slot, word in string_words(location.slot, data):
         await set_storage(conn, cluster, slot, word)
+    await bump_membership_version(conn, cluster, layout)
+
+
+async def bump_membership_version(
+    conn: ChainConnection, cluster: Address, layout: StorageLayout | None = None
+) -> int:
+    """TEST-ONLY: add one to the Cluster's ``membershipVersion`` (a ``uint64`` packed with other variables:
+    only its 8 bytes of the slot change), as ``register``, ``setEndpoint`` and ``removeMember`` do; return
+    the new version."""
+    layout = layout or StorageLayout.of("Cluster")
+    location = layout.variable("membershipVersion")
+    if location.type_id != "t_uint64":
+        raise LayoutError(f"membershipVersion is {location.type_id}, not a uint64")
+    raw = await conn.request("eth_getStorageAt", [str(cluster), hex(location.slot), "latest"])
+    word = int(str(raw), 16)
+    shift, mask = 8 * location.offset, (1 << 64) - 1
+    version = ((word >> shift) & mask) + 1
+    word = (word & ~(mask << shift)) | ((version & mask) << shift)
+    await set_storage(conn, cluster, location.slot, _word(word))
+    return version
