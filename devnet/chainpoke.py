@@ -5,8 +5,9 @@ entry or a struct member lives), ``string_words`` (how Solidity stores a ``strin
 slot itself with ``2·len`` in the lowest byte, longer ones as ``2·len + 1`` in the slot and the bytes from
 ``keccak256(slot)`` on), ``poke_member_endpoint`` (a member's ``endpoint`` in the Cluster contract,
 written as is) and ``bump_membership_version`` (what every contract write of a member record also does,
-so a node's version-gated read sees the poke at its next resync). Slots are derived from the layout the contracts build writes into each artifact
-(``contracts/build.py``), never hard-coded, so a reordered contract still gets the right slot.
+so a node's version-gated read sees the poke at its next resync). Slots are derived from the layout the
+contracts build writes into each artifact (``contracts/build.py``), never hard-coded, so a reordered
+contract still gets the right slot.
 
 Why it exists: the contract refuses malformed endpoints, yet the sidecar must survive a record it cannot
 use (issue 12, "a bad member record never takes others down"); tests plant one this way. It works only on a
