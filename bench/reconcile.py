@@ -372,5 +372,5 @@ async def main() -> None:
     figures = await chain_figures()
     print_chain_figures(figures)
     series["members() read (eth_call + decode)"] = [(f.members, f.latency) for f in figures]
-    path = plots.reconcile_cost(series, plots.Output.path("reconcile-cost"))
+    path = plots.reconcile_cost(series, plots.Output.path("reconcile-plan"))
     print(f"plot: {path}")

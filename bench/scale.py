@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 import aiohttp
 from eth_utils.crypto import keccak
 
-from bench import labkit
+from bench import labkit, plots
 from devnet import procs
 from devnet.anvil import DEVNET_DEPLOYER_KEY, AnvilProcess
 from devnet.deployment import deploy_stack
@@ -468,5 +468,18 @@ def print_run(result: ScaleRun) -> None:
     )
 
 
+def plot(result: ScaleRun) -> Path:
+    """The reconcile cost vs cluster size plot (10 → 10,000): one full reconcile from an empty device, the
+    paged read alone and a no-change pass (``syncState`` only)."""
+    series = {
+        "reconcile from an empty device (read + plan + apply to wireguard-go)": reconcile_series(result),
+        "full paged read (syncState + membersPage)": [(f.size, f.paged_read) for f in result.sizes],
+        "no-change pass (syncState)": [(f.size, f.no_change) for f in result.sizes],
+    }
+    return plots.reconcile_cost(series, plots.Output.path("reconcile-cost"))
+
+
 async def main() -> None:
-    print_run(await run())
+    result = await run()
+    print_run(result)
+    print(f"plot: {plot(result)}")

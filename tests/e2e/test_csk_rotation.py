@@ -78,7 +78,12 @@ def rotate(lab: LabCli) -> dict[str, Any]:
 def test_evict_rotate_members_hold_epoch_two_and_the_evicted_is_refused(lab: LabCli) -> None:
     lab.run("up", "--nodes", "3")
     found = wait_all_healthy(lab)
-    n1, n2, n3 = found["node-1"], found["node-2"], found["node-3"]
+    # `up` boots the nodes together, so any of them may register first: the chain names the originator
+    # (index 0, the one that derives the CSK). n1 is it, n3 the member evicted below, n2 the other member.
+    first = chain(lab, lambda conn, c: c.originator())
+    assert first is not None
+    n1 = next(n for n in found.values() if member_id(n) == first)
+    n2, n3 = sorted((n for n in found.values() if n is not n1), key=lambda n: n.name)
     cluster = lab.status()["cluster"]
     commitment1 = commitment_of(lab, 1)
     assert commitment1 is not None
@@ -90,10 +95,10 @@ def test_evict_rotate_members_hold_epoch_two_and_the_evicted_is_refused(lab: Lab
     proof2 = member_proof(lab, Address.from_hex(n2.data["app_id"]))
     key3, key2 = identity_key(n3), identity_key(n2)
 
-    # Evict node-3, then rotate.
-    lab.run("node", "remove", "node-3")
+    # Evict n3, then rotate.
+    lab.run("node", "remove", n3.name)
     for node in (n1, n2):
-        wait_until(lambda n=node: n.healthz()["peers"]["desired"] == 1, 15, f"{node.name} drops node-3")
+        wait_until(lambda n=node: n.healthz()["peers"]["desired"] == 1, 15, f"{node.name} drops {n3.name}")
     result = rotate(lab)
     assert (result["epoch_before"], result["epoch"], result["changed"]) == (1, 2, True)
     assert result["rotate_csk_on_remove"] is False and result["tx"]
@@ -114,14 +119,15 @@ def test_evict_rotate_members_hold_epoch_two_and_the_evicted_is_refused(lab: Lab
     assert n2.healthz()["csk"]["source"] == "peer"
     assert n1.healthz()["csk"]["source"] == "derived"
 
-    # The evicted node asks node-1 for epoch 2 (from inside the mesh: node-2's namespace): not_member.
+    # The evicted node asks n1 for epoch 2 (from inside the mesh: n2's namespace): not_member.
     before = n1.counter(REFUSED, reason="not_member")
     evicted = csk_request(cluster, id3, id1, key3, int(time.time() * 1000), proof3, epoch=2)
     answer = ask_csk(n2, n1, evicted)
     assert answer["status"] == 403 and json.loads(answer["body"])["reason"] == "not_member", answer
-    wait_until(lambda: n1.counter(REFUSED, reason="not_member") == before + 1, 5, "node-1 counts not_member")
+    counted = f"{n1.name} counts not_member"
+    wait_until(lambda: n1.counter(REFUSED, reason="not_member") == before + 1, 5, counted)
     refusals = [
-        e for e in sidecar_log(lab, "node-1", "csk.request_refused") if e.get("reason") == "not_member"
+        e for e in sidecar_log(lab, n1.name, "csk.request_refused") if e.get("reason") == "not_member"
     ]
     assert refusals
     # A member's identical request is served: the refusal is the eviction, nothing else.
