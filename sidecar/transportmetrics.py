@@ -25,9 +25,10 @@ TransportDirection = Literal["sent", "received"]
 TransportDrop = Literal["no_stream", "backpressure", "foreign_source", "oversized"]
 #: What became of a WireGuard handshake initiation the link held while the peer had no stream
 #: (``sidecar.transport.link``): ``held`` counts every one put in the peer's single slot; each then ends
-#: ``released`` (sent when the stream opened), ``expired`` (the stream opened after the bound) or
-#: ``superseded`` (a newer initiation took the slot). The last two are also counted as ``no_stream`` drops.
-HandshakeHold = Literal["held", "released", "expired", "superseded"]
+#: ``released`` (sent on the peer's stream) or dropped: ``expired`` (older than the bound when it could
+#: go), ``superseded`` (the device sent a newer one) or ``crossed`` (the peer's initiation came first).
+#: The drops are also counted as ``no_stream`` drops.
+HandshakeHold = Literal["held", "released", "expired", "superseded", "crossed"]
 StreamRefusal = Literal[
     "wrong_cluster", "wrong_acceptor", "not_member", "wrong_direction", "bad_signature", "stale", "future",
     "replayed", "no_hello", "protocol", "tls_failed", "overloaded",

@@ -9,17 +9,25 @@ confirms it).
 
 The one held datagram. A datagram from the device while the peer has no open stream is dropped
 (``no_stream``; UDP semantics, WireGuard retransmits) — except a WireGuard handshake initiation (message
-type 1, 148 bytes), of which the link keeps the newest, ONE per peer, and sends it as the first datagram
-of the peer's next stream if that stream opens within ``handshake_hold`` seconds (5 s, wireguard-go's
-``REKEY_TIMEOUT``: by then the device has sent a newer initiation, which replaces it). Without it the
-initiation a device sends when a peer is configured — always before the peer's stream is open — was lost,
-and wireguard-go retries only after ``REKEY_TIMEOUT``, so every gateway peer came up ≈ 5 s late at
-bring-up and after a restart. Chosen over making the device start a new handshake when the stream opens
-(re-adding the peer over UAPI): that would reach from the transport into the device, which the transport
-must not touch, and race with the reconcile loop's own device updates. The slot is bounded (one
-datagram per peer, whatever the device sends), holds no data frame (so data is never reordered) and its
-outcomes are counted (``attestmesh_transport_handshakes_held_total{outcome}``: ``held``, then
-``released``, ``expired`` or ``superseded``; the last two are also ``no_stream`` drops).
+type 1, 148 bytes), of which the link keeps the newest, ONE per peer, for the peer's next stream, and sends
+it only while it is at most ``handshake_hold`` seconds old (5 s, wireguard-go's ``REKEY_TIMEOUT``: by then
+the device has sent a newer one). Without it the initiation a device sends when a peer is configured —
+always before the peer's stream is open — was lost, and wireguard-go retries only after ``REKEY_TIMEOUT``,
+so every gateway peer came up ≈ 5 s late at bring-up and after a restart.
+
+When it is sent matters: at a cold bring-up BOTH devices have initiated, and two initiations that cross
+both fail (each device, answering the other's, overwrites its own handshake state and then drops the
+answer to it), costing the same 5 s. So one side goes first: the dialer sends its held initiation as soon
+as its stream is confirmed; the acceptor keeps its own until the peer's first datagram on the stream —
+an initiation (the dialer's) makes it drop its own (``crossed``: the device answers the peer's instead),
+anything else (the peer's device has a session, e.g. this node restarted) sends it.
+
+Chosen over making the device start a new handshake when the stream opens (re-adding the peer over UAPI):
+that would reach from the transport into the device, which the transport must not touch, and race with
+the reconcile loop's own device updates. The slot is bounded (one datagram per peer, whatever the device
+sends), holds no data (so data is never reordered) and its outcomes are counted
+(``attestmesh_transport_handshakes_held_total{outcome}``: ``held``, then ``released``, or dropped as
+``expired``, ``superseded`` (a newer initiation) or ``crossed``, which are also ``no_stream`` drops).
 
 Must not: dial, listen or admit streams (``sidecar.transport.gateway`` does), hold more than that one
 datagram per peer, or log key material or payloads.
@@ -186,6 +194,8 @@ class PeerLink:
     def _from_device(self, datagram: bytes) -> None:
         stream = self.stream
         if stream is not None and stream.open:
+            if self._held is not None and is_initiation(datagram):
+                self._lose("superseded")  # the device's newer initiation goes on the stream itself
             stream.send(datagram)
         elif is_initiation(datagram):
             if self._held is not None:
@@ -195,13 +205,22 @@ class PeerLink:
         else:
             self.tally.dropped("no_stream")
 
-    def _lose(self, outcome: Literal["superseded", "expired"]) -> None:
+    def _to_device(self, datagram: bytes) -> None:
+        """A datagram from the peer's stream: to the device (an acceptor's held initiation answers it)."""
+        if self._held is not None and self.role == "acceptor" and self.stream is not None:
+            if is_initiation(datagram):
+                self._lose("crossed")  # the peer went first: the device answers its initiation instead
+            else:
+                self._release(self.stream)
+        self.bridge.deliver(datagram)
+
+    def _lose(self, outcome: Literal["superseded", "expired", "crossed"]) -> None:
         self._held = None
         self.tally.hold(outcome)
         self.tally.dropped("no_stream")
 
     def _release(self, stream: Stream) -> None:
-        """Send the held initiation, if any and still fresh, as the new stream's first datagram."""
+        """Send the held initiation, if any and still fresh, on ``stream``."""
         if self._held is None:
             return
         at, datagram = self._held
@@ -221,7 +240,7 @@ class PeerLink:
         stream = Stream(
             reader,
             writer,
-            deliver=self.bridge.deliver,
+            deliver=self._to_device,
             tally=self.tally,
             monotonic=carrier.monotonic,
             keepalive=options.keepalive,
@@ -251,7 +270,8 @@ class PeerLink:
             self.carrier.metrics.transport_reconnected(self.peer.label)
         self.carrier.changed(self)
         log.info("transport.stream_opened", peer=self.peer.label, role=self.role, streams=self.established)
-        self._release(stream)
+        if self.role == "dialer":  # the acceptor's waits for the peer's first datagram (the docstring)
+            self._release(stream)
 
     def view(self) -> PeerTransport:
         stream, t = self.stream, self.tally

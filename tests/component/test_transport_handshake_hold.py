@@ -1,9 +1,10 @@
 """The one held handshake initiation: real carriers, real TLS streams, real UDP sockets on loopback.
 
 A WireGuard device sends a handshake initiation as soon as a peer is configured, before the peer's stream
-is open. The link keeps the newest one (one per peer) and sends it as the first datagram of the peer's
-stream when it opens within the bound; anything else with no stream is dropped and counted as before, and
-a flood of datagrams to a peer whose stream never opens holds one datagram, never more. Counts, not
+is open. The link keeps the newest one (one per peer): the dialer sends it first on the peer's stream, the
+acceptor when the peer's first datagram is not an initiation (two crossing initiations would both fail),
+within the bound; anything else with no stream is dropped and counted as before, and a flood of datagrams
+to a peer whose stream never opens holds one datagram, never more. Counts, not
 times: the bound is crossed by moving the node's clock. Only 127.0.0.1 is used.
 """
 
@@ -93,7 +94,7 @@ async def test_the_dialers_first_initiation_is_the_streams_first_datagram(pair: 
     assert pair.low.carrier.links[pair.high.member].held_bytes == 0
 
 
-async def test_the_acceptor_holds_its_initiation_until_the_dialer_arrives(pair: HoldPair) -> None:
+async def test_the_acceptor_sends_its_initiation_when_the_peer_speaks_first_with_data(pair: HoldPair) -> None:
     pair.high.endpoints = await pair.high.carrier.update(
         pair.high.local(), {pair.low.member: pair.low.as_peer(LOW_LABEL)}
     )
@@ -102,10 +103,42 @@ async def test_the_acceptor_holds_its_initiation_until_the_dialer_arrives(pair: 
     await until(lambda: pair.held(pair.high, LOW_LABEL, "held") == 1, what="the initiation held")
 
     await pair.connect()
+    assert pair.held(pair.high, LOW_LABEL, "released") == 0  # the dialer's first datagram decides
+    pair.low.device.send_to(pair.low.endpoints[pair.high.member], b"data")  # it has a session: this restarted
     from_high = pair.low.carrier.links[pair.high.member].bridge.port
-    await until(lambda: (first, from_high) in pair.low.device.received, what="the held initiation")
+    await until(lambda: pair.low.device.received == [(first, from_high)], what="the held initiation")
+    assert [data for data, _ in pair.high.device.received] == [b"data"]
     assert pair.held(pair.high, LOW_LABEL, "released") == 1
     assert pair.no_stream(pair.high, LOW_LABEL) == 0
+
+
+async def test_crossing_initiations_only_the_dialers_is_sent(pair: HoldPair) -> None:
+    """A cold bring-up: both devices initiated before the stream opened. Two crossing initiations both
+    fail in WireGuard, so the acceptor drops its own when the dialer's arrives."""
+    relay_port, pair.relay.target = pair.relay.target, 1  # the route refuses until both are held
+    await pair.only_low()
+    pair.high.endpoints = await pair.high.carrier.update(
+        pair.high.local(), {pair.low.member: pair.low.as_peer(LOW_LABEL)}
+    )
+    low_first, high_first = initiation(4), initiation(5)
+    pair.low.device.send_to(pair.low.endpoints[pair.high.member], low_first)
+    pair.high.device.send_to(pair.high.endpoints[pair.low.member], high_first)
+    await until(
+        lambda: pair.held(pair.low, HIGH_LABEL, "held") == pair.held(pair.high, LOW_LABEL, "held") == 1,
+        what="both initiations held",
+    )
+
+    pair.relay.target = relay_port
+    await until(pair.links_up, what="the pair's stream")
+    await pair.crosses(b"after")
+    from_low = pair.high.carrier.links[pair.low.member].bridge.port
+    from_high = pair.low.carrier.links[pair.high.member].bridge.port
+    assert pair.high.device.received == [(low_first, from_low), (b"after->", from_low)]
+    assert pair.low.device.received == [(b"after<-", from_high)]  # the acceptor's never crossed it
+    assert pair.held(pair.low, HIGH_LABEL, "released") == 1
+    assert pair.held(pair.high, LOW_LABEL, "crossed") == 1
+    assert pair.held(pair.high, LOW_LABEL, "released") == 0
+    assert pair.no_stream(pair.high, LOW_LABEL) == 1
 
 
 async def test_an_initiation_held_past_the_bound_is_dropped_and_counted(pair: HoldPair) -> None:
