@@ -23,6 +23,12 @@ from prometheus_client.registry import Collector
 
 TransportDirection = Literal["sent", "received"]
 TransportDrop = Literal["no_stream", "backpressure", "foreign_source", "oversized"]
+#: What became of a WireGuard handshake initiation the link held while the peer had no stream
+#: (``sidecar.transport.link``): ``held`` counts every one put in the peer's single slot; each then ends
+#: ``released`` (sent on the peer's stream) or dropped: ``expired`` (older than the bound when it could
+#: go), ``superseded`` (the device sent a newer one) or ``crossed`` (the peer's initiation came first).
+#: The drops are also counted as ``no_stream`` drops.
+HandshakeHold = Literal["held", "released", "expired", "superseded", "crossed"]
 StreamRefusal = Literal[
     "wrong_cluster", "wrong_acceptor", "not_member", "wrong_direction", "bad_signature", "stale", "future",
     "replayed", "no_hello", "protocol", "tls_failed", "overloaded",
@@ -31,6 +37,7 @@ StreamEnd = Literal["eof", "peer_closed", "idle", "protocol", "error", "replaced
 
 TRANSPORT_DIRECTIONS: Final[tuple[str, ...]] = get_args(TransportDirection)
 TRANSPORT_DROPS: Final[tuple[str, ...]] = get_args(TransportDrop)
+HANDSHAKE_HOLDS: Final[tuple[str, ...]] = get_args(HandshakeHold)
 STREAM_REFUSALS: Final[tuple[str, ...]] = get_args(StreamRefusal)
 STREAM_ENDS: Final[tuple[str, ...]] = get_args(StreamEnd)
 
@@ -102,6 +109,11 @@ class TransportMetrics:
             "attestmesh_transport_drops_total", "Datagrams the gateway transport dropped, by reason.",
             ["peer", "reason"], registry=r,
         )  # fmt: skip
+        self.transport_handshakes_held = Counter(
+            "attestmesh_transport_handshakes_held_total",
+            "WireGuard handshake initiations held while the peer had no stream, by outcome.",
+            ["peer", "outcome"], registry=r,
+        )  # fmt: skip
         self.transport_stream_age = Gauge(
             "attestmesh_transport_stream_age_seconds", "Age of the peer's current gateway stream (0: none).",
             ["peer"], registry=r,
@@ -127,6 +139,8 @@ class TransportMetrics:
         self.transport_stream_age.labels(peer=label).set(0)
         for reason in TRANSPORT_DROPS:
             self.transport_drops.labels(peer=label, reason=reason)
+        for outcome in HANDSHAKE_HOLDS:
+            self.transport_handshakes_held.labels(peer=label, outcome=outcome)
 
     def transport_peer_removed(self, peer: str) -> None:
         label = _mesh_ip(peer)
@@ -136,9 +150,16 @@ class TransportMetrics:
         for reason in TRANSPORT_DROPS:
             with contextlib.suppress(KeyError):
                 self.transport_drops.remove(label, reason)
+        for outcome in HANDSHAKE_HOLDS:
+            with contextlib.suppress(KeyError):
+                self.transport_handshakes_held.remove(label, outcome)
 
     def transport_dropped(self, peer: str, reason: str) -> None:
         self.transport_drops.labels(peer=peer, reason=known_label(reason, TRANSPORT_DROPS, "drop")).inc()
+
+    def transport_handshake_held(self, peer: str, outcome: str) -> None:
+        label = known_label(outcome, HANDSHAKE_HOLDS, "handshake hold")
+        self.transport_handshakes_held.labels(peer=peer, outcome=label).inc()
 
     def transport_reconnected(self, peer: str) -> None:
         self.transport_reconnects.labels(peer=peer).inc()

@@ -12,7 +12,9 @@ asks for large socket buffers (``SOCKET_BUFFER_BYTES``) to absorb bursts.
 
 Must not: accept a datagram from anything but the device's own port (anything else on loopback is dropped
 and counted as ``foreign_source``), buffer datagrams in memory (UDP semantics: a datagram with nowhere to
-go is dropped, counted, and WireGuard retransmits), or know about streams or TLS.
+go is dropped, counted, and WireGuard retransmits; the one exception, a single handshake initiation per
+peer kept for the peer's next stream, is the link's: ``sidecar.transport.link``), or know about streams
+or TLS.
 """
 
 from __future__ import annotations

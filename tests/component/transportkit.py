@@ -162,7 +162,12 @@ class Pair:
         await until(lambda: (high_to_low, low_bridge) in self.low.device.received, what="high → low")
 
 
-async def make_node(name: str, member: bytes, dial: Callable[[GatewayEndpoint], tuple[str, int]]) -> Node:
+async def make_node(
+    name: str,
+    member: bytes,
+    dial: Callable[[GatewayEndpoint], tuple[str, int]],
+    monotonic: Callable[[], float] | None = None,
+) -> Node:
     device, metrics = Device(), Metrics()
     wg_port = await device.open()
     loop = asyncio.get_running_loop()
@@ -170,7 +175,7 @@ async def make_node(name: str, member: bytes, dial: Callable[[GatewayEndpoint], 
         GatewayOptions(port=0, wg_port=wg_port, **FAST),
         metrics,
         wall_ms=lambda: int(loop.time() * 1000) + 1_700_000_000_000,
-        monotonic=loop.time,
+        monotonic=monotonic or loop.time,
         dial_target=dial,
     )
     await carrier.start()
