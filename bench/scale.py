@@ -39,7 +39,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aiohttp
 from eth_utils.crypto import keccak
@@ -50,6 +50,7 @@ from devnet.anvil import DEVNET_DEPLOYER_KEY, AnvilProcess
 from devnet.deployment import deploy_stack
 from devnet.memberseed import seed_members
 from devnet.wireguard import start_wireguard_go, uapi_set, uapi_socket
+from sidecar.chain.artifacts import load_artifact
 from sidecar.chain.contracts import (
     MEMBERS_PAGE_SIZE,
     ClusterClient,
@@ -149,8 +150,12 @@ async def median_of(runs: int, work: Callable[[], Awaitable[Any]]) -> float:
 
 
 async def old_members(cluster: ClusterClient) -> list[MemberRecord | None]:
-    """``members()`` as the binding read it before issue 13: web3's contract call and output formatting."""
-    return [_member_record(raw) for raw in await cluster._call("members")]
+    """``members()`` as the binding read it before issue 13: web3's contract call and its output formatting
+    (web3 is a development dependency since then; ``ChainConnection.w3`` builds it for tooling)."""
+    w3 = cluster.connection.w3
+    address = cast(Any, cluster.address.checksum)  # web3's ChecksumAddress
+    contract = w3.eth.contract(address=address, abi=load_artifact("Cluster").abi_list())
+    return [_member_record(raw) for raw in await contract.functions.members().call()]
 
 
 async def estimate(session: aiohttp.ClientSession, url: str, to: Address, data: bytes) -> int:

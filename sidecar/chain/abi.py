@@ -3,8 +3,10 @@
 Owns: ``canonical_type`` (an ABI parameter to its canonical type string, tuples as ``(…)``),
 ``signature``/``selector``/``event_topic`` (keccak256 over the canonical signature), and ``ContractAbi``
 (one artifact's functions by name: calldata = selector ‖ ``eth_abi.encode``; results decoded with
-``eth_abi.decode``, one output unwrapped, several as a list, as the contract clients expect; the
-constructor's argument encoding for deployments).
+``eth_abi``'s strict decoder, one output unwrapped, several as a list, as the contract clients expect;
+``address`` results as their 20 raw bytes: eth_abi's own address decoder checksums every one, about a
+third of decoding a member list, and ``Address`` wants the bytes anyway; the constructor's argument
+encoding for deployments).
 
 Must not: talk to a node, or convert values to our types (``sidecar.chain.binding``'s converters and
 ``codec.python_value`` do). Arguments are what ``eth_abi`` encodes: ints, bools, ``str``, ``bytes``,
@@ -19,11 +21,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eth_abi.abi import decode, encode
+from eth_abi.abi import encode
+from eth_abi.codec import ABICodec
+from eth_abi.decoding import AddressDecoder
+from eth_abi.encoding import AddressEncoder
+from eth_abi.registry import registry as default_registry
 
 from sidecar.chain.artifacts import artifacts_dir, load_artifact
 from sidecar.chain.failures import UnexpectedChainError
 from sidecar.core.hashing import keccak256
+
+
+class _RawAddressDecoder(AddressDecoder):
+    """An ``address`` as its 20 raw bytes (the padding is still checked: strict, like eth_abi's own)."""
+
+    decoder_fn = staticmethod(bytes)  # type: ignore[assignment]
+
+
+def _result_codec() -> ABICodec:
+    registry = default_registry.copy()  # type: ignore[no-untyped-call]
+    registry.unregister("address")
+    registry.register("address", AddressEncoder, _RawAddressDecoder, label="address")
+    return ABICodec(registry)
+
+
+#: Decodes call results: eth_abi's strict decoder (malformed padding or pointers refused), raw addresses.
+_RESULTS = _result_codec()
 
 
 def canonical_type(param: Mapping[str, Any]) -> str:
@@ -76,7 +99,7 @@ class FunctionSpec:
         """Every output of the call's result, as a tuple."""
         if not data and self.output_types:
             raise UnexpectedChainError(f"{self.name}() returned no data (no contract at the address?)")
-        return tuple(decode(list(self.output_types), data))
+        return tuple(_RESULTS.decode(list(self.output_types), data))
 
 
 class ContractAbi:

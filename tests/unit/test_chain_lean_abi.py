@@ -31,7 +31,7 @@ def test_a_page_round_trips() -> None:
               "udp://10.0.0.1:51820", 167772161, 7)  # fmt: skip
     records, total = page.decode_all(encode(list(page.output_types), [[record, record], 9]))
     assert total == 9 and len(records) == 2
-    assert records[0][1] == "0x" + "22" * 20 and records[0][2] == "0x" + "33" * 20
+    assert records[0][1] == b"\x22" * 20 and records[0][2] == b"\x33" * 20  # raw bytes, not hex strings
     assert records[0][6] == "udp://10.0.0.1:51820" and records[0][7:] == (167772161, 7)
 
 
