@@ -3,9 +3,10 @@ with the sidecar's production defaults for the push-mode intervals.
 
 The devnet starts its sidecars with short push-mode knobs so tests see a rotated key or an outage within
 seconds (``ATTESTMESH_REGISTRY_REFRESH=5``, ``ATTESTMESH_POLL_INTERVAL_PUSHED=10``,
-``ATTESTMESH_RESYNC_INTERVAL=15``). This benchmark restarts every sidecar of the shared lab without them
-(``ATTESTMESH_DEVNET_SIDECAR_ENV`` with those names removed: the sidecar's defaults apply), waits until every
-node is healthy and in push mode, lets the start-up reads settle, then counts each sidecar's
+``ATTESTMESH_RESYNC_INTERVAL=15``, ``ATTESTMESH_RESYNC_INTERVAL_PUSHED=15``). This benchmark restarts
+every sidecar of the shared lab without them (``ATTESTMESH_DEVNET_SIDECAR_ENV`` with those names removed:
+the sidecar's defaults apply), waits until every node is healthy and in push mode, lets the start-up reads
+settle, then counts each sidecar's
 ``attestmesh_rpc_calls_total`` (by method) and ``attestmesh_rpc_calls_by_source_total`` (pass, poll, push)
 over a window as long as the slowest default interval, so every periodic read is in it once.
 
@@ -42,6 +43,7 @@ DEVNET_KNOBS = (
     "ATTESTMESH_REGISTRY_REFRESH",
     "ATTESTMESH_POLL_INTERVAL_PUSHED",
     "ATTESTMESH_RESYNC_INTERVAL",
+    "ATTESTMESH_RESYNC_INTERVAL_PUSHED",  # kept alone, it would undercut the default RESYNC_INTERVAL: exit 2
 )
 DEFAULTS = {v.name: float(v.default or 0) for v in VARIABLES if v.name.endswith(("_PUSHED", "_REFRESH"))}
 WINDOW_S = max(DEFAULTS.values())  # every periodic read falls in the window once
