@@ -28,6 +28,14 @@ def print_health(report: HealthReport) -> None:
     else:
         chain_text = "reachable" if chain.get("reachable") else f"UNREACHABLE: {shown(chain.get('error'))}"
     held = f"held (source {shown(csk.get('source'))})" if csk.get("held") else "not held"
+    rpc = section(chain, "rpc")
+    up = rpc.get("up")
+    providers_up = sum(1 for flag in up if flag) if isinstance(up, list) else None
+    reads = (
+        f"at {shown(chain.get('read_at'))}  providers up {shown(providers_up)}/{shown(rpc.get('providers'))}"
+        f"  quorum {shown(rpc.get('quorum'))}"
+        + (f"  ({shown(rpc.get('reason'))})" if rpc.get("reason") else "")
+    )
     rows = [
         ("phase", shown(body.get("phase"))),
         ("reason", shown(body.get("reason"))),
@@ -50,6 +58,7 @@ def print_health(report: HealthReport) -> None:
         ),
         ("rejected pushes", shown(events.get("rejected_pushes")) + (f" ({by_reason})" if by_reason else "")),
         ("chain", chain_text),
+        ("chain reads", reads),
         ("membership digest", shown(body.get("membership_digest"))),
         ("version", shown(body.get("version"))),
     ]
