@@ -182,14 +182,20 @@ async def counted_pass(daemon: Daemon) -> dict[str, float]:
 # --- push mode -------------------------------------------------------------------------------------------
 
 
+async def register_indexer(parts: Parts, make_indexer: Factory, indexer_pub: Bytes32) -> IndexerService:
+    """Start the real indexer in-process and record it in the on-chain registry, as its operator does."""
+    service: IndexerService = await make_indexer()
+    await IndexerRegistryClient(parts.conn, parts.stack.indexer_registry, parts.deployer).set_indexer(
+        f"ws://127.0.0.1:{service.port}/v1/subscribe", CODE_ID, indexer_pub
+    )
+    return service
+
+
 async def test_push_mode_stays_within_two_rpc_calls_a_minute_and_reads_each_change_once(
     parts: Parts, chain: Chain, make_indexer: Factory, indexer_pub: Bytes32
 ) -> None:
-    conn, deployer, stack = parts.conn, parts.deployer, parts.stack
-    service: IndexerService = await make_indexer()
-    await IndexerRegistryClient(conn, stack.indexer_registry, deployer).set_indexer(
-        f"ws://127.0.0.1:{service.port}/v1/subscribe", CODE_ID, indexer_pub
-    )
+    conn, stack = parts.conn, parts.stack
+    await register_indexer(parts, make_indexer, indexer_pub)
     async with (
         sidecar(parts, registry=stack.indexer_registry) as d,
         events_running(d),
@@ -258,11 +264,8 @@ async def test_push_mode_stays_within_two_rpc_calls_a_minute_and_reads_each_chan
 async def test_a_pushed_hash_the_chain_does_not_hold_is_refused_and_the_pass_reads_the_head(
     parts: Parts, make_indexer: Factory, indexer_pub: Bytes32
 ) -> None:
-    conn, deployer, stack = parts.conn, parts.deployer, parts.stack
-    service: IndexerService = await make_indexer()
-    await IndexerRegistryClient(conn, stack.indexer_registry, deployer).set_indexer(
-        f"ws://127.0.0.1:{service.port}/v1/subscribe", CODE_ID, indexer_pub
-    )
+    conn, stack = parts.conn, parts.stack
+    await register_indexer(parts, make_indexer, indexer_pub)
     async with (
         sidecar(parts, registry=stack.indexer_registry) as d,
         events_running(d),

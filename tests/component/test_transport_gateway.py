@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sidecar.core.ids import Address, MemberId, SecretBytes
 from sidecar.core.streamwire import FRAME_DATA, Hello, data_frame, encode_hello, keepalive_frame
-from tests.component.transportkit import CLUSTER, Node, Pair, Relay, make_node, until
+from tests.component.transportkit import CLUSTER, Node, Pair, Relay, close_relayed, make_node, until
 
 
 class RelayedPair(Pair):
@@ -42,12 +42,7 @@ async def pair() -> AsyncIterator[RelayedPair]:
     try:
         yield p
     finally:
-        await low.carrier.close()
-        await high.carrier.close()
-        await relay.close()
-        for node in (low, high):
-            assert node.device.transport is not None
-            node.device.transport.close()
+        await close_relayed(low, high, relay)
 
 
 async def test_one_stream_carries_both_directions_from_stable_bridges(pair: RelayedPair) -> None:

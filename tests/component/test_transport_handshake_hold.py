@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from sidecar.transport.link import INITIATION_BYTES, INITIATION_HEADER
-from tests.component.transportkit import Node, Pair, Relay, make_node, until
+from tests.component.transportkit import Node, Pair, Relay, close_relayed, make_node, until
 
 HIGH_LABEL, LOW_LABEL = "10.9.0.3", "10.9.0.2"
 
@@ -67,12 +67,7 @@ async def pair() -> AsyncIterator[HoldPair]:
     try:
         yield p
     finally:
-        await low.carrier.close()
-        await high.carrier.close()
-        await relay.close()
-        for node in (low, high):
-            assert node.device.transport is not None
-            node.device.transport.close()
+        await close_relayed(low, high, relay)
 
 
 async def test_the_dialers_first_initiation_is_the_streams_first_datagram(pair: HoldPair) -> None:

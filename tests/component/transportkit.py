@@ -181,3 +181,13 @@ async def make_node(
     await carrier.start()
     app = Address(os.urandom(20))
     return Node(name, MemberId(member), app, Ed25519PrivateKey.generate(), device, carrier, metrics)
+
+
+async def close_relayed(low: Node, high: Node, relay: Relay) -> None:
+    """Tear down two nodes joined through a relay: their carriers, the relay, then their devices' sockets."""
+    await low.carrier.close()
+    await high.carrier.close()
+    await relay.close()
+    for node in (low, high):
+        assert node.device.transport is not None
+        node.device.transport.close()
