@@ -131,6 +131,7 @@ class Daemon:
             else ReadSource(self.events, self.push.positions, confirmations=settings.chain.confirmations),
             on_mesh_up=self._mesh_up,
             on_member_removed=self._member_removed,
+            on_carrier_up=self._carrier_up,
             anchors=AnchorGate(dict(env), settings.chain.kms_roots, self._refuse),
         )
         self.controller = self.node.controller
@@ -192,6 +193,11 @@ class Daemon:
             self.heartbeats.forget(member)
         else:
             self.liveness.forget(member)
+
+    def _carrier_up(self, member: MemberId) -> None:
+        """A gateway stream to ``member`` opened: greet it now rather than at the next heartbeat tick."""
+        if self.heartbeats is not None:
+            self.heartbeats.greet(member)
 
     def _on_liveness(self, transition: Transition) -> None:
         self.controller.wake("peer up" if transition.up else "peer down")

@@ -6,6 +6,8 @@ up to ``maximum``, then ``jitter`` of it drawn away at random: with the default 
 ``healthy_after`` seconds, and the optional bounds (``max_attempts`` failures, ``max_elapsed`` seconds
 since the first failure of a streak), past which ``next()`` raises ``BackoffExhausted``. The supervisor
 (sidecar and indexer), the push subscriber, wireguard-go's restarts and the indexer's start-up use it.
+``Redial`` wraps two of them for a peer expected back soon: quick delays for a window, then the normal
+policy (the gateway transport's dialler).
 
 Must not: sleep, read a clock of its own (time and randomness are injected), or log: callers do the I/O.
 """
@@ -92,6 +94,53 @@ class Backoff:
         """Note how long the last attempt ran before it ended: a healthy run resets the policy."""
         if seconds >= self.healthy_after:
             self.reset()
+
+
+class Redial:
+    """Backoff for reaching a peer that is expected back soon: quick for a window, then the normal cap.
+
+    ``expect()`` opens the window (a new peer, or its working stream just ended: a workload restart, the
+    gateway's lifetime cap). Inside it, delays are capped at ``quick_max``, so a peer whose listener comes
+    back after a second of start-up is reached a fraction of a second later instead of after a doubled
+    delay near the normal cap; past it, the normal policy (``minimum`` doubling to ``maximum``) counts the
+    whole streak of failures. ``clock`` is monotonic and injected, like ``random``.
+    """
+
+    def __init__(
+        self,
+        minimum: float,
+        maximum: float,
+        *,
+        quick_max: float,
+        window: float,
+        clock: Callable[[], float],
+        random: Callable[[], float] = _random.random,
+    ) -> None:
+        if window < 0:
+            raise ValueError("a redial window cannot be negative")
+        self.quick = Backoff(minimum, max(minimum, min(quick_max, maximum)), random=random)
+        self.normal = Backoff(minimum, maximum, random=random)
+        self.window, self.clock = window, clock
+        self.quick_until = clock() + window
+
+    def __repr__(self) -> str:
+        return f"Redial({self.normal!r}, quick for {max(0.0, self.quick_until - self.clock()):.1f}s)"
+
+    def expect(self) -> None:
+        """The peer should be back soon: forget the failures and open the quick window."""
+        self.reset()
+        self.quick_until = self.clock() + self.window
+
+    def reset(self) -> None:
+        """Forget the failures (the window stays as it is)."""
+        self.quick.reset()
+        self.normal.reset()
+
+    def next(self) -> float:
+        """Count one more failure and return the delay before the next attempt."""
+        normal = self.normal.next()
+        quick = self.quick.next()
+        return quick if self.clock() < self.quick_until else normal
 
 
 class Spacing:

@@ -1,7 +1,8 @@
 """Heartbeats over the mesh: one UDP socket bound to our own mesh IP, a sender loop and a receiver.
 
 Owns the socket, the send schedule (every interval, to each peer's mesh IP, each heartbeat carrying the next
-page of the live list, so any cluster size encodes) and feeding received datagrams
+page of the live list, so any cluster size encodes; one at once to a member whose carrier just came up,
+``greet``) and feeding received datagrams
 through the pure ``HeartbeatGate`` (signature, source = the sender's mesh IP, freshness, sequence) into
 ``Liveness``. Up and down transitions are logged once each and wake the control loop. Malformed or
 refused datagrams are dropped and counted; nothing a peer sends can crash the receiver.
@@ -18,6 +19,7 @@ from ipaddress import IPv4Address
 import structlog
 
 from sidecar.core.heartbeat import (
+    STARTUP_SPEEDUP,
     Heartbeat,
     HeartbeatError,
     HeartbeatGate,
@@ -80,6 +82,7 @@ class HeartbeatService:
         self._seq = 0
         self._page = 0  # which page of the live list the next heartbeat carries (``live_page``)
         self._answered: dict[MemberId, float] = {}  # when each sender was last answered (``should_answer``)
+        self._greeted: dict[MemberId, float] = {}  # when each member was last greeted (``greet``)
         self._bound_at: float | None = (
             None  # when the socket was bound (the start-up cadence, ``send_delay``)
         )
@@ -151,11 +154,29 @@ class HeartbeatService:
         self._transport.sendto(self._next_heartbeat(now), (str(entry[1]), self.port))
         self.metrics.heartbeats_sent.inc()
 
+    def greet(self, member: MemberId) -> None:
+        """A carrier to ``member`` just came up (a gateway stream opened): send it our heartbeat at once,
+        unless it is live already or was greeted less than a start-up tick ago. A heartbeat sent before
+        the stream existed was lost; without this the next one waits for the next tick."""
+        now = self.clock()
+        entry = self.members().get(member)
+        if self._transport is None or entry is None or member == self.me:
+            return
+        if member in self.liveness.live(now):
+            return
+        last = self._greeted.get(member)
+        if last is not None and now - last < self.interval / STARTUP_SPEEDUP:
+            return
+        self._greeted[member] = now
+        self._transport.sendto(self._next_heartbeat(now), (str(entry[1]), self.port))
+        self.metrics.heartbeats_sent.inc()
+
     def forget(self, member: MemberId) -> None:
         """A member left the cluster: drop its replay and liveness state (no transition is emitted)."""
         self.gate.forget(member)
         self.liveness.forget(member)
         self._answered.pop(member, None)
+        self._greeted.pop(member, None)
 
     def received(self, data: bytes, src: object) -> None:
         try:

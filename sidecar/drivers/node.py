@@ -74,12 +74,14 @@ def build_node(
     planner: ReadPlanner | None = None,
     on_mesh_up: Callable[[IPv4Address], None] = lambda ip: None,
     on_member_removed: Callable[[MemberId], None] | None = None,
+    on_carrier_up: Callable[[MemberId], None] = lambda member: None,
     anchors: AnchorGate | None = None,
 ) -> Node:
     """Wire the steps and the controller of one node; each part gets the narrow settings group it needs.
     Parts not given are the real ones (a unit test passes fakes for chain, fetcher, device and clock);
     ``planner`` lets the chain step read at a block the event source already knows (push mode);
-    ``anchors`` checks the measured trust anchors when the identity is first derived (the daemon's)."""
+    ``anchors`` checks the measured trust anchors when the identity is first derived (the daemon's);
+    ``on_carrier_up`` hears of every gateway stream that opens (the daemon greets that peer at once)."""
     clock = clock or SystemClock()
     chain, fetcher, closers = _real_ports(settings, metrics, chain, fetcher)
     state, repeats = NodeState(), Repeats()
@@ -109,7 +111,7 @@ def build_node(
         clock,
         repeats,
         device=device,
-        transport=transport or _transport(settings.mesh, metrics, clock),
+        transport=transport or _transport(settings.mesh, metrics, clock, on_carrier_up),
         on_mesh_up=on_mesh_up,
         on_member_removed=forget,
     )
@@ -177,7 +179,9 @@ def _real_ports(
     return chain, fetcher, closers
 
 
-def _transport(settings: MeshSettings, metrics: Metrics, clock: Clock) -> Transport:
+def _transport(
+    settings: MeshSettings, metrics: Metrics, clock: Clock, on_carrier_up: Callable[[MemberId], None]
+) -> Transport:
     """The node's carriers: the gateway carrier when a gateway domain is configured, direct always."""
     gateway = None
     if settings.gateway_domain is not None:
@@ -186,6 +190,7 @@ def _transport(settings: MeshSettings, metrics: Metrics, clock: Clock) -> Transp
             metrics,
             wall_ms=lambda: wall_ms(clock),
             monotonic=clock.monotonic,
+            on_stream_opened=on_carrier_up,
         )
     return Transport(metrics, gateway=gateway, wall=clock.wall)
 

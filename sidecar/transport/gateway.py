@@ -12,7 +12,9 @@ DESIGN §4 "Transport":
   waiting for their hello at once;
 - reconnect at once after an established stream ends, then jittered capped backoff while dials fail (the
   gateway closes every connection at its lifetime cap and refuses dials while a booting CVM's port
-  policy is unknown: reconnecting fast and quietly is the normal path);
+  policy is unknown: reconnecting fast and quietly is the normal path); for ``redial_window`` seconds
+  after a link is made or its working stream ends the delays stay under ``redial_quick_max`` (the peer is
+  expected back: a restarted sidecar listens again about a second later), then the normal cap;
 - a stream that reconnects never changes the device: the bridge's port is the peer's endpoint for as long
   as the peer is a member.
 
@@ -31,7 +33,7 @@ from typing import Final
 
 import structlog
 
-from sidecar.core.backoff import Backoff
+from sidecar.core.backoff import Redial
 from sidecar.core.endpoint import GatewayEndpoint
 from sidecar.core.ids import MemberId
 from sidecar.core.streamwire import (
@@ -76,12 +78,14 @@ class GatewayCarrier:
         monotonic: Callable[[], float],
         dial_target: Callable[[GatewayEndpoint], tuple[str, int]] | None = None,
         on_change: Callable[[], None] = lambda: None,
+        on_stream_opened: Callable[[MemberId], None] = lambda member: None,
         random: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.options, self.metrics = options, metrics
         self.wall_ms, self.monotonic = wall_ms, monotonic
         self.dial_target = dial_target or (lambda endpoint: (endpoint.host, endpoint.port))
         self.on_change = on_change
+        self.on_stream_opened = on_stream_opened  # a peer's stream became current (it can carry now)
         self.random = random
         self.me: LocalMember | None = None
         self.links: dict[MemberId, PeerLink] = {}
@@ -182,7 +186,13 @@ class GatewayCarrier:
 
     async def _dial_forever(self, link: PeerLink) -> None:
         options = self.options
-        backoff = Backoff(options.backoff_min, options.backoff_max)
+        backoff = Redial(
+            options.backoff_min,
+            options.backoff_max,
+            quick_max=options.redial_quick_max,
+            window=options.redial_window,
+            clock=asyncio.get_running_loop().time,
+        )
         while True:
             try:
                 reader, writer = await self._dial(link)
@@ -194,7 +204,9 @@ class GatewayCarrier:
                 continue
             stream = await link.carry(reader, writer, accepted=False)
             if stream.confirmed and stream.age >= HEALTHY_STREAM_SECONDS:
-                backoff.reset()  # a stream that worked (ended by the gateway's cap, say): reconnect at once
+                # A stream that worked ended (the gateway's cap, the peer restarting): reconnect at once,
+                # then keep retrying quickly for a while, the peer is expected back.
+                backoff.expect()
                 continue
             if not stream.confirmed:  # the route or the peer refused us (booting, not yet a member, …)
                 self.metrics.transport_dial_failed.inc()

@@ -67,6 +67,7 @@ class LinkHost(Protocol):
     options: GatewayOptions
     metrics: Metrics
     monotonic: Callable[[], float]
+    on_stream_opened: Callable[[MemberId], None]
 
     def changed(self, link: PeerLink | None) -> None: ...
 
@@ -100,6 +101,8 @@ class GatewayOptions:
     connect_timeout: float = 5.0
     backoff_min: float = 0.1
     backoff_max: float = 2.0
+    redial_quick_max: float = 0.25  # the dial backoff's cap while a peer is expected back (see gateway.py)
+    redial_window: float = 10.0  # … for this long after a link is made or its working stream ends
     max_pending: int = 256
     handshake_hold: float = 5.0  # how long a held handshake initiation may wait for the peer's stream
 
@@ -272,6 +275,7 @@ class PeerLink:
         log.info("transport.stream_opened", peer=self.peer.label, role=self.role, streams=self.established)
         if self.role == "dialer":  # the acceptor's waits for the peer's first datagram (the docstring)
             self._release(stream)
+        self.carrier.on_stream_opened(self.peer.member_id)
 
     def view(self) -> PeerTransport:
         stream, t = self.stream, self.tally

@@ -74,6 +74,20 @@ async def test_a_cut_stream_reconnects_at_once_and_the_bridges_stay(pair: Relaye
     assert pair.low.count("attestmesh_transport_reconnects_total", peer="10.9.0.3") == 3
 
 
+async def test_each_stream_that_opens_is_announced_with_its_peer(pair: RelayedPair) -> None:
+    """The daemon greets a peer when its stream opens (a heartbeat at once, not at the next tick)."""
+    opened_low: list[MemberId] = []
+    opened_high: list[MemberId] = []
+    pair.low.carrier.on_stream_opened = opened_low.append
+    pair.high.carrier.on_stream_opened = opened_high.append
+    await pair.connect()
+    await until(lambda: opened_low and opened_high, what="both ends announced the stream")
+    pair.relay.cut()
+    await until(lambda: pair.relay.accepted == 2 and pair.links_up(), what="reconnect")
+    await until(lambda: len(opened_low) == 2 and len(opened_high) == 2, what="the new stream announced")
+    assert set(opened_low) == {pair.high.member} and set(opened_high) == {pair.low.member}
+
+
 async def test_datagrams_with_no_stream_are_dropped_and_counted(pair: RelayedPair) -> None:
     pair.low.endpoints = await pair.low.carrier.update(
         pair.low.local(), {pair.high.member: pair.high.as_peer("10.9.0.3")}

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.core.backoff import Backoff, BackoffExhausted, Spacing
+from sidecar.core.backoff import Backoff, BackoffExhausted, Redial, Spacing
 
 
 def fixed(value: float) -> Backoff:
@@ -121,3 +121,45 @@ def test_spacing_allows_one_attempt_per_doubling_window_and_shrinks_back_only_af
     for at in range(10):
         spacing.attempted(at * 10_000.0)
     assert spacing.wait(90_000.0) == 600.0  # capped
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def redial(clock: Clock) -> Redial:
+    return Redial(0.1, 2.0, quick_max=0.25, window=10.0, clock=clock, random=lambda: 0.0)
+
+
+def test_redial_stays_quick_inside_its_window_then_takes_the_normal_cap() -> None:
+    clock = Clock()
+    policy = redial(clock)  # a new link: the peer is expected up soon
+    inside = [policy.next() for _ in range(6)]
+    assert inside == [0.1, 0.2, 0.25, 0.25, 0.25, 0.25]
+    clock.now += 10.0  # the window has passed: the whole streak counts under the normal policy
+    assert policy.next() == 2.0
+
+
+def test_expect_reopens_the_window_and_forgets_the_streak() -> None:
+    clock = Clock()
+    policy = redial(clock)
+    clock.now += 30.0
+    assert [policy.next() for _ in range(5)] == [0.1, 0.2, 0.4, 0.8, 1.6]
+    policy.expect()  # the peer's working stream ended: it should be back soon
+    assert [policy.next() for _ in range(4)] == [0.1, 0.2, 0.25, 0.25]
+    clock.now += 10.5
+    assert policy.next() == 1.6  # five failures since expect(): the normal policy's fifth delay
+
+
+def test_redial_quick_cap_never_exceeds_the_normal_cap_or_undercuts_the_minimum() -> None:
+    clock = Clock()
+    low = Redial(0.5, 1.0, quick_max=0.1, window=5.0, clock=clock, random=lambda: 0.0)
+    assert [low.next() for _ in range(2)] == [0.5, 0.5]
+    high = Redial(0.1, 1.0, quick_max=5.0, window=5.0, clock=clock, random=lambda: 0.0)
+    assert [high.next() for _ in range(6)][-1] == 1.0
+    with pytest.raises(ValueError, match="negative"):
+        Redial(0.1, 1.0, quick_max=0.2, window=-1.0, clock=clock)

@@ -389,3 +389,30 @@ def test_the_service_ticks_fast_after_binding_until_it_hears_a_peer() -> None:
     assert a.next_delay() == 2.0 / STARTUP_SPEEDUP
     liveness.heard(B, 100.2)
     assert a.next_delay() == 2.0
+
+
+def test_greet_sends_one_heartbeat_to_a_peer_whose_carrier_just_opened() -> None:
+    """Through the gateway a restarted node's first heartbeats are lost until the streams open; greeting
+    on the stream's opening gets one through then, not at the next start-up tick."""
+    clock = [100.0]
+    liveness = Liveness()
+    a = _service(A, SEED_A, clock, liveness)
+    a.greet(B)
+    # not bound: nothing to send through, and nothing recorded (the greeting below is not rate-limited)
+    wire = _Wire()
+    a._transport = wire  # type: ignore[assignment]
+    a.greet(B)
+    ((data, addr),) = wire.sent
+    assert addr == (str(IP_B), 51821)
+    assert decode(data).heartbeat.sender == A and verify_signature(decode(data), MEMBERS[A][0])
+    a.greet(B)  # a second stream at once (reconnect storm): still one greeting per start-up tick
+    assert len(wire.sent) == 1
+    clock[0] += 2.0 / STARTUP_SPEEDUP
+    a.greet(B)
+    assert len(wire.sent) == 2
+    liveness.heard(B, clock[0])
+    clock[0] += 5.0
+    a.greet(B)  # B is live already: its carrier reopening needs no greeting
+    a.greet(A)  # never ourselves
+    a.greet(MemberId(b"\x77" * 32))  # not a member: nowhere to send
+    assert len(wire.sent) == 2
