@@ -346,8 +346,12 @@ class ChainLink:
         return await MemberAppFactoryClient(await self._primary(), factory).salt_of(app_id)
 
     async def balance(self, address: Address) -> int:
-        """The balance of ``address`` in wei at the latest block, from the preferred provider."""
-        return await (await self._primary()).get_balance(address)
+        """The balance of ``address`` in wei at the latest block, from the preferred provider. A failure is
+        a ``TransientChainError`` whose text names providers by index, never by URL (a URL may hold a key)."""
+        try:
+            return await (await self._primary()).get_balance(address)
+        except ChainError as exc:
+            raise TransientChainError(self._scrub(str(exc) or type(exc).__name__)) from exc
 
     async def _drop(self, index: int) -> None:
         self._readers[index].forget()
