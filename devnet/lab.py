@@ -4,9 +4,10 @@ Owns the order in which a lab is built and torn down, and the facade every lab c
 verb takes the lab lock, checks the lab runs, and hands over to the module that owns it —
 ``devnet.nodes`` (a CVM's life cycle) with ``devnet.boot`` (the KMS gate and a node's processes),
 ``devnet.labindexer`` (the lab's indexer), ``devnet.labgateway`` (gateway mode: the gateway stand-in, the lab
-DNS and the CVMs' firewalls), ``devnet.labhealth`` (status) and ``devnet.labdir`` (files, lock, state and
-logs). Below those: ``devnet.netns`` (namespaces, bridge, routes), ``devnet.procs`` and
-``devnet.wireguard`` (processes), ``devnet.anvil`` (chain), ``devnet.deployment`` (contracts).
+DNS and the CVMs' firewalls), ``devnet.labhealth`` (status), ``devnet.labmonitoring`` (``up --monitoring``:
+the lab's Prometheus) and ``devnet.labdir`` (files, lock, state and logs). Below those: ``devnet.netns``
+(namespaces, bridge, routes), ``devnet.procs`` and ``devnet.wireguard`` (processes), ``devnet.anvil``
+(chain), ``devnet.deployment`` (contracts).
 
 Rules: state is written after every step, so a killed ``up`` leaves a file (``complete: false``) and a
 ``down`` or the next ``up`` can finish the job; ``down`` also sweeps by the lab's own name prefix, so it
@@ -44,6 +45,7 @@ from devnet.labhealth import (
     wait_healthy,
 )
 from devnet.labindexer import IndexerChange, LabIndexer, indexer_env
+from devnet.labmonitoring import LabMonitoring
 from devnet.nodes import ComposePlan, Nodes, NodeUpdate, read_compose
 from devnet.state import DevnetState, IndexerState, NodeState
 from devnet.topology import DEFAULT_TRANSPORT, LabPlan, validate_node_name, validate_transport
@@ -90,6 +92,7 @@ class Devnet(LabBase):
         self.nodes = Nodes(self.files, self.network)
         self.indexer = LabIndexer(self.files, self.network)
         self.gateway = LabGateway(self.files, self.network)
+        self.monitoring = LabMonitoring(self.files, self.network)
 
     # --- paths ---------------------------------------------------------------------------------------
 
@@ -122,9 +125,11 @@ class Devnet(LabBase):
         sidecars: bool = True,
         indexer: bool = True,
         transport: str = DEFAULT_TRANSPORT,
+        monitoring: bool = False,
     ) -> UpResult:
         """Build the lab with ``nodes`` nodes on ``transport`` (``gateway``: a CVM's network, the default;
-        ``direct``: plain UDP between the nodes); a running lab is left as it is."""
+        ``direct``: plain UDP between the nodes), with the lab's Prometheus when ``monitoring``; a running
+        lab is left as it is."""
         if nodes < 1:
             raise DevnetError("--nodes must be at least 1")
         validate_transport(transport)
@@ -136,11 +141,18 @@ class Devnet(LabBase):
             if existing is not None or self.network.leftovers():
                 log.info("devnet.leftovers_swept", lab=self.plan.name)
                 self._teardown()
-            state = self._build(nodes, block_time, sidecars, indexer, transport)
+            state = self._build(nodes, block_time, sidecars, indexer, transport, monitoring=monitoring)
             return UpResult(state, created=True)
 
     def _build(
-        self, nodes: int, block_time: float | None, sidecars: bool, indexer: bool, transport: str
+        self,
+        nodes: int,
+        block_time: float | None,
+        sidecars: bool,
+        indexer: bool,
+        transport: str,
+        *,
+        monitoring: bool = False,
     ) -> DevnetState:
         self.root.mkdir(parents=True, exist_ok=True)
         self.files.fresh_logs()
@@ -195,6 +207,8 @@ class Devnet(LabBase):
         state = self.nodes.create(state, names, compose)
         if indexer:  # its process starts while the nodes are powered on
             state = self.indexer.launch(state)
+        if monitoring:  # every target is known now: it sees the bring-up
+            state = self.monitoring.start(state)
         state, powered = self.nodes.power.power_on(state, [state.node(name) for name, _ in names])
         if sidecars:
             state, _ = self.nodes.power.start_sidecars(state, [n for n in powered if n.allowed])
@@ -259,7 +273,10 @@ class Devnet(LabBase):
                 if compose_file is not None
                 else node_compose_bytes(NodeAnchors.of_lab(state))
             )
-            return self.files.save(self.nodes.add(state, name, index, compose)).node(name)
+            added = self.files.save(self.nodes.add(state, name, index, compose))
+            if added.monitoring_url:
+                self.monitoring.write_targets(added)
+            return added.node(name)
 
     def start_node(self, name: str) -> NodeState:
         """Re-run the KMS boot gate for a node and start it when allowed (no-op when already running)."""

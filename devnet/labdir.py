@@ -100,9 +100,12 @@ class LabDir:
         return self.root / f"logs.{n}"
 
     def remove_lab_files(self) -> None:
-        """Remove the nodes', the indexer's, the gateway's and the state file (the logs stay for reading after
-        ``down``)."""
-        lab_files = (self.root / "nodes", self.indexer_dir, self.gateway_dir, self.node_compose_file)
+        """Remove the nodes', the indexer's, the gateway's and the monitoring files and the state file (the
+        logs stay for reading after ``down``)."""
+        lab_files = (
+            self.root / "nodes", self.indexer_dir, self.gateway_dir, self.root / "monitoring",
+            self.node_compose_file,
+        )  # fmt: skip
         for path in (*lab_files, self.state_file):
             if path.is_dir():
                 shutil.rmtree(path)

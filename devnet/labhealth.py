@@ -73,6 +73,7 @@ class LabStatus:
     nodes: tuple[NodeHealth, ...]
     indexer: IndexerHealth | None = None
     gateway: GatewayHealth | None = None
+    monitoring: bool = False  # the lab's Prometheus process is alive (``up --monitoring``)
 
 
 def fetch_healthz(url: str, timeout: float = 1.0, reach: LabReach | None = None) -> dict[str, Any] | None:
@@ -170,7 +171,9 @@ def lab_status(state: DevnetState) -> LabStatus:
     nodes = tuple(node_health(n, state) for n in state.nodes)
     indexer = _indexer_health(state, state.indexer, registered) if state.indexer is not None else None
     gateway = _gateway_health(state, state.gateway) if state.gateway is not None else None
-    return LabStatus(state, anvil_alive, head is not None, head, count, nodes, indexer, gateway)
+    prometheus = state.processes.get("prometheus")
+    monitoring = prometheus is not None and procs.is_alive(prometheus)
+    return LabStatus(state, anvil_alive, head is not None, head, count, nodes, indexer, gateway, monitoring)
 
 
 def wait_healthy(read: Callable[[], LabStatus | None], lab: str, timeout: float) -> LabStatus:

@@ -150,6 +150,8 @@ class DevnetState:
     transport: str = TRANSPORT_DIRECT
     gateway: GatewayState | None = None  # set in gateway mode once the gateway's files exist
     indexer: IndexerState | None = None  # None: the lab runs without an indexer (`up --no-indexer`)
+    #: The lab's Prometheus API (``up --monitoring``; "" without): on a lab address, see devnet.labmonitoring.
+    monitoring_url: str = ""
     processes: dict[str, ProcRecord] = field(default_factory=dict)
     nodes: tuple[NodeState, ...] = ()
     complete: bool = False  # false while `up` is still building the lab (a killed `up` leaves it false)

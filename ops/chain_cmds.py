@@ -1,5 +1,5 @@
-"""``attestmesh chain status|allow-compose|fund|member-app|rotate-csk``: read a cluster; the owner's day-2
-actions.
+"""``attestmesh chain status|scrape-targets|allow-compose|fund|member-app|rotate-csk``: read a cluster
+(``scrape-targets``: Prometheus target files of its members and indexer); the owner's day-2 actions.
 
 Owns running each chain verb (one connection, one event loop) and rendering its result; keys come from
 ``ATTESTMESH_OWNER_KEY`` / ``ATTESTMESH_FUNDER_KEY`` (``ops.owner``), never from the command line.
@@ -30,6 +30,7 @@ from ops.owner import (
 )
 from ops.redact import display_url, scrub
 from ops.render import print_table, shell_lines, short
+from ops.scrapetargets import INDEXER_TARGETS, NODE_TARGETS, indexer_groups, member_groups, write_file_sd
 from sidecar.chain.errors import ChainError
 from sidecar.chain.tx import TxSubmitter
 
@@ -177,7 +178,20 @@ def _rotate_csk(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _scrape_targets(args: argparse.Namespace) -> int:
+    status = on_chain(args, lambda conn: read_chain_status(conn, args.cluster, registry=args.registry))
+    cluster = str(status.cluster)
+    nodes = member_groups(cluster, status.members, args.gateway_domain)
+    indexer = indexer_groups(cluster, status.indexer)
+    write_file_sd(args.out_dir / NODE_TARGETS, nodes)
+    write_file_sd(args.out_dir / INDEXER_TARGETS, indexer)
+    print(f"wrote {len(nodes)} member targets to {args.out_dir / NODE_TARGETS} (block {status.block})")
+    print(f"wrote {len(indexer)} indexer targets to {args.out_dir / INDEXER_TARGETS}")
+    return EXIT_OK
+
+
 _CHAIN_ACTIONS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "scrape-targets": _scrape_targets,
     "member-app": _member_app,
     "rotate-csk": _rotate_csk,
     "allow-compose": _allow_compose,

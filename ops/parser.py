@@ -1,13 +1,14 @@
 """The operator verbs of ``attestmesh``: their arguments and help.
 
 Owns the argparse definitions of ``indexer register|verify``,
-``chain status|allow-compose|member-app|fund|rotate-csk``, ``compose node`` and ``health``. Must not:
-import web3, eth_utils or structlog (``ops.args`` parses values lazily), or run anything.
+``chain status|scrape-targets|allow-compose|member-app|fund|rotate-csk``, ``compose node`` and ``health``.
+Must not: import web3, eth_utils or structlog (``ops.args`` parses values lazily), or run anything.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ops.args import (
     Subcommands,
@@ -179,6 +180,7 @@ def _add_chain_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
     app.add_argument("--name", type=node_name_arg, required=True, help="the node's name (the CREATE2 salt)")
     app.add_argument("--shell", action="store_true", help="print MEMBER_APP_ID=0x... for a shell's eval")
     _add_fund_parser(chain_verbs)
+    _add_scrape_targets_parser(chain_verbs)
     _add_rotate_parser(chain_verbs)
 
 
@@ -197,6 +199,28 @@ def _add_rotate_parser(chain_verbs: Subcommands[argparse.ArgumentParser]) -> Non
         "--on-remove", choices=("on", "off"), help="set rotate-on-remove instead of rotating now"
     )
     rotate.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _add_scrape_targets_parser(chain_verbs: Subcommands[argparse.ArgumentParser]) -> None:
+    targets = chain_verbs.add_parser(
+        "scrape-targets",
+        help="write Prometheus target files (file_sd) of the members and the indexer, through the gateway",
+        description="Read the cluster's members (and, with --registry, the registered indexer) and write "
+        "OUT_DIR/nodes.json and OUT_DIR/indexer.json for deploy/monitoring/prometheus.yml: each member's "
+        "https://<app id>-9090.<gateway domain>/metrics, the indexer's endpoint host on 443, labelled with "
+        "the cluster and the app id as instance. Atomic writes: run it from cron; Prometheus re-reads them.",
+    )
+    chain_options(targets, cluster=True)
+    targets.add_argument(
+        "--registry",
+        type=address_arg,
+        default=env_default("ATTESTMESH_INDEXER_REGISTRY"),
+        help="IndexerRegistry address: also the indexer's target (env ATTESTMESH_INDEXER_REGISTRY)",
+    )
+    targets.add_argument(
+        "--gateway-domain", required=True, help="the dstack gateway's domain, e.g. dstack-prod5.phala.network"
+    )
+    targets.add_argument("--out-dir", type=Path, required=True, help="the target files' directory")
 
 
 def _add_fund_parser(chain_verbs: Subcommands[argparse.ArgumentParser]) -> None:

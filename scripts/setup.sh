@@ -6,9 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The devnet's gateway mode: dnsmasq-base (the binary, without the dnsmasq package's system service that would
-# take port 53 in the root namespace), nftables (the nodes' firewalls), iperf3 (the transport benchmark).
+# take port 53 in the root namespace), nftables (the nodes' firewalls), iperf3 (the transport benchmark),
+# prometheus (promtool for the alert rules' tests, and the lab's Prometheus of `devnet up --monitoring`).
 APT_PACKAGES=(wireguard-go wireguard-tools iproute2 iputils-ping shellcheck procps psmisc nodejs npm
-  dnsmasq-base nftables iperf3)
+  dnsmasq-base nftables iperf3 prometheus)
 PYTHON=${PYTHON:-python3}
 stamp_dir=.venv/.stamps
 
@@ -32,6 +33,14 @@ if ((${#missing_apt[@]})); then
   log "apt: installing ${missing_apt[*]}"
   # iperf3 asks whether to run a system-wide server: never (the benchmark starts its own, in a lab namespace).
   echo 'iperf3 iperf3/start_daemon boolean false' | debconf-set-selections
+  # No package may start its system service (prometheus's would listen on :9090 in the root namespace; the
+  # lab starts its own, on a lab address): invoke-rc.d asks policy-rc.d, which refuses while we install.
+  policy=/usr/sbin/policy-rc.d
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\n# AttestMesh setup: no service starts during the install\nexit 101\n' >"$policy"
+    chmod +x "$policy"
+    trap 'rm -f "$policy"' EXIT
+  fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing_apt[@]}" >/dev/null
 else

@@ -1,11 +1,11 @@
 """The sidecar process: surfaces first, then the supervised loops, then a bounded shutdown.
 
 Owns start-up order (``/healthz`` binds before anything else, then the app API socket, then the control
-loop and the event source), the supervision of every long-running task (an eternal task that returns or
-raises is logged, counted and restarted with backoff), the mesh-bound services (heartbeats, peer API)
-started when the mesh IP is on the interface, and shutdown: on SIGTERM or SIGINT every task is cancelled
-and every server closed within ``shutdown_timeout``; a second signal exits at once. The WireGuard
-interface is left up (it outlives a sidecar restart).
+loop, the event source and the signer's balance watch), the supervision of every long-running task (an
+eternal task that returns or raises is logged, counted and restarted with backoff), the mesh-bound services
+(heartbeats, peer API) started when the mesh IP is on the interface, and shutdown: on SIGTERM or SIGINT
+every task is cancelled and every server closed within ``shutdown_timeout``; a second signal exits at once.
+The WireGuard interface is left up (it outlives a sidecar restart).
 
 It is the composition root: ``Daemon`` builds the clock, the state store, the chain connection, the event
 source and (through ``sidecar.drivers.node.build_node``) the steps and the controller once, and hands each
@@ -32,6 +32,7 @@ from sidecar.core.ids import MemberId, SecretBytes
 from sidecar.core.liveness import Liveness, Transition
 from sidecar.core.status import NodeStatus, PeerView, SelfView
 from sidecar.drivers.anchors import AnchorGate
+from sidecar.drivers.balance import BalanceWatch
 from sidecar.drivers.chainlink import ChainLink
 from sidecar.drivers.clock import SystemClock, wall_ms
 from sidecar.drivers.control import Controller
@@ -136,6 +137,11 @@ class Daemon:
         )
         self.controller = self.node.controller
         self.state = self.node.state
+        self.balance = BalanceWatch(
+            signer=lambda: self.state.identity.signer if self.state.identity else None,
+            read=self.chain.balance,
+            metrics=self.metrics,
+        )
         self.supervisor = Supervisor()
         self.heartbeats: HeartbeatService | None = None
         self._runners: list[Runner] = []
@@ -254,6 +260,7 @@ class Daemon:
         await self._start_wireguard_go()
         self.supervisor.start("control", self.controller.run)
         self.supervisor.start("events", self.events.run)
+        self.supervisor.start("balance", self.balance.run)
         await self.stop_signal.wait()
         await self.shutdown()
         return EXIT_BAD_CONFIGURATION if self.refused else 0

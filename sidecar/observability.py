@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from sidecar.core.peerscreen import EXCLUSION_REASONS
 from sidecar.core.phases import ORDER
 from sidecar.core.quorum import RPC_DISAGREEMENT, RPC_QUORUM_UNAVAILABLE
+from sidecar.core.status import NodeStatus
 from sidecar.transportmetrics import (
     STREAM_ENDS,
     STREAM_REFUSALS,
@@ -102,6 +103,21 @@ RPC_SOURCES: Final[tuple[str, ...]] = get_args(RpcSource)
 PASS_RPC_BUCKETS: Final = (0, 1, 2, 3, 5, 8, 13, 21, 34)
 
 PHASES: Final[tuple[str, ...]] = tuple(p.value for p in ORDER)
+
+WEI_PER_ETHER: Final = 10**18
+NAN: Final = float("nan")
+#: Bits of the membership digest in ``attestmesh_membership_digest_fingerprint``: a float64 holds integers
+#: exactly up to 2**53, and two different member sets share 48 bits with a chance of 2**-48.
+FINGERPRINT_BITS: Final = 48
+
+
+def membership_fingerprint(digest: str) -> int:
+    """The first ``FINGERPRINT_BITS`` of a ``0x`` hex membership digest, as an integer."""
+    raw = bytes.fromhex(digest.removeprefix("0x"))
+    if len(raw) != 32:
+        raise ValueError("a membership digest is 32 bytes")
+    return int.from_bytes(raw[: FINGERPRINT_BITS // 8], "big")
+
 
 _RPC_METHOD = re.compile(r"[a-z][A-Za-z0-9_]{0,63}", re.ASCII)
 
@@ -295,6 +311,30 @@ class Metrics(TransportMetrics):
             registry=r,
         )
 
+        self.csk_held = Gauge(
+            "attestmesh_csk_held",
+            "1 while the node holds the current epoch's cluster shared key, verified against the commitment.",
+            registry=r,
+        )
+        self.chain_reachable = Gauge(
+            "attestmesh_chain_reachable",
+            "1 when the last reconcile pass read the chain (a quorum of providers agreeing), else 0.",
+            registry=r,
+        )
+        self.membership_fingerprint = Gauge(
+            "attestmesh_membership_digest_fingerprint",
+            "The first 48 bits of /healthz membership_digest as an integer: equal on every node that reads "
+            "the same member set, so comparable across nodes (NaN before the first snapshot).",
+            registry=r,
+        )
+        self.signer_balance = Gauge(
+            "attestmesh_signer_balance_ether",
+            "The node's signer balance in ether at the last read (NaN before the first read).",
+            registry=r,
+        )
+        self.membership_fingerprint.set(NAN)
+        self.signer_balance.set(NAN)
+
         self._transport_metrics(r)
 
         for name in PHASES:
@@ -430,6 +470,17 @@ class Metrics(TransportMetrics):
 
     def endpoint_update(self, result: EndpointUpdate) -> None:
         self.endpoint_updates.labels(known_label(result, ENDPOINT_UPDATES, "result")).inc()
+
+    # the node's status, comparable across nodes
+    def record_status(self, status: NodeStatus) -> None:
+        """Set the gauges that follow the status: CSK held, chain reachable, membership fingerprint."""
+        self.csk_held.set(1 if status.csk_held else 0)
+        self.chain_reachable.set(1 if status.chain_reachable else 0)
+        digest = status.membership_digest
+        self.membership_fingerprint.set(NAN if digest is None else membership_fingerprint(digest))
+
+    def set_signer_balance(self, wei: int) -> None:
+        self.signer_balance.set(wei / WEI_PER_ETHER)
 
     def set_rpc_providers(self, up: Iterable[bool]) -> None:
         """Set ``attestmesh_rpc_provider_up`` for every provider, by index."""

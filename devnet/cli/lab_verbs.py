@@ -26,6 +26,7 @@ def _status_json(status: LabStatus) -> dict[str, Any]:
         "chain_reachable": status.chain_reachable,
         "head_block": status.head_block,
         "member_count": status.member_count,
+        "monitoring": status.monitoring,
     }
     if status.gateway is not None and data.get("gateway") is not None:
         g = status.gateway
@@ -73,6 +74,8 @@ def _print_status(status: LabStatus) -> None:
         routes = "" if g is None else f", {g.routes_with_ports}/{g.routes} routes with ports"
         where = f"{s.gateway.address}:443  *.{s.gateway.domain}"
         print(f"gateway {where}  ({state}{routes})  ca {s.gateway.ca_file}")
+    if s.monitoring_url:
+        print(f"prometheus {s.monitoring_url}  ({'up' if status.monitoring else 'DOWN'})")
     print(f"indexer registry {s.indexer_registry}  cluster factory {s.cluster_factory}")
     print(f"member app factory {s.member_app_factory}  kms root {s.kms_root}")
     if s.indexer is None:
@@ -167,10 +170,17 @@ def run_up(lab: Devnet, args: argparse.Namespace) -> int:
         sidecars=not args.no_sidecar,
         indexer=not args.no_indexer,
         transport=args.transport,
+        monitoring=args.monitoring,
     )
     verb = "created" if result.created else "already running; nothing changed"
     nodes, transport = len(result.state.nodes), result.state.transport
     print(f"lab {lab.plan.name}: {verb} ({nodes} nodes, transport {transport}, state {lab.state_file})")
+    if result.state.monitoring_url:
+        print(
+            f"prometheus {result.state.monitoring_url} (alerts: {result.state.monitoring_url}/api/v1/alerts)"
+        )
+    elif args.monitoring and not result.created:
+        print("--monitoring: the running lab has no Prometheus; `devnet down`, then `up --monitoring`")
     return EXIT_OK
 
 

@@ -58,6 +58,13 @@ def add_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
         "lab's gateway stand-in, names resolve through the lab DNS; the default); direct: plain WireGuard "
         "UDP between the nodes' underlay addresses (env ATTESTMESH_LAB_TRANSPORT)",
     )
+    up.add_argument(
+        "--monitoring",
+        action="store_true",
+        help="also run Prometheus (the Debian package's) with deploy/monitoring's rules, scraping every "
+        "node and the indexer (through the gateway in gateway mode); its API on a lab address, see "
+        "`devnet status`",
+    )
     status = verbs.add_parser("status", help="what the lab is made of and what is running")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument(

@@ -345,6 +345,14 @@ class ChainLink:
             raise UnexpectedChainError("no member-app factory is configured")
         return await MemberAppFactoryClient(await self._primary(), factory).salt_of(app_id)
 
+    async def balance(self, address: Address) -> int:
+        """The balance of ``address`` in wei at the latest block, from the preferred provider. A failure is
+        a ``TransientChainError`` whose text names providers by index, never by URL (a URL may hold a key)."""
+        try:
+            return await (await self._primary()).get_balance(address)
+        except ChainError as exc:
+            raise TransientChainError(self._scrub(str(exc) or type(exc).__name__)) from exc
+
     async def _drop(self, index: int) -> None:
         self._readers[index].forget()
         conn, self._conns[index] = self._conns[index], None

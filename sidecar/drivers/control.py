@@ -271,6 +271,7 @@ class Controller:
             chain_read_at=self.steps.chain.read_at,
             **self._rpc_fields(),
         )
+        self.metrics.record_status(self.status)
 
     def _rpc_fields(self) -> dict[str, Any]:
         rpc = self.steps.chain.chain.rpc

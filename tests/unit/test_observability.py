@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import Iterator
 
 import pytest
 import structlog
 from prometheus_client import CollectorRegistry, generate_latest
 
+from sidecar.core.status import NodeStatus
 from sidecar.logs import configure_logging, drop_secret_keys
 from sidecar.observability import (
     CHAIN_ERROR_KINDS,
@@ -28,6 +30,7 @@ from sidecar.observability import (
     REGISTRATION_RESULTS,
     RPC_SOURCES,
     Metrics,
+    membership_fingerprint,
     rpc_tally,
 )
 
@@ -310,3 +313,34 @@ async def test_rpc_calls_are_tallied_by_the_context_that_made_them() -> None:
     assert by_source == {"pass": 3.0, "poll": 0.0, "push": 0.0, "other": 2.0}
     metrics.pass_rpc(tally)
     assert metrics.registry.get_sample_value("attestmesh_reconcile_pass_rpc_calls_sum") == 3
+
+
+def test_status_gauges_follow_the_status_snapshot(registry: CollectorRegistry) -> None:
+    m = Metrics(registry)
+    assert math.isnan(registry.get_sample_value("attestmesh_membership_digest_fingerprint") or 0.0)
+    assert math.isnan(registry.get_sample_value("attestmesh_signer_balance_ether") or 0.0)
+    digest = "0x" + "a1b2c3d4e5f6" + "00" * 26
+    m.record_status(
+        NodeStatus(
+            phase="healthy", healthy=True, reason="", version="t", csk_held=True, chain_reachable=True,
+            membership_digest=digest,
+        )
+    )  # fmt: skip
+    assert registry.get_sample_value("attestmesh_csk_held") == 1
+    assert registry.get_sample_value("attestmesh_chain_reachable") == 1
+    assert registry.get_sample_value("attestmesh_membership_digest_fingerprint") == 0xA1B2C3D4E5F6
+    m.record_status(NodeStatus(phase="mesh", healthy=False, reason="x", version="t", chain_reachable=False))
+    assert registry.get_sample_value("attestmesh_csk_held") == 0
+    assert registry.get_sample_value("attestmesh_chain_reachable") == 0
+    assert math.isnan(registry.get_sample_value("attestmesh_membership_digest_fingerprint") or 0.0)
+    m.set_signer_balance(25 * 10**15)
+    assert registry.get_sample_value("attestmesh_signer_balance_ether") == pytest.approx(0.025)
+
+
+def test_membership_fingerprint_is_exact_and_distinguishes_digests() -> None:
+    a = "0x" + "ff" * 32
+    assert membership_fingerprint(a) == 2**48 - 1
+    assert float(membership_fingerprint(a)) == membership_fingerprint(a)  # a float64 holds it exactly
+    assert membership_fingerprint("0x" + "00" * 5 + "01" + "ff" * 26) == 1
+    with pytest.raises(ValueError, match="32 bytes"):
+        membership_fingerprint("0x1234")
