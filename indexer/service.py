@@ -31,8 +31,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from indexer.chainindex import ChainIndex
 from indexer.follower import Follower
 from indexer.heads import HeadWatcher
+from indexer.hub import Hub
 from indexer.metrics import IndexerMetrics
-from indexer.sessions import Hub
 from indexer.settings import IndexerSettings
 from sidecar.chain.contracts import IndexerRegistryClient
 from sidecar.chain.errors import ChainError

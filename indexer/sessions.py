@@ -1,15 +1,14 @@
 """Subscriber sessions: one WebSocket per member, authenticated against the chain, fed from the index.
 
-Owns ``Hub`` (the ``/v1/subscribe`` handler, the set of open sessions, waking them when the index advances,
-closing the ones past a reorg point, closing all on shutdown, the nonces of accepted hellos so a replayed
-hello is refused ``unauthorized``/``replayed``) and ``Session`` (one subscriber: the hello check, the
+Owns ``Session`` (one subscriber: the hello check, the
 welcome signed over the hello's nonce, then a pump that sends every log of the cluster after the session's
 position as a signed ``event`` and, once nothing more is indexed, a signed ``checkpoint`` through the
 indexed block; a reader that takes ``ack``s). Replay and live delivery are the same pump reading the
 shared ``ChainIndex``, so a subscriber costs no copy of the log; the frames come from
 ``indexer.broadcast.SignedFrames`` (protocol v2 signs per cluster), so a log is signed and encoded once and
 every session writes the same string. A session's own state is its position, its count of messages sent
-and the last ack.
+and the last ack. The sessions' ``indexer.hub.Hub`` runs them and wakes them; a session sees it as a
+``SessionHost``.
 
 The per-subscriber queue is the window of messages sent but not yet acked, bounded by ``queue_bound``: when
 it is full (or the socket does not drain) for ``ack_timeout`` while more is pending, the session is closed
@@ -32,12 +31,10 @@ subscriber affect another (each session's failures end that session only).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import os
-import time
 from collections.abc import Callable
-from typing import Final
+from typing import Protocol
 
 import structlog
 from aiohttp import web
@@ -49,9 +46,7 @@ from indexer.frames import (
     CLOSE_CODES,
     CLOSE_SEND_TIMEOUT,
     HELLO_TIMEOUT,
-    MAX_WS_MESSAGE,
     WS_CLOSE_TIMEOUT,
-    WS_HEARTBEAT,
     Gone,
     Refused,
     read_frame,
@@ -61,7 +56,7 @@ from sidecar.chain.contracts import ClusterClient
 from sidecar.chain.errors import ChainError
 from sidecar.chain.rpc import ChainConnection
 from sidecar.core.cursor import WHOLE_BLOCK, Cursor, is_after
-from sidecar.core.ids import Address, Bytes32, SecretBytes
+from sidecar.core.ids import Address, Bytes32
 from sidecar.core.indexerwire import (
     MAX_DETAIL_CHARS,
     PROTOCOL_VERSION,
@@ -79,129 +74,36 @@ from sidecar.core.indexerwire import (
 )
 from sidecar.core.model import ChainLog
 
+
+class SessionHost(Protocol):
+    """What a session needs from the hub that runs it (``indexer.hub.Hub``)."""
+
+    index: ChainIndex
+    metrics: IndexerMetrics
+    conn: ChainConnection | None
+    public_key: Bytes32 | None
+    nonces: HelloNonces
+    queue_bound: int
+    ack_timeout: float
+    hello_freshness_ms: int
+    head: Callable[[], int | None]
+    now_ms: Callable[[], int]
+    monotonic: Callable[[], float]
+
+    def frames(self) -> SignedFrames | None: ...
+
+    def cluster_client(self, conn: ChainConnection, cluster: Address) -> ClusterClient: ...
+
+    def seen_at(self, block: int) -> float | None: ...
+
+
 log = structlog.get_logger("indexer.sessions")
-
-INDEXED_AT_KEPT: Final = 256
-
-
-class Hub:
-    """Every open session; the follower's listener; the subscribe endpoint."""
-
-    def __init__(
-        self,
-        index: ChainIndex,
-        metrics: IndexerMetrics,
-        *,
-        queue_bound: int,
-        ack_timeout: float,
-        hello_freshness_ms: int,
-        head: Callable[[], int | None],
-        now_ms: Callable[[], int] | None = None,
-        monotonic: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.index = index
-        self.metrics = metrics
-        self.queue_bound = queue_bound
-        self.ack_timeout = ack_timeout
-        self.hello_freshness_ms = hello_freshness_ms
-        #: The nonces of accepted hellos within their freshness window: a replayed hello is refused.
-        self.nonces = HelloNonces(hello_freshness_ms)
-        self.head = head
-        self.now_ms = now_ms or (lambda: int(time.time() * 1000))
-        self.monotonic = monotonic
-        self.key: SecretBytes | None = None
-        self.public_key: Bytes32 | None = None
-        self._frames: SignedFrames | None = None
-        self._frames_seed: SecretBytes | None = None
-        self.conn: ChainConnection | None = None
-        self.sessions: set[Session] = set()
-        #: One client per cluster (when a client was a web3 contract object, building one per hello under
-        #: a herd of reconnecting subscribers alone grew the heap by tens of MiB; one per cluster suffices).
-        self._clients: dict[Address, ClusterClient] = {}
-        #: (indexed-through block, monotonic time) of recent commits: when a block's logs became deliverable.
-        self.indexed_at: collections.deque[tuple[int, float]] = collections.deque(maxlen=INDEXED_AT_KEPT)
-        self.closing = False
-        self._drained = asyncio.Event()
-
-    def frames(self) -> SignedFrames | None:
-        """The shared signed frames for the current key (None before the key exists)."""
-        key = self.key
-        if key is None:
-            return None
-        if self._frames is None or self._frames_seed is not key:
-            self._frames, self._frames_seed = SignedFrames(key), key
-        return self._frames
-
-    # --- follower listener ------------------------------------------------------------------------------
-
-    def advanced(self) -> None:
-        self.indexed_at.append((self.index.through, self.monotonic()))
-        for session in self.sessions:
-            session.wake()
-
-    def cluster_client(self, conn: ChainConnection, cluster: Address) -> ClusterClient:
-        client = self._clients.get(cluster)
-        if client is None or client.connection is not conn:
-            client = self._clients[cluster] = ClusterClient(conn, cluster)
-        return client
-
-    def seen_at(self, block: int) -> float | None:
-        """When the commit that made ``block`` deliverable happened (None when no longer remembered).
-
-        Searched from the newest commit back (a live block is covered by the last one or two), since every
-        session asks this for every event it sends."""
-        found = None
-        for through, at in reversed(self.indexed_at):
-            if through < block:
-                break
-            found = at
-        return found
-
-    def reorged(self, good_block: int) -> None:
-        for session in list(self.sessions):
-            if session.position is not None and session.position.block > good_block:
-                session.end("reorg", f"blocks above {good_block} were reorganised")
-            else:
-                session.wake()
-
-    # --- serving -----------------------------------------------------------------------------------------
-
-    async def subscribe(self, request: web.Request) -> web.StreamResponse:
-        """``GET /v1/subscribe``: upgrade to a WebSocket and run one session on it."""
-        ws = web.WebSocketResponse(
-            max_msg_size=MAX_WS_MESSAGE, heartbeat=WS_HEARTBEAT, timeout=WS_CLOSE_TIMEOUT
-        )
-        await ws.prepare(request)
-        session = Session(self, ws)
-        self.sessions.add(session)
-        self.metrics.subscribers.set(len(self.sessions))
-        try:
-            if self.closing:
-                session.end("shutdown", "the indexer is stopping")
-            await session.run()
-        finally:
-            self.sessions.discard(session)
-            self.metrics.subscribers.set(len(self.sessions))
-            if not self.sessions:
-                self._drained.set()
-        return ws
-
-    async def close_all(self, reason: CloseReason, detail: str, timeout: float) -> None:  # noqa: ASYNC109
-        """End every session with ``reason``; wait at most ``timeout`` for them to finish."""
-        self.closing = True
-        for session in list(self.sessions):
-            session.end(reason, detail)
-        if self.sessions:
-            self._drained.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._drained.wait()
 
 
 class Session:
     """One subscriber (see the module docstring)."""
 
-    def __init__(self, hub: Hub, ws: web.WebSocketResponse) -> None:
+    def __init__(self, hub: SessionHost, ws: web.WebSocketResponse) -> None:
         self.hub = hub
         self.ws = ws
         self.hello: Hello | None = None
