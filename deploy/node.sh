@@ -13,9 +13,12 @@
 #   all          create the node: its app contract and pre-approved app id, the compose hash allowlisted,
 #                the CVM created and booted, its signer funded, then mesh-verify. Re-running changes
 #                nothing and says so.
-#   update       apply COMPOSE_FILE (devnet) or COMPOSE + ENV_FILE (phala): prepare only (learn the new
-#                compose hash), allowlist it if needed, apply, mesh-verify; the member id must not change.
-#   restart      restart the node's CVM (an image-only roll re-pulls :latest); no allowlist step.
+#   update       apply COMPOSE_FILE (devnet) or COMPOSE + ENV_FILE (phala), or the lab's / COMPOSE's compose
+#                with SIDECAR_IMAGE (an image roll; pinned by digest, a new compose hash): prepare only (learn
+#                the new compose hash), allowlist it if needed, apply, mesh-verify; the member id must not
+#                change; then retire the compose the node left (removeComposeHash) once no node runs it.
+#   restart      restart the node's CVM (a tagged image is pulled again: pull_policy always); no allowlist
+#                step.
 #   mesh-verify  poll the node's /healthz until it is healthy or MESH_VERIFY_TIMEOUT passes.
 #   status       what the chain, the provider and /healthz say about the node (reads only).
 #
@@ -30,7 +33,10 @@
 #   MESH_VERIFY_TIMEOUT MESH_VERIFY_INTERVAL  seconds (default 300 / 2)
 #   HEALTH_URL                the node's /healthz (default: devnet from the lab; phala
 #                             https://<app id>-9090.<PHALA_GATEWAY_DOMAIN>/healthz)
-#   devnet:  COMPOSE_FILE     the node's app-compose.json (default: the lab's, its anchors as literals)
+#   SIDECAR_IMAGE             the sidecar image the compose names (ghcr.io/…/attestmesh-sidecar@sha256:…)
+#   KEEP_OLD_COMPOSE          1: update leaves the compose hash the node left on the allowlist
+#   devnet:  COMPOSE_FILE     the node's app-compose.json (default: the lab's, its anchors as literals, with
+#            SIDECAR_IMAGE when set: `attestmesh devnet compose --image`)
 #   phala:   COMPOSE (the template, default compose/node.yaml: rendered with the trust anchors above by
 #            `attestmesh compose node`, SIDECAR_IMAGE pins the image), ENV_FILE (the sealed env, required;
 #            it must not name a trust anchor), PHALA_CLOUD_API_KEY,
@@ -71,6 +77,11 @@ load_chain() {
     facts=$("$ATTESTMESH" devnet env "$NODE") || deploy_fail "the devnet lab is not running (attestmesh devnet up)"
     printf '%s\n' "$facts" >"$DEPLOY_RUN_DIR/facts"
     deploy_devnet_gateway "$facts"
+    if [[ -z ${COMPOSE_FILE:-} && -n ${SIDECAR_IMAGE:-} ]]; then
+      mkdir -p "$(deploy_state_dir)"
+      "$ATTESTMESH" devnet compose --image "$SIDECAR_IMAGE" --output "$(deploy_state_dir)/app-compose.json" ||
+        deploy_fail "cannot write the lab's compose with the image $SIDECAR_IMAGE"
+    fi
     url=$(deploy_shell_value "$facts" NODE_HEALTH_URL) # empty while the node does not exist yet
     if [[ -n $url ]]; then printf '%s\n' "$url" >"$DEPLOY_RUN_DIR/health_url"; fi
     export ATTESTMESH_RPC_URL ATTESTMESH_CHAIN_ID ATTESTMESH_CLUSTER ATTESTMESH_MEMBER_APP_FACTORY
@@ -138,12 +149,15 @@ fetch_health() {
 }
 
 # compose_file: the compose this node boots with. Devnet: COMPOSE_FILE, or the lab's app-compose.json (its
-# cluster's anchors as literals). Phala: the template COMPOSE rendered with the cluster's trust anchors
-# (`attestmesh compose node`) into the node's state directory.
+# cluster's anchors as literals; with SIDECAR_IMAGE, written into the node's state directory). Phala: the
+# template COMPOSE rendered with the cluster's trust anchors (`attestmesh compose node`) into the node's
+# state directory.
 compose_file() {
   if [[ $PROVIDER == devnet ]]; then
     if [[ -n ${COMPOSE_FILE:-} ]]; then
       printf '%s\n' "$COMPOSE_FILE"
+    elif [[ -n ${SIDECAR_IMAGE:-} ]]; then
+      printf '%s\n' "$(deploy_state_dir)/app-compose.json"
     else
       deploy_shell_value "$(cat "$DEPLOY_RUN_DIR/facts")" LAB_COMPOSE_FILE
     fi
@@ -344,6 +358,7 @@ step_apply() {
   hash=$(deploy_state_get COMPOSE_HASH)
   if [[ $PROVIDER == devnet ]]; then
     local out
+    remember_old_compose "$(deploy_shell_value "$(cat "$DEPLOY_RUN_DIR/facts")" NODE_COMPOSE_HASH)" "$hash"
     out=$("$ATTESTMESH" devnet node update "$NODE" --compose-file "$(compose_file)") || {
       echo "$out"
       return 1
@@ -360,6 +375,7 @@ step_apply() {
       echo "CVM $cvm already runs compose $hash"
       return 0
     fi
+    remember_old_compose "$current" "$hash"
     token=$(deploy_state_get COMMIT_TOKEN) || deploy_fail "no commit token from the prepare step"
     PHALA_COMMIT_TOKEN=$token
     # The hash is on the cluster's allowlist already (our step): nothing for the CLI to send on chain.
@@ -370,7 +386,69 @@ step_apply() {
   fi
 }
 
-# step_restart: restart the node's CVM (re-pulls :latest).
+# remember_old_compose CURRENT NEW: before the node leaves compose CURRENT for NEW, record CURRENT for the
+# retire step (once: a re-run after the apply sees NEW as current and keeps the first record).
+remember_old_compose() {
+  if [[ -n $1 && $1 != "$2" ]] && ! deploy_state_get OLD_COMPOSE_HASH >/dev/null; then
+    deploy_state_set OLD_COMPOSE_HASH "$1"
+    echo "leaving compose $1"
+  fi
+}
+
+# compose_users HASH: the other nodes (devnet: the lab's, stopped ones too) or CVMs (phala: this account's)
+# whose compose hash is HASH, space-separated; exit 1 when that cannot be read.
+compose_users() {
+  if [[ $PROVIDER == devnet ]]; then
+    local pairs
+    pairs=$(devnet_fact LAB_NODE_COMPOSE_HASHES) || return 1
+    python3 - "$1" "$NODE" "$pairs" <<'EOF'
+import sys
+want, me = sys.argv[1].lower(), sys.argv[2]
+pairs = (pair.partition("=") for pair in sys.argv[3].split())
+print(" ".join(name for name, _, hash in pairs if name != me and hash.lower() == want))
+EOF
+  else
+    phala_cli cvms list --json >"$DEPLOY_RUN_DIR/cvms.json" || return 1
+    python3 - "$DEPLOY_RUN_DIR/cvms.json" "$1" "$NODE" <<'EOF'
+import json, sys
+items = json.load(open(sys.argv[1]))
+items = items.get("items", items) if isinstance(items, dict) else items
+want, me = sys.argv[2].lower().removeprefix("0x"), sys.argv[3]
+print(" ".join(
+    str(c.get("name")) for c in items
+    if c.get("name") != me and str(c.get("compose_hash") or "").lower().removeprefix("0x") == want
+))
+EOF
+  fi
+}
+
+# step_retire: after the node is back healthy with its identity, take the compose hash it left off the
+# allowlist, unless another node still runs it (it would drop to boot_gate, and its next boot be refused) or
+# KEEP_OLD_COMPOSE=1.
+step_retire() {
+  local old users out
+  if ! old=$(deploy_state_get OLD_COMPOSE_HASH); then
+    echo "no compose to retire: the node ran this one already"
+    return 0
+  fi
+  if [[ ${KEEP_OLD_COMPOSE:-0} == 1 ]]; then
+    echo "compose $old stays allowlisted (KEEP_OLD_COMPOSE=1)"
+    return 0
+  fi
+  users=$(compose_users "$old") || {
+    echo "compose $old stays allowlisted: cannot tell which nodes still run it"
+    return 0
+  }
+  if [[ -n $users ]]; then
+    echo "compose $old stays allowlisted: still the compose of $users (the last node's update retires it)"
+    return 0
+  fi
+  out=$("$ATTESTMESH" chain disallow-compose --compose-hash "$old") || return 1
+  echo "$out"
+  [[ $out == *"nothing changed"* ]] || deploy_changed retire
+}
+
+# step_restart: restart the node's CVM (a tag is pulled again: pull_policy always).
 step_restart() {
   deploy_changed restart
   if [[ $PROVIDER == devnet ]]; then
@@ -459,7 +537,8 @@ update)
   deploy_step apply step_apply || deploy_fail "apply (denied at the boot gate? the allowlist step must come first)"
   deploy_step mesh-verify step_mesh_verify || deploy_fail "mesh-verify"
   deploy_step identity-check check_identity || deploy_fail "identity"
-  deploy_state_clear MEMBER_ID
+  deploy_step retire step_retire || deploy_fail "retire"
+  deploy_state_clear MEMBER_ID OLD_COMPOSE_HASH
   deploy_finish "no transaction, no boot, no restart"
   ;;
 restart)

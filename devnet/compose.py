@@ -4,8 +4,11 @@ Owns the document the devnet writes for a node, with the cluster's trust anchors
 id, cluster, member-app factory, KMS roots, indexer registry) written into its docker compose as literals,
 so the compose hash (and the KMS gate) covers them and the sealed env cannot change them; ``allowed_envs``
 lists only sealed names. A node's compose is therefore per cluster: the lab deploys the cluster, renders the
-compose with its addresses, then allowlists its hash (``devnet.lab``). Also the hash rule (sha256 of the
-exact bytes, as dstack computes it). Must not do I/O beyond what callers ask for (``compose_hash_of_file``).
+compose with its addresses, then allowlists its hash (``devnet.lab``). The sidecar's image and its
+``pull_policy`` are written as ``attestmesh compose node`` writes them (``ops.compose_cmd.pull_policy``:
+``always`` for the default tag, ``missing`` for an image pinned by digest), so a pinned image is another
+compose hash here as on dstack. Also the hash rule (sha256 of the exact bytes, as dstack computes it).
+Must not do I/O beyond what callers ask for (``compose_hash_of_file``).
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from devnet.state import DevnetState
+from ops.compose_cmd import pin_image
 from sidecar.core.ids import Address, Bytes32
 
 #: The sealed variables of a devnet node's compose (values from the sealed env; not trust anchors).
 NODE_SEALED_ENVS = ("ATTESTMESH_RPC_URL",)
+#: The image the repository's compose files name (a tag: every boot pulls it).
+DEFAULT_SIDECAR_IMAGE = "ghcr.io/attestmesh/attestmesh-sidecar:latest"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,15 +61,17 @@ class NodeAnchors:
         }
 
 
-def node_docker_compose(anchors: NodeAnchors) -> str:
+def node_docker_compose(anchors: NodeAnchors, image: str = DEFAULT_SIDECAR_IMAGE) -> str:
     """What the node's CVM runs (the devnet host starts the workload itself, but this document is what the
-    KMS gate measures): the sidecar, its trust anchors as literals, its sealed variables as ``${VAR}``."""
+    KMS gate measures): the sidecar's ``image``, its trust anchors as literals, its sealed variables as
+    ``${VAR}``. Raises ``ops.errors.OperatorError`` when ``image`` is not an image reference."""
     measured = "".join(f"      - {name}={value}\n" for name, value in anchors.literals().items())
     sealed = "".join(f"      - {name}=${{{name}}}\n" for name in NODE_SEALED_ENVS)
+    head = pin_image(f"    image: {DEFAULT_SIDECAR_IMAGE}\n    pull_policy: always\n", image)
     return (
         "services:\n"
         "  sidecar:\n"
-        "    image: ghcr.io/attestmesh/attestmesh-sidecar:latest\n"
+        f"{head}"
         "    restart: unless-stopped\n"
         "    cap_add: [NET_ADMIN]\n"
         "    devices: [/dev/net/tun]\n"
@@ -96,11 +104,15 @@ def _app_compose(name: str, docker_compose: str, allowed_envs: list[str]) -> dic
 
 
 def node_app_compose(
-    anchors: NodeAnchors, *, name: str = "attestmesh-node", extra_envs: tuple[str, ...] = ()
+    anchors: NodeAnchors,
+    *,
+    name: str = "attestmesh-node",
+    extra_envs: tuple[str, ...] = (),
+    image: str = DEFAULT_SIDECAR_IMAGE,
 ) -> dict[str, Any]:
     """The app-compose document of a node of ``anchors``' cluster (identical for every node of one image);
-    ``extra_envs`` are more sealed names (a different compose hash)."""
-    return _app_compose(name, node_docker_compose(anchors), sorted({*NODE_SEALED_ENVS, *extra_envs}))
+    ``extra_envs`` are more sealed names and ``image`` another sidecar image (each a different hash)."""
+    return _app_compose(name, node_docker_compose(anchors, image), sorted({*NODE_SEALED_ENVS, *extra_envs}))
 
 
 def node_compose_bytes(anchors: NodeAnchors) -> bytes:

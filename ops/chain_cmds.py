@@ -1,5 +1,6 @@
-"""``attestmesh chain status|scrape-targets|allow-compose|fund|member-app|rotate-csk``: read a cluster
-(``scrape-targets``: Prometheus target files of its members and indexer); the owner's day-2 actions.
+"""``attestmesh chain status|scrape-targets|allow-compose|disallow-compose|fund|member-app|rotate-csk``:
+read a cluster (``scrape-targets``: Prometheus target files of its members and indexer); the owner's day-2
+actions.
 
 Owns running each chain verb (one connection, one event loop) and rendering its result; keys come from
 ``ATTESTMESH_OWNER_KEY`` / ``ATTESTMESH_FUNDER_KEY`` (``ops.owner``), never from the command line.
@@ -21,6 +22,7 @@ from ops.connection import on_chain
 from ops.errors import OperatorError
 from ops.owner import (
     ensure_compose_hash_allowed,
+    ensure_compose_hash_removed,
     ensure_funded,
     ensure_member_app,
     ensure_rotate_on_remove,
@@ -102,6 +104,23 @@ def _allow_compose(args: argparse.Namespace) -> int:
         print(f"{where}: allowlisted (tx {result.tx_hash})")
     else:
         print(f"{where}: already allowlisted; nothing changed")
+    return EXIT_OK
+
+
+def _disallow_compose(args: argparse.Namespace) -> int:
+    owner = owner_signer(os.environ)
+
+    result = on_chain(
+        args,
+        lambda conn: ensure_compose_hash_removed(
+            conn, TxSubmitter(conn, owner), args.cluster, args.compose_hash
+        ),
+    )
+    where = f"compose hash {result.compose_hash} on cluster {args.cluster}"
+    if result.changed:
+        print(f"{where}: removed from the allowlist (tx {result.tx_hash})")
+    else:
+        print(f"{where}: not allowlisted; nothing changed")
     return EXIT_OK
 
 
@@ -195,6 +214,7 @@ _CHAIN_ACTIONS: dict[str, Callable[[argparse.Namespace], int]] = {
     "member-app": _member_app,
     "rotate-csk": _rotate_csk,
     "allow-compose": _allow_compose,
+    "disallow-compose": _disallow_compose,
     "fund": _fund,
 }
 

@@ -5,9 +5,13 @@ the trust anchors (``sidecar.core.measured.MEASURED``: chain id, cluster, member
 indexer registry) are substituted with the cluster's values, so they become literals the compose hash
 covers, and every other ``${NAME}`` stays for the sealed env. The result is checked with the sidecar's own
 reader (``measured_literals``) before it is printed: what the operator allowlists is what the sidecar will
-accept. Also ``--image`` (pin the sidecar's image by digest). Order of a bring-up: deploy the cluster,
-render this with its address, allowlist the app compose's hash, then deploy the nodes.
-Must not: touch the chain or the sealed env, or substitute anything but the measured names.
+accept. Also ``pin_image`` (``--image``, and ``attestmesh compose pin`` alone: what the publish workflow
+prints): the sidecar's image line and the ``pull_policy`` after it, ``always`` for a tag (a boot pulls
+what the tag names now: dstack keeps /var/lib/docker on the data disk, so compose's default would reuse
+the old image) and ``missing`` for a digest (the cached image is that digest: no registry needed at boot).
+Order of a bring-up: deploy the cluster, render this with its address, allowlist the app compose's hash,
+then deploy the nodes.
+Must not: touch the chain or the sealed env, or substitute anything but the measured names and the image.
 """
 
 from __future__ import annotations
@@ -24,8 +28,45 @@ from sidecar.core.measured import INDEXER_REGISTRY, MEASURED, measured_literals
 EXIT_OK, EXIT_FAILED = 0, 1
 #: The template in a checkout (the image has no compose/: pass --template).
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[1] / "compose" / "node.yaml"
-_SIDECAR_IMAGE = re.compile(r"^(\s*image:\s*)ghcr\.io/attestmesh/attestmesh-sidecar\S*\s*$", re.MULTILINE)
+#: The sidecar's image line (any registry and owner: a pinned template may be pinned again) and the
+#: ``pull_policy`` line that must follow it.
+_SIDECAR_IMAGE = re.compile(
+    r"^(?P<image>[ \t]*image:[ \t]*)\S*/attestmesh-sidecar[:@]\S*[ \t]*\n"
+    r"(?:(?P<pull>[ \t]*pull_policy:[ \t]*)\S+(?P<comment>[ \t]+#[^\n]*)?\n)?",
+    re.MULTILINE,
+)
 _IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]*")
+_PINNED = re.compile(r"[^@]+@sha256:[0-9a-f]{64}")
+
+
+def is_pinned(image: str) -> bool:
+    """Whether ``image`` names its content (``…@sha256:<64 hex>``) rather than a mutable tag."""
+    return _PINNED.fullmatch(image) is not None
+
+
+def pull_policy(image: str) -> str:
+    """The compose ``pull_policy`` for ``image``: ``missing`` by digest, ``always`` for a tag."""
+    return "missing" if is_pinned(image) else "always"
+
+
+def pin_image(template: str, image: str) -> str:
+    """``template`` with the sidecar's image set to ``image`` and the ``pull_policy`` line after it set to
+    ``pull_policy(image)``; every other byte unchanged."""
+    if not _IMAGE.fullmatch(image):
+        raise OperatorError(f"{image!r} is not an image reference")
+    if "@" in image and not is_pinned(image):
+        raise OperatorError(f"{image!r}: a digest must be @sha256: and 64 lower-case hex digits")
+    found = list(_SIDECAR_IMAGE.finditer(template))
+    if len(found) != 1:
+        raise OperatorError("the template has no single attestmesh-sidecar image line")
+    match = found[0]
+    if match.group("pull") is None:
+        raise OperatorError("the template's sidecar image line is not followed by its pull_policy line")
+    replaced = (
+        f"{match.group('image')}{image}\n"
+        f"{match.group('pull')}{pull_policy(image)}{match.group('comment') or ''}\n"
+    )
+    return template[: match.start()] + replaced + template[match.end() :]
 
 
 def render_node_compose(template: str, anchors: Mapping[str, str], image: str | None = None) -> str:
@@ -46,11 +87,7 @@ def render_node_compose(template: str, anchors: Mapping[str, str], image: str | 
             raise OperatorError(f"the template does not take {placeholder}")
         text = text.replace(placeholder, value)
     if image is not None:
-        if not _IMAGE.fullmatch(image):
-            raise OperatorError(f"{image!r} is not an image reference")
-        text, count = _SIDECAR_IMAGE.subn(lambda m: m.group(1) + image, text, count=1)
-        if count != 1:
-            raise OperatorError("the template has no ghcr.io/attestmesh/attestmesh-sidecar image line")
+        text = pin_image(text, image)
     literals = measured_literals(text)
     if isinstance(literals, str):
         raise OperatorError(f"the rendered compose cannot be read: {literals}")
@@ -61,6 +98,8 @@ def render_node_compose(template: str, anchors: Mapping[str, str], image: str | 
 
 
 def run_compose(args: argparse.Namespace) -> int:
+    if args.verb == "pin":
+        return _run_pin(args)
     anchors = {
         "ATTESTMESH_CHAIN_ID": str(args.chain_id),
         "ATTESTMESH_CLUSTER": str(args.cluster),
@@ -83,4 +122,23 @@ def run_compose(args: argparse.Namespace) -> int:
         sys.stdout.write(rendered)
     else:
         Path(args.output).write_text(rendered, encoding="utf-8")
+    return EXIT_OK
+
+
+def _run_pin(args: argparse.Namespace) -> int:
+    """``compose pin``: the template with only the image pinned (the anchors stay ``${VAR}``): a template
+    for ``attestmesh compose node`` / ``deploy/node.sh`` (``COMPOSE=``)."""
+    path = Path(args.template) if args.template else DEFAULT_TEMPLATE
+    try:
+        pinned = pin_image(path.read_text(encoding="utf-8"), args.image)
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"attestmesh: cannot read the template {path} (give --template): {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OperatorError as exc:
+        print(f"attestmesh: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.output is None:
+        sys.stdout.write(pinned)
+    else:
+        Path(args.output).write_text(pinned, encoding="utf-8")
     return EXIT_OK

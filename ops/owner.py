@@ -3,10 +3,11 @@
 Owns the keys' loading from the environment (``ATTESTMESH_OWNER_KEY``, ``ATTESTMESH_FUNDER_KEY``: never a
 command-line argument, never echoed) and the actions the deploy routines call, each a no-op when the chain
 already says what it should: ``ensure_compose_hash_allowed`` (``Cluster.addComposeHash`` only when the hash
-is not on the allowlist: "allowlist first"), ``ensure_funded`` (send ETH to an account only while its
-balance is below a floor; the funding key is ``ATTESTMESH_FUNDER_KEY``, or the owner key when that is not
-set) and ``ensure_member_app`` (a node's app contract from the CREATE2 factory and its pre-approved app id,
-each sent only when missing: the cold-start rule, before the node's first boot).
+is not on the allowlist: "allowlist first"), ``ensure_compose_hash_removed`` (``Cluster.removeComposeHash``
+only while the hash is on it: retiring the compose a roll replaced), ``ensure_funded`` (send ETH to an
+account only while its balance is below a floor; the funding key is ``ATTESTMESH_FUNDER_KEY``, or the owner
+key when that is not set) and ``ensure_member_app`` (a node's app contract from the CREATE2 factory and its
+pre-approved app id, each sent only when missing: the cold-start rule, before the node's first boot).
 Must not: hold a key beyond the call, print or log key material, or talk to anything but the RPC URL it is
 given.
 """
@@ -97,6 +98,33 @@ async def ensure_compose_hash_allowed(
     receipt = await client.add_compose_hash(compose_hash)
     log.info(
         "cluster.compose_hash_allowed",
+        cluster=str(cluster),
+        compose_hash=str(compose_hash),
+        tx=str(receipt.tx_hash),
+        block=receipt.block_number,
+    )
+    return ComposeAllowlisting(compose_hash, changed=True, tx_hash=receipt.tx_hash)
+
+
+async def ensure_compose_hash_removed(
+    conn: ChainConnection, owner: TxSubmitter, cluster: Address, compose_hash: Bytes32
+) -> ComposeAllowlisting:
+    """Take ``compose_hash`` off the cluster's allowlist; send nothing when it is not there.
+
+    A node running that compose drops to ``boot_gate`` on its next pass and a CVM booting it is refused
+    keys: call this only once no node runs it. Raises as ``ensure_compose_hash_allowed`` does.
+    """
+    await require_contract(conn, cluster, "cluster")
+    client = ClusterClient(conn, cluster, owner)
+    if not await client.allowed_compose_hash(compose_hash):
+        log.info("cluster.compose_hash_unchanged", cluster=str(cluster), compose_hash=str(compose_hash))
+        return ComposeAllowlisting(compose_hash, changed=False)
+    actual = await client.owner()
+    if actual != owner.address:
+        raise OperatorError(f"{owner.address} is not the owner of cluster {cluster} (the owner is {actual})")
+    receipt = await client.remove_compose_hash(compose_hash)
+    log.info(
+        "cluster.compose_hash_removed",
         cluster=str(cluster),
         compose_hash=str(compose_hash),
         tx=str(receipt.tx_hash),

@@ -1,8 +1,9 @@
 """The operator verbs of ``attestmesh``: their arguments and help.
 
 Owns the argparse definitions of ``indexer register|verify``,
-``chain status|scrape-targets|allow-compose|member-app|fund|rotate-csk``, ``compose node`` and ``health``.
-Must not: import web3, eth_utils or structlog (``ops.args`` parses values lazily), or run anything.
+``chain status|scrape-targets|allow-compose|disallow-compose|member-app|fund|rotate-csk``, ``compose
+node|pin`` and ``health``. Must not: import web3, eth_utils or structlog (``ops.args`` parses values
+lazily), or run anything.
 """
 
 from __future__ import annotations
@@ -72,11 +73,27 @@ def _add_compose_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
         help="IndexerRegistry address; omitted: no registry, events by polling "
         "(env ATTESTMESH_INDEXER_REGISTRY)",
     )  # fmt: skip
-    node.add_argument("--image", help="the sidecar image, pinned by digest for a real cluster")
+    node.add_argument(
+        "--image", help="the sidecar image: ghcr.io/OWNER/attestmesh-sidecar@sha256:DIGEST pins the code the "
+        "compose hash binds (pull_policy missing); a tag gets pull_policy always",
+    )  # fmt: skip
     node.add_argument(
         "--template", default=None, help=f"the template (default: {COMPOSE_TEMPLATE} of this checkout)"
     )
     node.add_argument("--output", "-o", default=None, help="write here instead of standard output")
+    pin = verbs.add_parser(
+        "pin",
+        help="the template with only the sidecar image set (the trust anchors stay ${VAR}): what the "
+        "publish workflow prints, for deploy/node.sh COMPOSE=",
+        description="Set the sidecar's image in the node compose template and the pull_policy after it "
+        "(missing for an image pinned by digest, always for a tag); every other byte stays the template's, "
+        "the trust anchors included (`attestmesh compose node` or deploy/node.sh renders them per cluster).",
+    )
+    pin.add_argument("--image", required=True, help="ghcr.io/OWNER/attestmesh-sidecar@sha256:DIGEST")
+    pin.add_argument(
+        "--template", default=None, help=f"the template (default: {COMPOSE_TEMPLATE} of this checkout)"
+    )
+    pin.add_argument("--output", "-o", default=None, help="write here instead of standard output")
 
 
 def _add_indexer_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
@@ -161,6 +178,18 @@ def _add_chain_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
     )
     chain_options(allow, cluster=True)
     allow.add_argument(
+        "--compose-hash", type=bytes32_arg, required=True, metavar="0xHASH", help="the compose hash"
+    )
+    disallow = chain_verbs.add_parser(
+        "disallow-compose",
+        help="Cluster.removeComposeHash, only while the hash is allowlisted (key: ATTESTMESH_OWNER_KEY)",
+        description="Take a compose hash off the cluster's allowlist (the cluster owner's transaction, key "
+        "from ATTESTMESH_OWNER_KEY): a node running that compose drops to boot_gate, a CVM booting it is "
+        "refused keys. Sends nothing and says so when it is not allowlisted. Retire a compose only once no "
+        "node runs it (deploy/node.sh update does this after a roll).",
+    )
+    chain_options(disallow, cluster=True)
+    disallow.add_argument(
         "--compose-hash", type=bytes32_arg, required=True, metavar="0xHASH", help="the compose hash"
     )
     app = chain_verbs.add_parser(

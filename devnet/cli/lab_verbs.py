@@ -1,4 +1,4 @@
-"""``attestmesh devnet up|status|env|down``: the lab as a whole.
+"""``attestmesh devnet up|status|env|compose|down``: the lab as a whole.
 
 Owns running these verbs and rendering their results (human, JSON, and ``KEY=value`` lines for a shell's
 ``eval``). Must not: hold logic of its own (``devnet.lab`` does the work).
@@ -11,8 +11,16 @@ import json
 import sys
 from typing import Any
 
+from devnet.compose import (
+    DEFAULT_SIDECAR_IMAGE,
+    NodeAnchors,
+    compose_hash,
+    encode_app_compose,
+    node_app_compose,
+)
 from devnet.lab import Devnet, LabStatus
 from devnet.state import DevnetState, NodeState
+from ops.errors import OperatorError
 from ops.render import print_table, section, shell_lines, short
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -244,6 +252,9 @@ def run_env(lab: Devnet, args: argparse.Namespace) -> int:
         ("GATEWAY_DOMAIN", state.gateway and state.gateway.domain),
         ("GATEWAY_ADDRESS", state.gateway and state.gateway.address),
         ("GATEWAY_CA_FILE", state.gateway and state.gateway.ca_file),
+        # Every node's compose hash (NAME=0xHASH, space-separated): who still runs a compose (a roll's last
+        # step retires the old hash only once no node has it).
+        ("LAB_NODE_COMPOSE_HASHES", " ".join(f"{n.name}={n.compose_hash}" for n in state.nodes)),
     ]
     if args.name is not None:
         node = next((n for n in state.nodes if n.name == args.name), None)
@@ -266,4 +277,23 @@ def run_env(lab: Devnet, args: argparse.Namespace) -> int:
             ("NODE_MESH_IP", me.get("mesh_ip")),
         ]
     print(shell_lines(pairs))
+    return EXIT_OK
+
+
+def run_compose(lab: Devnet, args: argparse.Namespace) -> int:
+    """The lab's node app-compose.json with another sidecar image (and more sealed names): the exact bytes
+    to stdout, or to ``--output`` with one line naming its compose hash."""
+    state = lab.running_state()
+    image = args.image or DEFAULT_SIDECAR_IMAGE
+    try:
+        document = node_app_compose(NodeAnchors.of_lab(state), extra_envs=tuple(args.extra_env), image=image)
+    except OperatorError as exc:
+        print(f"attestmesh: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    data = encode_app_compose(document)
+    if args.output is None:
+        sys.stdout.buffer.write(data)
+        return EXIT_OK
+    args.output.write_bytes(data)
+    print(f"wrote {args.output}: compose hash {compose_hash(data)} (image {image})")
     return EXIT_OK

@@ -1,8 +1,8 @@
 """The ``attestmesh devnet …`` verbs' arguments and help.
 
-Owns the argparse definitions of the lab options and of ``up``, ``status``, ``env``, ``down``, ``node …``,
-``indexer …`` and ``gateway …``. Must not: import the lab (``devnet.lab``: web3 and the rest load only when a
-verb runs), or run anything.
+Owns the argparse definitions of the lab options and of ``up``, ``status``, ``env``, ``compose``, ``down``,
+``node …``, ``indexer …`` and ``gateway …``. Must not: import the lab (``devnet.lab``: web3 and the rest load
+only when a verb runs), or run anything.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ def add_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
         description="Print shell-quoted KEY=value lines: ATTESTMESH_RPC_URL, ATTESTMESH_CHAIN_ID, "
         "ATTESTMESH_CLUSTER, ATTESTMESH_INDEXER_REGISTRY and ATTESTMESH_MEMBER_APP_FACTORY (the defaults of "
         "the chain commands), the lab indexer's INDEXER_URL, INDEXER_STATUS_URL, INDEXER_HEALTH_URL and "
-        "INDEXER_KEY_VERSION, and with NODE its facts: NODE_NAME, NODE_EXISTS, NODE_APP_ID, "
+        "INDEXER_KEY_VERSION, every node's compose hash (LAB_NODE_COMPOSE_HASHES: NAME=0xHASH …), and "
+        "with NODE its facts: NODE_NAME, NODE_EXISTS, NODE_APP_ID, "
         "NODE_COMPOSE_HASH, NODE_BOOT, NODE_RUNNING, NODE_SIGNER, "
         "NODE_HEALTH_URL, NODE_HEALTHY, NODE_PHASE, NODE_MEMBER_ID, NODE_MESH_IP (1/0 for yes/no, empty when "
         'unknown). Use: set -a; eval "$(attestmesh devnet env node-1)"; set +a',
@@ -88,6 +89,21 @@ def add_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
         help="instead: exactly the ATTESTMESH_* and DSTACK_* variables NODE's sidecar runs with (the lab's "
         "sidecar_env), as KEY=value lines a sidecar accepts",
     )
+    compose = verbs.add_parser(
+        "compose",
+        help="the lab's node app-compose.json with another sidecar image (print it, or --output)",
+        description="Write the lab's node app-compose.json (its cluster's trust anchors as literals) with "
+        "the sidecar image IMAGE: pinned by digest (…@sha256:<64 hex>) it gets pull_policy missing, a tag "
+        "pull_policy always, as `attestmesh compose node --image` writes them; either way another compose "
+        "hash, to allowlist before a node boots with it (deploy/node.sh NODE update, SIDECAR_IMAGE=).",
+    )
+    compose.add_argument(
+        "--image", default=None, help="default: the repository's ghcr.io/attestmesh/attestmesh-sidecar:latest"
+    )
+    compose.add_argument(
+        "--extra-env", action="append", default=[], metavar="NAME", help="one more sealed name (repeatable)"
+    )
+    compose.add_argument("--output", "-o", type=Path, default=None, help="write here instead of stdout")
     verbs.add_parser("down", help="remove every namespace, process, mount, route and socket of the lab")
     _add_node_parser(verbs)
     _add_indexer_parser(verbs)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from devnet.cli.gateway_verbs import run_gateway
 from devnet.cli.indexer_verbs import run_indexer
-from devnet.cli.lab_verbs import run_down, run_env, run_status, run_up
+from devnet.cli.lab_verbs import run_compose, run_down, run_env, run_status, run_up
 from devnet.cli.node_verbs import run_node
 from devnet.lab import Devnet, DevnetError, plan_for
 from devnet.netns import LabError
@@ -28,6 +28,7 @@ _VERBS: dict[str, Callable[[Devnet, argparse.Namespace], int]] = {
     "up": run_up,
     "status": run_status,
     "env": run_env,
+    "compose": run_compose,
     "down": run_down,
     "node": run_node,
     "indexer": run_indexer,

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from aiohttp import web
 
 from devnet.anvil import DEVNET_DEPLOYER_KEY, AnvilProcess
@@ -129,9 +130,9 @@ class Phala:
             "DEPLOY_STATE_DIR": str(self.tmp / "state"),
         }
 
-    async def run(self, verb: str, env_file: Path) -> tuple[int, str]:
+    async def run(self, verb: str, env_file: Path, **extra: str) -> tuple[int, str]:
         proc = await asyncio.create_subprocess_exec(
-            str(ROUTINE), NODE, verb, env=self.env(env_file), cwd=REPO,
+            str(ROUTINE), NODE, verb, env={**self.env(env_file), **extra}, cwd=REPO,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
         output, _ = await asyncio.wait_for(proc.communicate(), 180)
@@ -243,12 +244,17 @@ async def test_phala_all_update_restart_send_exactly_the_expected_commands_and_t
         ["cvms", "get", cvm_id, "--json"],
         ["deploy", "--cvm-id", cvm_id, "--commit", "--token", token, "--compose-hash", str(new_hash),
          "--transaction-hash", "already-registered", "--json"],
+        ["cvms", "list", "--json"],  # the retire step: does another CVM still run the old compose?
     ]  # fmt: skip
-    assert await nonce(conn) == before + 1  # addComposeHash only
+    # addComposeHash of the new compose, and removeComposeHash of the one the node left (no CVM runs it).
+    assert await nonce(conn) == before + 2
+    assert not await cluster.allowed_compose_hash(compose_hash)
     run = phala.log()[phala.log().rindex("run started") :]
     order = ["step prepare started", f"new compose hash {new_hash}", "step allowlist started",
              "allowlisted (tx 0x", "step apply started", "step mesh-verify done",
-             f"identity carried over: member {MEMBER_ID}", "done: changed allowlist,apply"]  # fmt: skip
+             f"identity carried over: member {MEMBER_ID}", "step retire started",
+             f"compose hash {compose_hash} on cluster", "removed from the allowlist (tx 0x",
+             "done: changed allowlist,apply,retire"]  # fmt: skip
     positions = [run.index(marker) for marker in order]
     assert positions == sorted(positions), run
 
@@ -262,6 +268,23 @@ async def test_phala_all_update_restart_send_exactly_the_expected_commands_and_t
         ["cvms", "get", cvm_id, "--json"],
     ]
     assert await nonce(conn) == before
+
+    # An image roll: the same template and sealed env, the sidecar pinned to a digest (SIDECAR_IMAGE): a new
+    # compose hash, allowlisted before the commit; the compose the node left is retired after it.
+    pinned_ref = "ghcr.io/someone/attestmesh-sidecar@sha256:" + "d" * 64
+    count, before = len(phala.calls()), await nonce(conn)
+    rc, output = await phala.run("update", env2, SIDECAR_IMAGE=pinned_ref)
+    outputs.append(output)
+    assert rc == 0, output
+    sidecar = yaml.safe_load(phala.rendered.read_text())["services"]["sidecar"]
+    assert sidecar["image"] == pinned_ref and sidecar["pull_policy"] == "missing"
+    pinned_hash = Bytes32.from_hex(phala.cvm()["compose_hash"])
+    assert pinned_hash not in (compose_hash, new_hash) and await cluster.allowed_compose_hash(pinned_hash)
+    assert not await cluster.allowed_compose_hash(new_hash)
+    assert [c[:2] for c in phala.calls()[count:]] == [["deploy", "--cvm-id"], ["cvms", "get"],
+                                                       ["deploy", "--cvm-id"], ["cvms", "list"]]  # fmt: skip
+    assert await nonce(conn) == before + 2
+    assert "done: changed allowlist,apply,retire" in phala.log()
 
     # restart: exactly `phala cvms restart`.
     count = len(phala.calls())

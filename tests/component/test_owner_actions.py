@@ -1,4 +1,5 @@
-"""``attestmesh chain allow-compose`` and ``chain fund`` as the deploy routines run them: the CLI as a
+"""``attestmesh chain allow-compose``, ``chain disallow-compose`` and ``chain fund`` as the deploy routines
+run them: the CLI as a
 subprocess against anvil with our contracts, keys only in the environment. Each action is idempotent (the
 second run sends nothing: the nonce does not move), refuses bad input with exit 2, fails with exit 1 and
 one line on stderr, and never shows a key or the RPC URL's credentials.
@@ -85,6 +86,43 @@ async def test_allow_compose_sends_add_compose_hash_once(
     assert "already allowlisted; nothing changed" in initial.stdout
     assert await nonce(conn, OWNER) == sent
     assert_no_key(first.stdout, first.stderr, again.stdout, again.stderr, initial.stdout, initial.stderr)
+
+
+async def test_disallow_compose_sends_remove_compose_hash_once_and_only_as_the_owner(
+    anvil: AnvilProcess, conn: ChainConnection, stack: Deployment
+) -> None:
+    cluster = ClusterClient(conn, stack.cluster)
+    old = Bytes32(os.urandom(32))
+    args = ("chain", "disallow-compose", *chain_args(anvil, stack), "--compose-hash", str(old))
+    # Not allowlisted: nothing to send, and it says so (no owner check needed to send nothing).
+    absent = await run_cli(*args, env={"ATTESTMESH_OWNER_KEY": OWNER_KEY})
+    assert absent.returncode == 0, absent.stderr
+    where = f"compose hash {old} on cluster {stack.cluster}"
+    assert absent.stdout == f"{where}: not allowlisted; nothing changed\n"
+    allowed = await run_cli(
+        "chain", "allow-compose", *chain_args(anvil, stack), "--compose-hash", str(old),
+        env={"ATTESTMESH_OWNER_KEY": OWNER_KEY},
+    )  # fmt: skip
+    assert allowed.returncode == 0 and await cluster.allowed_compose_hash(old)
+
+    # A key that does not own the cluster: refused before anything is sent; the hash stays.
+    other_nonce = await nonce(conn, OTHER)
+    refused = await run_cli(*args, env={"ATTESTMESH_OWNER_KEY": OTHER_KEY})
+    assert refused.returncode == 1
+    assert f"{OTHER} is not the owner of cluster {stack.cluster}" in refused.stderr
+    assert await nonce(conn, OTHER) == other_nonce and await cluster.allowed_compose_hash(old)
+
+    sent = await nonce(conn, OWNER)
+    first = await run_cli(*args, env={"ATTESTMESH_OWNER_KEY": OWNER_KEY})
+    assert first.returncode == 0, first.stderr
+    assert f"{where}: removed from the allowlist (tx 0x" in first.stdout
+    assert not await cluster.allowed_compose_hash(old)
+    assert await nonce(conn, OWNER) == sent + 1
+    again = await run_cli(*args, env={"ATTESTMESH_OWNER_KEY": OWNER_KEY})
+    assert again.returncode == 0 and "not allowlisted; nothing changed" in again.stdout
+    assert await nonce(conn, OWNER) == sent + 1
+    assert await cluster.allowed_compose_hash(COMPOSE_HASH)  # the cluster's other hashes are untouched
+    assert_no_key(*(p.stdout + p.stderr for p in (absent, refused, first, again)))
 
 
 async def test_allow_compose_refuses_without_the_owner_key_or_with_bad_input(

@@ -27,65 +27,27 @@ from typing import Any
 
 import pytest
 
-from devnet.anvil import DEVNET_DEPLOYER_KEY
 from devnet.compose import NodeAnchors, compose_hash, encode_app_compose, node_app_compose
 from devnet.lab import fetch_healthz
 from devnet.netns import netns_pids
-from sidecar.chain.rpc import checksum
-from sidecar.chain.tx import LocalSigner
 from sidecar.core.ids import Address
-from tests.e2e.lab import REPO, LabCli, RoutineRunner, chain, lab_state, log_entries, wait_until
+from tests.e2e.deploykit import (
+    NOTHING_CHANGED,
+    Routine,
+    check_logs,
+    node_record,
+    owner_nonce,
+    processes,
+    registrations,
+    steps_in_order,
+    wait_for_line,
+)
+from tests.e2e.lab import LabCli, chain, wait_until
 from tests.e2e.mesh import Node, wait_all_healthy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
-NODE_SH = REPO / "deploy" / "node.sh"
-OWNER_KEY = "0x" + DEVNET_DEPLOYER_KEY.reveal().hex()
-OWNER = LocalSigner(DEVNET_DEPLOYER_KEY).address
-STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ")
 ALL_STEPS = ("prepare", "app", "allowlist", "boot", "fund", "mesh-verify")
-NOTHING_CHANGED = "done: nothing changed (no transaction, no boot, no restart)"
-
-
-@dataclass
-class Routine:
-    """Runs ``deploy/node.sh`` against one lab, its logs and state in the test's directory."""
-
-    lab: LabCli
-    root: Path
-    outputs: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        defaults = {
-            "MESH_VERIFY_TIMEOUT": "120",
-            "MESH_VERIFY_INTERVAL": "0.5",
-            "ATTESTMESH_OWNER_KEY": OWNER_KEY,  # the devnet provider's default; set so redaction is tested
-        }
-        self.runner = RoutineRunner(self.lab, self.root, NODE_SH, defaults)
-
-    @property
-    def log_dir(self) -> Path:
-        return self.runner.log_dir
-
-    def run(
-        self, node: str, verb: str, *, check: bool = True, **extra: str
-    ) -> subprocess.CompletedProcess[str]:
-        proc = self.runner.run(node, verb, timeout=400, **extra)
-        self.outputs += [proc.stdout, proc.stderr]
-        if check and proc.returncode != 0:
-            pytest.fail(f"node.sh {node} {verb} exited {proc.returncode}:\n{proc.stderr[-6000:]}")
-        return proc
-
-    def start(self, node: str, verb: str, **extra: str) -> subprocess.Popen[str]:
-        """Start the routine in its own process group (so the test can kill it and everything it runs)."""
-        return self.runner.start(node, verb, output=subprocess.PIPE, **extra)
-
-    def log(self, node: str) -> str:
-        return (self.log_dir / f"node-{node}.log").read_text()
-
-    def last_run(self, node: str) -> str:
-        text = self.log(node)
-        return text[text.rindex(" run started (") :]
 
 
 @pytest.fixture
@@ -95,51 +57,12 @@ def routine(lab: LabCli, tmp_path: Path) -> Iterator[Routine]:
     check_logs(found)
 
 
-def check_logs(routine: Routine) -> None:
-    """Every line of every run log carries a UTC timestamp; no secret is in a log or the routine's output."""
-    secrets = (OWNER_KEY, OWNER_KEY[2:], OWNER_KEY[2:].upper())
-    logs = sorted(routine.log_dir.glob("*.log"))
-    assert logs, "the routine wrote no log"
-    for path in logs:
-        assert oct(path.stat().st_mode & 0o777) == "0o600", path
-        for line in path.read_text().splitlines():
-            assert STAMP.match(line), f"{path.name}: line without a UTC timestamp: {line!r}"
-    for text in [p.read_text() for p in logs] + routine.outputs:
-        for secret in secrets:
-            assert secret not in text
-
-
-def owner_nonce(lab: LabCli) -> int:
-    return int(chain(lab, lambda conn, c: conn.w3.eth.get_transaction_count(checksum(OWNER))))
-
-
 def changed_compose(lab: LabCli, tmp_path: Path, *extra_envs: str) -> tuple[Path, str]:
     """An app-compose.json that differs from the lab's by extra sealed-env variable names (a new hash)."""
     data = encode_app_compose(node_app_compose(NodeAnchors.of_lab(lab.state()), extra_envs=extra_envs))
     path = tmp_path / f"compose-{'-'.join(extra_envs).lower()}.json"
     path.write_bytes(data)
     return path, str(compose_hash(data))
-
-
-def node_record(lab: LabCli, name: str) -> dict[str, Any]:
-    return next(n for n in lab_state(lab)["nodes"] if n["name"] == name)
-
-
-def processes(lab: LabCli, name: str) -> dict[str, tuple[int, int]]:
-    return {k: (p["pid"], p["start_time"]) for k, p in node_record(lab, name)["processes"].items()}
-
-
-def steps_in_order(text: str, *markers: str) -> None:
-    """Each marker appears in ``text``, each after the one before."""
-    at = 0
-    for marker in markers:
-        found = text.find(marker, at)
-        assert found >= 0, f"{marker!r} not found after position {at} in:\n{text}"
-        at = found + len(marker)
-
-
-def registrations(lab: LabCli, name: str) -> int:
-    return len(log_entries(lab, f"{name}-sidecar", "registration.attempted"))
 
 
 # --- 1. all ----------------------------------------------------------------------------------------------
@@ -395,19 +318,6 @@ def test_rolling_restart_keeps_n_minus_1_healthy_and_traffic_flowing_and_a_full_
 
 
 # --- 4. killed at each step, run again -------------------------------------------------------------------
-
-
-def wait_for_line(path: Path, start: int, pattern: re.Pattern[str], proc: subprocess.Popen[str]) -> bool:
-    """Poll the run log (from byte ``start``) for ``pattern``; False when the routine ended first."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        text = path.read_text()[start:] if path.exists() else ""
-        if pattern.search(text):
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.01)
-    raise AssertionError(f"{pattern.pattern!r} did not appear in {path}")
 
 
 def test_all_killed_at_each_step_then_run_again_finishes_without_a_duplicate_transaction(

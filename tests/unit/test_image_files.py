@@ -20,8 +20,10 @@ import yaml
 
 import indexer.settings
 import sidecar.settings
-from ops.compose_cmd import render_node_compose
+from devnet.compose import NodeAnchors, compose_hash, encode_app_compose, node_app_compose
+from ops.compose_cmd import pin_image, render_node_compose
 from ops.errors import OperatorError
+from sidecar.core.ids import Address
 from sidecar.core.measured import MEASURED, measured_literals
 from tests import dockerfile
 
@@ -142,7 +144,7 @@ def test_workflow_may_write_packages_and_logs_in_to_ghcr(workflow: dict[str, Any
 
 
 def test_workflow_tags_latest_and_the_commit_sha_of_a_lower_case_image_name(workflow: dict[str, Any]) -> None:
-    naming = [str(step.get("run", "")) for step in _steps(workflow) if "IMAGE=" in str(step.get("run", ""))]
+    naming = [str(s.get("run", "")) for s in _steps(workflow) if "GITHUB_ENV" in str(s.get("run", ""))]
     assert naming == ['echo "IMAGE=ghcr.io/${GITHUB_REPOSITORY_OWNER,,}/attestmesh-sidecar" >> "$GITHUB_ENV"']
     meta = _step(workflow, "docker/metadata-action")
     assert meta["with"]["images"] == "${{ env.IMAGE }}"
@@ -256,18 +258,88 @@ def test_rendered_node_compose_has_the_anchors_as_literals_and_only_sealed_refer
         sidecar_service, sidecar.settings.KNOWN_NAMES, sidecar.settings.VARIABLES, "ATTESTMESH_", ANCHORS
     )
     assert sidecar_service["image"] == image
+    assert sidecar_service["pull_policy"] == "missing"  # by digest: the cached image is this code
     assert measured_literals(rendered) == ANCHORS
-    # Only the measured names were substituted: the rest of the text is the template's, byte for byte.
-    rest = [
-        line for line in rendered.splitlines() if not line.strip().startswith(("- ATTESTMESH_", "image:"))
-    ]
-    assert rest == [
-        line for line in template.splitlines() if not line.strip().startswith(("- ATTESTMESH_", "image:"))
-    ]
+    # Only the measured names and the image were substituted: the rest is the template's, byte for byte.
+    kept = ("- ATTESTMESH_", "image:", "pull_policy:")
+    rest = [line for line in rendered.splitlines() if not line.strip().startswith(kept)]
+    assert rest == [line for line in template.splitlines() if not line.strip().startswith(kept)]
     # No indexer registry: an empty literal (measured "none"), never a ${VAR} left for the sealed env.
     without = render_node_compose(template, {k: v for k, v in ANCHORS.items() if "INDEXER" not in k})
     assert "- ATTESTMESH_INDEXER_REGISTRY=\n" in without
     assert "${ATTESTMESH_INDEXER_REGISTRY}" not in without
+
+
+def test_the_tagged_template_pulls_at_every_boot_and_a_pinned_one_only_when_missing(
+    node: dict[str, Any], indexer_compose: dict[str, Any]
+) -> None:
+    # dstack runs `docker compose up` at every boot with /var/lib/docker on the data disk: compose's default
+    # (missing) would keep the image a tag named at the first boot; `always` makes a restart pull it again.
+    assert node["services"]["sidecar"]["image"].endswith(":latest")
+    assert node["services"]["sidecar"]["pull_policy"] == "always"
+    assert indexer_compose["services"]["indexer"]["pull_policy"] == "always"
+    template = NODE_COMPOSE.read_text(encoding="utf-8")
+    tag = yaml.safe_load(render_node_compose(template, ANCHORS, "registry.example/o/attestmesh-sidecar:v2"))
+    assert tag["services"]["sidecar"]["pull_policy"] == "always"
+    assert render_node_compose(template, ANCHORS) == render_node_compose(template, ANCHORS, None)
+    assert "pull_policy: always\n" in render_node_compose(template, ANCHORS)
+
+
+def _app_compose_hash(docker_compose: str) -> str:
+    """The compose hash of an app-compose.json around ``docker_compose`` (dstack's rule: sha256 of the
+    sorted, compact JSON)."""
+    return str(compose_hash(encode_app_compose(_app_compose_document(docker_compose))))
+
+
+def _app_compose_document(docker_compose: str) -> dict[str, Any]:
+    return {"manifest_version": 2, "name": "attestmesh-node", "runner": "docker-compose",
+            "docker_compose_file": docker_compose, "allowed_envs": ["ATTESTMESH_RPC_URL"]}  # fmt: skip
+
+
+def test_a_pinned_image_is_another_compose_hash_and_each_digest_its_own() -> None:
+    template = NODE_COMPOSE.read_text(encoding="utf-8")
+    image_a = "ghcr.io/o/attestmesh-sidecar@sha256:" + "a" * 64
+    image_b = "ghcr.io/o/attestmesh-sidecar@sha256:" + "b" * 64
+    latest = _app_compose_hash(render_node_compose(template, ANCHORS))
+    pinned_a = _app_compose_hash(render_node_compose(template, ANCHORS, image_a))
+    pinned_b = _app_compose_hash(render_node_compose(template, ANCHORS, image_b))
+    again_a = _app_compose_hash(render_node_compose(template, ANCHORS, image_a))
+    assert len({latest, pinned_a, pinned_b}) == 3 and again_a == pinned_a
+    # The workflow's pinned template (anchors still ${VAR}) rendered per cluster is the same bytes as
+    # rendering the repository's template with --image: one compose hash, whichever way it was made.
+    pinned_template = pin_image(template, image_a)
+    assert "${ATTESTMESH_CLUSTER}" in pinned_template
+    assert render_node_compose(pinned_template, ANCHORS) == render_node_compose(template, ANCHORS, image_a)
+    # And pinned again (a later roll) from the pinned template: the new digest, pull_policy still missing.
+    repinned = pin_image(pinned_template, image_b)
+    assert repinned == pin_image(template, image_b)
+    # The devnet writes its nodes' compose the same way: a pinned image is another hash there too.
+    anchors = NodeAnchors(8453, Address(b"\xab" * 20), Address(b"\xcd" * 20), (Address(b"\x12" * 20),))
+    lab_latest = node_app_compose(anchors)
+    lab_pinned = node_app_compose(anchors, image=image_a)
+    assert compose_hash(encode_app_compose(lab_latest)) != compose_hash(encode_app_compose(lab_pinned))
+    assert "    pull_policy: always\n" in lab_latest["docker_compose_file"]
+    assert f"    image: {image_a}\n    pull_policy: missing\n" in lab_pinned["docker_compose_file"]
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        ("ghcr.io/o/attestmesh-sidecar@sha256:" + "a" * 63, "a digest must be @sha256: and 64"),
+        ("ghcr.io/o/attestmesh-sidecar@sha256:" + "A" * 64, "a digest must be @sha256: and 64"),
+        ("ghcr.io/o/attestmesh-sidecar@md5:" + "a" * 32, "a digest must be @sha256: and 64"),
+        ("ghcr.io/o/attestmesh sidecar:latest", "is not an image reference"),
+    ],
+)
+def test_pin_refuses_a_malformed_reference(image: str, message: str) -> None:
+    with pytest.raises(OperatorError, match=re.escape(message)):
+        pin_image(NODE_COMPOSE.read_text(encoding="utf-8"), image)
+
+
+def test_pin_refuses_a_template_without_the_pull_policy_line() -> None:
+    template = NODE_COMPOSE.read_text(encoding="utf-8").replace("    pull_policy: always\n", "")
+    with pytest.raises(OperatorError, match="not followed by its pull_policy line"):
+        pin_image(template, "ghcr.io/o/attestmesh-sidecar@sha256:" + "a" * 64)
 
 
 @pytest.mark.parametrize(
