@@ -51,10 +51,13 @@ async def test_a_booting_peer_is_refused_then_reached_without_a_restart(
     low, high = pair.low, pair.high
     low.endpoints = await low.carrier.update(low.local(), {high.member: high.as_peer("10.9.0.3")})
     high.endpoints = await high.carrier.update(high.local(), {low.member: low.as_peer("10.9.0.2")})
+    # The gateway counts a refusal before the dialler has seen its connection end: wait for both.
     await until(
-        lambda: gateway.outcome("passthrough", "unknown_route") >= 2, what="dials refused by the gateway"
+        lambda: gateway.outcome("passthrough", "unknown_route") >= 2
+        and low.count("attestmesh_transport_dial_failures_total") >= 2,
+        what="dials refused by the gateway, and counted by the dialler",
     )
-    assert not pair.links_up() and low.count("attestmesh_transport_dial_failures_total") >= 2
+    assert not pair.links_up()
     write_routes(gateway.routes_file, _instance(high))  # the gateway learns the CVM's route
     await until(pair.links_up, within=3.0, what="the pair up once the route is known")
     await pair.crosses(b"through the gateway")
