@@ -1,0 +1,79 @@
+"""The e2e toolkit for the container image: build it from the tree with ``scripts/image.sh`` (what
+``make image`` runs) and drive podman the way the project configures it (``scripts/podman/containers.conf``).
+
+Must not import pytest or another test module, push an image, or touch containers and images it did not
+create: every container it starts is named ``<lab>-…`` and removed by the caller's ``finally``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from tests.e2e.lab import LAB, REPO
+
+IMAGE_SH = REPO / "scripts" / "image.sh"
+CONTAINERS_CONF = REPO / "scripts" / "podman" / "containers.conf"
+#: The image the e2e tier builds and runs (a tag of its own: a developer's `make image` tag is left alone).
+TEST_TAG = "localhost/attestmesh-sidecar:e2e"
+
+
+def podman_env() -> dict[str, str]:
+    return {**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF)}
+
+
+def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``podman ARGS`` with the project's containers.conf; with ``check``, a failure names its stderr."""
+    done = subprocess.run(
+        ["podman", *args], env=podman_env(), capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(
+            f"podman {' '.join(args)} exited {done.returncode}: {done.stderr.strip()[-2000:]}"
+        )
+    return done
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    tag: str
+    id: str
+    seconds: float
+    log: str  # image.sh's progress (stderr)
+
+
+def build_image(tag: str = TEST_TAG) -> BuiltImage:
+    """Build the Dockerfile from this tree with ``scripts/image.sh --tag TAG`` (the local Debian base)."""
+    started = time.monotonic()
+    done = subprocess.run(
+        ["bash", str(IMAGE_SH), "--tag", tag],
+        env={k: v for k, v in os.environ.items() if k not in ("ATTESTMESH_IMAGE_BASE", "CONTAINERS_CONF")},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
+    assert done.returncode == 0, f"scripts/image.sh failed ({done.returncode}):\n{done.stderr[-4000:]}"
+    lines = done.stdout.split()
+    assert len(lines) == 1, f"image.sh must print exactly the image id, got {done.stdout!r}"
+    return BuiltImage(tag=tag, id=lines[0], seconds=time.monotonic() - started, log=done.stderr)
+
+
+def inspect_image(ref: str) -> dict[str, Any]:
+    found = json.loads(podman("image", "inspect", ref).stdout)
+    assert isinstance(found, list) and len(found) == 1
+    return dict(found[0])
+
+
+def container_name(what: str) -> str:
+    """A container name in this lab's namespace of names."""
+    return f"{LAB}-{what}"
+
+
+def remove_container(name: str) -> None:
+    podman("rm", "--force", "--ignore", "--time", "2", name, check=False)
