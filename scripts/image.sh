@@ -35,6 +35,11 @@ base=${ATTESTMESH_IMAGE_BASE:-local}
 
 log() { printf '[image] %s\n' "$*" >&2; }
 
+# One build at a time on this machine (two test workers, or two checkouts, building at once would both make
+# the base and race on the tag): the lock is released when this script exits.
+exec 9>"${TMPDIR:-/tmp}/attestmesh-image.lock"
+flock 9
+
 for tool in podman runc; do
   command -v "$tool" >/dev/null || { log "$tool is not installed: run make setup"; exit 1; }
 done
