@@ -18,8 +18,9 @@ from tests.e2e.lab import LAB, REPO
 
 IMAGE_SH = REPO / "scripts" / "image.sh"
 CONTAINERS_CONF = REPO / "scripts" / "podman" / "containers.conf"
-#: The image the e2e tier builds and runs (a tag of its own: a developer's `make image` tag is left alone).
-TEST_TAG = "localhost/attestmesh-sidecar:e2e"
+#: The image the e2e tier builds and runs: a tag of its lab's (a developer's `make image` tag, and another
+#: checkout's e2e run on the same machine, are left alone).
+TEST_TAG = f"localhost/attestmesh-sidecar:{LAB}"
 
 
 def podman_env() -> dict[str, str]:
