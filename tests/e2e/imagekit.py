@@ -12,11 +12,11 @@ import os
 import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tests.e2e.lab import LAB, REPO
 
-IMAGE_SH = REPO / "scripts" / "image.sh"
 CONTAINERS_CONF = REPO / "scripts" / "podman" / "containers.conf"
 #: The image the e2e tier builds and runs: a tag of its lab's (a developer's `make image` tag, and another
 #: checkout's e2e run on the same machine, are left alone).
@@ -47,13 +47,14 @@ class BuiltImage:
     log: str  # image.sh's progress (stderr)
 
 
-def build_image(tag: str = TEST_TAG) -> BuiltImage:
-    """Build the Dockerfile from this tree with ``scripts/image.sh --tag TAG`` (the local Debian base)."""
+def build_image(tag: str = TEST_TAG, tree: Path = REPO) -> BuiltImage:
+    """Build the Dockerfile of ``tree`` (default: this one) with its ``scripts/image.sh --tag TAG`` (the
+    local Debian base)."""
     started = time.monotonic()
     done = subprocess.run(
-        ["bash", str(IMAGE_SH), "--tag", tag],
+        ["bash", str(tree / "scripts" / "image.sh"), "--tag", tag],
         env={k: v for k, v in os.environ.items() if k not in ("ATTESTMESH_IMAGE_BASE", "CONTAINERS_CONF")},
-        cwd=REPO,
+        cwd=tree,
         capture_output=True,
         text=True,
         timeout=1200,
@@ -63,6 +64,21 @@ def build_image(tag: str = TEST_TAG) -> BuiltImage:
     lines = done.stdout.split()
     assert len(lines) == 1, f"image.sh must print exactly the image id, got {done.stdout!r}"
     return BuiltImage(tag=tag, id=lines[0], seconds=time.monotonic() - started, log=done.stderr)
+
+
+def next_commit(workdir: Path) -> tuple[Path, str]:
+    """A clone of this checkout's HEAD in ``workdir`` with one more (empty) commit: the tree of a "new
+    release" whose image differs from this one's by its commit only. Returns the clone and that commit."""
+    clone = workdir / "next"
+    subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True, timeout=120)
+    who = ["-c", "user.name=e2e", "-c", "user.email=e2e@example.invalid"]
+    subprocess.run(
+        ["git", "-C", str(clone), *who, "commit", "--quiet", "--allow-empty", "-m", "next"], check=True
+    )
+    head = subprocess.run(
+        ["git", "-C", str(clone), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    )
+    return clone, head.stdout.strip()
 
 
 def inspect_image(ref: str) -> dict[str, Any]:
