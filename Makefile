@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/tools/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 NODES ?= 3
 
-.PHONY: setup lint test test-unit test-component test-e2e demo demo-down bench contracts clean
+.PHONY: setup lint test test-unit test-component test-e2e demo demo-down bench contracts image clean
 
 setup:
 	@bash scripts/setup.sh
@@ -45,6 +45,11 @@ bench: setup
 
 contracts: setup
 	$(PY) contracts/build.py
+
+# Build the Dockerfile with podman (a local Debian base made once by mmdebstrap; ATTESTMESH_IMAGE_BASE=<ref>
+# for another) and print the image id: docs/image.md "Building".
+image: setup
+	@bash scripts/image.sh
 
 clean:
 	rm -rf .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

@@ -278,14 +278,27 @@ class NodePower:
         return self.files.save(state.with_node(node))
 
     def start_sidecar(self, state: DevnetState, node: NodeState) -> procs.ProcRecord:
-        """Start the node's workload; in gateway mode its compose's ports become the gateway's port policy."""
-        sidecar = procs.spawn(
-            [sys.executable, "-m", "sidecar"],
-            name=f"sidecar@{node.name}",
-            netns=node.netns,
-            log_path=self.files.logs / f"{node.name}-sidecar.log",
-            env=sidecar_env(state, node),
-        )
+        """Start the node's workload (a process, or a container of the image: ``devnet.container``); in
+        gateway mode its compose's ports become the gateway's port policy."""
+        if state.workload == "image":
+            from devnet.container import sidecar_container  # noqa: PLC0415 - image labs only
+
+            argv, env = sidecar_container(state, node, sidecar_env(state, node))
+            sidecar = procs.spawn(
+                argv,
+                name=f"sidecar@{node.name}",
+                netns=None,  # podman joins the node's namespace itself (--network ns:…)
+                log_path=self.files.logs / f"{node.name}-sidecar.log",
+                env=env,
+            )
+        else:
+            sidecar = procs.spawn(
+                [sys.executable, "-m", "sidecar"],
+                name=f"sidecar@{node.name}",
+                netns=node.netns,
+                log_path=self.files.logs / f"{node.name}-sidecar.log",
+                env=sidecar_env(state, node),
+            )
         announce_route(state, node.instance_id, node.app_id, node.underlay_ip, NODE_PUBLISHED_PORTS)
         return sidecar
 

@@ -30,6 +30,7 @@ from devnet import procs
 from devnet.anvil import DEVNET_DEPLOYER_KEY, AnvilProcess
 from devnet.boot import START_TIMEOUT, sidecar_env
 from devnet.compose import NodeAnchors, compose_hash, node_compose_bytes
+from devnet.container import DEFAULT_IMAGE, WORKLOADS, check_image, remove_lab_containers
 from devnet.deployment import deploy_stack
 from devnet.kms import DevnetKms
 from devnet.labbase import LabBase, plan_for
@@ -126,6 +127,8 @@ class Devnet(LabBase):
         indexer: bool = True,
         transport: str = DEFAULT_TRANSPORT,
         monitoring: bool = False,
+        workload: str = "process",
+        image: str = "",
     ) -> UpResult:
         """Build the lab with ``nodes`` nodes on ``transport`` (``gateway``: a CVM's network, the default;
         ``direct``: plain UDP between the nodes), with the lab's Prometheus when ``monitoring``; a running
@@ -133,6 +136,11 @@ class Devnet(LabBase):
         if nodes < 1:
             raise DevnetError("--nodes must be at least 1")
         validate_transport(transport)
+        if workload not in WORKLOADS:
+            raise DevnetError(f"--workload must be one of {', '.join(WORKLOADS)}, not {workload!r}")
+        if workload == "image":
+            image = image or DEFAULT_IMAGE
+            check_image(image)
         with self.locked():
             existing = self.load()
             if existing is not None and self._is_running(existing):
@@ -141,7 +149,15 @@ class Devnet(LabBase):
             if existing is not None or self.network.leftovers():
                 log.info("devnet.leftovers_swept", lab=self.plan.name)
                 self._teardown()
-            state = self._build(nodes, block_time, sidecars, indexer, transport, monitoring=monitoring)
+            state = self._build(
+                nodes,
+                block_time,
+                sidecars,
+                indexer,
+                transport,
+                monitoring=monitoring,
+                workload=(workload, image),
+            )
             return UpResult(state, created=True)
 
     def _build(
@@ -153,6 +169,7 @@ class Devnet(LabBase):
         transport: str,
         *,
         monitoring: bool = False,
+        workload: tuple[str, str] = ("process", ""),
     ) -> DevnetState:
         self.root.mkdir(parents=True, exist_ok=True)
         self.files.fresh_logs()
@@ -163,6 +180,8 @@ class Devnet(LabBase):
                 mesh_cidr=str(self.plan.mesh),
                 sidecars=sidecars,
                 transport=transport,
+                workload=workload[0],
+                image=workload[1] if workload[0] == "image" else "",
             )
         )
         self.network.create()
@@ -429,6 +448,8 @@ class Devnet(LabBase):
             if state.indexer is not None:
                 recorded = list(state.indexer.processes.values()) + recorded
             procs.terminate_all(recorded)
+        if state is None or state.workload == "image":
+            remove_lab_containers(self.plan.name)
         self.network.destroy()  # sweeps every namespace (and the processes inside) by the lab's prefix
         self.files.remove_lab_files()
         log.info("devnet.down_completed", lab=self.plan.name)

@@ -145,6 +145,10 @@ class DevnetState:
     owner: str = ""
     initial_compose_hash: str = ""
     sidecars: bool = True  # false: the lab runs no node workload (`up --no-sidecar`)
+    #: ``process`` (the sidecar as a Python process in the node's namespace) or ``image`` (a podman
+    #: container of ``image``, as dstack's compose runs it: ``devnet.container``).
+    workload: str = "process"
+    image: str = ""
     #: ``gateway`` (a CVM's network: inbound only through the gateway) or ``direct`` (plain UDP between the
     #: nodes). A state file from before transports existed describes a direct lab.
     transport: str = TRANSPORT_DIRECT

@@ -10,6 +10,7 @@ from typing import Final, Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
+from sidecar.buildinfo import BuildInfo, register_build_gauge
 from sidecar.core.indexerwire import CLOSE_REASONS
 
 HelloOutcome = Literal[
@@ -30,12 +31,13 @@ CLOSE_LABELS: Final[tuple[str, ...]] = (*sorted(CLOSE_REASONS), "client_gone")
 class IndexerMetrics:
     """Every metric the indexer exports (a fresh registry unless one is injected)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, build: BuildInfo | None = None) -> None:
         if registry is None:
             registry = CollectorRegistry()
             ProcessCollector(registry=registry)
         self.registry: Final = registry
         r = registry
+        self.build_info = register_build_gauge(r, build)  # the sidecar's: which code runs
         self.head_block = Gauge("attestmesh_indexer_head_block", "Latest block seen.", registry=r)
         self.indexed_through = Gauge(
             "attestmesh_indexer_indexed_through_block", "Every followed log up to this block is indexed.",

@@ -34,6 +34,7 @@ from indexer.heads import HeadWatcher
 from indexer.hub import Hub
 from indexer.metrics import IndexerMetrics
 from indexer.settings import IndexerSettings
+from sidecar.buildinfo import build_info
 from sidecar.chain.contracts import IndexerRegistryClient
 from sidecar.chain.errors import ChainError
 from sidecar.chain.rpc import ChainConnection, connect
@@ -91,7 +92,8 @@ class IndexerService:
         now_ms: Callable[[], int] | None = None,
     ) -> None:
         self.settings = settings
-        self.metrics = metrics or IndexerMetrics()
+        self.build = build_info()
+        self.metrics = metrics or IndexerMetrics(build=self.build)
         self.agent = agent or GuestAgent()
         self.index = ChainIndex(settings.start_block, settings.clusters, retain_logs=settings.retain_logs)
         self.conn: ChainConnection | None = None
@@ -158,6 +160,8 @@ class IndexerService:
             "max_head_lag": self.settings.max_head_lag,
             "confirmations": self.settings.confirmations,
             "start_block": self.settings.start_block,
+            "version": self.build.version,
+            "build": self.build.to_json(),
         }
         return healthy, body
 
@@ -241,6 +245,8 @@ class IndexerService:
             public_key=str(self.public_key),
             key_version=self.settings.key_version,
             start_block=self.settings.start_block,
+            version=self.build.version,
+            commit=self.build.commit,
             pid=os.getpid(),
         )
 

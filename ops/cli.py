@@ -48,22 +48,22 @@ def devnet_verbs() -> DevnetVerbs | None:
 
 
 class _Version(argparse.Action):
-    """``--version``: the installed distribution's version (read only when asked: a metadata scan)."""
+    """``--version``: the version and git commit that run (``sidecar.buildinfo``; read only when asked)."""
 
     def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=kwargs.get("help"))
 
     def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
-        from importlib.metadata import version  # noqa: PLC0415 - only for --version
+        from sidecar.buildinfo import build_info  # noqa: PLC0415 - only for --version
 
-        print(f"attestmesh {version('attestmesh')}")
+        print(build_info().line("attestmesh"))
         parser.exit()
 
 
 def build_parser(devnet: DevnetVerbs | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attestmesh", description="AttestMesh operator command line")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--version", action=_Version, help="print the version and exit")
+    parser.add_argument("--version", action=_Version, help="print the version and git commit, and exit")
     top = parser.add_subparsers(dest="command", required=True)
     if devnet is not None:
         devnet.add_parser(top)

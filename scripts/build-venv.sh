@@ -4,7 +4,8 @@
 # The one recipe shared by the Dockerfile (DEST=/opt/attestmesh in its build stage) and the component test
 # tests/component/test_image.py (DEST in a temporary directory), so the test proves what the image runs.
 # It makes a venv at DEST with $PYTHON (default python3) and pip-installs the attestmesh distribution into
-# it NON-editable, without the dev extras, with the versions pinned by constraints.txt. The distribution is
+# it NON-editable, without the dev extras, with the versions pinned by constraints.txt; then it uninstalls
+# pip and setuptools from it (the venv is finished: a runtime installs nothing). The distribution is
 # built from a staged copy of exactly the files it consists of, so a build never writes build/ or
 # *.egg-info into the checkout and cannot pick up anything else lying around in it.
 #
@@ -42,4 +43,7 @@ find "$stage" -name __pycache__ -type d -prune -exec rm -rf {} +
 "$python" -m venv "$dest"
 "$dest/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
   --constraint "$stage/constraints.txt" "$stage"
+# The installers leave with the build: nothing in the runtime installs packages, and pip/setuptools would
+# only be attack surface and CVE noise there (pip can uninstall itself).
+"$dest/bin/python" -m pip uninstall --quiet --yes --disable-pip-version-check pip setuptools
 echo "build-venv: attestmesh installed in $dest"

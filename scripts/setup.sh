@@ -8,8 +8,11 @@ cd "$(dirname "$0")/.."
 # The devnet's gateway mode: dnsmasq-base (the binary, without the dnsmasq package's system service that would
 # take port 53 in the root namespace), nftables (the nodes' firewalls), iperf3 (the transport benchmark),
 # prometheus (promtool for the alert rules' tests, and the lab's Prometheus of `devnet up --monitoring`).
+# The image (`make image`, its tests, `devnet up --workload image`): podman and buildah build and run it
+# without a Docker engine, runc is their runtime here (crun fails on these kernels' hybrid cgroups), and
+# mmdebstrap makes the local Debian base (no container registry is reachable).
 APT_PACKAGES=(wireguard-go wireguard-tools iproute2 iputils-ping shellcheck procps psmisc nodejs npm
-  dnsmasq-base nftables iperf3 prometheus)
+  dnsmasq-base nftables iperf3 prometheus podman buildah runc mmdebstrap)
 PYTHON=${PYTHON:-python3}
 stamp_dir=.venv/.stamps
 

@@ -4,7 +4,8 @@ Exit codes: 0 after a clean shutdown, 1 when a surface cannot bind (the health p
 is another process's: ``sidecar.start_failed`` says which), 2 for invalid configuration (every problem
 listed on stderr: the variables, and once the guest agent answers, an environment that overrides a measured
 trust anchor of the compose, ``sidecar.core.measured``) or for any command-line argument: the sidecar takes
-none. It is the image's entrypoint, so a compose ``command:`` would arrive here as arguments (``command:
+none but ``--version`` alone (prints the version and git commit, ``sidecar.buildinfo``, and exits 0). It is
+the image's entrypoint, so a compose ``command:`` would arrive here as arguments (``command:
 [attestmesh-indexer]`` runs the sidecar, not the indexer); that must fail loudly instead of silently
 starting the wrong service.
 """
@@ -15,6 +16,7 @@ import asyncio
 import os
 import sys
 
+from sidecar.buildinfo import build_info
 from sidecar.daemon import Daemon
 from sidecar.logs import configure_logging
 from sidecar.settings import SettingsError, load_settings
@@ -23,6 +25,9 @@ EXIT_CONFIG = 2
 
 
 def main() -> int:
+    if sys.argv[1:] == ["--version"]:
+        print(build_info().line("attestmesh-sidecar"))  # noqa: T201
+        return 0
     if len(sys.argv) > 1:
         print(  # noqa: T201
             "attestmesh-sidecar: takes no arguments, only ATTESTMESH_* environment variables; "

@@ -26,7 +26,7 @@ from ipaddress import IPv4Address
 
 import structlog
 
-from sidecar import __version__
+from sidecar.buildinfo import build_info
 from sidecar.core.cskepochs import PreviousCsk
 from sidecar.core.ids import MemberId, SecretBytes
 from sidecar.core.liveness import Liveness, Transition
@@ -256,7 +256,15 @@ class Daemon:
             for runner in self._runners:
                 await runner.close()
             return EXIT_START_FAILED
-        log.info("sidecar.started", version=__version__, cluster=str(s.chain.cluster), pid=os.getpid())
+        build = build_info()
+        log.info(
+            "sidecar.started",
+            version=build.version,
+            commit=build.commit,
+            dirty=build.dirty,
+            cluster=str(s.chain.cluster),
+            pid=os.getpid(),
+        )
         await self._start_wireguard_go()
         self.supervisor.start("control", self.controller.run)
         self.supervisor.start("events", self.events.run)

@@ -20,6 +20,7 @@ from typing import Final, Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
+from sidecar.buildinfo import BuildInfo, register_build_gauge
 from sidecar.core.peerscreen import EXCLUSION_REASONS
 from sidecar.core.phases import ORDER
 from sidecar.core.quorum import RPC_DISAGREEMENT, RPC_QUORUM_UNAVAILABLE
@@ -160,13 +161,14 @@ class Metrics(TransportMetrics):
     which check label values against the closed sets above so a label can never carry an identifier.
     """
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, build: BuildInfo | None = None) -> None:
         if registry is None:
             registry = CollectorRegistry()
             ProcessCollector(registry=registry)
         self.registry: Final = registry
         r = registry
 
+        self.build_info = register_build_gauge(r, build)
         self.phase = Gauge(
             "attestmesh_phase", "1 for the node's current phase, 0 for the others.", ["phase"], registry=r
         )

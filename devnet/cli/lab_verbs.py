@@ -179,10 +179,16 @@ def run_up(lab: Devnet, args: argparse.Namespace) -> int:
         indexer=not args.no_indexer,
         transport=args.transport,
         monitoring=args.monitoring,
+        workload=args.workload,
+        image=args.image,
     )
     verb = "created" if result.created else "already running; nothing changed"
     nodes, transport = len(result.state.nodes), result.state.transport
-    print(f"lab {lab.plan.name}: {verb} ({nodes} nodes, transport {transport}, state {lab.state_file})")
+    workload = "image " + result.state.image if result.state.workload == "image" else "process"
+    print(
+        f"lab {lab.plan.name}: {verb} ({nodes} nodes, transport {transport}, workload {workload}, "
+        f"state {lab.state_file})"
+    )
     if result.state.monitoring_url:
         print(
             f"prometheus {result.state.monitoring_url} (alerts: {result.state.monitoring_url}/api/v1/alerts)"

@@ -11,6 +11,7 @@ import argparse
 import os
 from pathlib import Path
 
+from devnet.container import DEFAULT_IMAGE, WORKLOADS
 from devnet.topology import DEFAULT_LAB, DEFAULT_MESH, DEFAULT_TRANSPORT, DEFAULT_UNDERLAY, TRANSPORTS
 from ops.args import Subcommands, file_arg
 
@@ -50,6 +51,18 @@ def add_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
     )
     up.add_argument("--no-sidecar", action="store_true", help="boot the nodes without their workload")
     up.add_argument("--no-indexer", action="store_true", help="run no indexer (sidecars poll chain logs)")
+    up.add_argument(
+        "--workload",
+        choices=WORKLOADS,
+        default="process",
+        help="process: each sidecar a Python process in its node's namespace (the default, fastest); image: "
+        "a podman container of the image, as dstack's compose runs it (build it first: make image)",
+    )
+    up.add_argument(
+        "--image",
+        default=os.environ.get("ATTESTMESH_IMAGE", DEFAULT_IMAGE),
+        help=f"the image of --workload image (env ATTESTMESH_IMAGE; default {DEFAULT_IMAGE}: make image's)",
+    )
     up.add_argument(
         "--transport",
         choices=TRANSPORTS,

@@ -2,7 +2,8 @@
 
 Owns ``keccak256`` (Ethereum's Keccak-256, not SHA3-256) and ``checksum_address`` (EIP-55). They are here
 rather than taken from ``eth_utils`` because importing ``eth_utils`` costs ~0.15 s and pulls pydantic: the
-sidecar's start-up path needs neither.
+sidecar's start-up path needs neither. pycryptodome is declared as ``eth-hash[pycryptodome]`` (pyproject): the
+keccak backend of eth-hash, which eth-keys and eth-account hash through, is this same library.
 
 Must not: do I/O, or hash anything but what it is given.
 """

@@ -42,6 +42,11 @@ class NodeStatus:
     healthy: bool
     reason: str | None
     version: str
+    # build: which code runs (``sidecar.buildinfo``): a full git sha or "unknown", whether its tree had
+    # uncommitted changes (None: unknown), and where that was learnt ("image", "git" or "unknown")
+    commit: str = "unknown"
+    dirty: bool | None = None
+    build_source: str = "unknown"
     # node
     app_id: str | None = None
     instance_id: str | None = None
@@ -97,9 +102,24 @@ class NodeStatus:
             raise ValueError(f"unknown events mode {self.events_mode!r}")
 
     @classmethod
-    def initial(cls, version: str) -> NodeStatus:
+    def initial(
+        cls,
+        version: str,
+        *,
+        commit: str = "unknown",
+        dirty: bool | None = None,
+        build_source: str = "unknown",
+    ) -> NodeStatus:
         """The status before anything has been observed."""
-        return cls(phase=PHASES[0], healthy=False, reason="starting: nothing observed yet", version=version)
+        return cls(
+            phase=PHASES[0],
+            healthy=False,
+            reason="starting: nothing observed yet",
+            version=version,
+            commit=commit,
+            dirty=dirty,
+            build_source=build_source,
+        )
 
 
 def healthz_body(status: NodeStatus) -> dict[str, object]:
@@ -159,6 +179,12 @@ def healthz_body(status: NodeStatus) -> dict[str, object]:
         },
         "membership_digest": status.membership_digest,
         "version": status.version,
+        "build": {
+            "version": status.version,
+            "commit": status.commit,
+            "dirty": status.dirty,
+            "source": status.build_source,
+        },
     }
 
 

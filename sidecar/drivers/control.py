@@ -25,7 +25,7 @@ from typing import Any
 
 import structlog
 
-from sidecar import __version__
+from sidecar.buildinfo import build_info
 from sidecar.core.backoff import Backoff
 from sidecar.core.cskepochs import PreviousCsk
 from sidecar.core.digest import membership_digest
@@ -90,7 +90,10 @@ class Controller:
         self._wake = asyncio.Event()
         self._requeue: float | None = None
         self.tracker = PhaseTracker()
-        self.status = NodeStatus.initial(__version__)
+        build = build_info()
+        self.status = NodeStatus.initial(
+            build.version, commit=build.commit, dirty=build.dirty, build_source=build.source
+        )
 
     @property
     def facts(self) -> Facts:
@@ -264,7 +267,10 @@ class Controller:
             csk_peering_error=self.steps.csk.peering_error or None,
             **self._events_fields(),
             membership_digest=str(membership_digest(m.member_id for m in snap.members)) if snap else None,
-            version=__version__,
+            version=self.status.version,
+            commit=self.status.commit,
+            dirty=self.status.dirty,
+            build_source=self.status.build_source,
             chain_reachable=facts.chain_ok,
             chain_error=facts.chain_quorum or facts.chain_error or facts.chain_mismatch,
             chain_write_held=self.steps.chain.chain.write_held,

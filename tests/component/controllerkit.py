@@ -79,6 +79,7 @@ SHUTDOWN_TIMEOUT = 3.0
 
 HEALTHZ_KEYS = {
     "phase", "healthy", "reason", "node", "peers", "csk", "events", "chain", "membership_digest", "version",
+    "build",
 }  # fmt: skip
 NODE_KEYS = {"app_id", "instance_id", "compose_hash", "member_id", "mesh_ip", "signer"}
 

@@ -18,9 +18,11 @@ import os
 import signal
 import socket
 import stat
+import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from importlib import metadata
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
@@ -338,6 +340,14 @@ async def test_unreachable_chain_keeps_the_node_at_boot_gate_with_a_complete_sta
     assert body["events"]["mode"] == "poll" and body["events"]["head_block"] is None
     assert body["chain"]["reachable"] is False and body["chain"]["error"]
     assert body["membership_digest"] is None and body["version"]
+    # Which code runs: this checkout's HEAD (the tests import the sidecar from the source tree).
+    assert body["build"]["commit"] == HEAD and body["build"]["source"] == "git"
+    assert body["build"]["version"] == body["version"] == metadata.version("attestmesh")
+
+
+HEAD = subprocess.run(
+    ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+).stdout.strip()
 
 
 # --- 5. a wrong CSK from a peer -------------------------------------------------------------------------

@@ -100,6 +100,25 @@ def test_the_venv_holds_an_installed_not_an_editable_package(runtime: Runtime) -
     assert dev_tool.returncode != 0, "the runtime venv must not carry the dev extras"
 
 
+def test_the_venv_has_no_installers_and_no_wgconfig(runtime: Runtime) -> None:
+    probe = (
+        "import importlib.util, json\n"
+        "print(json.dumps([m for m in ('pip', 'setuptools', 'pkg_resources', 'wgconfig')"
+        " if importlib.util.find_spec(m)]))"
+    )
+    result = _run(runtime, [str(runtime.bin / "python"), "-c", probe], env={})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+    assert not list(runtime.bin.glob("pip*")), sorted(p.name for p in runtime.bin.iterdir())
+
+
+def test_an_installation_without_a_build_record_says_unknown(runtime: Runtime) -> None:
+    # Outside a checkout and without the image's build record, the commit is not guessed.
+    result = _run(runtime, [str(runtime.bin / "attestmesh"), "--version"], env=runtime.image_env())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("(commit unknown, from unknown)"), result.stdout
+
+
 def test_sidecar_with_an_empty_environment_exits_2_listing_every_problem(runtime: Runtime) -> None:
     result = _run(runtime, [str(runtime.bin / "attestmesh-sidecar")], env={})
     assert result.returncode == 2, result.stdout + result.stderr
@@ -289,7 +308,7 @@ def test_the_image_has_no_devnet_and_its_cli_says_so(runtime: Runtime) -> None:
     no_devnet = _run(runtime, [str(runtime.bin / "python"), "-c", "import devnet"], env={})
     assert no_devnet.returncode != 0 and "No module named 'devnet'" in no_devnet.stderr
     version = _run(runtime, [str(runtime.bin / "attestmesh"), "--version"], env=runtime.image_env())
-    assert version.returncode == 0 and version.stdout.startswith("attestmesh "), version.stderr
+    assert version.returncode == 0 and version.stdout.startswith("attestmesh 0."), version.stderr
     lab = _run(runtime, [str(runtime.bin / "attestmesh"), "devnet", "up"], env=runtime.image_env())
     assert lab.returncode == 2 and "the devnet is not installed" in lab.stderr
     assert "Traceback" not in lab.stderr

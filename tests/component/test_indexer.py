@@ -18,6 +18,7 @@ import pytest
 from devnet.deployment import Deployment
 from indexer.follower import CLUSTER_CODEC, MEMBER_REGISTERED, MEMBER_REMOVED
 from indexer.service import IndexerService
+from sidecar.buildinfo import build_info
 from sidecar.chain.contracts import ClusterClient, IndexerRegistryClient
 from sidecar.chain.rpc import ChainConnection
 from sidecar.chain.tx import TxSubmitter
@@ -186,6 +187,11 @@ async def test_health_answers_before_catch_up_and_status_shows_key_and_registry(
     async with http.get(f"http://127.0.0.1:{service.port}/metrics") as response:
         text = await response.text()
     assert "attestmesh_indexer_head_lag_blocks 0.0" in text
+    # Which code runs (sidecar.buildinfo): this checkout, in /healthz and as attestmesh_build_info.
+    build = build_info()
+    assert health["version"] == build.version and health["build"] == build.to_json()
+    assert build.source == "git" and len(build.commit) == 40
+    assert f'commit="{build.commit}"' in text and 'source="git"' in text
 
 
 async def test_registry_mismatch_is_shown_not_fatal(

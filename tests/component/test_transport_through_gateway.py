@@ -53,8 +53,10 @@ async def test_a_booting_peer_is_refused_then_reached_without_a_restart(
     high.endpoints = await high.carrier.update(high.local(), {low.member: low.as_peer("10.9.0.2")})
     # The gateway counts a refusal before the dialler has seen its connection end: wait for both.
     await until(
-        lambda: gateway.outcome("passthrough", "unknown_route") >= 2
-        and low.count("attestmesh_transport_dial_failures_total") >= 2,
+        lambda: (
+            gateway.outcome("passthrough", "unknown_route") >= 2
+            and low.count("attestmesh_transport_dial_failures_total") >= 2
+        ),
         what="dials refused by the gateway, and counted by the dialler",
     )
     assert not pair.links_up()

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import subprocess
 import tomllib
 from collections.abc import Mapping
+from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -156,6 +158,26 @@ def test_workflow_tags_latest_and_the_commit_sha_of_a_lower_case_image_name(work
     assert build["tags"] == f"${{{{ steps.{meta['id']}.outputs.tags }}}}"
     assert build["file"] == "Dockerfile"
     assert build["context"] == "."
+
+
+def test_workflow_bakes_version_and_commit_into_the_image(workflow: dict[str, Any], tmp_path: Path) -> None:
+    build = _step(workflow, "docker/build-push-action")["with"]
+    args = dict(line.strip().split("=", 1) for line in str(build["build-args"]).splitlines() if line.strip())
+    assert args == {
+        "ATTESTMESH_VERSION": "${{ env.ATTESTMESH_VERSION }}",
+        "ATTESTMESH_COMMIT": "${{ github.sha }}",
+        "ATTESTMESH_TREE": "clean",
+    }
+    declared = {arguments.split("=", 1)[0] for name, arguments in dockerfile.instructions() if name == "ARG"}
+    assert set(args) <= declared
+    # The step that sets ATTESTMESH_VERSION, run as the runner would: it finds the distribution's version.
+    (step,) = [s for s in _steps(workflow) if "ATTESTMESH_VERSION=" in str(s.get("run", ""))]
+    env_file = tmp_path / "github_env"
+    subprocess.run(
+        ["bash", "-c", step["run"]], cwd=REPO, env={"GITHUB_ENV": str(env_file), "PATH": "/usr/bin:/bin"},
+        check=True,
+    )  # fmt: skip
+    assert env_file.read_text(encoding="utf-8") == f"ATTESTMESH_VERSION={metadata.version('attestmesh')}\n"
 
 
 # --- the node's compose file ----------------------------------------------------------------------------

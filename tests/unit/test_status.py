@@ -71,6 +71,7 @@ def test_initial_body_is_exactly_the_design_shape_with_nulls() -> None:
         },
         "membership_digest": None,
         "version": "1.2.3",
+        "build": {"version": "1.2.3", "commit": "unknown", "dirty": None, "source": "unknown"},
     }
     assert list(body) == [
         "phase",
@@ -83,6 +84,7 @@ def test_initial_body_is_exactly_the_design_shape_with_nulls() -> None:
         "chain",
         "membership_digest",
         "version",
+        "build",
     ]
     json.dumps(body)  # serialisable as is
 
