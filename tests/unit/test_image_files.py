@@ -146,7 +146,8 @@ def test_workflow_may_write_packages_and_logs_in_to_ghcr(workflow: dict[str, Any
 
 
 def test_workflow_tags_latest_and_the_commit_sha_of_a_lower_case_image_name(workflow: dict[str, Any]) -> None:
-    naming = [str(s.get("run", "")) for s in _steps(workflow) if str(s.get("run", "")).startswith("echo \"IMAGE=")]
+    runs = [str(s.get("run", "")) for s in _steps(workflow)]
+    naming = [run for run in runs if run.startswith('echo "IMAGE=')]
     assert naming == ['echo "IMAGE=ghcr.io/${GITHUB_REPOSITORY_OWNER,,}/attestmesh-sidecar" >> "$GITHUB_ENV"']
     meta = _step(workflow, "docker/metadata-action")
     assert meta["with"]["images"] == "${{ env.IMAGE }}"
