@@ -108,6 +108,7 @@ def _add_indexer_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
         "set (see `attestmesh health --help`)",
     )
     status.add_argument("url", type=url_arg, help="the indexer's /status URL")
+    status.add_argument("--json", action="store_true", help="accepted for uniformity: the output is JSON")
     ver = op_verbs.add_parser(
         "verify",
         help="the indexer's /healthz is healthy and IndexerRegistry.current() names what its /status says "

@@ -1,6 +1,7 @@
 """The operator's view of a whole cluster on a 3-node lab in gateway mode: ``devnet status --wait-healthy``
 prints each node's phase changes on stderr while it waits (stdout stays the result, ``--json`` included);
-``devnet env --json`` gives the lab's chain and gateway values; ``attestmesh cluster status`` with them
+``devnet env --json`` gives the lab's chain and gateway values (``--sidecar --json``: a node's sidecar
+environment, the same names as its ``KEY=value`` lines); ``attestmesh cluster status`` with them
 (the members from the chain, every ``/healthz`` through the lab's gateway with the lab CA) exits 0 with the
 table, and with one node stopped exits 1 naming that node's app id.
 """
@@ -52,6 +53,10 @@ def test_cluster_status_on_a_gateway_lab_and_with_one_node_stopped(lab: LabCli) 
 
     env = json.loads(lab.run("env", "--json").stdout)
     assert env["LAB_TRANSPORT"] == "gateway" and env["GATEWAY_DOMAIN"]
+    lines = lab.run("env", "node-1", "--sidecar").stdout.splitlines()
+    sidecar = json.loads(lab.run("env", "node-1", "--sidecar", "--json").stdout)
+    assert sorted(sidecar) == [line.split("=", 1)[0] for line in lines]  # the same names, as one object
+    assert sidecar["ATTESTMESH_GATEWAY_DOMAIN"] == env["GATEWAY_DOMAIN"]
     nodes = {n["name"]: n for n in lab.status()["nodes"]}
 
     healthy = cluster_status(env)
