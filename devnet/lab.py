@@ -20,7 +20,7 @@ veth; blackhole routes keep strays local), or touch processes it did not start.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -429,9 +429,10 @@ class Devnet(LabBase):
         gateway mode)."""
         return node_health(node, state if state is not None else self.load())
 
-    def wait_healthy(self, timeout: float) -> LabStatus:
-        """Poll every running node's /healthz until all are healthy; raise DevnetError at the deadline."""
-        return wait_healthy(self.status, self.plan.name, timeout)
+    def wait_healthy(self, timeout: float, report: Callable[[str], None] | None = None) -> LabStatus:
+        """Poll every running node's /healthz until all are healthy; raise DevnetError at the deadline.
+        ``report`` gets a line for each node's phase change while it waits."""
+        return wait_healthy(self.status, self.plan.name, timeout, report)
 
     # --- down --------------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ process is started or stopped, no transaction is sent, no file is written.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,22 +176,66 @@ def lab_status(state: DevnetState) -> LabStatus:
     return LabStatus(state, anvil_alive, head is not None, head, count, nodes, indexer, gateway, monitoring)
 
 
-def wait_healthy(read: Callable[[], LabStatus | None], lab: str, timeout: float) -> LabStatus:
+def observed_phase(node: NodeHealth) -> str:
+    """What ``devnet status --wait-healthy`` follows of a node: its /healthz phase (``healthy`` only when it
+    says so), or ``no answer`` while its workload runs silent, or ``not running``."""
+    if not node.sidecar:
+        return "not running"
+    if node.healthz is None:
+        return "no answer"
+    phase = str(node.healthz.get("phase") or "?")
+    return (
+        "healthy" if node.healthz.get("healthy") is True else ("unhealthy" if phase == "healthy" else phase)
+    )
+
+
+def phase_changes(
+    previous: Mapping[str, str], nodes: Sequence[NodeHealth]
+) -> tuple[dict[str, str], list[str]]:
+    """Each node's observed phase now, and one line per node whose phase is new or changed since
+    ``previous`` (``node-1: register -> mesh (reason)``); a node not seen before starts from ``-``."""
+    current = {n.name: observed_phase(n) for n in nodes}
+    lines = []
+    for node in nodes:
+        before, now = previous.get(node.name), current[node.name]
+        if before == now:
+            continue
+        reason = (node.healthz or {}).get("reason") if now != "healthy" else None
+        lines.append(f"{node.name}: {before or '-'} -> {now}" + (f" ({reason})" if reason else ""))
+    return current, lines
+
+
+def wait_healthy(
+    read: Callable[[], LabStatus | None],
+    lab: str,
+    timeout: float,
+    report: Callable[[str], None] | None = None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> LabStatus:
     """Poll ``read()`` (a ``LabStatus`` or None) until every running node is healthy; ``DevnetError`` at
-    the deadline."""
-    deadline = time.monotonic() + timeout
+    the deadline. ``report`` gets a line for each node's phase change as it is seen (seconds since the
+    wait started first), so a long wait is never silent."""
+    started = clock()
+    deadline = started + timeout
+    phases: dict[str, str] = {}
     while True:
         status = read()
         if status is None:
             raise DevnetError(f"lab {lab!r} is not running")
+        phases, lines = phase_changes(phases, status.nodes)
+        if report is not None:
+            for line in lines:
+                report(f"{clock() - started:5.1f} s  {line}")
         running = [n for n in status.nodes if n.sidecar]
         if running and all(n.healthz and n.healthz.get("healthy") for n in running):
             return status
-        if time.monotonic() >= deadline:
+        if clock() >= deadline:
             waiting = {
                 n.name: (n.healthz or {}).get("reason", "no answer")
                 for n in running
                 if not (n.healthz or {}).get("healthy")
             }
             raise DevnetError(f"not healthy after {timeout:g} s: {waiting}")
-        time.sleep(0.5)
+        sleep(0.5)

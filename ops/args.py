@@ -122,6 +122,47 @@ def node_name_arg(text: str) -> str:
     return text
 
 
+_DOMAIN: Final = re.compile(
+    r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+)
+_HOST: Final = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]+\]")
+
+
+def domain_arg(text: str) -> str:
+    """A DNS domain (the gateway's), lowercase, without a trailing dot."""
+    domain = text.strip().lower().removesuffix(".")
+    if not _DOMAIN.fullmatch(domain):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a DNS domain")
+    return domain
+
+
+def port_arg(text: str) -> int:
+    try:
+        port = parse_int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} {exc}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError("a port is 1-65535")
+    return port
+
+
+def connect_to_arg(text: str) -> tuple[str, int | None]:
+    """``ADDRESS`` or ``ADDRESS:PORT`` (``[v6]:PORT``): where to connect instead of resolving a name."""
+    host, port = text.strip(), None
+    if host.count(":") == 1 or (host.startswith("[") and "]:" in host):
+        host, _, port_text = host.rpartition(":")
+        port = port_arg(port_text)
+    if not _HOST.fullmatch(host):
+        raise argparse.ArgumentTypeError(f"{text!r} is not ADDRESS or ADDRESS:PORT")
+    return host.strip("[]"), port
+
+
+def ca_file_arg(text: str) -> str:
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file")
+    return text
+
+
 def chain_id_arg(text: str) -> int:
     try:
         value = parse_int(text)

@@ -2,8 +2,10 @@
 read a cluster (``scrape-targets``: Prometheus target files of its members and indexer); the owner's day-2
 actions.
 
-Owns running each chain verb (one connection, one event loop) and rendering its result; keys come from
-``ATTESTMESH_OWNER_KEY`` / ``ATTESTMESH_FUNDER_KEY`` (``ops.owner``), never from the command line.
+Owns running each chain verb (one connection, one event loop) and rendering its result (a line saying what
+it did, or with ``--json`` the same as a document: ``changed`` and the transaction, null when none was
+sent); keys come from ``ATTESTMESH_OWNER_KEY`` / ``ATTESTMESH_FUNDER_KEY`` (``ops.owner``), never from the
+command line.
 Must not: hold logic of its own (``ops.chainstatus`` and ``ops.owner`` do the work), or show an RPC URL
 beyond its scheme, host and port.
 """
@@ -35,6 +37,7 @@ from ops.render import print_table, shell_lines, short
 from ops.scrapetargets import INDEXER_TARGETS, NODE_TARGETS, indexer_groups, member_groups, write_file_sd
 from sidecar.chain.errors import ChainError
 from sidecar.chain.tx import TxSubmitter
+from sidecar.core.ids import Bytes32
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -90,6 +93,14 @@ def _chain_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _print_json(document: dict[str, object]) -> None:
+    print(json.dumps(document, indent=2, sort_keys=True))
+
+
+def _tx(tx_hash: Bytes32 | None) -> str | None:
+    return None if tx_hash is None else str(tx_hash)
+
+
 def _allow_compose(args: argparse.Namespace) -> int:
     owner = owner_signer(os.environ)
 
@@ -99,6 +110,10 @@ def _allow_compose(args: argparse.Namespace) -> int:
             conn, TxSubmitter(conn, owner), args.cluster, args.compose_hash
         ),
     )
+    if args.json:
+        _print_json({"cluster": str(args.cluster), "compose_hash": str(result.compose_hash),
+                     "changed": result.changed, "tx": _tx(result.tx_hash)})  # fmt: skip
+        return EXIT_OK
     where = f"compose hash {result.compose_hash} on cluster {args.cluster}"
     if result.changed:
         print(f"{where}: allowlisted (tx {result.tx_hash})")
@@ -134,6 +149,14 @@ def _fund(args: argparse.Namespace) -> int:
         ),
     )
     floor = format_eth(args.min_balance)
+    if args.json:
+        _print_json({
+            "account": str(result.account), "funder": str(result.funder), "funder_key_variable": variable,
+            "balance_before_wei": result.balance_before, "balance_after_wei": result.balance_after,
+            "min_balance_wei": args.min_balance, "sent_wei": result.sent, "changed": result.changed,
+            "tx": _tx(result.tx_hash),
+        })  # fmt: skip
+        return EXIT_OK
     if not result.changed:
         print(
             f"{result.account} has {format_eth(result.balance_before)} ETH (at least {floor}); nothing sent"
@@ -158,6 +181,14 @@ def _member_app(args: argparse.Namespace) -> int:
     if args.shell:
         print(shell_lines([("MEMBER_APP_ID", str(result.app_id))]))
         return EXIT_OK
+    if args.json:
+        _print_json({
+            "name": result.name, "app_id": str(result.app_id),
+            "member_id": None if result.member_id is None else str(result.member_id),
+            "deploy_tx": _tx(result.deploy_tx), "approve_tx": _tx(result.approve_tx),
+            "changed": result.changed,
+        })  # fmt: skip
+        return EXIT_OK
     app = f"node {result.name}: app {result.app_id}"
     deployed = f"deployed (tx {result.deploy_tx})" if result.deploy_tx else "already deployed"
     if result.member_id is not None:
@@ -181,11 +212,11 @@ def _rotate_csk(args: argparse.Namespace) -> int:
             args, lambda conn: ensure_rotate_on_remove(conn, TxSubmitter(conn, owner), args.cluster, rotate)
         )
     if args.json:
-        print(json.dumps({
+        _print_json({
             "cluster": str(args.cluster), "epoch_before": result.epoch_before, "epoch": result.epoch,
             "rotate_csk_on_remove": result.rotate_on_remove, "changed": result.changed,
-            "tx": str(result.tx_hash) if result.tx_hash else None,
-        }, indent=2, sort_keys=True))  # fmt: skip
+            "tx": _tx(result.tx_hash),
+        })  # fmt: skip
         return EXIT_OK
     where = f"cluster {args.cluster}"
     if args.on_remove is None:

@@ -2,12 +2,12 @@
 
 Owns the entry point (``ops.cli:main``), the top-level parser, ``--version``, logging (structlog, one line
 per step, to stderr; results go to stdout) and exit codes (0 done, 1 failed, 2 bad usage). The commands:
-``attestmesh chain status|allow-compose|fund|member-app`` (``ops.chain_cmds``), ``attestmesh indexer
-register|verify`` (``ops.indexer_cmds``), ``attestmesh compose node`` (``ops.compose_cmd``) and ``attestmesh
-health URL`` (``ops.health_cmd``), each imported
-only when it runs, so ``--help`` and ``health`` never load web3. The development lab adds its ``attestmesh
-devnet …`` verbs when the ``devnet`` package is installed: ``devnet.cli`` provides ``add_parser(top)`` and
-``run(args)``; without it, ``attestmesh devnet …`` says so and exits 2.
+``attestmesh chain status|allow-compose|fund|member-app|rotate-csk`` (``ops.chain_cmds``), ``attestmesh
+cluster status`` (``ops.cluster_cmd``), ``attestmesh indexer register|verify|status`` (``ops.indexer_cmds``),
+``attestmesh compose node`` (``ops.compose_cmd``) and ``attestmesh health URL`` (``ops.health_cmd``), each
+imported only when it runs, so ``--help`` and ``health`` never load web3. The development lab adds its
+``attestmesh devnet …`` verbs when the ``devnet`` package is installed: ``devnet.cli`` provides
+``add_parser(top)`` and ``run(args)``; without it, ``attestmesh devnet …`` says so and exits 2.
 Must not: import ``devnet`` by name (the image has none; it is looked up by a string, once), hold logic of
 its own, or show an RPC URL beyond its scheme, host and port.
 """
@@ -106,6 +106,10 @@ def _run(args: argparse.Namespace, devnet: DevnetVerbs | None) -> int:
         from ops.chain_cmds import run_chain  # noqa: PLC0415
 
         return run_chain(args)
+    if args.command == "cluster":
+        from ops.cluster_cmd import run_cluster  # noqa: PLC0415
+
+        return run_cluster(args)
     if args.command == "compose":
         from ops.compose_cmd import run_compose  # noqa: PLC0415
 
@@ -125,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             "attestmesh: the devnet is not installed here: `attestmesh devnet` is the development lab "
             "(a checkout with `make setup`); this installation has the operator commands only "
-            "(chain, compose, indexer, health)",
+            "(chain, cluster, compose, indexer, health)",
             file=sys.stderr,
         )
         return EXIT_USAGE

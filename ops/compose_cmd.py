@@ -122,6 +122,10 @@ def run_compose(args: argparse.Namespace) -> int:
         sys.stdout.write(rendered)
     else:
         Path(args.output).write_text(rendered, encoding="utf-8")
+        image = f", image {args.image}" if args.image else ""
+        print(
+            f"compose node: wrote {args.output} (cluster {args.cluster}'s trust anchors as literals{image})"
+        )
     return EXIT_OK
 
 

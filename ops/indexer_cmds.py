@@ -1,14 +1,16 @@
 """``attestmesh indexer register|verify|status``: a shared indexer's registration on a chain, and its
 ``/status`` as it answers.
 
-Owns running the two verbs and rendering their results. Must not: hold logic of its own (``ops.indexers``
-does the work), or show an RPC URL beyond its scheme, host and port.
+Owns running the three verbs and rendering their results (``--json`` for register and verify; ``status``
+prints the indexer's own JSON; ``verify --wait`` says on stderr what it waits for). Must not: hold logic of
+its own (``ops.indexers`` does the work), or show an RPC URL beyond its scheme, host and port.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import time
@@ -54,7 +56,13 @@ def _register_indexer(args: argparse.Namespace) -> int:
             public_key=identity.public_key,
         ),
     )
-    if update.changed:
+    if args.json:
+        print(json.dumps({
+            "registry": str(args.registry), "endpoint": endpoint, "public_key": str(identity.public_key),
+            "code_id": str(code_id), "changed": update.changed,
+            "tx": None if update.tx_hash is None else str(update.tx_hash),
+        }, indent=2, sort_keys=True))  # fmt: skip
+    elif update.changed:
         print(
             f"indexer registered: {endpoint} key {identity.public_key} code id {code_id} tx {update.tx_hash}"
         )
@@ -75,13 +83,17 @@ def _verify_indexer(args: argparse.Namespace) -> int:
             left = deadline - time.monotonic()
             if check.ok or left <= 0:
                 return check
-            if check.problems != shown:  # say what it waits for, once per change
-                print(f"waiting: {scrub('; '.join(check.problems), args.rpc_url)}", flush=True)
+            if check.problems != shown:  # say what it waits for, once per change (stderr: progress)
+                why = scrub("; ".join(check.problems), args.rpc_url)
+                print(f"waiting: {why}", file=sys.stderr, flush=True)
                 shown = check.problems
             await asyncio.sleep(min(args.interval, left))
 
     started = time.monotonic()
     check = on_chain(args, verify)
+    if args.json:
+        print(json.dumps(_check_json(check, args.rpc_url), indent=2, sort_keys=True))
+        return EXIT_OK if check.ok else EXIT_FAILED
     if not check.ok:
         after = f" after {time.monotonic() - started:.0f}s" if args.wait else ""
         why = scrub("; ".join(check.problems), args.rpc_url)
@@ -95,6 +107,24 @@ def _verify_indexer(args: argparse.Namespace) -> int:
         + f" code id {record.code_id}"
     )
     return EXIT_OK
+
+
+def _check_json(check: IndexerCheck, rpc_url: str) -> dict[str, object]:
+    record, identity = check.record, check.identity
+    return {
+        "verified": check.ok,
+        "problems": [scrub(problem, rpc_url) for problem in check.problems],
+        "registry": None if record is None else {
+            "registered": record.registered, "endpoint": record.endpoint or None,
+            "code_id": str(record.code_id) if record.registered else None,
+            "public_key": str(record.pub_key) if record.registered else None,
+        },
+        "status": None if identity is None else {
+            "public_key": str(identity.public_key), "key_version": identity.key_version,
+            "code_id": None if identity.code_id is None else str(identity.code_id),
+            "public_url": identity.public_url,
+        },
+    }  # fmt: skip
 
 
 def _status(url: str) -> int:

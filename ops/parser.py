@@ -1,9 +1,9 @@
 """The operator verbs of ``attestmesh``: their arguments and help.
 
-Owns the argparse definitions of ``indexer register|verify``,
-``chain status|scrape-targets|allow-compose|disallow-compose|member-app|fund|rotate-csk``, ``compose
-node|pin`` and ``health``. Must not: import web3, eth_utils or structlog (``ops.args`` parses values
-lazily), or run anything.
+Owns the argparse definitions of ``indexer register|verify|status``,
+``chain status|scrape-targets|allow-compose|disallow-compose|member-app|fund|rotate-csk``, ``cluster
+status``, ``compose node|pin`` and ``health``. Must not: import web3, eth_utils or structlog (``ops.args``
+parses values lazily), or run anything.
 """
 
 from __future__ import annotations
@@ -17,12 +17,16 @@ from ops.args import (
     address_arg,
     address_list_arg,
     bytes32_arg,
+    ca_file_arg,
     chain_id_arg,
     chain_options,
+    connect_to_arg,
+    domain_arg,
     env_default,
     eth_arg,
     from_env,
     node_name_arg,
+    port_arg,
     positive_eth_arg,
     registry_options,
     seconds_arg,
@@ -31,13 +35,16 @@ from ops.args import (
 )
 from ops.health import HEALTH_TIMEOUT
 
+HEALTH_PORT = 9090  # the sidecar's default ATTESTMESH_HEALTH_PORT (ops.clusterhealth imports aiohttp)
+
 COMPOSE_TEMPLATE = "compose/node.yaml"
 
 
 def add_operator_parsers(top: Subcommands[argparse.ArgumentParser]) -> None:
-    """Add the ``indexer``, ``chain``, ``compose`` and ``health`` commands to ``top``."""
+    """Add the ``indexer``, ``chain``, ``cluster``, ``compose`` and ``health`` commands to ``top``."""
     _add_indexer_parser(top)
     _add_chain_parser(top)
+    _add_cluster_parser(top)
     _add_compose_parser(top)
     _add_health_parser(top)
 
@@ -110,6 +117,7 @@ def _add_indexer_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
         "--endpoint", default=None, help="ws(s):// endpoint to register (default: its public_url)"
     )
     reg.add_argument("--code-id", default=None, help="32-byte hex code id (default: the one on its /status)")
+    reg.add_argument("--json", action="store_true", help="machine-readable output")
     status = op_verbs.add_parser(
         "status",
         help="print the indexer's /status document as it answers (JSON); exit 0 iff it shows a public key. "
@@ -117,6 +125,7 @@ def _add_indexer_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
         "set (see `attestmesh health --help`)",
     )
     status.add_argument("url", type=url_arg, help="the indexer's /status URL")
+    status.add_argument("--json", action="store_true", help="accepted for uniformity: the output is JSON")
     ver = op_verbs.add_parser(
         "verify",
         help="the indexer's /healthz is healthy and IndexerRegistry.current() names what its /status says "
@@ -140,6 +149,9 @@ def _add_indexer_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
     )
     ver.add_argument(
         "--interval", type=seconds_arg, default=2.0, metavar="SECONDS", help="between looks (default 2)"
+    )
+    ver.add_argument(
+        "--json", action="store_true", help="machine-readable output: verified, problems, registry, status"
     )
 
 
@@ -180,6 +192,7 @@ def _add_chain_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
     allow.add_argument(
         "--compose-hash", type=bytes32_arg, required=True, metavar="0xHASH", help="the compose hash"
     )
+    allow.add_argument("--json", action="store_true", help="machine-readable output")
     disallow = chain_verbs.add_parser(
         "disallow-compose",
         help="Cluster.removeComposeHash, only while the hash is allowlisted (key: ATTESTMESH_OWNER_KEY)",
@@ -207,7 +220,9 @@ def _add_chain_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
         **from_env("ATTESTMESH_MEMBER_APP_FACTORY"),
     )  # fmt: skip
     app.add_argument("--name", type=node_name_arg, required=True, help="the node's name (the CREATE2 salt)")
-    app.add_argument("--shell", action="store_true", help="print MEMBER_APP_ID=0x... for a shell's eval")
+    shape = app.add_mutually_exclusive_group()
+    shape.add_argument("--shell", action="store_true", help="print MEMBER_APP_ID=0x... for a shell's eval")
+    shape.add_argument("--json", action="store_true", help="machine-readable output")
     _add_fund_parser(chain_verbs)
     _add_scrape_targets_parser(chain_verbs)
     _add_rotate_parser(chain_verbs)
@@ -272,6 +287,78 @@ def _add_fund_parser(chain_verbs: Subcommands[argparse.ArgumentParser]) -> None:
         metavar="ETH",
         help="how much to send (more than 0)",
     )
+    fund.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _add_cluster_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
+    cluster = top.add_parser(
+        "cluster", help="a whole cluster at a glance: the chain and every member's /healthz"
+    )
+    verbs = cluster.add_subparsers(dest="verb", required=True)
+    status = verbs.add_parser(
+        "status",
+        help="every member (from the chain) and its /healthz through the gateway, in one table; exit 0 only "
+        "when every member is healthy and agrees with the chain",
+        description="Read the cluster's members from the chain at its head, then every member's /healthz "
+        "through the dstack gateway (https://<app id>-<port>.<gateway domain>/healthz), concurrently, each "
+        "request within --health-timeout. Print one table (member, app id, phase, reason, live peers, "
+        "transport, membership digest and CSK commitment each against the chain, version, signer balance) "
+        "and a summary line, or with --json the document described in docs/operations.md. Exit 0 only when "
+        "every member answers healthy (HTTP 200), its membership digest equals the digest of the chain's "
+        "member list, its CSK commitment equals the chain's (and its signer holds --min-balance, when "
+        "given); 1 otherwise, the summary naming each failing member and why; 2 for bad arguments. An "
+        "answer that is not a health document (malformed, oversized, too slow) is that member's failure. "
+        'On the devnet: set -a; eval "$(attestmesh devnet env)"; set +a; then --gateway-domain '
+        "$GATEWAY_DOMAIN --ca-file $GATEWAY_CA_FILE --connect-to $GATEWAY_ADDRESS.",
+    )
+    chain_options(status, cluster=True)
+    status.add_argument(
+        "--gateway-domain",
+        type=domain_arg,
+        metavar="DOMAIN",
+        help="the dstack gateway's domain the members are reached under (env ATTESTMESH_GATEWAY_DOMAIN, "
+        "the sidecar's own variable)",
+        **from_env("ATTESTMESH_GATEWAY_DOMAIN"),
+    )
+    status.add_argument(
+        "--ca-file",
+        type=ca_file_arg,
+        default=env_default("ATTESTMESH_CA_FILE"),
+        metavar="PEM",
+        help="trust these CAs too (env ATTESTMESH_CA_FILE; the devnet's lab CA: GATEWAY_CA_FILE of "
+        "`devnet env`)",
+    )
+    status.add_argument(
+        "--connect-to",
+        type=connect_to_arg,
+        default=env_default("ATTESTMESH_CONNECT_TO"),
+        metavar="ADDRESS[:PORT]",
+        help="connect to this address (and port) instead of resolving the members' names, which still name "
+        "the server (SNI, certificate, Host), like curl --connect-to (env ATTESTMESH_CONNECT_TO; the "
+        "devnet's gateway: GATEWAY_ADDRESS of `devnet env`)",
+    )
+    status.add_argument(
+        "--health-port",
+        type=port_arg,
+        default=HEALTH_PORT,
+        metavar="PORT",
+        help=f"the members' health port as the gateway names it (default {HEALTH_PORT})",
+    )
+    status.add_argument(
+        "--health-timeout",
+        type=seconds_arg,
+        default=HEALTH_TIMEOUT,
+        metavar="SECONDS",
+        help=f"the whole of each member's request (default {HEALTH_TIMEOUT:g})",
+    )
+    status.add_argument(
+        "--min-balance",
+        type=eth_arg,
+        default=None,
+        metavar="ETH",
+        help="a member whose signer holds less fails (default: balances shown, not checked)",
+    )
+    status.add_argument("--json", action="store_true", help="machine-readable output (docs/operations.md)")
 
 
 def _add_health_parser(top: Subcommands[argparse.ArgumentParser]) -> None:

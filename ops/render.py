@@ -1,7 +1,7 @@
 """How the command line shows values: tables, shell lines, short hex.
 
 Owns ``print_table``, ``shell_lines`` (``KEY=value`` lines, shell-quoted, for a shell's ``eval``),
-``short``, ``shown`` and ``section`` (a sub-document of a JSON body, or an empty one).
+``short``, ``shown``, ``section`` and ``transport_cell`` (a sub-document of a JSON body, or an empty one).
 Must not: hold logic beyond presentation, or import anything heavy.
 """
 
@@ -44,3 +44,17 @@ def shell_lines(pairs: Sequence[tuple[str, object]]) -> str:
         return "" if value is None else str(value)
 
     return "\n".join(f"{key}={shlex.quote(text(value))}" for key, value in pairs)
+
+
+def transport_cell(counts: object, default: str) -> str:
+    """A node's own account of its peers' transports (``peers.transport`` of its /healthz: counts by
+    transport and state, e.g. ``gateway up=2,down=0``), or ``default`` when the node gives none."""
+    if not isinstance(counts, Mapping) or not counts:
+        return default
+    cells = []
+    for transport, by_state in sorted(counts.items()):
+        if isinstance(by_state, Mapping):
+            cells.append(f"{transport} " + ",".join(f"{k}={v}" for k, v in sorted(by_state.items())))
+        else:
+            cells.append(f"{transport}={by_state}")
+    return "; ".join(cells)

@@ -1,7 +1,8 @@
 """``attestmesh devnet up|status|env|compose|down``: the lab as a whole.
 
 Owns running these verbs and rendering their results (human, JSON, and ``KEY=value`` lines for a shell's
-``eval``). Must not: hold logic of its own (``devnet.lab`` does the work).
+``eval``), and ``status --wait-healthy``'s progress: each node's phase change, on stderr. Must not: hold
+logic of its own (``devnet.lab`` does the work).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from devnet.compose import (
 from devnet.lab import Devnet, LabStatus
 from devnet.state import DevnetState, NodeState
 from ops.errors import OperatorError
-from ops.render import print_table, section, shell_lines, short
+from ops.render import print_table, section, shell_lines, short, transport_cell
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 SIDECAR_PREFIXES = ("ATTESTMESH_", "DSTACK_")
@@ -148,27 +149,13 @@ def _print_node_health(s: DevnetState, status: LabStatus) -> None:
                 str(hz.get("phase")),
                 str((hz.get("node") or {}).get("mesh_ip") or "-"),
                 f"{peers.get('live', 0)}/{peers.get('desired', 0)}",
-                _transport_cell(peers.get("transport"), s.transport),
+                transport_cell(peers.get("transport"), s.transport),
                 short(str(csk.get("commitment") or "-")),
                 short(str(hz.get("membership_digest") or "-")),
                 str(hz.get("reason") or ""),
             )
         )
     print_table(health_rows)
-
-
-def _transport_cell(counts: object, lab_transport: str) -> str:
-    """The node's own account of its peers' transports (``peers.transport`` of its /healthz: counts by
-    transport and state, e.g. ``gateway up=2``), or the lab's transport when the node gives none."""
-    if not isinstance(counts, dict) or not counts:
-        return lab_transport
-    cells = []
-    for transport, by_state in sorted(counts.items()):
-        if isinstance(by_state, dict):
-            cells.append(f"{transport} " + ",".join(f"{k}={v}" for k, v in sorted(by_state.items())))
-        else:
-            cells.append(f"{transport}={by_state}")
-    return "; ".join(cells)
 
 
 def run_up(lab: Devnet, args: argparse.Namespace) -> int:
@@ -198,8 +185,18 @@ def run_up(lab: Devnet, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _progress(line: str) -> None:
+    """A line of progress while a verb waits: on stderr, so stdout stays the result (``--json`` too)."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def run_status(lab: Devnet, args: argparse.Namespace) -> int:
-    status = lab.wait_healthy(args.wait_healthy) if args.wait_healthy is not None else lab.status()
+    if args.wait_healthy is None:
+        status = lab.status()
+    else:
+        _progress(f"lab {lab.plan.name}: waiting up to {args.wait_healthy:g} s for every node to be healthy")
+        status = lab.wait_healthy(args.wait_healthy, _progress)
+        _progress(f"lab {lab.plan.name}: every running node is healthy")
     if status is None:
         if args.json:
             print(json.dumps({"lab": lab.plan.name, "running": None}))
@@ -234,7 +231,12 @@ def run_env(lab: Devnet, args: argparse.Namespace) -> int:
         if args.name is None:
             print("attestmesh: devnet env --sidecar needs a NODE", file=sys.stderr)
             return EXIT_USAGE
-        print(sidecar_env_lines(lab, state, state.node(args.name)))
+        if args.json:
+            env = lab.sidecar_env(state, state.node(args.name))
+            sidecar = {k: v for k, v in sorted(env.items()) if k.startswith(SIDECAR_PREFIXES)}
+            print(json.dumps(sidecar, indent=2, sort_keys=True))
+        else:
+            print(sidecar_env_lines(lab, state, state.node(args.name)))
         return EXIT_OK
     idx, gw = state.indexer, state.gateway_mode
     pairs: list[tuple[str, object]] = [
@@ -282,7 +284,10 @@ def run_env(lab: Devnet, args: argparse.Namespace) -> int:
             ("NODE_MEMBER_ID", me.get("member_id")),
             ("NODE_MESH_IP", me.get("mesh_ip")),
         ]
-    print(shell_lines(pairs))
+    if args.json:  # the same names; true/false for 1/0, null for empty
+        print(json.dumps(dict(pairs), indent=2, sort_keys=True, default=str))
+    else:
+        print(shell_lines(pairs))
     return EXIT_OK
 
 

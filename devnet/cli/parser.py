@@ -13,7 +13,7 @@ from pathlib import Path
 
 from devnet.container import DEFAULT_IMAGE, WORKLOADS
 from devnet.topology import DEFAULT_LAB, DEFAULT_MESH, DEFAULT_TRANSPORT, DEFAULT_UNDERLAY, TRANSPORTS
-from ops.args import Subcommands, file_arg
+from ops.args import Subcommands, file_arg, wait_arg
 
 
 def add_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
@@ -81,7 +81,12 @@ def add_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
     status = verbs.add_parser("status", help="what the lab is made of and what is running")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument(
-        "--wait-healthy", type=float, default=None, metavar="SECONDS", help="wait until every node is healthy"
+        "--wait-healthy",
+        type=wait_arg,
+        default=None,
+        metavar="SECONDS",
+        help="first wait until every node is healthy, each node's phase change printed on stderr as it is "
+        "seen (exit 1 at the deadline)",
     )
     env = verbs.add_parser(
         "env",
@@ -101,6 +106,11 @@ def add_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="instead: exactly the ATTESTMESH_* and DSTACK_* variables NODE's sidecar runs with (the lab's "
         "sidecar_env), as KEY=value lines a sidecar accepts",
+    )
+    env.add_argument(
+        "--json",
+        action="store_true",
+        help="the same values as one JSON object (true/false, null when unknown)",
     )
     compose = verbs.add_parser(
         "compose",
@@ -144,7 +154,8 @@ def _add_gateway_parser(verbs: Subcommands[argparse.ArgumentParser]) -> None:
     )
     start.add_argument("--defaults", action="store_true", help="start from dstack's defaults")
     gw_verbs.add_parser("stop", help="stop the gateway stand-in (every route through it is down)")
-    gw_verbs.add_parser("limits", help="the limits the gateway stand-in runs with (JSON)")
+    limits = gw_verbs.add_parser("limits", help="the limits the gateway stand-in runs with (always JSON)")
+    limits.add_argument("--json", action="store_true", help="accepted for uniformity: the output is JSON")
 
 
 def _add_indexer_parser(verbs: Subcommands[argparse.ArgumentParser]) -> None:

@@ -6,6 +6,7 @@ the owner key in its environment — as an operator runs it.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from sidecar.chain.contracts import IndexerRegistryClient
 from sidecar.chain.rpc import ChainConnection
 from sidecar.core.ids import Bytes32
 from tests.component.toolkit import Factory, wait_healthy
+from tests.component.toolkit import run_cli as ops_cli
 
 pytestmark = [pytest.mark.component, pytest.mark.timeout(120)]
 
@@ -78,7 +80,29 @@ async def test_register_reads_the_key_from_status_writes_once_and_never_echoes_t
     assert await conn.w3.eth.get_transaction_count(owner) == nonce  # no transaction the second time
     assert (await registry.current()).updated_at == record.updated_at
 
-    for output in (first, again):
+    # --json: the same facts as a document; verify --json too, passing and failing (exit 1, problems named).
+    as_json = await run_cli(*args, "--json", owner_key=owner_key)
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout) == {
+        "registry": str(stack.indexer_registry), "endpoint": ENDPOINT, "public_key": str(indexer_pub),
+        "code_id": str(CODE_ID), "changed": False, "tx": None,
+    }  # fmt: skip
+    verify = ("indexer", "verify", *args[:6], "--status-url", f"http://127.0.0.1:{service.port}/status",
+              "--health-url", f"http://127.0.0.1:{service.port}/healthz", "--json")  # fmt: skip
+    verified, mismatch = await asyncio.gather(
+        ops_cli(*verify), ops_cli(*verify, "--endpoint", "ws://10.99.0.6:8080/v1/subscribe")
+    )
+    assert verified.returncode == 0, verified.stderr
+    doc = json.loads(verified.stdout)
+    assert doc["verified"] is True and doc["problems"] == []
+    assert doc["registry"] == {"registered": True, "endpoint": ENDPOINT, "code_id": str(CODE_ID),
+                               "public_key": str(indexer_pub)}  # fmt: skip
+    assert doc["status"]["public_key"] == str(indexer_pub) and doc["status"]["public_url"] == ENDPOINT
+    assert mismatch.returncode == 1 and mismatch.stderr == ""
+    failed = json.loads(mismatch.stdout)
+    assert failed["verified"] is False and any("endpoint" in p for p in failed["problems"]), failed
+
+    for output in (first, again, as_json):
         assert DEVNET_DEPLOYER_KEY.reveal().hex() not in (output.stdout + output.stderr).lower()
 
 

@@ -25,13 +25,12 @@ from prometheus_client import CollectorRegistry
 
 from devnet.anvil import AnvilProcess
 from devnet.deployment import Deployment
-from devnet.kms import DevnetKms, get_key
+from devnet.kms import DevnetKms
 from ops.chainstatus import member_json
 from sidecar.chain.contracts import ClusterClient, IndexerRegistryClient
 from sidecar.chain.rpc import ChainConnection
-from sidecar.chain.tx import LocalSigner, TxSubmitter
+from sidecar.chain.tx import TxSubmitter
 from sidecar.core.ids import Bytes32
-from sidecar.core.keys import KeyPath, key_path
 from sidecar.core.model import MemberRecord
 from sidecar.core.status import NodeStatus, healthz_body
 from sidecar.http.health import health_app
@@ -44,6 +43,7 @@ from tests.component.toolkit import (
     bad_checksum,
     chain_args,
     closed_port,
+    commit_csk,
     run_cli,
     usage_error,
 )
@@ -55,14 +55,6 @@ INDEXER_KEY = Bytes32(b"\x1e" * 32)
 INDEXER_ENDPOINT = "ws://10.99.0.5:8080/v1/subscribe"  # written on chain; nothing connects to it
 OTHER_COMPOSE = Bytes32(b"\xc2" * 32)
 COMMITMENT = Bytes32(b"\xcc" * 32)
-
-
-async def commit_csk(conn: ChainConnection, kms: DevnetKms, cluster: ClusterClient) -> None:
-    """The originator (member 0, whose signer key the devnet KMS re-derives) commits the CSK."""
-    originator = (await cluster.members())[0]
-    key, _ = get_key(kms, originator.app_id, key_path(KeyPath.SIGNER, CHAIN_ID, cluster.address), "ethereum")
-    submitter = TxSubmitter(conn, LocalSigner(key), receipt_timeout=20.0, poll_interval=0.05)
-    await cluster.with_submitter(submitter).set_csk_commitment(1, COMMITMENT)
 
 
 # --- chain status ------------------------------------------------------------------------------------------
@@ -79,7 +71,7 @@ async def test_chain_status_shows_members_commitment_registry_and_allowlist(
     for _ in range(3):
         await chain.member()
     cluster = ClusterClient(conn, stack.cluster)
-    await commit_csk(conn, kms, cluster)
+    await commit_csk(conn, kms, cluster, COMMITMENT)
     await IndexerRegistryClient(conn, stack.indexer_registry, deployer).set_indexer(
         INDEXER_ENDPOINT, CODE_ID, INDEXER_KEY
     )

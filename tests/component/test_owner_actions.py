@@ -366,3 +366,44 @@ async def test_rotate_csk_starts_the_next_epoch_and_sets_rotate_on_remove_once(
     assert not await cluster.rotate_csk_on_remove()
     assert await nonce(conn, OWNER) == sent + 2
     assert_no_key(refused.stderr, human.stdout, machine.stdout, on.stdout, again.stdout, off.stdout)
+
+
+# --- --json on the write verbs -----------------------------------------------------------------------------
+
+
+async def test_write_verbs_report_what_they_did_as_json(
+    anvil: AnvilProcess, conn: ChainConnection, stack: Deployment
+) -> None:
+    """``--json`` on allow-compose, fund and member-app: what changed and the transaction (null when nothing
+    was sent), the same facts as their one-line report; a second run says ``changed: false``."""
+    env = {"ATTESTMESH_OWNER_KEY": OWNER_KEY}
+    new, account = Bytes32(os.urandom(32)), fresh_account()
+    name = f"node-{os.urandom(3).hex()}"
+    allow = ("chain", "allow-compose", *chain_args(anvil, stack), "--compose-hash", str(new), "--json")
+    fund = ("chain", "fund", *chain_args(anvil, stack)[:4], "--to", str(account), "--min-balance", "1",
+            "--amount", "2", "--json")  # fmt: skip
+    app = ("chain", "member-app", *chain_args(anvil, stack), "--factory", str(stack.member_app_factory),
+           "--name", name, "--json")  # fmt: skip
+    firsts = [await run_cli(*args, env=env) for args in (allow, fund, app)]  # one owner key: one at a time
+    assert [p.returncode for p in firsts] == [0, 0, 0], [p.stderr for p in firsts]
+    allowed, funded, made = (json.loads(p.stdout) for p in firsts)
+    assert allowed == {"cluster": str(stack.cluster), "compose_hash": str(new), "changed": True,
+                       "tx": allowed["tx"]} and allowed["tx"].startswith("0x")  # fmt: skip
+    assert funded["account"] == str(account) and funded["funder"] == str(OWNER)
+    assert funded["funder_key_variable"] == "ATTESTMESH_OWNER_KEY" and funded["changed"] is True
+    assert (funded["balance_before_wei"], funded["balance_after_wei"], funded["sent_wei"]) == (
+        0,
+        2 * ETH,
+        2 * ETH,
+    )
+    assert funded["min_balance_wei"] == ETH and funded["tx"].startswith("0x")
+    predicted = await MemberAppFactoryClient(conn, stack.member_app_factory).predict(stack.cluster, name)
+    assert made["name"] == name and made["app_id"] == str(predicted) and made["member_id"] is None
+    assert made["changed"] is True and made["approve_tx"].startswith("0x")
+
+    agains = await asyncio.gather(*(run_cli(*args, env=env) for args in (allow, fund, app)))  # sends nothing
+    assert [p.returncode for p in agains] == [0, 0, 0], [p.stderr for p in agains]
+    for again in (json.loads(p.stdout) for p in agains):
+        assert again["changed"] is False
+        assert all(again[k] is None for k in ("tx", "deploy_tx", "approve_tx") if k in again)
+    assert_no_key(*(p.stdout + p.stderr for p in (*firsts, *agains)))

@@ -203,6 +203,16 @@ async def wait_healthy(http: aiohttp.ClientSession, service: IndexerService) -> 
         await asyncio.sleep(0.05)
 
 
+async def commit_csk(
+    conn: ChainConnection, kms: DevnetKms, cluster: ClusterClient, commitment: Bytes32
+) -> None:
+    """The originator (member 0, whose signer key the devnet KMS re-derives) commits the epoch-1 CSK."""
+    originator = (await cluster.members())[0]
+    key, _ = get_key(kms, originator.app_id, key_path(KeyPath.SIGNER, CHAIN_ID, cluster.address), "ethereum")
+    submitter = TxSubmitter(conn, LocalSigner(key), receipt_timeout=20.0, poll_interval=0.05)
+    await cluster.with_submitter(submitter).set_csk_commitment(1, commitment)
+
+
 # --- the operator CLI ---------------------------------------------------------------------------------
 
 
