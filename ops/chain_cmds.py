@@ -131,6 +131,10 @@ def _disallow_compose(args: argparse.Namespace) -> int:
             conn, TxSubmitter(conn, owner), args.cluster, args.compose_hash
         ),
     )
+    if args.json:
+        _print_json({"cluster": str(args.cluster), "compose_hash": str(result.compose_hash),
+                     "changed": result.changed, "tx": _tx(result.tx_hash)})  # fmt: skip
+        return EXIT_OK
     where = f"compose hash {result.compose_hash} on cluster {args.cluster}"
     if result.changed:
         print(f"{where}: removed from the allowlist (tx {result.tx_hash})")

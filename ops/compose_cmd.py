@@ -145,4 +145,5 @@ def _run_pin(args: argparse.Namespace) -> int:
         sys.stdout.write(pinned)
     else:
         Path(args.output).write_text(pinned, encoding="utf-8")
+        print(f"compose pin: wrote {args.output} (the template with the sidecar image {args.image})")
     return EXIT_OK

@@ -205,6 +205,7 @@ def _add_chain_parser(top: Subcommands[argparse.ArgumentParser]) -> None:
     disallow.add_argument(
         "--compose-hash", type=bytes32_arg, required=True, metavar="0xHASH", help="the compose hash"
     )
+    disallow.add_argument("--json", action="store_true", help="machine-readable output")
     app = chain_verbs.add_parser(
         "member-app",
         help="a node's app contract (CREATE2 factory) and its pre-approved app id, each only when missing",

@@ -120,9 +120,14 @@ async def test_disallow_compose_sends_remove_compose_hash_once_and_only_as_the_o
     assert await nonce(conn, OWNER) == sent + 1
     again = await run_cli(*args, env={"ATTESTMESH_OWNER_KEY": OWNER_KEY})
     assert again.returncode == 0 and "not allowlisted; nothing changed" in again.stdout
+    machine = await run_cli(*args, "--json", env={"ATTESTMESH_OWNER_KEY": OWNER_KEY})
+    assert machine.returncode == 0, machine.stderr
+    assert json.loads(machine.stdout) == {
+        "cluster": str(stack.cluster), "compose_hash": str(old), "changed": False, "tx": None,
+    }  # fmt: skip
     assert await nonce(conn, OWNER) == sent + 1
     assert await cluster.allowed_compose_hash(COMPOSE_HASH)  # the cluster's other hashes are untouched
-    assert_no_key(*(p.stdout + p.stderr for p in (absent, refused, first, again)))
+    assert_no_key(*(p.stdout + p.stderr for p in (absent, refused, first, again, machine)))
 
 
 async def test_allow_compose_refuses_without_the_owner_key_or_with_bad_input(

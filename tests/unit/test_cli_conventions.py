@@ -18,7 +18,8 @@ REPORTING = {
     "chain status", "cluster status", "health", "indexer status", "indexer verify",
     "devnet status", "devnet env", "devnet node prepare", "devnet gateway limits",
     # write verbs whose outcome a script reads
-    "chain allow-compose", "chain fund", "chain member-app", "chain rotate-csk", "indexer register",
+    "chain allow-compose", "chain disallow-compose", "chain fund", "chain member-app", "chain rotate-csk",
+    "indexer register",
 }  # fmt: skip
 #: Write verbs: one line on stdout saying what they did (or "nothing changed"), no --json.
 WRITING = {
@@ -28,7 +29,7 @@ WRITING = {
     "devnet gateway start", "devnet gateway stop",
     "devnet node exec",  # runs a command: its output and exit status are the command's
     # on main since this branch began (issue 14's other items): write verbs too
-    "chain disallow-compose", "chain scrape-targets", "compose pin", "devnet compose",
+    "chain scrape-targets", "compose pin", "devnet compose",
 }  # fmt: skip
 
 
@@ -64,4 +65,15 @@ def test_compose_node_output_says_what_it_wrote(tmp_path: Path, capsys: pytest.C
     assert out.is_file() and cluster in out.read_text().lower()
     assert (
         printed.startswith(f"compose node: wrote {out} (cluster ") and "trust anchors as literals" in printed
+    )
+
+
+def test_compose_pin_output_says_what_it_wrote(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "node-pinned.yaml"
+    image = "ghcr.io/attestmesh/attestmesh-sidecar@sha256:" + "ab" * 32
+    args = build_parser(devnet_verbs()).parse_args(["compose", "pin", "--image", image, "--output", str(out)])
+    assert run_compose(args) == 0
+    assert f"image: {image}" in out.read_text()
+    assert (
+        capsys.readouterr().out == f"compose pin: wrote {out} (the template with the sidecar image {image})\n"
     )
