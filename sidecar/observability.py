@@ -1,9 +1,10 @@
 """Metrics: the one metrics registry of the sidecar (logging is ``sidecar.logs``).
 
 Owns ``Metrics``: every Prometheus metric the sidecar exports, registered in one injected registry, with
-every known label set created at zero so dashboards and alerts see a series before the first event, and
-the label vocabularies (``PHASES``, ``CSK_REFUSALS``, …). The gateway transport's series and vocabularies
-live in ``sidecar.transportmetrics`` (``Metrics`` inherits its methods).
+every known label set created at zero so dashboards and alerts see a series before the first event. The
+label vocabularies (``PHASES``, ``CSK_REFUSALS``, …) are ``sidecar.metricvocab``'s, the per-pass call
+counts ``sidecar.rpctally``'s; the gateway transport's series and vocabularies live in
+``sidecar.transportmetrics`` (``Metrics`` inherits its methods).
 
 Must not: put a key, an address, a member id or a block number into a metric label. One deliberate
 exception, which ``sidecar.transportmetrics`` enforces: the per-peer transport series (with a ``peer``
@@ -12,146 +13,61 @@ label) name the peer by its mesh IP, public and bounded by the cluster's size.
 
 from __future__ import annotations
 
-import contextlib
-import re
-from collections.abc import Iterable, Iterator, Mapping
-from contextvars import ContextVar
-from typing import Final, Literal, get_args
+from collections.abc import Iterable, Mapping
+from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from sidecar.buildinfo import BuildInfo, register_build_gauge
 from sidecar.core.peerscreen import EXCLUSION_REASONS
-from sidecar.core.phases import ORDER
-from sidecar.core.quorum import RPC_DISAGREEMENT, RPC_QUORUM_UNAVAILABLE
 from sidecar.core.status import NodeStatus
+from sidecar.metricvocab import (
+    CHAIN_ERROR_KINDS,
+    CONNECTION_DROPS,
+    CSK_PULL_RESULTS,
+    CSK_REFUSALS,
+    ENDPOINT_UPDATES,
+    EVENT_MODES,
+    HEARTBEAT_REJECTIONS,
+    HTTP_SURFACES,
+    LIVENESS_DIRECTIONS,
+    NAN,
+    PASS_RPC_BUCKETS,
+    PEER_CHANGES,
+    PEER_STATES,
+    PHASES,
+    PUSH_REJECTIONS,
+    RECONCILE_RESULTS,
+    RECONCILE_STEPS,
+    REGISTRATION_RESULTS,
+    RPC_QUORUM_FAILURES,
+    RPC_SOURCES,
+    STEP_FAILURES,
+    WEI_PER_ETHER,
+    ChainErrorKind,
+    ConnectionDrop,
+    CskPullResult,
+    CskRefusal,
+    EndpointUpdate,
+    EventMode,
+    HeartbeatRejection,
+    HttpSurface,
+    LivenessDirection,
+    PeerChange,
+    PushRejection,
+    ReconcileResult,
+    ReconcileStep,
+    RegistrationResult,
+    StepFailure,
+    membership_fingerprint,
+)
+from sidecar.rpctally import RpcTally, current_tally, rpc_method_label
 from sidecar.transportmetrics import (
     STREAM_ENDS,
     STREAM_REFUSALS,
     TransportMetrics,
     known_label,
 )
-
-PeerState = Literal["desired", "configured", "live"]
-PeerChange = Literal["added", "removed", "updated"]
-ReconcileResult = Literal["changed", "unchanged", "error"]
-ReconcileStep = Literal["identity", "chain", "membership", "endpoint", "mesh", "csk"]
-StepFailure = Literal["transient", "terminal"]
-HeartbeatRejection = Literal[
-    "malformed", "unknown_sender", "bad_signature", "wrong_source", "stale", "future", "replayed"
-]
-LivenessDirection = Literal["up", "down"]
-CskRefusal = Literal[
-    "malformed",
-    "wrong_cluster",
-    "wrong_responder",
-    "not_member",
-    "bad_signature",
-    "stale",
-    "replayed",
-    "not_live",
-    "not_held",
-    "rate_limited",
-    "no_proof",
-    "bad_proof",
-    "foreign_app",
-    "untrusted_root",
-    "anchors_missing",
-    "no_own_proof",
-    "epoch_not_held",
-]
-CskPullResult = Literal["ok", "refused", "unreachable", "invalid", "unproven"]
-HttpSurface = Literal["health", "app", "peer"]
-ConnectionDrop = Literal["over_limit", "header_timeout"]
-ChainErrorKind = Literal["transient", "terminal"]
-RegistrationResult = Literal["ok", "failed"]
-EndpointUpdate = Literal["sent", "failed", "deferred"]
-PushRejection = Literal[
-    "bad_signature",
-    "wrong_indexer",
-    "wrong_cluster",
-    "gap",
-    "replay",
-    "out_of_order",
-    "reorg",
-    "malformed",
-    "crosscheck",
-]
-EventMode = Literal["push", "poll"]
-#: Who made a JSON-RPC call: a reconcile pass, the chain-log poller, the push subscriber, anything else.
-RpcSource = Literal["pass", "poll", "push", "other"]
-
-PEER_STATES: Final[tuple[str, ...]] = get_args(PeerState)
-PEER_CHANGES: Final[tuple[str, ...]] = get_args(PeerChange)
-RECONCILE_RESULTS: Final[tuple[str, ...]] = get_args(ReconcileResult)
-RECONCILE_STEPS: Final[tuple[str, ...]] = get_args(ReconcileStep)
-STEP_FAILURES: Final[tuple[str, ...]] = get_args(StepFailure)
-HEARTBEAT_REJECTIONS: Final[tuple[str, ...]] = get_args(HeartbeatRejection)
-LIVENESS_DIRECTIONS: Final[tuple[str, ...]] = get_args(LivenessDirection)
-CSK_REFUSALS: Final[tuple[str, ...]] = get_args(CskRefusal)
-CSK_PULL_RESULTS: Final[tuple[str, ...]] = get_args(CskPullResult)
-HTTP_SURFACES: Final[tuple[str, ...]] = get_args(HttpSurface)
-CONNECTION_DROPS: Final[tuple[str, ...]] = get_args(ConnectionDrop)
-CHAIN_ERROR_KINDS: Final[tuple[str, ...]] = get_args(ChainErrorKind)
-RPC_QUORUM_FAILURES: Final[tuple[str, ...]] = (RPC_DISAGREEMENT, RPC_QUORUM_UNAVAILABLE)
-REGISTRATION_RESULTS: Final[tuple[str, ...]] = get_args(RegistrationResult)
-ENDPOINT_UPDATES: Final[tuple[str, ...]] = get_args(EndpointUpdate)
-PUSH_REJECTIONS: Final[tuple[str, ...]] = get_args(PushRejection)
-EVENT_MODES: Final[tuple[str, ...]] = get_args(EventMode)
-RPC_SOURCES: Final[tuple[str, ...]] = get_args(RpcSource)
-#: Buckets of ``attestmesh_reconcile_pass_rpc_calls``: a pass at a pushed pin costs 1-5 calls, a head read
-#: adds 2, a membership read or a registration more.
-PASS_RPC_BUCKETS: Final = (0, 1, 2, 3, 5, 8, 13, 21, 34)
-
-PHASES: Final[tuple[str, ...]] = tuple(p.value for p in ORDER)
-
-WEI_PER_ETHER: Final = 10**18
-NAN: Final = float("nan")
-#: Bits of the membership digest in ``attestmesh_membership_digest_fingerprint``: a float64 holds integers
-#: exactly up to 2**53, and two different member sets share 48 bits with a chance of 2**-48.
-FINGERPRINT_BITS: Final = 48
-
-
-def membership_fingerprint(digest: str) -> int:
-    """The first ``FINGERPRINT_BITS`` of a ``0x`` hex membership digest, as an integer."""
-    raw = bytes.fromhex(digest.removeprefix("0x"))
-    if len(raw) != 32:
-        raise ValueError("a membership digest is 32 bytes")
-    return int.from_bytes(raw[: FINGERPRINT_BITS // 8], "big")
-
-
-_RPC_METHOD = re.compile(r"[a-z][A-Za-z0-9_]{0,63}", re.ASCII)
-
-
-class RpcTally:
-    """The JSON-RPC calls one unit of work made (a pass, a poll), by method; see ``rpc_tally``."""
-
-    def __init__(self, source: RpcSource) -> None:
-        self.source: RpcSource = source
-        self.calls: dict[str, int] = {}
-
-    @property
-    def total(self) -> int:
-        return sum(self.calls.values())
-
-    def count(self, method: str) -> None:
-        self.calls[method] = self.calls.get(method, 0) + 1
-
-
-_TALLY: ContextVar[RpcTally | None] = ContextVar("attestmesh_rpc_tally", default=None)
-
-
-@contextlib.contextmanager
-def rpc_tally(source: RpcSource) -> Iterator[RpcTally]:
-    """Count the JSON-RPC calls made in this context (and the tasks it starts) as ``source``'s: the
-    tally lives in a context variable, so calls of concurrent tasks (the poller during a pass) are not
-    mixed in."""
-    tally = RpcTally(source)
-    token = _TALLY.set(tally)
-    try:
-        yield tally
-    finally:
-        _TALLY.reset(token)
 
 
 class Metrics(TransportMetrics):
@@ -492,9 +408,9 @@ class Metrics(TransportMetrics):
     def rpc_call(self, method: str) -> None:
         """Count a JSON-RPC call by method and by source (the ``rpc_tally`` it was made in, if any);
         anything not shaped like a method name is counted as ``other``."""
-        name = method if _RPC_METHOD.fullmatch(method) else "other"
+        name = rpc_method_label(method)
         self.rpc_calls.labels(name).inc()
-        tally = _TALLY.get()
+        tally = current_tally()
         self.rpc_calls_by_source.labels("other" if tally is None else tally.source).inc()
         if tally is not None:
             tally.count(name)

@@ -40,7 +40,9 @@ from sidecar.drivers.events import EventSource
 from sidecar.drivers.mesh import MeshStep
 from sidecar.drivers.nodestate import NodeState
 from sidecar.drivers.steps import ChainStep, EndpointStep, IdentityStep, MembershipStep
-from sidecar.observability import Metrics, ReconcileStep, rpc_tally
+from sidecar.metricvocab import ReconcileStep
+from sidecar.observability import Metrics
+from sidecar.rpctally import rpc_tally
 
 log = structlog.get_logger("sidecar.control")
 

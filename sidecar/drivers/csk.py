@@ -52,7 +52,8 @@ from sidecar.drivers.nodestate import NodeState
 from sidecar.drivers.steps import warn_limited
 from sidecar.drivers.store import StateStore, StoreError
 from sidecar.http.peerapi import CskAnswer, CskFetchError, fetch_csk
-from sidecar.observability import CskPullResult, Metrics
+from sidecar.metricvocab import CskPullResult
+from sidecar.observability import Metrics
 from sidecar.settings import MeshSettings
 
 log = structlog.get_logger("sidecar.csk")

@@ -28,7 +28,8 @@ from sidecar.drivers.clock import Clock, wall_ms
 from sidecar.drivers.identity import NodeIdentity
 from sidecar.drivers.nodestate import NodeState
 from sidecar.http.peerapi import CskAnswer
-from sidecar.observability import CskRefusal, Metrics
+from sidecar.metricvocab import CskRefusal
+from sidecar.observability import Metrics
 
 log = structlog.get_logger("sidecar.csk")
 

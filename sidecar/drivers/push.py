@@ -57,7 +57,8 @@ from sidecar.core.indexerwire import (
 from sidecar.core.model import ChainLog, IndexerRecord
 from sidecar.core.readpin import PushedPositions
 from sidecar.drivers.events import SharedCursor
-from sidecar.observability import Metrics, PushRejection
+from sidecar.metricvocab import PushRejection
+from sidecar.observability import Metrics
 
 log = structlog.get_logger("sidecar.push")
 

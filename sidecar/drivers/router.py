@@ -20,7 +20,8 @@ import structlog
 
 from sidecar.core.readpin import PushedPositions
 from sidecar.drivers.events import ChainLogPoller, EventMode, SharedCursor
-from sidecar.observability import Metrics, rpc_tally
+from sidecar.observability import Metrics
+from sidecar.rpctally import rpc_tally
 
 log = structlog.get_logger("sidecar.events")
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from sidecar.observability import ConnectionDrop
+from sidecar.metricvocab import ConnectionDrop
 
 _HEAD_END = b"\r\n\r\n"
 

@@ -29,7 +29,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
 
 from sidecar.http.limits import ConnectionLimits, GuardedTCPSite
-from sidecar.observability import ConnectionDrop, HttpSurface, Metrics
+from sidecar.metricvocab import ConnectionDrop, HttpSurface
+from sidecar.observability import Metrics
 
 log = structlog.get_logger("sidecar.http")
 

@@ -40,7 +40,8 @@ from sidecar.core.ids import Address, Bytes32
 from sidecar.core.keys import KeyPath, KeyScope, secp256k1_address
 from sidecar.core.status import healthz_body
 from sidecar.daemon import Daemon
-from sidecar.observability import Metrics, rpc_tally
+from sidecar.observability import Metrics
+from sidecar.rpctally import rpc_tally
 from sidecar.settings import load_settings
 from tests.component import controllerkit
 from tests.component.controllerkit import CHAIN_ID, FUNDING_WEI, node_env, write_node_config

@@ -15,7 +15,7 @@ from sidecar.core.ids import Address, Bytes32, MemberId, SecretBytes
 from sidecar.core.keys import ed25519_public_key, x25519_public_key
 from sidecar.core.memberproof import MemberProof, ProvenMember, proof_json
 from sidecar.core.model import member_id_for
-from sidecar.observability import CSK_REFUSALS
+from sidecar.metricvocab import CSK_REFUSALS
 from tests.unit.proofkit import ANCHORS, CLUSTER, ROGUE_KMS, member_app, member_id, prove
 
 ME = member_id("responder")

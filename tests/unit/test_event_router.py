@@ -22,7 +22,8 @@ from sidecar.drivers.events import CURSOR_FILE, ChainLogPoller, HandledLog, Shar
 from sidecar.drivers.push import PushSubscriber
 from sidecar.drivers.router import EventRouter
 from sidecar.drivers.store import StateStore
-from sidecar.observability import PUSH_REJECTIONS, Metrics
+from sidecar.metricvocab import PUSH_REJECTIONS
+from sidecar.observability import Metrics
 from sidecar.settings import load_settings
 
 H1, H2 = Bytes32(b"\x01" * 32), Bytes32(b"\x02" * 32)

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from sidecar.core.status import NodeStatus
 from sidecar.logs import configure_logging, drop_secret_keys
-from sidecar.observability import (
+from sidecar.metricvocab import (
     CHAIN_ERROR_KINDS,
     CSK_PULL_RESULTS,
     CSK_REFUSALS,
@@ -29,10 +29,10 @@ from sidecar.observability import (
     RECONCILE_RESULTS,
     REGISTRATION_RESULTS,
     RPC_SOURCES,
-    Metrics,
     membership_fingerprint,
-    rpc_tally,
 )
+from sidecar.observability import Metrics
+from sidecar.rpctally import rpc_tally
 
 LABELLED = [
     ("attestmesh_phase", "phase", PHASES),

@@ -21,7 +21,7 @@ from sidecar.core.quorum import (
     confirmed_block,
 )
 from sidecar.core.snapshot import Snapshot
-from sidecar.observability import RPC_QUORUM_FAILURES
+from sidecar.metricvocab import RPC_QUORUM_FAILURES
 
 HASH = Bytes32(b"\x0a" * 32)
 OTHER_HASH = Bytes32(b"\x0b" * 32)
