@@ -16,13 +16,15 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from ops.amounts import format_eth
 from ops.chainstatus import ChainStatus, read_chain_status, utc_time
 from ops.connection import on_chain
 from ops.errors import OperatorError
 from ops.owner import (
+    ComposeAllowlisting,
     ensure_compose_hash_allowed,
     ensure_compose_hash_removed,
     ensure_funded,
@@ -37,7 +39,10 @@ from ops.render import print_table, shell_lines, short
 from ops.scrapetargets import INDEXER_TARGETS, NODE_TARGETS, indexer_groups, member_groups, write_file_sd
 from sidecar.chain.errors import ChainError
 from sidecar.chain.tx import TxSubmitter
-from sidecar.core.ids import Bytes32
+from sidecar.core.ids import Address, Bytes32
+
+if TYPE_CHECKING:
+    from sidecar.chain.rpc import ChainConnection
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -102,44 +107,35 @@ def _tx(tx_hash: Bytes32 | None) -> str | None:
 
 
 def _allow_compose(args: argparse.Namespace) -> int:
-    owner = owner_signer(os.environ)
-
-    result = on_chain(
-        args,
-        lambda conn: ensure_compose_hash_allowed(
-            conn, TxSubmitter(conn, owner), args.cluster, args.compose_hash
-        ),
-    )
-    if args.json:
-        _print_json({"cluster": str(args.cluster), "compose_hash": str(result.compose_hash),
-                     "changed": result.changed, "tx": _tx(result.tx_hash)})  # fmt: skip
-        return EXIT_OK
-    where = f"compose hash {result.compose_hash} on cluster {args.cluster}"
-    if result.changed:
-        print(f"{where}: allowlisted (tx {result.tx_hash})")
-    else:
-        print(f"{where}: already allowlisted; nothing changed")
-    return EXIT_OK
+    return _compose_allowlist(args, ensure_compose_hash_allowed, ("allowlisted", "already allowlisted"))
 
 
 def _disallow_compose(args: argparse.Namespace) -> int:
-    owner = owner_signer(os.environ)
+    return _compose_allowlist(
+        args, ensure_compose_hash_removed, ("removed from the allowlist", "not allowlisted")
+    )
 
+
+def _compose_allowlist(
+    args: argparse.Namespace,
+    ensure: Callable[[ChainConnection, TxSubmitter, Address, Bytes32], Awaitable[ComposeAllowlisting]],
+    wording: tuple[str, str],
+) -> int:
+    """``chain allow-compose`` / ``disallow-compose``: one owner transaction at most, and what it did."""
+    owner = owner_signer(os.environ)
     result = on_chain(
-        args,
-        lambda conn: ensure_compose_hash_removed(
-            conn, TxSubmitter(conn, owner), args.cluster, args.compose_hash
-        ),
+        args, lambda conn: ensure(conn, TxSubmitter(conn, owner), args.cluster, args.compose_hash)
     )
     if args.json:
         _print_json({"cluster": str(args.cluster), "compose_hash": str(result.compose_hash),
                      "changed": result.changed, "tx": _tx(result.tx_hash)})  # fmt: skip
         return EXIT_OK
     where = f"compose hash {result.compose_hash} on cluster {args.cluster}"
+    done, unchanged = wording
     if result.changed:
-        print(f"{where}: removed from the allowlist (tx {result.tx_hash})")
+        print(f"{where}: {done} (tx {result.tx_hash})")
     else:
-        print(f"{where}: not allowlisted; nothing changed")
+        print(f"{where}: {unchanged}; nothing changed")
     return EXIT_OK
 
 

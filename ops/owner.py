@@ -72,7 +72,7 @@ async def require_contract(conn: ChainConnection, address: Address, what: str) -
 
 @dataclass(frozen=True, slots=True)
 class ComposeAllowlisting:
-    """The outcome of ``ensure_compose_hash_allowed``: whether we sent ``addComposeHash``."""
+    """The outcome of ``ensure_compose_hash_allowed``/``_removed``: whether we sent the transaction."""
 
     compose_hash: Bytes32
     changed: bool
@@ -87,23 +87,7 @@ async def ensure_compose_hash_allowed(
     Raises ``OperatorError`` when ``cluster`` holds no contract or ``owner`` is not its owner (checked before
     anything is sent), ``ChainError`` when a read or the transaction fails.
     """
-    await require_contract(conn, cluster, "cluster")
-    client = ClusterClient(conn, cluster, owner)
-    if await client.allowed_compose_hash(compose_hash):
-        log.info("cluster.compose_hash_unchanged", cluster=str(cluster), compose_hash=str(compose_hash))
-        return ComposeAllowlisting(compose_hash, changed=False)
-    actual = await client.owner()
-    if actual != owner.address:
-        raise OperatorError(f"{owner.address} is not the owner of cluster {cluster} (the owner is {actual})")
-    receipt = await client.add_compose_hash(compose_hash)
-    log.info(
-        "cluster.compose_hash_allowed",
-        cluster=str(cluster),
-        compose_hash=str(compose_hash),
-        tx=str(receipt.tx_hash),
-        block=receipt.block_number,
-    )
-    return ComposeAllowlisting(compose_hash, changed=True, tx_hash=receipt.tx_hash)
+    return await _ensure_compose_hash(conn, owner, cluster, compose_hash, allowed=True)
 
 
 async def ensure_compose_hash_removed(
@@ -114,17 +98,27 @@ async def ensure_compose_hash_removed(
     A node running that compose drops to ``boot_gate`` on its next pass and a CVM booting it is refused
     keys: call this only once no node runs it. Raises as ``ensure_compose_hash_allowed`` does.
     """
+    return await _ensure_compose_hash(conn, owner, cluster, compose_hash, allowed=False)
+
+
+async def _ensure_compose_hash(
+    conn: ChainConnection, owner: TxSubmitter, cluster: Address, compose_hash: Bytes32, *, allowed: bool
+) -> ComposeAllowlisting:
+    """Make the allowlist hold ``compose_hash`` (``allowed``) or not, with one transaction at most."""
     await require_contract(conn, cluster, "cluster")
     client = ClusterClient(conn, cluster, owner)
-    if not await client.allowed_compose_hash(compose_hash):
+    if await client.allowed_compose_hash(compose_hash) == allowed:
         log.info("cluster.compose_hash_unchanged", cluster=str(cluster), compose_hash=str(compose_hash))
         return ComposeAllowlisting(compose_hash, changed=False)
     actual = await client.owner()
     if actual != owner.address:
         raise OperatorError(f"{owner.address} is not the owner of cluster {cluster} (the owner is {actual})")
-    receipt = await client.remove_compose_hash(compose_hash)
+    if allowed:
+        receipt = await client.add_compose_hash(compose_hash)
+    else:
+        receipt = await client.remove_compose_hash(compose_hash)
     log.info(
-        "cluster.compose_hash_removed",
+        "cluster.compose_hash_allowed" if allowed else "cluster.compose_hash_removed",
         cluster=str(cluster),
         compose_hash=str(compose_hash),
         tx=str(receipt.tx_hash),
