@@ -1,6 +1,12 @@
 """The image workload (`devnet up --workload image`): a node's sidecar as a podman container of the image, run
 the way dstack's compose runs `compose/node.yaml`'s sidecar service.
 
+Owns which image a node's container runs (``node_image``): the image the sidecar service of the node's own
+app-compose.json names, as dstack's compose runs what the measured compose names, so a roll to a compose
+pinned by digest (``localhost/attestmesh-sidecar@sha256:…``, podman's digest of a local image) runs exactly
+that image; the published tag the lab's default compose names (``ghcr.io/…/attestmesh-sidecar:latest``)
+stands for the lab's image (``devnet up --image``: the lab pulls nothing, its local tag is what that tag
+names), and an image podman does not have is refused before the node is touched (``check_compose_image``).
 Owns the container's command line (``sidecar_container``): the node's network namespace (``--network
 ns:/run/netns/<ns>``), ``NET_ADMIN``, ``/dev/net/tun``, the node's guest-agent simulator socket at
 ``/var/run/dstack.sock``, a named state volume at ``/var/lib/attestmesh``, the image's own entrypoint and
@@ -18,14 +24,19 @@ network), or pass the host's environment into the container.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Final
 
+import yaml
+
+from devnet.compose import DEFAULT_SIDECAR_IMAGE
 from devnet.labdir import DevnetError
 from devnet.state import DevnetState, NodeState
+from sidecar.core.measured import SIDECAR_SERVICE
 
 REPO: Final = Path(__file__).resolve().parents[1]
 CONTAINERS_CONF: Final = REPO / "scripts" / "podman" / "containers.conf"
@@ -67,12 +78,50 @@ def volume_name(state: DevnetState, node: NodeState) -> str:
     return f"{state.lab}-{node.name}-state"
 
 
-def check_image(image: str) -> None:
+def check_image(image: str, hint: str = "build it with `make image` (or pass --image)") -> None:
     """``DevnetError`` unless podman is installed and has ``image`` (no registry is asked)."""
     if shutil.which("podman") is None:
         raise DevnetError("--workload image needs podman: run `make setup`")
     if _podman("image", "exists", image).returncode != 0:
-        raise DevnetError(f"no image {image!r} here: build it with `make image` (or pass --image)")
+        raise DevnetError(f"no image {image!r} here: {hint}")
+
+
+def compose_image(compose: bytes) -> str:
+    """The image the sidecar service of an app-compose.json's ``docker_compose_file`` names; ``DevnetError``
+    when there is none (not an app compose, no ``sidecar`` service, no image)."""
+    try:
+        document = json.loads(compose)
+        services = yaml.safe_load(document["docker_compose_file"])["services"]
+        image = services[SIDECAR_SERVICE]["image"]
+    except (ValueError, TypeError, KeyError, yaml.YAMLError):
+        raise DevnetError("the compose names no image of a sidecar service") from None
+    if not isinstance(image, str) or not image.strip():
+        raise DevnetError("the compose names no image of a sidecar service")
+    return image.strip()
+
+
+def image_of(state: DevnetState, compose: bytes) -> str:
+    """The image a node booting ``compose`` runs: the one the compose names; the published tag the lab's own
+    compose names stands for the lab's image (``state.image``)."""
+    named = compose_image(compose)
+    return state.image if named == DEFAULT_SIDECAR_IMAGE else named
+
+
+def node_image(state: DevnetState, node: NodeState) -> str:
+    """The image the node's container runs: ``image_of`` its app-compose.json as it is now."""
+    try:
+        compose = Path(node.compose_path).read_bytes()
+    except OSError as exc:
+        raise DevnetError(f"cannot read {node.name}'s compose: {exc.strerror or exc}") from None
+    return image_of(state, compose)
+
+
+def check_compose_image(state: DevnetState, compose: bytes) -> None:
+    """On an image lab running workloads, ``DevnetError`` unless podman has the image ``compose`` names (a
+    node is not powered off for a workload that could not start: the lab pulls nothing)."""
+    if state.workload == "image" and state.sidecars:
+        hint = "the lab pulls nothing; build it (`make image`) and name it by a tag or digest podman has"
+        check_image(image_of(state, compose), hint)
 
 
 def _ensure_volume(state: DevnetState, node: NodeState) -> str:
@@ -91,6 +140,7 @@ def sidecar_container(
     container's variables, passed by name, plus podman's own)."""
     if not state.image:
         raise DevnetError(f"lab {state.lab!r} runs the image workload but names no image")
+    image = node_image(state, node)
     env = {k: v for k, v in sidecar_env.items() if k.startswith("ATTESTMESH_")}
     env["ATTESTMESH_STATE_DIR"] = STATE_DIR  # the named volume, as in compose/node.yaml
     # The app API socket in a directory of its own (compose/node.yaml: the attestmesh-app volume), visible
@@ -111,7 +161,7 @@ def sidecar_container(
         "--mount", f"type=volume,source={_ensure_volume(state, node)},target={STATE_DIR}",
         *[arg for mount in mounts for arg in ("--volume", mount)],
         *[arg for name in sorted(env) for arg in ("--env", name)],
-        state.image,
+        image,
     ]  # fmt: skip
     return argv, {**podman_env(), **env}
 

@@ -24,6 +24,7 @@ import structlog
 from devnet.anvil import DEVNET_DEPLOYER_KEY
 from devnet.boot import HEALTH_PORT, WG_IFNAME, NodePower, node_running
 from devnet.compose import compose_hash
+from devnet.container import check_compose_image
 from devnet.labdir import DevnetError, LabDir, run_async
 from devnet.labgateway import enclose, service_url
 from devnet.netns import LabNetwork
@@ -77,6 +78,7 @@ class Nodes:
 
         In gateway mode its namespace is a CVM's: the lab DNS resolves for it and only the gateway reaches it.
         """
+        check_compose_image(state, compose)
         state = self.create(state, [(name, index)], compose)
         return state.with_node(self.power.boot(state, state.node(name)))
 
@@ -194,6 +196,7 @@ class Nodes:
             log.info("devnet.node_update_skipped", node=name, compose_hash=digest,
                      reason="already running this compose")  # fmt: skip
             return NodeUpdate(node, changed=False, previous_compose_hash=previous)
+        check_compose_image(state, data)  # the image workload: the image the compose names is here
         node = self.power.power_off(state, node)
         write_file(compose_path, data)  # what the guest agent and the gate measure from now on
         state = state.with_node(node)

@@ -11,7 +11,9 @@ killed at each fault point (the allowlist, mid-apply, mesh-verify, the retire) a
 what the gate now admits is the pinned image's code, and nothing else.
 
 ``roll_image`` takes the image reference: this file rolls the process workload (the image is measured, not
-run); the image workload's e2e calls it with the reference of a rebuilt image.
+run). The same routine on the image workload, where the node runs the image its compose pins (a rebuilt
+image by its podman digest, /healthz naming the new commit), is tests/e2e/test_devnet_image.py's
+``roll_pinned``.
 """
 
 from __future__ import annotations
