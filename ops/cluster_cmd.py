@@ -18,7 +18,7 @@ import sys
 
 from ops.amounts import format_eth
 from ops.clusterhealth import GatewayAccess, read_cluster
-from ops.clusterview import Agreement, ClusterView, MemberVerdict, clean
+from ops.clusterview import Agreement, ClusterView, MemberVerdict, clean, version_cell
 from ops.connection import on_chain
 from ops.errors import OperatorError
 from ops.redact import display_url, scrub
@@ -54,7 +54,7 @@ def _row(v: MemberVerdict) -> tuple[str, ...]:
         transport_cell(f.transport, "-"),
         _AGREEMENT_CELL[v.digest],
         _AGREEMENT_CELL[v.csk],
-        f.version or "-",
+        version_cell(f),
         balance,
     )
 

@@ -26,6 +26,7 @@ from sidecar.core.status import HEALTHY_PHASE, PHASES
 SCHEMA: Final = "attestmesh.cluster-status/1"
 MAX_REASON: Final = 240  # characters of a node's reason kept (the JSON); the table shows fewer
 MAX_VERSION: Final = 64
+_HEX_COMMIT: Final = re.compile(r"[0-9a-f]{7,64}", re.ASCII)
 MAX_TRANSPORTS: Final = 8
 _HEX32: Final = re.compile(r"0x[0-9a-fA-F]{64}")
 # C0/C1 controls, bidi marks and overrides, line separators, the BOM, lone surrogates (unprintable as UTF-8)
@@ -66,6 +67,7 @@ class HealthFacts:
     membership_digest: str | None  # lowercase 0x hex
     csk_commitment: str | None  # lowercase 0x hex
     version: str | None
+    commit: str | None = None  # ``build.commit``: the git commit the node's code was built from
 
 
 def _count(value: object, where: str) -> int | None:
@@ -109,6 +111,16 @@ def _transport(value: object) -> Mapping[str, Mapping[str, int]]:
     return counts
 
 
+def version_cell(facts: HealthFacts) -> str:
+    """The version as the table shows it: with the first 7 characters of the build's commit when it is a
+    hex commit (``0.1.0 0435bab``), so the table says which code each member runs after a roll."""
+    version = facts.version or "-"
+    commit = facts.commit
+    if commit and _HEX_COMMIT.fullmatch(commit):
+        return f"{version} {commit[:7]}"
+    return version
+
+
 def read_health_document(data: object) -> HealthFacts:
     """The facts of a ``/healthz`` body (decoded JSON); ``NotAHealthDocument`` when it is not one."""
     if not isinstance(data, dict):
@@ -125,7 +137,10 @@ def read_health_document(data: object) -> HealthFacts:
     version = data.get("version")
     if not (version is None or isinstance(version, str)):
         raise NotAHealthDocument("version is not a string")
-    peers, csk = _section(data, "peers"), _section(data, "csk")
+    peers, csk, build = _section(data, "peers"), _section(data, "csk"), _section(data, "build")
+    commit = build.get("commit")
+    if not (commit is None or isinstance(commit, str)):
+        raise NotAHealthDocument("build.commit is not a string")
     return HealthFacts(
         phase=phase,
         healthy=healthy,
@@ -136,6 +151,7 @@ def read_health_document(data: object) -> HealthFacts:
         membership_digest=_hex32(data.get("membership_digest"), "membership_digest"),
         csk_commitment=_hex32(csk.get("commitment"), "csk.commitment"),
         version=None if version is None else clean(version, MAX_VERSION),
+        commit=None if commit is None else clean(commit, MAX_VERSION),
     )
 
 
@@ -201,6 +217,7 @@ class MemberVerdict:
             "csk_commitment": f and f.csk_commitment,
             "csk_commitment_agrees": self.csk.value,
             "version": f and f.version,
+            "commit": f and f.commit,
             "ok": self.ok,
             "failures": list(self.failures),
         }  # fmt: skip

@@ -24,6 +24,7 @@ from ops.clusterview import (
     clean,
     majority,
     read_health_document,
+    version_cell,
 )
 from sidecar.core.status import NodeStatus, healthz_body
 
@@ -92,6 +93,8 @@ def test_a_real_healthz_body_reads_as_its_facts() -> None:
         ({k: v for k, v in body().items() if k != "reason"}, "reason"),
         (body(reason=["x"]), "reason"),
         (body(version=7), "version"),
+        (body(build="0435bab"), "build is not an object"),
+        (body(build={"commit": 12}), "build.commit"),
         (body(peers="2/2"), "peers is not an object"),
         (body(peers={"live": -1}), "peers.live"),
         (body(peers={"live": True}), "peers.live"),
@@ -107,6 +110,18 @@ def test_what_is_not_a_health_document_is_named_without_its_values(data: object,
     with pytest.raises(NotAHealthDocument, match=why) as raised:
         read_health_document(data)
     assert "dancing" not in str(raised.value) and "0x1234" not in str(raised.value)
+
+
+def test_the_version_cell_names_the_build_commit_after_a_roll() -> None:
+    commit = "0435babc600d34ff3ed02f8e630c4a083e4f96ca"
+    built = read_health_document(body(build={"version": "0.1.0", "commit": commit, "source": "image"}))
+    assert built.commit == commit and version_cell(built) == "0.1.0 0435bab"
+    unknown = read_health_document(body())  # a status without a build commit says "unknown"
+    assert unknown.commit == "unknown" and version_cell(unknown) == "0.1.0"
+    hostile = read_health_document(body(build={"commit": "\x1b[2J" + "a" * 100}))
+    assert hostile.commit is not None and "\x1b" not in hostile.commit and version_cell(hostile) == "0.1.0"
+    older = read_health_document({k: v for k, v in body().items() if k != "build"})  # before builds
+    assert older.commit is None and version_cell(older) == "0.1.0"
 
 
 def test_strings_from_a_node_are_cleaned_of_escapes_and_capped() -> None:
@@ -236,7 +251,8 @@ def test_the_json_document_is_stable() -> None:
         "http_status": 200, "error": None, "phase": "healthy", "healthy": True, "reason": None,
         "peers": {"live": 2, "desired": 2, "transport": {"gateway": {"up": 2, "down": 0}}},
         "membership_digest": DIGEST, "membership_digest_agrees": "chain",
-        "csk_commitment": COMMITMENT, "csk_commitment_agrees": "chain", "version": "0.1.0",
+        "csk_commitment": COMMITMENT, "csk_commitment_agrees": "chain",
+        "version": "0.1.0", "commit": "unknown",
         "ok": True, "failures": [],
     }  # fmt: skip
     assert two["phase"] is None and two["peers"] is None and two["healthy"] is False
