@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from ops.amounts import format_eth
 from ops.chainstatus import ChainStatus, read_chain_status, utc_time
-from ops.connection import on_chain
+from ops.connection import on_chain, read_on_chain
 from ops.errors import OperatorError
 from ops.owner import (
     ComposeAllowlisting,
@@ -80,16 +80,13 @@ def print_chain_status(status: ChainStatus) -> None:
 
 
 def _chain_status(args: argparse.Namespace) -> int:
-    try:
-        status = on_chain(
-            args,
-            lambda conn: read_chain_status(
-                conn, args.cluster, registry=args.registry, compose_hashes=args.compose_hash
-            ),
-        )
-    except (OperatorError, ChainError, OSError) as exc:
-        where, why = display_url(args.rpc_url), scrub(str(exc), args.rpc_url)
-        print(f"attestmesh: cannot read the chain at {where}: {why}", file=sys.stderr)
+    status = read_on_chain(
+        args,
+        lambda conn: read_chain_status(
+            conn, args.cluster, registry=args.registry, compose_hashes=args.compose_hash
+        ),
+    )
+    if status is None:
         return EXIT_FAILED
     if args.json:
         print(json.dumps(status.to_json(), indent=2, sort_keys=True))

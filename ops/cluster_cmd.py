@@ -19,11 +19,8 @@ import sys
 from ops.amounts import format_eth
 from ops.clusterhealth import GatewayAccess, read_cluster
 from ops.clusterview import Agreement, ClusterView, MemberVerdict, clean, version_cell
-from ops.connection import on_chain
-from ops.errors import OperatorError
-from ops.redact import display_url, scrub
+from ops.connection import read_on_chain
 from ops.render import print_table, short, transport_cell
-from sidecar.chain.errors import ChainError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _REASON_CELL = 48  # the table's cut; the summary and --json keep more
@@ -89,13 +86,10 @@ def run_cluster(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    try:
-        view = on_chain(
-            args, lambda conn: read_cluster(conn, args.cluster, access, min_balance_wei=args.min_balance)
-        )
-    except (OperatorError, ChainError, OSError) as exc:
-        where, why = display_url(args.rpc_url), scrub(str(exc), args.rpc_url)
-        print(f"attestmesh: cannot read the chain at {where}: {why}", file=sys.stderr)
+    view = read_on_chain(
+        args, lambda conn: read_cluster(conn, args.cluster, access, min_balance_wei=args.min_balance)
+    )
+    if view is None:
         return EXIT_FAILED
     if args.json:
         print(json.dumps(view.to_json(), indent=2, sort_keys=True))

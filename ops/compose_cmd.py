@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from ops.errors import OperatorError
@@ -118,14 +118,14 @@ def run_compose(args: argparse.Namespace) -> int:
     except OperatorError as exc:
         print(f"attestmesh: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    if args.output is None:
-        sys.stdout.write(rendered)
-    else:
-        Path(args.output).write_text(rendered, encoding="utf-8")
-        image = f", image {args.image}" if args.image else ""
-        print(
-            f"compose node: wrote {args.output} (cluster {args.cluster}'s trust anchors as literals{image})"
-        )
+    image = f", image {args.image}" if args.image else ""
+    _emit(
+        rendered,
+        args.output,
+        lambda path: (
+            f"compose node: wrote {path} (cluster {args.cluster}'s trust anchors as literals{image})"
+        ),
+    )
     return EXIT_OK
 
 
@@ -141,9 +141,18 @@ def _run_pin(args: argparse.Namespace) -> int:
     except OperatorError as exc:
         print(f"attestmesh: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    if args.output is None:
-        sys.stdout.write(pinned)
-    else:
-        Path(args.output).write_text(pinned, encoding="utf-8")
-        print(f"compose pin: wrote {args.output} (the template with the sidecar image {args.image})")
+    _emit(
+        pinned,
+        args.output,
+        lambda path: f"compose pin: wrote {path} (the template with the sidecar image {args.image})",
+    )
     return EXIT_OK
+
+
+def _emit(text: str, output: str | None, said: Callable[[str], str]) -> None:
+    """``text`` to stdout, or to the file ``output`` and what was written (``said(output)``) on stdout."""
+    if output is None:
+        sys.stdout.write(text)
+        return
+    Path(output).write_text(text, encoding="utf-8")
+    print(said(str(output)))
