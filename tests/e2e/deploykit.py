@@ -7,7 +7,9 @@ Must not: start or stop a lab (the tests' ``lab`` fixture does), or assert anyth
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -60,6 +62,19 @@ class Routine:
     def start(self, node: str, verb: str, **extra: str) -> subprocess.Popen[str]:
         """Start the routine in its own process group (so the test can kill it and everything it runs)."""
         return self.runner.start(node, verb, output=subprocess.PIPE, **extra)
+
+    def kill_at(self, node: str, verb: str, pattern: re.Pattern[str], what: str, **extra: str) -> None:
+        """Start ``node.sh NODE VERB`` and kill its whole process group once ``pattern`` appears in the
+        run's log (a fault mid-operation); fails when the run ended before ``what``."""
+        log = self.log_dir / f"node-{node}.log"
+        start = log.stat().st_size if log.exists() else 0
+        proc = self.start(node, verb, **extra)
+        hit = wait_for_line(log, start, pattern, proc)
+        if hit:
+            os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate(timeout=30)
+        self.outputs.append(output)
+        assert hit, f"the run ended before {what}:\n{output}"
 
     def log(self, node: str) -> str:
         return (self.log_dir / f"node-{node}.log").read_text()

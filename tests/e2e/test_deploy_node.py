@@ -13,7 +13,6 @@ lab's state file (process records) and each node's namespace (no orphaned proces
 from __future__ import annotations
 
 import itertools
-import os
 import re
 import signal
 import subprocess
@@ -40,7 +39,6 @@ from tests.e2e.deploykit import (
     processes,
     registrations,
     steps_in_order,
-    wait_for_line,
 )
 from tests.e2e.lab import LabCli, chain, wait_until
 from tests.e2e.mesh import Node, wait_all_healthy
@@ -328,7 +326,6 @@ def test_all_killed_at_each_step_then_run_again_finishes_without_a_duplicate_tra
     nonce = owner_nonce(lab)
     node = "node-3"
     # The signer gets the devnet's 10 ETH at boot; a 20 ETH floor makes the fund step send exactly once.
-    log = routine.log_dir / f"node-{node}.log"
     # Kill points: as each step starts (before it does anything), and for the steps that write, at their
     # first output line (mid-step: the app contract or the boot under way, the transfer sent).
     kill_points = []
@@ -340,14 +337,7 @@ def test_all_killed_at_each_step_then_run_again_finishes_without_a_duplicate_tra
             )
     killed = []
     for step, where, pattern in kill_points:
-        start = log.stat().st_size if log.exists() else 0
-        proc = routine.start(node, "all", FUND_MIN_BALANCE="20", FUND_AMOUNT="15")
-        hit = wait_for_line(log, start, pattern, proc)
-        if hit:
-            os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate(timeout=30)
-        routine.outputs.append(output)
-        assert hit, f"the routine ended before {step} {where}:\n{output}"
+        routine.kill_at(node, "all", pattern, f"{step} {where}", FUND_MIN_BALANCE="20", FUND_AMOUNT="15")
         killed.append(f"{step}@{where}")
     routine.run(node, "all", FUND_MIN_BALANCE="20", FUND_AMOUNT="15")
     run = routine.last_run(node)

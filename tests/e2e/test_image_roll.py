@@ -18,9 +18,7 @@ image by its podman digest, /healthz naming the new commit), is tests/e2e/test_d
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,7 +33,6 @@ from tests.e2e.deploykit import (
     owner_nonce,
     registrations,
     steps_in_order,
-    wait_for_line,
 )
 from tests.e2e.lab import LabCli, chain, wait_until
 from tests.e2e.mesh import Node, wait_all_healthy
@@ -145,17 +142,9 @@ def roll_image(
 
 def kill_roll(routine: Routine, name: str, image: str) -> list[str]:
     """Start ``name``'s roll and kill it (its whole process group) at each kill point, one run each."""
-    log = routine.log_dir / f"node-{name}.log"
     killed = []
     for point, pattern in KILL_POINTS:
-        start = log.stat().st_size if log.exists() else 0
-        proc = routine.start(name, "update", SIDECAR_IMAGE=image)
-        hit = wait_for_line(log, start, pattern, proc)
-        if hit:
-            os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate(timeout=30)
-        routine.outputs.append(output)
-        assert hit, f"the roll ended before {point}:\n{output}"
+        routine.kill_at(name, "update", pattern, point, SIDECAR_IMAGE=image)
         killed.append(point)
     return killed
 
